@@ -1,0 +1,3 @@
+from canonstore.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""Error types. Every message names the file, variable and step it is about."""
+
+
+class CanonstoreError(Exception):
+    """Base class: the CLI prints these as one line, without a traceback."""
+
+
+class RecipeError(CanonstoreError, ValueError):
+    """The recipe is malformed, names a missing file or asks for an impossible split."""
+
+
+class SourceError(CanonstoreError, ValueError):
+    """A raw input file cannot be used as it is (grid, time axis, NaN, units, ...)."""
+
+
+class StoreError(CanonstoreError):
+    """A store is missing, not a canonstore store, or fails verification."""

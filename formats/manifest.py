@@ -1,0 +1,60 @@
+"""The manifest: every file of a store with its size and sha256, written last.
+
+It is what `make` targets (a directory's mtime says nothing about its contents) and what
+`verify` checks against: zarr reads a missing chunk file silently as the fill value, so
+files are counted, not only checksummed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path, block: int = 1 << 23) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def store_files(store: Path) -> list[str]:
+    """Relative paths of all files in a store except the manifest, sorted."""
+    return sorted(p.relative_to(store).as_posix() for p in store.rglob("*")
+                  if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(store: Path, data_file: str) -> dict:
+    """Checksum every file of `store` and write the manifest; returns it."""
+    files = {rel: {"size": (store / rel).stat().st_size, "sha256": file_sha256(store / rel)}
+             for rel in store_files(store)}
+    manifest = {"format": "canonstore-manifest", "version": 1, "files": files,
+                "data_file": data_file, "data_sha256": files[data_file]["sha256"] if data_file in files else None}
+    (store / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(store: Path) -> dict:
+    return json.loads((store / MANIFEST).read_text())
+
+
+def check_manifest(store: Path) -> list[str]:
+    """Problems found comparing `store`'s files with its manifest (empty when all match)."""
+    try:
+        files = read_manifest(store)["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"{store / MANIFEST}: cannot read the manifest: {exc}"]
+    present = set(store_files(store))
+    problems = [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present)]
+    problems += [f"{rel}: not listed in the manifest" for rel in sorted(present - set(files))]
+    for rel in sorted(set(files) & present):
+        size = (store / rel).stat().st_size
+        if size != files[rel]["size"]:
+            problems.append(f"{rel}: size {size} bytes, manifest says {files[rel]['size']}")
+        elif file_sha256(store / rel) != files[rel]["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest (file changed or damaged)")
+    return problems

@@ -1,0 +1,135 @@
+"""Open a canonical store: `open_store(path)` is the one entry point other projects use.
+
+    >>> s = open_store("data/intermediate/demo.zarr")
+    >>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
+    (4, 10, 32, 64)
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from canonstore.errors import StoreError
+from canonstore.formats.manifest import MANIFEST
+from canonstore.formats.zarr_ import memmap_data
+from canonstore.splits import SPLIT_CODES
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class Store:
+    """A read-only view of one canonstore store. Cheap to create; nothing is read until asked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path}: not a Zarr v3 store (no zarr.json)")
+        self._group = zarr.open_group(self.path, mode="r")
+        info = self._group.attrs.get("canonstore")
+        if not isinstance(info, dict) or "format_version" not in info:
+            raise StoreError(f"{self.path}: a Zarr store, but not a canonstore store (no 'canonstore' attrs)")
+        if info["format_version"] != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: format version {info['format_version']}, "
+                             f"this canonstore reads version {FORMAT_VERSION}")
+        self.attrs: dict = info
+
+    def __repr__(self) -> str:
+        return f"<canonstore.Store {self.path} data{tuple(self.shape)} {self.dtype}>"
+
+    # -- the data ----------------------------------------------------------------------
+    @cached_property
+    def array(self) -> np.ndarray:
+        """`data` as a (time, channel, *space) array memory-mapped from the shard file.
+
+        Indexing it copies nothing until you ask (`array[i]` is a view). A compressed store
+        cannot be mapped: you get the zarr array instead, which decodes on each read.
+        """
+        data = self._group["data"]
+        if self.attrs["layout"]["compression"] != "none":
+            return data
+        try:
+            return memmap_data(self.path, data)
+        except (ValueError, OSError) as exc:
+            raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._group["data"].shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._group["data"].dtype)
+
+    @cached_property
+    def _ds(self) -> xr.Dataset:
+        return xr.open_zarr(self.path, consolidated=True, chunks=None)
+
+    @cached_property
+    def channels(self) -> list[str]:
+        return [str(c) for c in self._ds["channel"].values]
+
+    @cached_property
+    def time(self) -> np.ndarray:
+        """Decoded time coordinate: datetime64, cftime objects (noleap, 360_day), or positions."""
+        return self._ds["time"].values
+
+    @cached_property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(self._ds["data"].dims)
+
+    @cached_property
+    def stats(self) -> dict[str, np.ndarray]:
+        """Train-split statistics per channel in float64 (mean, std, min, max, count, nan_count, sum, sum_sq)."""
+        return {name.removeprefix("stats_"): self._ds[name].values
+                for name in self._ds.data_vars if name.startswith("stats_")}
+
+    @cached_property
+    def splits(self) -> np.ndarray:
+        """Split label per time step: int8 codes of ("train", "val", "test", "excluded")."""
+        return self._ds["split"].values
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """Time indices labelled `name` (one of "train", "val", "test"), ascending."""
+        if name not in SPLIT_CODES or name == "excluded":
+            raise ValueError(f"unknown split {name!r}; valid names are {list(SPLITS)}")
+        return np.flatnonzero(self.splits == SPLIT_CODES[name])
+
+    @cached_property
+    def static(self) -> dict[str, np.ndarray]:
+        """Normalised static fields (e.g. lsm, orography) by name; empty if the recipe has none."""
+        if "static" not in self._ds:
+            return {}
+        return {str(n): self._ds["static"].sel(static_channel=n).values for n in self._ds["static_channel"].values}
+
+    @cached_property
+    def mask(self) -> np.ndarray | None:
+        """(channel, *space) validity mask (1 = observed) when NaNs were filled, else None."""
+        return self._ds["mask"].values.astype(bool) if "mask" in self._ds else None
+
+    def denormalise(self, values: np.ndarray, channel_axis: int = 1) -> np.ndarray:
+        """Back to physical units: values * scale + mean, channels along `channel_axis`."""
+        shape = [1] * np.ndim(values)
+        shape[channel_axis] = -1
+        std = self.stats["std"]
+        scale = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        return values * scale.reshape(shape) + self.stats["mean"].reshape(shape)
+
+    def to_xarray(self) -> xr.Dataset:
+        """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives."""
+        return xr.open_zarr(self.path, consolidated=True)
+
+
+def open_store(path: str | Path) -> Store:
+    """Open the canonstore store at `path` (a `<name>.zarr` directory) for reading."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    if not (path / MANIFEST).is_file():
+        raise StoreError(f"{path}: no {MANIFEST}: the store is incomplete or was not made by canonstore")
+    return Store(path)

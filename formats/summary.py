@@ -1,0 +1,47 @@
+"""`canonstore inspect`: a readable summary of a store."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from canonstore.formats.store import SPLITS, Store
+
+
+def describe(store: Store) -> str:
+    """Channels with units and stats, split sizes and date ranges, layout and provenance."""
+    a, ds = store.attrs, store._ds
+    lines = [f"{store.path}  (canonstore format {a['format_version']}, '{a['name']}')",
+             f"data    {ds['data'].dims} {store.shape} {store.dtype}, "
+             f"{np.prod(store.shape) * store.dtype.itemsize / 1e6:.1f} MB",
+             f"time    {len(store.time)} steps, {_span(store.time)}, calendar {a.get('calendar')}",
+             "", "splits  (rule: " + ", ".join(f"{k}={v}" for k, v in a["split_rule"].items()) + ")"]
+    for name in SPLITS + ("excluded",):
+        idx = np.flatnonzero(store.splits == (SPLITS + ("excluded",)).index(name))
+        lines.append(f"  {name:<9}{idx.size:>8} steps  {_span(store.time[idx])}")
+    s = store.stats
+    lines += ["", f"channels ({len(store.channels)}), train statistics in physical units:",
+              f"  {'name':<14}{'units':<14}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}{'nan':>8}"]
+    units = ds["channel_units"].values
+    for i, name in enumerate(store.channels):
+        lines.append(f"  {name:<14}{str(units[i]):<14}{s['mean'][i]:>12.4g}{s['std'][i]:>12.4g}"
+                     f"{s['min'][i]:>12.4g}{s['max'][i]:>12.4g}{int(s['nan_count'][i]):>8}")
+    if store.static:
+        lines += ["", "static  " + ", ".join(store.static)]
+    if store.mask is not None:
+        lines += [f"mask    NaNs filled with the train mean; {int((~store.mask).sum())} masked grid values"]
+    layout = a["layout"]
+    lines += ["", f"layout  {layout['compression']} compression, inner chunk = 1 sample, "
+              + ("one shard file (memory-mappable): " + str(layout["data_file"]) if layout["compression"] == "none"
+                 else f"shards of {layout['block_steps']} steps")]
+    lines += [f"built   {a['created']} by canonstore {a['canonstore_version']} (git {str(a.get('git_commit'))[:12]})",
+              f"recipe  {a['recipe_path']} (sha256 {a['recipe_sha256'][:12]})",
+              f"inputs  {len(a['inputs'])} files, {sum(i['size'] for i in a['inputs']) / 1e6:.1f} MB"]
+    return "\n".join(lines)
+
+
+def _span(times: np.ndarray) -> str:
+    return f"{_fmt(times[0])} .. {_fmt(times[-1])}" if len(times) else "-"
+
+
+def _fmt(t) -> str:
+    return str(np.datetime_as_string(t, unit="m")) if isinstance(t, np.datetime64) else str(t)

@@ -1,0 +1,51 @@
+"""`canonstore verify`: recompute the checksums recorded at build time and check the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from canonstore.errors import StoreError
+from canonstore.formats.manifest import check_manifest
+from canonstore.formats.store import Store
+from canonstore.formats.zarr_ import memmap_data
+from canonstore.splits import SPLIT_NAMES
+
+STAT_NAMES = ("mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq")
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Every problem found in the store at `path`; an empty list means it is intact."""
+    path = Path(path)
+    problems = check_manifest(path)
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        return problems + [str(exc)]
+    problems += _check_schema(store)
+    return problems
+
+
+def _check_schema(store: Store) -> list[str]:
+    problems = []
+    try:
+        ds = store._ds
+        shape = store.shape
+        ntime, nchan = shape[0], shape[1]
+        if ds["data"].dims[:2] != ("time", "channel"):
+            problems.append(f"data: dims {ds['data'].dims}, expected ('time', 'channel', ...)")
+        if ds["time"].size != ntime or ds["channel"].size != nchan:
+            problems.append(f"data: shape {shape} does not match time ({ds['time'].size}) "
+                            f"and channel ({ds['channel'].size}) coordinates")
+        for name in STAT_NAMES:
+            if f"stats_{name}" not in ds or ds[f"stats_{name}"].shape != (nchan,):
+                problems.append(f"stats_{name}: missing or not one value per channel")
+        split = ds["split"].values
+        if split.shape != (ntime,) or not np.isin(split, np.arange(len(SPLIT_NAMES))).all():
+            problems.append(f"split: expected {ntime} codes in 0..{len(SPLIT_NAMES) - 1}")
+        if store.attrs["layout"]["compression"] == "none":
+            memmap_data(store.path, store._group["data"])
+    except (KeyError, ValueError, OSError) as exc:
+        problems.append(f"schema: {exc}")
+    return problems

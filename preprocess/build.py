@@ -1,0 +1,278 @@
+"""`canonstore build RECIPE`: raw sources -> one normalised, verified store, published atomically.
+
+    canonstore build recipes/demo.yaml          # -> data/intermediate/demo.zarr
+
+Two streaming passes over time blocks of about `storage.shard_mb`: the first gathers
+train-split statistics (float64) and NaN facts over all steps, the second normalises and
+writes. Memory is bounded by a few blocks whatever the input size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm import tqdm
+
+from canonstore.errors import SourceError
+from canonstore.formats.manifest import MANIFEST, file_sha256, write_manifest
+from canonstore.formats.store import FORMAT_VERSION
+from canonstore.formats.verify import verify_store
+from canonstore.formats.zarr_ import shard_file
+from canonstore.preprocess import writer
+from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
+from canonstore.preprocess.recipe import Recipe, load_recipe
+from canonstore.preprocess.stats import FIELDS, RunningStats, normalisation_scale
+from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_labels
+
+TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    built: bool           # False when the store was already up to date
+    steps: int = 0
+    channels: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
+          progress: bool = True, log=print) -> BuildResult:
+    """Build the store described by the recipe at `recipe_path` (default out: data/intermediate/<name>.zarr)."""
+    recipe = load_recipe(recipe_path)
+    out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
+    writer.check_output(out)
+    inputs = [{"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in recipe.sources]
+    if not force and _up_to_date(out, recipe, inputs):
+        log(f"{out} is up to date (same recipe and inputs); nothing to do")
+        return BuildResult(out, built=False)
+
+    began = time.perf_counter()
+    sources = open_sources(recipe)
+    try:
+        keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
+        labels = split_labels(keys, recipe.splits)
+        block = _block_steps(recipe, sources)
+        stats, nans = _scan(sources, labels, block, progress)
+        plan = _plan(recipe, sources, stats, nans, labels)
+        staging = writer.start(out)
+        try:
+            nbytes = _write(recipe, sources, labels, plan, inputs, staging, block, progress)
+            problems = verify_store(staging)
+            if problems:
+                raise SourceError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
+            writer.publish(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        sources.close()
+    seconds = time.perf_counter() - began
+    result = BuildResult(out, True, sources.time.size, len(plan["channels"]), nbytes, seconds)
+    log(f"wrote {out}: {result.steps} steps x {result.channels} channels, {nbytes / 1e6:.1f} MB "
+        f"in {seconds:.1f} s ({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
+    return result
+
+
+def _up_to_date(out: Path, recipe: Recipe, inputs: list[dict]) -> bool:
+    if not (out / MANIFEST).is_file():
+        return False
+    try:
+        attrs = json.loads((out / "zarr.json").read_text())["attributes"]["canonstore"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (attrs.get("format_version") == FORMAT_VERSION and attrs.get("recipe_sha256") == recipe.sha256
+            and attrs.get("inputs") == inputs)
+
+
+def _block_steps(recipe: Recipe, sources: Sources) -> int:
+    sample_bytes = int(np.prod(sources.sample_shape)) * np.dtype(recipe.dtype).itemsize
+    return max(1, int(recipe.shard_mb * 2**20) // sample_bytes)
+
+
+def _blocks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _scan(sources: Sources, labels: np.ndarray, block: int, progress: bool):
+    """Pass 1: train statistics, plus where NaNs are over ALL steps (policy and mask layout)."""
+    nchan = len(sources.channels)
+    stats = RunningStats(nchan)
+    nans = {"count": np.zeros(nchan, np.int64), "first_step": np.full(nchan, -1), "pattern": None,
+            "varies": np.zeros(nchan, bool)}
+    train = labels == SPLIT_CODES["train"]
+    with tqdm(total=sources.time.size, unit="step", desc="statistics", disable=not progress) as bar:
+        for start, stop in _blocks(sources.time.size, block):
+            values = sources.read(start, stop)
+            if train[start:stop].any():
+                stats.update(values[train[start:stop]])
+            isnan = np.isnan(values)
+            per_step = isnan.reshape(stop - start, nchan, -1).sum(axis=2)
+            nans["count"] += per_step.sum(axis=0)
+            for c in np.flatnonzero((nans["first_step"] < 0) & per_step.any(axis=0)):
+                nans["first_step"][c] = start + int(np.argmax(per_step[:, c] > 0))
+            if nans["pattern"] is None:
+                nans["pattern"] = isnan[0].copy()
+            nans["varies"] |= (isnan != nans["pattern"][None]).reshape(stop - start, nchan, -1).any(axis=(0, 2))
+            bar.update(stop - start)
+    return stats, nans
+
+
+def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, labels: np.ndarray) -> dict:
+    """Apply the NaN policy and decide the channel list (with mask channels) and its statistics."""
+    channels = list(sources.channels)
+    has_nan = nans["count"] > 0
+    if has_nan.any() and recipe.nan_policy == "error":
+        listing = "; ".join(
+            f"'{ch.variable}' channel {ch.name}: {nans['count'][i]} NaN or fill values, first at "
+            f"{sources.time[nans['first_step'][i]]}" for i, ch in enumerate(channels) if has_nan[i])
+        raise SourceError(f"missing values found (recipe nan_policy: error): {listing}. Set `nan_policy: fill` "
+                          "to fill them with the train mean and keep a validity mask")
+    values = stats.as_dict()
+    for i, ch in enumerate(channels):
+        if values["count"][i] == 0:
+            raise SourceError(f"channel '{ch.name}' (variable '{ch.variable}') has no valid value in the "
+                              f"{int((labels == 0).sum())} train steps; it cannot be normalised")
+        if values["std"][i] == 0:
+            raise SourceError(f"channel '{ch.name}' (variable '{ch.variable}') is constant "
+                              f"({values['mean'][i]:g}) over the train split; std 0 cannot be normalised. "
+                              "Drop it from 'variables' or store it as 'static'")
+    mask_channels = [i for i in np.flatnonzero(has_nan) if nans["varies"][i]]
+    for i in mask_channels:
+        ch = channels[i]
+        channels.append(Channel(f"{ch.name}_valid", ch.variable, ch.level, "1"))
+        n_valid, n_nan = stats.count[i], stats.nan_count[i]
+        p = n_valid / (n_valid + n_nan)
+        mask_stats = {"mean": p, "std": np.sqrt(p * (1 - p)), "min": 0.0 if n_nan else 1.0,
+                      "max": 1.0 if n_valid else 0.0, "count": n_valid + n_nan, "nan_count": 0,
+                      "sum": float(n_valid), "sum_sq": float(n_valid)}
+        for k in FIELDS:
+            values[k] = np.append(values[k], mask_stats[k])
+    static_mask = None
+    if has_nan.any() and len(mask_channels) < has_nan.sum():
+        static_mask = ~nans["pattern"]
+        static_mask[mask_channels] = True  # those channels carry their mask as a data channel
+    return {"channels": channels, "stats": values, "mask_channels": mask_channels, "static_mask": static_mask}
+
+
+def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, progress: bool) -> int:
+    """Pass 2: metadata through xarray, then normalised data blocks, index, attrs, manifest."""
+    channels = plan["channels"]
+    shape = (sources.time.size, len(channels)) + sources.sample_shape[1:]
+    dims = ("time", "channel") + sources.space_dims
+    writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
+    stats = plan["stats"]
+    data = writer.DataWriter(staging, shape, dims, recipe.dtype, recipe.compression, block,
+                             stats["mean"], normalisation_scale(stats["std"]), [c.name for c in channels])
+    try:
+        with tqdm(total=shape[0], unit="step", desc="write", disable=not progress) as bar:
+            for start, stop in _blocks(shape[0], block):
+                values = sources.read(start, stop)
+                if plan["mask_channels"]:
+                    valid = (~np.isnan(values[:, plan["mask_channels"]])).astype(np.float64)
+                    values = np.concatenate([values, valid], axis=1)
+                data.write(start, values, sources.time[start:stop])
+                bar.update(stop - start)
+        data.finish()
+    except BaseException:
+        data.abort()
+        raise
+    data_file = shard_file(staging, len(shape)).relative_to(staging).as_posix() if recipe.compression == "none" else None
+    writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, block, shape, data_file))
+    writer.consolidate(staging)
+    write_manifest(staging, data_file or "")
+    return int(np.prod(shape)) * np.dtype(recipe.dtype).itemsize
+
+
+def _metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) -> xr.Dataset:
+    channels = plan["channels"]
+    coords = {
+        "time": ("time", sources.time),
+        "channel": ("channel", np.array([c.name for c in channels], dtype=object)),
+        "channel_variable": ("channel", np.array([c.variable for c in channels], dtype=object)),
+        "channel_level": ("channel", np.array([np.nan if c.level is None else c.level for c in channels])),
+        "channel_units": ("channel", np.array([c.units for c in channels], dtype=object)),
+    }
+    coords.update({name: coord.variable for name, coord in sources.coords.items()})
+    ds = xr.Dataset(coords=coords)
+    for name in FIELDS:
+        ds[f"stats_{name}"] = ("channel", plan["stats"][name],
+                               {"long_name": f"train-split {name} per channel, in physical units"})
+    ds["split"] = ("time", labels, {
+        "flag_values": list(range(len(SPLIT_NAMES))), "flag_meanings": " ".join(SPLIT_NAMES),
+        "rule": json.dumps(recipe.splits)})
+    if plan["static_mask"] is not None:
+        ds["mask"] = (("channel",) + sources.space_dims, _pad_mask(plan, len(channels)).astype(np.uint8),
+                      {"long_name": "1 where the raw value was observed, 0 where it was filled"})
+    if sources.static:
+        names = list(sources.static)
+        raw = np.stack([sources.static[n][0] for n in names])
+        if np.isnan(raw).any() and recipe.nan_policy == "error":
+            bad = names[int(np.flatnonzero(np.isnan(raw).reshape(len(names), -1).any(axis=1))[0])]
+            raise SourceError(f"{sources.static[bad][2]}: static variable '{bad}' has NaN or fill values "
+                              "(recipe nan_policy: error)")
+        flat = raw.reshape(len(names), -1)
+        mean, std = np.nanmean(flat, axis=1), np.nanstd(flat, axis=1)
+        per_field = (-1,) + (1,) * (raw.ndim - 1)
+        normalised = np.nan_to_num((raw - mean.reshape(per_field)) / normalisation_scale(std).reshape(per_field))
+        ds = ds.assign_coords(static_channel=("static_channel", np.array(names, dtype=object)),
+                              static_units=("static_channel", np.array([sources.static[n][1] for n in names], dtype=object)))
+        ds["static"] = (("static_channel",) + sources.space_dims, normalised.astype(np.float32))
+        ds["static_mean"] = ("static_channel", mean)
+        ds["static_std"] = ("static_channel", std)
+    return ds
+
+
+def _pad_mask(plan: dict, nchan: int) -> np.ndarray:
+    mask = plan["static_mask"]
+    extra = nchan - mask.shape[0]
+    return np.concatenate([mask, np.ones((extra,) + mask.shape[1:], bool)]) if extra else mask
+
+
+def _provenance(recipe, sources, inputs, block, shape, data_file) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": recipe.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "canonstore_version": _version("canonstore"),
+        "git_commit": _git_commit(),
+        "tools": {"python": platform.python_version(), **{t: _version(t) for t in TOOLS}},
+        "recipe": recipe.text,
+        "recipe_path": str(recipe.path.resolve()),
+        "recipe_sha256": recipe.sha256,
+        "inputs": inputs,
+        "source_time_dim": recipe.time_dim,
+        "calendar": sources.calendar,
+        "split_rule": recipe.splits,
+        "nan_policy": recipe.nan_policy,
+        "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
+        "layout": {"dtype": recipe.dtype, "compression": recipe.compression, "shape": list(shape),
+                   "block_steps": block, "data_file": data_file},
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, text=True,
+                              capture_output=True, timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,330 @@
+"""Open raw NetCDF sources lazily (xarray + dask) and check they form one dataset.
+
+Each file is opened and decoded on its own, so packing (`scale_factor`/`add_offset`) and
+fill values may differ per file; the time axes are then joined file by file. Nothing is
+read beyond coordinates here: `Sources.read(t0, t1)` pulls one block of steps on demand.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from canonstore.errors import SourceError
+from canonstore.preprocess.recipe import Recipe
+
+LEVEL_DIMS = ("level", "lev", "plev", "pressure_level", "pressure", "isobaricInhPa")
+_CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One store channel: a variable at one level (or a surface variable)."""
+
+    name: str
+    variable: str
+    level: float | None
+    units: str
+
+
+@dataclass
+class _Segment:
+    """The steps one file contributes to one variable: `keep` are positions inside the file."""
+
+    path: Path
+    array: xr.DataArray
+    keep: np.ndarray
+
+
+class Sources:
+    """The recipe's inputs as one lazy (time, channel, *space) dataset."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.files = list(recipe.sources)
+        self._datasets = {p: _open(p, recipe.time_dim) for p in self.files}
+        variables = self._select_variables()
+        self.calendar = self._check_calendar()
+        self.time, segments = self._join_time(variables)
+        self._segments = segments
+        self.space_dims, self.coords = self._check_grid(variables)
+        self.channels, self._level_index = self._make_channels(variables)
+        self.static = self._read_static()
+        self._apply_time_range()
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (len(self.channels),) + tuple(self.coords[d].size for d in self.space_dims)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Steps [start, stop) of the selected time axis as float64 (steps, channel, *space)."""
+        out = np.empty((stop - start,) + self.sample_shape, dtype=np.float64)
+        start += self._offset
+        stop += self._offset
+        c = 0
+        for variable, segments in self._segments.items():
+            block = self._read_variable(segments, start, stop)           # (steps, levels, *space)
+            levels = self._level_index[variable]
+            picked = block if levels is None else block[:, levels]
+            out[:, c:c + picked.shape[1]] = picked
+            c += picked.shape[1]
+        return out
+
+    def years(self) -> np.ndarray:
+        if not _is_datetime(self.time):
+            raise SourceError(f"time axis '{self.recipe.time_dim}' holds {self.time.dtype} values, not dates: "
+                              "split by year is impossible; use `splits: {by: index, ...}`")
+        return xr.DataArray(self.time, dims="t").dt.year.values
+
+    # -- steps of __init__ ----------------------------------------------------------------
+    def _select_variables(self) -> list[str]:
+        tdim = self.recipe.time_dim
+        present: dict[str, list[Path]] = {}
+        for path, ds in self._datasets.items():
+            for name, var in ds.data_vars.items():
+                if tdim in var.dims:
+                    present.setdefault(name, []).append(path)
+        wanted = list(self.recipe.variables) if self.recipe.variables else sorted(present)
+        if not wanted:
+            raise SourceError(f"no data variable with a '{tdim}' dimension in {[str(p) for p in self.files]}; "
+                              "name the variables (and `time_dim`) in the recipe")
+        for name in wanted:
+            if name not in present:
+                raise SourceError(f"variable '{name}' (recipe 'variables') has no '{tdim}' dimension in any source; "
+                                  f"found {sorted(present)} in {[str(p) for p in self.files]}")
+        for name in self.recipe.levels:
+            if name not in wanted:
+                raise SourceError(f"recipe 'levels' names '{name}', which is not a selected variable {wanted}")
+        self._files_of = {name: present[name] for name in wanted}
+        return wanted
+
+    def _check_calendar(self) -> str | None:
+        seen = {}
+        for path, ds in self._datasets.items():
+            enc = ds[self.recipe.time_dim].encoding if self.recipe.time_dim in ds.coords else {}
+            if "calendar" in enc or "units" in enc:
+                cal = str(enc.get("calendar", "standard")).lower()
+                seen[path] = _CALENDAR_ALIASES.get(cal, cal)
+        if len(set(seen.values())) > 1:
+            listing = ", ".join(f"{p.name}: {c}" for p, c in seen.items())
+            raise SourceError(f"sources mix calendars ({listing}); convert them to one calendar first")
+        return next(iter(seen.values()), None)
+
+    def _join_time(self, variables: list[str]) -> tuple[np.ndarray, dict[str, list[_Segment]]]:
+        tdim = self.recipe.time_dim
+        reference, segments = None, {}
+        for name in variables:
+            parts = []
+            for path in self._files_of[name]:
+                array = self._datasets[path][name]
+                times = array[tdim].values if tdim in array.coords else np.arange(array.sizes[tdim])
+                if times.size and not _strictly_increasing(times):
+                    i = int(np.flatnonzero(~_increasing_pairs(times))[0])
+                    raise SourceError(f"{path}: variable '{name}': time is not strictly increasing at step {i + 1} "
+                                      f"({times[i]} then {times[i + 1]})")
+                parts.append((times, path, array))
+            parts.sort(key=lambda p: p[0][0] if p[0].size else 0)
+            joined, name_segments, last, last_path = [], [], None, None
+            for times, path, array in parts:
+                keep = np.arange(times.size)
+                if last is not None and times.size and times[0] <= last:
+                    dup = times[times <= last]
+                    if not np.all(np.isin(dup, np.concatenate(joined))):
+                        raise SourceError(f"variable '{name}': {path} starts at {times[0]}, before {last_path} ends "
+                                          f"({last}), without repeating its steps: the files overlap")
+                    if self.recipe.on_duplicate_time == "error":
+                        raise SourceError(f"variable '{name}': time {dup[0]} appears in both {last_path} and {path}; "
+                                          "set `on_duplicate_time: keep_first` in the recipe to keep the first file's step")
+                    keep = keep[times > last]
+                if keep.size:
+                    joined.append(times[keep])
+                    name_segments.append(_Segment(path, array.transpose(tdim, ...), keep))
+                    last, last_path = times[keep][-1], path
+            axis = np.concatenate(joined) if joined else np.array([])
+            if reference is None:
+                reference, ref_name = axis, name
+            elif axis.shape != reference.shape or not np.all(axis == reference):
+                raise SourceError(f"variable '{name}' has {axis.size} time steps ({_span(axis)}) but "
+                                  f"'{ref_name}' has {reference.size} ({_span(reference)}); "
+                                  "all variables must share one time axis")
+            segments[name] = name_segments
+        return reference, segments
+
+    def _check_grid(self, variables: list[str]) -> tuple[tuple[str, ...], dict[str, xr.DataArray]]:
+        tdim = self.recipe.time_dim
+        ref = None
+        for name in variables:
+            for seg in self._segments[name]:
+                dims = tuple(d for d in seg.array.dims if d != tdim and d not in LEVEL_DIMS)
+                coords = {d: seg.array[d] if d in seg.array.coords else xr.DataArray(np.arange(seg.array.sizes[d]), dims=d)
+                          for d in dims}
+                if ref is None:
+                    ref, ref_where = (dims, coords), f"{seg.path} '{name}'"
+                    continue
+                if dims != ref[0] or any(coords[d].size != ref[1][d].size for d in dims):
+                    raise SourceError(f"{seg.path}: variable '{name}' is on grid "
+                                      f"{dict((d, coords[d].size) for d in dims)}, but {ref_where} is on "
+                                      f"{dict((d, ref[1][d].size) for d in ref[0])}")
+                for d in dims:
+                    if not np.array_equal(coords[d].values, ref[1][d].values):
+                        bad = int(np.flatnonzero(coords[d].values != ref[1][d].values)[0])
+                        raise SourceError(f"{seg.path}: variable '{name}': coordinate '{d}' differs from {ref_where} "
+                                          f"at index {bad} ({coords[d].values[bad]} vs {ref[1][d].values[bad]}); "
+                                          "regrid or reorder the inputs to one grid first")
+        dims, coords = ref
+        # Keep non-dimension coordinates that live on the grid (e.g. lat/lon of a `location` dim).
+        first = self._segments[variables[0]][0].array
+        for cname, coord in first.coords.items():
+            if cname not in dims and coord.dims and set(coord.dims) <= set(dims):
+                coords[cname] = coord
+        return dims, {k: v.load() for k, v in coords.items()}
+
+    def _make_channels(self, variables: list[str]) -> tuple[list[Channel], dict]:
+        channels, level_index = [], {}
+        for name in variables:
+            array = self._segments[name][0].array
+            units = self._units(name)
+            level_dims = [d for d in array.dims if d in LEVEL_DIMS]
+            if not level_dims:
+                if name in self.recipe.levels:
+                    raise SourceError(f"recipe 'levels' selects levels of '{name}', but it has no level dimension "
+                                      f"in {self._segments[name][0].path}")
+                channels.append(Channel(name, name, None, units))
+                level_index[name] = None
+                continue
+            ldim = level_dims[0]
+            self._segments[name] = [
+                _Segment(s.path, s.array.transpose(self.recipe.time_dim, ldim, *self.space_dims), s.keep)
+                for s in self._segments[name]]
+            values = _levels_in_hpa(array[ldim])
+            for seg in self._segments[name][1:]:
+                if not np.array_equal(_levels_in_hpa(seg.array[ldim]), values):
+                    raise SourceError(f"{seg.path}: variable '{name}' has levels {list(_levels_in_hpa(seg.array[ldim]))}, "
+                                      f"but {self._segments[name][0].path} has {list(values)}")
+            wanted = self.recipe.levels.get(name, list(values))
+            idx = []
+            for lev in wanted:
+                hit = np.flatnonzero(np.isclose(values, lev))
+                if not hit.size:
+                    raise SourceError(f"variable '{name}' has no level {lev:g} (recipe 'levels'); "
+                                      f"available in {self._segments[name][0].path}: {[float(v) for v in values]}")
+                idx.append(int(hit[0]))
+                channels.append(Channel(f"{name}{_fmt_level(values[hit[0]])}", name, float(values[hit[0]]), units))
+            level_index[name] = np.array(idx)
+        return channels, level_index
+
+    def _units(self, name: str) -> str:
+        seen = {str(s.array.attrs.get("units", "")) for s in self._segments[name]}
+        if len(seen) > 1:
+            listing = ", ".join(f"{s.path.name}: {s.array.attrs.get('units', '')!r}" for s in self._segments[name])
+            raise SourceError(f"variable '{name}' has different units across files ({listing})")
+        return seen.pop()
+
+    def _read_static(self) -> dict[str, tuple[np.ndarray, str, Path]]:
+        static = {}
+        for name in self.recipe.static:
+            hits = [p for p, ds in self._datasets.items() if name in ds.data_vars]
+            if not hits:
+                raise SourceError(f"static variable '{name}' (recipe 'static') is in none of the sources")
+            path = hits[0]
+            array = self._datasets[path][name]
+            if self.recipe.time_dim in array.dims:
+                if array.sizes[self.recipe.time_dim] != 1:
+                    raise SourceError(f"{path}: static variable '{name}' has a time dimension of "
+                                      f"{array.sizes[self.recipe.time_dim]} steps; static fields must not vary")
+                array = array.isel({self.recipe.time_dim: 0})
+            if set(array.dims) != set(self.space_dims):
+                raise SourceError(f"{path}: static variable '{name}' has dims {array.dims}, "
+                                  f"expected the grid {self.space_dims}")
+            array = array.transpose(*self.space_dims)
+            for d in self.space_dims:
+                if d in array.coords and not np.array_equal(array[d].values, self.coords[d].values):
+                    raise SourceError(f"{path}: static variable '{name}': coordinate '{d}' differs from the data grid")
+            static[name] = (np.asarray(array.values, dtype=np.float64), str(array.attrs.get("units", "")), path)
+        return static
+
+    def _apply_time_range(self) -> None:
+        self._offset = 0
+        start, end = self.recipe.time_start, self.recipe.time_end
+        if start is None and end is None:
+            return
+        if not _is_datetime(self.time):
+            raise SourceError(f"recipe 'time' selects dates, but '{self.recipe.time_dim}' holds {self.time.dtype} values")
+        positions = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t").sel(t=slice(start, end))
+        if positions.size == 0:
+            raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {_span(self.time)}")
+        self._offset = int(positions.values[0])
+        self.time = self.time[self._offset:int(positions.values[-1]) + 1]
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read_variable(self, segments: list[_Segment], start: int, stop: int) -> np.ndarray:
+        blocks, pos = [], 0
+        for seg in segments:
+            lo, hi = max(start, pos), min(stop, pos + seg.keep.size)
+            if lo < hi:
+                local = seg.keep[lo - pos:hi - pos]
+                sel = slice(int(local[0]), int(local[-1]) + 1) if local[-1] - local[0] + 1 == local.size else local
+                try:
+                    values = seg.array.isel({self.recipe.time_dim: sel}).values
+                except Exception as exc:  # netCDF4/HDF5 raise many types for damaged files
+                    raise SourceError(f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {exc}") from exc
+                blocks.append(values)
+            pos += seg.keep.size
+            if pos >= stop:
+                break
+        block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        return block if block.ndim == 2 + len(self.space_dims) else block[:, None]
+
+    def close(self) -> None:
+        for ds in self._datasets.values():
+            ds.close()
+
+
+def open_sources(recipe: Recipe) -> Sources:
+    """Open and check every source of `recipe`; see `Sources`."""
+    return Sources(recipe)
+
+
+def _open(path: Path, time_dim: str) -> xr.Dataset:
+    """Open one file lazily with its own decoding (its own packing and fill values)."""
+    try:
+        with warnings.catch_warnings():
+            # Packed ints with a float _FillValue (eraint_uvz.nc) are decoded correctly anyway.
+            warnings.filterwarnings("ignore", message=".*_FillValue.*")
+            warnings.filterwarnings("ignore", category=xr.SerializationWarning)
+            return xr.open_dataset(path, chunks={}, decode_coords="all")
+    except Exception as exc:
+        raise SourceError(f"{path}: cannot open as NetCDF: {exc}") from exc
+
+
+def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
+    values = np.asarray(coord.values, dtype=np.float64)
+    return values / 100.0 if str(coord.attrs.get("units", "")).lower() in ("pa", "pascal", "pascals") else values
+
+
+def _fmt_level(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}".replace(".", "p")
+
+
+def _is_datetime(values: np.ndarray) -> bool:
+    return np.issubdtype(values.dtype, np.datetime64) or (values.dtype == object and values.size > 0
+                                                         and hasattr(values[0], "calendar"))
+
+
+def _increasing_pairs(times: np.ndarray) -> np.ndarray:
+    return np.array([a < b for a, b in zip(times[:-1], times[1:])], dtype=bool)
+
+
+def _strictly_increasing(times: np.ndarray) -> bool:
+    if times.dtype != object:
+        return bool(np.all(times[1:] > times[:-1]))
+    return bool(_increasing_pairs(times).all())
+
+
+def _span(times: np.ndarray) -> str:
+    return f"{times[0]} .. {times[-1]}" if len(times) else "no steps"

@@ -1,0 +1,164 @@
+"""Read and check a dataset recipe (YAML) before any work is done.
+
+A recipe is the whole description of a store; README.md documents every key:
+
+    name: canesm5-snow
+    sources: [../data/raw/*.nc]          # relative to the recipe file
+    variables: [prsn, snw]
+    splits: {train: [1991, 2004], val: [2005, 2007], test: [2008, 2010], embargo: 1}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from canonstore.errors import RecipeError
+from canonstore.splits import parse_split_rule
+
+KEYS = {"name", "sources", "variables", "levels", "static", "time", "time_dim", "splits",
+        "nan_policy", "on_duplicate_time", "storage"}
+STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
+DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "zstd", "blosc")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A checked recipe. `text` is the file verbatim; `sha256` identifies it in provenance."""
+
+    path: Path
+    text: str
+    name: str
+    sources: tuple[Path, ...]
+    splits: dict
+    variables: tuple[str, ...] | None = None
+    levels: dict = field(default_factory=dict)
+    static: tuple[str, ...] = ()
+    time_start: str | None = None
+    time_end: str | None = None
+    time_dim: str = "time"
+    nan_policy: str = "error"
+    on_duplicate_time: str = "error"
+    dtype: str = "float32"
+    shard_mb: float = 128.0
+    compression: str = "none"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check the recipe at `path`; raise RecipeError naming the key or file at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path}: no such file")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path}: not valid YAML: {exc}") from None
+    where = f"recipe {path}"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    unknown = set(raw) - KEYS
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys are {sorted(KEYS)}")
+    for key in ("name", "sources", "splits"):
+        if key not in raw:
+            raise RecipeError(f"{where}: missing required key '{key}'")
+
+    name = _parse_str(raw["name"], "name", where)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise RecipeError(f"{where}: name must be letters, digits, '.', '_' or '-', got {name!r}")
+    storage = raw.get("storage") or {}
+    if not isinstance(storage, dict):
+        raise RecipeError(f"{where}: 'storage' must be a mapping, got {type(storage).__name__}")
+    if set(storage) - STORAGE_KEYS:
+        raise RecipeError(f"{where}: unknown key(s) in 'storage': {sorted(set(storage) - STORAGE_KEYS)}; "
+                          f"valid keys are {sorted(STORAGE_KEYS)}")
+    time = raw.get("time") or {}
+    if not isinstance(time, dict) or set(time) - {"start", "end"}:
+        raise RecipeError(f"{where}: 'time' must be a mapping with 'start' and/or 'end', got {time!r}")
+    levels = raw.get("levels") or {}
+    if not isinstance(levels, dict) or not all(isinstance(v, list) and v for v in levels.values()):
+        raise RecipeError(f"{where}: 'levels' must map variable -> non-empty list of levels, got {levels!r}")
+    shard_mb = storage.get("shard_mb", 128)
+    if not isinstance(shard_mb, (int, float)) or isinstance(shard_mb, bool) or shard_mb <= 0:
+        raise RecipeError(f"{where}: storage.shard_mb must be a positive number, got {shard_mb!r}")
+
+    return Recipe(
+        path=path,
+        text=text,
+        name=name,
+        sources=_resolve_sources(raw["sources"], path.parent, where),
+        splits=parse_split_rule(raw["splits"], where),
+        variables=_parse_names(raw.get("variables"), "variables", where),
+        levels={str(k): [float(x) for x in v] for k, v in levels.items()},
+        static=_parse_names(raw.get("static"), "static", where) or (),
+        time_start=_parse_date(time.get("start"), "time.start", where),
+        time_end=_parse_date(time.get("end"), "time.end", where),
+        time_dim=_parse_str(raw.get("time_dim", "time"), "time_dim", where),
+        nan_policy=_parse_choice(raw.get("nan_policy", "error"), ("error", "fill"), "nan_policy", where),
+        on_duplicate_time=_parse_choice(raw.get("on_duplicate_time", "error"), ("error", "keep_first"),
+                                        "on_duplicate_time", where),
+        dtype=_parse_choice(storage.get("dtype", "float32"), DTYPES, "storage.dtype", where),
+        shard_mb=float(shard_mb),
+        compression=_parse_choice(str(storage.get("compression", "none")).lower(), COMPRESSIONS,
+                                  "storage.compression", where),
+    )
+
+
+def _parse_str(value: object, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RecipeError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_choice(value: object, choices: tuple[str, ...], key: str, where: str) -> str:
+    if value not in choices:
+        raise RecipeError(f"{where}: '{key}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _parse_names(value: object, key: str, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RecipeError(f"{where}: '{key}' must be a list of variable names, got {value!r}")
+    return tuple(value)
+
+
+def _parse_date(value: object, key: str, where: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"\d{4}(-\d{2}(-\d{2}([T ][\d:]+)?)?)?", value):
+        return value
+    raise RecipeError(f"{where}: '{key}' must be a date like 1991-01-01, got {value!r}")
+
+
+def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path, ...]:
+    """Expand globs relative to the recipe's folder; every entry must match at least one file."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{where}: 'sources' must be a list of paths or globs, got {value!r}")
+    found: list[Path] = []
+    for entry in value:
+        pattern = Path(entry) if Path(entry).is_absolute() else base / entry
+        matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
+        if not matches:
+            raise RecipeError(f"{where}: source {entry!r} matches no file (looked for {pattern})")
+        found.extend(m for m in matches if m not in found)
+    return tuple(found)
