@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -68,7 +69,10 @@ class Store:
 
     @cached_property
     def _ds(self) -> xr.Dataset:
-        return xr.open_zarr(self.path, consolidated=True, chunks=None)
+        with warnings.catch_warnings():
+            # 360_day / far-future times decode to cftime, as they should; xarray says so loudly.
+            warnings.filterwarnings("ignore", message=".*Unable to decode time axis.*")
+            return xr.open_zarr(self.path, consolidated=True, chunks=None)
 
     @cached_property
     def channels(self) -> list[str]:

@@ -205,7 +205,9 @@ def _metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) 
         "channel_level": ("channel", np.array([np.nan if c.level is None else c.level for c in channels])),
         "channel_units": ("channel", np.array([c.units for c in channels], dtype=object)),
     }
-    coords.update({name: coord.variable for name, coord in sources.coords.items()})
+    for name, coord in sources.coords.items():
+        # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width '<U'.
+        coords[name] = coord.variable.astype(object) if coord.dtype.kind == "U" else coord.variable
     ds = xr.Dataset(coords=coords)
     for name in FIELDS:
         ds[f"stats_{name}"] = ("channel", plan["stats"][name],

@@ -48,7 +48,7 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
         first, last = bounds
         if first > last:
             raise RecipeError(f"{where}: splits.{name} starts after it ends: {bounds!r}")
-        if previous is not None and first <= previous[1]:
+        if previous is not None and first <= previous[2]:
             raise RecipeError(
                 f"{where}: splits.{name} {list(bounds)} overlaps or precedes splits.{previous[0]} "
                 f"{list(previous[1:])}; splits must be disjoint and in order train < val < test")

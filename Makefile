@@ -1,0 +1,71 @@
+# canonstore: raw NetCDF -> one canonical, pre-normalised Zarr store.  `make` lists the targets.
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+SHELL := /bin/bash
+
+## Variables (override on the command line: make intermediate RECIPE=recipes/my.yaml)
+PYTHON ?= python3
+VENV   ?= .venv
+RECIPE ?= recipes/demo.yaml
+SIZE   ?= 1
+YEARS  ?= 5
+# CPU build of torch (on disk here) unless a GPU is visible; override with TORCH=...
+TORCH  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+
+PY        := $(VENV)/bin/python
+CANON     := $(VENV)/bin/canonstore
+ENV_STAMP := $(VENV)/.installed
+NAME      := $(shell sed -n 's/^name:[[:space:]]*\([A-Za-z0-9._-]*\).*/\1/p' $(RECIPE) 2>/dev/null)
+STORE     ?= data/intermediate/$(NAME).zarr
+DEMO_RAW  := data/raw/demo
+DEMO_STAMP := $(DEMO_RAW)/.size-$(SIZE)-years-$(YEARS)
+
+# The store depends on the recipe and every raw file it names (listed by the CLI once installed).
+ifeq ($(RECIPE),recipes/demo.yaml)
+INPUTS := $(DEMO_STAMP)
+else
+INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
+endif
+
+.PHONY: help env data intermediate inspect verify test clean distclean
+
+help: ## list the targets
+	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
+
+env: $(ENV_STAMP) ## create .venv and install canonstore (once; redone when pyproject.toml changes)
+
+$(ENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,torch]"
+	touch $@
+
+data: $(DEMO_STAMP) ## generate the embedded demo raw NetCDF in data/raw/demo (SIZE scales the grid)
+
+$(DEMO_STAMP): preprocess/demo.py | $(ENV_STAMP)
+	$(CANON) demo-data $(DEMO_RAW) --size $(SIZE) --years $(YEARS)
+	touch $@
+
+intermediate: $(STORE)/manifest.json ## build the store from RECIPE (skipped when recipe and inputs are unchanged)
+
+# The manifest is written last, inside the store, and the store appears by one rename: if the
+# manifest exists the store is complete. `touch` because an unchanged build writes nothing.
+$(STORE)/manifest.json: $(RECIPE) $(INPUTS) | $(ENV_STAMP)
+	$(CANON) build $(RECIPE) --out $(STORE)
+	touch $@
+
+inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits, layout, provenance
+	$(CANON) inspect $(STORE)
+
+verify: $(STORE)/manifest.json ## recompute the store's checksums and check its schema
+	$(CANON) verify $(STORE)
+
+test: $(ENV_STAMP) ## run the test suite
+	$(PY) -m pytest -q
+
+clean: ## remove generated data and stores (keeps .venv)
+	rm -rf data/intermediate data/raw/demo .pytest_cache build dist
+
+distclean: clean ## also remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,120 @@
+"""Building the demo store: normalisation from train only, streaming, no-op rebuilds, no partial stores."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from canonstore import open_store
+from canonstore.errors import SourceError, StoreError
+from canonstore.preprocess import build
+from tests.conftest import demo_recipe, write_recipe
+
+quiet = {"progress": False, "log": lambda *_: None}
+
+
+def test_train_split_is_normalised_per_channel(tiny_store):
+    store = open_store(tiny_store)
+    train = np.asarray(store.array[store.split_indices("train")], dtype=np.float64)
+    per_channel = np.moveaxis(train, 1, 0).reshape(len(store.channels), -1)
+    np.testing.assert_allclose(per_channel.mean(axis=1), 0, atol=0.01)
+    np.testing.assert_allclose(per_channel.std(axis=1), 1, atol=0.01)
+    assert store.channels == ["msl", "t500", "t850", "t2m", "u500", "u850", "v500", "v850", "z500", "z850"]
+
+
+def test_stored_values_denormalise_to_the_raw_values(tiny_store, tiny_raw):
+    store = open_store(tiny_store)
+    raw = xr.open_dataset(tiny_raw / "z_2001.nc")["z"].sel(level=500).values      # 2001 = val split
+    i = int(np.searchsorted(store.time, np.datetime64("2001-01-01")))
+    z500 = store.channels.index("z500")
+    physical = store.denormalise(np.asarray(store.array[i:i + 10], dtype=np.float64))[:, z500]
+    np.testing.assert_allclose(physical, raw[:10], rtol=1e-6)
+    # msl is packed int16 in the raw files: the store holds xarray's decoded values
+    msl = xr.open_dataset(tiny_raw / "msl_2001.nc")["msl"].values[:10]
+    np.testing.assert_allclose(store.denormalise(np.asarray(store.array[i:i + 10], float))[:, 0], msl, rtol=1e-6)
+
+
+def test_changing_val_and_test_raw_values_changes_no_statistic(tmp_path, tiny_raw, tiny_store):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    for year in (2001, 2002):                      # val and test years of the demo recipe
+        for path in raw.glob(f"*_{year}.nc"):
+            ds = xr.load_dataset(path)
+            name = next(iter(ds.data_vars))
+            ds[name] = ds[name] * 3 + 7
+            encoding = {k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue")}
+            encoding.pop("dtype", None)              # unpacked float32 is fine for this test
+            ds.to_netcdf(path, encoding={name: encoding})
+    out = build(demo_recipe(tmp_path, raw), tmp_path / "changed.zarr", **quiet).path
+    before, after = open_store(tiny_store), open_store(out)
+    for name, values in before.stats.items():
+        np.testing.assert_array_equal(values, after.stats[name], err_msg=name)
+    train = before.split_indices("train")
+    np.testing.assert_array_equal(before.array[train], after.array[train])
+    val = before.split_indices("val")
+    assert not np.allclose(before.array[val], after.array[val])
+
+
+def test_rebuild_is_a_no_op_until_recipe_or_input_changes(tmp_path, tiny_raw):
+    messages = []
+    recipe = demo_recipe(tmp_path, tiny_raw)
+    out = tmp_path / "demo.zarr"
+    assert build(recipe, out, progress=False, log=messages.append).built
+    manifest_mtime = (out / "manifest.json").stat().st_mtime_ns
+    again = build(recipe, out, progress=False, log=messages.append)
+    assert not again.built and "up to date" in messages[-1]
+    assert (out / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    recipe.write_text(recipe.read_text().replace("embargo: 2", "embargo: 3"))
+    assert build(recipe, out, **quiet).built
+    assert open_store(out).attrs["split_rule"]["embargo"] == 3
+
+
+def test_a_failing_build_leaves_the_previous_store_and_no_partial(tmp_path, tiny_raw):
+    out = tmp_path / "demo.zarr"
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    checksum = (out / "manifest.json").read_text()
+    with pytest.raises(SourceError):
+        build(demo_recipe(tmp_path, tiny_raw, variables=["nope"]), out, **quiet)
+    assert (out / "manifest.json").read_text() == checksum
+    assert not out.with_name("demo.zarr.partial").exists()
+
+
+def test_refuses_to_replace_something_that_is_not_a_store(tmp_path, tiny_raw):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(StoreError, match="exists and is not a canonstore store"):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
+    recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t2m"], levels={"z": [850]}, static=[],
+                         time={"start": "2000-03-01", "end": "2002-06-30"})
+    store = open_store(build(recipe, tmp_path / "sel.zarr", **quiet).path)
+    assert store.channels == ["z850", "t2m"]
+    assert store.time[0] == np.datetime64("2000-03-01T00:00") and store.time[-1] == np.datetime64("2002-06-30T18:00")
+    assert store.attrs["layout"]["shape"][0] == len(store.time)
+
+
+def test_float16_store_round_trips_within_float16_precision(tmp_path, tiny_raw, tiny_store):
+    recipe = demo_recipe(tmp_path, tiny_raw, storage={"dtype": "float16", "shard_mb": 1})
+    half = open_store(build(recipe, tmp_path / "half.zarr", **quiet).path)
+    full = open_store(tiny_store)
+    assert half.array.dtype == np.float16
+    np.testing.assert_allclose(half.array[:50].astype(np.float32), full.array[:50], atol=5e-3)
+
+
+def test_float16_refuses_a_channel_that_overflows_by_name(tmp_path):
+    time = pd.date_range("2000-01-01", periods=4 * 365 * 2, freq="6h")
+    values = np.random.default_rng(0).normal(0, 1e-4, size=(time.size, 2, 3)).astype(np.float32)
+    values[time.year == 2001] += 1000.0            # far outside the train range once normalised
+    xr.Dataset({"spike": (("time", "lat", "lon"), values)},
+               coords={"time": time, "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(tmp_path / "spike.nc")
+    recipe = write_recipe(tmp_path, sources=["spike.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]},
+                          storage={"dtype": "float16"})
+    with pytest.raises(SourceError, match="channel 'spike' at time 2001-01-01.*overflows float16"):
+        build(recipe, tmp_path / "spike.zarr", **quiet)
+    assert not (tmp_path / "spike.zarr").exists() and not (tmp_path / "spike.zarr.partial").exists()

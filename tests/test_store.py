@@ -1,0 +1,108 @@
+"""Reading a store: memory-mapped array, plain xarray/zarr readers, verify, compressed fallback."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from canonstore import open_store
+from canonstore.errors import StoreError
+from canonstore.formats import verify_store
+from canonstore.preprocess import build
+from tests.conftest import demo_recipe
+
+
+def test_array_is_a_zero_copy_memmap_equal_to_zarr_bit_for_bit(tiny_store):
+    store = open_store(tiny_store)
+    decoded = zarr.open_array(tiny_store / "data", mode="r")
+    for i in (0, 1, 777, store.shape[0] - 1):
+        sample = store.array[i]
+        assert sample.tobytes() == decoded[i].tobytes()
+        assert np.shares_memory(sample, store.array) and isinstance(store.array, np.memmap)
+    assert store.array.shape == store.shape == tuple(decoded.shape)
+
+
+def test_plain_xarray_gives_the_same_labelled_values(tiny_store):
+    store = open_store(tiny_store)
+    ds = xr.open_zarr(tiny_store)                      # no canonstore involved
+    assert ds["data"].dims == ("time", "channel", "latitude", "longitude")
+    assert list(ds["channel"].values) == store.channels
+    np.testing.assert_array_equal(ds["data"].isel(time=slice(100, 110)).values, store.array[100:110])
+    np.testing.assert_array_equal(ds["time"].values, store.time)
+    np.testing.assert_array_equal(ds["stats_mean"].values, store.stats["mean"])
+    assert ds["split"].attrs["flag_meanings"] == "train val test excluded"
+    assert set(ds["static_channel"].values) == {"lsm", "orography"}
+    assert ds.attrs["canonstore"]["format_version"] == 1
+
+
+def test_stats_splits_and_provenance(tiny_store):
+    store = open_store(tiny_store)
+    assert set(store.stats) == {"mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq"}
+    assert all(v.dtype.kind in "fi" and v.shape == (10,) for v in store.stats.values())
+    assert store.stats["mean"].dtype == np.float64
+    train, val, test = (store.split_indices(n) for n in ("train", "val", "test"))
+    assert train.max() < val.min() and val.max() < test.min()
+    assert val.min() - train.max() == 3                # embargo of 2 steps
+    assert store.stats["count"][0] == train.size * 8 * 16
+    attrs = store.attrs
+    assert attrs["recipe"].startswith("name: demo") and len(attrs["recipe_sha256"]) == 64
+    assert all({"path", "size", "sha256"} <= set(i) for i in attrs["inputs"]) and len(attrs["inputs"]) == 19
+    assert {"python", "numpy", "xarray", "zarr"} <= set(attrs["tools"])
+    assert "created" in attrs and "git_commit" in attrs and attrs["canonstore_version"]
+
+
+def test_unknown_split_name_lists_the_valid_ones(tiny_store):
+    with pytest.raises(ValueError, match=r"unknown split 'validation'; valid names are \['train', 'val', 'test'\]"):
+        open_store(tiny_store).split_indices("validation")
+
+
+def test_to_xarray_is_lazy_and_labelled(tiny_store):
+    ds = open_store(tiny_store).to_xarray()
+    assert ds["data"].chunks is not None
+    assert float(ds["data"].sel(channel="z500").isel(time=0).mean()) == pytest.approx(
+        float(open_store(tiny_store).array[0, 8].mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("target", ["data/c/0/0/0/0", "stats_mean/c/0", "split/c/0", "zarr.json"])
+def test_verify_detects_a_flipped_byte(tmp_path, tiny_store, target):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, copy)
+    assert verify_store(copy) == []
+    path = copy / target
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    problems = verify_store(copy)
+    assert any(target in p and "sha256" in p for p in problems), problems
+
+
+def test_verify_counts_missing_files(tmp_path, tiny_store):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, copy)
+    (copy / "split" / "c" / "0").unlink()
+    assert any("split/c/0: listed in the manifest but missing" in p for p in verify_store(copy))
+
+
+def test_compressed_store_falls_back_to_decoding(tmp_path, tiny_raw, tiny_store):
+    recipe = demo_recipe(tmp_path, tiny_raw, storage={"compression": "zstd", "shard_mb": 1})
+    packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False, log=lambda *_: None).path)
+    plain = open_store(tiny_store)
+    assert not isinstance(packed.array, np.ndarray)              # a zarr array: decodes on read
+    np.testing.assert_array_equal(packed.array[5:9], plain.array[5:9])
+    np.testing.assert_array_equal(xr.open_zarr(packed.path)["data"][:3].values, plain.array[:3])
+    assert verify_store(packed.path) == []
+
+
+def test_open_store_errors_are_clear(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
+    (tmp_path / "other.zarr" / "manifest.json").write_text(json.dumps({}))
+    with pytest.raises(StoreError, match="not a canonstore store"):
+        open_store(tmp_path / "other.zarr")
