@@ -297,7 +297,7 @@ def _open(path: Path, time_dim: str) -> xr.Dataset:
             # Packed ints with a float _FillValue (eraint_uvz.nc) are decoded correctly anyway.
             warnings.filterwarnings("ignore", message=".*_FillValue.*")
             warnings.filterwarnings("ignore", category=xr.SerializationWarning)
-            warnings.filterwarnings("ignore", message=".*cell_measures.*")  # CMIP's areacella lives elsewhere
+            warnings.filterwarnings("ignore", message=r"Variable\(s\) referenced in")  # CMIP bounds, areacella
             return xr.open_dataset(path, chunks={}, decode_coords="all")
     except Exception as exc:
         raise SourceError(f"{path}: cannot open as NetCDF: {exc}") from exc

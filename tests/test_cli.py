@@ -1,0 +1,46 @@
+"""The click layer: build, inspect, verify; errors are one line and a non-zero exit."""
+
+from click.testing import CliRunner
+
+from canonstore.cli import main
+from tests.conftest import demo_recipe
+
+
+def test_build_inspect_verify(tmp_path, tiny_raw):
+    runner = CliRunner()
+    recipe = demo_recipe(tmp_path, tiny_raw)
+    out = tmp_path / "demo.zarr"
+    result = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "steps x 10 channels" in result.output and "MB/s" in result.output
+    again = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
+    assert "up to date" in again.output
+
+    shown = runner.invoke(main, ["inspect", str(out)])
+    assert shown.exit_code == 0
+    for expected in ("z500", "m**2 s**-2", "train", "2000-01-01", "excluded", "static  lsm, orography",
+                     "one shard file", "recipe", "inputs  19 files"):
+        assert expected in shown.output, expected
+
+    ok = runner.invoke(main, ["verify", str(out)])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    data = out / "data" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    bad = runner.invoke(main, ["verify", str(out)])
+    assert bad.exit_code == 1 and "data/c/0/0/0/0: sha256 differs" in bad.output
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, tiny_raw):
+    recipe = demo_recipe(tmp_path, tiny_raw, variables=["geopotential"])
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(tmp_path / "x.zarr"), "--quiet"])
+    assert result.exit_code == 1
+    assert "error: variable 'geopotential' (recipe 'variables') has no 'time' dimension" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sources_lists_the_recipe_inputs(tmp_path, tiny_raw):
+    result = CliRunner().invoke(main, ["sources", str(demo_recipe(tmp_path, tiny_raw))])
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 19
+    assert all(line.endswith(".nc") for line in result.output.splitlines())
