@@ -37,27 +37,26 @@ class RunningStats:
 
     def update(self, block: np.ndarray) -> None:
         """Add a float64 block (steps, channel, *space); NaNs are counted, not used."""
-        flat = np.moveaxis(block, 1, 0).reshape(self.channels, -1)
-        valid = ~np.isnan(flat)
-        n = valid.sum(axis=1)
-        self.nan_count += flat.shape[1] - n
-        has = n > 0
-        if not has.any():
+        for c in range(self.channels):  # one channel at a time keeps temporaries small
+            self._update_channel(c, block[:, c].ravel())
+
+    def _update_channel(self, c: int, x: np.ndarray) -> None:
+        valid = x[~np.isnan(x)]
+        n = valid.size
+        self.nan_count[c] += x.size - n
+        if n == 0:
             return
-        zeroed = np.where(valid, flat, 0.0)
-        block_sum = zeroed.sum(axis=1)
-        block_mean = np.divide(block_sum, n, out=np.zeros_like(block_sum), where=has)
-        block_m2 = (np.where(valid, flat - block_mean[:, None], 0.0) ** 2).sum(axis=1)
-        total = self.count + n
-        delta = block_mean - self.mean
-        safe = np.maximum(total, 1)
-        self.mean = np.where(has, self.mean + delta * n / safe, self.mean)
-        self.m2 = np.where(has, self.m2 + block_m2 + delta ** 2 * self.count * n / safe, self.m2)
-        self.count = total
-        self.sum += block_sum
-        self.sum_sq += (zeroed ** 2).sum(axis=1)
-        self.min = np.minimum(self.min, np.where(valid, flat, np.inf).min(axis=1))
-        self.max = np.maximum(self.max, np.where(valid, flat, -np.inf).max(axis=1))
+        block_mean = valid.mean()
+        block_m2 = np.square(valid - block_mean).sum()
+        total = self.count[c] + n
+        delta = block_mean - self.mean[c]
+        self.mean[c] += delta * n / total
+        self.m2[c] += block_m2 + delta ** 2 * self.count[c] * n / total
+        self.count[c] = total
+        self.sum[c] += valid.sum()
+        self.sum_sq[c] += np.square(valid).sum()
+        self.min[c] = min(self.min[c], valid.min())
+        self.max[c] = max(self.max[c], valid.max())
 
     @property
     def std(self) -> np.ndarray:
