@@ -125,7 +125,8 @@ class Sources:
                 times = array[tdim].values if tdim in array.coords else np.arange(array.sizes[tdim])
                 if times.size and not _strictly_increasing(times):
                     i = int(np.flatnonzero(~_increasing_pairs(times))[0])
-                    raise SourceError(f"{path}: variable '{name}': time is not strictly increasing at step {i + 1} "
+                    problem = "is duplicated" if times[i] == times[i + 1] else "is not sorted"
+                    raise SourceError(f"{path}: variable '{name}': time {problem} at steps {i} and {i + 1} "
                                       f"({times[i]} then {times[i + 1]})")
                 parts.append((times, path, array))
             parts.sort(key=lambda p: p[0][0] if p[0].size else 0)

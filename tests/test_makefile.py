@@ -1,0 +1,52 @@
+"""The Makefile is a real DAG: a rebuild happens when, and only when, the recipe or an input changes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import demo_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.prefix)
+
+
+def make(*args: str) -> str:
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"VENV={VENV}", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def installed():
+    if shutil.which("make") is None or not (VENV / ".installed").exists():
+        pytest.skip("needs GNU make and an environment installed by `make env`")
+
+
+def test_help_is_the_default_and_lists_every_target(installed):
+    out = make()
+    for target in ("help", "env", "data", "intermediate", "verify", "test", "clean"):
+        assert f"  {target} " in out
+
+
+def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_path, tiny_raw):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    recipe = demo_recipe(tmp_path, raw)
+    store = tmp_path / "demo.zarr"
+    args = (f"RECIPE={recipe}", f"STORE={store}")
+    assert "wrote" in make("intermediate", *args)
+    assert "Nothing to be done for 'intermediate'" in make("intermediate", *args)
+
+    past = (raw / "t2m_2001.nc").stat().st_mtime - 100       # as if the input were touched after the build:
+    os.utime(store / "manifest.json", (past, past))          # make runs the build, which finds nothing changed
+    assert "up to date" in make("intermediate", *args)
+    assert "Nothing to be done" in make("intermediate", *args)
+
+    recipe.write_text(recipe.read_text().replace("embargo: 2", "embargo: 1"))
+    assert "wrote" in make("intermediate", *args)
+    assert "OK" in make("verify", *args)

@@ -1,0 +1,102 @@
+"""Opening and checking sources, with tiny files made in the test."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from canonstore import open_store
+from canonstore.errors import SourceError
+from canonstore.preprocess import build, load_recipe, open_sources
+from tests.conftest import write_recipe
+
+SPLITS = {"train": [2000, 2000], "test": [2001, 2001]}
+
+
+def nc(path, times, values=None, lat=(0.0, 1.0), var="x", units="K", calendar=None, level=None):
+    times = pd.DatetimeIndex(times) if not isinstance(times, pd.DatetimeIndex) else times
+    shape = (len(times), len(lat), 3) if level is None else (len(times), len(level[1]), len(lat), 3)
+    if values is None:
+        values = np.random.default_rng(len(times)).normal(size=shape)
+    dims = ("time", "lat", "lon") if level is None else ("time", level[0], "lat", "lon")
+    coords = {"time": times, "lat": list(lat), "lon": [0.0, 1.0, 2.0]}
+    if level is not None:
+        coords[level[0]] = (level[0], np.array(level[1], float), {"units": level[2]})
+    ds = xr.Dataset({var: (dims, values.astype(np.float32), {"units": units})}, coords=coords)
+    encoding = {"time": {"units": "hours since 1990-01-01", **({"calendar": calendar} if calendar else {})}}
+    ds.to_netcdf(path, encoding=encoding)
+    return path
+
+
+def days(start, n):
+    return pd.date_range(start, periods=n, freq="D")
+
+
+def sources_of(tmp_path, **keys):
+    keys.setdefault("splits", SPLITS)
+    return open_sources(load_recipe(write_recipe(tmp_path, **keys)))
+
+
+def test_files_are_joined_in_time_order_whatever_their_names(tmp_path):
+    nc(tmp_path / "a.nc", days("2001-01-01", 365))
+    nc(tmp_path / "b.nc", days("2000-01-01", 366))
+    src = sources_of(tmp_path, sources=["*.nc"])
+    assert src.time[0] == np.datetime64("2000-01-01") and src.time.size == 731
+    np.testing.assert_allclose(src.read(365, 366)[:, 0], xr.open_dataset(tmp_path / "b.nc")["x"].values[365:])
+    np.testing.assert_allclose(src.read(366, 367)[:, 0], xr.open_dataset(tmp_path / "a.nc")["x"].values[:1])
+
+
+def test_unsorted_and_duplicated_times_inside_a_file(tmp_path):
+    nc(tmp_path / "u.nc", pd.DatetimeIndex(["2000-01-02", "2000-01-01", "2000-01-03"]))
+    with pytest.raises(SourceError, match=r"u.nc: variable 'x': time is not sorted at steps 0 and 1"):
+        sources_of(tmp_path, sources=["u.nc"])
+    nc(tmp_path / "d.nc", pd.DatetimeIndex(["2000-01-01", "2000-01-02", "2000-01-02"]))
+    with pytest.raises(SourceError, match=r"d.nc: variable 'x': time is duplicated at steps 1 and 2"):
+        sources_of(tmp_path, sources=["d.nc"])
+
+
+def test_overlapping_files_without_identical_steps_are_refused(tmp_path):
+    nc(tmp_path / "a.nc", days("2000-01-01", 10))
+    nc(tmp_path / "b.nc", pd.date_range("2000-01-05T12:00", periods=10, freq="D"))
+    with pytest.raises(SourceError, match="the files overlap"):
+        sources_of(tmp_path, sources=["*.nc"], on_duplicate_time="keep_first")
+
+
+def test_grid_values_must_match_across_files(tmp_path):
+    nc(tmp_path / "a.nc", days("2000-01-01", 366))
+    nc(tmp_path / "b.nc", days("2001-01-01", 365), lat=(1.0, 0.0))       # latitude flipped
+    with pytest.raises(SourceError, match=r"b.nc: variable 'x': coordinate 'lat' differs from .*a.nc"):
+        sources_of(tmp_path, sources=["*.nc"])
+
+
+def test_mixed_calendars_and_units_are_refused(tmp_path):
+    nc(tmp_path / "a.nc", days("2000-01-01", 366), calendar="proleptic_gregorian")
+    nc(tmp_path / "b.nc", pd.date_range("2001-01-01", periods=365, freq="D"), calendar="standard")
+    with pytest.raises(SourceError, match="sources mix calendars"):
+        sources_of(tmp_path, sources=["*.nc"])
+    nc(tmp_path / "b.nc", days("2001-01-01", 365), units="degC", calendar="proleptic_gregorian")
+    with pytest.raises(SourceError, match="variable 'x' has different units across files"):
+        sources_of(tmp_path, sources=["*.nc"])
+
+
+def test_levels_in_pa_name_channels_in_hpa_and_select(tmp_path):
+    nc(tmp_path / "p.nc", days("2000-01-01", 731), var="t", level=("plev", [85000, 50000], "Pa"))
+    src = sources_of(tmp_path, sources=["p.nc"])
+    assert [c.name for c in src.channels] == ["t850", "t500"]
+    src = sources_of(tmp_path, sources=["p.nc"], levels={"t": [500]})
+    assert [(c.name, c.level) for c in src.channels] == [("t500", 500.0)]
+    with pytest.raises(SourceError, match=r"variable 't' has no level 700 .*available .*\[850.0, 500.0\]"):
+        sources_of(tmp_path, sources=["p.nc"], levels={"t": [700]})
+
+
+def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
+    values = np.random.default_rng(0).normal(size=(731, 2, 3))
+    values[::7, 0, 1] = np.nan                                            # a station that reports irregularly
+    nc(tmp_path / "gappy.nc", days("2000-01-01", 731), values=values)
+    recipe = write_recipe(tmp_path, sources=["gappy.nc"], splits=SPLITS, nan_policy="fill")
+    store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False, log=lambda *_: None).path)
+    assert store.channels == ["x", "x_valid"] and store.mask is None
+    valid = store.array[:, 1, 0, 1] > 0
+    np.testing.assert_array_equal(valid, ~np.isnan(values[:, 0, 1]))
+    assert np.all(store.array[~valid, 0, 0, 1] == 0) and np.isfinite(store.array).all()
+    assert store.stats["nan_count"][0] == np.isnan(values[:366]).sum()
