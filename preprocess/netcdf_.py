@@ -46,7 +46,7 @@ class Sources:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.files = list(recipe.sources)
-        self._datasets = {p: _open(p, recipe.time_dim) for p in self.files}
+        self._datasets = {p: _open(p) for p in self.files}
         variables = self._select_variables()
         self.calendar = self._check_calendar()
         self.time, segments = self._join_time(variables)
@@ -291,7 +291,7 @@ def open_sources(recipe: Recipe) -> Sources:
     return Sources(recipe)
 
 
-def _open(path: Path, time_dim: str) -> xr.Dataset:
+def _open(path: Path) -> xr.Dataset:
     """Open one file lazily with its own decoding (its own packing and fill values)."""
     try:
         with warnings.catch_warnings():
