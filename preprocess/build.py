@@ -273,8 +273,12 @@ def _version(package: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """The commit of the canonstore checkout this code runs from; None when installed from a wheel."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "pyproject.toml").is_file() or not (checkout / ".git").exists():
+        return None
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, text=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, text=True,
                               capture_output=True, timeout=5, check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
