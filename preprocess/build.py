@@ -60,6 +60,8 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
 
     began = time.perf_counter()
     sources = open_sources(recipe)
+    if sources.ignored:
+        log(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
     try:
         keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
         labels = split_labels(keys, recipe.splits)
@@ -259,6 +261,7 @@ def _provenance(recipe, sources, inputs, block, shape, data_file) -> dict:
         "calendar": sources.calendar,
         "split_rule": recipe.splits,
         "nan_policy": recipe.nan_policy,
+        "ignored_variables": sources.ignored,
         "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
         "layout": {"dtype": recipe.dtype, "compression": recipe.compression, "shape": list(shape),
                    "block_steps": block, "data_file": data_file},

@@ -101,6 +101,9 @@ class Sources:
             if name not in wanted:
                 raise SourceError(f"recipe 'levels' names '{name}', which is not a selected variable {wanted}")
         self._files_of = {name: present[name] for name in wanted}
+        # Nothing is dropped silently: the build reports what the recipe leaves out.
+        every = {name for ds in self._datasets.values() for name in ds.data_vars}
+        self.ignored = sorted(every - set(wanted) - set(self.recipe.static))
         return wanted
 
     def _check_calendar(self) -> str | None:

@@ -93,8 +93,11 @@ def test_refuses_to_replace_something_that_is_not_a_store(tmp_path, tiny_raw):
 def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
     recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t2m"], levels={"z": [850]}, static=[],
                          time={"start": "2000-03-01", "end": "2002-06-30"})
-    store = open_store(build(recipe, tmp_path / "sel.zarr", **quiet).path)
+    messages = []
+    store = open_store(build(recipe, tmp_path / "sel.zarr", progress=False, log=messages.append).path)
     assert store.channels == ["z850", "t2m"]
+    assert messages[0] == "not stored (not in 'variables' or 'static' of the recipe): lsm, msl, orography, t, u, v"
+    assert store.attrs["ignored_variables"] == ["lsm", "msl", "orography", "t", "u", "v"]
     assert store.time[0] == np.datetime64("2000-03-01T00:00") and store.time[-1] == np.datetime64("2002-06-30T18:00")
     assert store.attrs["layout"]["shape"][0] == len(store.time)
 
