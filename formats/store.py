@@ -2,7 +2,7 @@
 
     >>> s = open_store("data/intermediate/demo.zarr")
     >>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
-    (4, 10, 32, 64)
+    (4, 14, 32, 64)
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-LEVELS = (500, 850)
+LEVELS = (250, 500, 850)
 # name: (long name, units, level-dependent base value, amplitude of waves)
 PRESSURE_VARS = {
-    "z": ("Geopotential", "m**2 s**-2", {500: 55000.0, 850: 14000.0}, 900.0),
-    "t": ("Temperature", "K", {500: 252.0, 850: 275.0}, 4.0),
-    "u": ("U component of wind", "m s**-1", {500: 12.0, 850: 6.0}, 8.0),
-    "v": ("V component of wind", "m s**-1", {500: 0.0, 850: 0.0}, 6.0),
+    "z": ("Geopotential", "m**2 s**-2", {250: 102000.0, 500: 55000.0, 850: 14000.0}, 900.0),
+    "t": ("Temperature", "K", {250: 222.0, 500: 252.0, 850: 275.0}, 4.0),
+    "u": ("U component of wind", "m s**-1", {250: 20.0, 500: 12.0, 850: 6.0}, 8.0),
+    "v": ("V component of wind", "m s**-1", {250: 0.0, 500: 0.0, 850: 0.0}, 6.0),
 }
 SURFACE_VARS = {
     "t2m": ("2 metre temperature", "K", 285.0, 3.0),
@@ -58,7 +58,7 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
         for name, (long_name, units, base, amp) in PRESSURE_VARS.items():
             levels = []
             for level in LEVELS:
-                levels.append(_field(hours, lat, lon, base[level], amp * (1.2 if level == 500 else 0.8),
+                levels.append(_field(hours, lat, lon, base[level], amp * {250: 1.4, 500: 1.2, 850: 0.8}[level],
                                      phases[k], rng, diurnal=0.0))
                 k += 1
             values = np.stack(levels, axis=1)                    # time, level, lat, lon

@@ -21,7 +21,7 @@ def test_train_split_is_normalised_per_channel(tiny_store):
     per_channel = np.moveaxis(train, 1, 0).reshape(len(store.channels), -1)
     np.testing.assert_allclose(per_channel.mean(axis=1), 0, atol=0.01)
     np.testing.assert_allclose(per_channel.std(axis=1), 1, atol=0.01)
-    assert store.channels == ["msl", "t500", "t850", "t2m", "u500", "u850", "v500", "v850", "z500", "z850"]
+    assert store.channels == ["msl", "t250", "t500", "t850", "t2m", "u250", "u500", "u850", "v250", "v500", "v850", "z250", "z500", "z850"]
 
 
 def test_stored_values_denormalise_to_the_raw_values(tiny_store, tiny_raw):

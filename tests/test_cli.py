@@ -12,7 +12,7 @@ def test_build_inspect_verify(tmp_path, tiny_raw):
     out = tmp_path / "demo.zarr"
     result = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "steps x 10 channels" in result.output and "MB/s" in result.output
+    assert "steps x 14 channels" in result.output and "MB/s" in result.output
     again = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
     assert "up to date" in again.output
 
