@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from canonstore.errors import SourceError
+from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST, file_sha256, write_manifest
 from canonstore.formats.store import FORMAT_VERSION
 from canonstore.formats.verify import verify_store
@@ -73,7 +73,7 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
             nbytes = _write(recipe, sources, labels, plan, inputs, staging, block, progress)
             problems = verify_store(staging)
             if problems:
-                raise SourceError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
+                raise StoreError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
             writer.publish(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
