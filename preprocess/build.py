@@ -138,17 +138,20 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
     has_nan = nans["count"] > 0
     if has_nan.any() and recipe.nan_policy == "error":
         listing = "; ".join(
-            f"'{ch.variable}' channel {ch.name}: {nans['count'][i]} NaN or fill values, first at "
-            f"{sources.time[nans['first_step'][i]]}" for i, ch in enumerate(channels) if has_nan[i])
+            f"{sources.file_of(ch.variable, nans['first_step'][i])}: variable '{ch.variable}' (channel {ch.name}) "
+            f"has {nans['count'][i]} NaN or fill values, first at {sources.time_label(nans['first_step'][i])}"
+            for i, ch in enumerate(channels) if has_nan[i])
         raise SourceError(f"missing values found (recipe nan_policy: error): {listing}. Set `nan_policy: fill` "
                           "to fill them with the train mean and keep a validity mask")
     values = stats.as_dict()
+    first_train = int(np.argmax(labels == SPLIT_CODES["train"]))
     for i, ch in enumerate(channels):
+        where = f"{sources.file_of(ch.variable, first_train)}: variable '{ch.variable}' (channel {ch.name})"
         if values["count"][i] == 0:
-            raise SourceError(f"channel '{ch.name}' (variable '{ch.variable}') has no valid value in the "
-                              f"{int((labels == 0).sum())} train steps; it cannot be normalised")
+            raise SourceError(f"{where} has no valid value in the {int((labels == 0).sum())} train steps; "
+                              "it cannot be normalised")
         if values["std"][i] == 0:
-            raise SourceError(f"channel '{ch.name}' (variable '{ch.variable}') is constant "
+            raise SourceError(f"{where} is constant "
                               f"({values['mean'][i]:g}) over the train split; std 0 cannot be normalised. "
                               "Drop it from 'variables' or store it as 'static'")
     mask_channels = [i for i in np.flatnonzero(has_nan) if nans["varies"][i]]
@@ -177,7 +180,13 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
     writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
     stats = plan["stats"]
     data = writer.DataWriter(staging, shape, dims, recipe.dtype, recipe.compression, block,
-                             stats["mean"], normalisation_scale(stats["std"]), [c.name for c in channels])
+                             stats["mean"], normalisation_scale(stats["std"]))
+
+    def where(step: int, c: int) -> str:
+        ch = channels[c]
+        return (f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
+                f"at time {sources.time_label(step)}")
+
     try:
         with tqdm(total=shape[0], unit="step", desc="write", disable=not progress) as bar:
             for start, stop in _blocks(shape[0], block):
@@ -185,7 +194,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
                 if plan["mask_channels"]:
                     valid = (~np.isnan(values[:, plan["mask_channels"]])).astype(np.float64)
                     values = np.concatenate([values, valid], axis=1)
-                data.write(start, values, sources.time[start:stop])
+                data.write(start, values, where)
                 bar.update(stop - start)
         data.finish()
     except BaseException:

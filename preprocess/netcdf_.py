@@ -75,6 +75,20 @@ class Sources:
             c += picked.shape[1]
         return out
 
+    def file_of(self, variable: str, step: int) -> Path:
+        """The source file that holds `step` (of the selected time axis) of `variable`."""
+        pos = step + self._offset
+        for seg in self._segments[variable]:
+            if pos < seg.keep.size:
+                return seg.path
+            pos -= seg.keep.size
+        raise IndexError(f"step {step} is outside the time axis of '{variable}'")
+
+    def time_label(self, step: int) -> str:
+        """Step `step` as a readable time for messages (minutes resolution for dates)."""
+        t = self.time[step]
+        return str(np.datetime_as_string(t, unit="m")) if isinstance(t, np.datetime64) else str(t)
+
     def years(self) -> np.ndarray:
         if not _is_datetime(self.time):
             raise SourceError(f"time axis '{self.recipe.time_dim}' holds {self.time.dtype} values, not dates: "

@@ -52,36 +52,35 @@ class DataWriter:
     """Normalise float64 blocks and write them into `data`, memory bounded by one block."""
 
     def __init__(self, staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str,
-                 compression: str, shard_steps: int, mean: np.ndarray, scale: np.ndarray, channels: list[str]):
+                 compression: str, shard_steps: int, mean: np.ndarray, scale: np.ndarray):
         group = zarr.open_group(staging, mode="r+")
         self.array = create_data_array(group, shape, dtype, dims, compression, shard_steps,
                                        attributes={"long_name": "normalised data: (x - stats_mean) / scale",
                                                    "coordinates": "channel_variable channel_level channel_units"})
         self.dtype = np.dtype(dtype)
-        self.channels = channels
         bshape = (1, -1) + (1,) * (len(shape) - 2)
         self.mean, self.scale = mean.reshape(bshape), scale.reshape(bshape)
         self.shard = ShardWriter(staging, shape, self.dtype) if compression == "none" else None
 
-    def write(self, start: int, block: np.ndarray, time_values) -> None:
+    def write(self, start: int, block: np.ndarray, where) -> None:
+        """Write steps [start, start + len(block)); `where(step, channel)` names a value in errors."""
         normalised = (block - self.mean) / self.scale
         np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
         if self.dtype == np.float16:
-            self._check_float16(normalised, time_values)
+            self._check_float16(normalised, start, where)
         out = normalised.astype(self.dtype)
         if self.shard is not None:
             self.shard.write(start, out)
         else:
             self.array[start:start + len(out)] = out
 
-    def _check_float16(self, values: np.ndarray, time_values) -> None:
+    def _check_float16(self, values: np.ndarray, start: int, where) -> None:
         limit = float(np.finfo(np.float16).max)
         over = np.abs(values) > limit
         if over.any():
-            step, chan = np.argwhere(over)[0][:2]
-            raise SourceError(f"channel '{self.channels[chan]}' at time {time_values[step]}: normalised value "
-                              f"{values[step, chan][over[step, chan]][0]:.4g} overflows float16 (max {limit:g}); "
-                              "use storage.dtype float32")
+            step, chan = (int(i) for i in np.argwhere(over)[0][:2])
+            raise SourceError(f"{where(start + step, chan)}: normalised value {values[step, chan][over[step, chan]][0]:.4g} "
+                              f"overflows float16 (max {limit:g}); use storage.dtype float32")
 
     def finish(self) -> None:
         if self.shard is not None:

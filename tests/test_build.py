@@ -118,6 +118,6 @@ def test_float16_refuses_a_channel_that_overflows_by_name(tmp_path):
                coords={"time": time, "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(tmp_path / "spike.nc")
     recipe = write_recipe(tmp_path, sources=["spike.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]},
                           storage={"dtype": "float16"})
-    with pytest.raises(SourceError, match="channel 'spike' at time 2001-01-01.*overflows float16"):
+    with pytest.raises(SourceError, match=r"spike.nc: variable 'spike' \(channel spike\) at time 2001-01-01T00:00: .*overflows float16"):
         build(recipe, tmp_path / "spike.zarr", **quiet)
     assert not (tmp_path / "spike.zarr").exists() and not (tmp_path / "spike.zarr.partial").exists()

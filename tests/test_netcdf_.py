@@ -100,3 +100,13 @@ def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
     np.testing.assert_array_equal(valid, ~np.isnan(values[:, 0, 1]))
     assert np.all(store.array[~valid, 0, 0, 1] == 0) and np.isfinite(store.array).all()
     assert store.stats["nan_count"][0] == np.isnan(values[:366]).sum()
+
+
+def test_a_constant_train_channel_is_refused_by_name(tmp_path):
+    values = np.random.default_rng(0).normal(size=(731, 2, 3))
+    values[:366] = 4.0                                                   # constant over the train year
+    nc(tmp_path / "flat.nc", days("2000-01-01", 731), values=values)
+    recipe = write_recipe(tmp_path, sources=["flat.nc"], splits=SPLITS)
+    with pytest.raises(SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"):
+        build(recipe, tmp_path / "flat.zarr", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "flat.zarr").exists()

@@ -69,9 +69,10 @@ def test_hadgem_duplicate_step_is_an_error_naming_both_files(tmp_path, real):
 def test_nrcan_nan_is_an_error_by_default_and_fills_with_a_mask(tmp_path, real):
     keys = dict(name="nrcan", sources=[str(real / "NRCAN_SECan_1981-2010.nc")],
                 splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]})
-    with pytest.raises(SourceError, match=r"'tg_mean' channel tg_mean: \d+ NaN or fill values") as err:
+    with pytest.raises(SourceError, match=r"NRCAN_SECan_1981-2010.nc: variable 'tg_mean' \(channel tg_mean\) "
+                                          r"has \d+ NaN or fill values, first at 1981-01-01T00:00") as err:
         _build(tmp_path, **keys)
-    count = int(str(err.value).split("'tg_mean' channel tg_mean: ")[1].split()[0])
+    count = int(str(err.value).split("(channel tg_mean) has ")[1].split()[0])
     with xr.open_dataset(real / "NRCAN_SECan_1981-2010.nc") as ds:
         assert count == int(ds["tg_mean"].isnull().sum())
         raw = ds["tg_mean"].values
