@@ -24,6 +24,11 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+def normalisation_scale(std: np.ndarray) -> np.ndarray:
+    """The divisor of the normalisation (FORMAT.md): std, or 1 for a constant channel (never divide by 0)."""
+    return np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+
 class Store:
     """A read-only view of one canonstore store. Cheap to create; nothing is read until asked."""
 
@@ -120,8 +125,7 @@ class Store:
         """Back to physical units: values * scale + mean, channels along `channel_axis`."""
         shape = [1] * np.ndim(values)
         shape[channel_axis] = -1
-        std = self.stats["std"]
-        scale = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        scale = normalisation_scale(self.stats["std"])
         return values * scale.reshape(shape) + self.stats["mean"].reshape(shape)
 
     def to_xarray(self) -> xr.Dataset:

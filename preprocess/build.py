@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST, file_sha256, write_manifest
-from canonstore.formats.store import FORMAT_VERSION
+from canonstore.formats.store import FORMAT_VERSION, normalisation_scale
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import writer
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
-from canonstore.preprocess.stats import FIELDS, RunningStats, normalisation_scale
+from canonstore.preprocess.stats import FIELDS, RunningStats
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_labels
 
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
@@ -148,7 +148,7 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
     for i, ch in enumerate(channels):
         where = f"{sources.file_of(ch.variable, first_train)}: variable '{ch.variable}' (channel {ch.name})"
         if values["count"][i] == 0:
-            raise SourceError(f"{where} has no valid value in the {int((labels == 0).sum())} train steps; "
+            raise SourceError(f"{where} has no valid value in the {int((labels == SPLIT_CODES['train']).sum())} train steps; "
                               "it cannot be normalised")
         if values["std"][i] == 0:
             raise SourceError(f"{where} is constant "

@@ -73,7 +73,3 @@ class RunningStats:
             "sum": self.sum.copy(), "sum_sq": self.sum_sq.copy(),
         }
 
-
-def normalisation_scale(std: np.ndarray) -> np.ndarray:
-    """The divisor used for normalising: std, or 1 for a constant channel (never divide by 0)."""
-    return np.where(np.isfinite(std) & (std > 0), std, 1.0)

@@ -1,6 +1,7 @@
 import numpy as np
 
-from canonstore.preprocess.stats import RunningStats, normalisation_scale
+from canonstore.formats.store import normalisation_scale
+from canonstore.preprocess.stats import RunningStats
 
 
 def test_blockwise_stats_equal_numpy_in_float64_with_nans():
