@@ -22,6 +22,7 @@ from canonstore.splits import SPLIT_CODES
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+STAT_NAMES = ("mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq")  # stats_<name> arrays
 
 
 def normalisation_scale(std: np.ndarray) -> np.ndarray:

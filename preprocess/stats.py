@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FIELDS = ("mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq")
+from canonstore.formats.store import STAT_NAMES as FIELDS
 
 
 @dataclass
