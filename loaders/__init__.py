@@ -1,3 +1,16 @@
-"""PyTorch access to a store (memory-mapped Dataset, batch sampler, GPU prefetch): see issue 3."""
+"""PyTorch access to a store: a memory-mapped Dataset, seeded batch sampler, GPU prefetch, and the
+raw-NetCDF baseline loader it is measured against. Needs torch (`pip install canonstore[torch]`).
 
-__all__: list[str] = []
+    from canonstore import open_store
+    train = open_store("data/intermediate/demo.zarr").dataset("train", lead=1)
+    loader = open_store("data/intermediate/demo.zarr").loader("train", batch_size=32, device="cuda")
+"""
+
+from canonstore.loaders.blocks import random_blocks
+from canonstore.loaders.dataset import StoreDataset, sample_times, seeded_generator, worker_init_fn
+from canonstore.loaders.netcdf import NetCDFDataset
+from canonstore.loaders.prefetch import BatchLoader
+from canonstore.loaders.sampler import BatchSampler
+
+__all__ = ["BatchLoader", "BatchSampler", "NetCDFDataset", "StoreDataset", "random_blocks", "sample_times",
+           "seeded_generator", "worker_init_fn"]

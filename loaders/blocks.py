@@ -1,0 +1,41 @@
+"""Random block sampling: crop the same (lat, lon) block from inputs and targets at random centres.
+
+Longitude (the last dimension) is periodic, so a block may wrap around the dateline; latitude (the
+one before) is not, so a block near a pole is shifted to lie inside the globe. This is the
+IPSL-AID training strategy; it runs on whatever device the batch is on (the GPU after transfer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int],
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row (batch, size_lat) and column (batch, size_lon) indices of one random block per sample."""
+    (n_lat, n_lon), (b_lat, b_lon) = grid, size
+    if not (0 < b_lat <= n_lat and 0 < b_lon <= n_lon):
+        raise ValueError(f"block size {size} does not fit the grid {grid} (lat, lon)")
+    centre_lat = torch.randint(0, n_lat, (batch,), generator=generator)
+    centre_lon = torch.randint(0, n_lon, (batch,), generator=generator)
+    top = (centre_lat - b_lat // 2).clamp(0, n_lat - b_lat)           # clamped inside the globe
+    rows = top[:, None] + torch.arange(b_lat)
+    cols = (centre_lon[:, None] - b_lon // 2 + torch.arange(b_lon)) % n_lon  # wraps around in longitude
+    return rows, cols
+
+
+def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """values (batch, channel, lat, lon) -> (batch, channel, size_lat, size_lon) at the given indices."""
+    b = torch.arange(values.shape[0], device=values.device)[:, None, None]
+    rows, cols = rows.to(values.device), cols.to(values.device)
+    # Advanced indices around a slice put the indexed dims first: (batch, lat, lon, channel).
+    return values[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def random_blocks(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int],
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop one random block per sample, the same block from `x` and `y`; draws come from `generator`."""
+    if x.ndim != 4 or y.ndim != 4:
+        raise ValueError(f"random blocks need (batch, channel, lat, lon) tensors, got {tuple(x.shape)}")
+    rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(size), generator)
+    return crop(x, rows, cols), crop(y, rows, cols)

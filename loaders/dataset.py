@@ -1,0 +1,194 @@
+"""A memory-mapped PyTorch Dataset over one split of a store.
+
+Sample `i` is a forecast pair: inputs at time t and the `history` steps before it (stacked along
+channels, oldest first, static fields appended), and the target at t + `lead`. Only times whose
+whole window lies inside the split are samples. Reads come straight from the store's memmap; the
+only copy is into the output (a sample, or a whole batch with `gather`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from canonstore.errors import StoreError
+from canonstore.splits import SPLIT_CODES
+
+
+def sample_times(labels: np.ndarray, split: str, history: int, lead: int) -> np.ndarray:
+    """Times t whose window [t - history, t + lead] is labelled `split` throughout, ascending."""
+    if history < 0 or lead < 0:
+        raise ValueError(f"history and lead must be >= 0, got history={history}, lead={lead}")
+    inside = labels == SPLIT_CODES[split]
+    # A window is valid when every step in it is inside: a sliding minimum via cumulative sums.
+    width = history + lead + 1
+    counts = np.concatenate([[0], np.cumsum(inside)])
+    starts = np.flatnonzero(counts[width:] - counts[:-width] == width) if inside.size >= width else np.array([], int)
+    return starts + history
+
+
+def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.ndarray:
+    """Positions of `names` in `available` (all of them when None), with a clear error for unknown names."""
+    if names is None:
+        return np.arange(len(available))
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; the store has {available}")
+    return np.array([available.index(n) for n in names], dtype=np.int64)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Forecast windows over one split; subclasses say how to read normalised steps (`_read_steps`)."""
+
+    def __init__(self, store, split: str = "train", lead: int = 1, history: int = 0,
+                 channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+                 static: bool | Sequence[str] = True):
+        from canonstore.formats import open_store
+
+        store = open_store(store) if isinstance(store, (str, Path)) else store
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
+        self.path, self.split, self.lead, self.history = store.path, split, lead, history
+        self.times = sample_times(store.splits, split, history, lead)
+        if self.times.size == 0:
+            raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
+                             f"lead={lead} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)")
+        self.store_channels = store.channels
+        self.channels = _select(channels, self.store_channels, "channel(s)")
+        self.targets = self.channels if targets is None else _select(targets, self.store_channels, "target channel(s)")
+        names = list(store.static) if static is True else ([] if static is False else list(static))
+        unknown = [n for n in names if n not in store.static]
+        if unknown:
+            raise ValueError(f"unknown static field(s) {unknown}; the store has {list(store.static)}")
+        self.static_names = names
+        self.static = (np.stack([store.static[n] for n in names]).astype(np.float32) if names
+                       else np.zeros((0,) + store.shape[2:], np.float32))
+        self.sample_space = tuple(store.shape[2:])
+        self.store_dtype = store.dtype
+
+    # -- shapes -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    @property
+    def input_channels(self) -> list[str]:
+        """Names of the input channels in order: `<channel>@t-<k>` for history steps, then static."""
+        names = []
+        for k in range(self.history, -1, -1):
+            suffix = f"@t-{k}" if k else ""
+            names += [self.store_channels[c] + suffix for c in self.channels]
+        return names + self.static_names
+
+    @property
+    def target_channels(self) -> list[str]:
+        return [self.store_channels[c] for c in self.targets]
+
+    # -- reading ------------------------------------------------------------------------
+    def _read_steps(self, start: int, stop: int) -> np.ndarray:
+        """Normalised steps [start, stop) of the store's time axis, all channels."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = int(self.times[i])
+        window = self._read_steps(t - self.history, t + self.lead + 1)
+        x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
+        y = window[-1][self.targets]
+        x = np.concatenate([x.astype(np.float32), self.static])
+        return torch.from_numpy(x), torch.from_numpy(np.array(y, dtype=np.float32))
+
+
+class StoreDataset(WindowDataset):
+    """Windows read from the store's memory-mapped `data`; picklable, each process maps lazily.
+
+    Parameters
+    ----------
+    store : a Store or the path of one.
+    split : "train", "val" or "test".
+    lead : steps between the last input and the target.
+    history : extra past steps stacked before the current one as input channels.
+    channels, targets : channel names for inputs and targets (default: all; targets default to channels).
+    static : append the store's static fields (True), none (False), or the named ones.
+    """
+
+    _array = None
+
+    def __getstate__(self) -> dict:
+        # Never pickle the memmap (that would copy the whole store): workers re-map on first use.
+        state = self.__dict__.copy()
+        state.pop("_array", None)
+        return state
+
+    @property
+    def array(self):
+        if self._array is None:
+            from canonstore.formats import open_store
+
+            self._array = open_store(self.path).array
+        return self._array
+
+    def _read_steps(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+    def _whole_samples(self) -> bool:
+        n = len(self.store_channels)
+        return np.array_equal(self.channels, np.arange(n)) and np.array_equal(self.targets, self.channels)
+
+    def batch_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of `gather`'s outputs for `batch` samples (inputs without the static fields)."""
+        return ((batch, (self.history + 1) * self.channels.size) + self.sample_space,
+                (batch, self.targets.size) + self.sample_space)
+
+    def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None,
+               y_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Copy samples `positions` into (x, y) in the store's dtype, without static fields.
+
+        One `np.take` per output: with all channels selected a row is one whole time step (one
+        contiguous sample), otherwise one (step, channel) field. Sorted positions read the file
+        front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned buffer's `.numpy()`) are
+        filled in place instead of allocating.
+        """
+        t = self.times[np.asarray(positions, dtype=np.int64)]
+        x_shape, y_shape = self.batch_shapes(t.size)
+        x_out = np.empty(x_shape, self.store_dtype) if x_out is None else x_out
+        y_out = np.empty(y_shape, self.store_dtype) if y_out is None else y_out
+        steps_in = t[:, None] + np.arange(-self.history, 1)[None, :]
+        steps_out = t + self.lead
+        array = self.array
+        if not isinstance(array, np.ndarray):  # a compressed store: decode each needed step once
+            needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
+            array = np.asarray(array.oindex[needed])
+            steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
+        if self._whole_samples():
+            flat, rows_in, rows_out = array.reshape(array.shape[0], -1), steps_in.ravel(), steps_out
+        else:
+            n = len(self.store_channels)
+            flat = array.reshape(array.shape[0] * n, -1)
+            rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).ravel()
+            rows_out = (steps_out[:, None] * n + self.targets[None, :]).ravel()
+        np.take(flat, rows_in, axis=0, out=x_out.reshape(rows_in.size, -1))
+        np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+        return x_out, y_out
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed python and numpy in a DataLoader worker from torch's per-worker seed (base seed + id).
+
+    With a seeded DataLoader `generator`, any randomness in a worker is then reproducible for any
+    number of workers; torch itself is already seeded by the DataLoader.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU torch.Generator for DataLoader(generator=...) and samplers."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

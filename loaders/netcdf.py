@@ -1,0 +1,67 @@
+"""The "before" loader: raw NetCDF read with xarray and normalised on the fly, sample by sample.
+
+This is what most projects do today, kept as the baseline that `make bench` compares against.
+It opens the store's own recipe (so it reads exactly the files, variables and time range the
+store was built from) and normalises with the store's train statistics, so for the same split
+and index it returns the same tensors as `StoreDataset` (to float32 rounding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from canonstore.errors import StoreError
+from canonstore.formats.store import normalisation_scale
+from canonstore.loaders.dataset import WindowDataset
+
+
+class NetCDFDataset(WindowDataset):
+    """Windows read from the raw NetCDF sources of a store; same arguments as StoreDataset.
+
+    `recipe` defaults to the recipe file the store records (`attrs["recipe_path"]`); it must be the
+    same recipe (sha256) the store was built from. Each process opens the files on first use.
+    """
+
+    _sources = None
+
+    def __init__(self, store, split: str = "train", recipe: str | Path | None = None, **kwargs):
+        from canonstore.formats import open_store
+        from canonstore.preprocess.recipe import load_recipe
+
+        store = open_store(store) if isinstance(store, (str, Path)) else store
+        super().__init__(store, split, **kwargs)
+        recipe = load_recipe(recipe or store.attrs["recipe_path"])
+        if recipe.sha256 != store.attrs["recipe_sha256"]:
+            raise StoreError(f"{store.path}: recipe {recipe.path} differs from the one the store was built from "
+                             f"(sha256 {recipe.sha256[:12]} != {store.attrs['recipe_sha256'][:12]})")
+        self.recipe = recipe
+        stats = store.stats
+        self.mean = stats["mean"].reshape((-1,) + (1,) * len(self.sample_space))
+        self.scale = normalisation_scale(stats["std"]).reshape(self.mean.shape)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_sources", None)  # open file handles do not cross processes
+        return state
+
+    @property
+    def sources(self):
+        if self._sources is None:
+            from canonstore.preprocess.netcdf_ import open_sources
+
+            self._sources = open_sources(self.recipe)
+            raw = [c.name for c in self._sources.channels]
+            valid = [c.removesuffix("_valid") for c in self.store_channels[len(raw):]]
+            if self.store_channels[:len(raw)] != raw or any(v not in raw for v in valid):
+                raise StoreError(f"{self.path}: the raw sources give channels {raw}, the store has {self.store_channels}")
+            self._valid_of = [raw.index(v) for v in valid]
+        return self._sources
+
+    def _read_steps(self, start: int, stop: int) -> np.ndarray:
+        values = self.sources.read(start, stop)  # float64, as the build reads them
+        if self._valid_of:  # the build's `<channel>_valid` channels (time-varying NaN patterns)
+            values = np.concatenate([values, (~np.isnan(values[:, self._valid_of])).astype(np.float64)], axis=1)
+        normalised = np.nan_to_num((values - self.mean) / self.scale, nan=0.0)
+        return normalised.astype(self.store_dtype).astype(np.float32)

@@ -1,0 +1,168 @@
+"""The batch path: whole-batch gathers into pinned buffers, copied to the GPU ahead of use.
+
+One background thread fills host buffers (each batch split over `workers` gather threads; numpy
+releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
+side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
+copies: memmap -> pinned buffer -> GPU. Static fields are appended, the dtype converted and random
+blocks cropped on the device.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from canonstore.loaders.blocks import random_blocks
+from canonstore.loaders.dataset import StoreDataset
+from canonstore.loaders.sampler import BatchSampler
+
+_DONE = object()
+
+
+class BatchLoader:
+    """Iterate `(x, y)` batches of a StoreDataset on `device`, prefetched; one pass = one epoch.
+
+    Parameters
+    ----------
+    dataset : the StoreDataset to read.
+    batch_size, shuffle, seed, drop_last, rank, world_size : see `BatchSampler`.
+    device : where batches go ("cuda", "cpu", a torch.device); default cuda when available.
+    workers : threads that share each batch's gather.
+    prefetch : batches gathered ahead of the one being used.
+    blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields.
+    dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
+    """
+
+    def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, device=None, workers: int = 2, prefetch: int = 2,
+                 blocks: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
+                 rank: int | None = None, world_size: int | None = None):
+        self.dataset = dataset
+        self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
+        self.seed = seed
+        if blocks is not None and len(dataset.sample_space) != 2:
+            raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
+        self._static = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        batches = list(self.sampler)
+        cuda = self.device.type == "cuda"
+        # Free host buffers (and the event marking the end of their last copy) go round a queue.
+        free: queue.Queue = queue.Queue()
+        if cuda:
+            for _ in range(self.prefetch + 1):
+                free.put((self._pinned_buffers(), None))
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
+        filler.start()
+        blocks_rng = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        try:
+            pending = self._to_device(ready.get(), free, stream)
+            while pending is not _DONE:
+                following = self._to_device(ready.get(), free, stream)
+                x, y, event = pending
+                if event is not None:
+                    torch.cuda.current_stream(self.device).wait_event(event)
+                    x.record_stream(torch.cuda.current_stream(self.device))
+                    y.record_stream(torch.cuda.current_stream(self.device))
+                yield self._finish(x, y, blocks_rng)
+                pending = following
+        finally:
+            stop.set()
+            while filler.is_alive():  # unblock the filler if it waits on a full queue
+                try:
+                    ready.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            filler.join()
+
+    # -- host side (filler thread) ---------------------------------------------------------
+    def _pinned_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
+        x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size)
+        return (torch.empty(x_shape, dtype=dtype, pin_memory=True),
+                torch.empty(y_shape, dtype=dtype, pin_memory=True))
+
+    def _fill(self, batches, free, ready, stop, cuda) -> None:
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                for positions in batches:
+                    if stop.is_set():
+                        return
+                    if cuda:
+                        full = self._next_free(free, stop)
+                        if full is None:
+                            return
+                        x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
+                    else:  # fresh tensors each batch: the caller may keep them
+                        dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
+                        x_shape, y_shape = self.dataset.batch_shapes(len(positions))
+                        x_buf, y_buf = torch.empty(x_shape, dtype=dtype), torch.empty(y_shape, dtype=dtype)
+                    self._gather(pool, positions, x_buf.numpy(), y_buf.numpy())
+                    ready.put((x_buf, y_buf, full if cuda else None))
+            ready.put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            ready.put(exc)
+
+    @staticmethod
+    def _next_free(free, stop):
+        """A free pinned buffer pair, once its last copy to the GPU has finished (None when stopping)."""
+        while not stop.is_set():
+            try:
+                buffers, event = free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if event is not None:
+                event.synchronize()
+            return buffers
+        return None
+
+    def _gather(self, pool, positions, x_out, y_out) -> None:
+        parts = np.array_split(np.arange(len(positions)), min(self.workers, len(positions)))
+        positions = np.asarray(positions)
+        jobs = [pool.submit(self.dataset.gather, positions[p], x_out[p[0]:p[-1] + 1], y_out[p[0]:p[-1] + 1])
+                for p in parts if p.size]
+        for job in jobs:
+            job.result()
+
+    # -- device side (caller's thread) -----------------------------------------------------
+    def _to_device(self, item, free, stream):
+        if item is _DONE:
+            return _DONE
+        if isinstance(item, BaseException):
+            raise item
+        x_buf, y_buf, full = item
+        if stream is None:
+            return x_buf, y_buf, None
+        with torch.cuda.stream(stream):
+            x = x_buf.to(self.device, non_blocking=True)
+            y = y_buf.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        free.put((full, event))  # reusable once `event` has passed
+        return x, y, event
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator):
+        x, y = x.to(self.dtype), y.to(self.dtype)
+        if self.dataset.static.shape[0]:
+            if self._static is None or self._static.device != x.device:
+                self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
+            x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
+        if self.blocks is not None:
+            x, y = random_blocks(x, y, self.blocks, blocks_rng)
+        return x, y

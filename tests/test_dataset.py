@@ -1,0 +1,114 @@
+"""StoreDataset: windows inside one split, channel selection, static fields, batch gather, pickling."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from canonstore import open_store
+from canonstore.errors import StoreError
+from canonstore.loaders import StoreDataset, sample_times, seeded_generator, worker_init_fn
+from canonstore.preprocess import build
+from canonstore.splits import SPLIT_CODES
+from tests.conftest import demo_recipe
+
+
+def test_windows_never_leave_their_split():
+    labels = np.array([0, 0, 0, 0, 3, 1, 1, 1, 0, 0], dtype=np.int8)
+    assert sample_times(labels, "train", history=0, lead=1).tolist() == [0, 1, 2, 8]
+    assert sample_times(labels, "train", history=1, lead=1).tolist() == [1, 2]
+    assert sample_times(labels, "val", history=1, lead=1).tolist() == [6]
+    assert sample_times(labels, "val", history=2, lead=1).tolist() == []
+    with pytest.raises(ValueError, match="lead"):
+        sample_times(labels, "train", history=0, lead=-1)
+
+
+def test_sample_is_the_window_from_the_store(tiny_store):
+    store = open_store(tiny_store)
+    ds = store.dataset("val", lead=2, history=1, channels=["z500", "t2m"], targets=["t2m"])
+    assert ds.input_channels == ["z500@t-1", "t2m@t-1", "z500", "t2m", "lsm", "orography"]
+    assert ds.target_channels == ["t2m"]
+    val = store.split_indices("val")
+    assert ds.times[0] == val[0] + 1 and ds.times[-1] == val[-1] - 2 and len(ds) == val.size - 3
+    c = [store.channels.index("z500"), store.channels.index("t2m")]
+    for i in (0, 17, len(ds) - 1):
+        x, y = ds[i]
+        t = int(ds.times[i])
+        assert x.dtype == torch.float32 and x.shape == (6,) + store.shape[2:]
+        np.testing.assert_array_equal(x[:2], store.array[t - 1, c])
+        np.testing.assert_array_equal(x[2:4], store.array[t, c])
+        np.testing.assert_array_equal(x[4], store.static["lsm"])
+        np.testing.assert_array_equal(y[0], store.array[t + 2, c[1]])
+        assert (store.splits[t - 1:t + 3] == SPLIT_CODES["val"]).all()
+
+
+def test_defaults_all_channels_and_bad_arguments(tiny_store):
+    store = open_store(tiny_store)
+    ds = store.dataset("train", static=False)
+    x, y = ds[0]
+    assert x.shape == y.shape == store.shape[1:]
+    with pytest.raises(ValueError, match=r"unknown channel\(s\) \['z501'\]"):
+        store.dataset("train", channels=["z500", "z501"])
+    with pytest.raises(ValueError, match="unknown static"):
+        store.dataset("train", static=["sea_ice"])
+    with pytest.raises(ValueError, match="unknown split"):
+        store.dataset("training")
+    with pytest.raises(StoreError, match="split 'val' has no window"):
+        store.dataset("val", lead=5000)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"history": 2, "lead": 3}, {"channels": ["t2m", "z500"], "targets": ["msl"]}])
+def test_gather_equals_samples_stacked(tiny_store, kwargs):
+    ds = open_store(tiny_store).dataset("train", static=False, **kwargs)
+    positions = [0, 5, 6, 400, len(ds) - 1]
+    x, y = ds.gather(positions)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    for k, i in enumerate(positions):
+        xi, yi = ds[i]
+        np.testing.assert_array_equal(x[k], xi.numpy())
+        np.testing.assert_array_equal(y[k], yi.numpy())
+    out_x, out_y = np.full_like(x, np.nan), np.full_like(y, np.nan)
+    ds.gather(positions, out_x, out_y)                       # in place, every element written
+    np.testing.assert_array_equal(out_x, x)
+    np.testing.assert_array_equal(out_y, y)
+
+
+def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_store, tmp_path):
+    plain = open_store(tiny_store).dataset("test", history=1, channels=["u850", "msl"])
+    for storage, atol in (({"compression": "zstd", "shard_mb": 1}, 0), ({"dtype": "float16"}, 2e-3)):
+        recipe = demo_recipe(tmp_path, tiny_raw, name=f"demo-{len(storage)}-{atol}", storage=storage)
+        other = open_store(build(recipe, tmp_path / f"{recipe.stem}.zarr", progress=False, log=lambda *_: None).path)
+        ds = other.dataset("test", history=1, channels=["u850", "msl"])
+        x, y = ds.gather([3, 1, 200])
+        px, py = plain.gather([3, 1, 200])
+        np.testing.assert_allclose(x.astype(np.float32), px, atol=atol * 8, rtol=atol)
+        np.testing.assert_allclose(ds[200][1].numpy(), py[2], atol=atol * 8, rtol=atol)
+        assert x.dtype == other.dtype
+
+
+def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
+    ds = open_store(tiny_store).dataset("train")
+    ds[0]                                                      # maps the array in this process
+    blob = pickle.dumps(ds)
+    assert len(blob) < 100_000 < open_store(tiny_store).array.nbytes
+    again = pickle.loads(blob)
+    assert again._array is None
+    np.testing.assert_array_equal(again[3][0], ds[3][0])
+
+
+def _epoch(ds, workers, seed, context=None):
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers,
+                                         generator=seeded_generator(seed), worker_init_fn=worker_init_fn,
+                                         multiprocessing_context=context if workers else None)
+    return [(x, y) for _, (x, y) in zip(range(6), loader)]
+
+
+def test_dataloader_is_reproducible_with_0_and_2_workers(tiny_store):
+    ds = open_store(tiny_store).dataset("train", history=1, channels=["z500", "t850"])
+    serial = _epoch(ds, 0, seed=7)
+    for workers, context in ((2, "fork"), (2, "spawn")):
+        parallel = _epoch(ds, workers, seed=7, context=context)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(serial, parallel))
+    other = _epoch(ds, 0, seed=8)
+    assert not torch.equal(serial[0][0], other[0][0])

@@ -1,0 +1,69 @@
+"""BatchLoader: the batch path yields exactly the dataset's samples, reproducibly, on CPU and CUDA."""
+
+import numpy as np
+import pytest
+import torch
+
+from canonstore import open_store
+from canonstore.loaders import BatchLoader
+
+
+def _expected(ds, positions):
+    x, y = ds.gather(positions)
+    static = np.broadcast_to(ds.static, (len(positions),) + ds.static.shape)
+    return np.concatenate([x, static], axis=1), y
+
+
+def _run(loader):
+    positions = list(loader.sampler.__class__(loader.sampler.n, loader.sampler.batch_size, loader.sampler.shuffle,
+                                              loader.sampler.seed, loader.sampler.drop_last, 0, 1))
+    return positions, list(loader)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_batches_are_the_sampled_samples_with_static_appended(tiny_store, workers):
+    ds = open_store(tiny_store).dataset("val", history=1, channels=["z500", "t2m"])
+    loader = BatchLoader(ds, batch_size=64, seed=5, device="cpu", workers=workers)
+    positions, batches = _run(loader)
+    assert len(batches) == len(loader) == -(-len(ds) // 64)
+    for p, (x, y) in zip(positions, batches):
+        ex, ey = _expected(ds, p)
+        assert x.dtype == torch.float32 and x.shape == (len(p), 6) + ds.sample_space
+        np.testing.assert_array_equal(x.numpy(), ex)
+        np.testing.assert_array_equal(y.numpy(), ey)
+    assert sorted(i for p in positions for i in p) == list(range(len(ds)))
+
+
+def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
+    ds = open_store(tiny_store).dataset("train")
+    runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, blocks=(4, 8))) for w in (1, 2, 1)]
+    for other in runs[1:]:
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
+    assert runs[0][0][0].shape == (32, 16, 4, 8)
+    loader = BatchLoader(ds, 32, seed=9, device="cpu")
+    first, second = next(iter(loader)), next(iter(loader))                  # the epoch advances
+    assert not torch.equal(first[0], second[0])
+
+
+def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
+    ds = open_store(tiny_store).dataset("train")
+    loader = BatchLoader(ds, 16, device="cpu", prefetch=1)
+    for k, _ in enumerate(loader):
+        if k == 2:
+            break
+    ds._array = np.zeros((3,) + ds.array.shape[1:], np.float32)   # too short: gather fails in the filler thread
+    with pytest.raises(IndexError):
+        list(loader)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_match_the_cpu_ones(tiny_store):
+    ds = open_store(tiny_store).dataset("train", history=1)
+    gpu = list(BatchLoader(ds, 32, seed=2, device="cuda", workers=2, prefetch=2))
+    cpu = list(BatchLoader(ds, 32, seed=2, device="cpu"))
+    assert len(gpu) == len(cpu) and gpu[0][0].device.type == "cuda"
+    for (gx, gy), (cx, cy) in zip(gpu, cpu):
+        assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy)
+    blocks = list(BatchLoader(ds, 32, seed=2, device="cuda", blocks=(4, 8)))
+    blocks_cpu = list(BatchLoader(ds, 32, seed=2, device="cpu", blocks=(4, 8)))
+    assert all(torch.equal(a[0].cpu(), b[0]) for a, b in zip(blocks, blocks_cpu))
