@@ -20,6 +20,13 @@ STORE     ?= data/intermediate/$(NAME).zarr
 DEMO_RAW  := data/raw/demo
 DEMO_STAMP := $(DEMO_RAW)/.size-$(SIZE)-years-$(YEARS)
 
+# `make bench` has its own dataset; SIZE given on the command line scales it too (default 4: 64x128).
+BENCH_SIZE  := $(if $(filter command line environment,$(origin SIZE)),$(SIZE),4)
+BENCH_RAW   := data/raw/bench
+BENCH_STAMP := $(BENCH_RAW)/.size-$(BENCH_SIZE)
+BENCH_STORE := data/intermediate/bench.zarr
+WORKERS     ?= 2
+
 # The store depends on the recipe and every raw file it names (listed by the CLI once installed).
 ifeq ($(RECIPE),recipes/demo.yaml)
 INPUTS := $(DEMO_STAMP)
@@ -27,7 +34,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate inspect verify test clean distclean
+.PHONY: help env data intermediate inspect verify bench test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...]"
@@ -61,11 +68,23 @@ inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits,
 verify: $(STORE)/manifest.json ## recompute the store's checksums and check its schema
 	$(CANON) verify $(STORE)
 
+bench: $(BENCH_STORE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
+	$(PY) bench/loader.py $(BENCH_STORE) --workers $(WORKERS) --results bench/results
+
+$(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
+	rm -rf $(BENCH_RAW)
+	$(CANON) demo-data $(BENCH_RAW) --size $(BENCH_SIZE) --years 2
+	touch $@
+
+$(BENCH_STORE)/manifest.json: recipes/bench.yaml $(BENCH_STAMP) | $(ENV_STAMP)
+	$(CANON) build recipes/bench.yaml --out $(BENCH_STORE)
+	touch $@
+
 test: $(ENV_STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
 clean: ## remove generated data and stores (keeps .venv)
-	rm -rf data/intermediate data/raw/demo .pytest_cache build dist
+	rm -rf data/intermediate data/raw/demo data/raw/bench .pytest_cache build dist
 
 distclean: clean ## also remove the virtual environment
 	rm -rf $(VENV)

@@ -98,9 +98,8 @@ class WindowDataset(torch.utils.data.Dataset):
         t = int(self.times[i])
         window = self._read_steps(t - self.history, t + self.lead + 1)
         x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
-        y = window[-1][self.targets]
         x = np.concatenate([x.astype(np.float32), self.static])
-        return torch.from_numpy(x), torch.from_numpy(np.array(y, dtype=np.float32))
+        return torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.targets], dtype=np.float32))
 
 
 class StoreDataset(WindowDataset):
@@ -140,18 +139,18 @@ class StoreDataset(WindowDataset):
         return np.array_equal(self.channels, np.arange(n)) and np.array_equal(self.targets, self.channels)
 
     def batch_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Shapes of `gather`'s outputs for `batch` samples (inputs without the static fields)."""
-        return ((batch, (self.history + 1) * self.channels.size) + self.sample_space,
+        """Shapes of `gather`'s (x, y) for `batch` samples; x ends with the static fields."""
+        return ((batch, (self.history + 1) * self.channels.size + self.static.shape[0]) + self.sample_space,
                 (batch, self.targets.size) + self.sample_space)
 
     def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None,
                y_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Copy samples `positions` into (x, y) in the store's dtype, without static fields.
+        """Copy samples `positions` into (x, y) in the store's dtype: `gather(p)[k]` is `self[p[k]]`.
 
-        One `np.take` per output: with all channels selected a row is one whole time step (one
-        contiguous sample), otherwise one (step, channel) field. Sorted positions read the file
-        front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned buffer's `.numpy()`) are
-        filled in place instead of allocating.
+        With all channels selected each window is one contiguous run of the file, copied straight
+        into its place in `x_out`; otherwise one `np.take` of (step, channel) fields per sample.
+        Sorted positions read the file front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned
+        buffer's `.numpy()`) are filled in place instead of allocating.
         """
         t = self.times[np.asarray(positions, dtype=np.int64)]
         x_shape, y_shape = self.batch_shapes(t.size)
@@ -164,15 +163,21 @@ class StoreDataset(WindowDataset):
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
-        if self._whole_samples():
-            flat, rows_in, rows_out = array.reshape(array.shape[0], -1), steps_in.ravel(), steps_out
+        dynamic = (self.history + 1) * self.channels.size
+        if self._whole_samples():  # each window is one contiguous run of steps: plain copies
+            window = (self.history + 1,) + array.shape[1:]
+            for k in range(t.size):  # x_out[k, :dynamic] is contiguous, so reshape is a view
+                x_out[k, :dynamic].reshape(window)[:] = array[steps_in[k, 0]:steps_in[k, -1] + 1]
+                y_out[k] = array[steps_out[k]]
         else:
             n = len(self.store_channels)
             flat = array.reshape(array.shape[0] * n, -1)
-            rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).ravel()
+            rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
+            for k in range(t.size):
+                np.take(flat, rows_in[k], axis=0, out=x_out[k, :dynamic].reshape(rows_in.shape[1], -1))
             rows_out = (steps_out[:, None] * n + self.targets[None, :]).ravel()
-        np.take(flat, rows_in, axis=0, out=x_out.reshape(rows_in.size, -1))
-        np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+        x_out[:, dynamic:] = self.static
         return x_out, y_out
 
 

@@ -3,8 +3,8 @@
 One background thread fills host buffers (each batch split over `workers` gather threads; numpy
 releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
 side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
-copies: memmap -> pinned buffer -> GPU. Static fields are appended, the dtype converted and random
-blocks cropped on the device.
+copies: memmap -> pinned buffer -> GPU. The dtype is converted and random blocks are cropped on
+the device.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from canonstore.loaders.dataset import StoreDataset
 from canonstore.loaders.sampler import BatchSampler
 
 _DONE = object()
+
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    """How many tensors share `tensor`'s memory (-1 when this torch cannot tell)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return -1 if count is None else count(tensor.untyped_storage()._cdata)
 
 
 class BatchLoader:
@@ -48,7 +54,6 @@ class BatchLoader:
         self.seed = seed
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
-        self._static = None
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -64,7 +69,7 @@ class BatchLoader:
         free: queue.Queue = queue.Queue()
         if cuda:
             for _ in range(self.prefetch + 1):
-                free.put((self._pinned_buffers(), None))
+                free.put((self._host_buffers(pin=True), None))
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
@@ -92,13 +97,29 @@ class BatchLoader:
             filler.join()
 
     # -- host side (filler thread) ---------------------------------------------------------
-    def _pinned_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _host_buffers(self, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
         x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size)
-        return (torch.empty(x_shape, dtype=dtype, pin_memory=True),
-                torch.empty(y_shape, dtype=dtype, pin_memory=True))
+        return (torch.empty(x_shape, dtype=dtype, pin_memory=pin),
+                torch.empty(y_shape, dtype=dtype, pin_memory=pin))
+
+    def _unused_cpu_buffers(self, ring: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """A buffer pair from `ring` that no batch refers to any more, else a new pair.
+
+        Batches on the CPU are views of these buffers. Reusing one only once every tensor made from
+        it is gone keeps batches valid for as long as the caller holds them, and saves the page
+        faults of fresh memory, which cost more than the gather itself.
+        """
+        for pair, idle in ring:
+            if idle[0] >= 0 and [_storage_users(t) for t in pair] == idle:
+                return pair
+        pair = self._host_buffers(pin=False)
+        if len(ring) < self.prefetch + 4:  # queued + pending + following + filling + the caller's
+            ring.append((pair, [_storage_users(t) for t in pair]))
+        return pair
 
     def _fill(self, batches, free, ready, stop, cuda) -> None:
+        ring: list = []
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 for positions in batches:
@@ -108,13 +129,12 @@ class BatchLoader:
                         full = self._next_free(free, stop)
                         if full is None:
                             return
-                        x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
-                    else:  # fresh tensors each batch: the caller may keep them
-                        dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
-                        x_shape, y_shape = self.dataset.batch_shapes(len(positions))
-                        x_buf, y_buf = torch.empty(x_shape, dtype=dtype), torch.empty(y_shape, dtype=dtype)
+                    else:
+                        full = self._unused_cpu_buffers(ring)
+                    x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
                     self._gather(pool, positions, x_buf.numpy(), y_buf.numpy())
                     ready.put((x_buf, y_buf, full if cuda else None))
+                    del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
             ready.put(_DONE)
         except BaseException as exc:  # re-raised in the consumer
             ready.put(exc)
@@ -133,6 +153,9 @@ class BatchLoader:
         return None
 
     def _gather(self, pool, positions, x_out, y_out) -> None:
+        if self.workers == 1:
+            self.dataset.gather(positions, x_out, y_out)
+            return
         parts = np.array_split(np.arange(len(positions)), min(self.workers, len(positions)))
         positions = np.asarray(positions)
         jobs = [pool.submit(self.dataset.gather, positions[p], x_out[p[0]:p[-1] + 1], y_out[p[0]:p[-1] + 1])
@@ -159,10 +182,6 @@ class BatchLoader:
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator):
         x, y = x.to(self.dtype), y.to(self.dtype)
-        if self.dataset.static.shape[0]:
-            if self._static is None or self._static.device != x.device:
-                self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
-            x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.blocks is not None:
             x, y = random_blocks(x, y, self.blocks, blocks_rng)
         return x, y

@@ -60,7 +60,7 @@ def test_defaults_all_channels_and_bad_arguments(tiny_store):
 
 @pytest.mark.parametrize("kwargs", [{}, {"history": 2, "lead": 3}, {"channels": ["t2m", "z500"], "targets": ["msl"]}])
 def test_gather_equals_samples_stacked(tiny_store, kwargs):
-    ds = open_store(tiny_store).dataset("train", static=False, **kwargs)
+    ds = open_store(tiny_store).dataset("train", **kwargs)
     positions = [0, 5, 6, 400, len(ds) - 1]
     x, y = ds.gather(positions)
     assert x.dtype == np.float32 and x.flags.c_contiguous

@@ -1,0 +1,21 @@
+"""`bench/loader.py` runs end to end on a tiny store and writes the rows `make bench` promises."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "loader.py"
+
+
+def test_loader_bench_writes_every_row(tiny_store, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), str(tiny_store), "--seconds", "0.3", "--workers", "1",
+                           "--batch-size", "8", "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "loader.json").read_text())
+    assert [r["loader"] for r in rows] == ["netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy"]
+    for row in rows:
+        assert row["samples_per_s"] > 0 and row["mb_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["workers"] == 1
+    assert rows[0]["x_netcdf"] == 1.0 and rows[-1]["of_memcpy"] == 1.0
+    assert (tmp_path / "loader.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "of memcpy" in done.stdout
