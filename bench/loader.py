@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="UNet width for --train")
     parser.add_argument("--train", action="store_true", help="also time UNet training on CUDA")
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    parser.add_argument("--only", help="comma-separated rows to run, e.g. train:store-batch (default: all)")
     parser.add_argument("--one", help=argparse.SUPPRESS)          # internal: measure one row, print JSON
     args = parser.parse_args()
     if args.one:
@@ -259,6 +260,8 @@ def main() -> None:
     jobs = [("load", name) for name in LOADERS]
     if args.train:
         jobs += [("train", name) for name in ("model-alone", "store-batch", "store-dataloader", "netcdf")]
+    if args.only:
+        jobs = [job for job in jobs if ":".join(job) in args.only.split(",")]
     rows = []
     for mode, name in jobs:
         cmd = [sys.executable, __file__, str(args.store), "--one", f"{mode}:{name}", "--workers", str(args.workers),
@@ -270,6 +273,9 @@ def main() -> None:
         row["store"] = str(args.store)
         rows.append(row)
         print(f"  {mode:<6}{name:<18}{row['samples_per_s']:>10.1f} samples/s", flush=True)
+    if args.only:
+        print(json.dumps(rows))
+        return
     add_ratios(rows)
     print_table(rows)
     args.results.mkdir(parents=True, exist_ok=True)

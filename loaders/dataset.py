@@ -9,6 +9,7 @@ only copy is into the output (a sample, or a whole batch with `gather`).
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,22 +139,24 @@ class StoreDataset(WindowDataset):
         n = len(self.store_channels)
         return np.array_equal(self.channels, np.arange(n)) and np.array_equal(self.targets, self.channels)
 
-    def batch_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Shapes of `gather`'s (x, y) for `batch` samples; x ends with the static fields."""
-        return ((batch, (self.history + 1) * self.channels.size + self.static.shape[0]) + self.sample_space,
-                (batch, self.targets.size) + self.sample_space)
+    def batch_shapes(self, batch: int, static: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of `gather`'s (x, y) for `batch` samples; x ends with the static fields if `static`."""
+        x_channels = (self.history + 1) * self.channels.size + (self.static.shape[0] if static else 0)
+        return (batch, x_channels) + self.sample_space, (batch, self.targets.size) + self.sample_space
 
-    def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None,
-               y_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None, y_out: np.ndarray | None = None,
+               static: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Copy samples `positions` into (x, y) in the store's dtype: `gather(p)[k]` is `self[p[k]]`.
 
-        With all channels selected each window is one contiguous run of the file, copied straight
-        into its place in `x_out`; otherwise one `np.take` of (step, channel) fields per sample.
-        Sorted positions read the file front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned
+        The copies are `torch.index_select(out=...)` calls straight from the memmap into the output
+        (multi-threaded, GIL released): one per output without static fields (`static=False`, the
+        GPU path adds them on the device), one per history step or sample with them. A row is a
+        whole time step when all channels are selected, else one (step, channel) field. Sorted
+        positions read the file front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned
         buffer's `.numpy()`) are filled in place instead of allocating.
         """
         t = self.times[np.asarray(positions, dtype=np.int64)]
-        x_shape, y_shape = self.batch_shapes(t.size)
+        x_shape, y_shape = self.batch_shapes(t.size, static)
         x_out = np.empty(x_shape, self.store_dtype) if x_out is None else x_out
         y_out = np.empty(y_shape, self.store_dtype) if y_out is None else y_out
         steps_in = t[:, None] + np.arange(-self.history, 1)[None, :]
@@ -163,22 +166,36 @@ class StoreDataset(WindowDataset):
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
-        dynamic = (self.history + 1) * self.channels.size
-        if self._whole_samples():  # each window is one contiguous run of steps: plain copies
-            window = (self.history + 1,) + array.shape[1:]
-            for k in range(t.size):  # x_out[k, :dynamic] is contiguous, so reshape is a view
-                x_out[k, :dynamic].reshape(window)[:] = array[steps_in[k, 0]:steps_in[k, -1] + 1]
-                y_out[k] = array[steps_out[k]]
+        if self._whole_samples():
+            rows_in, rows_out, row = steps_in, steps_out, int(np.prod(array.shape[1:]))
         else:
             n = len(self.store_channels)
-            flat = array.reshape(array.shape[0] * n, -1)
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
-            for k in range(t.size):
-                np.take(flat, rows_in[k], axis=0, out=x_out[k, :dynamic].reshape(rows_in.shape[1], -1))
             rows_out = (steps_out[:, None] * n + self.targets[None, :]).ravel()
-            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+            row = int(np.prod(self.sample_space))
+        source = _tensor(array).view(-1, row)
+        torch.index_select(source, 0, torch.from_numpy(rows_out), out=torch.from_numpy(y_out).view(-1, row))
+        if not static or not self.static.shape[0]:
+            torch.index_select(source, 0, torch.from_numpy(rows_in.ravel()), out=torch.from_numpy(x_out).view(-1, row))
+            return x_out, y_out
+        dynamic = (self.history + 1) * self.channels.size
+        # (batch, window rows, row): a strided view of x_out without its static channels
+        x = torch.from_numpy(x_out).view(t.size, -1)[:, :rows_in.shape[1] * row].view(t.size, -1, row)
+        if rows_in.shape[1] <= t.size:  # fewer window rows than samples: loop over window rows
+            for j in range(rows_in.shape[1]):
+                torch.index_select(source, 0, torch.from_numpy(rows_in[:, j].copy()), out=x[:, j])
+        else:
+            for k in range(t.size):
+                torch.index_select(source, 0, torch.from_numpy(rows_in[k]), out=x[k, :rows_in.shape[1]])
         x_out[:, dynamic:] = self.static
         return x_out, y_out
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of `array`; read-only memmaps are fine because gathers only read them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -3,8 +3,8 @@
 One background thread fills host buffers (each batch split over `workers` gather threads; numpy
 releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
 side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
-copies: memmap -> pinned buffer -> GPU. The dtype is converted and random blocks are cropped on
-the device.
+copies: memmap -> pinned buffer -> GPU. Static fields are appended, the dtype converted and
+random blocks cropped on the device; on the CPU the batch is assembled in place instead.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class BatchLoader:
         self.seed = seed
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
+        self._static = None
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -98,8 +99,9 @@ class BatchLoader:
 
     # -- host side (filler thread) ---------------------------------------------------------
     def _host_buffers(self, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch buffers; pinned ones (for CUDA) leave out the static fields, added on the GPU."""
         dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
-        x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size)
+        x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=not pin)
         return (torch.empty(x_shape, dtype=dtype, pin_memory=pin),
                 torch.empty(y_shape, dtype=dtype, pin_memory=pin))
 
@@ -132,7 +134,7 @@ class BatchLoader:
                     else:
                         full = self._unused_cpu_buffers(ring)
                     x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
-                    self._gather(pool, positions, x_buf.numpy(), y_buf.numpy())
+                    self._gather(pool, positions, x_buf.numpy(), y_buf.numpy(), static=not cuda)
                     ready.put((x_buf, y_buf, full if cuda else None))
                     del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
             ready.put(_DONE)
@@ -152,13 +154,13 @@ class BatchLoader:
             return buffers
         return None
 
-    def _gather(self, pool, positions, x_out, y_out) -> None:
+    def _gather(self, pool, positions, x_out, y_out, static: bool) -> None:
         if self.workers == 1:
-            self.dataset.gather(positions, x_out, y_out)
+            self.dataset.gather(positions, x_out, y_out, static)
             return
         parts = np.array_split(np.arange(len(positions)), min(self.workers, len(positions)))
         positions = np.asarray(positions)
-        jobs = [pool.submit(self.dataset.gather, positions[p], x_out[p[0]:p[-1] + 1], y_out[p[0]:p[-1] + 1])
+        jobs = [pool.submit(self.dataset.gather, positions[p], x_out[p[0]:p[-1] + 1], y_out[p[0]:p[-1] + 1], static)
                 for p in parts if p.size]
         for job in jobs:
             job.result()
@@ -182,6 +184,10 @@ class BatchLoader:
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator):
         x, y = x.to(self.dtype), y.to(self.dtype)
+        if x.is_cuda and self.dataset.static.shape[0]:  # static fields are sent to the GPU once
+            if self._static is None:
+                self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
+            x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.blocks is not None:
             x, y = random_blocks(x, y, self.blocks, blocks_rng)
         return x, y

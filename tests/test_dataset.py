@@ -112,3 +112,12 @@ def test_dataloader_is_reproducible_with_0_and_2_workers(tiny_store):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(serial, parallel))
     other = _epoch(ds, 0, seed=8)
     assert not torch.equal(serial[0][0], other[0][0])
+
+
+def test_gather_without_static_is_the_dynamic_part(tiny_store):
+    ds = open_store(tiny_store).dataset("train", history=1, channels=["z500", "t2m"])
+    with_static, y = ds.gather([1, 50, 51])
+    without, y2 = ds.gather([1, 50, 51], static=False)
+    assert without.shape[1] == with_static.shape[1] - 2 == 4
+    np.testing.assert_array_equal(without, with_static[:, :4])
+    np.testing.assert_array_equal(y2, y)
