@@ -16,5 +16,3 @@ python3 -m canonstore demo-data data/raw/bench --size "$SIZE" --years 2
 python3 -m canonstore build recipes/bench.yaml --out data/intermediate/bench.zarr --quiet
 python3 -m pytest -q -p no:cacheprovider tests/test_prefetch.py tests/test_dataset.py 2>&1 | tail -3 || true
 python3 bench/loader.py data/intermediate/bench.zarr --workers "$WORKERS" --train --seconds 8 --results "$OUT"
-# the batch path with one gather thread (torch's own threads only), next to the model alone again
-python3 bench/loader.py data/intermediate/bench.zarr --workers 1 --train --seconds 8 --only train:model-alone,train:store-batch

@@ -9,7 +9,6 @@ only copy is into the output (a sample, or a whole batch with `gather`).
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,11 +147,11 @@ class StoreDataset(WindowDataset):
                static: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Copy samples `positions` into (x, y) in the store's dtype: `gather(p)[k]` is `self[p[k]]`.
 
-        The copies are `torch.index_select(out=...)` calls straight from the memmap into the output
-        (multi-threaded, GIL released): one per output without static fields (`static=False`, the
-        GPU path adds them on the device), one per history step or sample with them. A row is a
-        whole time step when all channels are selected, else one (step, channel) field. Sorted
-        positions read the file front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned
+        `static=False` leaves the static fields out of x (the GPU path adds them on the device), so
+        that each output is ONE `np.take` from the memmap: the GIL is released for the whole copy
+        and the training thread keeps it. With them, each sample's window is copied straight into
+        its place in x (a slice copy: one contiguous run of the file when all channels are taken).
+        Sorted positions read the file front to back. `x_out`/`y_out` (C-contiguous, e.g. a pinned
         buffer's `.numpy()`) are filled in place instead of allocating.
         """
         t = self.times[np.asarray(positions, dtype=np.int64)]
@@ -166,36 +165,30 @@ class StoreDataset(WindowDataset):
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
-        if self._whole_samples():
-            rows_in, rows_out, row = steps_in, steps_out, int(np.prod(array.shape[1:]))
-        else:
+        whole = self._whole_samples()
+        if whole:  # a row is a whole time step
+            flat, rows_in, rows_out = array.reshape(array.shape[0], -1), steps_in, steps_out
+        else:      # a row is one (step, channel) field
             n = len(self.store_channels)
+            flat = array.reshape(array.shape[0] * n, -1)
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
             rows_out = (steps_out[:, None] * n + self.targets[None, :]).ravel()
-            row = int(np.prod(self.sample_space))
-        source = _tensor(array).view(-1, row)
-        torch.index_select(source, 0, torch.from_numpy(rows_out), out=torch.from_numpy(y_out).view(-1, row))
         if not static or not self.static.shape[0]:
-            torch.index_select(source, 0, torch.from_numpy(rows_in.ravel()), out=torch.from_numpy(x_out).view(-1, row))
+            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+            np.take(flat, rows_in.ravel(), axis=0, out=x_out.reshape(rows_in.size, -1))
             return x_out, y_out
         dynamic = (self.history + 1) * self.channels.size
-        # (batch, window rows, row): a strided view of x_out without its static channels
-        x = torch.from_numpy(x_out).view(t.size, -1)[:, :rows_in.shape[1] * row].view(t.size, -1, row)
-        if rows_in.shape[1] <= t.size:  # fewer window rows than samples: loop over window rows
-            for j in range(rows_in.shape[1]):
-                torch.index_select(source, 0, torch.from_numpy(rows_in[:, j].copy()), out=x[:, j])
-        else:
-            for k in range(t.size):
-                torch.index_select(source, 0, torch.from_numpy(rows_in[k]), out=x[k, :rows_in.shape[1]])
+        for k in range(t.size):  # x_out[k, :dynamic] is contiguous, so the reshapes are views
+            into = x_out[k, :dynamic].reshape(rows_in.shape[1], -1)
+            if whole:  # slice copies: faster than np.take for rows this large
+                into[:] = flat[steps_in[k, 0]:steps_in[k, -1] + 1]
+                y_out[k] = array[steps_out[k]]
+            else:
+                np.take(flat, rows_in[k], axis=0, out=into)
+        if not whole:
+            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
         x_out[:, dynamic:] = self.static
         return x_out, y_out
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A torch view of `array`; read-only memmaps are fine because gathers only read them."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
 
 
 def worker_init_fn(worker_id: int) -> None:
