@@ -14,5 +14,11 @@ python3 -c "import torch, xarray, zarr, numpy; print('torch', torch.__version__,
 mkdir -p data/raw "$OUT"
 python3 -m canonstore demo-data data/raw/bench --size "$SIZE" --years 2
 python3 -m canonstore build recipes/bench.yaml --out data/intermediate/bench.zarr --quiet
-python3 -m pytest -q -p no:cacheprovider tests/test_prefetch.py tests/test_dataset.py 2>&1 | tail -3 || true
+[ "${VARIANTS:-}" ] || python3 -m pytest -q -p no:cacheprovider tests/test_prefetch.py tests/test_dataset.py 2>&1 | tail -3 || true
+if [ "${VARIANTS:-}" ]; then  # training with the batch path at several worker counts, model alone around them
+  for w in 8 2 1; do
+    python3 bench/loader.py data/intermediate/bench.zarr --workers $w --train --seconds 8 --only train:model-alone,train:store-batch | tail -1
+  done
+  exit
+fi
 python3 bench/loader.py data/intermediate/bench.zarr --workers "$WORKERS" --train --seconds 8 --results "$OUT"

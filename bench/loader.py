@@ -166,19 +166,24 @@ def train(name: str, args) -> dict:
     for _ in range(10):
         step(*next(batches))
     torch.cuda.synchronize()
-    n, wait, start = 0, 0.0, time.perf_counter()
+    n, wait, start, marks = 0, 0.0, time.perf_counter(), []
     while time.perf_counter() - start < args.seconds:
         t0 = time.perf_counter()
         x, y = next(batches)
         wait += time.perf_counter() - t0
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         step(x, y)
+        end.record()
+        marks.append((begin, end))
         n += 1
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    gpu_ms = sum(b.elapsed_time(e) for b, e in marks) / n  # main-stream time per step (GPU busy or waiting)
     return {"loader": name, "mode": "train", "workers": args.workers, "batch_size": args.batch_size,
             "steps": n, "seconds": round(elapsed, 2), "steps_per_s": round(n / elapsed, 2),
             "samples_per_s": round(n * args.batch_size / elapsed, 1), "data_wait_frac": round(wait / elapsed, 3),
-            "gpu": torch.cuda.get_device_name()}
+            "gpu_ms_per_step": round(gpu_ms, 2), "gpu": torch.cuda.get_device_name()}
 
 
 def warm_page_cache(store) -> None:

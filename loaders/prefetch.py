@@ -37,7 +37,9 @@ class BatchLoader:
     dataset : the StoreDataset to read.
     batch_size, shuffle, seed, drop_last, rank, world_size : see `BatchSampler`.
     device : where batches go ("cuda", "cpu", a torch.device); default cuda when available.
-    workers : threads that share each batch's gather.
+    workers : threads that share each batch's gather. Keep it small when training on a GPU: every
+        thread competes with the training loop for the GIL (on an H100, a UNet trained at 97% of its
+        model-alone speed with 2 threads and at 79% with 8; bench/loader.py measures it).
     prefetch : batches gathered ahead of the one being used.
     blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields.
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
