@@ -59,14 +59,14 @@ intermediate: $(STORE)/manifest.json ## build the store from RECIPE (skipped whe
 # The manifest is written last, inside the store, and the store appears by one rename: if the
 # manifest exists the store is complete. `touch` because an unchanged build writes nothing.
 $(STORE)/manifest.json: $(RECIPE) $(INPUTS) | $(ENV_STAMP)
-	$(CANON) build $(RECIPE) --out $(STORE)
+	$(CANON) build $(RECIPE) --out $(STORE) --resume
 	touch $@
 
 inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits, layout, provenance
 	$(CANON) inspect $(STORE)
 
-verify: $(STORE)/manifest.json ## recompute the store's checksums and check its schema
-	$(CANON) verify $(STORE)
+verify: $(STORE)/manifest.json ## recompute the store's checksums, check its schema and that inputs are unchanged
+	$(CANON) verify $(STORE) --inputs
 
 bench: $(BENCH_STORE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
 	$(PY) bench/loader.py $(BENCH_STORE) --workers $(WORKERS) --results bench/results
@@ -77,7 +77,7 @@ $(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
 	touch $@
 
 $(BENCH_STORE)/manifest.json: recipes/bench.yaml $(BENCH_STAMP) | $(ENV_STAMP)
-	$(CANON) build recipes/bench.yaml --out $(BENCH_STORE)
+	$(CANON) build recipes/bench.yaml --out $(BENCH_STORE) --resume
 	touch $@
 
 test: $(ENV_STAMP) ## run the test suite

@@ -29,13 +29,14 @@ def main():
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Store path (default data/intermediate/<name>.zarr).")
 @click.option("--force", is_flag=True, help="Rebuild even if recipe and inputs are unchanged.")
+@click.option("--resume", is_flag=True, help="Go on from an interrupted build's last block (its .partial).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe, out, force, quiet, debug):
+def build(recipe, out, force, resume, quiet, debug):
     """Build the store described by RECIPE."""
     from canonstore.preprocess import build as build_store
 
-    _run(lambda: build_store(recipe, out, force=force, progress=not quiet), debug)
+    _run(lambda: build_store(recipe, out, force=force, progress=not quiet, resume=resume), debug)
 
 
 @main.command()
@@ -51,16 +52,19 @@ def inspect(store, debug):
 
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
-def verify(store):
+@click.option("--inputs", is_flag=True, help="Also check that the raw inputs are unchanged since the build.")
+def verify(store, inputs):
     """Recompute STORE's checksums and check its schema; exit 1 on any problem."""
     from canonstore.formats import verify_store
+    from canonstore.formats.verify import verify_inputs
 
-    problems = verify_store(store)
+    problems = verify_store(store) + (verify_inputs(store) if inputs else [])
     for problem in problems:
         click.echo(f"FAIL {problem}", err=True)
     if problems:
         sys.exit(1)
-    click.echo(f"{store}: OK (all files match the manifest, schema valid)")
+    click.echo(f"{store}: OK (all files match the manifest, schema valid"
+               f"{', inputs unchanged' if inputs else ''})")
 
 
 @main.command("sources")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.formats.manifest import check_manifest
+from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.store import STAT_NAMES, Store
 from canonstore.formats.zarr_ import memmap_data
 from canonstore.splits import SPLIT_NAMES
+
 
 def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
     """Every problem found in the store at `path`; an empty list means it is intact.
@@ -23,6 +24,26 @@ def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
     except Exception as exc:  # damaged metadata JSON fails inside zarr with many types
         return problems + [f"{path}: cannot open: {type(exc).__name__}: {exc}"]
     problems += _check_schema(store)
+    return problems
+
+
+def verify_inputs(path: str | Path) -> list[str]:
+    """Raw inputs that are missing or changed since the store was built (size, then sha256)."""
+    try:
+        inputs = Store(path).attrs["inputs"]
+    except Exception as exc:
+        return [f"{path}: cannot read the recorded inputs: {exc}"]
+    problems = []
+    for item in inputs:
+        source = Path(item["path"])
+        if not source.is_file():
+            problems.append(f"input {source}: missing (the store was built from it)")
+        elif source.stat().st_size != item["size"]:
+            problems.append(f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
+                            "bytes); rebuild the store")
+        elif file_sha256(source) != item["sha256"]:
+            problems.append(f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> "
+                            f"{file_sha256(source)[:12]}...); rebuild the store")
     return problems
 
 

@@ -49,13 +49,14 @@ class ShardWriter:
     build's memory.
     """
 
-    def __init__(self, store: Path, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, store: Path, shape: tuple[int, ...], dtype: np.dtype, resume: bool = False):
         self.path = shard_file(store, len(shape))
         self.steps = shape[0]
         self.sample_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Resuming keeps the samples already written; offsets are fixed, so writing goes on in place.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if resume else os.O_TRUNC), 0o644)
 
     def write(self, start: int, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, dtype=self.dtype)

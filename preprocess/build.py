@@ -9,7 +9,9 @@ writes. Memory is bounded by a few blocks whatever the input size.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import platform
 import shutil
@@ -48,10 +50,19 @@ class BuildResult:
 
 
 def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
-          progress: bool = True, log=print) -> BuildResult:
-    """Build the store described by the recipe at `recipe_path` (default out: data/intermediate/<name>.zarr)."""
+          progress: bool = True, log=print, resume: bool = False) -> BuildResult:
+    """Build the store described by the recipe at `recipe_path` (default out: data/intermediate/<name>.zarr).
+
+    `resume=True` goes on from the last block an interrupted build of the same recipe and inputs
+    completed (its `<out>.partial`), skipping the statistics pass; otherwise any partial is discarded.
+    """
     recipe = load_recipe(recipe_path)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
+    with writer.build_lock(out):
+        return _build_locked(recipe, out, force, progress, log, resume)
+
+
+def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, resume: bool) -> BuildResult:
     writer.check_output(out)
     inputs = [{"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in recipe.sources]
     if not force and _up_to_date(out, recipe, inputs):
@@ -62,19 +73,33 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
     sources = open_sources(recipe)
     if sources.ignored:
         log(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
+    staging = writer.staging_path(out)
     try:
         keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
         labels = split_labels(keys, recipe.splits)
         block = _block_steps(recipe, sources)
-        stats, nans = _scan(sources, labels, block, progress)
-        plan = _plan(recipe, sources, stats, nans, labels)
-        staging = writer.start(out)
+        fingerprint = _fingerprint(recipe, inputs, block)
+        state = writer.load_progress(staging) if resume else None
+        if state is not None and state.get("fingerprint") == fingerprint:
+            plan, done = _plan_from_json(state["plan"]), state["steps_done"]
+            log(f"resuming {staging}: {done} of {sources.time.size} steps already written")
+        else:
+            if staging.exists():
+                log(f"discarding {staging} (an interrupted build{'' if resume else '; --resume would go on from it'})"
+                    if state is None or not resume else f"discarding {staging}: it was built from other inputs")
+            stats, nans = _scan(sources, labels, block, progress)
+            plan, done = _plan(recipe, sources, stats, nans, labels), None
+            staging = writer.start(out)
         try:
-            nbytes = _write(recipe, sources, labels, plan, inputs, staging, block, progress)
+            nbytes = _write(recipe, sources, labels, plan, inputs, staging, block, progress, done,
+                            {"fingerprint": fingerprint, "plan": _plan_to_json(plan)})
             problems = verify_store(staging, checksums=False)
             if problems:
                 raise StoreError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
             writer.publish(staging, out)
+        except KeyboardInterrupt:
+            log(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last block")
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -85,6 +110,26 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
     log(f"wrote {out}: {result.steps} steps x {result.channels} channels, {nbytes / 1e6:.1f} MB "
         f"in {seconds:.1f} s ({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return result
+
+
+def _fingerprint(recipe: Recipe, inputs: list[dict], block: int) -> str:
+    """What a partial build must share with this one to be resumed: recipe, inputs, format, blocks."""
+    key = {"format_version": FORMAT_VERSION, "canonstore": _version("canonstore"), "recipe": recipe.sha256,
+           "inputs": inputs, "block": block}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_to_json(plan: dict) -> dict:
+    # Python's float repr round-trips float64 exactly, so a resumed build normalises identically.
+    return {"channels": [dataclasses.asdict(c) for c in plan["channels"]],
+            "stats": {k: np.asarray(v).tolist() for k, v in plan["stats"].items()},
+            "mask_channels": [int(i) for i in plan["mask_channels"]]}
+
+
+def _plan_from_json(state: dict) -> dict:
+    return {"channels": [Channel(**c) for c in state["channels"]],
+            "stats": {k: np.asarray(v, dtype=np.float64) for k, v in state["stats"].items()},
+            "mask_channels": state["mask_channels"], "static_mask": None}
 
 
 def _up_to_date(out: Path, recipe: Recipe, inputs: list[dict]) -> bool:
@@ -172,15 +217,23 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
     return {"channels": channels, "stats": values, "mask_channels": mask_channels, "static_mask": static_mask}
 
 
-def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, progress: bool) -> int:
-    """Pass 2: metadata through xarray, then normalised data blocks, index, attrs, manifest."""
+def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, progress: bool,
+           done: int | None, state: dict) -> int:
+    """Pass 2: metadata through xarray, then normalised data blocks, index, attrs, manifest.
+
+    `done` steps were written by an interrupted build (None: a fresh start). After each block
+    `progress.json` records the steps written, so a kill loses at most one block.
+    """
     channels = plan["channels"]
     shape = (sources.time.size, len(channels)) + sources.sample_shape[1:]
     dims = ("time", "channel") + sources.space_dims
-    writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
+    if done is None:
+        writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
     stats = plan["stats"]
     data = writer.DataWriter(staging, shape, dims, recipe.dtype, recipe.compression, block,
-                             stats["mean"], normalisation_scale(stats["std"]))
+                             stats["mean"], normalisation_scale(stats["std"]), resume=done is not None)
+    done = done or 0
+    writer.save_progress(staging, {**state, "steps_done": done})
 
     def where(step: int, c: int) -> str:
         ch = channels[c]
@@ -188,13 +241,16 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
                 f"at time {sources.time_label(step)}")
 
     try:
-        with tqdm(total=shape[0], unit="step", desc="write", disable=not progress) as bar:
+        with tqdm(total=shape[0], initial=done, unit="step", desc="write", disable=not progress) as bar:
             for start, stop in _blocks(shape[0], block):
+                if stop <= done:
+                    continue
                 values = sources.read(start, stop)
                 if plan["mask_channels"]:
                     valid = (~np.isnan(values[:, plan["mask_channels"]])).astype(np.float64)
                     values = np.concatenate([values, valid], axis=1)
                 data.write(start, values, where)
+                writer.save_progress(staging, {**state, "steps_done": stop})
                 bar.update(stop - start)
         data.finish()
     except BaseException:
@@ -203,6 +259,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
     data_file = shard_file(staging, len(shape)).relative_to(staging).as_posix() if recipe.compression == "none" else None
     writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, block, shape, data_file))
     writer.consolidate(staging)
+    (staging / writer.PROGRESS).unlink()  # the manifest lists exactly the store's files
     write_manifest(staging, data_file or "")
     return int(np.prod(shape)) * np.dtype(recipe.dtype).itemsize
 

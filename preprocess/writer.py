@@ -1,11 +1,19 @@
 """Write a normalised store into `<name>.zarr.partial`, then publish it by rename.
 
 Nothing is ever written at the final path directly: a failed or interrupted build leaves
-the previous store (or nothing) there, and at most a `.partial` directory beside it.
+the previous store (or nothing) there, and at most a `.partial` directory beside it, which
+records how far it got (`progress.json`) so that `build --resume` can go on from there.
+One build per output at a time: `<name>.zarr.lock` is held (flock) for the whole build.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import datetime as dt
+import errno
+import fcntl
+import json
 import os
 import shutil
 import warnings
@@ -43,6 +51,46 @@ def start(out: Path) -> Path:
     return staging
 
 
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """Hold `<out>.lock` for a build; a second build of the same output is refused, naming the first.
+
+    flock is released by the kernel when the holder dies (even by kill -9), so a stale lock file
+    never blocks a later build.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(out.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            raise StoreError(f"another build of {out} is running ({holder}); wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {dt.datetime.now().isoformat(timespec='seconds')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+PROGRESS = "progress.json"
+
+
+def save_progress(staging: Path, state: dict) -> None:
+    """Record resumable state (JSON) atomically: a kill leaves the old or the new file, never half."""
+    tmp = staging / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, staging / PROGRESS)
+
+
+def load_progress(staging: Path) -> dict | None:
+    try:
+        return json.loads((staging / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_metadata(staging: Path, meta: xr.Dataset) -> None:
     """Everything but `data` (coordinates, stats, splits, static, mask) through xarray."""
     meta.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
@@ -52,15 +100,18 @@ class DataWriter:
     """Normalise float64 blocks and write them into `data`, memory bounded by one block."""
 
     def __init__(self, staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str,
-                 compression: str, shard_steps: int, mean: np.ndarray, scale: np.ndarray):
+                 compression: str, shard_steps: int, mean: np.ndarray, scale: np.ndarray, resume: bool = False):
         group = zarr.open_group(staging, mode="r+")
-        self.array = create_data_array(group, shape, dtype, dims, compression, shard_steps,
-                                       attributes={"long_name": "normalised data: (x - stats_mean) / scale",
-                                                   "coordinates": "channel_variable channel_level channel_units"})
+        if resume:
+            self.array = group["data"]
+        else:
+            self.array = create_data_array(group, shape, dtype, dims, compression, shard_steps,
+                                           attributes={"long_name": "normalised data: (x - stats_mean) / scale",
+                                                       "coordinates": "channel_variable channel_level channel_units"})
         self.dtype = np.dtype(dtype)
         bshape = (1, -1) + (1,) * (len(shape) - 2)
         self.mean, self.scale = mean.reshape(bshape), scale.reshape(bshape)
-        self.shard = ShardWriter(staging, shape, self.dtype) if compression == "none" else None
+        self.shard = ShardWriter(staging, shape, self.dtype, resume) if compression == "none" else None
 
     def write(self, start: int, block: np.ndarray, where) -> None:
         """Write steps [start, start + len(block)); `where(step, channel)` names a value in errors."""
@@ -104,17 +155,41 @@ def consolidate(staging: Path) -> None:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Swap the finished staging directory in at `out`; the old store is removed afterwards."""
+    """Put the finished staging directory at `out` in one step; the old store is removed afterwards.
+
+    An existing store is swapped with renameat2(RENAME_EXCHANGE), so `out` is never missing; readers
+    that have old files open or mapped keep reading them (Linux frees them once closed).
+    """
     if not (staging / MANIFEST).is_file():
         raise StoreError(f"{staging}: no manifest; refusing to publish an incomplete store")
+    (staging / PROGRESS).unlink(missing_ok=True)
+    if out.exists() and _exchange(staging, out):
+        _fsync_dir(out.parent)
+        shutil.rmtree(staging)  # now the old store
+        return
     old = None
-    if out.exists():
+    if out.exists():  # no atomic exchange here: a short moment without a store at `out`
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         os.rename(out, old)
     os.rename(staging, out)
     _fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
 
 
 def _fsync_dir(path: Path) -> None:
