@@ -253,13 +253,13 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
                 writer.save_progress(staging, {**state, "steps_done": stop})
                 bar.update(stop - start)
         data.finish()
+        (staging / writer.PROGRESS).unlink()  # the store's own files only, from here on
     except BaseException:
         data.abort()
         raise
     data_file = shard_file(staging, len(shape)).relative_to(staging).as_posix() if recipe.compression == "none" else None
     writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, block, shape, data_file))
     writer.consolidate(staging)
-    (staging / writer.PROGRESS).unlink()  # the manifest lists exactly the store's files
     write_manifest(staging, data_file or "")
     return int(np.prod(shape)) * np.dtype(recipe.dtype).itemsize
 

@@ -1,0 +1,192 @@
+"""Faults: kill -9 mid-build, resume, determinism, a second concurrent build, readers during a
+rebuild, flipped bytes, and raw inputs that change after the build."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from canonstore import open_store
+from canonstore.cli import main
+from canonstore.errors import StoreError
+from canonstore.formats import verify_store
+from canonstore.formats.manifest import read_manifest
+from canonstore.formats.verify import verify_inputs
+from canonstore.preprocess import build, writer
+from tests.conftest import demo_recipe
+
+quiet = {"progress": False, "log": lambda *_: None}
+
+
+def _data_sha(store: Path) -> str:
+    return read_manifest(store)["data_sha256"]
+
+
+def _start_build(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> bool:
+    """SIGKILL `proc` once `ready()` holds; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.wait()
+    return False
+
+
+@pytest.fixture(scope="module")
+def many_blocks(tiny_raw, tmp_path_factory):
+    """A recipe whose build writes ~50 blocks, and the data checksum of an uninterrupted build."""
+    folder = tmp_path_factory.mktemp("faults")
+    recipe = demo_recipe(folder, tiny_raw, storage={"shard_mb": 0.6})
+    reference = build(recipe, folder / "reference.zarr", **quiet).path
+    return recipe, _data_sha(reference)
+
+
+def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = tmp_path / "demo.zarr"
+    staging = out.with_name("demo.zarr.partial")
+    rng = random.Random(1234)
+    # Random moments: some in start-up or the statistics pass (a delay), some inside the write pass
+    # (once a random number of steps is on disk); each kill resumes the previous one's partial.
+    moments = [("seconds", rng.uniform(0.2, 2.0)) for _ in range(2)] + \
+              [("steps", rng.randrange(100, 4000)) for _ in range(3)]
+    rng.shuffle(moments)
+    for kind, when in moments:
+        proc = _start_build(recipe, out, "--resume")
+        start = time.monotonic()
+
+        def now() -> bool:
+            if kind == "seconds":
+                return time.monotonic() - start > when
+            state = writer.load_progress(staging)
+            return state is not None and state["steps_done"] >= when
+
+        if _kill_when(proc, now):
+            assert not out.exists()     # nothing at the final path: never a partial store
+        else:                           # it finished first: then the store is whole
+            assert verify_store(out) == [] and _data_sha(out) == reference
+            shutil.rmtree(out)
+    done = subprocess.run([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
+                           "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify_store(out) == [] and _data_sha(out) == reference
+    assert not out.with_name("demo.zarr.partial").exists()
+
+
+def test_a_killed_rebuild_leaves_the_previous_store_intact(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = tmp_path / "demo.zarr"
+    build(recipe, out, **quiet)
+    before = (out / "manifest.json").read_text()
+    staging = out.with_name("demo.zarr.partial")
+    proc = _start_build(recipe, out, "--force")
+    assert _kill_when(proc, lambda: (staging / writer.PROGRESS).exists())
+    assert (out / "manifest.json").read_text() == before and verify_store(out) == []
+
+
+def test_resume_goes_on_from_the_last_block(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = tmp_path / "demo.zarr"
+    staging = out.with_name("demo.zarr.partial")
+
+    def half_written():
+        state = writer.load_progress(staging)
+        return state is not None and state["steps_done"] > 1000
+
+    assert _kill_when(_start_build(recipe, out), half_written)
+    assert not out.exists() and staging.exists()
+    done_before = writer.load_progress(staging)["steps_done"]
+    log = []
+    build(recipe, out, resume=True, progress=False, log=log.append)
+    resumed = [line for line in log if line.startswith("resuming")]
+    assert resumed and int(resumed[0].split(": ")[1].split()[0]) >= done_before
+    assert verify_store(out) == [] and _data_sha(out) == reference
+
+
+def test_without_resume_a_partial_is_discarded_and_the_result_is_the_same(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = tmp_path / "demo.zarr"
+    staging = out.with_name("demo.zarr.partial")
+    assert _kill_when(_start_build(recipe, out), lambda: (staging / writer.PROGRESS).exists())
+    log = []
+    build(recipe, out, progress=False, log=log.append)
+    assert any(line.startswith(f"discarding {staging}") for line in log)
+    assert _data_sha(out) == reference
+
+
+def test_two_builds_of_the_same_inputs_are_identical(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = build(recipe, tmp_path / "again.zarr", **quiet).path
+    mine, theirs = read_manifest(out)["files"], read_manifest(Path(recipe).parent / "reference.zarr")["files"]
+    assert _data_sha(out) == reference
+    for name in ("stats_mean/c/0", "stats_std/c/0", "split/c/0", "static/c/0/0/0"):
+        assert mine[name]["sha256"] == theirs[name]["sha256"], name
+
+
+def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path):
+    out = tmp_path / "demo.zarr"
+    with writer.build_lock(out):
+        with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+, started"):
+            build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert not out.exists()
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)       # the lock goes with its holder
+    assert verify_store(out) == []
+
+
+def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_path):
+    out = tmp_path / "demo.zarr"
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    old = open_store(out)
+    array, copy = old.array, np.array(old.array[:50])
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+    np.testing.assert_array_equal(array[:50], copy)                # the old mapping still reads the old data
+    new = open_store(out)
+    assert new.shape[0] < old.shape[0] and verify_store(out) == []
+    assert not list(tmp_path.glob("demo.zarr.old-*")) and not (tmp_path / "demo.zarr.partial").exists()
+
+
+@pytest.mark.parametrize("target", ["data", "stats_mean", "stats_std", "split", "zarr.json"])
+def test_verify_detects_one_flipped_byte(tiny_store, tmp_path, target):
+    store = shutil.copytree(tiny_store, tmp_path / "copy.zarr")
+    files = [p for p in store.rglob("*") if p.is_file() and p.relative_to(store).parts[0] == target]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    problems = verify_store(store)
+    assert any(victim.relative_to(store).as_posix() in p and "sha256 differs" in p for p in problems), problems
+    result = CliRunner().invoke(main, ["verify", str(store)])
+    assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_verify_inputs_names_a_raw_file_changed_after_the_build(tiny_raw, tmp_path):
+    raw = shutil.copytree(tiny_raw, tmp_path / "raw")
+    out = build(demo_recipe(tmp_path, raw), tmp_path / "demo.zarr", **quiet).path
+    assert verify_inputs(out) == []
+    with netCDF4.Dataset(raw / "t2m_2001.nc", "r+") as ds:
+        ds["t2m"][3, 0, 0] = ds["t2m"][3, 0, 0] + 1.0
+    (raw / "msl_2002.nc").unlink()
+    problems = verify_inputs(out)
+    assert len(problems) == 2
+    assert "t2m_2001.nc: changed since the build (sha256" in problems[0] or "t2m_2001.nc: changed" in problems[1]
+    assert any("msl_2002.nc: missing" in p for p in problems)
+    result = CliRunner().invoke(main, ["verify", str(out), "--inputs"])
+    assert result.exit_code == 1 and "t2m_2001.nc" in result.output
+    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0      # the store itself is intact
