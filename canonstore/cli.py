@@ -13,7 +13,7 @@ def _run(fn, debug: bool):
     """Library errors become one clear line and exit 1; --debug shows the traceback."""
     try:
         return fn()
-    except CanonstoreError as exc:
+    except (CanonstoreError, OSError) as exc:  # OSError: e.g. a full or read-only disk, named by path
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)

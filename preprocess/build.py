@@ -73,6 +73,9 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
     sources = open_sources(recipe)
     if sources.ignored:
         log(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
+    if sources.gaps:  # allowed by the recipe, still said out loud and kept in the provenance
+        log(f"time axis has {len(sources.gaps)} gap(s) (recipe time_gaps: allow), first after "
+            f"{sources.time_label(sources.gaps[0])}")
     staging = writer.staging_path(out)
     try:
         keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
@@ -100,6 +103,9 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
         except KeyboardInterrupt:
             log(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last block")
             raise
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(f"cannot write the store at {exc.filename or staging}: {exc.strerror or exc}") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -249,8 +255,12 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
                 if plan["mask_channels"]:
                     valid = (~np.isnan(values[:, plan["mask_channels"]])).astype(np.float64)
                     values = np.concatenate([values, valid], axis=1)
-                data.write(start, values, where)
-                writer.save_progress(staging, {**state, "steps_done": stop})
+                try:
+                    data.write(start, values, where)
+                    writer.save_progress(staging, {**state, "steps_done": stop})
+                except OSError as exc:  # disk full, read-only, quota: say where, keep nothing
+                    raise StoreError(f"cannot write steps {start}..{stop - 1} (from {sources.time_label(start)}) "
+                                     f"into {exc.filename or staging}: {exc.strerror or exc}") from exc
                 bar.update(stop - start)
         data.finish()
         (staging / writer.PROGRESS).unlink()  # the store's own files only, from here on
@@ -328,6 +338,7 @@ def _provenance(recipe, sources, inputs, block, shape, data_file) -> dict:
         "split_rule": recipe.splits,
         "nan_policy": recipe.nan_policy,
         "ignored_variables": sources.ignored,
+        "time_gaps": [[sources.time_label(i), sources.time_label(i + 1)] for i in sources.gaps],
         "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
         "layout": {"dtype": recipe.dtype, "compression": recipe.compression, "shape": list(shape),
                    "block_steps": block, "data_file": data_file},

@@ -55,6 +55,7 @@ class Sources:
         self.channels, self._level_index = self._make_channels(variables)
         self.static = self._read_static()
         self._apply_time_range()
+        self.gaps = self._find_gaps()
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -107,7 +108,11 @@ class Sources:
         if not wanted:
             raise SourceError(f"no data variable with a '{tdim}' dimension in {[str(p) for p in self.files]}; "
                               "name the variables (and `time_dim`) in the recipe")
+        everywhere = {name for ds in self._datasets.values() for name in ds.variables}
         for name in wanted:
+            if name not in everywhere:
+                raise SourceError(f"variable '{name}' (recipe 'variables') is in none of the sources; found "
+                                  f"{sorted(present)} in {[str(p) for p in self.files]}")
             if name not in present:
                 raise SourceError(f"variable '{name}' (recipe 'variables') has no '{tdim}' dimension in any source; "
                                   f"found {sorted(present)} in {[str(p) for p in self.files]}")
@@ -189,6 +194,7 @@ class Sources:
                                       f"{dict((d, coords[d].size) for d in dims)}, but {ref_where} is on "
                                       f"{dict((d, ref[1][d].size) for d in ref[0])}")
                 for d in dims:
+                    _check_same_axis(d, coords[d].values, ref[1][d].values, f"{seg.path}: variable '{name}'", ref_where)
                     if not np.array_equal(coords[d].values, ref[1][d].values):
                         bad = int(np.flatnonzero(coords[d].values != ref[1][d].values)[0])
                         raise SourceError(f"{seg.path}: variable '{name}': coordinate '{d}' differs from {ref_where} "
@@ -279,6 +285,24 @@ class Sources:
         self._offset = int(positions.values[0])
         self.time = self.time[self._offset:int(positions.values[-1]) + 1]
 
+    def _find_gaps(self) -> list[int]:
+        """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
+        recipe says `time_gaps: allow` (then the build reports them)."""
+        t = _as_days(self.time)
+        if t is None or t.size < 3:
+            return []
+        step = np.diff(t)
+        usual = float(np.median(step))
+        gaps = [int(i) for i in np.flatnonzero(step > 1.5 * usual)]
+        if gaps and self.recipe.time_gaps == "error":
+            i, variable = gaps[0], next(iter(self._segments))
+            first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
+            files = str(first) if first == after else f"{first} and {after}"
+            raise SourceError(f"time axis has {len(gaps)} gap(s) longer than the usual step of {_days(usual)}: first "
+                              f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
+                              "set `time_gaps: allow` in the recipe if the gaps are expected")
+        return gaps
+
     # -- reading ---------------------------------------------------------------------------
     def _read_variable(self, segments: list[_Segment], start: int, stop: int) -> np.ndarray:
         blocks, pos = [], 0
@@ -310,6 +334,7 @@ def open_sources(recipe: Recipe) -> Sources:
 
 def _open(path: Path) -> xr.Dataset:
     """Open one file lazily with its own decoding (its own packing and fill values)."""
+    _check_netcdf3_size(path)
     try:
         with warnings.catch_warnings():
             # Packed ints with a float _FillValue (eraint_uvz.nc) are decoded correctly anyway.
@@ -317,8 +342,70 @@ def _open(path: Path) -> xr.Dataset:
             warnings.filterwarnings("ignore", category=xr.SerializationWarning)
             warnings.filterwarnings("ignore", message=r"Variable\(s\) referenced in")  # CMIP bounds, areacella
             return xr.open_dataset(path, chunks={}, decode_coords="all")
-    except Exception as exc:
-        raise SourceError(f"{path}: cannot open as NetCDF: {exc}") from exc
+    except Exception as exc:  # the libraries' messages run over several lines; the first says it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "did not find a match" in first:
+            first = "no NetCDF or HDF5 signature (no installed xarray backend recognises it)"
+        raise SourceError(f"{path}: cannot open as NetCDF (damaged, truncated or another format): {first}") from exc
+
+
+def _check_netcdf3_size(path: Path) -> None:
+    """Refuse a truncated classic-format (NetCDF3) file, which the library reads as zeros without error.
+
+    The data the header describes must fit in the file; this misses only cuts smaller than the header.
+    """
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as nc:
+            if not nc.file_format.startswith("NETCDF3"):
+                return
+            records = {name for name, dim in nc.dimensions.items() if dim.isunlimited()}
+            fixed = per_record = 0
+            for var in nc.variables.values():
+                if var.dimensions and var.dimensions[0] in records:
+                    per_record += -(-var.dtype.itemsize * int(np.prod(var.shape[1:])) // 4) * 4
+                else:
+                    fixed += -(-var.dtype.itemsize * int(np.prod(var.shape)) // 4) * 4
+            numrecs = max((len(nc.dimensions[r]) for r in records), default=0)
+    except OSError:
+        return  # not NetCDF at all: xarray's error above says so
+    needed, size = fixed + numrecs * per_record, path.stat().st_size
+    if size < needed:
+        raise SourceError(f"{path}: truncated NetCDF3 file: {size} bytes, but its header describes {needed} bytes "
+                          "of data (the library would read the missing part as zeros)")
+
+
+def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where: str, ref_where: str) -> None:
+    """Name the two grid mismatches that look alike but are not: flipped order and 0..360 vs -180..180.
+
+    Both are refused rather than silently reordered: the user decides which convention the store uses.
+    """
+    if values.size != reference.size or values.dtype.kind not in "fiu" or np.array_equal(values, reference):
+        return
+    if np.array_equal(values[::-1], reference):
+        order = "descending" if values[0] > values[-1] else "ascending"
+        raise SourceError(f"{where}: coordinate '{dim}' is {order} but {ref_where} has it the other way round; "
+                          f"canonstore does not reorder silently: flip one of them (e.g. `ds.sortby('{dim}')`) first")
+    if np.allclose(np.sort(values % 360), np.sort(reference % 360)):
+        raise SourceError(f"{where}: coordinate '{dim}' runs {values.min():g}..{values.max():g} but {ref_where} runs "
+                          f"{reference.min():g}..{reference.max():g} (the same longitudes, another convention); convert "
+                          f"one first, e.g. `ds.assign_coords({dim}=(ds.{dim} + 180) % 360 - 180).sortby('{dim}')`")
+
+
+def _as_days(times: np.ndarray) -> np.ndarray | None:
+    """Times as float days (datetime64 or cftime), or None for an axis that holds no dates."""
+    if times.dtype.kind == "M":
+        return (times - times[0]) / np.timedelta64(1, "D")
+    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
+        import cftime
+
+        return np.asarray(cftime.date2num(list(times), "days since 1970-01-01", calendar=times[0].calendar))
+    return None
+
+
+def _days(days: float) -> str:
+    return f"{days * 24:g} hours" if days < 1 else f"{days:g} days"
 
 
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:

@@ -23,7 +23,7 @@ from canonstore.errors import RecipeError
 from canonstore.splits import parse_split_rule
 
 KEYS = {"name", "sources", "variables", "levels", "static", "time", "time_dim", "splits",
-        "nan_policy", "on_duplicate_time", "storage"}
+        "nan_policy", "on_duplicate_time", "time_gaps", "storage"}
 STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
 DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "zstd", "blosc")
@@ -46,6 +46,7 @@ class Recipe:
     time_dim: str = "time"
     nan_policy: str = "error"
     on_duplicate_time: str = "error"
+    time_gaps: str = "error"
     dtype: str = "float32"
     shard_mb: float = 128.0
     compression: str = "none"
@@ -109,6 +110,7 @@ def load_recipe(path: str | Path) -> Recipe:
         nan_policy=_parse_choice(raw.get("nan_policy", "error"), ("error", "fill"), "nan_policy", where),
         on_duplicate_time=_parse_choice(raw.get("on_duplicate_time", "error"), ("error", "keep_first"),
                                         "on_duplicate_time", where),
+        time_gaps=_parse_choice(raw.get("time_gaps", "error"), ("error", "allow"), "time_gaps", where),
         dtype=_parse_choice(storage.get("dtype", "float32"), DTYPES, "storage.dtype", where),
         shard_mb=float(shard_mb),
         compression=_parse_choice(str(storage.get("compression", "none")).lower(), COMPRESSIONS,

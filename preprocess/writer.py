@@ -58,9 +58,12 @@ def build_lock(out: Path):
     flock is released by the kernel when the holder dies (even by kill -9), so a stale lock file
     never blocks a later build.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(out.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot create {exc.filename or path} for the build of {out}: {exc.strerror or exc}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -36,7 +36,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, tiny_raw):
     recipe = demo_recipe(tmp_path, tiny_raw, variables=["geopotential"])
     result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(tmp_path / "x.zarr"), "--quiet"])
     assert result.exit_code == 1
-    assert "error: variable 'geopotential' (recipe 'variables') has no 'time' dimension" in result.output
+    assert "error: variable 'geopotential' (recipe 'variables') is in none of the sources" in result.output
     assert "Traceback" not in result.output
 
 

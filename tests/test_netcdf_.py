@@ -13,13 +13,13 @@ from tests.conftest import write_recipe
 SPLITS = {"train": [2000, 2000], "test": [2001, 2001]}
 
 
-def nc(path, times, values=None, lat=(0.0, 1.0), var="x", units="K", calendar=None, level=None):
+def nc(path, times, values=None, lat=(0.0, 1.0), var="x", units="K", calendar=None, level=None, lon=(0.0, 1.0, 2.0)):
     times = pd.DatetimeIndex(times) if not isinstance(times, pd.DatetimeIndex) else times
-    shape = (len(times), len(lat), 3) if level is None else (len(times), len(level[1]), len(lat), 3)
+    shape = (len(times), len(lat), len(lon)) if level is None else (len(times), len(level[1]), len(lat), len(lon))
     if values is None:
         values = np.random.default_rng(len(times)).normal(size=shape)
     dims = ("time", "lat", "lon") if level is None else ("time", level[0], "lat", "lon")
-    coords = {"time": times, "lat": list(lat), "lon": [0.0, 1.0, 2.0]}
+    coords = {"time": times, "lat": list(lat), "lon": list(lon)}
     if level is not None:
         coords[level[0]] = (level[0], np.array(level[1], float), {"units": level[2]})
     ds = xr.Dataset({var: (dims, values.astype(np.float32), {"units": units})}, coords=coords)
@@ -64,7 +64,7 @@ def test_overlapping_files_without_identical_steps_are_refused(tmp_path):
 
 def test_grid_values_must_match_across_files(tmp_path):
     nc(tmp_path / "a.nc", days("2000-01-01", 366))
-    nc(tmp_path / "b.nc", days("2001-01-01", 365), lat=(1.0, 0.0))       # latitude flipped
+    nc(tmp_path / "b.nc", days("2001-01-01", 365), lat=(0.0, 1.5))       # another grid
     with pytest.raises(SourceError, match=r"b.nc: variable 'x': coordinate 'lat' differs from .*a.nc"):
         sources_of(tmp_path, sources=["*.nc"])
 
