@@ -190,3 +190,18 @@ def test_verify_inputs_names_a_raw_file_changed_after_the_build(tiny_raw, tmp_pa
     result = CliRunner().invoke(main, ["verify", str(out), "--inputs"])
     assert result.exit_code == 1 and "t2m_2001.nc" in result.output
     assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0      # the store itself is intact
+
+
+def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
+    recipe, reference = many_blocks
+    out = tmp_path / "demo.zarr"
+    first = _start_build(recipe, out)
+    deadline = time.monotonic() + 60
+    while not (out.with_name("demo.zarr.partial") / writer.PROGRESS).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)                                     # the first build is writing
+    second = subprocess.run([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet"],
+                            capture_output=True, text=True)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"error: another build of {out} is running (pid {first.pid}" in second.stderr
+    assert first.wait() == 0
+    assert verify_store(out) == [] and _data_sha(out) == reference

@@ -1,5 +1,8 @@
 """BatchSampler: seeded epochs, sorted batches, disjoint DDP ranks."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from canonstore.loaders import BatchSampler
@@ -39,3 +42,24 @@ def test_ddp_ranks_are_disjoint_and_equal_in_length(world):
     assert len({len(r) for r in ranks}) == 1                                # same number of steps
     with pytest.raises(ValueError, match="rank 3 outside world of size 3"):
         BatchSampler(10, 2, rank=3, world_size=3)
+
+
+def _rank_positions(rank, world, path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank, world_size=world)
+    try:
+        sampler = BatchSampler(101, 4, seed=5)             # rank and world come from the process group
+        sampler.set_epoch(1)
+        Path(path, f"rank{rank}.json").write_text(json.dumps([sampler.rank, sampler.world_size, _flat(sampler)]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_a_real_process_group_ranks_are_disjoint(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_positions, args=(2, str(tmp_path)), nprocs=2, join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [s[:2] for s in seen] == [[0, 2], [1, 2]]
+    assert not set(seen[0][2]) & set(seen[1][2]) and len(seen[0][2]) == len(seen[1][2]) == 50
