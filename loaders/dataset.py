@@ -9,7 +9,7 @@ only copy is into the output (a sample, or a whole batch with `gather`).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +48,14 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, split: str = "train", lead: int = 1, history: int = 0,
                  channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
-                 static: bool | Sequence[str] = True):
+                 static: bool | Sequence[str] = True, transform: Callable | None = None):
         from canonstore.formats import open_store
 
         store = open_store(store) if isinstance(store, (str, Path)) else store
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
         self.path, self.split, self.lead, self.history = store.path, split, lead, history
+        self.transform = transform
         self.times = sample_times(store.splits, split, history, lead)
         if self.times.size == 0:
             raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
@@ -99,7 +100,8 @@ class WindowDataset(torch.utils.data.Dataset):
         window = self._read_steps(t - self.history, t + self.lead + 1)
         x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
         x = np.concatenate([x.astype(np.float32), self.static])
-        return torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.targets], dtype=np.float32))
+        sample = torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.targets], dtype=np.float32))
+        return sample if self.transform is None else self.transform(*sample)
 
 
 class StoreDataset(WindowDataset):
@@ -113,6 +115,8 @@ class StoreDataset(WindowDataset):
     history : extra past steps stacked before the current one as input channels.
     channels, targets : channel names for inputs and targets (default: all; targets default to channels).
     static : append the store's static fields (True), none (False), or the named ones.
+    transform : called as `transform(x, y)` on each sample, returns the new (x, y) (torchvision's
+        convention); `BatchLoader` takes its own, applied to whole batches on the device.
     """
 
     _array = None

@@ -43,17 +43,19 @@ class BatchLoader:
     prefetch : batches gathered ahead of the one being used.
     blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields.
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
+    transform : called as `transform(x, y)` on each batch on the device (after blocks); returns (x, y).
+        The dataset's own per-sample `transform` is not used on this path.
     """
 
     def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, device=None, workers: int = 2, prefetch: int = 2,
                  blocks: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, transform=None):
         self.dataset = dataset
         self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
-        self.seed = seed
+        self.seed, self.transform = seed, transform
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
@@ -192,4 +194,4 @@ class BatchLoader:
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.blocks is not None:
             x, y = random_blocks(x, y, self.blocks, blocks_rng)
-        return x, y
+        return (x, y) if self.transform is None else self.transform(x, y)

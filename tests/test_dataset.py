@@ -121,3 +121,16 @@ def test_gather_without_static_is_the_dynamic_part(tiny_store):
     assert without.shape[1] == with_static.shape[1] - 2 == 4
     np.testing.assert_array_equal(without, with_static[:, :4])
     np.testing.assert_array_equal(y2, y)
+
+
+def test_transform_hook_on_samples_and_batches(tiny_store):
+    from canonstore.loaders import BatchLoader
+
+    def scale(x, y):
+        return x * 2, y - 1
+    plain, scaled = open_store(tiny_store).dataset("val"), open_store(tiny_store).dataset("val", transform=scale)
+    torch.testing.assert_close(scaled[4][0], plain[4][0] * 2)
+    torch.testing.assert_close(scaled[4][1], plain[4][1] - 1)
+    batches = BatchLoader(plain, 8, shuffle=False, device="cpu", transform=scale)
+    x, y = next(iter(batches))
+    torch.testing.assert_close(x, torch.stack([plain[i][0] for i in range(8)]) * 2)
