@@ -38,6 +38,11 @@ def write_manifest(store: Path, data_file: str) -> dict:
     return manifest
 
 
+def store_identity(store: Path) -> str:
+    """A fingerprint of one build of a store (the manifest's sha256): it changes when a rebuild replaces it."""
+    return hashlib.sha256((Path(store) / MANIFEST).read_bytes()).hexdigest()
+
+
 def read_manifest(store: Path) -> dict:
     return json.loads((store / MANIFEST).read_text())
 

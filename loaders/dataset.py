@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from canonstore.errors import StoreError
+from canonstore.formats.manifest import store_identity
 from canonstore.splits import SPLIT_CODES
 
 
@@ -56,6 +57,7 @@ class WindowDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
         self.path, self.split, self.lead, self.history = store.path, split, lead, history
         self.transform = transform
+        self.store_identity = store_identity(store.path)  # which build the windows below belong to
         self.times = sample_times(store.splits, split, history, lead)
         if self.times.size == 0:
             raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
@@ -129,11 +131,25 @@ class StoreDataset(WindowDataset):
 
     @property
     def array(self):
+        """The store's data, mapped on first use in each process, from the same build as this dataset.
+
+        A rebuild may replace the store while a training job runs: a process that already mapped it
+        keeps reading the old data; one that maps it later (a new DataLoader worker) gets a clear
+        error instead of windows from one build over data from another.
+        """
         if self._array is None:
             from canonstore.formats import open_store
 
-            self._array = open_store(self.path).array
+            self._check_same_build()
+            array = open_store(self.path).array
+            self._check_same_build()  # not replaced while mapping either
+            self._array = array
         return self._array
+
+    def _check_same_build(self) -> None:
+        if store_identity(self.path) != self.store_identity:
+            raise StoreError(f"{self.path} was rebuilt after this dataset was created; create the dataset "
+                             "(and its DataLoader) again to read the new store")
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]

@@ -13,6 +13,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from canonstore import open_store
@@ -160,6 +161,21 @@ def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_pa
     new = open_store(out)
     assert new.shape[0] < old.shape[0] and verify_store(out) == []
     assert not list(tmp_path.glob("demo.zarr.old-*")) and not (tmp_path / "demo.zarr.partial").exists()
+
+
+def test_a_dataset_never_mixes_two_builds(tiny_raw, tmp_path):
+    import pickle
+
+    out = tmp_path / "demo.zarr"
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    mapped = open_store(out).dataset("train")
+    before = mapped[10][0].clone()
+    worker_copy = pickle.dumps(mapped)                          # what a DataLoader worker receives
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-02-01", "end": "2002-12-31"}), out, **quiet)
+    assert torch.equal(mapped[10][0], before)                   # already mapped: keeps the old build
+    with pytest.raises(StoreError, match="was rebuilt after this dataset was created"):
+        pickle.loads(worker_copy)[10]                           # maps later: refuses to mix builds
+    assert len(open_store(out).dataset("train")) < len(mapped)
 
 
 @pytest.mark.parametrize("target", ["data", "stats_mean", "stats_std", "split", "zarr.json"])

@@ -110,3 +110,14 @@ def test_a_constant_train_channel_is_refused_by_name(tmp_path):
     with pytest.raises(SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"):
         build(recipe, tmp_path / "flat.zarr", progress=False, log=lambda *_: None)
     assert not (tmp_path / "flat.zarr").exists()
+
+
+def test_allowed_time_gaps_are_reported_and_recorded(tmp_path):
+    nc(tmp_path / "a.nc", days("2000-01-01", 366))
+    nc(tmp_path / "b.nc", days("2001-02-01", 334))                 # January 2001 is missing
+    recipe = write_recipe(tmp_path, sources=["*.nc"], splits=SPLITS, time_gaps="allow")
+    log = []
+    store = open_store(build(recipe, tmp_path / "gaps.zarr", progress=False, log=log.append).path)
+    assert any("1 gap(s)" in line and "2000-12-31T00:00" in line for line in log)
+    assert store.attrs["time_gaps"] == [["2000-12-31T00:00", "2001-02-01T00:00"]]
+    assert store.shape[0] == 366 + 334                              # nothing filled in
