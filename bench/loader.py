@@ -11,7 +11,7 @@ delivering the same (x, y) tensors:
   memcpy            the ceiling: a copy of the same number of bytes from the page-cached store
 Each row runs in its own process (peak RSS is the process tree's, sampled every 20 ms; it counts
 the store pages a memmap touches, which are page cache, so `peak_private_mb` is shown too).
-Inputs are read once first so that every row reads from page cache. With --train (needs CUDA),
+Inputs are read once first so that every row reads from page cache. On a GPU (or with --train),
 each loader also feeds a small UNet, next to the model alone on GPU-resident batches.
 Writes loader.json (a list of rows) and loader.png into --results, and prints a table.
 """
@@ -250,7 +250,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--width", type=int, default=32, help="UNet width for --train")
-    parser.add_argument("--train", action="store_true", help="also time UNet training on CUDA")
+    parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time UNet training on CUDA (default: when a GPU is visible)")
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     parser.add_argument("--only", help="comma-separated rows to run, e.g. train:store-batch (default: all)")
     parser.add_argument("--one", help=argparse.SUPPRESS)          # internal: measure one row, print JSON
@@ -263,7 +264,7 @@ def main() -> None:
     store = open_store(args.store)
     warm_page_cache(store)
     jobs = [("load", name) for name in LOADERS]
-    if args.train:
+    if args.train or (args.train is None and torch.cuda.is_available()):
         jobs += [("train", name) for name in ("model-alone", "store-batch", "store-dataloader", "netcdf")]
     if args.only:
         jobs = [job for job in jobs if ":".join(job) in args.only.split(",")]
