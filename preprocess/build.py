@@ -87,9 +87,10 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
             plan, done = _plan_from_json(state["plan"]), state["steps_done"]
             log(f"resuming {staging}: {done} of {sources.time.size} steps already written")
         else:
-            if staging.exists():
-                log(f"discarding {staging} (an interrupted build{'' if resume else '; --resume would go on from it'})"
-                    if state is None or not resume else f"discarding {staging}: it was built from other inputs")
+            if staging.exists() and not resume:
+                log(f"discarding {staging}, an interrupted build (--resume would go on from it)")
+            elif staging.exists():
+                log(f"discarding {staging}: " + ("it was built from other inputs" if state else "nothing to resume in it"))
             stats, nans = _scan(sources, labels, block, progress)
             plan, done = _plan(recipe, sources, stats, nans, labels), None
             staging = writer.start(out)

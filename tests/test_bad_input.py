@@ -8,7 +8,6 @@ import errno
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 

@@ -8,7 +8,7 @@ import torch
 
 from canonstore import open_store
 from canonstore.errors import StoreError
-from canonstore.loaders import StoreDataset, sample_times, seeded_generator, worker_init_fn
+from canonstore.loaders import sample_times, seeded_generator, worker_init_fn
 from canonstore.preprocess import build
 from canonstore.splits import SPLIT_CODES
 from tests.conftest import demo_recipe

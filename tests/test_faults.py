@@ -1,7 +1,6 @@
 """Faults: kill -9 mid-build, resume, determinism, a second concurrent build, readers during a
 rebuild, flipped bytes, and raw inputs that change after the build."""
 
-import os
 import random
 import shutil
 import signal

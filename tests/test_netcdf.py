@@ -1,6 +1,5 @@
 """The NetCDF baseline loader returns what the store dataset returns, read the slow way."""
 
-import numpy as np
 import pytest
 import torch
 
