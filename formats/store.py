@@ -30,6 +30,14 @@ def normalisation_scale(std: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(std) & (std > 0), std, 1.0)
 
 
+def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1) -> np.ndarray:
+    """Physical values -> stored values (FORMAT.md): (x - mean) / scale per channel, NaN -> 0, float64."""
+    shape = [1] * np.ndim(values)
+    shape[channel_axis] = -1
+    normalised = (values - np.reshape(mean, shape)) / normalisation_scale(np.asarray(std)).reshape(shape)
+    return np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
+
+
 class Store:
     """A read-only view of one canonstore store. Cheap to create; nothing is read until asked."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.errors import StoreError
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.store import normalise
 from canonstore.loaders.dataset import WindowDataset
 
 
@@ -37,9 +37,7 @@ class NetCDFDataset(WindowDataset):
             raise StoreError(f"{store.path}: recipe {recipe.path} differs from the one the store was built from "
                              f"(sha256 {recipe.sha256[:12]} != {store.attrs['recipe_sha256'][:12]})")
         self.recipe = recipe
-        stats = store.stats
-        self.mean = stats["mean"].reshape((-1,) + (1,) * len(self.sample_space))
-        self.scale = normalisation_scale(stats["std"]).reshape(self.mean.shape)
+        self.mean, self.std = store.stats["mean"], store.stats["std"]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -60,8 +58,7 @@ class NetCDFDataset(WindowDataset):
         return self._sources
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
-        values = self.sources.read(start, stop)  # float64, as the build reads them
-        if self._valid_of:  # the build's `<channel>_valid` channels (time-varying NaN patterns)
-            values = np.concatenate([values, (~np.isnan(values[:, self._valid_of])).astype(np.float64)], axis=1)
-        normalised = np.nan_to_num((values - self.mean) / self.scale, nan=0.0)
-        return normalised.astype(self.store_dtype).astype(np.float32)
+        from canonstore.preprocess.build import with_valid_channels
+
+        values = with_valid_channels(self.sources.read(start, stop), self._valid_of)  # float64, as the build reads
+        return normalise(values, self.mean, self.std).astype(self.store_dtype).astype(np.float32)

@@ -18,7 +18,7 @@ import torch
 
 from canonstore.loaders.blocks import random_blocks
 from canonstore.loaders.dataset import StoreDataset
-from canonstore.loaders.sampler import BatchSampler
+from canonstore.loaders.sampler import BatchSampler, epoch_seed
 
 _DONE = object()
 
@@ -79,7 +79,7 @@ class BatchLoader:
         stop = threading.Event()
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
         filler.start()
-        blocks_rng = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         stream = torch.cuda.Stream(self.device) if cuda else None
         try:
             pending = self._to_device(ready.get(), free, stream)

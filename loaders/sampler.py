@@ -12,6 +12,11 @@ from collections.abc import Iterator
 import torch
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One seed per (seed, epoch) pair, for every random draw of an epoch (order, blocks)."""
+    return seed * 1_000_003 + epoch
+
+
 def _default_rank_world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -48,7 +53,7 @@ class BatchSampler(torch.utils.data.Sampler):
         """This rank's positions for the current epoch, in visiting order."""
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            g.manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)

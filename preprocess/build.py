@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST, file_sha256, write_manifest
-from canonstore.formats.store import FORMAT_VERSION, normalisation_scale
+from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import writer
@@ -117,6 +117,13 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
     log(f"wrote {out}: {result.steps} steps x {result.channels} channels, {nbytes / 1e6:.1f} MB "
         f"in {seconds:.1f} s ({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return result
+
+
+def with_valid_channels(values: np.ndarray, mask_channels: list[int]) -> np.ndarray:
+    """Append the `<channel>_valid` channels (1 observed, 0 NaN) the plan added for time-varying NaN patterns."""
+    if not mask_channels:
+        return values
+    return np.concatenate([values, (~np.isnan(values[:, mask_channels])).astype(np.float64)], axis=1)
 
 
 def _fingerprint(recipe: Recipe, inputs: list[dict], block: int) -> str:
@@ -238,7 +245,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
         writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
     stats = plan["stats"]
     data = writer.DataWriter(staging, shape, dims, recipe.dtype, recipe.compression, block,
-                             stats["mean"], normalisation_scale(stats["std"]), resume=done is not None)
+                             stats["mean"], stats["std"], resume=done is not None)
     done = done or 0
     writer.save_progress(staging, {**state, "steps_done": done})
 
@@ -252,10 +259,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
             for start, stop in _blocks(shape[0], block):
                 if stop <= done:
                     continue
-                values = sources.read(start, stop)
-                if plan["mask_channels"]:
-                    valid = (~np.isnan(values[:, plan["mask_channels"]])).astype(np.float64)
-                    values = np.concatenate([values, valid], axis=1)
+                values = with_valid_channels(sources.read(start, stop), plan["mask_channels"])
                 try:
                     data.write(start, values, where)
                     writer.save_progress(staging, {**state, "steps_done": stop})
@@ -306,8 +310,7 @@ def _metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) 
                               "(recipe nan_policy: error)")
         flat = raw.reshape(len(names), -1)
         mean, std = np.nanmean(flat, axis=1), np.nanstd(flat, axis=1)
-        per_field = (-1,) + (1,) * (raw.ndim - 1)
-        normalised = np.nan_to_num((raw - mean.reshape(per_field)) / normalisation_scale(std).reshape(per_field))
+        normalised = normalise(raw, mean, std, channel_axis=0)
         ds = ds.assign_coords(static_channel=("static_channel", np.array(names, dtype=object)),
                               static_units=("static_channel", np.array([sources.static[n][1] for n in names], dtype=object)))
         ds["static"] = (("static_channel",) + sources.space_dims, normalised.astype(np.float32))

@@ -25,6 +25,7 @@ import zarr
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST
+from canonstore.formats.store import normalise
 from canonstore.formats.zarr_ import ShardWriter, create_data_array
 
 
@@ -103,7 +104,7 @@ class DataWriter:
     """Normalise float64 blocks and write them into `data`, memory bounded by one block."""
 
     def __init__(self, staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str,
-                 compression: str, shard_steps: int, mean: np.ndarray, scale: np.ndarray, resume: bool = False):
+                 compression: str, shard_steps: int, mean: np.ndarray, std: np.ndarray, resume: bool = False):
         group = zarr.open_group(staging, mode="r+")
         if resume:
             self.array = group["data"]
@@ -112,14 +113,12 @@ class DataWriter:
                                            attributes={"long_name": "normalised data: (x - stats_mean) / scale",
                                                        "coordinates": "channel_variable channel_level channel_units"})
         self.dtype = np.dtype(dtype)
-        bshape = (1, -1) + (1,) * (len(shape) - 2)
-        self.mean, self.scale = mean.reshape(bshape), scale.reshape(bshape)
+        self.mean, self.std = mean, std
         self.shard = ShardWriter(staging, shape, self.dtype, resume) if compression == "none" else None
 
     def write(self, start: int, block: np.ndarray, where) -> None:
         """Write steps [start, start + len(block)); `where(step, channel)` names a value in errors."""
-        normalised = (block - self.mean) / self.scale
-        np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
+        normalised = normalise(block, self.mean, self.std)
         if self.dtype == np.float16:
             self._check_float16(normalised, start, where)
         out = normalised.astype(self.dtype)
