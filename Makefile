@@ -27,6 +27,17 @@ BENCH_STAMP := $(BENCH_RAW)/.size-$(BENCH_SIZE)
 BENCH_STORE := data/intermediate/bench.zarr
 WORKERS     ?= 2
 
+# Training: MODEL and CONFIG pick the run; the others override the config's keys when given.
+MODEL  ?= unet
+CONFIG ?= configs/default.yaml
+NPROC  ?= 1
+TRAIN_ARGS = --config $(CONFIG) --model $(MODEL) --store $(STORE) \
+	$(if $(EPOCHS),--set epochs=$(EPOCHS)) $(if $(LR),--set lr=$(LR)) $(if $(LEAD),--set lead=$(LEAD)) \
+	$(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
+	$(if $(filter command line environment,$(origin WORKERS)),--set workers=$(WORKERS))
+# NPROC > 1: one process per GPU (or CPU share) under torchrun, DistributedDataParallel.
+TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m canonstore,$(CANON))
+
 # The store depends on the recipe and every raw file it names (listed by the CLI once installed).
 ifeq ($(RECIPE),recipes/demo.yaml)
 INPUTS := $(DEMO_STAMP)
@@ -34,10 +45,10 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate inspect verify bench test clean distclean
+.PHONY: help env data intermediate inspect verify train evaluate bench test clean distclean
 
 help: ## list the targets
-	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...]"
+	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
 
 env: $(ENV_STAMP) ## create .venv and install canonstore (once; redone when pyproject.toml changes)
@@ -67,6 +78,14 @@ inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits,
 
 verify: $(STORE)/manifest.json ## recompute the store's checksums, check its schema and that inputs are unchanged
 	$(CANON) verify $(STORE) --inputs
+
+# A run's folder is named by a hash of its config and store (the CLI works it out), so these two
+# are phony: `canonstore train` itself skips a finished run and resumes an interrupted one.
+train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD LOADER WORKERS SCHEDULER NPROC)
+	$(TRAIN_CMD) train $(TRAIN_ARGS)
+
+evaluate: train ## score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json
+	$(CANON) evaluate $(TRAIN_ARGS)
 
 bench: $(BENCH_STORE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
 	$(PY) bench/loader.py $(BENCH_STORE) --workers $(WORKERS) --results bench/results

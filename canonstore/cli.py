@@ -87,3 +87,60 @@ def demo_data(out, size, years):
 
     path = write_demo(out, size=size, years=tuple(range(2000, 2000 + years)))
     click.echo(f"wrote demo raw data to {path}")
+
+
+def _training_options(fn):
+    """The options `train` and `evaluate` share: which config, model and store make the run."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default="configs/default.yaml",
+                     show_default=True, help="Training config (YAML)."),
+        click.option("--model", type=click.Choice(["unet", "mlp", "persistence", "climatology"]),
+                     help="Overrides the config's model."),
+        click.option("--store", type=click.Path(file_okay=False), default="data/intermediate/demo.zarr",
+                     show_default=True, help="The store to train on."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config key, e.g. --set epochs=5 --set unet.width=32 (repeatable)."),
+        click.option("--runs", default="runs", show_default=True, type=click.Path(file_okay=False),
+                     help="Folder of run folders."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(config_path, model, overrides):
+    from canonstore.training import load_config, parse_overrides
+
+    extra = parse_overrides(list(overrides))
+    if model:
+        extra["model"] = model
+    return load_config(config_path, extra)
+
+
+@main.command()
+@_training_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(config_path, model, store, overrides, runs, debug, quiet):
+    """Train (or fit) a model on STORE into runs/<model>-<store>-<hash>; resumes an interrupted run."""
+    from canonstore.training import train as train_run
+
+    _run(lambda: train_run(_config(config_path, model, overrides), store, runs, progress=not quiet), debug)
+
+
+@main.command()
+@_training_options
+@click.option("--run", "folder", type=click.Path(file_okay=False), help="Score this run folder instead.")
+@click.option("--scores", default="scores", show_default=True, type=click.Path(file_okay=False),
+              help="Where scores/<run-name>.json goes.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split):
+    """Score a run's best checkpoint on the test split, in physical units, into scores/<run-name>.json."""
+    from canonstore.training import evaluate as evaluate_run
+    from canonstore.training import run_folder
+
+    def go():
+        target = folder or run_folder(_config(config_path, model, overrides), store, runs)
+        return evaluate_run(target, scores, split=split)
+
+    _run(go, debug)

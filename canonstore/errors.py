@@ -15,3 +15,11 @@ class SourceError(CanonstoreError, ValueError):
 
 class StoreError(CanonstoreError):
     """A store is missing, not a canonstore store, or fails verification."""
+
+
+class ConfigError(CanonstoreError, ValueError):
+    """A training config is malformed or asks for something the store cannot give."""
+
+
+class RunError(CanonstoreError):
+    """A training run's folder or checkpoint is missing, unreadable or belongs to another run."""

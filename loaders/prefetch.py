@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from canonstore.loaders.blocks import random_blocks
+from canonstore.loaders.blocks import block_indices, random_blocks
 from canonstore.loaders.dataset import StoreDataset
 from canonstore.loaders.sampler import BatchSampler, epoch_seed
 
@@ -63,11 +63,12 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass is epoch `epoch`, from its batch `start` on (resuming mid-epoch)."""
+        self.sampler.set_epoch(epoch, start)
 
     def __iter__(self):
-        epoch = self.sampler.epoch
+        epoch, skipped = self.sampler.epoch, self.sampler.start
         batches = list(self.sampler)
         cuda = self.device.type == "cuda"
         # Free host buffers (and the event marking the end of their last copy) go round a queue.
@@ -80,6 +81,9 @@ class BatchLoader:
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
         filler.start()
         blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        if self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
+            for _ in range(skipped):
+                block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng)
         stream = torch.cuda.Stream(self.device) if cuda else None
         try:
             pending = self._to_device(ready.get(), free, stream)

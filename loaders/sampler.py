@@ -31,7 +31,8 @@ class BatchSampler(torch.utils.data.Sampler):
     Usable as `DataLoader(dataset, batch_sampler=BatchSampler(...))` and by `BatchLoader`.
     Each rank gets `n // world_size` samples (the remainder is left out of the epoch, never
     repeated), so all ranks run the same number of steps and no sample is seen twice. Each pass
-    over the sampler advances the epoch by one; `set_epoch(e)` sets the next pass's epoch.
+    over the sampler advances the epoch by one; `set_epoch(e)` sets the next pass's epoch, and
+    `set_epoch(e, start=k)` makes that pass skip its first k batches (resuming mid-epoch).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
@@ -44,10 +45,10 @@ class BatchSampler(torch.utils.data.Sampler):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def positions(self) -> torch.Tensor:
         """This rank's positions for the current epoch, in visiting order."""
@@ -66,8 +67,9 @@ class BatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         mine = self.positions()
+        skip, self.start = self.start, 0
         self.epoch += 1
-        for start in range(0, len(mine), self.batch_size):
+        for start in range(skip * self.batch_size, len(mine), self.batch_size):
             batch = mine[start:start + self.batch_size]
             if len(batch) < self.batch_size and self.drop_last:
                 return

@@ -15,7 +15,6 @@ import hashlib
 import json
 import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +33,7 @@ from canonstore.preprocess import writer
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
 from canonstore.preprocess.stats import FIELDS, RunningStats
+from canonstore.provenance import git_commit
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_labels
 
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
@@ -331,7 +331,7 @@ def _provenance(recipe, sources, inputs, block, shape, data_file) -> dict:
         "name": recipe.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "canonstore_version": _version("canonstore"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "tools": {"python": platform.python_version(), **{t: _version(t) for t in TOOLS}},
         "recipe": recipe.text,
         "recipe_path": str(recipe.path.resolve()),
@@ -353,16 +353,4 @@ def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    """The commit of the canonstore checkout this code runs from; None when installed from a wheel."""
-    checkout = Path(__file__).resolve().parents[1]
-    if not (checkout / "pyproject.toml").is_file() or not (checkout / ".git").exists():
-        return None
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, text=True,
-                              capture_output=True, timeout=5, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
         return None

@@ -1,5 +1,15 @@
-"""Reference models (and, with issue 4, the training loop) for forecasting on a store."""
+"""Reference training on a store: models, the training loop, and scoring in physical units.
 
-from canonstore.training.models import UNet
+    from canonstore.training import evaluate, load_config, train
+    folder = train(load_config("configs/default.yaml", {"model": "unet"}), "data/intermediate/demo.zarr")
+    evaluate(folder)      # -> scores/<run-name>.json
 
-__all__ = ["UNet"]
+Needs torch (`pip install 'canonstore[torch]'`).
+"""
+
+from canonstore.training.config import load_config, parse_overrides
+from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
+from canonstore.training.train import evaluate, run_folder, train
+
+__all__ = ["MLP", "Climatology", "Persistence", "UNet", "build_model", "evaluate", "load_config", "parse_overrides",
+           "run_folder", "train"]

@@ -1,14 +1,27 @@
-"""Forecast models on (batch, channel, lat, lon) fields.
+"""Forecast models on (batch, channel, *space) fields, and the baselines they must beat.
 
-The UNet pads like a sphere: circular along longitude (the dateline is not an edge) and replicate
-along latitude (there is nothing beyond a pole to wrap to).
+    model = build_model(run, dataset, store)      # run: a resolved config (training.config)
+
+- unet: pads like a sphere: circular along longitude (the dateline is not an edge) and replicate
+  along latitude (there is nothing beyond a pole to wrap to); `width` channels at full resolution.
+- mlp: the same small network at every grid point (1x1), no spatial context; works on any space.
+- persistence: the target is the input at t. Needs no training.
+- climatology: per channel and grid point, the train mean as a function of day of year and hour,
+  fitted in one pass as a few annual and diurnal harmonics (a smooth day-of-year x hour mean: three
+  train years give only three values per raw (day, hour) bin). With no harmonics it is the plain
+  per-point train mean, about 0 in normalised space.
+unet and mlp predict the change from persistence when `residual` is set.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import xarray as xr
 from torch import nn
 from torch.nn import functional as F
+
+from canonstore.errors import ConfigError
 
 
 def sphere_pad(x: torch.Tensor, lat: int, lon: int) -> torch.Tensor:
@@ -66,3 +79,123 @@ class UNet(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)[..., :n_lat, :n_lon]
+
+
+class MLP(nn.Module):
+    """`layers` hidden layers of `width` applied to each grid point's channel vector."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 128, layers: int = 2):
+        super().__init__()
+        sizes = [in_channels] + [width] * layers
+        hidden = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.GELU())]
+        self.net = nn.Sequential(*hidden, nn.Linear(sizes[-1], out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Persistence(nn.Module):
+    """Forecast = the input at t of each target channel (`source`: their positions among the inputs)."""
+
+    def __init__(self, source: list[int]):
+        super().__init__()
+        self.register_buffer("source", torch.tensor(source, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.source]
+
+
+class Residual(nn.Module):
+    """`net` predicts the change from persistence: forecast = input at t + net(inputs)."""
+
+    def __init__(self, net: nn.Module, source: list[int]):
+        super().__init__()
+        self.net, self.persistence = net, Persistence(source)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.persistence(x) + self.net(x)
+
+
+def basis_size(annual: int, diurnal: int) -> int:
+    """Columns of `time_basis`: the constant, a cos and a sin per harmonic, 4 products if both."""
+    return 1 + 2 * (annual + diurnal) + (4 if annual and diurnal else 0)
+
+
+def time_basis(times: np.ndarray, annual: int, diurnal: int) -> np.ndarray:
+    """(time, basis) float64: 1, annual and diurnal harmonics, and their first-order products.
+
+    `times` are decoded datetimes (numpy or cftime: 360_day and noleap years have their own length).
+    """
+    columns = [np.ones(len(times))]
+    if annual or diurnal:
+        try:
+            t = xr.DataArray(times, dims="time").dt
+            hours = t.hour.values + t.minute.values / 60
+            year = (t.dayofyear.values - 1 + hours / 24) / t.days_in_year.values
+        except (AttributeError, TypeError) as exc:
+            raise ConfigError("climatology: the store's time axis holds no dates, so there is no day of year; "
+                              "set climatology.annual_harmonics=0 and climatology.diurnal_harmonics=0 for "
+                              "the plain train mean") from exc
+        day = hours / 24
+        for period, harmonics in ((year, annual), (day, diurnal)):
+            for k in range(1, harmonics + 1):
+                columns += [np.cos(2 * np.pi * k * period), np.sin(2 * np.pi * k * period)]
+        if annual and diurnal:  # the diurnal cycle's amplitude changes with the season
+            columns += [a * d for a in columns[1:3] for d in columns[1 + 2 * annual:3 + 2 * annual]]
+    return np.stack(columns, axis=1)
+
+
+class Climatology(nn.Module):
+    """Forecast = coefficients (basis, channel, *space) x the time basis of the target's valid time."""
+
+    needs_time = True  # called as model(x, basis), basis (batch, n_basis) from `time_basis`
+
+    def __init__(self, channels: int, space: tuple[int, ...], annual: int, diurnal: int):
+        super().__init__()
+        self.annual, self.diurnal = annual, diurnal
+        self.register_buffer("coef", torch.zeros((basis_size(annual, diurnal), channels) + tuple(space)))
+
+    def forward(self, x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
+
+    def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
+            block: int = 256) -> None:
+        """Least squares on the train `steps` of `array` (time, channel, *space), in one streaming pass."""
+        basis = time_basis(times[steps], self.annual, self.diurnal)
+        xtx = basis.T @ basis
+        xty = np.zeros((basis.shape[1], int(np.prod(self.coef.shape[1:]))))
+        for start in range(0, steps.size, block):
+            values = np.asarray(array[steps[start:start + block]])[:, targets]
+            xty += basis[start:start + block].T @ values.reshape(values.shape[0], -1).astype(np.float64)
+        # lstsq, not solve: harmonics a sampling rate cannot see (e.g. 12 h at 6-hourly) make xtx singular
+        coef = np.linalg.lstsq(xtx, xty, rcond=None)[0]
+        self.coef.copy_(torch.from_numpy(coef.reshape(self.coef.shape)))
+
+
+def _sources(dataset) -> list[int]:
+    """Positions among the inputs (at t) of each target channel."""
+    inputs = dataset.input_channels
+    missing = [name for name in dataset.target_channels if name not in inputs]
+    if missing:
+        raise ConfigError(f"persistence and residual models need every target among the inputs at t; "
+                          f"{missing} are not (inputs: {inputs})")
+    return [inputs.index(name) for name in dataset.target_channels]
+
+
+def build_model(run: dict, dataset) -> nn.Module:
+    """The model `run["model"]` for `dataset`'s inputs and targets (untrained; climatology unfitted)."""
+    name, args = run["model"], run["model_args"]
+    n_in, n_out, space = len(dataset.input_channels), len(dataset.target_channels), dataset.sample_space
+    if name == "persistence":
+        return Persistence(_sources(dataset))
+    if name == "climatology":
+        return Climatology(n_out, space, args["annual_harmonics"], args["diurnal_harmonics"])
+    if name == "unet":
+        if len(space) != 2:
+            raise ConfigError(f"unet needs (lat, lon) samples; this store's samples have shape {space} (try mlp)")
+        net = UNet(n_in, n_out, width=args["width"], depth=args["depth"])
+    elif name == "mlp":
+        net = MLP(n_in, n_out, width=args["width"], layers=args["layers"])
+    else:
+        raise ConfigError(f"unknown model {name!r}; choose one of unet, mlp, persistence, climatology")
+    return Residual(net, _sources(dataset)) if run["residual"] else net

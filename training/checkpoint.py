@@ -1,0 +1,39 @@
+"""Checkpoints: plain tensors and numbers only, written atomically, read with `weights_only=True`.
+
+A checkpoint holds the model, optimizer and scheduler states, where in training it was taken
+(epoch, batch, step), the early-stopping state and the history of metrics so far: everything a
+resumed run needs to end exactly where an uninterrupted one would. Nothing is pickled, so loading
+one never runs code (torch >= 2.10: older releases had `weights_only` bypasses).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from canonstore.errors import RunError
+
+FORMAT = 1
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` via a temporary file and a rename: a kill mid-write leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint written by `save_checkpoint` (tensors mapped to `device`)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise RunError(f"{path}: not a readable canonstore checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RunError(f"{path}: not a canonstore checkpoint (format {FORMAT} expected)")
+    return state

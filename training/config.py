@@ -1,0 +1,188 @@
+"""Training configs: defaults <- a YAML file <- command-line overrides, checked, then named.
+
+    config = load_config("configs/default.yaml", {"model": "unet", "epochs": 5})
+    run_name(resolve(config, store, "cpu"))      # 'unet-demo-3f9a1c2e'
+
+A run's name is its model, its store and a short hash of everything that decides its result
+(the resolved config and the store's build), so two different runs never share a folder and the
+same command twice finds the same run (and resumes or skips it).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from canonstore.errors import ConfigError
+
+MODELS = ("unet", "mlp", "persistence", "climatology")
+TRAINED = ("unet", "mlp")  # the others are fitted in one pass (climatology) or not at all (persistence)
+
+DEFAULTS: dict = {
+    "model": "unet",
+    "loader": "store",             # store | netcdf (the raw-file baseline, for speed comparisons)
+    "lead": 1,                     # target = step t + lead
+    "history": 0,                  # extra past steps stacked as input channels
+    "channels": None,              # input channel names (None: all)
+    "targets": None,               # target channel names (None: the input channels)
+    "static": True,                # append the store's static fields to the inputs
+    "lat_weighted": True,          # weight loss and metrics by cell area (cos latitude)
+    "batch_size": 32,
+    "seed": 0,
+    "workers": 2,                  # gather threads (store) or DataLoader workers (netcdf)
+    "device": "auto",              # auto | cpu | cuda
+    # training (unet, mlp)
+    "residual": True,              # predict the change from the input at t (targets must be inputs)
+    "epochs": 5,
+    "lr": 1.0e-3,
+    "weight_decay": 0.01,
+    "scheduler": "cosine",         # cosine | linear | constant, after a linear warm-up
+    "warmup": 0.05,                # fraction of all steps spent warming up
+    "grad_clip": 1.0,              # max gradient norm (0: off)
+    "patience": 3,                 # epochs without a better validation loss before stopping
+    "min_delta": 0.0,              # improvement smaller than this does not count
+    "checkpoint_every": 1,         # keep epoch-<n>.pt every N epochs (0: only best and last)
+    "checkpoint_steps": 200,       # also save last.pt every N steps, for resuming mid-epoch (0: off)
+    # per-model settings: only the chosen model's section is part of the run
+    "unet": {"width": 16, "depth": 3},
+    "mlp": {"width": 128, "layers": 2},
+    "persistence": {},
+    "climatology": {"annual_harmonics": 3, "diurnal_harmonics": 2},
+}
+CHOICES = {"model": MODELS, "loader": ("store", "netcdf"), "scheduler": ("cosine", "linear", "constant"),
+           "device": ("auto", "cpu", "cuda")}
+TRAINING_KEYS = ("residual", "epochs", "lr", "weight_decay", "scheduler", "warmup", "grad_clip", "patience",
+                 "min_delta", "checkpoint_every", "checkpoint_steps")
+# Change how fast a run goes, never what it computes: left out of the run's hash, so that a run
+# can be resumed with other values.
+EXECUTION_KEYS = ("workers", "checkpoint_every", "checkpoint_steps")
+
+
+def _check(key: str, value, default, source: str):
+    """`value` converted to the type of `default`, or a ConfigError saying what was expected."""
+    def fail(expected: str):
+        raise ConfigError(f"{source}: key '{key}': expected {expected}, got {value!r}")
+
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            fail(f"one of {list(CHOICES[key])}")
+        return value
+    if key in ("channels", "targets"):
+        if value is None:
+            return None
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            fail("a list of channel names, or null for all")
+        return value
+    if key == "static":
+        if isinstance(value, bool) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value
+        fail("true, false or a list of static field names")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail("a whole number >= 0")
+        return value
+    if isinstance(default, float):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, bool) or number is None or number < 0:
+            fail("a number >= 0")
+        return number
+    return value
+
+
+def parse_config(raw: dict, source: str) -> dict:
+    """Check `raw` (a partial config) against DEFAULTS; returns a checked copy. Unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(raw).__name__}")
+    checked = {}
+    for key, value in raw.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"{source}: unknown key '{key}'; known keys: {sorted(DEFAULTS)}")
+        default = DEFAULTS[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: key '{key}': expected a mapping, got {value!r}")
+            unknown = sorted(set(value) - set(default))
+            if unknown:
+                raise ConfigError(f"{source}: unknown key(s) {unknown} in '{key}'; known: {sorted(default)}")
+            checked[key] = {k: _check(f"{key}.{k}", v, default[k], source) for k, v in value.items()}
+        else:
+            checked[key] = _check(key, value, default, source)
+    return checked
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["epochs=5", "unet.width=32"]` -> {"epochs": 5, "unet": {"width": 32}} (values read as YAML)."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. epochs=5 or unet.width=32")
+        value = yaml.safe_load(text) if text else None
+        section, _, inner = key.partition(".")
+        if inner:
+            overrides.setdefault(section, {})[inner] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """DEFAULTS, updated by the YAML file at `path` (if any), then by `overrides`; all checked."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        config = merge(config, parse_config(raw, str(path)))
+    if overrides:
+        config = merge(config, parse_config(overrides, "command line"))
+    return config
+
+
+def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
+    """The run's full description: the config with only the chosen model's section, the device
+    type, the number of processes, and the store (its name and which build it is)."""
+    from canonstore.formats.manifest import store_identity
+
+    model = config["model"]
+    run = {k: v for k, v in config.items() if k not in MODELS and (model in TRAINED or k not in TRAINING_KEYS)}
+    run["model_args"] = dict(config[model])
+    run["device"] = device
+    run["world_size"] = world_size
+    run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}
+    return run
+
+
+def config_hash(run: dict) -> str:
+    """sha256 of what decides a run's result: not the store's path, not the EXECUTION_KEYS."""
+    decisive = {k: v for k, v in run.items() if k not in EXECUTION_KEYS}
+    decisive["store"] = {k: v for k, v in run["store"].items() if k != "path"}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+
+
+def run_name(run: dict) -> str:
+    """`<model>-<store name>-<8 hex of config_hash>`, e.g. unet-demo-3f9a1c2e."""
+    return f"{run['model']}-{run['store']['name']}-{config_hash(run)[:8]}"

@@ -1,0 +1,46 @@
+"""Batches for training and scoring, from the store (the batch path) or from the raw NetCDF files.
+
+Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` only
+changes where the values are read from, so the two can be timed against each other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
+
+
+class RawLoader:
+    """The NetCDF baseline the way most projects load: per-sample reads in a standard DataLoader."""
+
+    def __init__(self, dataset: NetCDFDataset, sampler: BatchSampler, device: torch.device, workers: int, seed: int):
+        self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=worker_init_fn,
+            generator=seeded_generator(seed), pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
+                rank: int = 0, world_size: int = 1):
+    """Batches of `split` on `device`: shuffled per epoch (and the last partial batch dropped) when
+    `train`, else every sample in order."""
+    window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static")}
+    rank, world_size = (rank, world_size) if train else (0, 1)  # scoring: see training.train.score
+    if run["loader"] == "store":
+        return BatchLoader(StoreDataset(store, split, **window), run["batch_size"], shuffle=train, seed=run["seed"],
+                           drop_last=train, device=device, workers=run["workers"], rank=rank, world_size=world_size)
+    dataset = NetCDFDataset(store, split, **window)
+    sampler = BatchSampler(len(dataset), run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
+                           rank=rank, world_size=world_size)
+    return RawLoader(dataset, sampler, device, run["workers"], run["seed"])

@@ -1,0 +1,166 @@
+"""What a run leaves behind in `runs/<run-name>/`, and in MLflow when it is installed.
+
+    config.json       the resolved config, run name, git commit, versions
+    metrics.csv       one row per epoch: learning rate, train loss, validation loss and scores
+    throughput.csv    one row per epoch: samples/s and the fraction of step time spent waiting for data
+    loss.png          train and validation loss per epoch (when matplotlib is installed)
+    checkpoints/      best.pt, last.pt, epoch-<n>.pt (training.checkpoint)
+
+metrics.csv depends only on the run's config and data, so two runs with the same seed write the
+same file; timings, which never repeat, go to throughput.csv. Both are rewritten whole from the
+history kept in the checkpoint, so a resumed run never holds a row twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from canonstore.provenance import git_commit, git_dirty
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value) -> None:
+    _write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_config(folder: Path) -> dict:
+    """The resolved config a run was trained with (its config.json)."""
+    from canonstore.errors import RunError
+
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())["config"]
+    except FileNotFoundError:
+        raise RunError(f"{folder}: no such run (no config.json): train it first with `make train`") from None
+    except (ValueError, KeyError) as exc:
+        raise RunError(f"{path}: not a canonstore run config: {exc}") from exc
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class RunLog:
+    """Writes one run's folder; also logs to MLflow (local file store under runs/mlruns by default,
+    or MLFLOW_TRACKING_URI) when mlflow can be imported. Tracking trouble never stops training."""
+
+    def __init__(self, folder: Path, name: str, run: dict, log=print):
+        self.folder, self.name, self.run, self.log = Path(folder), name, run, log
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mlflow = self._start_mlflow()
+
+    def write_config(self) -> None:
+        """config.json, written when the run starts (a resumed run keeps its first one)."""
+        path = self.folder / "config.json"
+        if path.exists():
+            return
+        from canonstore import __version__
+
+        write_json(path, {"name": self.name, "config": self.run, "git_commit": git_commit(), "git_dirty": git_dirty(),
+                          "canonstore_version": __version__, "torch_version": torch.__version__,
+                          "python": platform.python_version(), "host": platform.node(),
+                          "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+    def epoch(self, history: list[dict], throughput: list[dict]) -> None:
+        write_csv(self.folder / "metrics.csv", history)
+        write_csv(self.folder / "throughput.csv", throughput)
+        if self.mlflow and history:
+            row = {**history[-1], **(throughput[-1] if throughput else {})}
+            metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+            self._call("log_metrics", metrics, step=int(history[-1]["epoch"]))
+
+    def finish(self) -> None:
+        self.plot_loss()
+        if self.mlflow:
+            for name in ("config.json", "metrics.csv", "throughput.csv", "loss.png"):
+                if (self.folder / name).exists():
+                    self._call("log_artifact", str(self.folder / name))
+            self._call("end_run")
+
+    def plot_loss(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.log("loss.png skipped: matplotlib is not installed (pip install matplotlib)")
+            return
+        rows = read_csv(self.folder / "metrics.csv") if (self.folder / "metrics.csv").exists() else []
+        if not rows:
+            return
+        epochs = [int(r["epoch"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in ("train_loss", "val_loss"):
+            values = [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+            ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
+        ax.set(xlabel="epoch", ylabel="area-weighted MSE (normalised units)", yscale="log", title=self.name)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.folder / "loss.png", dpi=100)
+        plt.close(fig)
+
+    # -- MLflow ---------------------------------------------------------------------------
+    def _start_mlflow(self):
+        try:
+            import mlflow
+        except ImportError:
+            return None
+        id_file = self.folder / "mlflow_run_id"
+        try:
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.folder.parent / "mlruns").resolve().as_uri()
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment("canonstore")
+            if id_file.exists():  # a resumed run goes on logging into the same MLflow run
+                mlflow.start_run(run_id=id_file.read_text().strip())
+            else:
+                active = mlflow.start_run(run_name=self.name)
+                id_file.write_text(active.info.run_id + "\n")
+                mlflow.log_params(_flat(self.run))
+        except Exception as exc:  # noqa: BLE001 - any tracking failure: say so and train on
+            self.log(f"MLflow logging off: {type(exc).__name__}: {exc}")
+            return None
+        return mlflow
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        try:
+            getattr(self.mlflow, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"MLflow logging off: {method} failed: {type(exc).__name__}: {exc}")
+            self.mlflow = None
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}, lists as text: MLflow params are flat strings."""
+    flat = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            flat.update(_flat(item, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = item if isinstance(item, (int, float, str, bool)) else json.dumps(item)
+    return flat
