@@ -44,3 +44,24 @@ def test_sources_lists_the_recipe_inputs(tmp_path, tiny_raw):
     result = CliRunner().invoke(main, ["sources", str(demo_recipe(tmp_path, tiny_raw))])
     assert result.exit_code == 0 and len(result.output.splitlines()) == 19
     assert all(line.endswith(".nc") for line in result.output.splitlines())
+
+
+def test_train_and_evaluate(tmp_path, tiny_store):
+    runner = CliRunner()
+    args = ["--model", "persistence", "--store", str(tiny_store), "--runs", str(tmp_path / "runs")]
+    trained = runner.invoke(main, ["train", *args, "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    scored = runner.invoke(main, ["evaluate", *args, "--scores", str(tmp_path / "scores")])
+    assert scored.exit_code == 0, scored.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (tmp_path / "scores" / f"{run.name}.json").is_file() and "RMSE" in scored.output
+    by_folder = runner.invoke(main, ["evaluate", "--run", str(run), "--split", "val", "--scores", str(tmp_path / "scores")])
+    assert by_folder.exit_code == 0 and (tmp_path / "scores" / f"{run.name}-val.json").is_file()
+
+
+def test_training_errors_are_one_line(tmp_path, tiny_store):
+    runner = CliRunner()
+    bad = runner.invoke(main, ["train", "--store", str(tiny_store), "--set", "epochs=abc", "--runs", str(tmp_path)])
+    assert bad.exit_code == 1 and "error: command line: key 'epochs': expected a whole number" in bad.output
+    missing = runner.invoke(main, ["evaluate", "--store", str(tiny_store), "--runs", str(tmp_path)])
+    assert missing.exit_code == 1 and "no such run" in missing.output and "Traceback" not in missing.output

@@ -29,8 +29,20 @@ def installed():
 
 def test_help_is_the_default_and_lists_every_target(installed):
     out = make()
-    for target in ("help", "env", "data", "intermediate", "verify", "test", "clean"):
+    for target in ("help", "env", "data", "intermediate", "verify", "train", "evaluate", "bench", "test", "clean"):
         assert f"  {target} " in out
+
+
+def test_train_passes_the_variables_to_the_cli(installed, tiny_store):
+    store = f"STORE={tiny_store}"
+    plain = make("-n", "train", store)
+    assert "train --config configs/default.yaml --model unet" in plain and "--set" not in plain
+    given = make("-n", "evaluate", store, "MODEL=mlp", "EPOCHS=3", "LR=1e-4", "LEAD=2", "LOADER=netcdf",
+                 "WORKERS=4", "SCHEDULER=constant")
+    for part in ("--model mlp", "--set epochs=3", "--set lr=1e-4", "--set lead=2", "--set loader=netcdf",
+                 "--set workers=4", "--set scheduler=constant", "canonstore evaluate"):
+        assert part in given, part
+    assert "torchrun --standalone --nproc_per_node=2 -m canonstore train" in make("-n", "train", store, "NPROC=2")
 
 
 def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_path, tiny_raw):

@@ -206,7 +206,8 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         # same order, so a resumed run's train_loss is bit-identical to an uninterrupted one's.
         loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
         seen, wait, began = 0, 0.0, time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, initial=state["batch"], disable=not (progress and procs.main),
+        # disable=None: no bar when stderr is not a terminal (a log gets the line per epoch instead)
+        bar = tqdm(total=steps_per_epoch, initial=state["batch"], disable=None if progress and procs.main else True,
                    desc=f"epoch {epoch + 1}/{run['epochs']}", unit="batch", leave=False)
         batches = iter(train_loader)
         while True:

@@ -1,0 +1,80 @@
+"""Training configs: defaults <- file <- overrides, checked with errors that name the key; run names."""
+
+import pytest
+
+from canonstore.errors import ConfigError
+from canonstore.formats import open_store
+from canonstore.training.config import DEFAULTS, config_hash, load_config, parse_overrides, resolve, run_name
+
+ROOT_CONFIG = "configs/default.yaml"
+
+
+def test_file_then_overrides_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: mlp\nepochs: 9\nlr: 1e-3\nunet: {width: 8}\n")
+    config = load_config(path, parse_overrides(["epochs=2", "unet.depth=2", "channels=[t2m, msl]"]))
+    assert config["model"] == "mlp" and config["epochs"] == 2
+    assert config["lr"] == 1e-3 and isinstance(config["lr"], float)   # YAML reads 1e-3 as text
+    assert config["unet"] == {"width": 8, "depth": 2}                   # sections merge key by key
+    assert config["channels"] == ["t2m", "msl"]
+    assert config["batch_size"] == DEFAULTS["batch_size"]
+
+
+def test_repository_config_loads():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[1] / ROOT_CONFIG)
+    assert config["model"] == "unet" and config["epochs"] >= 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lrr: 1\n", "unknown key 'lrr'"),
+    ("epochs: many\n", "key 'epochs': expected a whole number"),
+    ("epochs: -1\n", "key 'epochs': expected a whole number"),
+    ("lr: true\n", "key 'lr': expected a number"),
+    ("model: resnet\n", "key 'model': expected one of"),
+    ("unet: {widht: 3}\n", "unknown key(s) ['widht'] in 'unet'"),
+    ("static: maybe\n", "key 'static': expected true, false or a list"),
+    ("- a list\n", "expected a mapping"),
+    ("epochs: [1\n", "not valid YAML"),
+])
+def test_bad_config_is_a_clear_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as info:
+        load_config(path)
+    assert message in str(info.value)
+
+
+def test_bad_override():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ConfigError, match="command line: key 'lead'"):
+        load_config(None, parse_overrides(["lead=soon"]))
+
+
+def test_run_name_follows_what_decides_the_result(tiny_store):
+    store = open_store(tiny_store)
+    base = resolve(load_config(), store, "cpu")
+    assert run_name(base).startswith("unet-demo-") and run_name(base) == run_name(resolve(load_config(), store, "cpu"))
+
+    def name(device="cpu", **overrides):
+        return run_name(resolve(load_config(None, overrides), store, device))
+
+    assert name(lr=0.5) != run_name(base)
+    assert name(loader="netcdf") != run_name(base)        # the speed comparison never overwrites a run
+    assert name(device="cuda") != run_name(base)
+    assert name(workers=7) == run_name(base)              # speed only: resuming with other workers is fine
+    assert name(mlp={"width": 3}) == run_name(base)       # another model's section is not part of the run
+    # the baselines do not train: optimisation keys do not make new runs of them
+    assert name(model="persistence", epochs=3) == name(model="persistence", epochs=4)
+    assert name(model="persistence") != name(model="climatology")
+
+
+def test_hash_depends_on_the_store_build_not_its_path(tiny_store):
+    store = open_store(tiny_store)
+    run = resolve(load_config(), store, "cpu")
+    moved = {**run, "store": {**run["store"], "path": "/elsewhere/demo.zarr"}}
+    rebuilt = {**run, "store": {**run["store"], "build": "0" * 64}}
+    assert config_hash(moved) == config_hash(run)
+    assert config_hash(rebuilt) != config_hash(run)

@@ -1,0 +1,111 @@
+"""Models: shapes, sphere padding, persistence and residual wiring, climatology fitting."""
+
+import cftime
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from canonstore.errors import ConfigError
+from canonstore.training.models import MLP, Climatology, Persistence, UNet, basis_size, build_model, time_basis
+
+
+class FakeDataset:
+    def __init__(self, inputs, targets, space=(8, 16)):
+        self.input_channels, self.target_channels, self.sample_space = inputs, targets, space
+
+
+def run(model, residual=True, **args):
+    defaults = {"unet": {"width": 4, "depth": 2}, "mlp": {"width": 8, "layers": 1}, "persistence": {},
+                "climatology": {"annual_harmonics": 1, "diurnal_harmonics": 1}}
+    return {"model": model, "model_args": {**defaults[model], **args}, "residual": residual}
+
+
+@pytest.mark.parametrize("grid", [(8, 16), (7, 12)])  # 7x12: padded up to a multiple of 4 and cropped back
+def test_unet_shapes(grid):
+    model = UNet(5, 3, width=4, depth=2)
+    assert model(torch.randn(2, 5, *grid)).shape == (2, 3, *grid)
+
+
+def test_unet_is_periodic_in_longitude():
+    """Rolling the input along longitude rolls the output: the dateline is not an edge."""
+    torch.manual_seed(0)
+    model = UNet(2, 2, width=4, depth=2).eval()
+    x = torch.randn(1, 2, 8, 16)
+    with torch.no_grad():
+        shifted = model(torch.roll(x, 4, dims=-1))
+        assert torch.allclose(shifted, torch.roll(model(x), 4, dims=-1), atol=1e-5)
+        # ...but not along latitude, where a pole is an edge
+        assert not torch.allclose(model(torch.roll(x, 2, dims=-2)), torch.roll(model(x), 2, dims=-2), atol=1e-3)
+
+
+def test_mlp_works_on_any_space():
+    model = MLP(4, 2, width=8, layers=2)
+    assert model(torch.randn(3, 4, 10)).shape == (3, 2, 10)
+    assert model(torch.randn(3, 4, 5, 6)).shape == (3, 2, 5, 6)
+
+
+def test_persistence_takes_each_target_from_the_input_at_t():
+    dataset = FakeDataset(["a@t-1", "b@t-1", "a", "b", "lsm"], ["b", "a"])
+    model = build_model(run("persistence"), dataset)
+    x = torch.arange(5.0).reshape(1, 5, 1, 1).expand(1, 5, 8, 16)
+    assert model(x)[0, :, 0, 0].tolist() == [3.0, 2.0]          # b and a at t, not at t-1
+
+
+def test_residual_adds_the_network_to_persistence():
+    dataset = FakeDataset(["a", "b"], ["b"])
+    model = build_model(run("unet"), dataset)
+    assert isinstance(model.persistence, Persistence)
+    x = torch.randn(2, 2, 8, 16)
+    assert torch.allclose(model(x), x[:, [1]] + model.net(x))
+    assert isinstance(build_model(run("unet", residual=False), dataset), UNet)
+
+
+def test_targets_missing_from_inputs_are_refused():
+    dataset = FakeDataset(["a"], ["b"])
+    with pytest.raises(ConfigError, match=r"\['b'\] are not"):
+        build_model(run("persistence"), dataset)
+    with pytest.raises(ConfigError, match="residual"):
+        build_model(run("mlp"), dataset)
+    assert isinstance(build_model(run("mlp", residual=False), dataset), MLP)
+
+
+def test_unet_needs_a_grid():
+    with pytest.raises(ConfigError, match="unet needs"):
+        build_model(run("unet"), FakeDataset(["a"], ["a"], space=(50,)))
+
+
+def test_climatology_recovers_seasonal_and_diurnal_cycles():
+    times = pd.date_range("2000-01-01", "2002-12-31 18:00", freq="6h").to_numpy()
+    basis = time_basis(times, annual=2, diurnal=1)
+    assert basis.shape == (times.size, basis_size(2, 1))
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(basis.shape[1], 2, 3, 4))
+    data = np.einsum("tk,kc...->tc...", basis, truth).astype(np.float32)
+    data = np.concatenate([data, rng.normal(size=data.shape).astype(np.float32)], axis=1)  # channels 2, 3: noise
+    model = Climatology(2, (3, 4), annual=2, diurnal=1)
+    train = np.arange(2 * 1460)            # fitted on two years, read in blocks smaller than that
+    model.fit(data, train, times, np.array([0, 1]), block=100)
+    assert np.allclose(model.coef.numpy(), truth, atol=1e-4)
+    later = torch.from_numpy(basis[-5:])   # the third year is forecast exactly
+    assert torch.allclose(model(torch.zeros(5, 1, 3, 4), later), torch.from_numpy(data[-5:, :2]), atol=1e-4)
+
+
+def test_climatology_leaves_out_cycles_the_sampling_cannot_see():
+    """12-hourly data cannot see a 24 h sine: lstsq sets it to 0 instead of failing on a singular system."""
+    times = pd.date_range("2000-01-01", periods=800, freq="12h").to_numpy()
+    basis = time_basis(times, 0, 1)
+    assert np.allclose(basis[:, 2], 0)     # sin(2 pi h / 24) at 0 h and 12 h
+    data = (1 + 2 * basis[:, 1])[:, None, None].astype(np.float32)
+    model = Climatology(1, (1,), annual=0, diurnal=1)
+    model.fit(data, np.arange(800), times, np.array([0]))
+    assert np.allclose(model.coef.ravel().numpy(), [1, 2, 0], atol=1e-5)
+
+
+def test_time_basis_uses_the_calendar_and_needs_dates():
+    days = np.array([cftime.Datetime360Day(2001, 1, 1), cftime.Datetime360Day(2001, 7, 1)])
+    year = time_basis(days, 1, 0)[:, 1]            # cos(2 pi * year fraction)
+    assert np.allclose(year, [1.0, -1.0])          # day 181 of 360 is exactly half a 360-day year
+    assert time_basis(np.arange(3), 0, 0).shape == (3, 1)   # the plain mean needs no dates
+    with pytest.raises(ConfigError, match="no day of year"):
+        time_basis(np.arange(3), 1, 0)

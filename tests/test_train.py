@@ -1,0 +1,202 @@
+"""The training loop on a tiny store: reproducible, resumable mid-epoch, early stopping, its outputs."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from canonstore.errors import RunError
+from canonstore.formats import open_store
+from canonstore.training import evaluate, load_config, train
+from canonstore.training.data import make_loader
+
+TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 2, "batch_size": 64, "lr": 3.0e-3,
+        "checkpoint_steps": 5, "checkpoint_every": 1, "device": "cpu", "workers": 1, "patience": 0}
+
+
+def tiny(**overrides) -> dict:
+    return load_config(None, {**TINY, **overrides})
+
+
+def quiet(*_):
+    pass
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_same_seed_gives_identical_metrics(tiny_store, tmp_path):
+    first = train(tiny(), tiny_store, tmp_path / "a", progress=False, log=quiet)
+    second = train(tiny(), tiny_store, tmp_path / "b", progress=False, log=quiet)
+    assert first.name == second.name
+    assert (first / "metrics.csv").read_bytes() == (second / "metrics.csv").read_bytes()
+    assert same_weights(first / "checkpoints" / "last.pt", second / "checkpoints" / "last.pt")
+    other = train(tiny(seed=1), tiny_store, tmp_path / "a", progress=False, log=quiet)
+    assert other.name != first.name
+    assert (other / "metrics.csv").read_bytes() != (first / "metrics.csv").read_bytes()
+
+
+def test_interrupted_mid_epoch_resumes_to_the_same_result(tiny_store, tmp_path):
+    whole = train(tiny(), tiny_store, tmp_path / "whole", progress=False, log=quiet)
+    steps_per_epoch = len(make_loader(load_config(None, TINY) | {"loader": "store"}, open_store(tiny_store),
+                                      "train", torch.device("cpu"), train=True))
+    stop_at = steps_per_epoch + 8       # epoch 2, after a checkpoint at a multiple of 5 steps
+
+    def interrupt(state):
+        if state["step"] == stop_at:
+            raise KeyboardInterrupt
+
+    runs = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), tiny_store, runs, progress=False, log=quiet, on_step=interrupt)
+    saved = torch.load(runs / whole.name / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and 0 < saved["batch"] < steps_per_epoch and not saved["finished"]
+    messages = []
+    train(tiny(), tiny_store, runs, progress=False, log=messages.append)
+    assert any(f"resuming at epoch 2, batch {saved['batch']}" in m for m in messages)
+    assert (runs / whole.name / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+    assert same_weights(runs / whole.name / "checkpoints" / "last.pt", whole / "checkpoints" / "last.pt")
+
+
+def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
+    """SIGKILL (no cleanup at all) as soon as the first mid-epoch checkpoint exists, then run again."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "checkpoint_steps": 3}))
+    command = [sys.executable, "-m", "canonstore", "train", "--config", str(config), "--store", str(tiny_store),
+               "--quiet"]
+    whole = train(load_config(config), tiny_store, tmp_path / "whole", progress=False, log=quiet)
+    runs = tmp_path / "killed"
+    job = subprocess.Popen(command + ["--runs", str(runs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = runs / whole.name / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert last.exists() and not (runs / whole.name / "metrics.csv").exists()  # killed inside epoch 1
+    finished = subprocess.run(command + ["--runs", str(runs)], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming at epoch 1" in finished.stdout
+    assert (runs / whole.name / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+
+
+def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
+    folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False, log=quiet)
+    info = json.loads((folder / "config.json").read_text())
+    assert info["name"] == folder.name and "git_commit" in info and info["config"]["model_args"] == {"width": 4, "depth": 2}
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_rmse", "val_r2", "val_rmse_z500", "val_mae_t2m", "lr"} <= set(rows[0])
+    speed = list(csv.DictReader(open(folder / "throughput.csv")))
+    assert float(speed[0]["samples_per_s"]) > 0 and 0 <= float(speed[0]["data_wait_frac"]) < 1
+    assert (folder / "loss.png").stat().st_size > 1000
+    names = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"]
+    best = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == int(min(rows, key=lambda r: float(r["val_loss"]))["epoch"])
+
+    out = evaluate(folder, tmp_path / "scores", log=quiet)
+    assert out.name == f"{folder.name}.json"
+    scores = json.loads(out.read_text())
+    assert scores["split"] == "test" and scores["checkpoint"] == "best" and scores["epoch"] == best["epoch"]
+    z500 = scores["scores"]["channels"]["z500"]
+    assert z500["units"] == "m**2 s**-2" and z500["rmse"] > 0 and z500["rmse"] >= z500["mae"]
+    assert scores["scores"]["samples"] == len(open_store(tiny_store).dataset("test"))
+
+
+def test_finished_run_is_not_trained_again(tiny_store, tmp_path):
+    folder = train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=quiet)
+    before = (folder / "checkpoints" / "last.pt").stat().st_mtime_ns
+    messages = []
+    train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=messages.append)
+    assert "already trained" in messages[0]
+    assert (folder / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_early_stopping(tiny_store, tmp_path):
+    messages = []
+    folder = train(tiny(lr=0.0, epochs=6, patience=2), tiny_store, tmp_path, progress=False, log=messages.append)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert len(rows) == 3                # epoch 1 is best; 2 and 3 are no better: stop
+    assert any("early stop" in m for m in messages)
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["finished"]
+    assert torch.load(folder / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
+    """End to end in physical units: RMSE of x(t) as the forecast of x(t+1), from the store's arrays."""
+    folder = train(tiny(model="persistence", lat_weighted=False), tiny_store, tmp_path, log=quiet)
+    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
+    store = open_store(tiny_store)
+    times = store.dataset("test").times
+    physical = store.denormalise(store.array[:].astype(np.float64))
+    error = physical[times + 1] - physical[times]
+    rmse = np.sqrt((error ** 2).mean(axis=(0, 2, 3)))
+    got = [scores["channels"][name]["rmse"] for name in store.channels]
+    assert np.allclose(got, rmse, rtol=1e-4)
+
+
+def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):
+    folder = train(tiny(model="climatology"), tiny_store, tmp_path, log=quiet)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert len(rows) == 1 and rows[0]["epoch"] == "0"
+    coef = weights(folder / "checkpoints" / "best.pt")["coef"]
+    assert coef.abs().sum() > 0
+    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
+    assert scores["channels"]["t2m"]["r2"] > 0.1     # the seasonal and diurnal cycles are explained
+
+
+def test_netcdf_loader_gives_the_same_batches(tiny_store):
+    store = open_store(tiny_store)
+    run = load_config(None, {**TINY, "batch_size": 8})
+    fast = make_loader(run, store, "val", torch.device("cpu"), train=False)
+    slow = make_loader({**run, "loader": "netcdf", "workers": 0}, store, "val", torch.device("cpu"), train=False)
+    for k, ((fx, fy), (sx, sy)) in enumerate(zip(fast, slow)):
+        torch.testing.assert_close(sx, fx, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sy, fy, rtol=0, atol=1e-6)
+        if k == 2:
+            break
+
+
+def test_evaluate_refuses_another_build_or_a_missing_run(tiny_store, tmp_path):
+    folder = train(tiny(model="persistence"), tiny_store, tmp_path, log=quiet)
+    info = json.loads((folder / "config.json").read_text())
+    info["config"]["store"]["build"] = "0" * 64
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(RunError, match="not the build"):
+        evaluate(folder, tmp_path / "scores", log=quiet)
+    with pytest.raises(RunError, match="no such run"):
+        evaluate(tmp_path / "nothing", tmp_path / "scores", log=quiet)
+
+
+def test_two_processes_under_torchrun(tiny_store, tmp_path):
+    """NPROC=2: DistributedDataParallel on the CPU (gloo); each process trains on half of every epoch."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "epochs": 1}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "canonstore", "train", "--config", str(config), "--store", str(tiny_store),
+                             "--runs", str(tmp_path / "runs"), "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert json.loads((folder / "config.json").read_text())["config"]["world_size"] == 2
+    speed = list(csv.DictReader(open(folder / "throughput.csv")))
+    per_process = len(open_store(tiny_store).dataset("train")) // 2 // 64 * 64
+    assert speed[0]["processes"] == "2" and int(speed[0]["samples"]) == 2 * per_process
+    assert result.stdout.count("epoch 1/1") == 1        # only the first process logs
