@@ -156,7 +156,8 @@ class Climatology(nn.Module):
         self.register_buffer("coef", torch.zeros((basis_size(annual, diurnal), channels) + tuple(space)))
 
     def forward(self, x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
+        with torch.autocast(x.device.type, enabled=False):  # a bf16 sum would cost the baseline precision
+            return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
 
     def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
             block: int = 256) -> None:
