@@ -133,7 +133,10 @@ class RunLog:
             return None
         id_file = self.folder / "mlflow_run_id"
         try:
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.folder.parent / "mlruns").resolve().as_uri()
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:  # the local file store: MLflow >= 3.7 wants this opt-in for it (or a database URI)
+                uri = (self.folder.parent / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment("canonstore")
             if id_file.exists():  # a resumed run goes on logging into the same MLflow run
