@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from canonstore.errors import RunError
+from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, train
 from canonstore.training.data import make_loader
@@ -200,3 +200,15 @@ def test_two_processes_under_torchrun(tiny_store, tmp_path):
     per_process = len(open_store(tiny_store).dataset("train")) // 2 // 64 * 64
     assert speed[0]["processes"] == "2" and int(speed[0]["samples"]) == 2 * per_process
     assert result.stdout.count("epoch 1/1") == 1        # only the first process logs
+
+
+def test_bad_config_for_the_store_leaves_no_run(tiny_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown channel\(s\) \['foo'\]"):
+        train(tiny(channels=["foo"]), tiny_store, tmp_path, log=quiet)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_diverged_run_stops_with_a_clear_error(tiny_store, tmp_path):
+    with pytest.raises(RunError, match="training loss became (nan|inf) in epoch 1"):
+        train(tiny(lr=1e30, checkpoint_steps=0, grad_clip=0.0), tiny_store, tmp_path, progress=False, log=quiet)
+    assert not list(tmp_path.glob("*/checkpoints/last.pt"))   # nothing diverged was saved to resume from

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from canonstore.errors import ConfigError
 from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
 
 
@@ -36,11 +37,14 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
     """Batches of `split` on `device`: shuffled per epoch (and the last partial batch dropped) when
     `train`, else every sample in order."""
     window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static")}
-    rank, world_size = (rank, world_size) if train else (0, 1)  # scoring: see training.train.score
+    try:
+        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, **window)
+    except ValueError as exc:  # e.g. a channel name the store does not have
+        raise ConfigError(f"config for {store.path}: {exc}") from exc
+    rank, world_size = (rank, world_size) if train else (0, 1)  # every process scores all samples
     if run["loader"] == "store":
-        return BatchLoader(StoreDataset(store, split, **window), run["batch_size"], shuffle=train, seed=run["seed"],
-                           drop_last=train, device=device, workers=run["workers"], rank=rank, world_size=world_size)
-    dataset = NetCDFDataset(store, split, **window)
+        return BatchLoader(dataset, run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
+                           device=device, workers=run["workers"], rank=rank, world_size=world_size)
     sampler = BatchSampler(len(dataset), run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
                            rank=rank, world_size=world_size)
     return RawLoader(dataset, sampler, device, run["workers"], run["seed"])

@@ -234,6 +234,7 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
             if run["checkpoint_steps"] and state["step"] % run["checkpoint_steps"] == 0 \
                     and state["batch"] < steps_per_epoch:
                 partial = procs.total(loss_sum.clone()).item() / procs.world  # mean over processes
+                _check_finite(partial, epoch, folder)
                 if procs.main:  # mid-epoch: the epoch's loss so far travels with it
                     checkpoint(last, loss_sum=partial)
             if on_step:
@@ -243,6 +244,7 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - began
         train_loss = procs.total(loss_sum).item() / procs.world / max(1, state["batch"])
+        _check_finite(train_loss, epoch, folder)
         stop = False
         if procs.main:
             val = score(model, val_loader, store, weights)
@@ -278,6 +280,13 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         runlog.finish()
         log(f"{folder}: best epoch {state['best_epoch']} (val loss {state['best_val']:.5f})")
     return folder
+
+
+def _check_finite(loss: float, epoch: int, folder: Path) -> None:
+    """Stop before a diverged model is checkpointed: resuming would only go on from NaN weights."""
+    if not math.isfinite(loss):
+        raise RunError(f"{folder.name}: the training loss became {loss} in epoch {epoch + 1} (learning rate too high?); "
+                       f"{folder / 'checkpoints' / 'last.pt'} still holds the last finite state")
 
 
 def _fit_baseline(model, run, store, dataset, val_loader, weights, folder, runlog, procs) -> None:
