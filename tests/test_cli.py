@@ -55,7 +55,8 @@ def test_train_and_evaluate(tmp_path, tiny_store):
     assert scored.exit_code == 0, scored.output
     (run,) = (tmp_path / "runs").iterdir()
     assert (tmp_path / "scores" / f"{run.name}.json").is_file() and "RMSE" in scored.output
-    by_folder = runner.invoke(main, ["evaluate", "--run", str(run), "--split", "val", "--scores", str(tmp_path / "scores")])
+    by_folder = runner.invoke(main, ["evaluate", "--run", str(run), "--split", "val",
+                                     "--scores", str(tmp_path / "scores")])
     assert by_folder.exit_code == 0 and (tmp_path / "scores" / f"{run.name}-val.json").is_file()
 
 

@@ -56,7 +56,8 @@ def test_loss_is_the_mean_of_the_channel_mses():
     weights = weights / weights.mean(dim=(1, 2), keepdim=True)
     scores = Scores(weights)
     scores.update(pred, target)
-    assert weighted_mse(pred, target, weights).item() == pytest.approx(scores.result(["a", "b"], np.ones(2), ["", ""])["loss"], rel=1e-5)
+    loss = scores.result(["a", "b"], np.ones(2), ["", ""])["loss"]
+    assert weighted_mse(pred, target, weights).item() == pytest.approx(loss, rel=1e-5)
 
 
 def test_area_weights_follow_cos_latitude(tiny_store):

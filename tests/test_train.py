@@ -98,7 +98,8 @@ def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
 def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
     folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False, log=quiet)
     info = json.loads((folder / "config.json").read_text())
-    assert info["name"] == folder.name and "git_commit" in info and info["config"]["model_args"] == {"width": 4, "depth": 2}
+    assert info["name"] == folder.name and "git_commit" in info
+    assert info["config"]["model_args"] == {"width": 4, "depth": 2}
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"train_loss", "val_loss", "val_rmse", "val_r2", "val_rmse_z500", "val_mae_t2m", "lr"} <= set(rows[0])

@@ -141,7 +141,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 def merge(base: dict, update: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both else value
     return merged
 
 

@@ -1,4 +1,4 @@
-"""Batches for training and scoring, from the store (the batch path) or from the raw NetCDF files.
+"""Where batches go and where they come from: the store (the batch path) or the raw NetCDF files.
 
 Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` only
 changes where the values are read from, so the two can be timed against each other.
@@ -6,10 +6,21 @@ changes where the values are read from, so the two can be timed against each oth
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from canonstore.errors import ConfigError
 from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    """cuda when asked for or (auto) when there is one, else cpu; under torchrun, this process's GPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda asked for, but torch sees no GPU (set device=cpu or device=auto)")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 class RawLoader:

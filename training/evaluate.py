@@ -1,0 +1,85 @@
+"""Scoring: a model's forecasts over every sample of a split, in physical units (`make evaluate`).
+
+    evaluate("runs/unet-demo-7a080bb3")      # -> scores/unet-demo-7a080bb3.json (best checkpoint, test split)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import torch
+
+from canonstore.errors import RunError
+from canonstore.formats import open_store
+from canonstore.formats.manifest import store_identity
+from canonstore.formats.store import normalisation_scale
+from canonstore.training.checkpoint import load_checkpoint
+from canonstore.training.data import make_loader, pick_device
+from canonstore.training.metrics import Scores, area_weights
+from canonstore.training.models import build_model, time_basis
+from canonstore.training.tracking import read_config, write_json
+
+
+def to_layout(x: torch.Tensor) -> torch.Tensor:
+    """channels_last on CUDA: the layout tensor cores want for convolutions (nothing on the CPU)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.ndim == 4 else x
+
+
+def forecast(model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's prediction, in bf16 autocast on CUDA; the climatology also gets the time basis."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        return model(x, basis) if basis is not None else model(x)
+
+
+@torch.inference_mode()
+def score(model: torch.nn.Module, loader, store, weights: torch.Tensor) -> dict:
+    """Scores of `model` on every sample of `loader` (in order): see training.metrics."""
+    model.eval()
+    dataset = loader.dataset
+    basis = None
+    if getattr(model, "needs_time", False):  # the basis of each sample's valid time (t + lead)
+        basis = torch.from_numpy(time_basis(store.time[dataset.times + dataset.lead], model.annual, model.diurnal))
+    scores, start = Scores(weights), 0
+    loader.set_epoch(0)
+    for x, y in loader:
+        b = None if basis is None else basis[start:start + x.shape[0]].to(x.device)
+        scores.update(forecast(model, to_layout(x), b).float(), y)
+        start += x.shape[0]
+    scale = normalisation_scale(store.stats["std"])[dataset.targets]
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[dataset.targets]]
+    return scores.result(dataset.target_channels, scale, units)
+
+
+def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str = "test",
+             checkpoint: str = "best", store=None, log=print) -> Path:
+    """Score run `folder`'s `checkpoint` on `split`; writes scores/<run-name>.json (test) or
+    scores/<run-name>-<split>.json, and returns its path.
+
+    `store` (a path or Store) defaults to the one the run was trained on; it must be the same build.
+    """
+    folder = Path(folder)
+    run = read_config(folder)
+    if store is None or isinstance(store, (str, Path)):
+        store = open_store(store or run["store"]["path"])
+    if store_identity(store.path) != run["store"]["build"]:
+        raise RunError(f"{store.path} is not the build run {folder.name} was trained on "
+                       f"(it was rebuilt since?): train again with `make train`")
+    path = folder / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
+    device = pick_device("cpu" if run["device"] == "cpu" else "auto")
+    saved = load_checkpoint(path, device)
+    loader = make_loader(run, store, split, device, train=False)
+    model = build_model(run, loader.dataset).to(device)
+    model.load_state_dict(saved["model"])
+    result = score(model, loader, store, area_weights(store, loader.dataset.targets, run["lat_weighted"]).to(device))
+    out = Path(scores_dir) / (f"{folder.name}.json" if split == "test" else f"{folder.name}-{split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
+                     "epoch": saved["epoch"], "store": run["store"], "scores": result, "config": run,
+                     "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    overall = result["overall"]
+    log(f"{out}: {run['model']} on {split}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+        f"R² {overall['r2']:.4f} ({result['samples']} samples)")
+    return out
