@@ -125,7 +125,11 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
     """Train (or fit) a model on STORE into runs/<model>-<store>-<hash>; resumes an interrupted run."""
     from canonstore.training import train as train_run
 
-    _run(lambda: train_run(_config(config_path, model, overrides), store, runs, progress=not quiet), debug)
+    try:
+        _run(lambda: train_run(_config(config_path, model, overrides), store, runs, progress=not quiet), debug)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run the same command again to resume from the last checkpoint", err=True)
+        sys.exit(130)
 
 
 @main.command()
