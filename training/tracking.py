@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -38,13 +39,11 @@ def write_json(path: Path, value) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue())
 
 
 def read_config(folder: Path) -> dict:
