@@ -16,9 +16,10 @@ import xarray as xr
 import zarr
 
 from canonstore.errors import StoreError
+from canonstore.formats.coords import find_axis
 from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.zarr_ import memmap_data
-from canonstore.splits import SPLIT_CODES
+from canonstore.splits import SPLIT_CODES, find_gaps
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -111,6 +112,23 @@ class Store:
     def splits(self) -> np.ndarray:
         """Split label per time step: int8 codes of ("train", "val", "test", "excluded")."""
         return self._ds["split"].values
+
+    @cached_property
+    def gaps(self) -> np.ndarray:
+        """Steps after which the time axis jumps (recipe `time_gaps: allow`): windows never span them."""
+        if "gap_after" in self.attrs:
+            return np.asarray(self.attrs["gap_after"], dtype=np.int64)
+        return np.asarray(find_gaps(self.time)[0], dtype=np.int64)  # stores built before it was recorded
+
+    @cached_property
+    def latitude(self) -> str | None:
+        """Name of the latitude coordinate (CF rules, decided at build time), or None."""
+        return self.attrs["latitude"] if "latitude" in self.attrs else find_axis(self._ds.coords, "latitude")
+
+    @cached_property
+    def longitude(self) -> str | None:
+        """Name of the longitude coordinate, or None."""
+        return self.attrs["longitude"] if "longitude" in self.attrs else find_axis(self._ds.coords, "longitude")
 
     def split_indices(self, name: str) -> np.ndarray:
         """Time indices labelled `name` (one of "train", "val", "test"), ascending."""

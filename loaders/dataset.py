@@ -17,11 +17,12 @@ import torch
 
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import store_identity
-from canonstore.splits import SPLIT_CODES
+from canonstore.splits import SPLIT_CODES, segment_ids
 
 
-def sample_times(labels: np.ndarray, split: str, history: int, lead: int) -> np.ndarray:
-    """Times t whose window [t - history, t + lead] is labelled `split` throughout, ascending."""
+def sample_times(labels: np.ndarray, split: str, history: int, lead: int, gaps=()) -> np.ndarray:
+    """Times t whose window [t - history, t + lead] is labelled `split` throughout and spans no time
+    gap (`gaps`: steps after which the axis jumps, `Store.gaps`), ascending."""
     if history < 0 or lead < 0:
         raise ValueError(f"history and lead must be >= 0, got history={history}, lead={lead}")
     inside = labels == SPLIT_CODES[split]
@@ -29,7 +30,16 @@ def sample_times(labels: np.ndarray, split: str, history: int, lead: int) -> np.
     width = history + lead + 1
     counts = np.concatenate([[0], np.cumsum(inside)])
     starts = np.flatnonzero(counts[width:] - counts[:-width] == width) if inside.size >= width else np.array([], int)
+    # ... and when its first and last steps lie in the same run of consecutive steps.
+    segment = segment_ids(labels.size, gaps)
+    starts = starts[segment[starts] == segment[starts + width - 1]]
     return starts + history
+
+
+def mask_channel_of(channels: list[str]) -> dict[str, str]:
+    """{channel: its `<channel>_valid` mask channel} for the channels whose NaNs were filled."""
+    return {name.removesuffix("_valid"): name for name in channels
+            if name.endswith("_valid") and name.removesuffix("_valid") in channels}
 
 
 def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.ndarray:
@@ -49,7 +59,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, split: str = "train", lead: int = 1, history: int = 0,
                  channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
-                 static: bool | Sequence[str] = True, transform: Callable | None = None):
+                 static: bool | Sequence[str] = True, transform: Callable | None = None,
+                 target_masks: bool = False):
         from canonstore.formats import open_store
 
         store = open_store(store) if isinstance(store, (str, Path)) else store
@@ -58,13 +69,22 @@ class WindowDataset(torch.utils.data.Dataset):
         self.path, self.split, self.lead, self.history = store.path, split, lead, history
         self.transform = transform
         self.store_identity = store_identity(store.path)  # which build the windows below belong to
-        self.times = sample_times(store.splits, split, history, lead)
+        self.times = sample_times(store.splits, split, history, lead, store.gaps)
         if self.times.size == 0:
             raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
                              f"lead={lead} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)")
         self.store_channels = store.channels
         self.channels = _select(channels, self.store_channels, "channel(s)")
-        self.targets = self.channels if targets is None else _select(targets, self.store_channels, "target channel(s)")
+        masks = mask_channel_of(self.store_channels)
+        if targets is None:  # `<channel>_valid` are inputs only, unless named as targets
+            mask_names = set(masks.values())
+            targets = [self.store_channels[c] for c in self.channels if self.store_channels[c] not in mask_names]
+        self.targets = _select(targets, self.store_channels, "target channel(s)")
+        # With target_masks, y carries after the targets the `_valid` channel (at t + lead) of each target
+        # that has one, so that filled points can weigh 0 (`masked_targets` names them).
+        valid = [self.store_channels.index(masks[n]) for n in self.target_channels if n in masks] if target_masks else []
+        self.masked_targets = [n for n in self.target_channels if n in masks] if target_masks else []
+        self.y_channels = np.concatenate([self.targets, np.asarray(valid, dtype=np.int64)])
         names = list(store.static) if static is True else ([] if static is False else list(static))
         unknown = [n for n in names if n not in store.static]
         if unknown:
@@ -102,7 +122,7 @@ class WindowDataset(torch.utils.data.Dataset):
         window = self._read_steps(t - self.history, t + self.lead + 1)
         x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
         x = np.concatenate([x.astype(np.float32), self.static])
-        sample = torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.targets], dtype=np.float32))
+        sample = torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.y_channels], dtype=np.float32))
         return sample if self.transform is None else self.transform(*sample)
 
 
@@ -115,10 +135,13 @@ class StoreDataset(WindowDataset):
     split : "train", "val" or "test".
     lead : steps between the last input and the target.
     history : extra past steps stacked before the current one as input channels.
-    channels, targets : channel names for inputs and targets (default: all; targets default to channels).
+    channels, targets : channel names for inputs and targets (default: all; targets default to the input
+        channels except the `<channel>_valid` masks, which are targets only when named).
     static : append the store's static fields (True), none (False), or the named ones.
     transform : called as `transform(x, y)` on each sample, returns the new (x, y) (torchvision's
         convention); `BatchLoader` takes its own, applied to whole batches on the device.
+    target_masks : append to y, after the targets, the `<channel>_valid` channel of each target in
+        `masked_targets` (stored normalised: `Store.denormalise` gives 1 observed / 0 filled).
     """
 
     _array = None
@@ -156,12 +179,12 @@ class StoreDataset(WindowDataset):
 
     def _whole_samples(self) -> bool:
         n = len(self.store_channels)
-        return np.array_equal(self.channels, np.arange(n)) and np.array_equal(self.targets, self.channels)
+        return np.array_equal(self.channels, np.arange(n)) and np.array_equal(self.y_channels, self.channels)
 
     def batch_shapes(self, batch: int, static: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of `gather`'s (x, y) for `batch` samples; x ends with the static fields if `static`."""
         x_channels = (self.history + 1) * self.channels.size + (self.static.shape[0] if static else 0)
-        return (batch, x_channels) + self.sample_space, (batch, self.targets.size) + self.sample_space
+        return (batch, x_channels) + self.sample_space, (batch, self.y_channels.size) + self.sample_space
 
     def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None, y_out: np.ndarray | None = None,
                static: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +215,7 @@ class StoreDataset(WindowDataset):
             n = len(self.store_channels)
             flat = array.reshape(array.shape[0] * n, -1)
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
-            rows_out = (steps_out[:, None] * n + self.targets[None, :]).ravel()
+            rows_out = (steps_out[:, None] * n + self.y_channels[None, :]).ravel()
         if not static or not self.static.shape[0]:
             np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
             np.take(flat, rows_in.ravel(), axis=0, out=x_out.reshape(rows_in.size, -1))

@@ -35,7 +35,7 @@ class BatchLoader:
     Parameters
     ----------
     dataset : the StoreDataset to read.
-    batch_size, shuffle, seed, drop_last, rank, world_size : see `BatchSampler`.
+    batch_size, shuffle, seed, drop_last, rank, world_size, even : see `BatchSampler`.
     device : where batches go ("cuda", "cpu", a torch.device); default cuda when available.
     workers : threads that share each batch's gather. Keep it small when training on a GPU: every
         thread competes with the training loop for the GIL (on an H100, a UNet trained at 97% of its
@@ -50,9 +50,9 @@ class BatchLoader:
     def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, device=None, workers: int = 2, prefetch: int = 2,
                  blocks: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 rank: int | None = None, world_size: int | None = None, transform=None):
+                 rank: int | None = None, world_size: int | None = None, transform=None, even: bool | None = None):
         self.dataset = dataset
-        self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size)
+        self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, even)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
         self.seed, self.transform = seed, transform
@@ -80,7 +80,7 @@ class BatchLoader:
         stop = threading.Event()
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
         filler.start()
-        blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "blocks"))
         if self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
             for _ in range(skipped):
                 block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng)

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
+STREAMS = ("order", "blocks", "model")  # independent random streams of one epoch
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """One seed per (seed, epoch) pair, for every random draw of an epoch (order, blocks)."""
-    return seed * 1_000_003 + epoch
+
+def epoch_seed(seed: int, epoch: int, stream: str = "order") -> int:
+    """The seed of one random stream (`STREAMS`) of epoch `epoch` of a run seeded `seed`.
+
+    Streams are drawn through numpy's SeedSequence, so the sample order, the random blocks and the
+    model's own randomness never share a generator state (the same seed for two of them makes their
+    draws correlated), and no two (seed, epoch) pairs share one either.
+    """
+    if stream not in STREAMS:
+        raise ValueError(f"unknown random stream {stream!r}; expected one of {list(STREAMS)}")
+    entropy = [int(seed) % 2**63, int(epoch), STREAMS.index(stream)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -29,14 +40,17 @@ class BatchSampler(torch.utils.data.Sampler):
     """Lists of positions in [0, n), one list per batch, sorted inside the batch for read locality.
 
     Usable as `DataLoader(dataset, batch_sampler=BatchSampler(...))` and by `BatchLoader`.
-    Each rank gets `n // world_size` samples (the remainder is left out of the epoch, never
-    repeated), so all ranks run the same number of steps and no sample is seen twice. Each pass
-    over the sampler advances the epoch by one; `set_epoch(e)` sets the next pass's epoch, and
-    `set_epoch(e, start=k)` makes that pass skip its first k batches (resuming mid-epoch).
+    Under DDP, `even=True` (the default when shuffling, i.e. training) gives each rank `n // world_size`
+    samples: the remainder is left out of the epoch, never repeated, so all ranks run the same number
+    of steps, as DistributedDataParallel needs. `even=False` (the default in order, i.e. evaluation)
+    drops nothing: ranks get contiguous shares whose sizes differ by at most one, so every sample is
+    seen exactly once across ranks (reduce the results across ranks). Each pass over the sampler
+    advances the epoch by one; `set_epoch(e)` sets the next pass's epoch, and `set_epoch(e, start=k)`
+    makes that pass skip its first k batches (resuming mid-epoch).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, even: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         default_rank, default_world = _default_rank_world()
@@ -45,6 +59,7 @@ class BatchSampler(torch.utils.data.Sampler):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.even = shuffle if even is None else even
         self.epoch = self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -54,16 +69,22 @@ class BatchSampler(torch.utils.data.Sampler):
         """This rank's positions for the current epoch, in visiting order."""
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(epoch_seed(self.seed, self.epoch))
+            g.manual_seed(epoch_seed(self.seed, self.epoch, "order"))
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        per_rank = self.n // self.world_size
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[self._share(self.rank):self._share(self.rank + 1)]
+
+    def _share(self, rank: int) -> int:
+        """Where rank `rank`'s share of the epoch's order starts."""
+        if self.even:
+            return rank * (self.n // self.world_size)
+        base, extra = divmod(self.n, self.world_size)  # the first `extra` ranks get one more
+        return rank * base + min(rank, extra)
 
     def __len__(self) -> int:
-        per_rank = self.n // self.world_size
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        mine = self._share(self.rank + 1) - self._share(self.rank)
+        return mine // self.batch_size if self.drop_last else -(-mine // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         mine = self.positions()

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from canonstore.errors import SourceError, StoreError
+from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST, file_sha256, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
@@ -73,13 +73,19 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
     sources = open_sources(recipe)
     if sources.ignored:
         log(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
+    for unused in sources.unused_files:
+        log(f"not used: {unused['path']} (matched by 'sources', but holds none of the recipe's variables; "
+            f"it has {', '.join(unused['variables']) or 'no data variables'})")
     if sources.gaps:  # allowed by the recipe, still said out loud and kept in the provenance
         log(f"time axis has {len(sources.gaps)} gap(s) (recipe time_gaps: allow), first after "
             f"{sources.time_label(sources.gaps[0])}")
     staging = writer.staging_path(out)
     try:
         keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
-        labels = split_labels(keys, recipe.splits)
+        try:
+            labels = split_labels(keys, recipe.splits)
+        except RecipeError as exc:  # e.g. an empty split: say where the data's time range comes from
+            raise RecipeError(f"{exc}; {sources.coverage()}") from None
         block = _block_steps(recipe, sources)
         fingerprint = _fingerprint(recipe, inputs, block)
         state = writer.load_progress(staging) if resume else None
@@ -167,6 +173,24 @@ def _blocks(n: int, size: int):
         yield start, min(n, start + size)
 
 
+def _where(sources: Sources, channels: list[Channel], step: int, c: int) -> str:
+    """`<file>: variable 'z' (channel z500) at time 2000-01-01T00:00`, for errors about one value."""
+    ch = channels[c]
+    return (f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
+            f"at time {sources.time_label(step)}")
+
+
+def _check_finite(values: np.ndarray, start: int, sources: Sources) -> None:
+    """±inf is never a value nor a fill: one would make a channel's mean inf and its data all inf/NaN."""
+    infinite = np.isinf(values)
+    if infinite.any():
+        step, c = (int(i) for i in np.argwhere(infinite)[0][:2])
+        count = int(infinite[:, c].sum())
+        raise SourceError(f"{_where(sources, sources.channels, start + step, c)}: holds {values[step, c][infinite[step, c]][0]} "
+                          f"({count} infinite value(s) in steps {start}..{start + len(values) - 1}); infinite values "
+                          "are neither data nor fill values: fix or mask them in the source")
+
+
 def _scan(sources: Sources, labels: np.ndarray, block: int, progress: bool):
     """Pass 1: train statistics, plus where NaNs are over ALL steps (policy and mask layout)."""
     nchan = len(sources.channels)
@@ -177,6 +201,7 @@ def _scan(sources: Sources, labels: np.ndarray, block: int, progress: bool):
     with tqdm(total=sources.time.size, unit="step", desc="statistics", disable=not progress) as bar:
         for start, stop in _blocks(sources.time.size, block):
             values = sources.read(start, stop)
+            _check_finite(values, start, sources)
             if train[start:stop].any():
                 stats.update(values[train[start:stop]])
             isnan = np.isnan(values)
@@ -209,6 +234,10 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
         if values["count"][i] == 0:
             raise SourceError(f"{where} has no valid value in the {int((labels == SPLIT_CODES['train']).sum())} train steps; "
                               "it cannot be normalised")
+        bad = [k for k in ("mean", "std", "min", "max", "sum", "sum_sq") if not np.isfinite(values[k][i])]
+        if bad:  # e.g. values so large that their squares overflow float64
+            raise SourceError(f"{where}: train statistics {', '.join(f'{k}={values[k][i]}' for k in bad)} are not "
+                              "finite; no store is published with a non-finite statistic")
         if values["std"][i] == 0:
             raise SourceError(f"{where} is constant "
                               f"({values['mean'][i]:g}) over the train split; std 0 cannot be normalised. "
@@ -250,9 +279,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
     writer.save_progress(staging, {**state, "steps_done": done})
 
     def where(step: int, c: int) -> str:
-        ch = channels[c]
-        return (f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
-                f"at time {sources.time_label(step)}")
+        return _where(sources, channels, step, c)
 
     try:
         with tqdm(total=shape[0], initial=done, unit="step", desc="write", disable=not progress) as bar:
@@ -274,6 +301,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
         raise
     data_file = shard_file(staging, len(shape)).relative_to(staging).as_posix() if recipe.compression == "none" else None
     writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, block, shape, data_file))
+    writer.set_data_labels(staging)
     writer.consolidate(staging)
     write_manifest(staging, data_file or "")
     return int(np.prod(shape)) * np.dtype(recipe.dtype).itemsize
@@ -304,6 +332,9 @@ def _metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) 
     if sources.static:
         names = list(sources.static)
         raw = np.stack([sources.static[n][0] for n in names])
+        if np.isinf(raw).any():
+            bad = names[int(np.flatnonzero(np.isinf(raw).reshape(len(names), -1).any(axis=1))[0])]
+            raise SourceError(f"{sources.static[bad][2]}: static variable '{bad}' holds infinite values")
         if np.isnan(raw).any() and recipe.nan_policy == "error":
             bad = names[int(np.flatnonzero(np.isnan(raw).reshape(len(names), -1).any(axis=1))[0])]
             raise SourceError(f"{sources.static[bad][2]}: static variable '{bad}' has NaN or fill values "
@@ -342,7 +373,11 @@ def _provenance(recipe, sources, inputs, block, shape, data_file) -> dict:
         "split_rule": recipe.splits,
         "nan_policy": recipe.nan_policy,
         "ignored_variables": sources.ignored,
+        "unused_inputs": sources.unused_files,
         "time_gaps": [[sources.time_label(i), sources.time_label(i + 1)] for i in sources.gaps],
+        "gap_after": list(sources.gaps),
+        "latitude": sources.latitude,
+        "longitude": sources.longitude,
         "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
         "layout": {"dtype": recipe.dtype, "compression": recipe.compression, "shape": list(shape),
                    "block_steps": block, "data_file": data_file},

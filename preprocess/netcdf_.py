@@ -15,7 +15,9 @@ import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
+from canonstore.formats.coords import find_axis
 from canonstore.preprocess.recipe import Recipe
+from canonstore.splits.gaps import as_days, find_gaps
 
 LEVEL_DIMS = ("level", "lev", "plev", "pressure_level", "pressure", "isobaricInhPa")
 _CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
@@ -52,6 +54,7 @@ class Sources:
         self.time, segments = self._join_time(variables)
         self._segments = segments
         self.space_dims, self.coords = self._check_grid(variables)
+        self.latitude, self.longitude = find_axis(self.coords, "latitude"), find_axis(self.coords, "longitude")
         self.channels, self._level_index = self._make_channels(variables)
         self.static = self._read_static()
         self._apply_time_range()
@@ -90,6 +93,15 @@ class Sources:
         t = self.time[step]
         return str(np.datetime_as_string(t, unit="m")) if isinstance(t, np.datetime64) else str(t)
 
+    def coverage(self) -> str:
+        """Which variables and files set the time axis, for errors about what it covers."""
+        parts = []
+        for variable, segments in self._segments.items():
+            files = [s.path.name for s in segments]
+            shown = ", ".join(files) if len(files) <= 3 else f"{files[0]} .. {files[-1]} ({len(files)} files)"
+            parts.append(f"'{variable}' from {shown}")
+        return f"the time axis {_span(self.time)} ({self.time.size} steps) comes from " + "; ".join(parts)
+
     def years(self) -> np.ndarray:
         if not _is_datetime(self.time):
             raise SourceError(f"time axis '{self.recipe.time_dim}' holds {self.time.dtype} values, not dates: "
@@ -120,9 +132,13 @@ class Sources:
             if name not in wanted:
                 raise SourceError(f"recipe 'levels' names '{name}', which is not a selected variable {wanted}")
         self._files_of = {name: present[name] for name in wanted}
-        # Nothing is dropped silently: the build reports what the recipe leaves out.
+        # Nothing is dropped silently: the build reports what the recipe leaves out, and which files
+        # the globs matched without contributing anything (with what they hold instead).
         every = {name for ds in self._datasets.values() for name in ds.data_vars}
         self.ignored = sorted(every - set(wanted) - set(self.recipe.static))
+        used = set(wanted) | set(self.recipe.static)
+        self.unused_files = [{"path": str(path), "variables": sorted(map(str, ds.data_vars))}
+                             for path, ds in self._datasets.items() if not used & set(ds.data_vars)]
         return wanted
 
     def _check_calendar(self) -> str | None:
@@ -238,8 +254,14 @@ class Sources:
                     raise SourceError(f"variable '{name}' has no level {lev:g} (recipe 'levels'); "
                                       f"available in {self._segments[name][0].path}: {[float(v) for v in values]}")
                 idx.append(int(hit[0]))
-                channels.append(Channel(f"{name}{_fmt_level(values[hit[0]])}", name, float(values[hit[0]]), units))
+                channels.append(Channel(channel_name(name, values[hit[0]]), name, float(values[hit[0]]), units))
             level_index[name] = np.array(idx)
+        names = [c.name for c in channels]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            who = "; ".join(f"{c.name} = '{c.variable}'" + ("" if c.level is None else f" at {c.level:g} hPa")
+                            for c in channels if c.name in clash)
+            raise SourceError(f"two channels would have the same name ({who}); rename a variable in the sources")
         return channels, level_index
 
     def _units(self, name: str) -> str:
@@ -287,13 +309,8 @@ class Sources:
 
     def _find_gaps(self) -> list[int]:
         """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
-        recipe says `time_gaps: allow` (then the build reports them)."""
-        t = _as_days(self.time)
-        if t is None or t.size < 3:
-            return []
-        step = np.diff(t)
-        usual = float(np.median(step))
-        gaps = [int(i) for i in np.flatnonzero(step > 1.5 * usual)]
+        recipe says `time_gaps: allow` (then the build reports them and windows never span them)."""
+        gaps, usual = find_gaps(self.time)
         if gaps and self.recipe.time_gaps == "error":
             i, variable = gaps[0], next(iter(self._segments))
             first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
@@ -341,7 +358,10 @@ def _open(path: Path) -> xr.Dataset:
             warnings.filterwarnings("ignore", message=".*_FillValue.*")
             warnings.filterwarnings("ignore", category=xr.SerializationWarning)
             warnings.filterwarnings("ignore", message=r"Variable\(s\) referenced in")  # CMIP bounds, areacella
-            return xr.open_dataset(path, chunks={}, decode_coords="all")
+            # Seconds, not nanoseconds: datetime64[ns] ends in 2262, and xarray would decode a later
+            # standard-calendar file to cftime while earlier files stay datetime64 (one axis, two types).
+            return xr.open_dataset(path, chunks={}, decode_coords="all",
+                                   decode_times=xr.coders.CFDatetimeCoder(time_unit="s"))
     except Exception as exc:  # the libraries' messages run over several lines; the first says it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "did not find a match" in first:
@@ -393,17 +413,6 @@ def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where:
                           f"one first, e.g. `ds.assign_coords({dim}=(ds.{dim} + 180) % 360 - 180).sortby('{dim}')`")
 
 
-def _as_days(times: np.ndarray) -> np.ndarray | None:
-    """Times as float days (datetime64 or cftime), or None for an axis that holds no dates."""
-    if times.dtype.kind == "M":
-        return (times - times[0]) / np.timedelta64(1, "D")
-    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
-        import cftime
-
-        return np.asarray(cftime.date2num(list(times), "days since 1970-01-01", calendar=times[0].calendar))
-    return None
-
-
 def _days(days: float) -> str:
     return f"{days * 24:g} hours" if days < 1 else f"{days:g} days"
 
@@ -413,8 +422,11 @@ def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
     return values / 100.0 if str(coord.attrs.get("units", "")).lower() in ("pa", "pascal", "pascals") else values
 
 
-def _fmt_level(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}".replace(".", "p")
+def channel_name(variable: str, level: float) -> str:
+    """`z` at 500 hPa -> `z500`; a variable ending in a digit gets a separator: `o3` at 1 hPa -> `o3_1`
+    (never `o31`, which reads as o3 at 1 or o31 at nothing). 2.5 hPa -> `2p5`."""
+    text = str(int(level)) if float(level).is_integer() else f"{level:g}".replace(".", "p")
+    return f"{variable}_{text}" if variable[-1:].isdigit() else f"{variable}{text}"
 
 
 def _is_datetime(values: np.ndarray) -> bool:

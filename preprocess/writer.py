@@ -148,6 +148,31 @@ def set_root_attrs(staging: Path, attrs: dict) -> None:
     zarr.open_group(staging, mode="r+").attrs.update({"canonstore": attrs})
 
 
+def set_data_labels(staging: Path) -> None:
+    """Copy the labels into `data`'s attributes as plain JSON (FORMAT.md, "Labels").
+
+    The label arrays (`channel`, `channel_units`, ...) use zarr-python's variable-length string
+    type, which other Zarr v3 readers (tensorstore, zarrs) refuse; JSON attributes every reader has.
+    """
+    group = zarr.open_group(staging, mode="r+")
+    info = group.attrs["canonstore"]
+
+    def strings(name: str) -> list[str]:
+        return [str(v) for v in group[name][...]] if name in group else []
+
+    time = group["time"].attrs.asdict()
+    group["data"].attrs["labels"] = {
+        "dims": list(group["data"].metadata.dimension_names),
+        "channel": strings("channel"), "channel_units": strings("channel_units"),
+        "channel_variable": strings("channel_variable"),
+        "channel_level": [None if np.isnan(v) else float(v) for v in group["channel_level"][...]],
+        "static_channel": strings("static_channel"), "static_units": strings("static_units"),
+        "latitude": info.get("latitude"), "longitude": info.get("longitude"),
+        "time": {"array": "time", "units": time.get("units"), "calendar": time.get("calendar"),
+                 "dtype": str(group["time"].dtype)},
+    }
+
+
 def consolidate(staging: Path) -> None:
     """Consolidated metadata lets readers open the store without listing it (one read, no
     warning about our manifest.json); zarr-python supports it for v3 though the spec does not yet."""

@@ -34,11 +34,11 @@ def test_scores_match_the_physical_computation_in_any_batching():
                                        target.astype(np.float32).astype(np.float64), weights32, mean, std)
     got = result["channels"]
     assert np.allclose([got[c]["mae"] for c in "tup"], mae, rtol=1e-9)
-    assert np.allclose([got[c]["rmse"] for c in "tup"], rmse, rtol=1e-9)
+    assert np.allclose([got[c]["rmse_pooled"] for c in "tup"], rmse, rtol=1e-9)
     assert np.allclose([got[c]["r2"] for c in "tup"], r2, rtol=1e-9)
     assert got["p"]["units"] == "Pa" and result["samples"] == 10
     # overall: channels count the same, in normalised units
-    assert result["overall"]["rmse"] == pytest.approx(np.sqrt(np.mean((rmse / std) ** 2)))
+    assert result["overall"]["rmse_pooled"] == pytest.approx(np.sqrt(np.mean((rmse / std) ** 2)))
     assert result["loss"] == pytest.approx(np.mean((rmse / std) ** 2))
 
 

@@ -148,8 +148,13 @@ def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
     physical = store.denormalise(store.array[:].astype(np.float64))
     error = physical[times + 1] - physical[times]
     rmse = np.sqrt((error ** 2).mean(axis=(0, 2, 3)))
-    got = [scores["channels"][name]["rmse"] for name in store.channels]
+    got = [scores["channels"][name]["rmse_pooled"] for name in store.channels]
     assert np.allclose(got, rmse, rtol=1e-4)
+    per_time = np.sqrt((error ** 2).mean(axis=(2, 3))).mean(axis=0)       # WeatherBench 2's RMSE
+    assert np.allclose([scores["channels"][name]["rmse"] for name in store.channels], per_time, rtol=1e-4)
+    bias = error.mean(axis=(0, 2, 3))
+    assert np.allclose([scores["channels"][name]["bias"] for name in store.channels], bias,
+                       rtol=1e-3, atol=1e-4 * np.abs(error).max())
 
 
 def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):

@@ -174,6 +174,16 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
     run["device"] = device
     run["world_size"] = world_size
     run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}
+    run["warnings"] = []
+    if config["lat_weighted"]:
+        from canonstore.training.metrics import lat_weighting
+
+        cos_lat, how = lat_weighting(store)
+        run["lat_weighting"] = how
+        if cos_lat is None:  # said out loud and kept with the run, never a silent weight of 1
+            run["warnings"].append(f"lat_weighted is true but {store.path} gets no area weighting: {how}")
+    else:
+        run["lat_weighting"] = "none: lat_weighted is false"
     return run
 
 

@@ -45,14 +45,17 @@ class RawLoader:
 
 def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
                 rank: int = 0, world_size: int = 1):
-    """Batches of `split` on `device`: shuffled per epoch (and the last partial batch dropped) when
-    `train`, else every sample in order."""
+    """Batches of `split` on `device`: this process's share, shuffled per epoch (and the last partial
+    batch dropped) when `train`, else in order, with every sample scored by exactly one process.
+
+    y carries the targets' `_valid` channels after the targets (see `metrics.TargetMasks`).
+    """
     window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static")}
     try:
-        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, **window)
+        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, target_masks=True,
+                                                                                **window)
     except ValueError as exc:  # e.g. a channel name the store does not have
         raise ConfigError(f"config for {store.path}: {exc}") from exc
-    rank, world_size = (rank, world_size) if train else (0, 1)  # every process scores all samples
     if run["loader"] == "store":
         return BatchLoader(dataset, run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
                            device=device, workers=run["workers"], rank=rank, world_size=world_size)

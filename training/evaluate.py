@@ -16,8 +16,8 @@ from canonstore.formats.manifest import store_identity
 from canonstore.formats.store import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.data import make_loader, pick_device
-from canonstore.training.metrics import Scores, area_weights
-from canonstore.training.models import build_model, time_basis
+from canonstore.training.metrics import Scores, TargetMasks, area_weights
+from canonstore.training.models import build_model, reference_climatology, time_basis
 from canonstore.training.tracking import read_config, write_json
 
 
@@ -33,19 +33,33 @@ def forecast(model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None
 
 
 @torch.inference_mode()
-def score(model: torch.nn.Module, loader, store, weights: torch.Tensor) -> dict:
-    """Scores of `model` on every sample of `loader` (in order): see training.metrics."""
+def score(model: torch.nn.Module, loader, store, weights: torch.Tensor, masks: TargetMasks | None = None,
+          climatology=None, distributed: bool = False) -> dict:
+    """Scores of `model` on every sample of `loader` (in order): see training.metrics.
+
+    `masks` weighs filled points 0, `climatology` (a fitted Climatology) is the ACC's reference, and
+    `distributed` sums the scores of all processes, each of which scored its own share of the split.
+    """
     model.eval()
     dataset = loader.dataset
-    basis = None
-    if getattr(model, "needs_time", False):  # the basis of each sample's valid time (t + lead)
-        basis = torch.from_numpy(time_basis(store.time[dataset.times + dataset.lead], model.annual, model.diurnal))
-    scores, start = Scores(weights), 0
     loader.set_epoch(0)
+    valid_times = store.time[dataset.times[loader.sampler.positions().numpy()] + dataset.lead]
+
+    def basis_for(m):  # the time basis of each sample's valid time (t + lead), for climatologies
+        return torch.from_numpy(time_basis(valid_times, m.annual, m.diurnal)) if m is not None else None
+
+    basis = basis_for(model) if getattr(model, "needs_time", False) else None
+    reference = basis_for(climatology)
+    scores, start = Scores(weights), 0
     for x, y in loader:
-        b = None if basis is None else basis[start:start + x.shape[0]].to(x.device)
-        scores.update(forecast(model, to_layout(x), b).float(), y)
+        rows = slice(start, start + x.shape[0])
+        y, valid = masks.split(y) if masks is not None else (y, None)
+        b = None if basis is None else basis[rows].to(x.device)
+        clim = None if climatology is None else climatology(x, reference[rows].to(x.device))
+        scores.update(forecast(model, to_layout(x), b).float(), y, valid, clim)
         start += x.shape[0]
+    if distributed:
+        scores.all_reduce()
     scale = normalisation_scale(store.stats["std"])[dataset.targets]
     units = [str(u) for u in store.to_xarray()["channel_units"].values[dataset.targets]]
     return scores.result(dataset.target_channels, scale, units)
@@ -73,7 +87,9 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
     loader = make_loader(run, store, split, device, train=False)
     model = build_model(run, loader.dataset).to(device)
     model.load_state_dict(saved["model"])
-    result = score(model, loader, store, area_weights(store, loader.dataset.targets, run["lat_weighted"]).to(device))
+    targets = loader.dataset.targets
+    result = score(model, loader, store, area_weights(store, targets, run["lat_weighted"]).to(device),
+                   TargetMasks(store, loader.dataset), reference_climatology(store, targets).to(device))
     out = Path(scores_dir) / (f"{folder.name}.json" if split == "test" else f"{folder.name}-{split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
@@ -81,5 +97,5 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
                      "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     overall = result["overall"]
     log(f"{out}: {run['model']} on {split}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
-        f"R² {overall['r2']:.4f} ({result['samples']} samples)")
+        f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)")
     return out

@@ -1,10 +1,18 @@
-"""Forecast scores in physical units: MAE, RMSE and R² per channel and overall, area-weighted.
+"""Forecast scores in physical units, area-weighted, with filled points weighing 0.
 
 Errors are summed in normalised units, in float64, and scaled back by each channel's train std:
 de-normalising is `x * std + mean`, so the mean cancels in any error and `error * std` is the error
-in the channel's own units. R² is 1 - MSE / variance of the target over the scored set (space and
-time), so it needs no units. "overall" averages channels in normalised units (each channel counts
-the same whatever its units): MAE and RMSE there are in train standard deviations.
+in the channel's own units. Every sum is weighted by cos(latitude) (the store records which
+coordinate is latitude) times 0/1 validity: the store's constant `mask`, and per sample the
+`<channel>_valid` channel of targets whose NaNs were filled.
+
+Per channel:
+- pooled over samples and space: `mae`, `rmse_pooled` (sqrt of the mean squared error over all
+  samples), `r2` (1 - MSE / variance of the target over the scored set), `bias` (mean error);
+- WeatherBench 2's conventions, per forecast time then averaged over time: `rmse` (the area-weighted
+  RMSE of each sample's field, averaged over samples) and `acc` (anomaly correlation against the
+  train climatology: sum(w f' o') / sqrt(sum(w f'^2) sum(w o'^2)) per sample, uncentred, averaged).
+"overall" averages channels in normalised units (each counts the same): errors in train stds.
 """
 
 from __future__ import annotations
@@ -12,18 +20,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from canonstore.formats.coords import latitude_field
+from canonstore.formats.store import normalisation_scale
+
+_SUMS = ("weight", "abs_err", "sq_err", "err", "target", "target_sq", "rmse_t", "acc_t", "acc_n", "times")
+
+
+def lat_weighting(store) -> tuple[np.ndarray | None, str]:
+    """(cos-latitude of every grid cell, or None; what weighting that is, in words).
+
+    Only a 2-D grid has cells with an area; samples on one dimension (stations, `location`) get no
+    area weighting even when they carry a latitude, and the words say so.
+    """
+    space, dims = store.shape[2:], store.dims[2:]
+    if store.latitude is None:
+        return None, f"none: the store records no latitude coordinate (dims {dims})"
+    if len(space) != 2:
+        return None, f"none: the samples are points along {dims}, not grid cells with an area"
+    lat = latitude_field(store.to_xarray()[store.latitude], dims, space)
+    return np.clip(np.cos(np.deg2rad(lat)), 0, None), f"cos({store.latitude})"
+
 
 def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch.Tensor:
     """(target channel, *space) float32 weights with mean 1 per channel: cos(latitude) on a lat/lon
     grid, 0 where the store's mask says a value was filled rather than observed."""
     space = store.shape[2:]
     weights = np.ones((len(targets),) + space)
-    if lat_weighted and "latitude" in store.dims[2:]:
-        axis = store.dims[2:].index("latitude")
-        lat = store.to_xarray()["latitude"].values
-        shape = [1] * len(space)
-        shape[axis] = -1
-        weights = weights * np.clip(np.cos(np.deg2rad(lat)), 0, None).reshape(shape)
+    cos_lat = lat_weighting(store)[0] if lat_weighted else None
+    if cos_lat is not None:
+        weights = weights * cos_lat
     if store.mask is not None:
         weights = weights * store.mask[targets]
     means = weights.reshape(len(targets), -1).mean(axis=1)
@@ -31,32 +56,72 @@ def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch
     return torch.from_numpy((weights / means.reshape((-1,) + (1,) * len(space))).astype(np.float32))
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The training loss: area-weighted mean squared error in normalised units (float32)."""
-    return ((prediction.float() - target.float()) ** 2 * weights).mean()
+class TargetMasks:
+    """Splits a batch's y (targets, then the `_valid` channels of `dataset.masked_targets`) into the
+    targets and their 0/1 validity, so that filled points weigh 0 sample by sample."""
+
+    def __init__(self, store, dataset):
+        names = dataset.target_channels
+        self.n = len(names)
+        self.slot = [dataset.masked_targets.index(n) if n in dataset.masked_targets else -1 for n in names]
+        valid = dataset.y_channels[self.n:]
+        mean, scale = store.stats["mean"][valid], normalisation_scale(store.stats["std"])[valid]
+        # stored = (v - mean) / scale with v in {0, 1}: observed where stored > the image of 0.5
+        self.threshold = torch.from_numpy(((0.5 - mean) / scale).astype(np.float32))
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(targets, validity (batch, target, *space) as float 0/1, or None when nothing was filled)."""
+        if self.n == y.shape[1]:
+            return y, None
+        extra = y[:, self.n:]
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        observed = (extra > self.threshold.to(y.device).view(shape)).to(torch.float32)
+        valid = torch.ones_like(y[:, :self.n], dtype=torch.float32)
+        for target, slot in enumerate(self.slot):
+            if slot >= 0:
+                valid[:, target] = observed[:, slot]
+        return y[:, :self.n], valid
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss: area-weighted mean squared error in normalised units (float32); points with
+    `valid` 0 (filled) weigh nothing."""
+    w = (weights if valid is None else weights * valid).expand_as(target)
+    return ((prediction.float() - target.float()) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
 
 
 class Scores:
-    """Running weighted error sums per channel over batches of (prediction, target), normalised units."""
+    """Running weighted sums per channel over batches of (prediction, target), normalised units."""
 
     def __init__(self, weights: torch.Tensor):
         self.weights = weights.double()
-        channels = weights.shape[0]
-        self.sums = torch.zeros((5, channels), dtype=torch.float64, device=weights.device)
+        self.sums = torch.zeros((len(_SUMS), weights.shape[0]), dtype=torch.float64, device=weights.device)
         self.samples = 0
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+               climatology: torch.Tensor | None = None) -> None:
+        """Add a batch; `valid` (0/1 per point) from TargetMasks, `climatology` the train climatology
+        at each sample's valid time (normalised units) for the ACC."""
         target = target.double()
         error = prediction.double() - target
-        dims = [0] + list(range(2, target.ndim))  # everything but the channel
-        w = self.weights
+        w = self.weights.expand_as(target) if valid is None else self.weights * valid.double()
+        space = list(range(2, target.ndim))
+        per_time = w.sum(space)                                        # (batch, channel)
+        has = per_time > 0
+        rmse_t = torch.sqrt((w * error ** 2).sum(space) / per_time.clamp_min(1e-300))
+        acc_t = torch.zeros_like(per_time)
+        acc_n = torch.zeros_like(per_time)
+        if climatology is not None:
+            f, o = prediction.double() - climatology.double(), target - climatology.double()
+            denominator = torch.sqrt((w * f ** 2).sum(space) * (w * o ** 2).sum(space))
+            ok = has & (denominator > 0)
+            acc_t = torch.where(ok, (w * f * o).sum(space) / denominator.clamp_min(1e-300), acc_t)
+            acc_n = ok.double()
         self.sums += torch.stack([
-            (w * torch.ones_like(target)).sum(dims),
-            (w * error.abs()).sum(dims),
-            (w * error ** 2).sum(dims),
-            (w * target).sum(dims),
-            (w * target ** 2).sum(dims),
-        ])
+            w.sum([0] + space), (w * error.abs()).sum([0] + space), (w * error ** 2).sum([0] + space),
+            (w * error).sum([0] + space), (w * target).sum([0] + space), (w * target ** 2).sum([0] + space),
+            torch.where(has, rmse_t, 0).sum(0), acc_t.sum(0), acc_n.sum(0), has.double().sum(0)])
         self.samples += target.shape[0]
 
     def all_reduce(self) -> None:
@@ -69,18 +134,23 @@ class Scores:
         self.samples = int(samples.item())
 
     def result(self, names: list[str], scale: np.ndarray, units: list[str]) -> dict:
-        """{"loss", "samples", "overall": {mae, rmse, r2}, "channels": {name: {mae, rmse, r2, units}}}.
+        """{"loss", "samples", "overall": {...}, "channels": {name: {mae, rmse_pooled, r2, bias, rmse, acc, units}}}.
 
         `scale`: each channel's normalisation divisor (its train std), to turn errors into its `units`.
         """
-        weight, abs_err, sq_err, total, total_sq = self.sums.cpu().numpy()
-        weight = np.where(weight > 0, weight, np.nan)
-        mae, mse = abs_err / weight, sq_err / weight
-        variance = total_sq / weight - (total / weight) ** 2
-        channels = {name: {"mae": float(mae[c] * scale[c]), "rmse": float(np.sqrt(mse[c]) * scale[c]),
+        s = dict(zip(_SUMS, self.sums.cpu().numpy()))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            weight = np.where(s["weight"] > 0, s["weight"], np.nan)
+            mae, mse, bias = s["abs_err"] / weight, s["sq_err"] / weight, s["err"] / weight
+            variance = s["target_sq"] / weight - (s["target"] / weight) ** 2
+            rmse_t = s["rmse_t"] / np.where(s["times"] > 0, s["times"], np.nan)
+            acc = s["acc_t"] / np.where(s["acc_n"] > 0, s["acc_n"], np.nan)
+        channels = {name: {"mae": float(mae[c] * scale[c]), "rmse_pooled": float(np.sqrt(mse[c]) * scale[c]),
                            "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
-                           "units": units[c]}
+                           "bias": float(bias[c] * scale[c]), "rmse": float(rmse_t[c] * scale[c]),
+                           "acc": float(acc[c]), "units": units[c]}
                     for c, name in enumerate(names)}
-        overall = {"mae": float(np.nanmean(mae)), "rmse": float(np.sqrt(np.nanmean(mse))),
-                   "r2": float(1 - np.nansum(mse) / np.nansum(variance)), "units": "train std"}
+        overall = {"mae": float(np.nanmean(mae)), "rmse_pooled": float(np.sqrt(np.nanmean(mse))),
+                   "r2": float(1 - np.nansum(mse) / np.nansum(variance)), "rmse": float(np.nanmean(rmse_t)),
+                   "acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"), "units": "train std"}
         return {"loss": float(np.nanmean(mse)), "samples": self.samples, "overall": overall, "channels": channels}

@@ -173,6 +173,21 @@ class Climatology(nn.Module):
         self.coef.copy_(torch.from_numpy(coef.reshape(self.coef.shape)))
 
 
+def reference_climatology(store, targets: np.ndarray) -> Climatology:
+    """The `climatology` model with default harmonics fitted on the train split: the reference the
+    anomaly correlation (ACC) is computed against. A time axis without dates gets the plain train mean."""
+    from canonstore.training.config import DEFAULTS
+
+    annual, diurnal = DEFAULTS["climatology"]["annual_harmonics"], DEFAULTS["climatology"]["diurnal_harmonics"]
+    try:
+        time_basis(store.time[:1], annual, diurnal)
+    except ConfigError:
+        annual = diurnal = 0
+    model = Climatology(len(targets), store.shape[2:], annual, diurnal)
+    model.fit(store.array, store.split_indices("train"), store.time, targets)
+    return model.eval()
+
+
 def _sources(dataset) -> list[int]:
     """Positions among the inputs (at t) of each target channel."""
     inputs = dataset.input_channels
@@ -194,6 +209,12 @@ def build_model(run: dict, dataset) -> nn.Module:
     if name == "unet":
         if len(space) != 2:
             raise ConfigError(f"unet needs (lat, lon) samples; this store's samples have shape {space} (try mlp)")
+        smallest = 2 ** args["depth"]
+        if min(space) < smallest:
+            fits = int(np.log2(min(space)))
+            hint = f"set unet.depth={fits} or less, or use mlp" if fits >= 1 else "use mlp"
+            raise ConfigError(f"unet.depth={args['depth']} halves the grid {args['depth']} times and needs at least "
+                              f"{smallest} x {smallest} cells; this store's grid is {space[0]} x {space[1]}: {hint}")
         net = UNet(n_in, n_out, width=args["width"], depth=args["depth"])
     elif name == "mlp":
         net = MLP(n_in, n_out, width=args["width"], layers=args["layers"])

@@ -7,8 +7,9 @@ Reproducible by construction: batch order is a function of (seed, epoch) (loader
 torch's global generator is reseeded from (seed, epoch) at every epoch, and a checkpoint holds all
 other state, so a run resumed from any checkpoint, mid-epoch included, ends exactly where an
 uninterrupted one would (on the CPU; CUDA kernels are not all deterministic). Under torchrun
-(`make train NPROC=2`) each process trains on its own share of every epoch (DistributedDataParallel)
-and the first one scores, checkpoints and logs.
+(`make train NPROC=2`) each process trains on its own share of every epoch (DistributedDataParallel),
+scores its own share of the validation split (reduced across processes, every sample exactly once),
+and the first one checkpoints and logs. Every collective runs on the backend's device.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.config import TRAINED, resolve, run_name
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.evaluate import forecast, score, to_layout
-from canonstore.training.metrics import area_weights, weighted_mse
-from canonstore.training.models import build_model
+from canonstore.training.metrics import TargetMasks, area_weights, weighted_mse
+from canonstore.training.models import build_model, reference_climatology
 from canonstore.training.tracking import RunLog
 
 
@@ -68,14 +69,18 @@ class _Processes:
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
+        # NCCL takes CUDA tensors only (gloo takes CPU ones): every collective below uses this device.
+        self.device = device
         if self.world > 1 and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         self.main = self.rank == 0
 
     def mean(self, value: torch.Tensor) -> float:
         """The mean of `value` over the processes."""
         if self.world > 1:
-            value = value.clone()
+            value = value.to(self.device, copy=True)
             torch.distributed.all_reduce(value)
         return value.item() / self.world
 
@@ -83,7 +88,7 @@ class _Processes:
         """The main process's decision, on every process."""
         if self.world == 1:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=self.device)
         torch.distributed.broadcast(value, src=0)
         return bool(value.item())
 
@@ -107,27 +112,30 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     seed_everything(run["seed"])
     torch.backends.cudnn.benchmark = device.type == "cuda"
     train_loader = make_loader(run, store, "train", device, train=True, rank=procs.rank, world_size=procs.world)
-    val_loader = make_loader(run, store, "val", device, train=False)
+    val_loader = make_loader(run, store, "val", device, train=False, rank=procs.rank, world_size=procs.world)
     model = build_model(run, train_loader.dataset).to(device)
     weights = area_weights(store, train_loader.dataset.targets, run["lat_weighted"]).to(device)
+    masks = TargetMasks(store, train_loader.dataset)
+    climatology = reference_climatology(store, train_loader.dataset.targets).to(device)
     runlog = RunLog(folder, folder.name, run, log) if procs.main else None
     if runlog:
+        for warning in run["warnings"]:
+            log(f"warning: {warning}")
         runlog.write_config()
         log(f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
             f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)")
     if run["model"] not in TRAINED:
-        if runlog:
-            _fit_baseline(model, run, store, val_loader, weights, folder, runlog)
+        _fit_baseline(model, run, store, val_loader, weights, masks, climatology, folder, runlog, procs)
         return folder
 
-    trainer = _Trainer(run, folder, model, train_loader, weights, procs)
+    trainer = _Trainer(run, folder, model, train_loader, weights, masks, procs)
     if last.exists():
         trainer.resume(last, log)
     for epoch in range(trainer.state["epoch"], run["epochs"]):
         train_loss, timing = trainer.train_epoch(epoch, progress and procs.main, on_step)
         stop = False
+        val = score(model, val_loader, store, weights, masks, climatology, procs.world > 1)
         if procs.main:
-            val = score(model, val_loader, store, weights)
             stop = trainer.record_epoch(epoch, train_loss, val, timing)
             state = trainer.state
             log(f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
@@ -150,8 +158,10 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
 class _Trainer:
     """A trained model's optimizer, schedule and progress (`state`), one epoch at a time, and its checkpoints."""
 
-    def __init__(self, run: dict, folder: Path, model: torch.nn.Module, loader, weights: torch.Tensor, procs):
+    def __init__(self, run: dict, folder: Path, model: torch.nn.Module, loader, weights: torch.Tensor,
+                 masks: TargetMasks, procs):
         self.run, self.folder, self.model, self.loader, self.weights = run, folder, model, loader, weights
+        self.masks = masks
         self.procs = procs
         self.device = weights.device
         if self.device.type == "cuda":
@@ -186,7 +196,7 @@ class _Trainer:
     def train_epoch(self, epoch: int, progress: bool, on_step) -> tuple[float, dict]:
         """One pass over the train split (from `state["batch"]` on); returns the mean loss and timings."""
         run, state = self.run, self.state
-        torch.manual_seed(epoch_seed(run["seed"], epoch))  # any randomness in the model: f(seed, epoch)
+        torch.manual_seed(epoch_seed(run["seed"], epoch, "model"))  # any randomness in the model: f(seed, epoch)
         self.loader.set_epoch(epoch, start=state["batch"])
         self.trainable.train()
         # The epoch's loss sum goes on from a mid-epoch checkpoint's value: the same additions in the
@@ -230,7 +240,8 @@ class _Trainer:
                             "resumed_mid_epoch": seen < len(self.loader) * self.loader.sampler.batch_size}
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = weighted_mse(forecast(self.trainable, to_layout(x)), y, self.weights)
+        y, valid = self.masks.split(y)  # filled points weigh 0
+        loss = weighted_mse(forecast(self.trainable, to_layout(x)), y, self.weights, valid)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.run["grad_clip"]:
@@ -261,12 +272,15 @@ class _Trainer:
         self.save("last.pt", finished=finished)
 
 
+SCORE_COLUMNS = ("mae", "rmse", "rmse_pooled", "r2", "acc")
+
+
 def epoch_scores(train_loss: float | None, val: dict) -> dict:
     """metrics.csv's columns for one epoch: losses, then validation scores overall and per channel."""
     row = {"train_loss": train_loss, "val_loss": val["loss"]}
-    row.update({f"val_{k}": val["overall"][k] for k in ("mae", "rmse", "r2")})
+    row.update({f"val_{k}": val["overall"][k] for k in SCORE_COLUMNS})
     for name, channel in val["channels"].items():
-        row.update({f"val_{k}_{name}": channel[k] for k in ("mae", "rmse", "r2")})
+        row.update({f"val_{k}_{name}": channel[k] for k in SCORE_COLUMNS})
     return row
 
 
@@ -277,11 +291,14 @@ def _check_finite(loss: float, epoch: int, folder: Path) -> None:
                        f"high?); {folder / 'checkpoints' / 'last.pt'} still holds the last finite state")
 
 
-def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, folder: Path, runlog: RunLog) -> None:
+def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, masks: TargetMasks,
+                  climatology, folder: Path, runlog: RunLog | None, procs: _Processes) -> None:
     """Persistence needs nothing; climatology is fitted on the train split. Both are scored like a trained model."""
     if hasattr(model, "fit"):
         model.fit(store.array, store.split_indices("train"), store.time, val_loader.dataset.targets)
-    val = score(model, val_loader, store, weights)
+    val = score(model, val_loader, store, weights, masks, climatology, procs.world > 1)
+    if runlog is None:
+        return
     state = {"name": folder.name, "config": run, "model": model.state_dict(), "epoch": 0, "val": val}
     save_checkpoint(folder / "checkpoints" / "best.pt", state)
     save_checkpoint(folder / "checkpoints" / "last.pt", {**state, "finished": True})

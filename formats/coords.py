@@ -1,0 +1,59 @@
+"""Which coordinate is latitude (and longitude), found the CF way and recorded once at build time.
+
+    find_axis({"lat": ds.lat, "lon": ds.lon}, "latitude")        # -> "lat"
+
+CF conventions (https://cfconventions.org/, section 4.1) say a coordinate is latitude when its
+`standard_name` is `latitude`, or its `units` are degrees_north (and its spellings), or its `axis`
+is Y; names like `lat` are only a last resort. Rotated-pole coordinates (`grid_latitude`) are not
+geographic latitude and are never taken for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+_UNITS = {"latitude": ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"),
+          "longitude": ("degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese")}
+_AXIS = {"latitude": "Y", "longitude": "X"}
+_NAMES = {"latitude": ("latitude", "lat", "nav_lat", "xlat", "lat_rho", "yc"),
+          "longitude": ("longitude", "lon", "nav_lon", "xlong", "lon_rho", "xc")}
+_DEGREES = ("degree", "degrees", "deg", "")  # an axis: Y coordinate in metres is a projection, not latitude
+
+
+def find_axis(coords: Mapping, which: str) -> str | None:
+    """Name of the coordinate in `coords` (name -> DataArray) that is `which` ("latitude" or "longitude").
+
+    Tried in CF order: standard_name, units, axis (with degree or no units), then common names.
+    None when nothing qualifies.
+    """
+    if which not in _UNITS:
+        raise ValueError(f"expected 'latitude' or 'longitude', got {which!r}")
+    def attr(coord, key: str) -> str:
+        return str(coord.attrs.get(key, "")).strip().lower()
+
+    rules = (lambda n, c: attr(c, "standard_name") == which,
+             lambda n, c: attr(c, "units") in _UNITS[which],
+             lambda n, c: attr(c, "axis") == _AXIS[which].lower() and attr(c, "units") in _UNITS[which] + _DEGREES,
+             lambda n, c: str(n).lower() in _NAMES[which] and attr(c, "units") in _UNITS[which] + _DEGREES)
+    for rule in rules:
+        hits = [name for name, coord in coords.items() if rule(name, coord)]
+        if hits:
+            return str(hits[0])
+    return None
+
+
+def latitude_field(coord, space_dims: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The latitude (degrees) of every cell of a grid with dims `space_dims` and `shape`.
+
+    A 1-D latitude along one of the grid's dims is broadcast along the others; a 2-D (curvilinear)
+    latitude is taken as it is, transposed to the grid's order.
+    """
+    if coord.ndim == 1 and coord.dims[0] in space_dims:
+        along = [1] * len(space_dims)
+        along[space_dims.index(coord.dims[0])] = -1
+        return np.broadcast_to(np.asarray(coord.values, dtype=np.float64).reshape(along), shape)
+    if set(coord.dims) == set(space_dims):
+        return np.asarray(coord.transpose(*space_dims).values, dtype=np.float64)
+    raise ValueError(f"latitude coordinate '{coord.name}' has dims {coord.dims}, not the grid's {space_dims}")
