@@ -37,8 +37,10 @@ class RunningStats:
 
     def update(self, block: np.ndarray) -> None:
         """Add a float64 block (steps, channel, *space); NaNs are counted, not used."""
-        for c in range(self.channels):  # one channel at a time keeps temporaries small
-            self._update_channel(c, block[:, c].ravel())
+        # Overflow gives inf, which the build refuses by name afterwards (no store has a non-finite stat).
+        with np.errstate(over="ignore", invalid="ignore"):
+            for c in range(self.channels):  # one channel at a time keeps temporaries small
+                self._update_channel(c, block[:, c].ravel())
 
     def _update_channel(self, c: int, x: np.ndarray) -> None:
         valid = x[~np.isnan(x)]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 import yaml
 
 from canonstore.preprocess import build
@@ -49,3 +52,28 @@ def real() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real NetCDF samples not found at {REAL} (they live in ../shared/data/real)")
     return REAL
+
+
+def gappy_values(n: int) -> np.ndarray:
+    """(n, 2 variables, 2, 3) daily values; variable 0 has NaNs at a pattern that changes in time."""
+    values = np.random.default_rng(7).normal(size=(n, 2, 2, 3))
+    values[::7, 0, 0, 1] = np.nan
+    values[3::5, 0, 1, 2] = np.nan
+    return values
+
+
+@pytest.fixture(scope="session")
+def gappy_store(tmp_path_factory) -> Path:
+    """Daily x and y on a 2x3 grid, 2000-2002, July 2000 missing (`time_gaps: allow`), x with NaNs
+    that come and go (`nan_policy: fill`: an `x_valid` channel). Train 2000, val 2001, test 2002."""
+    folder = tmp_path_factory.mktemp("gappy")
+    times = pd.date_range("2000-01-01", "2002-12-31", freq="D")
+    times = times[(times < "2000-07-01") | (times >= "2000-08-01")]
+    values = gappy_values(times.size)
+    xr.Dataset({"x": (("time", "lat", "lon"), values[:, 0], {"units": "K"}),
+                "y": (("time", "lat", "lon"), values[:, 1], {"units": "m s-1"})},
+               coords={"time": times, "lat": ("lat", [10.0, 60.0], {"units": "degrees_north"}),
+                       "lon": ("lon", [0.0, 120.0, 240.0], {"units": "degrees_east"})}).to_netcdf(folder / "xy.nc")
+    recipe = write_recipe(folder, name="gappy", sources=["xy.nc"], time_gaps="allow", nan_policy="fill",
+                          splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]})
+    return build(recipe, folder / "gappy.zarr", progress=False, log=lambda *_: None).path

@@ -81,6 +81,35 @@ def constant_train(raw):
     nc(raw / "b.nc", days("2001-01-01", 365))
 
 
+def inf_in_train_year(raw):
+    nc(raw / "a.nc", days("2000-01-01", 366), values=values(366, np.inf, (40, 1, 2)))
+    nc(raw / "b.nc", days("2001-01-01", 365))
+
+
+def minus_inf_in_test_year(raw):
+    two_years(raw, values=values(365, -np.inf, (10, 0, 0)))
+
+
+def squares_overflow(raw):
+    """float64 values whose squares overflow: finite data, non-finite sum of squares."""
+    import xarray as xr
+    nc(raw / "b.nc", days("2001-01-01", 365))
+    big = values(366, scale=1e160)
+    xr.Dataset({"x": (("time", "lat", "lon"), big, {"units": "K"})},
+               coords={"time": days("2000-01-01", 366), "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(raw / "a.nc")
+
+
+def channel_names_clash(raw):
+    """a surface variable 'z500' next to z at 500 hPa: two channels would be called z500."""
+    import xarray as xr
+    t = days("2000-01-01", 731)
+    rng = np.random.default_rng(0)
+    xr.Dataset({"z": (("time", "level", "lat", "lon"), rng.normal(size=(731, 1, 2, 3)), {"units": "m"}),
+                "z500": (("time", "lat", "lon"), rng.normal(size=(731, 2, 3)), {"units": "m"})},
+               coords={"time": t, "level": ("level", [500.0], {"units": "hPa"}), "lat": [0.0, 1.0],
+                       "lon": [0.0, 1.0, 2.0]}).to_netcdf(raw / "a.nc")
+
+
 def float16_overflow(raw):
     two_years(raw, values=values(365, 1e6, (100, 0, 0)))
 
@@ -122,7 +151,15 @@ CASES = {
                          ["b.nc", "variable 'x'", "2001-04-11", "overflows float16"]),
     "bfloat16 asked for": (two_years, {"storage": {"dtype": "bfloat16"}}, ["storage.dtype", "bfloat16"]),
     "split with no steps": (two_years, {"splits": {"train": [2000, 2000], "val": [2005, 2005]}},
-                            ["splits.val [2005, 2005] selects no time step"]),
+                            ["splits.val [2005, 2005] selects no time step", "time axis 2000-01-01", "2001-12-31",
+                             "'x' from a.nc, b.nc"]),
+    "+inf in the train year": (inf_in_train_year, {}, ["a.nc", "variable 'x' (channel x)", "2000-02-10", "inf",
+                                                       "infinite"]),
+    "-inf in the test year": (minus_inf_in_test_year, {"nan_policy": "fill"},
+                              ["b.nc", "variable 'x' (channel x)", "2001-01-11", "-inf"]),
+    "squares overflow float64": (squares_overflow, {}, ["a.nc", "variable 'x' (channel x)", "sum_sq=inf",
+                                                        "not finite"]),
+    "two channels of one name": (channel_names_clash, {}, ["same name", "z500 = 'z' at 500 hPa", "z500 = 'z500'"]),
     "embargo larger than a split": (two_years, {"splits": {"train": [2000, 2000], "test": [2001, 2001], "embargo": 400}},
                                     ["splits.test", "embargo of 400"]),
     "unknown recipe key": (two_years, {"normalise": True}, ["unknown key(s) ['normalise']"]),

@@ -134,3 +134,41 @@ def test_transform_hook_on_samples_and_batches(tiny_store):
     batches = BatchLoader(plain, 8, shuffle=False, device="cpu", transform=scale)
     x, y = next(iter(batches))
     torch.testing.assert_close(x, torch.stack([plain[i][0] for i in range(8)]) * 2)
+
+
+def test_gaps_end_windows_as_split_boundaries_do():
+    labels = np.zeros(10, dtype=np.int8)
+    assert sample_times(labels, "train", history=0, lead=1, gaps=[3]).tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
+    assert sample_times(labels, "train", history=1, lead=2, gaps=[3]).tolist() == [1, 5, 6, 7]
+    assert sample_times(labels, "train", history=1, lead=2, gaps=[3, 6]).tolist() == [1]
+    assert sample_times(labels, "train", history=0, lead=0, gaps=[3]).tolist() == list(range(10))
+
+
+def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_store):
+    from canonstore.loaders import NetCDFDataset
+
+    store = open_store(gappy_store)
+    assert store.gaps.tolist() == [181]                                   # 2000-06-30 -> 2000-08-01
+    for lead, history in ((1, 0), (4, 2)):
+        ds = store.dataset("train", lead=lead, history=history)
+        span = (store.time[ds.times + lead] - store.time[ds.times - history]) / np.timedelta64(1, "D")
+        assert np.all(span == lead + history) and ds.times.size == 366 - 31 - 2 * (lead + history)
+        assert np.array_equal(NetCDFDataset(store, "train", lead=lead, history=history).times, ds.times)
+
+
+def test_valid_channels_are_inputs_only_unless_named_as_targets(gappy_store):
+    store = open_store(gappy_store)
+    assert store.channels == ["x", "y", "x_valid"]
+    ds = store.dataset("train")
+    assert ds.input_channels == ["x", "y", "x_valid"] and ds.target_channels == ["x", "y"]
+    assert store.dataset("train", targets=["x", "x_valid"]).target_channels == ["x", "x_valid"]
+
+
+def test_target_masks_travel_with_the_targets_in_one_gather(gappy_store):
+    store = open_store(gappy_store)
+    ds = store.dataset("test", lead=1, target_masks=True)
+    assert ds.masked_targets == ["x"] and ds.y_channels.tolist() == [0, 1, 2]
+    x, y = ds.gather(np.arange(5))
+    assert y.shape == (5, 3, 2, 3)
+    np.testing.assert_array_equal(y[:, 2], store.array[ds.times[:5] + 1, 2])
+    assert torch.equal(ds[3][1], torch.from_numpy(y[3]))

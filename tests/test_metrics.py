@@ -1,11 +1,19 @@
 """Scores: per-channel MAE/RMSE/R² in physical units, area-weighted, independent of batching."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from canonstore.formats import open_store
-from canonstore.training.metrics import Scores, area_weights, weighted_mse
+from canonstore.preprocess import build
+from canonstore.training.metrics import Scores, TargetMasks, area_weights, weighted_mse
+from tests.conftest import gappy_values, write_recipe
+
+quiet = {"progress": False, "log": lambda *_: None}
 
 
 def physical_reference(pred, target, weights, mean, std):
@@ -69,3 +77,101 @@ def test_area_weights_follow_cos_latitude(tiny_store):
     column = weights[0, :, 0].numpy()
     assert np.allclose(column / column.max(), np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).max(), rtol=1e-5)
     assert torch.equal(area_weights(store, np.array([0]), lat_weighted=False), torch.ones((1,) + store.shape[2:]))
+
+
+def test_weatherbench2_scores_per_time_then_averaged():
+    """rmse: per sample then mean over samples; bias; ACC per sample against the climatology, then mean."""
+    rng = np.random.default_rng(1)
+    target, clim = rng.normal(size=(6, 2, 3, 4)), rng.normal(size=(6, 2, 3, 4)) * 0.5
+    pred = target + rng.normal(scale=0.3, size=target.shape) + 0.1
+    weights = rng.uniform(0.5, 1.5, size=(2, 3, 4))
+    std = np.array([2.0, 10.0])
+    scores = Scores(torch.from_numpy(weights))
+    for part in (slice(0, 4), slice(4, 6)):
+        scores.update(*(torch.from_numpy(a[part]) for a in (pred, target)), climatology=torch.from_numpy(clim[part]))
+    got = scores.result(["a", "b"], std, ["K", "m"])["channels"]
+    w = weights[None]
+    mean_space = lambda v: (v * w).sum(axis=(2, 3)) / w.sum(axis=(2, 3))  # noqa: E731  (time, channel)
+    error = pred - target
+    rmse = np.sqrt(mean_space(error ** 2)).mean(axis=0) * std
+    bias = mean_space(error).mean(axis=0) * std
+    f, o = pred - clim, target - clim
+    acc = (mean_space(f * o) / np.sqrt(mean_space(f ** 2) * mean_space(o ** 2))).mean(axis=0)
+    assert np.allclose([got[c]["rmse"] for c in "ab"], rmse, rtol=1e-9)
+    assert np.allclose([got[c]["bias"] for c in "ab"], bias, rtol=1e-9)
+    assert np.allclose([got[c]["acc"] for c in "ab"], acc, rtol=1e-9)
+    assert all(got[c]["rmse"] < got[c]["rmse_pooled"] * 1.0000001 for c in "ab")  # mean of roots <= root of mean
+
+
+def test_filled_points_weigh_nothing_in_loss_and_scores(gappy_store):
+    store = open_store(gappy_store)
+    ds = store.dataset("test", lead=1, target_masks=True)
+    masks = TargetMasks(store, ds)
+    x, y = (torch.from_numpy(a) for a in ds.gather(np.arange(len(ds))))
+    target, valid = masks.split(y)
+    raw = gappy_values(store.shape[0])[ds.times + 1]                        # the raw values, NaN where filled
+    assert target.shape == (len(ds), 2, 2, 3) and valid.shape == target.shape
+    assert torch.equal(valid[:, 0].bool(), torch.from_numpy(~np.isnan(raw[:, 0]))) and bool(valid[:, 1].all())
+    weights = torch.ones(2, 2, 3)
+    forecast = target + 0.1
+    wild = torch.where(valid.bool(), forecast, torch.full_like(forecast, 1e6))  # nonsense where filled
+    assert weighted_mse(wild, target, weights, valid).item() == pytest.approx(0.01, rel=1e-4)
+    scores = Scores(weights)
+    scores.update(wild, target, valid)
+    channels = scores.result(["x", "y"], np.ones(2), ["K", "m s-1"])["channels"]
+    assert channels["x"]["rmse_pooled"] == pytest.approx(0.1, rel=1e-4) and channels["x"]["mae"] == pytest.approx(0.1)
+
+
+def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path):
+    import json
+
+    from canonstore.training import evaluate, load_config, train
+    config = load_config(None, {"model": "persistence", "device": "cpu", "lat_weighted": False, "workers": 1})
+    folder = train(config, gappy_store, tmp_path, progress=False, log=lambda *_: None)
+    scores = json.loads(evaluate(folder, tmp_path / "scores", log=lambda *_: None).read_text())["scores"]
+    store = open_store(gappy_store)
+    t = store.dataset("test").times
+    raw = gappy_values(store.shape[0])[:, 0]
+    error = raw[t + 1] - np.where(np.isnan(raw[t]), store.stats["mean"][0], raw[t])  # a filled input is the mean
+    assert scores["channels"]["x"]["rmse_pooled"] == pytest.approx(np.sqrt(np.nanmean(error ** 2)), rel=1e-4)
+    assert set(scores["channels"]) == {"x", "y"}                                   # x_valid is no target
+
+
+def test_cmip_lat_named_lat_is_area_weighted(tmp_path, real):
+    recipe = write_recipe(tmp_path, name="canesm5", sources=[str(real / "prsn_day_*.nc")],
+                          splits={"train": [1991, 2004], "test": [2005, 2010]})
+    store = open_store(build(recipe, tmp_path / "canesm5.zarr", **quiet).path)
+    assert store.latitude == "lat" and store.longitude == "lon" and store.attrs["latitude"] == "lat"
+    lat = store.to_xarray()["lat"].values
+    column = area_weights(store, np.array([0]))[0, :, 0].numpy()
+    assert np.allclose(column / column.max(), np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).max(), rtol=1e-5)
+
+
+def test_curvilinear_latitude_weighs_each_cell(tmp_path):
+    lat2d = np.array([[0.0, 10.0, 20.0], [40.0, 50.0, 60.0]])
+    times = pd.date_range("2000-01-01", periods=731, freq="D")
+    xr.Dataset({"tos": (("time", "y", "x"), np.random.default_rng(0).normal(size=(731, 2, 3)), {"units": "K"})},
+               coords={"time": times, "nav_lat": (("y", "x"), lat2d, {"standard_name": "latitude"}),
+                       "nav_lon": (("y", "x"), lat2d * 2, {"standard_name": "longitude"})}
+               ).to_netcdf(tmp_path / "curvi.nc")
+    recipe = write_recipe(tmp_path, name="curvi", sources=["curvi.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]})
+    store = open_store(build(recipe, tmp_path / "curvi.zarr", **quiet).path)
+    assert store.latitude == "nav_lat" and store.longitude == "nav_lon"
+    weights = area_weights(store, np.array([0]))[0].numpy()
+    expected = np.cos(np.deg2rad(lat2d))
+    assert np.allclose(weights, expected / expected.mean(), rtol=1e-5)
+
+
+def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real):
+    from canonstore.training import load_config, train
+    recipe = write_recipe(tmp_path, name="cities", sources=[str(real / "daily_surface_cancities_1990-1993.nc")],
+                          variables=["tas", "pr"], splits={"train": [1990, 1991], "val": [1992, 1992], "test": [1993, 1993]})
+    store = open_store(build(recipe, tmp_path / "cities.zarr", **quiet).path)
+    assert store.latitude == "lat"                                    # recorded, but lat(location) has no cells
+    assert torch.equal(area_weights(store, np.array([0, 1])), torch.ones(2, 5))
+    log = []
+    config = load_config(None, {"model": "persistence", "device": "cpu", "workers": 1})
+    folder = train(config, store, tmp_path / "runs", progress=False, log=log.append)
+    run = json.loads((folder / "config.json").read_text())["config"]
+    assert run["lat_weighting"].startswith("none: the samples are points along ('location',)")
+    assert run["warnings"] and any(line.startswith("warning: lat_weighted is true") for line in log)

@@ -121,3 +121,39 @@ def test_allowed_time_gaps_are_reported_and_recorded(tmp_path):
     assert any("1 gap(s)" in line and "2000-12-31T00:00" in line for line in log)
     assert store.attrs["time_gaps"] == [["2000-12-31T00:00", "2001-02-01T00:00"]]
     assert store.shape[0] == 366 + 334                              # nothing filled in
+
+
+def test_levels_of_a_variable_ending_in_a_digit_get_a_separator(tmp_path):
+    """CMIP6 ozone: `o3` at 1000, 10 and 1 hPa must not become o31000, o310, o31 (o3 at 1 or o31?)."""
+    nc(tmp_path / "o3.nc", days("2000-01-01", 731), var="o3", level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
+       values=np.random.default_rng(0).normal(size=(731, 3, 2, 3)))
+    nc(tmp_path / "t.nc", days("2000-01-01", 731), var="t", level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
+       values=np.random.default_rng(1).normal(size=(731, 3, 2, 3)))
+    sources = sources_of(tmp_path, sources=["o3.nc", "t.nc"])
+    assert [c.name for c in sources.channels] == ["o3_1000", "o3_10", "o3_1", "t1000", "t10", "t1"]
+    assert [(c.variable, c.level) for c in sources.channels[:3]] == [("o3", 1000.0), ("o3", 10.0), ("o3", 1.0)]
+
+
+def test_standard_calendar_across_2262_builds_with_one_time_type(tmp_path):
+    """CMIP6 extensions to 2300: a file past 2262 decodes to cftime by default, the others to datetime64."""
+    for name, years in (("a", range(2255, 2262)), ("b", range(2262, 2268))):
+        xr.Dataset({"x": (("time", "lat", "lon"), np.random.default_rng(len(years)).normal(size=(len(years), 2, 3)),
+                          {"units": "K"})},
+                   coords={"time": ("time", [365.25 * (y - 1990) for y in years],
+                                    {"units": "days since 1990-01-01", "calendar": "standard"}),
+                           "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(tmp_path / f"{name}.nc")
+    recipe = write_recipe(tmp_path, sources=["*.nc"], splits={"train": [2255, 2262], "test": [2263, 2267]})
+    store = open_store(build(recipe, tmp_path / "far.zarr", progress=False, log=lambda *_: None).path)
+    years = [t.year for t in store.time]
+    assert years == list(range(2255, 2268))
+    assert [years[i] for i in store.split_indices("test")] == list(range(2263, 2268))
+
+
+def test_files_that_contribute_nothing_are_reported_by_name(tmp_path):
+    nc(tmp_path / "a.nc", days("2000-01-01", 731))
+    nc(tmp_path / "pr.nc", days("2000-01-01", 731), var="pr", units="kg m-2 s-1")
+    recipe = write_recipe(tmp_path, sources=["*.nc"], variables=["x"], splits=SPLITS)
+    log = []
+    store = open_store(build(recipe, tmp_path / "x.zarr", progress=False, log=log.append).path)
+    assert any("not used: " in line and "pr.nc" in line and "it has pr" in line for line in log)
+    assert store.attrs["unused_inputs"] == [{"path": str(tmp_path / "pr.nc"), "variables": ["pr"]}]
