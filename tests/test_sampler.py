@@ -63,3 +63,25 @@ def test_under_a_real_process_group_ranks_are_disjoint(tmp_path):
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [s[:2] for s in seen] == [[0, 2], [1, 2]]
     assert not set(seen[0][2]) & set(seen[1][2]) and len(seen[0][2]) == len(seen[1][2]) == 50
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_uneven_shares_score_every_sample_exactly_once(world):
+    """Evaluation (in order, even=False): nothing is dropped, shares differ by at most one sample."""
+    ranks = [BatchSampler(103, 5, shuffle=False, rank=r, world_size=world) for r in range(world)]
+    assert not ranks[0].even
+    seen = [_flat(r) for r in ranks]
+    assert sorted(i for s in seen for i in s) == list(range(103))
+    assert max(map(len, seen)) - min(map(len, seen)) <= 1
+    assert [len(r) for r in ranks] == [-(-len(s) // 5) for s in seen]
+    assert len(_flat(BatchSampler(103, 5, shuffle=True, even=False, rank=0, world_size=world))) == len(seen[0])
+
+
+def test_random_streams_are_independent():
+    from canonstore.loaders.sampler import epoch_seed
+
+    seeds = {(seed, epoch, stream): epoch_seed(seed, epoch, stream)
+             for seed in range(3) for epoch in (0, 1, 1_000_003) for stream in ("order", "blocks", "model")}
+    assert len(set(seeds.values())) == len(seeds)          # no two (seed, epoch, stream) share a generator state
+    with pytest.raises(ValueError, match="unknown random stream"):
+        epoch_seed(0, 0, "noise")

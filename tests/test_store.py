@@ -106,3 +106,23 @@ def test_open_store_errors_are_clear(tmp_path):
     (tmp_path / "other.zarr" / "manifest.json").write_text(json.dumps({}))
     with pytest.raises(StoreError, match="not a canonstore store"):
         open_store(tmp_path / "other.zarr")
+
+
+def test_a_second_zarr_implementation_reads_values_and_labels(tiny_store):
+    """tensorstore (C++) reads `data` and the JSON labels; it refuses zarr-python's string arrays,
+    which is why the labels are also in `data`'s attributes."""
+    ts = pytest.importorskip("tensorstore")
+    store = open_store(tiny_store)
+    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "data")}},
+                   read=True).result()
+    assert tuple(data.shape) == store.shape and data.domain.labels == store.dims
+    np.testing.assert_array_equal(data[5:9].read().result(), store.array[5:9])
+    labels = json.loads((tiny_store / "data" / "zarr.json").read_text())["attributes"]["labels"]
+    assert labels["channel"] == store.channels and labels["dims"] == list(store.dims)
+    assert labels["static_channel"] == list(store.static) and labels["latitude"] == "latitude"
+    assert labels["channel_units"][store.channels.index("z500")] == "m**2 s**-2"
+    assert labels["channel_level"][store.channels.index("z500")] == 500.0
+    time = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "time")}},
+                   read=True).result().read().result()
+    decoded = xr.coding.times.decode_cf_datetime(time, labels["time"]["units"], labels["time"]["calendar"])
+    assert np.array_equal(decoded, store.time)

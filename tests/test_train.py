@@ -218,3 +218,53 @@ def test_a_diverged_run_stops_with_a_clear_error(tiny_store, tmp_path):
     with pytest.raises(RunError, match="training loss became (nan|inf) in epoch 1"):
         train(tiny(lr=1e30, checkpoint_steps=0, grad_clip=0.0), tiny_store, tmp_path, progress=False, log=quiet)
     assert not list(tmp_path.glob("*/checkpoints/last.pt"))   # nothing diverged was saved to resume from
+
+
+def _score_share(rank, world, folder, store):
+    import torch.distributed as dist
+
+    from canonstore.training.evaluate import score
+    from canonstore.training.metrics import TargetMasks, area_weights
+    from canonstore.training.models import build_model, reference_climatology
+    from canonstore.training.config import resolve
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        store = open_store(store)
+        run = resolve(tiny(model="persistence", lead=4), store, "cpu", world)
+        loader = make_loader(run, store, "val", torch.device("cpu"), train=False, rank=rank, world_size=world)
+        result = score(build_model(run, loader.dataset), loader, store,
+                       area_weights(store, loader.dataset.targets), TargetMasks(store, loader.dataset),
+                       reference_climatology(store, loader.dataset.targets), distributed=world > 1)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_under_ddp_scores_every_sample_once(gappy_store, tmp_path, world):
+    """361 val samples (not divisible by 2 or 3): each process scores its share, sums are all-reduced,
+    and every process ends with exactly the single-process scores."""
+    import torch.multiprocessing as mp
+
+    _score_share(0, 1, tmp_path, gappy_store)
+    alone = json.loads((tmp_path / "rank0.json").read_text())
+    assert alone["samples"] == 361
+    mp.spawn(_score_share, args=(world, str(tmp_path), gappy_store), nprocs=world, join=True)
+    for rank in range(world):
+        shared = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert shared["samples"] == 361
+        for name, channel in alone["channels"].items():
+            for key in ("mae", "rmse", "rmse_pooled", "bias", "acc"):
+                assert shared["channels"][name][key] == pytest.approx(channel[key], rel=1e-12)
+
+
+def test_unet_refuses_a_grid_smaller_than_its_depth_in_one_line(gappy_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"unet.depth=2 .* at least 4 x 4 cells; this store's grid is 2 x 3: "
+                                          r"set unet.depth=1 or less, or use mlp"):
+        train(tiny(), gappy_store, tmp_path, log=quiet)
+    with pytest.raises(ConfigError, match=r"grid is 2 x 3: set unet.depth=1"):
+        train(tiny(unet={"width": 4, "depth": 3}), gappy_store, tmp_path, log=quiet)
+    assert not any(tmp_path.iterdir())
