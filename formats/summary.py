@@ -13,7 +13,9 @@ def describe(store: Store) -> str:
     lines = [f"{store.path}  (canonstore format {a['format_version']}, '{a['name']}')",
              f"data    {ds['data'].dims} {store.shape} {store.dtype}, "
              f"{np.prod(store.shape) * store.dtype.itemsize / 1e6:.1f} MB",
-             f"time    {len(store.time)} steps, {_span(store.time)}, calendar {a.get('calendar')}",
+             f"time    {len(store.time)} steps, {_span(store.time)}, calendar {a.get('calendar')}, "
+             f"{len(store.gaps)} gap(s) (windows end at each)",
+             f"grid    {store.dims[2:]}, latitude: {store.latitude}, longitude: {store.longitude}",
              "", "splits  (rule: " + ", ".join(f"{k}={v}" for k, v in a["split_rule"].items()) + ")"]
     for name in SPLITS + ("excluded",):
         idx = np.flatnonzero(store.splits == (SPLITS + ("excluded",)).index(name))
@@ -36,6 +38,7 @@ def describe(store: Store) -> str:
     lines += [f"built   {a['created']} by canonstore {a['canonstore_version']} (git {str(a.get('git_commit'))[:12]})",
               f"recipe  {a['recipe_path']} (sha256 {a['recipe_sha256'][:12]})",
               f"inputs  {len(a['inputs'])} files, {sum(i['size'] for i in a['inputs']) / 1e6:.1f} MB"]
+    lines += [f"unused  {u['path']} (holds {', '.join(u['variables']) or 'nothing'})" for u in a.get("unused_inputs", [])]
     return "\n".join(lines)
 
 
