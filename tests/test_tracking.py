@@ -1,5 +1,6 @@
 """MLflow logging when it is installed (a recording stand-in here), and that it never stops training."""
 
+import json
 import sys
 import types
 
@@ -58,3 +59,11 @@ def test_tracking_failure_is_reported_and_training_goes_on(tiny_store, tmp_path,
     folder = train(load_config(None, TINY), tiny_store, tmp_path, progress=False, log=messages.append)
     assert any("MLflow logging off: log_metrics failed" in m for m in messages)
     assert (folder / "checkpoints" / "last.pt").exists() and (folder / "metrics.csv").exists()
+
+
+def test_undefined_scores_are_written_as_null_in_strict_json(tmp_path):
+    from canonstore.training.tracking import write_json
+
+    write_json(tmp_path / "s.json", {"acc": float("nan"), "rmse": [1.0, float("inf")], "n": 3})
+    text = (tmp_path / "s.json").read_text()
+    assert json.loads(text) == {"acc": None, "rmse": [1.0, None], "n": 3} and "NaN" not in text

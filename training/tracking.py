@@ -17,6 +17,7 @@ import csv
 import datetime as dt
 import io
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -33,7 +34,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    _write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: an undefined score (NaN, e.g. the ACC of the climatology itself) is written as null."""
+    _write_atomic(path, json.dumps(_finite_or_null(value), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
