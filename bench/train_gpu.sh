@@ -18,6 +18,10 @@ for loader in store netcdf; do
   python3 -m canonstore train --model unet --set loader=$loader --set workers="$WORKERS" --set epochs="$EPOCHS" \
     --set unet.width=32 --runs "$OUT/runs" --quiet
 done
+# DDP on the GPU: two processes (on one GPU they share it, gloo; on two or more, NCCL), one epoch.
+python3 -m torch.distributed.run --standalone --nproc_per_node=2 -m canonstore train --model unet \
+  --set workers="$WORKERS" --set epochs=1 --set unet.width=32 --runs "$OUT/ddp" --quiet
+for f in "$OUT"/ddp/*/throughput.csv; do echo "DDP x2: $f"; cat "$f"; done
 python3 - "$OUT/runs" <<'PY'
 import csv, sys, pathlib
 rows = {}

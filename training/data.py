@@ -20,7 +20,8 @@ def pick_device(choice: str = "auto") -> torch.device:
         raise ConfigError("device: cuda asked for, but torch sees no GPU (set device=cpu or device=auto)")
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    # More processes than GPUs (e.g. NPROC=2 on one GPU, to test DDP) share them round-robin.
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
 class RawLoader:

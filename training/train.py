@@ -72,9 +72,11 @@ class _Processes:
         # NCCL takes CUDA tensors only (gloo takes CPU ones): every collective below uses this device.
         self.device = device
         if self.world > 1 and not torch.distributed.is_initialized():
+            # NCCL refuses two ranks on one GPU; gloo runs the same collectives on CUDA tensors.
+            shared = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > max(1, torch.cuda.device_count())
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" and not shared else "gloo")
         self.main = self.rank == 0
 
     def mean(self, value: torch.Tensor) -> float:
