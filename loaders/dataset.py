@@ -82,8 +82,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.targets = _select(targets, self.store_channels, "target channel(s)")
         # With target_masks, y carries after the targets the `_valid` channel (at t + lead) of each target
         # that has one, so that filled points can weigh 0 (`masked_targets` names them).
-        valid = [self.store_channels.index(masks[n]) for n in self.target_channels if n in masks] if target_masks else []
         self.masked_targets = [n for n in self.target_channels if n in masks] if target_masks else []
+        valid = [self.store_channels.index(masks[n]) for n in self.masked_targets]
         self.y_channels = np.concatenate([self.targets, np.asarray(valid, dtype=np.int64)])
         names = list(store.static) if static is True else ([] if static is False else list(static))
         unknown = [n for n in names if n not in store.static]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import platform
@@ -180,7 +181,7 @@ def _where(sources: Sources, channels: list[Channel], step: int, c: int) -> str:
             f"at time {sources.time_label(step)}")
 
 
-def _check_finite(values: np.ndarray, start: int, sources: Sources) -> None:
+def _refuse_infinite(values: np.ndarray, start: int, sources: Sources) -> None:
     """±inf is never a value nor a fill: one would make a channel's mean inf and its data all inf/NaN."""
     infinite = np.isinf(values)
     if infinite.any():
@@ -201,7 +202,7 @@ def _scan(sources: Sources, labels: np.ndarray, block: int, progress: bool):
     with tqdm(total=sources.time.size, unit="step", desc="statistics", disable=not progress) as bar:
         for start, stop in _blocks(sources.time.size, block):
             values = sources.read(start, stop)
-            _check_finite(values, start, sources)
+            _refuse_infinite(values, start, sources)
             if train[start:stop].any():
                 stats.update(values[train[start:stop]])
             isnan = np.isnan(values)
@@ -278,9 +279,7 @@ def _write(recipe, sources, labels, plan, inputs, staging: Path, block: int, pro
     done = done or 0
     writer.save_progress(staging, {**state, "steps_done": done})
 
-    def where(step: int, c: int) -> str:
-        return _where(sources, channels, step, c)
-
+    where = functools.partial(_where, sources, channels)
     try:
         with tqdm(total=shape[0], initial=done, unit="step", desc="write", disable=not progress) as bar:
             for start, stop in _blocks(shape[0], block):
