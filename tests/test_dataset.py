@@ -153,7 +153,11 @@ def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_st
         ds = store.dataset("train", lead=lead, history=history)
         span = (store.time[ds.times + lead] - store.time[ds.times - history]) / np.timedelta64(1, "D")
         assert np.all(span == lead + history) and ds.times.size == 366 - 31 - 2 * (lead + history)
-        assert np.array_equal(NetCDFDataset(store, "train", lead=lead, history=history).times, ds.times)
+        raw = NetCDFDataset(store, "train", lead=lead, history=history, target_masks=True)
+        assert np.array_equal(raw.times, ds.times)
+    mapped = store.dataset("train", lead=4, history=2, target_masks=True)
+    for i in (0, 150, len(mapped) - 1):                                   # the same windows, masks included
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(raw[i], mapped[i]))
 
 
 def test_valid_channels_are_inputs_only_unless_named_as_targets(gappy_store):
