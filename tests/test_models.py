@@ -109,3 +109,22 @@ def test_time_basis_uses_the_calendar_and_needs_dates():
     assert time_basis(np.arange(3), 0, 0).shape == (3, 1)   # the plain mean needs no dates
     with pytest.raises(ConfigError, match="no day of year"):
         time_basis(np.arange(3), 1, 0)
+
+
+def test_climatology_is_fitted_on_observed_steps_only():
+    """A point filled (stored as 0, the train mean) a third of the time must not be pulled towards 0."""
+    times = pd.date_range("2000-01-01", "2001-12-31 18:00", freq="6h").to_numpy()
+    basis = time_basis(times, annual=1, diurnal=1)
+    truth = np.random.default_rng(1).normal(size=(basis.shape[1], 1, 2, 3)) + 3
+    x = np.einsum("tk,kc...->tc...", basis, truth)
+    observed = np.ones_like(x, dtype=bool)
+    observed[::3, 0, 1, 2] = False                                      # one point filled every third step
+    data = np.concatenate([np.where(observed, x, 0.0), observed * 4.0 - 2.0], axis=1).astype(np.float32)
+    steps = np.arange(times.size)
+    masked = Climatology(1, (2, 3), annual=1, diurnal=1)
+    masked.fit(data, steps, times, np.array([0]), valid=[(1, 0.0)], block=333)
+    assert np.allclose(masked.coef.numpy(), truth, atol=1e-4)            # filled steps weigh nothing
+    naive = Climatology(1, (2, 3), annual=1, diurnal=1)
+    naive.fit(data, steps, times, np.array([0]))
+    assert not np.allclose(naive.coef.numpy()[:, 0, 1, 2], truth[:, 0, 1, 2], atol=0.1)
+    assert np.allclose(naive.coef.numpy()[:, 0, 0, 0], truth[:, 0, 0, 0], atol=1e-4)

@@ -56,18 +56,28 @@ def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch
     return torch.from_numpy((weights / means.reshape((-1,) + (1,) * len(space))).astype(np.float32))
 
 
+def validity(store, targets: np.ndarray) -> list:
+    """Per target: None, or (its `<channel>_valid` channel, the stored value above which it means observed)."""
+    from canonstore.loaders.dataset import mask_channel_of  # loaders need torch; metrics do anyway
+
+    masks, scale = mask_channel_of(store.channels), normalisation_scale(store.stats["std"])
+
+    def of(name: str) -> tuple[int, float]:  # stored = (v - mean) / scale with v in {0, 1}: observed above 0.5's image
+        v = store.channels.index(masks[name])
+        return v, float((0.5 - store.stats["mean"][v]) / scale[v])
+
+    return [of(store.channels[int(t)]) if store.channels[int(t)] in masks else None for t in targets]
+
+
 class TargetMasks:
     """Splits a batch's y (targets, then the `_valid` channels of `dataset.masked_targets`) into the
     targets and their 0/1 validity, so that filled points weigh 0 sample by sample."""
 
     def __init__(self, store, dataset):
-        names = dataset.target_channels
-        self.n = len(names)
-        self.slot = [dataset.masked_targets.index(n) if n in dataset.masked_targets else -1 for n in names]
-        valid = dataset.y_channels[self.n:]
-        mean, scale = store.stats["mean"][valid], normalisation_scale(store.stats["std"])[valid]
-        # stored = (v - mean) / scale with v in {0, 1}: observed where stored > the image of 0.5
-        self.threshold = torch.from_numpy(((0.5 - mean) / scale).astype(np.float32))
+        self.n = len(dataset.target_channels)
+        masked = validity(store, dataset.targets) if dataset.masked_targets else []
+        self.slots = [target for target, mask in enumerate(masked) if mask is not None]  # y's order after targets
+        self.threshold = torch.tensor([mask[1] for mask in masked if mask is not None], dtype=torch.float32)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(targets, validity (batch, target, *space) as float 0/1, or None when nothing was filled)."""
@@ -77,9 +87,7 @@ class TargetMasks:
         shape = (1, -1) + (1,) * (y.ndim - 2)
         observed = (extra > self.threshold.to(y.device).view(shape)).to(torch.float32)
         valid = torch.ones_like(y[:, :self.n], dtype=torch.float32)
-        for target, slot in enumerate(self.slot):
-            if slot >= 0:
-                valid[:, target] = observed[:, slot]
+        valid[:, self.slots] = observed
         return y[:, :self.n], valid
 
 

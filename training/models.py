@@ -160,8 +160,12 @@ class Climatology(nn.Module):
             return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
 
     def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
-            block: int = 256) -> None:
-        """Least squares on the train `steps` of `array` (time, channel, *space), in one streaming pass."""
+            valid: list | None = None, block: int = 256) -> None:
+        """Least squares on the train `steps` of `array` (time, channel, *space), in one streaming pass.
+
+        `valid` (from `training.metrics.validity`): per target, None or (its `_valid` channel, threshold in stored
+        units); such a target is fitted point by point on observed steps only, filled steps weighing 0.
+        """
         basis = time_basis(times[steps], self.annual, self.diurnal)
         xtx = basis.T @ basis
         xty = np.zeros((basis.shape[1], int(np.prod(self.coef.shape[1:]))))
@@ -169,14 +173,43 @@ class Climatology(nn.Module):
             values = np.asarray(array[steps[start:start + block]])[:, targets]
             xty += basis[start:start + block].T @ values.reshape(values.shape[0], -1).astype(np.float64)
         # lstsq, not solve: harmonics a sampling rate cannot see (e.g. 12 h at 6-hourly) make xtx singular
-        coef = np.linalg.lstsq(xtx, xty, rcond=None)[0]
-        self.coef.copy_(torch.from_numpy(coef.reshape(self.coef.shape)))
+        coef = np.linalg.lstsq(xtx, xty, rcond=None)[0].reshape(self.coef.shape)
+        for c, mask in enumerate(valid or []):
+            if mask is not None:
+                coef[:, c] = _masked_fit(array, steps, basis, int(targets[c]), *mask, block).reshape(coef[:, c].shape)
+        self.coef.copy_(torch.from_numpy(coef))
+
+
+def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold: float, block: int,
+                memory: int = 256 * 2**20) -> np.ndarray:
+    """(basis, points) least squares per grid point, each over the steps where it was observed.
+
+    Each point has its own normal equations (basis x basis), so the points are taken in groups that
+    fit in `memory` bytes, one streaming pass over the train steps per group.
+    """
+    k = basis.shape[1]
+    points = int(np.prod(array.shape[2:]))
+    coef = np.zeros((k, points))
+    group = max(1, memory // (8 * k * k))
+    for first in range(0, points, group):
+        part = slice(first, min(points, first + group))
+        xtx, xty = np.zeros((part.stop - first, k, k)), np.zeros((part.stop - first, k))
+        for start in range(0, steps.size, block):
+            rows = np.asarray(array[steps[start:start + block]])
+            observed = (rows[:, valid_channel].reshape(len(rows), -1)[:, part] > threshold).astype(np.float64)
+            values = rows[:, channel].reshape(len(rows), -1)[:, part].astype(np.float64)
+            b = basis[start:start + block]
+            xtx += np.einsum("tk,tl,tp->pkl", b, b, observed)
+            xty += np.einsum("tk,tp->pk", b, observed * values)
+        coef[:, part] = (np.linalg.pinv(xtx) @ xty[..., None])[..., 0].T  # min-norm, as lstsq above
+    return coef
 
 
 def reference_climatology(store, targets: np.ndarray) -> Climatology:
     """The `climatology` model with default harmonics fitted on the train split: the reference the
     anomaly correlation (ACC) is computed against. A time axis without dates gets the plain train mean."""
     from canonstore.training.config import DEFAULTS
+    from canonstore.training.metrics import validity
 
     annual, diurnal = DEFAULTS["climatology"]["annual_harmonics"], DEFAULTS["climatology"]["diurnal_harmonics"]
     try:
@@ -184,7 +217,7 @@ def reference_climatology(store, targets: np.ndarray) -> Climatology:
     except ConfigError:
         annual = diurnal = 0
     model = Climatology(len(targets), store.shape[2:], annual, diurnal)
-    model.fit(store.array, store.split_indices("train"), store.time, targets)
+    model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
     return model.eval()
 
 

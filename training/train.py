@@ -31,7 +31,7 @@ from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.config import TRAINED, resolve, run_name
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.evaluate import forecast, score, to_layout
-from canonstore.training.metrics import TargetMasks, area_weights, weighted_mse
+from canonstore.training.metrics import TargetMasks, area_weights, validity, weighted_mse
 from canonstore.training.models import build_model, reference_climatology
 from canonstore.training.tracking import RunLog
 
@@ -297,7 +297,8 @@ def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, ma
                   climatology, folder: Path, runlog: RunLog | None, procs: _Processes) -> None:
     """Persistence needs nothing; climatology is fitted on the train split. Both are scored like a trained model."""
     if hasattr(model, "fit"):
-        model.fit(store.array, store.split_indices("train"), store.time, val_loader.dataset.targets)
+        targets = val_loader.dataset.targets
+        model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
     val = score(model, val_loader, store, weights, masks, climatology, procs.world > 1)
     if runlog is None:
         return
