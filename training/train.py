@@ -297,8 +297,11 @@ def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, ma
                   climatology, folder: Path, runlog: RunLog | None, procs: _Processes) -> None:
     """Persistence needs nothing; climatology is fitted on the train split. Both are scored like a trained model."""
     if hasattr(model, "fit"):
-        targets = val_loader.dataset.targets
-        model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
+        if (model.annual, model.diurnal) == (climatology.annual, climatology.diurnal):
+            model.coef.copy_(climatology.coef)  # the ACC's reference is this very fit: no second pass
+        else:
+            targets = val_loader.dataset.targets
+            model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
     val = score(model, val_loader, store, weights, masks, climatology, procs.world > 1)
     if runlog is None:
         return
