@@ -102,13 +102,18 @@ def memcpy_batches(store, args):
     from concurrent.futures import ThreadPoolExecutor
 
     steps = 2 * args.batch_size  # x and y: two samples' bytes per sample
-    array = store.array.reshape(store.shape[0], -1)
+    mapped = store.array
+    # Slabs from the largest shard (a sharded store): the ceiling is a copy, wherever its bytes live.
+    mapped = mapped if isinstance(mapped, np.ndarray) else max((mapped.shard(k) for k in range(mapped.shards)), key=len)
+    if len(mapped) <= steps:
+        raise SystemExit(f"memcpy needs shards of more than {steps} steps; this store has {len(mapped)}")
+    array = mapped.reshape(len(mapped), -1)
     out = np.empty((steps, array.shape[1]), array.dtype)
     parts = np.array_split(np.arange(steps), args.workers)
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(args.workers) as pool:
         while True:
-            start = int(rng.integers(0, store.shape[0] - steps))
+            start = int(rng.integers(0, len(array) - steps))
             list(pool.map(lambda p: np.copyto(out[p[0]:p[-1] + 1], array[start + p[0]:start + p[-1] + 1]), parts))
             yield out[:args.batch_size], out[args.batch_size:]
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from canonstore import open_store
-from canonstore.formats.manifest import read_manifest
+from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.preprocess import writer
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         steps = open_store(full_out).shape[0]
         killed = run_build(args.recipe, out, kill_at=args.at, steps=steps)
         resumed = run_build(args.recipe, out, "--resume")
-        same = read_manifest(out)["data_sha256"] == read_manifest(full_out)["data_sha256"]
+        same = data_checksums(read_manifest(out)) == data_checksums(read_manifest(full_out))
         shutil.rmtree(full_out)
     print(f"{'build':<28}{'seconds':>9}")
     print(f"{'full, uninterrupted':<28}{full:>9.2f}")

@@ -41,6 +41,18 @@ def build(recipe, out, force, resume, quiet, debug):
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe to extend to (default: the store's own).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def append(store, recipe, quiet, debug):
+    """Add the steps that follow STORE's last one (a later time.end, new raw files); train statistics stay."""
+    from canonstore.preprocess.append import append as append_steps
+
+    _run(lambda: append_steps(store, recipe, progress=not quiet), debug)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def inspect(store, debug):
     """Summarise STORE: channels, statistics, splits, layout, provenance."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -28,14 +29,31 @@ def store_files(store: Path) -> list[str]:
                   if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(store: Path, data_file: str) -> dict:
-    """Checksum every file of `store` and write the manifest; returns it."""
-    files = {rel: {"size": (store / rel).stat().st_size, "sha256": file_sha256(store / rel)}
-             for rel in store_files(store)}
-    manifest = {"format": "canonstore-manifest", "version": 1, "files": files,
-                "data_file": data_file, "data_sha256": files[data_file]["sha256"] if data_file in files else None}
+def write_manifest(store: Path, known: dict | None = None, threads: int = 4) -> dict:
+    """Checksum every file of `store` (in parallel) and write the manifest; returns it.
+
+    `known` maps relative paths to entries already hashed (an append's unchanged shards, linked from
+    the previous store), so that an append hashes only what it wrote.
+    """
+    known = known or {}
+    rels = store_files(store)
+
+    def entry(rel: str) -> dict:
+        size = (store / rel).stat().st_size
+        if rel in known and known[rel]["size"] == size:
+            return known[rel]
+        return {"size": size, "sha256": file_sha256(store / rel)}
+
+    with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL
+        files = dict(zip(rels, pool.map(entry, rels)))
+    manifest = {"format": "canonstore-manifest", "version": 2, "files": files}
     (store / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def data_checksums(manifest: dict) -> dict[str, str]:
+    """sha256 of each `data` shard file, by relative path: two builds wrote the same data iff equal."""
+    return {rel: e["sha256"] for rel, e in manifest["files"].items() if rel.startswith("data/c/")}
 
 
 def store_identity(store: Path) -> str:

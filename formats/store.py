@@ -18,10 +18,12 @@ import zarr
 from canonstore.errors import StoreError
 from canonstore.formats.coords import find_axis
 from canonstore.formats.manifest import MANIFEST
-from canonstore.formats.zarr_ import memmap_data
+from canonstore.formats.shards import ShardedArray
+from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
 from canonstore.splits import SPLIT_CODES, find_gaps
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 is version 2 with one shard: read, never appended to
 SPLITS = ("train", "val", "test")
 STAT_NAMES = ("mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq")  # stats_<name> arrays
 
@@ -50,9 +52,9 @@ class Store:
         info = self._group.attrs.get("canonstore")
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{self.path}: a Zarr store, but not a canonstore store (no 'canonstore' attrs)")
-        if info["format_version"] != FORMAT_VERSION:
+        if info["format_version"] not in READABLE_VERSIONS:
             raise StoreError(f"{self.path}: format version {info['format_version']}, "
-                             f"this canonstore reads version {FORMAT_VERSION}")
+                             f"this canonstore reads versions {list(READABLE_VERSIONS)}; rebuild the store")
         self.attrs: dict = info
 
     def __repr__(self) -> str:
@@ -60,17 +62,23 @@ class Store:
 
     # -- the data ----------------------------------------------------------------------
     @cached_property
-    def array(self) -> np.ndarray:
-        """`data` as a (time, channel, *space) array memory-mapped from the shard file.
+    def array(self):
+        """`data` as a (time, channel, *space) array memory-mapped from its shard files.
 
-        Indexing it copies nothing until you ask (`array[i]` is a view). A compressed store
-        cannot be mapped: you get the zarr array instead, which decodes on each read.
+        One shard: an np.memmap. Several: a `ShardedArray`, which indexes the same way and maps
+        shards lazily. Indexing copies nothing until you ask (`array[i]` is a view). A compressed
+        store cannot be mapped: you get the zarr array instead, which decodes on each read.
         """
         data = self._group["data"]
         if self.attrs["layout"]["compression"] != "none":
             return data
         try:
-            return memmap_data(self.path, data)
+            shard_steps = mappable_layout(self.path, data)
+            if shard_count(self.shape[0], shard_steps) == 1:
+                return map_shard(self.path, self.shape, self.dtype, shard_steps, 0)
+            array = ShardedArray(self.path, self.shape, self.dtype, shard_steps)
+            array.shard(0)  # a damaged first shard fails here, not in the middle of an epoch
+            return array
         except (ValueError, OSError) as exc:
             raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
 

@@ -32,9 +32,14 @@ def describe(store: Store) -> str:
     if store.mask is not None:
         lines += [f"mask    NaNs filled with the train mean; {int((~store.mask).sum())} masked grid values"]
     layout = a["layout"]
-    lines += ["", f"layout  {layout['compression']} compression, inner chunk = 1 sample, "
-              + ("one shard file (memory-mappable): " + str(layout["data_file"]) if layout["compression"] == "none"
-                 else f"shards of {layout['block_steps']} steps")]
+    steps = layout.get("shard_steps", layout.get("block_steps"))  # version 1 stores: one shard of all steps
+    shards = layout.get("shards", 1) if a["format_version"] > 1 else 1
+    lines += ["", f"layout  {layout['compression']} compression, inner chunk = 1 sample, {shards} shard file(s) of "
+              f"{steps if a['format_version'] > 1 else store.shape[0]} steps"
+              + (" (each memory-mappable)" if layout["compression"] == "none" else "")]
+    history = a.get("history", [])
+    if len(history) > 1:
+        lines += [f"history {h['created']} {h['kind']} steps {h['steps'][0]}..{h['steps'][1] - 1}" for h in history]
     lines += [f"built   {a['created']} by canonstore {a['canonstore_version']} (git {str(a.get('git_commit'))[:12]})",
               f"recipe  {a['recipe_path']} (sha256 {a['recipe_sha256'][:12]})",
               f"inputs  {len(a['inputs'])} files, {sum(i['size'] for i in a['inputs']) / 1e6:.1f} MB"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.store import STAT_NAMES, Store
-from canonstore.formats.zarr_ import memmap_data
+from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
 from canonstore.splits import SPLIT_NAMES
 
 
@@ -27,24 +28,27 @@ def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
     return problems
 
 
-def verify_inputs(path: str | Path) -> list[str]:
-    """Raw inputs that are missing or changed since the store was built (size, then sha256)."""
+def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
+    """Raw inputs that are missing or changed since the store was built (size, then sha256, hashed in parallel)."""
     try:
         inputs = Store(path).attrs["inputs"]
     except Exception as exc:
         return [f"{path}: cannot read the recorded inputs: {exc}"]
-    problems = []
-    for item in inputs:
+
+    def check(item: dict) -> str | None:
         source = Path(item["path"])
         if not source.is_file():
-            problems.append(f"input {source}: missing (the store was built from it)")
-        elif source.stat().st_size != item["size"]:
-            problems.append(f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
-                            "bytes); rebuild the store")
-        elif file_sha256(source) != item["sha256"]:
-            problems.append(f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> "
-                            f"{file_sha256(source)[:12]}...); rebuild the store")
-    return problems
+            return f"input {source}: missing (the store was built from it)"
+        if source.stat().st_size != item["size"]:
+            return (f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
+                    "bytes); rebuild the store")
+        digest = file_sha256(source)
+        if digest != item["sha256"]:
+            return f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> {digest[:12]}...); rebuild the store"
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: reads and hashes overlap
+        return [p for p in pool.map(check, inputs) if p]
 
 
 def _check_schema(store: Store) -> list[str]:
@@ -64,8 +68,10 @@ def _check_schema(store: Store) -> list[str]:
         split = ds["split"].values
         if split.shape != (ntime,) or not np.isin(split, np.arange(len(SPLIT_NAMES))).all():
             problems.append(f"split: expected {ntime} codes in 0..{len(SPLIT_NAMES) - 1}")
-        if store.attrs["layout"]["compression"] == "none":
-            memmap_data(store.path, store._group["data"])
+        if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
+            shard_steps = mappable_layout(store.path, store._group["data"])
+            for k in range(shard_count(ntime, shard_steps)):
+                map_shard(store.path, shape, store.dtype, shard_steps, k)
     except Exception as exc:  # a damaged chunk fails in whichever codec reads it first
         problems.append(f"schema: {type(exc).__name__}: {exc}")
     return problems

@@ -1,11 +1,12 @@
-"""The `data` array's on-disk layout: Zarr v3 sharding, written and memory-mapped directly.
+"""The `data` array's on-disk layout: Zarr v3 shards along time, written and memory-mapped directly.
 
-Uncompressed stores hold `data` as ONE shard (one file) whose inner chunks are single
-samples. Per the Zarr v3 sharding spec (index_location "end") the file is the samples in
-C order, then an index of (offset, nbytes) uint64 little-endian pairs, then the crc32c
-of the index. We write samples block by block at their final offsets and the index last,
-so the file is plain bytes that `np.memmap` maps as one (time, channel, *space) array and
-zarr-python reads as usual. https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/
+Shard k of an uncompressed store holds steps [k*S, (k+1)*S) in one file, `data/c/k/0/0...`. Per
+the Zarr v3 sharding spec (index_location "end") the file is the samples in C order, then an index
+of S (offset, nbytes) uint64 little-endian pairs, then the crc32c of the index; steps past the end
+of the array (a partial last shard) are marked missing, 2**64-1. We write samples at their final
+offsets and the index last, so each file is plain bytes that `np.memmap` maps as a
+(steps, channel, *space) array and zarr-python reads as usual.
+https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/
 """
 
 from __future__ import annotations
@@ -21,90 +22,138 @@ import zarr.codecs
 MISSING = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 
 
+def shard_steps_for(sample_bytes: int, shard_mb: float) -> int:
+    """Steps per shard file: as many whole samples as fit in `shard_mb` MiB (at least one)."""
+    return max(1, int(shard_mb * 2**20) // sample_bytes)
+
+
 def create_data_array(group: zarr.Group, shape: tuple[int, ...], dtype: str, dims: tuple[str, ...],
                       compression: str, shard_steps: int, attributes: dict) -> zarr.Array:
-    """Create `data`'s metadata; uncompressed: one shard over all steps, else shards of `shard_steps`."""
+    """Create `data`'s metadata: shards of `shard_steps` along time, inner chunk one sample."""
     sample = tuple(shape[1:])
-    if compression == "none":
-        shards, compressors = tuple(shape), None
-    else:
-        shards = (min(shard_steps, shape[0]),) + sample
+    compressors = None
+    if compression != "none":
         compressors = (zarr.codecs.ZstdCodec(level=3) if compression == "zstd"
                        else zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
     return group.create_array(
-        "data", shape=shape, dtype=dtype, chunks=(1,) + sample, shards=shards, compressors=compressors,
-        fill_value=np.nan, dimension_names=dims, attributes=attributes,
+        "data", shape=shape, dtype=dtype, chunks=(1,) + sample, shards=(min(shard_steps, shape[0]),) + sample,
+        compressors=compressors, fill_value=np.nan, dimension_names=dims, attributes=attributes,
         config={"write_empty_chunks": True})  # a skipped chunk would break the contiguous layout
 
 
-def shard_file(store: Path, ndim: int) -> Path:
-    """Path of the single shard of an uncompressed `data` array (default chunk key encoding)."""
-    return Path(store, "data", "c", *(["0"] * ndim))
+def shard_file(store: Path, ndim: int, k: int = 0) -> Path:
+    """Path of shard `k` of `data` (default chunk key encoding: `data/c/k/0/0...`)."""
+    return Path(store, "data", "c", str(k), *(["0"] * (ndim - 1)))
+
+
+def shard_count(steps: int, shard_steps: int) -> int:
+    return -(-steps // shard_steps)
 
 
 class ShardWriter:
-    """Write an uncompressed single-shard `data` array block by block, then its index.
+    """Write an uncompressed `data` array shard by shard: samples at their offsets, then each index.
 
-    Plain positioned writes, not a memmap, so the pages written do not count towards the
-    build's memory.
+    Plain positioned writes, not a memmap, so the pages written do not count towards the build's
+    memory. One shard file is open at a time, so a store of 100,000 shards needs one descriptor.
     """
 
-    def __init__(self, store: Path, shape: tuple[int, ...], dtype: np.dtype, resume: bool = False):
-        self.path = shard_file(store, len(shape))
-        self.steps = shape[0]
-        self.sample_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    def __init__(self, store: Path, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, resume: bool = False):
+        self.store, self.shape, self.shard_steps = Path(store), tuple(shape), shard_steps
         self.dtype = np.dtype(dtype).newbyteorder("<")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Resuming keeps the samples already written; offsets are fixed, so writing goes on in place.
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if resume else os.O_TRUNC), 0o644)
+        self.sample_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+        self.field_bytes = self.sample_bytes // shape[1]
+        self.resume = resume  # resuming keeps what is written; offsets are fixed, so writing goes on in place
+        self._k, self._fd = None, None
 
-    def write(self, start: int, block: np.ndarray) -> None:
-        data = np.ascontiguousarray(block, dtype=self.dtype)
-        view = memoryview(data).cast("B")
-        offset, done = start * self.sample_bytes, 0
+    def steps_in(self, k: int) -> int:
+        return min(self.shard_steps, self.shape[0] - k * self.shard_steps)
+
+    def _open(self, k: int) -> int:
+        if self._k != k:
+            self.close()
+            path = shard_file(self.store, len(self.shape), k)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if self.resume else os.O_TRUNC), 0o644)
+            self._k = k
+        return self._fd
+
+    def write(self, start: int, block: np.ndarray, channel: int = 0) -> None:
+        """Write steps [start, start + len(block)) of one shard; a block of one step may hold only
+        the channels from `channel` on (a step larger than the build's block is written in parts)."""
+        k, local = divmod(start, self.shard_steps)
+        if local + len(block) > self.steps_in(k):
+            raise ValueError(f"steps {start}..{start + len(block) - 1} cross the end of shard {k}")
+        if block.shape[1] != self.shape[1] and len(block) != 1:
+            raise ValueError("a block with part of the channels must hold one step")
+        view = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B")
+        fd, offset, done = self._open(k), local * self.sample_bytes + channel * self.field_bytes, 0
         while done < len(view):  # os.pwrite may write less than asked
-            done += os.pwrite(self._fd, view[done:], offset + done)
+            done += os.pwrite(fd, view[done:], offset + done)
 
-    def finish(self) -> None:
-        """Append the shard index and its checksum; after this zarr-python can read the array."""
-        offsets = np.arange(self.steps, dtype="<u8") * np.uint64(self.sample_bytes)
-        index = np.stack([offsets, np.full(self.steps, self.sample_bytes, dtype="<u8")], axis=1).tobytes()
-        crc = google_crc32c.value(index).to_bytes(4, "little")
-        os.pwrite(self._fd, index + crc, self.steps * self.sample_bytes)
-        os.ftruncate(self._fd, self.steps * self.sample_bytes + len(index) + 4)
-        os.fsync(self._fd)
-        os.close(self._fd)
+    def sync(self) -> None:
+        """Flush the open shard to disk: `progress.json` may only say what has reached the disk."""
+        if self._fd is not None:
+            os.fdatasync(self._fd)
 
-    def abort(self) -> None:
-        os.close(self._fd)
+    def finish_shard(self, k: int) -> None:
+        """Append shard `k`'s index and checksum; after this zarr-python can read its steps."""
+        fd, n = self._open(k), self.steps_in(k)
+        index = shard_index(n, self.shard_steps, self.sample_bytes)
+        os.pwrite(fd, index, n * self.sample_bytes)
+        os.ftruncate(fd, n * self.sample_bytes + len(index))
+        os.fsync(fd)
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._k, self._fd = None, None
 
 
-def read_shard_index(path: Path, steps: int) -> np.ndarray:
-    """(steps, 2) array of (offset, nbytes) from the end of a shard; checks the crc32c."""
-    size = 16 * steps
+def shard_index(steps: int, shard_steps: int, sample_bytes: int) -> bytes:
+    """The index bytes (with crc32c) of a shard whose first `steps` of `shard_steps` chunks are present."""
+    entries = np.full((shard_steps, 2), MISSING, dtype="<u8")
+    entries[:steps, 0] = np.arange(steps, dtype="<u8") * np.uint64(sample_bytes)
+    entries[:steps, 1] = sample_bytes
+    index = entries.tobytes()
+    return index + google_crc32c.value(index).to_bytes(4, "little")
+
+
+def read_shard_index(path: Path, shard_steps: int) -> np.ndarray:
+    """(shard_steps, 2) array of (offset, nbytes) from the end of a shard; checks the crc32c."""
+    size = 16 * shard_steps
     with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < size + 4:
+            raise ValueError(f"{path}: shorter than its shard index (file damaged or not written to the end)")
         f.seek(-(size + 4), os.SEEK_END)
         raw = f.read(size + 4)
     index, crc = raw[:size], int.from_bytes(raw[size:], "little")
-    if len(raw) != size + 4 or google_crc32c.value(index) != crc:
+    if google_crc32c.value(index) != crc:
         raise ValueError(f"{path}: shard index checksum mismatch (file damaged or not written to the end)")
-    return np.frombuffer(index, dtype="<u8").reshape(steps, 2)
+    return np.frombuffer(index, dtype="<u8").reshape(shard_steps, 2)
 
 
-def memmap_data(store: Path, array: zarr.Array) -> np.memmap:
-    """Map an uncompressed single-shard `data` array as one read-only np.memmap (zero copy).
+def mappable_layout(store: Path, array: zarr.Array) -> int:
+    """Steps per shard of an uncompressed `data` array in the layout this module writes.
 
-    Raises ValueError when the layout is not the contiguous one this module writes.
+    Raises ValueError when `data` is compressed or not sharded only along time.
     """
-    shape, dtype = tuple(array.shape), np.dtype(array.dtype).newbyteorder("<")
-    codecs = array.metadata.codecs
-    if (len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec" or tuple(array.shards) != shape
+    shape, codecs = tuple(array.shape), array.metadata.codecs
+    if (len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec" or tuple(array.shards[1:]) != shape[1:]
+            or tuple(array.chunks) != (1,) + shape[1:]
             or any(type(c).__name__ != "BytesCodec" for c in codecs[0].codecs)):
-        raise ValueError(f"{store}: `data` is not one uncompressed shard; it cannot be memory-mapped")
-    path = shard_file(store, len(shape))
+        raise ValueError(f"{store}: `data` is not uncompressed shards along time; it cannot be memory-mapped")
+    return int(array.shards[0])
+
+
+def map_shard(store: Path, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, k: int) -> np.memmap:
+    """Shard `k` as a read-only (steps, channel, *space) memmap, after checking its index says so."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    path = shard_file(store, len(shape), k)
+    n = min(shard_steps, shape[0] - k * shard_steps)
     sample_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-    index = read_shard_index(path, shape[0])
-    expected = np.arange(shape[0], dtype=np.uint64) * np.uint64(sample_bytes)
-    if not (np.array_equal(index[:, 0], expected) and np.all(index[:, 1] == sample_bytes)):
-        raise ValueError(f"{store}: `data` shard is not contiguous in C order (missing or moved chunks)")
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=0)
+    expected = np.frombuffer(shard_index(n, shard_steps, sample_bytes)[:-4], dtype="<u8").reshape(shard_steps, 2)
+    if not np.array_equal(read_shard_index(path, shard_steps), expected):
+        raise ValueError(f"{path}: shard is not {n} contiguous samples in C order (missing or moved chunks)")
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,) + tuple(shape[1:]), offset=0)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import store_identity
+from canonstore.formats.shards import take_rows
 from canonstore.splits import SPLIT_CODES, segment_ids
 
 
@@ -204,32 +206,29 @@ class StoreDataset(WindowDataset):
         steps_in = t[:, None] + np.arange(-self.history, 1)[None, :]
         steps_out = t + self.lead
         array = self.array
-        if not isinstance(array, np.ndarray):  # a compressed store: decode each needed step once
+        if isinstance(array, zarr.Array):  # a compressed store: decode each needed step once
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
         whole = self._whole_samples()
+        n = 1 if whole else len(self.store_channels)
         if whole:  # a row is a whole time step
-            flat, rows_in, rows_out = array.reshape(array.shape[0], -1), steps_in, steps_out
+            rows_in, rows_out = steps_in, steps_out
         else:      # a row is one (step, channel) field
-            n = len(self.store_channels)
-            flat = array.reshape(array.shape[0] * n, -1)
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
             rows_out = (steps_out[:, None] * n + self.y_channels[None, :]).ravel()
         if not static or not self.static.shape[0]:
-            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
-            np.take(flat, rows_in.ravel(), axis=0, out=x_out.reshape(rows_in.size, -1))
+            take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
+            take_rows(array, rows_in.ravel(), x_out.reshape(rows_in.size, -1), n)
             return x_out, y_out
         dynamic = (self.history + 1) * self.channels.size
         for k in range(t.size):  # x_out[k, :dynamic] is contiguous, so the reshapes are views
             into = x_out[k, :dynamic].reshape(rows_in.shape[1], -1)
-            if whole:  # slice copies: faster than np.take for rows this large
-                into[:] = flat[steps_in[k, 0]:steps_in[k, -1] + 1]
-                y_out[k] = array[steps_out[k]]
+            if whole and isinstance(array, np.ndarray):  # slice copies: faster than np.take for rows this large
+                into[:] = array[steps_in[k, 0]:steps_in[k, -1] + 1].reshape(into.shape)
             else:
-                np.take(flat, rows_in[k], axis=0, out=into)
-        if not whole:
-            np.take(flat, rows_out, axis=0, out=y_out.reshape(rows_out.size, -1))
+                take_rows(array, rows_in[k], into, n)
+        take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
         x_out[:, dynamic:] = self.static
         return x_out, y_out
 

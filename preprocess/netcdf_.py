@@ -65,18 +65,25 @@ class Sources:
     def sample_shape(self) -> tuple[int, ...]:
         return (len(self.channels),) + tuple(self.coords[d].size for d in self.space_dims)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Steps [start, stop) of the selected time axis as float64 (steps, channel, *space)."""
-        out = np.empty((stop - start,) + self.sample_shape, dtype=np.float64)
+    def read(self, start: int, stop: int, channels=None) -> np.ndarray:
+        """Steps [start, stop) of the selected time axis as float64 (steps, channel, *space).
+
+        `channels` (ascending positions in `self.channels`, default all) are read alone: only the
+        levels they name are read from the files, never a variable's every level.
+        """
+        wanted = np.arange(len(self.channels)) if channels is None else np.asarray(channels, dtype=np.int64)
+        out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=np.float64)
         start += self._offset
         stop += self._offset
-        c = 0
+        first = 0  # position of the variable's first channel in self.channels
         for variable, segments in self._segments.items():
-            block = self._read_variable(segments, start, stop)           # (steps, levels, *space)
             levels = self._level_index[variable]
-            picked = block if levels is None else block[:, levels]
-            out[:, c:c + picked.shape[1]] = picked
-            c += picked.shape[1]
+            count = 1 if levels is None else levels.size
+            mine = np.flatnonzero((wanted >= first) & (wanted < first + count))
+            if mine.size:
+                picked = None if levels is None else levels[wanted[mine] - first]
+                out[:, mine] = self._read_variable(segments, start, stop, picked)   # (steps, levels, *space)
+            first += count
         return out
 
     def file_of(self, variable: str, step: int) -> Path:
@@ -321,15 +328,18 @@ class Sources:
         return gaps
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_variable(self, segments: list[_Segment], start: int, stop: int) -> np.ndarray:
+    def _read_variable(self, segments: list[_Segment], start: int, stop: int, levels=None) -> np.ndarray:
         blocks, pos = [], 0
         for seg in segments:
             lo, hi = max(start, pos), min(stop, pos + seg.keep.size)
             if lo < hi:
                 local = seg.keep[lo - pos:hi - pos]
-                sel = slice(int(local[0]), int(local[-1]) + 1) if local[-1] - local[0] + 1 == local.size else local
+                sel = {self.recipe.time_dim: slice(int(local[0]), int(local[-1]) + 1)
+                       if local[-1] - local[0] + 1 == local.size else local}
+                if levels is not None:  # the level dimension follows time (see _make_channels)
+                    sel[seg.array.dims[1]] = _as_slice(levels)
                 try:
-                    values = seg.array.isel({self.recipe.time_dim: sel}).values
+                    values = seg.array.isel(sel).values
                 except Exception as exc:  # netCDF4/HDF5 raise many types for damaged files
                     raise SourceError(f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {exc}") from exc
                 blocks.append(values)
@@ -411,6 +421,14 @@ def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where:
         raise SourceError(f"{where}: coordinate '{dim}' runs {values.min():g}..{values.max():g} but {ref_where} runs "
                           f"{reference.min():g}..{reference.max():g} (the same longitudes, another convention); convert "
                           f"one first, e.g. `ds.assign_coords({dim}=(ds.{dim} + 180) % 360 - 180).sortby('{dim}')`")
+
+
+def _as_slice(index: np.ndarray):
+    """A run of consecutive positions as a slice (one contiguous read), anything else as it is."""
+    index = np.asarray(index)
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        return slice(int(index[0]), int(index[0]) + index.size)
+    return index
 
 
 def _days(days: float) -> str:

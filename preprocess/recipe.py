@@ -48,7 +48,7 @@ class Recipe:
     on_duplicate_time: str = "error"
     time_gaps: str = "error"
     dtype: str = "float32"
-    shard_mb: float = 128.0
+    shard_mb: float = 1024.0
     compression: str = "none"
 
     @property
@@ -91,7 +91,7 @@ def load_recipe(path: str | Path) -> Recipe:
     levels = raw.get("levels") or {}
     if not isinstance(levels, dict) or not all(isinstance(v, list) and v for v in levels.values()):
         raise RecipeError(f"{where}: 'levels' must map variable -> non-empty list of levels, got {levels!r}")
-    shard_mb = storage.get("shard_mb", 128)
+    shard_mb = storage.get("shard_mb", 1024)
     if not isinstance(shard_mb, (int, float)) or isinstance(shard_mb, bool) or shard_mb <= 0:
         raise RecipeError(f"{where}: storage.shard_mb must be a positive number, got {shard_mb!r}")
 

@@ -35,12 +35,13 @@ class RunningStats:
         self.min, self.max = np.full(c, np.inf), np.full(c, -np.inf)
         self.sum, self.sum_sq = np.zeros(c), np.zeros(c)
 
-    def update(self, block: np.ndarray) -> None:
-        """Add a float64 block (steps, channel, *space); NaNs are counted, not used."""
+    def update(self, block: np.ndarray, channels=None) -> None:
+        """Add a float64 block (steps, channel, *space) of `channels` (default all); NaNs are counted, not used."""
+        channels = range(self.channels) if channels is None else channels
         # Overflow gives inf, which the build refuses by name afterwards (no store has a non-finite stat).
         with np.errstate(over="ignore", invalid="ignore"):
-            for c in range(self.channels):  # one channel at a time keeps temporaries small
-                self._update_channel(c, block[:, c].ravel())
+            for i, c in enumerate(channels):  # one channel at a time keeps temporaries small
+                self._update_channel(int(c), block[:, i].ravel())
 
     def _update_channel(self, c: int, x: np.ndarray) -> None:
         valid = x[~np.isnan(x)]

@@ -53,11 +53,12 @@ def start(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def build_lock(out: Path):
+def build_lock(out: Path, log=print):
     """Hold `<out>.lock` for a build; a second build of the same output is refused, naming the first.
 
     flock is released by the kernel when the holder dies (even by kill -9), so a stale lock file
-    never blocks a later build.
+    never blocks a later build. Where the filesystem has no flock (some Lustre and NFS mounts) the
+    build says so and falls back to creating `<out>.lock.excl` exclusively, removed at the end.
     """
     path = out.with_name(out.name + ".lock")
     try:
@@ -65,27 +66,59 @@ def build_lock(out: Path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(f"cannot create {exc.filename or path} for the build of {out}: {exc.strerror or exc}") from exc
+    holder = f"pid {os.getpid()} on {os.uname().nodename}, started {dt.datetime.now().isoformat(timespec='seconds')}"
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
-            raise StoreError(f"another build of {out} is running ({holder}); wait for it to finish") from None
+            raise StoreError(f"another build of {out} is running ({_holder(fd)}); wait for it to finish") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log(f"warning: {path.parent} does not support flock ({exc.strerror}); using the lock file "
+                f"{path}.excl instead: if a build is killed, delete that file before the next build")
+            with _exclusive_file(Path(f"{path}.excl"), out, holder):
+                yield
+            return
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {dt.datetime.now().isoformat(timespec='seconds')}".encode(), 0)
+        os.pwrite(fd, holder.encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+
+
+@contextlib.contextmanager
+def _exclusive_file(path: Path, out: Path, holder: str):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise StoreError(f"another build of {out} is running ({path.read_text(errors='replace').strip()}); "
+                         f"if none is, a killed build left {path}: delete it") from None
+    try:
+        os.write(fd, holder.encode())
+        os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 PROGRESS = "progress.json"
 
 
 def save_progress(staging: Path, state: dict) -> None:
-    """Record resumable state (JSON) atomically: a kill leaves the old or the new file, never half."""
+    """Record resumable state (JSON) atomically and durably: a kill or a power loss leaves the old or
+    the new file, never half (the caller has flushed the data the state describes)."""
     tmp = staging / (PROGRESS + ".tmp")
-    tmp.write_text(json.dumps(state))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(state))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, staging / PROGRESS)
+    _fsync_dir(staging)
 
 
 def load_progress(staging: Path) -> dict | None:
@@ -101,7 +134,7 @@ def write_metadata(staging: Path, meta: xr.Dataset) -> None:
 
 
 class DataWriter:
-    """Normalise float64 blocks and write them into `data`, memory bounded by one block."""
+    """Normalise float64 blocks and write them into `data`'s shards, memory bounded by one block."""
 
     def __init__(self, staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str,
                  compression: str, shard_steps: int, mean: np.ndarray, std: np.ndarray, resume: bool = False):
@@ -114,34 +147,42 @@ class DataWriter:
                                                        "coordinates": "channel_variable channel_level channel_units"})
         self.dtype = np.dtype(dtype)
         self.mean, self.std = mean, std
-        self.shard = ShardWriter(staging, shape, self.dtype, resume) if compression == "none" else None
+        self.shards = ShardWriter(staging, shape, self.dtype, shard_steps, resume) if compression == "none" else None
 
-    def write(self, start: int, block: np.ndarray, where) -> None:
-        """Write steps [start, start + len(block)); `where(step, channel)` names a value in errors."""
-        normalised = normalise(block, self.mean, self.std)
+    def write(self, start: int, block: np.ndarray, where, channel: int = 0) -> None:
+        """Write steps [start, start + len(block)) of channels from `channel` on; `where(step, channel)`
+        names a value in errors."""
+        channels = slice(channel, channel + block.shape[1])
+        normalised = normalise(block, self.mean[channels], self.std[channels])
         if self.dtype == np.float16:
-            self._check_float16(normalised, start, where)
+            self._check_float16(normalised, start, channel, where)
         out = normalised.astype(self.dtype)
-        if self.shard is not None:
-            self.shard.write(start, out)
+        if self.shards is not None:
+            self.shards.write(start, out, channel)
         else:
-            self.array[start:start + len(out)] = out
+            self.array[start:start + len(out), channels] = out
 
-    def _check_float16(self, values: np.ndarray, start: int, where) -> None:
+    def _check_float16(self, values: np.ndarray, start: int, channel: int, where) -> None:
         limit = float(np.finfo(np.float16).max)
         over = np.abs(values) > limit
         if over.any():
             step, chan = (int(i) for i in np.argwhere(over)[0][:2])
-            raise SourceError(f"{where(start + step, chan)}: normalised value {values[step, chan][over[step, chan]][0]:.4g} "
-                              f"overflows float16 (max {limit:g}); use storage.dtype float32")
+            raise SourceError(f"{where(start + step, channel + chan)}: normalised value "
+                              f"{values[step, chan][over[step, chan]][0]:.4g} overflows float16 (max {limit:g}); "
+                              "use storage.dtype float32")
 
-    def finish(self) -> None:
-        if self.shard is not None:
-            self.shard.finish()
+    def sync(self) -> None:
+        """Data written so far is on disk (before `progress.json` may say so)."""
+        if self.shards is not None:
+            self.shards.sync()
+
+    def finish_shard(self, k: int) -> None:
+        if self.shards is not None:
+            self.shards.finish_shard(k)
 
     def abort(self) -> None:
-        if self.shard is not None:
-            self.shard.abort()
+        if self.shards is not None:
+            self.shards.close()
 
 
 def set_root_attrs(staging: Path, attrs: dict) -> None:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from canonstore.cli import main
-from canonstore.formats.zarr_ import ShardWriter
+from canonstore.formats.zarr_ import ShardWriter, shard_file
 from tests.conftest import write_recipe
 from tests.test_netcdf_ import days, nc
 
@@ -202,8 +202,8 @@ def test_output_that_is_not_a_store_is_left_alone(tmp_path):
 
 
 def test_full_disk_names_the_file_and_steps_and_leaves_nothing(tmp_path, monkeypatch):
-    def full(self, start, block):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+    def full(self, start, block, channel=0):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(shard_file(self.store, len(self.shape), 0)))
     monkeypatch.setattr(ShardWriter, "write", full)
     result, out = _build(tmp_path, two_years, {})
     print(f"\n[disk full] {result.output.strip()}")

@@ -19,7 +19,7 @@ def test_build_inspect_verify(tmp_path, tiny_raw):
     shown = runner.invoke(main, ["inspect", str(out)])
     assert shown.exit_code == 0
     for expected in ("z500", "m**2 s**-2", "train", "2000-01-01", "excluded", "static  lsm, orography",
-                     "one shard file", "recipe", "inputs  19 files", "latitude: latitude", "0 gap(s)"):
+                     "31 shard file(s) of 146 steps", "recipe", "inputs  19 files", "latitude: latitude", "0 gap(s)"):
         assert expected in shown.output, expected
 
     ok = runner.invoke(main, ["verify", str(out)])

@@ -1,6 +1,7 @@
 """Faults: kill -9 mid-build, resume, determinism, a second concurrent build, readers during a
 rebuild, flipped bytes, and raw inputs that change after the build."""
 
+import json
 import random
 import shutil
 import signal
@@ -19,7 +20,7 @@ from canonstore import open_store
 from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
-from canonstore.formats.manifest import read_manifest
+from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.formats.verify import verify_inputs
 from canonstore.preprocess import build, writer
 from tests.conftest import demo_recipe
@@ -28,7 +29,7 @@ quiet = {"progress": False, "log": lambda *_: None}
 
 
 def _data_sha(store: Path) -> str:
-    return read_manifest(store)["data_sha256"]
+    return json.dumps(data_checksums(read_manifest(store)), sort_keys=True)
 
 
 def _start_build(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -144,7 +145,7 @@ def test_two_builds_of_the_same_inputs_are_identical(many_blocks, tmp_path):
 def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path):
     out = tmp_path / "demo.zarr"
     with writer.build_lock(out):
-        with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+, started"):
+        with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+ on .*, started"):
             build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
     assert not out.exists()
     build(demo_recipe(tmp_path, tiny_raw), out, **quiet)       # the lock goes with its holder

@@ -1,0 +1,185 @@
+"""`canonstore append STORE`: add the steps that follow a store's last one, without a rebuild.
+
+An append is a build with the store's own plan (channels, train statistics, masks). The small
+arrays (time, split, coordinates, statistics) are written anew; the full shards before the last
+one are hard links to the old store's files, never opened for writing; the partial last shard is
+rewritten and new shards are added from the raw files; then the staging store is verified and
+published by one exchange, as a build is. The old store is never modified, so a kill at any
+moment leaves it intact. Anything that would change train statistics is refused: rebuild instead.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from canonstore.errors import SourceError, StoreError
+from canonstore.formats.manifest import read_manifest
+from canonstore.formats.store import FORMAT_VERSION, open_store
+from canonstore.formats.zarr_ import shard_file
+from canonstore.preprocess import writer
+from canonstore.preprocess.build import (BLOCK_MB, BuildResult, data_layout, publish_new, recorded_attrs,
+                                         report_sources, scan, store_labels)
+from canonstore.preprocess.inputs import content, input_records
+from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
+from canonstore.preprocess.recipe import Recipe, load_recipe
+from canonstore.splits import SPLIT_CODES
+
+MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
+
+
+def append(store_path: str | Path, recipe_path: str | Path | None = None, progress: bool = True, log=print,
+           block_mb: float = BLOCK_MB) -> BuildResult:
+    """Append the new steps of the store's recipe (or `recipe_path`) to the store at `store_path`.
+
+    Raises StoreError saying to rebuild when the change is not an append.
+    """
+    out = Path(store_path)
+    previous = recorded_attrs(out)
+    if previous is None:
+        raise StoreError(f"{out}: no complete canonstore store there to append to")
+    recipe = load_recipe(recipe_path or previous["recipe_path"])
+    with writer.build_lock(out, log):
+        previous = recorded_attrs(out)  # as it is now that no other build runs
+        inputs = input_records(recipe.sources, previous.get("inputs", []))
+        if previous.get("recipe_sha256") == recipe.sha256 and content(previous.get("inputs", [])) == content(inputs):
+            log(f"{out} is up to date (same recipe and inputs); nothing to append")
+            return BuildResult(out, built=False)
+        result = try_append(out, recipe, inputs, previous, progress, log, block_mb)
+    if isinstance(result, str):
+        raise StoreError(f"cannot append to {out}: {result}; rebuild it: canonstore build {recipe.path} "
+                         f"--out {out} --force")
+    return result
+
+
+def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, progress: bool = True, log=print,
+               block_mb: float = BLOCK_MB) -> BuildResult | str:
+    """Append if the recipe and inputs only extend the store in time; else say why not (a reason string)."""
+    reason = _recipe_change(previous, recipe) or _input_change(previous, inputs)
+    if reason:
+        return reason
+    began = time.perf_counter()
+    store = open_store(out)
+    sources = open_sources(recipe)
+    try:
+        old_steps = store.shape[0]
+        reason = _extends(store, sources)
+        if reason:
+            return reason
+        labels = store_labels(recipe, sources)
+        if not np.array_equal(labels[:old_steps], store.splits):
+            return "the split rule labels the stored steps differently now"
+        if (labels[old_steps:] == SPLIT_CODES["train"]).any():
+            first = old_steps + int(np.argmax(labels[old_steps:] == SPLIT_CODES["train"]))
+            return (f"new step {sources.time_label(first)} falls in the train split, which would change the train "
+                    "statistics")
+        layout, old_shard = data_layout(recipe, sources, block_mb), previous["layout"]["shard_steps"]
+        if layout["shard_steps"] != old_shard and old_shard < old_steps:
+            return f"shards of {layout['shard_steps']} steps now, {old_shard} in the store"
+        plan = _plan_of(store, sources)
+        _, nans = scan(sources, labels, layout, progress, first=old_steps)
+        reason = _nan_change(recipe, sources, plan, nans, old_steps)
+        if reason:
+            return reason
+        log(f"appending {sources.time.size - old_steps} steps to {out} ({sources.time_label(old_steps)} .. "
+            f"{sources.time_label(sources.time.size - 1)})")
+        report_sources(sources, log)
+        # The partial last shard is rewritten; so is a one-shard store's shard, which was cut to its steps.
+        first_shard = old_steps // old_shard if old_shard == layout["shard_steps"] else 0
+        files = read_manifest(out)["files"]
+        linked = {}
+        for k in range(first_shard):
+            rel = shard_file(Path(), len(store.shape), k).as_posix()
+            linked[rel] = (out / rel, files[rel])
+        history = previous.get("history") or [{"kind": "build", "created": previous["created"], "steps": [0, old_steps],
+                                               "inputs": [i["path"] for i in previous["inputs"]]}]
+        staging = writer.start(out)
+        state = {"fingerprint": "append", "inputs": inputs}  # never resumed as a build: an append is cheap to redo
+        nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, None, state,
+                             first_shard, linked, history)
+    finally:
+        sources.close()
+    seconds = time.perf_counter() - began
+    result = BuildResult(out, True, sources.time.size, len(plan["channels"]), nbytes, seconds)
+    log(f"appended to {out}: now {result.steps} steps, {result.steps - old_steps} new, in {seconds:.1f} s")
+    return result
+
+
+def _recipe_change(previous: dict, recipe: Recipe) -> str | None:
+    if previous.get("format_version") != FORMAT_VERSION:
+        return f"the store has format version {previous.get('format_version')}, appends need {FORMAT_VERSION}"
+    if previous["layout"]["compression"] != "none":
+        return "the store is compressed (appends write uncompressed shards only)"
+    old, new = yaml.safe_load(previous["recipe"]), yaml.safe_load(recipe.text)
+    changed = sorted(k for k in set(old) | set(new) if k not in MAY_CHANGE and old.get(k) != new.get(k))
+    if changed:
+        return f"the recipe changed in {', '.join(changed)}"
+    old_time, new_time = old.get("time") or {}, new.get("time") or {}
+    if old_time.get("start") != new_time.get("start"):
+        return "the recipe's time.start changed"
+    old_end, new_end = old_time.get("end"), new_time.get("end")
+    if old_end is not None and new_end is not None and str(new_end) < str(old_end):
+        return f"the recipe's time.end moved earlier ({old_end} -> {new_end})"
+    return None
+
+
+def _input_change(previous: dict, inputs: list[dict]) -> str | None:
+    now = {r[0]: r for r in content(inputs)}
+    for old in content(previous["inputs"]):
+        if old[0] not in now:
+            return f"input {old[0]} is no longer among the sources"
+        if now[old[0]] != old:
+            return f"input {old[0]} changed since the store was built"
+    return None
+
+
+def _extends(store, sources: Sources) -> str | None:
+    old = store.shape[0]
+    if sources.time.size <= old:
+        return f"the sources give {sources.time.size} steps, no more than the store's {old}"
+    if not np.array_equal(np.asarray(sources.time[:old]), np.asarray(store.time)):
+        return "the sources' first steps are not the store's time axis"
+    names = [c.name for c in sources.channels]
+    if store.channels[:len(names)] != names:
+        return f"the sources give channels {names}, the store has {store.channels}"
+    ds = store._ds
+    for name, coord in sources.coords.items():
+        if name not in ds or not np.array_equal(ds[name].values, coord.values):
+            return f"coordinate '{name}' differs from the store's"
+    if sorted(sources.static) != sorted(store.static):
+        return f"static fields {sorted(sources.static)} now, {sorted(store.static)} in the store"
+    return None
+
+
+def _plan_of(store, sources: Sources) -> dict:
+    """The store's own channels, statistics and mask layout, as the build's plan (bit for bit)."""
+    labels = store._group["data"].attrs["labels"]
+    channels = [Channel(n, v, lev, u) for n, v, lev, u in zip(labels["channel"], labels["channel_variable"],
+                                                                labels["channel_level"], labels["channel_units"])]
+    names = [c.name for c in sources.channels]
+    mask_channels = [names.index(c.name.removesuffix("_valid")) for c in channels[len(names):]]
+    mask = store.mask
+    return {"channels": channels, "stats": {k: np.asarray(v) for k, v in store.stats.items()},
+            "mask_channels": mask_channels, "static_mask": None if mask is None else mask[:len(names)]}
+
+
+def _nan_change(recipe: Recipe, sources: Sources, plan: dict, nans: dict, first: int) -> str | None:
+    """Refuse NaNs the store's layout cannot hold; an error when the recipe refuses NaNs at all."""
+    has_nan = nans["count"] > 0
+    if has_nan.any() and recipe.nan_policy == "error":
+        i = int(np.flatnonzero(has_nan)[0])
+        ch = sources.channels[i]
+        raise SourceError(f"{sources.file_of(ch.variable, nans['first_step'][i])}: variable '{ch.variable}' (channel "
+                          f"{ch.name}) has {nans['count'][i]} NaN or fill values, first at "
+                          f"{sources.time_label(nans['first_step'][i])} (recipe nan_policy: error)")
+    for i, ch in enumerate(sources.channels):
+        if i in plan["mask_channels"]:
+            continue  # its `_valid` channel records any pattern
+        expected = np.zeros(nans["pattern"][i].shape, bool) if plan["static_mask"] is None else ~plan["static_mask"][i]
+        if nans["varies"][i] or not np.array_equal(nans["pattern"][i], expected):
+            return (f"channel {ch.name} has missing values where the store has none (or the other way round) from "
+                    f"{sources.time_label(first)} on: its mask layout would change")
+    return None
