@@ -25,6 +25,7 @@ BENCH_SIZE  := $(if $(filter command line environment,$(origin SIZE)),$(SIZE),4)
 BENCH_RAW   := data/raw/bench
 BENCH_STAMP := $(BENCH_RAW)/.size-$(BENCH_SIZE)
 BENCH_STORE := data/intermediate/bench.zarr
+BENCH_ONE   := data/intermediate/bench-1shard.zarr
 WORKERS     ?= 2
 
 # Training: MODEL and CONFIG pick the run; the others override the config's keys when given.
@@ -45,7 +46,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate inspect verify train evaluate bench test clean distclean
+.PHONY: help env data intermediate inspect verify train evaluate bench bench-build test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -87,8 +88,11 @@ train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR 
 evaluate: train ## score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json
 	$(CANON) evaluate $(TRAIN_ARGS)
 
-bench: $(BENCH_STORE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
-	$(PY) bench/loader.py $(BENCH_STORE) --workers $(WORKERS) --results bench/results
+bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
+	$(PY) bench/loader.py $(BENCH_STORE) --one-shard $(BENCH_ONE) --workers $(WORKERS) --results bench/results
+
+bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
+	$(PY) bench/build.py --results bench/results
 
 $(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
 	rm -rf $(BENCH_RAW)
@@ -97,6 +101,12 @@ $(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
 
 $(BENCH_STORE)/manifest.json: recipes/bench.yaml $(BENCH_STAMP) | $(ENV_STAMP)
 	$(CANON) build recipes/bench.yaml --out $(BENCH_STORE) --resume
+	touch $@
+
+# The same data as ONE shard file: the benchmark's check that shards cost the loader nothing.
+$(BENCH_ONE)/manifest.json: recipes/bench.yaml $(BENCH_STAMP) | $(ENV_STAMP)
+	sed -e 's/shard_mb: 64/shard_mb: 1048576/' -e 's|\.\./data/raw/bench|$(CURDIR)/data/raw/bench|' recipes/bench.yaml > $(BENCH_ONE).yaml
+	$(CANON) build $(BENCH_ONE).yaml --out $(BENCH_ONE) --resume
 	touch $@
 
 test: $(ENV_STAMP) ## run the test suite

@@ -7,6 +7,7 @@ delivering the same (x, y) tensors:
   netcdf            raw NetCDF via xarray, normalised per sample (NetCDFDataset) in a DataLoader
   store-dataloader  StoreDataset (memmap, per sample) in a standard DataLoader
   store-batch       BatchLoader: whole-batch gathers from the memmap, prefetched (pinned on CUDA)
+  store-batch-1shard  the same over --one-shard, the same data as ONE shard file (format 2 layout check)
   zarr-python       per-sample reads of the same store through zarr-python in a DataLoader
   memcpy            the ceiling: a copy of the same number of bytes from the page-cached store
 Each row runs in its own process (peak RSS is the process tree's, sampled every 20 ms; it counts
@@ -120,9 +121,10 @@ def memcpy_batches(store, args):
 
 def measure(name: str, args) -> dict:
     """Batches/s of one loader for about `args.seconds` (after 2 warm-up batches), in this process."""
-    store = open_store(args.store)
+    store = open_store(args.one_shard if name.endswith("-1shard") else args.store)
     with PeakRSS() as peak:
-        batches = memcpy_batches(store, args) if name == "memcpy" else make_loader(name, store, args, "cpu")
+        batches = (memcpy_batches(store, args) if name == "memcpy"
+                   else make_loader(name.removesuffix("-1shard"), store, args, "cpu"))
         it = iter(batches)
         for _ in range(2):
             next(it)
@@ -258,6 +260,7 @@ def main() -> None:
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
                         help="also time UNet training on CUDA (default: when a GPU is visible)")
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    parser.add_argument("--one-shard", type=Path, help="the same store built as one shard: adds store-batch-1shard")
     parser.add_argument("--only", help="comma-separated rows to run, e.g. train:store-batch (default: all)")
     parser.add_argument("--one", help=argparse.SUPPRESS)          # internal: measure one row, print JSON
     args = parser.parse_args()
@@ -269,6 +272,8 @@ def main() -> None:
     store = open_store(args.store)
     warm_page_cache(store)
     jobs = [("load", name) for name in LOADERS]
+    if args.one_shard:
+        jobs.insert(LOADERS.index("store-batch") + 1, ("load", "store-batch-1shard"))
     if args.train or (args.train is None and torch.cuda.is_available()):
         jobs += [("train", name) for name in ("model-alone", "store-batch", "store-dataloader", "netcdf")]
     if args.only:
@@ -277,6 +282,7 @@ def main() -> None:
     for mode, name in jobs:
         cmd = [sys.executable, __file__, str(args.store), "--one", f"{mode}:{name}", "--workers", str(args.workers),
                "--batch-size", str(args.batch_size), "--seconds", str(args.seconds), "--width", str(args.width)]
+        cmd += ["--one-shard", str(args.one_shard)] if args.one_shard else []
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if done.returncode:
             sys.exit(f"{mode} {name} failed:\n{done.stderr}")
@@ -289,6 +295,11 @@ def main() -> None:
         return
     add_ratios(rows)
     print_table(rows)
+    if args.one_shard:
+        loads = {r["loader"]: r for r in rows if r["mode"] == "load"}
+        shards = store.attrs["layout"].get("shards", 1)
+        print(f"\nstore-batch over {shards} shards / over one shard: "
+              f"{loads['store-batch']['samples_per_s'] / loads['store-batch-1shard']['samples_per_s']:.3f}")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "loader.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.results / "loader.png")

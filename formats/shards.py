@@ -98,7 +98,8 @@ class ShardedArray:
             raise IndexError("across shards, ShardedArray takes one array index, on time; index the other axes after it")
         if not rest:
             out = np.empty((rows.size,) + self.shape[1:], self.dtype)
-            self.take_rows(rows, out.reshape(rows.size, -1))
+            if rows.size:
+                self.take_rows(rows, out.reshape(rows.size, -1))
             return out
         parts = [self.shard(k)[(rows[a:b] - k * self.shard_steps,) + rest] for k, a, b in self._runs(rows, 1)]
         return np.concatenate(parts) if parts else self.shard(0)[(rows[:0],) + rest]
@@ -135,3 +136,17 @@ def take_rows(array, rows: np.ndarray, out: np.ndarray, per_step: int = 1) -> np
     if isinstance(array, ShardedArray):
         return array.take_rows(rows, out, per_step)
     return np.take(array.reshape(-1, out.shape[1]), rows, axis=0, out=out)
+
+
+def take_fields(array, steps: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """(len(steps), len(channels), *space) copy of the given channels of the given steps, reading only
+    those fields (a memmap, a ShardedArray, or a compressed store's zarr array)."""
+    steps, channels = np.asarray(steps, dtype=np.int64), np.asarray(channels, dtype=np.int64)
+    shape = (steps.size, channels.size) + tuple(array.shape[2:])
+    if not isinstance(array, (np.ndarray, ShardedArray)):
+        return np.asarray(array.oindex[steps, channels])
+    out = np.empty(shape, array.dtype)
+    if out.size:
+        rows = (steps[:, None] * array.shape[1] + channels[None, :]).ravel()
+        take_rows(array, rows, out.reshape(rows.size, -1), array.shape[1])
+    return out

@@ -22,7 +22,7 @@ from canonstore.formats.store import FORMAT_VERSION, open_store
 from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import writer
 from canonstore.preprocess.build import (BLOCK_MB, BuildResult, data_layout, publish_new, recorded_attrs,
-                                         report_sources, scan, store_labels)
+                                         report_sources, scan, store_labels, up_to_date)
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
@@ -45,7 +45,7 @@ def append(store_path: str | Path, recipe_path: str | Path | None = None, progre
     with writer.build_lock(out, log):
         previous = recorded_attrs(out)  # as it is now that no other build runs
         inputs = input_records(recipe.sources, previous.get("inputs", []))
-        if previous.get("recipe_sha256") == recipe.sha256 and content(previous.get("inputs", [])) == content(inputs):
+        if up_to_date(previous, recipe, inputs):
             log(f"{out} is up to date (same recipe and inputs); nothing to append")
             return BuildResult(out, built=False)
         result = try_append(out, recipe, inputs, previous, progress, log, block_mb)

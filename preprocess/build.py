@@ -41,7 +41,7 @@ from canonstore.preprocess.stats import FIELDS, RunningStats
 from canonstore.provenance import git_commit
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_labels
 
-BLOCK_MB = 128  # float32 MiB of one read/write block; its float64 copy while normalising is twice that
+BLOCK_MB = 32  # float32 MiB of one read/write block; its float64 copy while normalising is twice that
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
 
 
@@ -89,7 +89,7 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
     previous = recorded_attrs(out)
     # Only files whose size, mtime or inode changed since the store (or the partial build) are hashed.
     inputs = input_records(recipe.sources, (previous or {}).get("inputs", []) + (state or {}).get("inputs", []))
-    if not force and _up_to_date(previous, recipe, inputs):
+    if not force and up_to_date(previous, recipe, inputs):
         log(f"{out} is up to date (same recipe and inputs); nothing to do")
         return BuildResult(out, built=False)
     if append and not force and previous is not None:
@@ -204,7 +204,7 @@ def _plan_from_json(state: dict) -> dict:
             "mask_channels": state["mask_channels"], "static_mask": None}
 
 
-def _up_to_date(attrs: dict | None, recipe: Recipe, inputs: list[dict]) -> bool:
+def up_to_date(attrs: dict | None, recipe: Recipe, inputs: list[dict]) -> bool:
     return (attrs is not None and attrs.get("format_version") == FORMAT_VERSION
             and attrs.get("recipe_sha256") == recipe.sha256 and content(attrs.get("inputs", [])) == content(inputs))
 

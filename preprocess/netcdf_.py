@@ -1,4 +1,4 @@
-"""Open raw NetCDF sources lazily (xarray + dask) and check they form one dataset.
+"""Open raw NetCDF sources lazily (xarray, no dask: one lazy read per block and file) and check they form one dataset.
 
 Each file is opened and decoded on its own, so packing (`scale_factor`/`add_offset`) and
 fill values may differ per file; the time axes are then joined file by file. Nothing is
@@ -370,7 +370,7 @@ def _open(path: Path) -> xr.Dataset:
             warnings.filterwarnings("ignore", message=r"Variable\(s\) referenced in")  # CMIP bounds, areacella
             # Seconds, not nanoseconds: datetime64[ns] ends in 2262, and xarray would decode a later
             # standard-calendar file to cftime while earlier files stay datetime64 (one axis, two types).
-            return xr.open_dataset(path, chunks={}, decode_coords="all",
+            return xr.open_dataset(path, cache=False, decode_coords="all",
                                    decode_times=xr.coders.CFDatetimeCoder(time_unit="s"))
     except Exception as exc:  # the libraries' messages run over several lines; the first says it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -386,6 +386,9 @@ def _check_netcdf3_size(path: Path) -> None:
     """
     import netCDF4
 
+    with open(path, "rb") as f:
+        if f.read(3) != b"CDF":  # NetCDF4/HDF5 files have no such risk; skip the second open
+            return
     try:
         with netCDF4.Dataset(path) as nc:
             if not nc.file_format.startswith("NETCDF3"):

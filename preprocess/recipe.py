@@ -156,11 +156,11 @@ def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path, ...]:
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise RecipeError(f"{where}: 'sources' must be a list of paths or globs, got {value!r}")
-    found: list[Path] = []
+    found: dict[Path, None] = {}  # ordered and O(1) membership: thousands of files are common
     for entry in value:
         pattern = Path(entry) if Path(entry).is_absolute() else base / entry
         matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
         if not matches:
             raise RecipeError(f"{where}: source {entry!r} matches no file (looked for {pattern})")
-        found.extend(m for m in matches if m not in found)
+        found.update(dict.fromkeys(matches))
     return tuple(found)

@@ -36,30 +36,45 @@ class RunningStats:
         self.sum, self.sum_sq = np.zeros(c), np.zeros(c)
 
     def update(self, block: np.ndarray, channels=None) -> None:
-        """Add a float64 block (steps, channel, *space) of `channels` (default all); NaNs are counted, not used."""
-        channels = range(self.channels) if channels is None else channels
-        # Overflow gives inf, which the build refuses by name afterwards (no store has a non-finite stat).
-        with np.errstate(over="ignore", invalid="ignore"):
-            for i, c in enumerate(channels):  # one channel at a time keeps temporaries small
-                self._update_channel(int(c), block[:, i].ravel())
+        """Add a float64 block (steps, channel, *space) of `channels` (default all); NaNs are counted, not used.
 
-    def _update_channel(self, c: int, x: np.ndarray) -> None:
-        valid = x[~np.isnan(x)]
-        n = valid.size
-        self.nan_count[c] += x.size - n
-        if n == 0:
-            return
-        block_mean = valid.mean()
-        block_m2 = np.square(valid - block_mean).sum()
-        total = self.count[c] + n
-        delta = block_mean - self.mean[c]
-        self.mean[c] += delta * n / total
-        self.m2[c] += block_m2 + delta ** 2 * self.count[c] * n / total
-        self.count[c] = total
-        self.sum[c] += valid.sum()
-        self.sum_sq[c] += np.square(valid).sum()
-        self.min[c] = min(self.min[c], valid.min())
-        self.max[c] = max(self.max[c], valid.max())
+        Each step's field is reduced on its own, then the steps are merged one by one in order: the
+        result depends on the steps alone, never on how they were cut into blocks or shards (a
+        distributed build merging per-step partials in the same order gets the same bits).
+        """
+        channels = np.arange(self.channels) if channels is None else np.asarray(channels)
+        n = block.shape[0]
+        count, total, total_sq, m2 = (np.zeros((n, channels.size)) for _ in range(4))
+        lo, hi = np.full((n, channels.size), np.inf), np.full((n, channels.size), -np.inf)
+        # Overflow gives inf, which the build refuses by name afterwards (no store has a non-finite stat).
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for i in range(channels.size):  # one channel at a time keeps temporaries small
+                x = block[:, i].reshape(n, -1)
+                valid = ~np.isnan(x)
+                count[:, i] = valid.sum(axis=1)
+                total[:, i] = np.where(valid, x, 0.0).sum(axis=1)
+                total_sq[:, i] = np.where(valid, np.square(x), 0.0).sum(axis=1)
+                mean = total[:, i] / np.maximum(count[:, i], 1)
+                m2[:, i] = np.where(valid, np.square(x - mean[:, None]), 0.0).sum(axis=1)
+                lo[:, i] = np.where(valid, x, np.inf).min(axis=1)
+                hi[:, i] = np.where(valid, x, -np.inf).max(axis=1)
+            size = int(np.prod(block.shape[2:]))
+            for t in range(n):  # Chan et al.'s pairwise update, step by step
+                self._merge(channels, count[t], total[t], total_sq[t], m2[t], lo[t], hi[t], size)
+
+    def _merge(self, c, n, total, total_sq, m2, lo, hi, size) -> None:
+        self.nan_count[c] += (size - n).astype(np.int64)
+        new = self.count[c] + n
+        step_mean = total / np.maximum(n, 1)
+        delta = step_mean - self.mean[c]
+        share = np.where(new > 0, n / np.maximum(new, 1), 0.0)
+        self.m2[c] += m2 + delta ** 2 * self.count[c] * share
+        self.mean[c] += delta * share
+        self.count[c] = new.astype(np.int64)
+        self.sum[c] += total
+        self.sum_sq[c] += total_sq
+        self.min[c] = np.minimum(self.min[c], lo)
+        self.max[c] = np.maximum(self.max[c], hi)
 
     @property
     def std(self) -> np.ndarray:

@@ -121,3 +121,55 @@ def test_float16_refuses_a_channel_that_overflows_by_name(tmp_path):
     with pytest.raises(SourceError, match=r"spike.nc: variable 'spike' \(channel spike\) at time 2001-01-01T00:00: .*overflows float16"):
         build(recipe, tmp_path / "spike.zarr", **quiet)
     assert not (tmp_path / "spike.zarr").exists() and not (tmp_path / "spike.zarr.partial").exists()
+
+
+def test_unchanged_inputs_are_not_hashed_again_touched_ones_are(tmp_path, tiny_raw, monkeypatch):
+    from canonstore.preprocess import inputs as inputs_module
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    recipe = demo_recipe(tmp_path, raw)
+    out = tmp_path / "demo.zarr"
+    build(recipe, out, **quiet)
+    hashed = []
+    original = inputs_module.file_sha256
+    monkeypatch.setattr(inputs_module, "file_sha256", lambda p: hashed.append(p.name) or original(p))
+    assert not build(recipe, out, **quiet).built and hashed == []  # a no-op build reads no input byte
+    (raw / "z_2001.nc").touch()                                      # same bytes, new mtime: hashed, still up to date
+    assert not build(recipe, out, **quiet).built and hashed == ["z_2001.nc"]
+    record = next(i for i in open_store(out).attrs["inputs"] if i["path"].endswith("z_2001.nc"))
+    assert {"size", "mtime_ns", "inode", "sha256"} <= set(record)
+
+
+def test_only_the_selected_levels_are_read_from_the_files(tmp_path, tiny_raw, monkeypatch):
+    from canonstore.preprocess.netcdf_ import Sources
+
+    shapes = []
+    original = Sources._read_variable
+
+    def recorded(self, *args, **kwargs):
+        block = original(self, *args, **kwargs)
+        shapes.append(block.shape)
+        return block
+
+    monkeypatch.setattr(Sources, "_read_variable", recorded)
+    recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t"], levels={"z": [850, 250], "t": [500]}, static=[])
+    store = open_store(build(recipe, tmp_path / "sel.zarr", **quiet).path)
+    assert store.channels == ["z850", "z250", "t500"]
+    assert shapes and {s[1] for s in shapes} <= {1, 2}          # 2 levels of z, 1 of t; the files hold 4 each
+    every = open_store(build(demo_recipe(tmp_path / "..", tiny_raw, static=[], name="all"), tmp_path / "all.zarr",
+                             **quiet).path)
+    for name in store.channels:
+        np.testing.assert_array_equal(store.denormalise(store.array[:50])[:, store.channels.index(name)],
+                                      every.denormalise(every.array[:50])[:, every.channels.index(name)])
+
+
+def test_a_step_larger_than_a_block_is_split_across_channels_with_the_same_result(tmp_path, tiny_raw, tiny_store):
+    sample_mb = np.prod(open_store(tiny_store).shape[1:]) * 4 / 2**20
+    recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2000-01-31"}, splits={"train": [2000, 2000]})
+    whole = open_store(build(recipe, tmp_path / "whole.zarr", **quiet).path)
+    split = open_store(build(recipe, tmp_path / "split.zarr", block_mb=sample_mb / 5, **quiet).path)
+    assert split.attrs["layout"]["block_channels"] == 2  # each block: one step, 2 of its 14 channels
+    assert np.asarray(split.array).tobytes() == np.asarray(whole.array).tobytes()
+    for name, values in whole.stats.items():
+        np.testing.assert_array_equal(split.stats[name], values, err_msg=name)

@@ -1,7 +1,9 @@
 """Faults: kill -9 mid-build, resume, determinism, a second concurrent build, readers during a
 rebuild, flipped bytes, and raw inputs that change after the build."""
 
+import errno
 import json
+import os
 import random
 import shutil
 import signal
@@ -150,6 +152,35 @@ def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path)
     assert not out.exists()
     build(demo_recipe(tmp_path, tiny_raw), out, **quiet)       # the lock goes with its holder
     assert verify_store(out) == []
+
+
+def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_raw, tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(writer.fcntl, "flock", no_flock)  # what some Lustre mounts answer
+    out, logs = tmp_path / "demo.zarr", []
+    with writer.build_lock(out, logs.append):
+        assert "does not support flock" in logs[0] and Path(f"{out}.lock.excl").is_file()
+        with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running .*delete it"):
+            build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert not Path(f"{out}.lock.excl").exists()  # removed when the build ends
+    assert build(demo_recipe(tmp_path, tiny_raw), out, **quiet).built
+
+
+def test_progress_only_records_blocks_that_reached_the_disk(tiny_raw, tmp_path, monkeypatch):
+    events = []
+    for name in ("sync", "finish_shard"):  # both end in fdatasync/fsync of the shard file
+        method = getattr(writer.DataWriter, name)
+        monkeypatch.setattr(writer.DataWriter, name, lambda self, *a, _m=method: events.append("synced") or _m(self, *a))
+    original = writer.save_progress
+    monkeypatch.setattr(writer, "save_progress", lambda staging, state: events.append(state["steps_done"]) or
+                        original(staging, state))
+    build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
+    saved = [i for i, e in enumerate(events) if isinstance(e, int)]
+    assert len(saved) > 20 and events[saved[0]] == 0
+    for i in saved[1:]:  # every record after the first follows the flush of the block it counts
+        assert events[i - 1] == "synced", f"progress {events[i]} saved before its data was flushed"
 
 
 def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_path):

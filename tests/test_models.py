@@ -85,7 +85,7 @@ def test_climatology_recovers_seasonal_and_diurnal_cycles():
     data = np.concatenate([data, rng.normal(size=data.shape).astype(np.float32)], axis=1)  # channels 2, 3: noise
     model = Climatology(2, (3, 4), annual=2, diurnal=1)
     train = np.arange(2 * 1460)            # fitted on two years, read in blocks smaller than that
-    model.fit(data, train, times, np.array([0, 1]), block=100)
+    model.fit(data, train, times, np.array([0, 1]), memory=2**14)  # many small reads
     assert np.allclose(model.coef.numpy(), truth, atol=1e-4)
     later = torch.from_numpy(basis[-5:])   # the third year is forecast exactly
     assert torch.allclose(model(torch.zeros(5, 1, 3, 4), later), torch.from_numpy(data[-5:, :2]), atol=1e-4)
@@ -122,7 +122,7 @@ def test_climatology_is_fitted_on_observed_steps_only():
     data = np.concatenate([np.where(observed, x, 0.0), observed * 4.0 - 2.0], axis=1).astype(np.float32)
     steps = np.arange(times.size)
     masked = Climatology(1, (2, 3), annual=1, diurnal=1)
-    masked.fit(data, steps, times, np.array([0]), valid=[(1, 0.0)], block=333)
+    masked.fit(data, steps, times, np.array([0]), valid=[(1, 0.0)], memory=2**14)
     assert np.allclose(masked.coef.numpy(), truth, atol=1e-4)            # filled steps weigh nothing
     naive = Climatology(1, (2, 3), annual=1, diurnal=1)
     naive.fit(data, steps, times, np.array([0]))

@@ -157,3 +157,35 @@ def test_files_that_contribute_nothing_are_reported_by_name(tmp_path):
     store = open_store(build(recipe, tmp_path / "x.zarr", progress=False, log=log.append).path)
     assert any("not used: " in line and "pr.nc" in line and "it has pr" in line for line in log)
     assert store.attrs["unused_inputs"] == [{"path": str(tmp_path / "pr.nc"), "variables": ["pr"]}]
+
+
+def test_two_thousand_files_build_within_a_small_file_handle_limit(tmp_path):
+    """2,000 one-day files build with at most 256 open files (xarray's file cache keeps 128 open)."""
+    import subprocess
+    import sys
+
+    import netCDF4
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    values = np.random.default_rng(0).normal(size=(2000, 2, 3)).astype(np.float32)
+    for day in range(2000):
+        with netCDF4.Dataset(folder / f"x_{day:04d}.nc", "w") as nc:
+            nc.createDimension("time", None)
+            nc.createDimension("lat", 2)
+            nc.createDimension("lon", 3)
+            t = nc.createVariable("time", "i4", ("time",))
+            t.units, t.calendar = "days since 2000-01-01", "standard"
+            t[:] = [day]
+            nc.createVariable("lat", "f4", ("lat",))[:] = [10, 20]
+            nc.createVariable("lon", "f4", ("lon",))[:] = [0, 90, 180]
+            nc.createVariable("x", "f4", ("time", "lat", "lon"))[:] = values[day:day + 1]
+    recipe = write_recipe(tmp_path, name="many", sources=[str(folder / "x_*.nc")], splits={"train": [2000, 2003]})
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+            "from canonstore.preprocess import build; "
+            f"build({str(recipe)!r}, {str(tmp_path / 'many.zarr')!r}, progress=False)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = open_store(tmp_path / "many.zarr")
+    assert store.shape == (2000, 1, 2, 3) and len(store.attrs["inputs"]) == 2000
+    np.testing.assert_allclose(store.denormalise(np.asarray(store.array))[:, 0], values, rtol=1e-6, atol=1e-6)

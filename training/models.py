@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from canonstore.errors import ConfigError
+from canonstore.formats.shards import take_fields
 
 
 def sphere_pad(x: torch.Tensor, lat: int, lon: int) -> torch.Tensor:
@@ -160,7 +161,7 @@ class Climatology(nn.Module):
             return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
 
     def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
-            valid: list | None = None, block: int = 256) -> None:
+            valid: list | None = None, memory: int = 256 * 2**20) -> None:
         """Least squares on the train `steps` of `array` (time, channel, *space), in one streaming pass.
 
         `valid` (from `training.metrics.validity`): per target, None or (its `_valid` channel, threshold in stored
@@ -169,18 +170,20 @@ class Climatology(nn.Module):
         basis = time_basis(times[steps], self.annual, self.diurnal)
         xtx = basis.T @ basis
         xty = np.zeros((basis.shape[1], int(np.prod(self.coef.shape[1:]))))
+        # Steps per read: the target fields of a block fit in `memory` as float64; no other channel is read.
+        block = max(1, memory // (8 * xty.shape[1]))
         for start in range(0, steps.size, block):
-            values = np.asarray(array[steps[start:start + block]])[:, targets]
+            values = take_fields(array, steps[start:start + block], targets)
             xty += basis[start:start + block].T @ values.reshape(values.shape[0], -1).astype(np.float64)
         # lstsq, not solve: harmonics a sampling rate cannot see (e.g. 12 h at 6-hourly) make xtx singular
         coef = np.linalg.lstsq(xtx, xty, rcond=None)[0].reshape(self.coef.shape)
         for c, mask in enumerate(valid or []):
             if mask is not None:
-                coef[:, c] = _masked_fit(array, steps, basis, int(targets[c]), *mask, block).reshape(coef[:, c].shape)
+                coef[:, c] = _masked_fit(array, steps, basis, int(targets[c]), *mask, memory).reshape(coef[:, c].shape)
         self.coef.copy_(torch.from_numpy(coef))
 
 
-def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold: float, block: int,
+def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold: float,
                 memory: int = 256 * 2**20) -> np.ndarray:
     """(basis, points) least squares per grid point, each over the steps where it was observed.
 
@@ -191,13 +194,14 @@ def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold
     points = int(np.prod(array.shape[2:]))
     coef = np.zeros((k, points))
     group = max(1, memory // (8 * k * k))
+    block = max(1, memory // (16 * points))  # steps per read: the two fields, as float64
     for first in range(0, points, group):
         part = slice(first, min(points, first + group))
         xtx, xty = np.zeros((part.stop - first, k, k)), np.zeros((part.stop - first, k))
         for start in range(0, steps.size, block):
-            rows = np.asarray(array[steps[start:start + block]])
-            observed = (rows[:, valid_channel].reshape(len(rows), -1)[:, part] > threshold).astype(np.float64)
-            values = rows[:, channel].reshape(len(rows), -1)[:, part].astype(np.float64)
+            rows = take_fields(array, steps[start:start + block], [channel, valid_channel])
+            observed = (rows[:, 1].reshape(len(rows), -1)[:, part] > threshold).astype(np.float64)
+            values = rows[:, 0].reshape(len(rows), -1)[:, part].astype(np.float64)
             b = basis[start:start + block]
             xtx += np.einsum("tk,tl,tp->pkl", b, b, observed)
             xty += np.einsum("tk,tp->pk", b, observed * values)
