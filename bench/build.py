@@ -1,10 +1,10 @@
 """Build throughput and peak memory at three input sizes, one shard vs many, next to the raw read limit.
 
-    python bench/build.py [--sizes 0.125 0.5 1] [--years 3] [--work /tmp/canonstore-bench-build]
+    python bench/build.py [--sizes 0.25 1 2] [--years 3] [--work /tmp/canonstore-bench-build]
 
-For each demo SIZE (input bytes grow with SIZE: 0.125 -> 1 is 8x) the same raw files are
+For each demo SIZE (input bytes grow with SIZE: 0.25 -> 2 is 8x) the same raw files are
 (1) read once by netCDF4 in one thread, every input variable decoded (the raw read limit), and
-built (2) into one shard and (3) into at least 16 shards, each build in its own process (peak RSS
+built (2) into one shard and (3) into shards of 8 MiB, each build in its own process (peak RSS
 is that process's ru_maxrss), all in one run. MB are the store's float32 bytes (what the build
 writes, the same count of values the raw read decodes). Writes a table and
 bench/results/build.json; an 8x-input build should peak within 20% of the 1x one.
@@ -62,7 +62,7 @@ def measure(work: Path, size: float, years: int) -> list[dict]:
     last = 2000 + years - 1
     rows = [{"size": size, "layout": "raw read (netCDF4, 1 thread)", "shards": None, "mb": round(raw_bytes / 1e6, 1),
              "seconds": round(raw_seconds, 2), "mb_per_s": round(raw_bytes / 1e6 / raw_seconds, 1), "peak_rss_mb": None}]
-    for layout, shard_mb in (("one shard", 10**6), ("many shards", raw_bytes / 2**20 / 16)):
+    for layout, shard_mb in (("one shard", 10**6), ("many shards", 8)):
         (folder / "bench.yaml").write_text(RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb))
         nbytes, seconds, rss_kb = run(BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"))
         shards = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]["layout"]["shards"]
@@ -75,7 +75,7 @@ def measure(work: Path, size: float, years: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", type=float, default=[0.125, 0.5, 1])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[0.25, 1, 2])
     parser.add_argument("--years", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-build"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))

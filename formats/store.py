@@ -33,11 +33,17 @@ def normalisation_scale(std: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(std) & (std > 0), std, 1.0)
 
 
-def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1) -> np.ndarray:
-    """Physical values -> stored values (FORMAT.md): (x - mean) / scale per channel, NaN -> 0, float64."""
+def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1,
+              inplace: bool = False) -> np.ndarray:
+    """Physical values -> stored values (FORMAT.md): (x - mean) / scale per channel, NaN -> 0, float64.
+
+    `inplace=True` overwrites `values` (float64) instead of allocating: the same bits, less memory.
+    """
     shape = [1] * np.ndim(values)
     shape[channel_axis] = -1
-    normalised = (values - np.reshape(mean, shape)) / normalisation_scale(np.asarray(std)).reshape(shape)
+    out = values if inplace else None
+    normalised = np.subtract(values, np.reshape(mean, shape), out=out)
+    np.divide(normalised, normalisation_scale(np.asarray(std)).reshape(shape), out=normalised)
     return np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
 
 

@@ -333,7 +333,9 @@ def store_values(sources: Sources, plan: dict, start: int, stop: int, c0: int, c
     wanted = np.arange(c0, c1)
     source_of = np.where(wanted < nsrc, wanted, np.asarray(masked + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)])
     needed = np.unique(source_of)
-    raw = sources.read(start, stop, needed)[:, np.searchsorted(needed, source_of)]
+    raw = sources.read(start, stop, needed)
+    if not np.array_equal(needed, source_of):  # a `_valid` channel repeats its source channel
+        raw = raw[:, np.searchsorted(needed, source_of)]
     valid = wanted >= nsrc
     if valid.any():
         raw[:, valid] = ~np.isnan(raw[:, valid])

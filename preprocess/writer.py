@@ -153,7 +153,7 @@ class DataWriter:
         """Write steps [start, start + len(block)) of channels from `channel` on; `where(step, channel)`
         names a value in errors."""
         channels = slice(channel, channel + block.shape[1])
-        normalised = normalise(block, self.mean[channels], self.std[channels])
+        normalised = normalise(block, self.mean[channels], self.std[channels], inplace=block.dtype == np.float64)
         if self.dtype == np.float16:
             self._check_float16(normalised, start, channel, where)
         out = normalised.astype(self.dtype)
