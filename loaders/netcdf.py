@@ -58,7 +58,9 @@ class NetCDFDataset(WindowDataset):
         return self._sources
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
-        from canonstore.preprocess.build import with_valid_channels
+        from canonstore.preprocess.build import store_values
 
-        values = with_valid_channels(self.sources.read(start, stop), self._valid_of)  # float64, as the build reads
+        sources = self.sources  # opened on first use; sets _valid_of
+        plan = {"mask_channels": self._valid_of}  # the store's `_valid` channels, computed as the build does
+        values = store_values(sources, plan, start, stop, 0, len(self.store_channels))  # float64
         return normalise(values, self.mean, self.std).astype(self.store_dtype).astype(np.float32)

@@ -32,7 +32,7 @@ from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
-from canonstore.formats.zarr_ import shard_count, shard_file, shard_steps_for
+from canonstore.formats.zarr_ import shard_count, shard_steps_for
 from canonstore.preprocess import writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
@@ -175,13 +175,6 @@ def publish_new(recipe, sources, labels, plan, inputs, staging: Path, out: Path,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def with_valid_channels(values: np.ndarray, mask_channels: list[int]) -> np.ndarray:
-    """Append the `<channel>_valid` channels (1 observed, 0 NaN) the plan added for time-varying NaN patterns."""
-    if not mask_channels:
-        return values
-    return np.concatenate([values, (~np.isnan(values[:, mask_channels])).astype(np.float64)], axis=1)
 
 
 def _fingerprint(recipe: Recipe, inputs: list[dict], layout: dict) -> str:

@@ -17,7 +17,7 @@ import xarray as xr
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import as_days, find_gaps
+from canonstore.splits.gaps import find_gaps
 
 LEVEL_DIMS = ("level", "lev", "plev", "pressure_level", "pressure", "isobaricInhPa")
 _CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
