@@ -39,6 +39,12 @@ TRAIN_ARGS = --config $(CONFIG) --model $(MODEL) --store $(STORE) \
 # NPROC > 1: one process per GPU (or CPU share) under torchrun, DistributedDataParallel.
 TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m canonstore,$(CANON))
 
+# Where the build runs: SCHEDULER=tcp://host:8786 (an address; train's SCHEDULER=cosine is not one),
+# SCHEDULER_FILE=scheduler.json (dask-jobqueue, dask-mpi) or WORKERS=N (a local dask cluster); else in-process.
+BUILD_ON = $(if $(findstring ://,$(SCHEDULER)),--scheduler $(SCHEDULER)) \
+	$(if $(SCHEDULER_FILE),--scheduler-file $(SCHEDULER_FILE)) \
+	$(if $(and $(filter command line environment,$(origin WORKERS)),$(if $(findstring ://,$(SCHEDULER))$(SCHEDULER_FILE),,x)),--workers $(WORKERS))
+
 # The store depends on the recipe and every raw file it names (listed by the CLI once installed).
 ifeq ($(RECIPE),recipes/demo.yaml)
 INPUTS := $(DEMO_STAMP)
@@ -66,12 +72,12 @@ $(DEMO_STAMP): preprocess/demo.py | $(ENV_STAMP)
 	$(CANON) demo-data $(DEMO_RAW) --size $(SIZE) --years $(YEARS)
 	touch $@
 
-intermediate: $(STORE)/manifest.json ## build the store from RECIPE (skipped when recipe and inputs are unchanged)
+intermediate: $(STORE)/manifest.json ## build the store from RECIPE (skipped when unchanged; WORKERS=N or SCHEDULER=tcp://.. for dask)
 
 # The manifest is written last, inside the store, and the store appears by one rename: if the
 # manifest exists the store is complete. `touch` because an unchanged build writes nothing.
 $(STORE)/manifest.json: $(RECIPE) $(INPUTS) | $(ENV_STAMP)
-	$(CANON) build $(RECIPE) --out $(STORE) --resume
+	$(CANON) build $(RECIPE) --out $(STORE) --resume $(BUILD_ON)
 	touch $@
 
 inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits, layout, provenance

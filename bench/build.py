@@ -1,13 +1,15 @@
-"""Build throughput and peak memory at three input sizes, one shard vs many, next to the raw read limit.
+"""Build throughput and peak memory at three input sizes, in-process and on dask LocalClusters,
+next to the raw read limit and the disk's durable-write limit.
 
-    python bench/build.py [--sizes 0.25 1 2] [--years 3] [--work /tmp/canonstore-bench-build]
+    python bench/build.py [--sizes 0.25 1 2] [--years 3] [--workers 1 2] [--work /tmp/canonstore-bench-build]
 
-For each demo SIZE (input bytes grow with SIZE: 0.25 -> 2 is 8x) the same raw files are
-(1) read once by netCDF4 in one thread, every input variable decoded (the raw read limit), and
-built (2) into one shard and (3) into shards of 8 MiB, each build in its own process (peak RSS
-is that process's ru_maxrss), all in one run. MB are the store's float32 bytes (what the build
-writes, the same count of values the raw read decodes). Writes a table and
-bench/results/build.json; an 8x-input build should peak within 20% of the 1x one.
+For each demo SIZE (input bytes grow with SIZE: 0.25 -> 2 is 8x), in one run and each in its own
+process: (1) the raw read limit, netCDF4 in one thread decoding every input variable; (2) the
+disk's durable-write limit, the store's bytes written and fdatasync'd (a build must put them on
+disk); builds (3) into one shard and (4) into 8 MiB shards in-process; and (5) on a LocalCluster
+of each --workers count (8 MiB shards, one task per shard; peak RSS is the largest worker's,
+the driver's in brackets). MB are the store's float32 bytes. Writes a table,
+bench/results/build.json and build.png.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 RECIPE = """name: bench
 sources: [raw/*.nc]
@@ -34,63 +39,144 @@ for path in sys.argv[1:]:
         for var in nc.variables.values():
             if var.dimensions and var.dimensions[0] == "time" and var.ndim > 1:
                 nbytes += np.asarray(var[:], dtype=np.float32).nbytes
-print(nbytes, time.perf_counter() - began)
+print(nbytes, time.perf_counter() - began, 0)
+"""
+
+DURABLE_WRITE = """
+import os, sys, time, numpy as np
+nbytes, block = int(sys.argv[2]), np.ones(8 << 20, np.uint8)
+began = time.perf_counter()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+for offset in range(0, nbytes, block.size):
+    os.pwrite(fd, block[:min(block.size, nbytes - offset)], offset)
+os.fdatasync(fd)
+os.close(fd)
+seconds = time.perf_counter() - began
+os.unlink(sys.argv[1])
+print(nbytes, seconds, 0)
 """
 
 BUILD = """
 import resource, sys, time
 from canonstore.preprocess import build
-began = time.perf_counter()
-result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None)
-print(result.bytes, time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+def peak_kb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+if __name__ == "__main__":  # dask workers start by importing this script
+    workers = int(sys.argv[3])
+    if workers:
+        import dask
+        from distributed import Client, LocalCluster
+        from canonstore.preprocess.cluster import UNTRIMMED
+        with dask.config.set(UNTRIMMED), LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40) as cluster, \\
+                Client(cluster) as client:
+            began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
+            result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None,
+                           scheduler=cluster.scheduler_address)
+            seconds = time.perf_counter() - began
+            worker_kb = max(client.run(peak_kb).values())
+    else:
+        began = time.perf_counter()
+        result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None)
+        seconds, worker_kb = time.perf_counter() - began, 0
+    print(result.bytes, seconds, peak_kb(), worker_kb)
 """
 
 
-def run(code: str, *args: str) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout
-    return [float(v) for v in out.split()[-3:]]
+def run(code: str, *args: str, values: int = 3) -> list[float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as script:  # a file: dask's spawned workers import it
+        script.write(code)
+        script.flush()
+        out = subprocess.run([sys.executable, script.name, *args], check=True, capture_output=True, text=True).stdout
+    return [float(v) for v in out.split()[-values:]]
 
 
-def measure(work: Path, size: float, years: int) -> list[dict]:
+def measure(work: Path, size: float, years: int, workers: list[int]) -> list[dict]:
     folder = work / f"size-{size:g}"
     if not (folder / "raw" / ".complete").exists():
         subprocess.run([sys.executable, "-m", "canonstore", "demo-data", str(folder / "raw"), "--size", str(size),
                         "--years", str(years)], check=True, capture_output=True)
     files = sorted(str(p) for p in (folder / "raw").glob("*.nc"))
-    raw_bytes, raw_seconds = run(RAW_READ, *files)
+    raw_bytes, raw_seconds, _ = run(RAW_READ, *files)
+    rows = [_row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds)]
+    disk_bytes, disk_seconds, _ = run(DURABLE_WRITE, str(folder / "durable.tmp"), str(int(raw_bytes)))
+    rows.append(_row(size, "durable write (pwrite+fdatasync)", None, disk_bytes, disk_seconds))
     last = 2000 + years - 1
-    rows = [{"size": size, "layout": "raw read (netCDF4, 1 thread)", "shards": None, "mb": round(raw_bytes / 1e6, 1),
-             "seconds": round(raw_seconds, 2), "mb_per_s": round(raw_bytes / 1e6 / raw_seconds, 1), "peak_rss_mb": None}]
-    for layout, shard_mb in (("one shard", 10**6), ("many shards", 8)):
+    runs = [("in-process, one shard", 10**6, 0), ("in-process, 8 MiB shards", 8, 0)]
+    runs += [(f"LocalCluster {n} worker{'s' if n > 1 else ''}, 8 MiB shards", 8, n) for n in workers]
+    for layout, shard_mb, n in runs:
         (folder / "bench.yaml").write_text(RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb))
-        nbytes, seconds, rss_kb = run(BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"))
+        nbytes, seconds, rss_kb, worker_kb = run(BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n),
+                                                 values=4)
         shards = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]["layout"]["shards"]
-        rows.append({"size": size, "layout": layout, "shards": shards, "mb": round(nbytes / 1e6, 1),
-                     "seconds": round(seconds, 2), "mb_per_s": round(nbytes / 1e6 / seconds, 1),
-                     "peak_rss_mb": round(rss_kb / 1024, 1)})
+        rows.append(_row(size, layout, shards, nbytes, seconds, worker_kb or rss_kb, rss_kb if worker_kb else None,
+                         n or None))
         shutil.rmtree(folder / "bench.zarr")
     return rows
+
+
+def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None) -> dict:
+    return {"size": size, "layout": layout, "workers": workers, "shards": shards, "mb": round(nbytes / 1e6, 1),
+            "seconds": round(seconds, 2), "mb_per_s": round(nbytes / 1e6 / seconds, 1),
+            "peak_rss_mb": round(rss_kb / 1024, 1) if rss_kb else None,
+            "driver_rss_mb": round(driver_kb / 1024, 1) if driver_kb else None}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layouts = list(dict.fromkeys(r["layout"] for r in rows))
+    sizes = sorted({r["size"] for r in rows})
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(layouts)
+    for i, layout in enumerate(layouts):
+        values = [next((r["mb_per_s"] for r in rows if r["size"] == s and r["layout"] == layout), 0) for s in sizes]
+        ax.bar(np.arange(len(sizes)) + i * width, values, width, label=layout)
+    ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"SIZE {s:g} ({_mb(rows, s):.0f} MB)" for s in sizes])
+    ax.set_ylabel("MB/s (store bytes)")
+    ax.set_title("canonstore build throughput vs the raw read and durable write limits (2-core box, warm cache)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _mb(rows, size) -> float:
+    return next(r["mb"] for r in rows if r["size"] == size and r["shards"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[0.25, 1, 2])
     parser.add_argument("--years", type=int, default=3)
+    parser.add_argument("--workers", nargs="*", type=int, default=[1, 2], help="LocalCluster sizes (none: skip)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-build"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    rows = [row for size in args.sizes for row in measure(args.work, size, args.years)]
-    print(f"{'SIZE':>6}  {'layout':<30}{'shards':>7}{'MB':>9}{'seconds':>9}{'MB/s':>9}{'of raw':>8}{'peak RSS MB':>13}")
+    rows = [row for size in args.sizes for row in measure(args.work, size, args.years, args.workers)]
+    print(f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}"
+          f"{'peak RSS MB':>13}")
     for r in rows:
-        raw = next(x for x in rows if x["size"] == r["size"] and x["shards"] is None)
-        print(f"{r['size']:>6g}  {r['layout']:<30}{r['shards'] or '':>7}{r['mb']:>9}{r['seconds']:>9}{r['mb_per_s']:>9}"
-              f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{r['peak_rss_mb'] or '':>13}")
-    small, large = (min(rows, key=lambda r: r["size"])["size"], max(rows, key=lambda r: r["size"])["size"])
-    for layout in ("one shard", "many shards"):
+        raw = next(x for x in rows if x["size"] == r["size"] and x["layout"].startswith("raw read"))
+        rss = f"{r['peak_rss_mb']}" + (f" ({r['driver_rss_mb']})" if r["driver_rss_mb"] else "") if r["peak_rss_mb"] else ""
+        print(f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
+              f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{rss:>13}")
+    small, large = min(args.sizes), max(args.sizes)
+    for layout in dict.fromkeys(r["layout"] for r in rows if r["shards"]):
         a, b = (next(r for r in rows if r["size"] == s and r["layout"] == layout) for s in (small, large))
         print(f"{layout}: input x{b['mb'] / a['mb']:.1f} -> peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
+    for size in args.sizes:
+        by = {r["workers"]: r for r in rows if r["size"] == size and r["workers"]}
+        if 1 in by:
+            print(f"SIZE {size:g}: " + ", ".join(f"{n} workers / 1 worker = x{by[n]['mb_per_s'] / by[1]['mb_per_s']:.2f}"
+                                              for n in sorted(by) if n > 1))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "build.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, args.results / "build.png")
+    print(f"wrote {args.results / 'build.json'} and {args.results / 'build.png'}")
 
 
 if __name__ == "__main__":

@@ -29,14 +29,19 @@ def main():
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Store path (default data/intermediate/<name>.zarr).")
 @click.option("--force", is_flag=True, help="Rebuild even if recipe and inputs are unchanged.")
-@click.option("--resume", is_flag=True, help="Go on from an interrupted build's last block (its .partial).")
+@click.option("--resume", is_flag=True, help="Go on from an interrupted build's finished shards (its .partial).")
+@click.option("--workers", type=click.IntRange(min=1), help="Run on a local dask cluster of N worker processes.")
+@click.option("--scheduler", help="Run on the dask.distributed scheduler at this address (tcp://host:8786).")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Run on the dask scheduler this file names "
+              "(what dask-jobqueue and dask-mpi write).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe, out, force, resume, quiet, debug):
-    """Build the store described by RECIPE."""
+def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet, debug):
+    """Build the store described by RECIPE (in this process unless a dask cluster is named)."""
     from canonstore.preprocess import build as build_store
 
-    _run(lambda: build_store(recipe, out, force=force, progress=not quiet, resume=resume), debug)
+    _run(lambda: build_store(recipe, out, force=force, progress=not quiet, resume=resume, workers=workers,
+                             scheduler=scheduler, scheduler_file=scheduler_file), debug)
 
 
 @main.command()

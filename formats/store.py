@@ -47,6 +47,30 @@ def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axi
     return np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
 
 
+def normalise_to(values: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype, out: np.ndarray | None = None,
+                 chunk_bytes: int = 1 << 20) -> np.ndarray:
+    """`normalise(values).astype(dtype)` for a (steps, channel, *space) block, bit for bit, in cache-sized
+    float64 chunks: no float64 copy of the block, a few passes at memory speed. `out` may be `values`."""
+    n, c = values.shape[:2]
+    rows = values.reshape(n * c, -1)
+    out = np.empty(values.shape, dtype) if out is None else out
+    target = out.reshape(n * c, -1)
+    mean_rows = np.tile(np.asarray(mean, np.float64), n)
+    scale_rows = np.tile(normalisation_scale(np.asarray(std, np.float64)), n)
+    step = max(1, chunk_bytes // (8 * rows.shape[1]))
+    buf = np.empty((step, rows.shape[1]))
+    for r in range(0, n * c, step):
+        d = buf[:min(step, n * c - r)]
+        d[...] = rows[r:r + len(d)]
+        d -= mean_rows[r:r + len(d), None]
+        d /= scale_rows[r:r + len(d), None]
+        if not np.isfinite(d).all():
+            np.nan_to_num(d, copy=False, nan=0.0)
+        with np.errstate(over="ignore"):  # float16 overflow becomes inf, which the build refuses by name
+            target[r:r + len(d)] = d
+    return out
+
+
 class Store:
     """A read-only view of one canonstore store. Cheap to create; nothing is read until asked."""
 

@@ -90,19 +90,36 @@ class ShardWriter:
         while done < len(view):  # os.pwrite may write less than asked
             done += os.pwrite(fd, view[done:], offset + done)
 
+    def read(self, start: int, steps: int, channel: int = 0, channels: int | None = None) -> np.ndarray:
+        """Read back steps [start, start + steps) of channels [channel, channel + channels) (all when None)
+        as written, for normalising a shard in place; like `write`, a part of the channels is one step."""
+        k, local = divmod(start, self.shard_steps)
+        channels = self.shape[1] - channel if channels is None else channels
+        out = np.empty((steps, channels) + self.shape[2:], self.dtype)
+        view = memoryview(out).cast("B")
+        fd, offset, done = self._open(k), local * self.sample_bytes + channel * self.field_bytes, 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                raise ValueError(f"{shard_file(self.store, len(self.shape), k)}: shorter than its steps")
+            done += got
+        return out
+
     def sync(self) -> None:
         """Flush the open shard to disk: `progress.json` may only say what has reached the disk."""
         if self._fd is not None:
             os.fdatasync(self._fd)
 
-    def finish_shard(self, k: int) -> None:
-        """Append shard `k`'s index and checksum; after this zarr-python can read its steps."""
+    def finish_shard(self, k: int) -> bytes:
+        """Append shard `k`'s index and checksum, sync the file and return the index bytes; after this
+        zarr-python can read its steps."""
         fd, n = self._open(k), self.steps_in(k)
         index = shard_index(n, self.shard_steps, self.sample_bytes)
         os.pwrite(fd, index, n * self.sample_bytes)
         os.ftruncate(fd, n * self.sample_bytes + len(index))
         os.fsync(fd)
         self.close()
+        return index
 
     def close(self) -> None:
         if self._fd is not None:

@@ -58,9 +58,9 @@ class NetCDFDataset(WindowDataset):
         return self._sources
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
-        from canonstore.preprocess.build import store_values
+        from canonstore.preprocess.tasks import store_values
 
         sources = self.sources  # opened on first use; sets _valid_of
-        plan = {"mask_channels": self._valid_of}  # the store's `_valid` channels, computed as the build does
-        values = store_values(sources, plan, start, stop, 0, len(self.store_channels))  # float64
+        # The store's `_valid` channels, computed as the build does.
+        values = store_values(sources, self._valid_of, start, stop, 0, len(self.store_channels))  # float64
         return normalise(values, self.mean, self.std).astype(self.store_dtype).astype(np.float32)

@@ -21,8 +21,9 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.formats.store import FORMAT_VERSION, open_store
 from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import writer
-from canonstore.preprocess.build import (BLOCK_MB, BuildResult, data_layout, publish_new, recorded_attrs,
-                                         report_sources, scan, store_labels, up_to_date)
+from canonstore.preprocess import cluster, tasks
+from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, data_layout, publish_new,
+                                         recorded_attrs, report_sources, scan, store_labels, up_to_date)
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
@@ -80,7 +81,14 @@ def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, pr
         if layout["shard_steps"] != old_shard and old_shard < old_steps:
             return f"shards of {layout['shard_steps']} steps now, {old_shard} in the store"
         plan = _plan_of(store, sources)
-        _, nans = scan(sources, labels, layout, progress, first=old_steps)
+        staging = writer.staging_path(out)
+        job = tasks.ShardJob(recipe=str(recipe.path.resolve()), recipe_sha256=recipe.sha256,
+                             staging=str(staging.resolve()), shape=(sources.time.size,) + sources.sample_shape,
+                             dtype=recipe.dtype, compression="none", layout=layout,
+                             train=np.zeros(sources.time.size, bool), first=old_steps)
+        tasks.share_sources(recipe.path.resolve(), recipe.sha256, sources)
+        run = cluster.InProcess()
+        _, nans = scan(run, job, progress, resumable=False)
         reason = _nan_change(recipe, sources, plan, nans, old_steps)
         if reason:
             return reason
@@ -97,10 +105,13 @@ def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, pr
         history = previous.get("history") or [{"kind": "build", "created": previous["created"], "steps": [0, old_steps],
                                                "inputs": [i["path"] for i in previous["inputs"]]}]
         staging = writer.start(out)
-        state = {"fingerprint": "append", "inputs": inputs}  # never resumed as a build: an append is cheap to redo
-        nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, None, state,
-                             first_shard, linked, history)
+        writer.save_progress(staging, {"fingerprint": "append", "inputs": inputs})  # never resumed as a build
+        with writer.cleanup_on_failure(staging, log):
+            writer.write_metadata(staging, store_metadata(recipe, sources, labels, plan))
+            nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, run, job,
+                                 first_shard, linked, history)
     finally:
+        tasks.share_sources(recipe.path.resolve(), recipe.sha256, None)
         sources.close()
     seconds = time.perf_counter() - began
     result = BuildResult(out, True, sources.time.size, len(plan["channels"]), nbytes, seconds)

@@ -2,23 +2,24 @@
 
     canonstore build recipes/demo.yaml          # -> data/intermediate/demo.zarr
 
-Two streaming passes over blocks of at most `BLOCK_MB` (a block never crosses a shard, and a
-time step larger than a block is split across channels): the first gathers train-split
-statistics (float64) and NaN facts over all steps, the second normalises and writes shard by
-shard. Memory is bounded by a few blocks whatever the input size. When only new dates follow
-the store's last one, the build appends them instead (see `preprocess.append`).
+Two passes of one task per shard (`preprocess.tasks`), run here or on dask.distributed
+(`preprocess.cluster`): the first gathers train-split statistics (float64 per-step moments,
+merged in time order) and NaN facts, and stages raw float32 values where it can; the second
+normalises and writes each shard and returns its checksum. Tasks stream blocks of at most
+`BLOCK_MB` (a block never crosses a shard; a step larger than a block is split across channels),
+so memory is bounded by a few blocks whatever the input size. When only new dates follow the
+store's last one, the build appends them instead (see `preprocess.append`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import datetime as dt
-import functools
 import hashlib
+import itertools
+import os
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -33,7 +34,7 @@ from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_count, shard_steps_for
-from canonstore.preprocess import writer
+from canonstore.preprocess import cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
@@ -57,18 +58,22 @@ class BuildResult:
 
 def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
           progress: bool = True, log=print, resume: bool = False, block_mb: float = BLOCK_MB,
-          append: bool = True) -> BuildResult:
+          append: bool = True, scheduler: str | None = None, scheduler_file: str | None = None,
+          workers: int | None = None) -> BuildResult:
     """Build the store described by the recipe at `recipe_path` (default out: data/intermediate/<name>.zarr).
 
-    `resume=True` goes on from the last block an interrupted build of the same recipe and inputs
-    completed (its `<out>.partial`), skipping the statistics pass; otherwise any partial is discarded.
-    With `append` (the default), a store that the recipe only extends in time gets the new steps
-    appended instead of a rebuild (`preprocess.append`).
+    `resume=True` goes on from the shards an interrupted build of the same recipe and inputs
+    completed (its `<out>.partial`); otherwise any partial is discarded. With `append` (the
+    default), a store that the recipe only extends in time gets the new steps appended instead of a
+    rebuild (`preprocess.append`). `scheduler` (address), `scheduler_file` or `workers` (a local
+    cluster of that many processes) run the shard tasks on dask.distributed (`preprocess.cluster`);
+    the store is the same, bit for bit.
     """
     recipe = load_recipe(recipe_path)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
+    where_to_run = {"scheduler": scheduler, "scheduler_file": scheduler_file, "workers": workers}
     with writer.build_lock(out, log):
-        return _build_locked(recipe, out, force, progress, log, resume, block_mb, append)
+        return _build_locked(recipe, out, force, progress, log, resume, block_mb, append, where_to_run)
 
 
 def recorded_attrs(out: Path) -> dict | None:
@@ -82,7 +87,7 @@ def recorded_attrs(out: Path) -> dict | None:
 
 
 def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, resume: bool, block_mb: float,
-                  append: bool) -> BuildResult:
+                  append: bool, where_to_run: dict) -> BuildResult:
     writer.check_output(out)
     staging = writer.staging_path(out)
     state = writer.load_progress(staging) if resume else None
@@ -103,24 +108,44 @@ def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, r
     began = time.perf_counter()
     sources = open_sources(recipe)
     report_sources(sources, log)
+    tasks.share_sources(recipe.path.resolve(), recipe.sha256, sources)
     try:
         labels = store_labels(recipe, sources)
         layout = data_layout(recipe, sources, block_mb)
         fingerprint = _fingerprint(recipe, inputs, layout)
-        if state is not None and state.get("fingerprint") == fingerprint:
-            plan, done = _plan_from_json(state["plan"]), state["steps_done"]
-            log(f"resuming {staging}: {done} of {sources.time.size} steps already written")
+        resuming = state is not None and state.get("fingerprint") == fingerprint
+        if resuming:
+            log(f"resuming {staging}: {len(tasks.written_shards(staging))} of "
+                f"{shard_count(sources.time.size, layout['shard_steps'])} shards already written")
         else:
             if staging.exists() and not resume:
                 log(f"discarding {staging}, an interrupted build (--resume would go on from it)")
             elif staging.exists():
                 log(f"discarding {staging}: " + ("it was built from other inputs" if state else "nothing to resume in it"))
-            stats, nans = scan(sources, labels, layout, progress)
-            plan, done = _plan(recipe, sources, stats, nans, labels), None
             staging = writer.start(out)
-        nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, done,
-                             {"fingerprint": fingerprint, "plan": _plan_to_json(plan), "inputs": inputs})
+            state = {"fingerprint": fingerprint, "inputs": inputs}
+            writer.save_progress(staging, state)
+        job = tasks.ShardJob(
+            recipe=str(recipe.path.resolve()), recipe_sha256=recipe.sha256, staging=str(staging.resolve()),
+            shape=(sources.time.size,) + sources.sample_shape, dtype="float32", compression=recipe.compression,
+            layout=layout, train=labels == SPLIT_CODES["train"],
+            # One raw read: the scan writes float32 values that the write pass normalises in place
+            # (only channels that float32 cannot hold exactly are read again).
+            in_place=recipe.compression == "none" and recipe.dtype == "float32" and sources.float32_exact.any(),
+            reread=tuple(int(c) for c in np.flatnonzero(~sources.float32_exact)))
+        with writer.cleanup_on_failure(staging, log), cluster.runner(**where_to_run, log=log) as run:
+            run.check_shared([recipe.path, *recipe.sources[:1], staging])
+            if "plan" in state:
+                plan = _plan_from_json(state["plan"])
+            else:
+                stats, nans = scan(run, job, progress)
+                plan = _plan(recipe, sources, stats, nans, labels)
+                writer.write_metadata(staging, store_metadata(recipe, sources, labels, plan))
+                state = {**state, "plan": _plan_to_json(plan)}
+                writer.save_progress(staging, state)
+            nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, run, job)
     finally:
+        tasks.share_sources(recipe.path.resolve(), recipe.sha256, None)
         sources.close()
     seconds = time.perf_counter() - began
     result = BuildResult(out, True, sources.time.size, len(plan["channels"]), nbytes, seconds)
@@ -151,36 +176,26 @@ def store_labels(recipe: Recipe, sources: Sources) -> np.ndarray:
 
 
 def publish_new(recipe, sources, labels, plan, inputs, staging: Path, out: Path, layout: dict, progress: bool, log,
-                done: int | None, state: dict, first_shard: int = 0, linked: dict | None = None,
+                run, job: tasks.ShardJob, first_shard: int = 0, linked: dict | None = None,
                 history: list | None = None) -> int:
-    """Write, verify and publish the staging store; on any failure no store at `out` changes.
+    """Write the shards, verify the staging store and publish it (inside `writer.cleanup_on_failure`).
 
     An append passes `first_shard` (shards before it are already in the staging, `linked` from the
     old store: relative path -> (path, manifest entry)) and the store's `history`.
     """
-    try:
-        nbytes = _write(recipe, sources, labels, plan, inputs, staging, layout, progress, done, state,
-                        first_shard, linked, history)
-        problems = verify_store(staging, checksums=False)
-        if problems:
-            raise StoreError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
-        writer.publish(staging, out)
-        return nbytes
-    except KeyboardInterrupt:
-        log(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last block")
-        raise
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise StoreError(f"cannot write the store at {exc.filename or staging}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    nbytes = _write(recipe, sources, labels, plan, inputs, staging, layout, progress, run, job,
+                    first_shard, linked, history)
+    problems = verify_store(staging, checksums=False)
+    if problems:
+        raise StoreError(f"{staging}: the new store failed verification: {'; '.join(problems[:5])}")
+    writer.publish(staging, out)
+    return nbytes
 
 
 def _fingerprint(recipe: Recipe, inputs: list[dict], layout: dict) -> str:
     """What a partial build must share with this one to be resumed: recipe, input contents, format, blocks."""
     key = {"format_version": FORMAT_VERSION, "canonstore": _version("canonstore"), "recipe": recipe.sha256,
-           "inputs": content(inputs), "layout": layout}
+           "inputs": content(inputs), "layout": layout, "progress": "per shard"}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -214,65 +229,46 @@ def data_layout(recipe: Recipe, sources: Sources, block_mb: float = BLOCK_MB) ->
             "block_channels": max(1, budget // (sample_bytes // nchan)) if sample_bytes > budget else None}
 
 
-def pieces(first: int, stop: int, layout: dict, nchan: int):
-    """(start, stop, c0, c1) blocks covering steps [first, stop) x channels [0, nchan), in file order.
+def scan(run, job: tasks.ShardJob, progress: bool, resumable: bool = True):
+    """Pass 1, one task per shard: train statistics and NaN facts, merged in time order.
 
-    Blocks never cross a shard; a step larger than a block comes in channel ranges.
+    Shards finish in any order on a cluster; their per-step moments are merged strictly by shard, so
+    the statistics are the same bits whatever ran them. With `resumable`, each shard's result is kept
+    in the staging, and a shard that an interrupted build scanned is not scanned again.
     """
-    for shard_start in range(first - first % layout["shard_steps"], stop, layout["shard_steps"]):
-        shard_stop = min(stop, shard_start + layout["shard_steps"])
-        for start in range(max(first, shard_start), shard_stop, layout["block_steps"]):
-            end = min(shard_stop, start + layout["block_steps"])
-            group = layout["block_channels"] or nchan
-            for c0 in range(0, nchan, group):
-                yield start, end, c0, min(nchan, c0 + group)
-
-
-def _where(sources: Sources, channels: list[Channel], step: int, c: int) -> str:
-    """`<file>: variable 'z' (channel z500) at time 2000-01-01T00:00`, for errors about one value."""
-    ch = channels[c]
-    return (f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
-            f"at time {sources.time_label(step)}")
-
-
-def _refuse_infinite(values: np.ndarray, start: int, sources: Sources, channels: np.ndarray) -> None:
-    """±inf is never a value nor a fill: one would make a channel's mean inf and its data all inf/NaN."""
-    infinite = np.isinf(values)
-    if infinite.any():
-        step, i = (int(i) for i in np.argwhere(infinite)[0][:2])
-        count = int(infinite[:, i].sum())
-        raise SourceError(f"{_where(sources, sources.channels, start + step, int(channels[i]))}: holds "
-                          f"{values[step, i][infinite[step, i]][0]} ({count} infinite value(s) in steps {start}.."
-                          f"{start + len(values) - 1}); infinite values are neither data nor fill values: fix or mask "
-                          "them in the source")
-
-
-def scan(sources: Sources, labels: np.ndarray, layout: dict, progress: bool, first: int = 0):
-    """Pass 1 over steps [first, end): train statistics, plus where NaNs are (policy and mask layout)."""
-    nchan = len(sources.channels)
+    nchan = job.shape[1]
     stats = RunningStats(nchan)
     nans = {"count": np.zeros(nchan, np.int64), "first_step": np.full(nchan, -1),
-            "pattern": np.zeros(sources.sample_shape, bool), "varies": np.zeros(nchan, bool)}
-    train = labels == SPLIT_CODES["train"]
-    with tqdm(total=sources.time.size - first, unit="step", desc="statistics", disable=not progress) as bar:
-        for start, stop, c0, c1 in pieces(first, sources.time.size, layout, nchan):
-            channels = np.arange(c0, c1)
-            values = sources.read(start, stop, channels)
-            _refuse_infinite(values, start, sources, channels)
-            if train[start:stop].any():
-                stats.update(values[train[start:stop]], channels)
-            isnan = np.isnan(values)
-            per_step = isnan.reshape(stop - start, c1 - c0, -1).sum(axis=2)
-            nans["count"][c0:c1] += per_step.sum(axis=0)
-            for i in np.flatnonzero((nans["first_step"][c0:c1] < 0) & per_step.any(axis=0)):
-                nans["first_step"][c0 + i] = start + int(np.argmax(per_step[:, i] > 0))
-            if start == first:
-                nans["pattern"][c0:c1] = isnan[0]
-            changed = isnan != nans["pattern"][None, c0:c1]
-            nans["varies"][c0:c1] |= changed.reshape(stop - start, c1 - c0, -1).any(axis=(0, 2))
-            if c1 == nchan:
-                bar.update(stop - start)
+            "pattern": np.zeros(job.shape[1:], bool), "varies": np.zeros(nchan, bool)}
+    shards = job.shards()
+    known = {k: tasks.load_scan(job, k) for k in shards} if resumable else {}
+    known = {k: r for k, r in known.items() if r is not None}
+    order, pending, size = list(shards), {}, int(np.prod(job.shape[2:]))
+    with tqdm(total=job.shape[0] - job.first, unit="step", desc="statistics", disable=not progress) as bar:
+        fresh = run.map(tasks.scan_shard, job, [k for k in shards if k not in known])
+        for k, result in itertools.chain(known.items(), fresh):
+            if resumable and k not in known:
+                tasks.save_scan(job, result)
+            pending[k] = result
+            bar.update(len(range(*job.steps(k))))
+            while order and order[0] in pending:  # merged in shard order, whatever order they finished in
+                first = order[0] == shards[0]
+                _merge_scan(stats, nans, pending.pop(order.pop(0)), size, first)
     return stats, nans
+
+
+def _merge_scan(stats: RunningStats, nans: dict, result: dict, size: int, first: bool) -> None:
+    """Add one shard's scan; NaN layouts are compared with the first scanned step's."""
+    stats.merge(result["moments"], size)
+    shape = nans["pattern"].shape
+    pattern = (np.zeros(shape, bool) if result["pattern"] is None else
+               np.unpackbits(result["pattern"], count=int(np.prod(shape))).astype(bool).reshape(shape))
+    if first:
+        nans["pattern"] = pattern
+    nans["count"] += result["nan_count"]
+    new = (nans["first_step"] < 0) & (result["first_nan"] >= 0)
+    nans["first_step"][new] = result["first_nan"][new]
+    nans["varies"] |= result["varies"] | (pattern != nans["pattern"]).reshape(shape[0], -1).any(axis=1)
 
 
 def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, labels: np.ndarray) -> dict:
@@ -319,75 +315,49 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
     return {"channels": channels, "stats": values, "mask_channels": mask_channels, "static_mask": static_mask}
 
 
-def store_values(sources: Sources, plan: dict, start: int, stop: int, c0: int, c1: int) -> np.ndarray:
-    """Physical values of store channels [c0, c1) for steps [start, stop): source channels, then the
-    `<channel>_valid` channels (1 observed, 0 NaN) that the plan added for time-varying NaN patterns."""
-    nsrc, masked = len(sources.channels), plan["mask_channels"]
-    wanted = np.arange(c0, c1)
-    source_of = np.where(wanted < nsrc, wanted, np.asarray(masked + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)])
-    needed = np.unique(source_of)
-    raw = sources.read(start, stop, needed)
-    if not np.array_equal(needed, source_of):  # a `_valid` channel repeats its source channel
-        raw = raw[:, np.searchsorted(needed, source_of)]
-    valid = wanted >= nsrc
-    if valid.any():
-        raw[:, valid] = ~np.isnan(raw[:, valid])
-    return raw
+def _write(recipe, sources, labels, plan, inputs, staging: Path, layout: dict, progress: bool, run,
+           job: tasks.ShardJob, first_shard: int = 0, linked: dict | None = None, history: list | None = None) -> int:
+    """Pass 2, one task per shard: normalised data; then attrs and the manifest, with the tasks' checksums.
 
-
-def _write(recipe, sources, labels, plan, inputs, staging: Path, layout: dict, progress: bool,
-           done: int | None, state: dict, first_shard: int = 0, linked: dict | None = None,
-           history: list | None = None) -> int:
-    """Pass 2: metadata through xarray, then normalised data shard by shard, attrs, manifest.
-
-    `done` steps were written by an interrupted build (None: a fresh start). After each block is
-    on disk, `progress.json` records the steps written, so a kill or power loss loses at most one block.
+    A shard written by an interrupted build (its marker in the staging) is not written again.
     """
     channels = plan["channels"]
     shape = (sources.time.size, len(channels)) + sources.sample_shape[1:]
-    dims = ("time", "channel") + sources.space_dims
-    if done is None:
-        writer.write_metadata(staging, _metadata(recipe, sources, labels, plan))
-    stats, shard_steps = plan["stats"], layout["shard_steps"]
-    data = writer.DataWriter(staging, shape, dims, recipe.dtype, recipe.compression, shard_steps,
-                             stats["mean"], stats["std"], resume=done is not None)
+    if not (staging / "data" / "zarr.json").is_file():
+        writer.create_data(staging, shape, ("time", "channel") + sources.space_dims, recipe.dtype,
+                           recipe.compression, layout["shard_steps"])
     for rel, (path, _) in (linked or {}).items():  # an append's unchanged shards: the old store's files
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         os.link(path, staging / rel)
-    first = first_shard * shard_steps
-    done = max(done or 0, first)
-    writer.save_progress(staging, {**state, "steps_done": done})
-
-    where = functools.partial(_where, sources, channels)
-    try:
-        with tqdm(total=shape[0] - first, initial=done - first, unit="step", desc="write", disable=not progress) as bar:
-            for start, stop, c0, c1 in pieces(done, shape[0], layout, len(channels)):
-                values = store_values(sources, plan, start, stop, c0, c1)
-                try:
-                    data.write(start, values, where, c0)
-                    if c1 < len(channels):
-                        continue
-                    if stop % shard_steps == 0 or stop == shape[0]:
-                        data.finish_shard((stop - 1) // shard_steps)  # index written, file synced
-                    else:
-                        data.sync()
-                    writer.save_progress(staging, {**state, "steps_done": stop})
-                except OSError as exc:  # disk full, read-only, quota: say where, keep nothing
-                    raise StoreError(f"cannot write steps {start}..{stop - 1} (from {sources.time_label(start)}) "
-                                     f"into {exc.filename or staging}: {exc.strerror or exc}") from exc
-                bar.update(stop - start)
-        (staging / writer.PROGRESS).unlink()  # the store's own files only, from here on
-    finally:
-        data.abort()
-    layout = {**layout, "shards": shard_count(shape[0], shard_steps)}
+    job = dataclasses.replace(job, shape=shape, dtype=recipe.dtype, first=first_shard * layout["shard_steps"],
+                              # in place only when the raw layout is the store's (no `_valid` channels)
+                              in_place=job.in_place and shape == job.shape)
+    norm = {"mean": plan["stats"]["mean"], "std": plan["stats"]["std"], "mask_channels": list(plan["mask_channels"]),
+            "channels": channels}
+    shards = job.shards()
+    written = {k: tasks.written_entry(job, k) for k in shards}
+    entries = {e["rel"]: e for e in written.values() if e is not None}
+    raw_crcs = {k: (tasks.load_scan(job, k) or {}).get("raw_crc32") for k in shards} if job.in_place else {}
+    todo = [(k, raw_crcs.get(k)) for k in shards if written[k] is None]
+    done_steps = sum(len(range(k * layout["shard_steps"], min(shape[0], (k + 1) * layout["shard_steps"])))
+                     for k in shards if written[k] is not None)
+    with tqdm(total=shape[0] - job.first, initial=done_steps, unit="step", desc="write", disable=not progress) as bar:
+        for (k, _), entry in run.map(tasks.write_shard, job, todo, norm):
+            entries[entry["rel"]] = entry
+            bar.update(min(shape[0], (k + 1) * layout["shard_steps"]) - k * layout["shard_steps"])
+    tasks.clear_markers(staging)
+    (staging / writer.PROGRESS).unlink()  # the store's own files only, from here on
+    layout = {**layout, "shards": shard_count(shape[0], layout["shard_steps"])}
     writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, layout, shape, history))
     writer.set_data_labels(staging)
     writer.consolidate(staging)
-    write_manifest(staging, {rel: entry for rel, (_, entry) in (linked or {}).items()})
+    known = {rel: entry for rel, (_, entry) in (linked or {}).items()}
+    known.update({rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in entries.items()})
+    write_manifest(staging, known)
     return int(np.prod(shape)) * np.dtype(recipe.dtype).itemsize
 
 
-def _metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) -> xr.Dataset:
+def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: dict) -> xr.Dataset:
     channels = plan["channels"]
     coords = {
         "time": ("time", sources.time),

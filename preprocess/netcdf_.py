@@ -65,14 +65,22 @@ class Sources:
     def sample_shape(self) -> tuple[int, ...]:
         return (len(self.channels),) + tuple(self.coords[d].size for d in self.space_dims)
 
-    def read(self, start: int, stop: int, channels=None) -> np.ndarray:
-        """Steps [start, stop) of the selected time axis as float64 (steps, channel, *space).
+    @property
+    def float32_exact(self) -> np.ndarray:
+        """Per channel: whether its variable decodes to values float32 holds exactly (float32 or float16
+        in every file; packed integers decode to float64 through their scale_factor)."""
+        exact = {v: all(np.dtype(seg.array.dtype) in (np.float32, np.float16) for seg in segments)
+                 for v, segments in self._segments.items()}
+        return np.array([exact[c.variable] for c in self.channels], dtype=bool)
+
+    def read(self, start: int, stop: int, channels=None, dtype=np.float64) -> np.ndarray:
+        """Steps [start, stop) of the selected time axis as `dtype` (steps, channel, *space).
 
         `channels` (ascending positions in `self.channels`, default all) are read alone: only the
         levels they name are read from the files, never a variable's every level.
         """
         wanted = np.arange(len(self.channels)) if channels is None else np.asarray(channels, dtype=np.int64)
-        out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=np.float64)
+        out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
         start += self._offset
         stop += self._offset
         first = 0  # position of the variable's first channel in self.channels

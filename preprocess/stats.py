@@ -1,8 +1,11 @@
-"""Per-channel statistics in float64, accumulated block by block.
+"""Per-channel statistics in float64: per-step moments, merged step by step in time order.
 
-Blocks are merged with Chan et al.'s pairwise update (mean and M2), which stays accurate
-where the textbook sum-of-squares formula cancels (geopotential ~ 5e4 m2/s2). Sums and
-sums of squares are kept too, so that stores can be merged and checked by others.
+Each (step, channel) field is reduced on its own (`step_moments`), then steps are merged one by
+one with Chan et al.'s pairwise update (mean and M2), which stays accurate where the textbook
+sum-of-squares formula cancels (geopotential ~ 5e4 m2/s2). The result depends on the steps alone,
+never on how they were cut into blocks, shards or distributed tasks: a build on 16 workers that
+merges the tasks' per-step moments in time order gets the same bits as one process. Sums and sums
+of squares are kept too, so that stores can be merged and checked by others.
 """
 
 from __future__ import annotations
@@ -13,10 +16,49 @@ import numpy as np
 
 from canonstore.formats.store import STAT_NAMES as FIELDS
 
+MOMENTS = ("count", "sum", "sum_sq", "m2", "min", "max")  # per (step, channel), float64
+ROWS_PER_CHUNK_BYTES = 1 << 20  # float64 working set per chunk of fields: stays in the CPU cache
+
+
+def step_moments(block: np.ndarray) -> np.ndarray:
+    """(6, steps, channel) float64 moments (`MOMENTS`) of each field of a (steps, channel, *space) block.
+
+    NaNs are left out (count says how many values were used). A field is converted to float64 once,
+    in cache-sized chunks, so a float32 block costs a few passes at memory speed and no float64 copy.
+    """
+    n, c = block.shape[:2]
+    rows = block.reshape(n * c, -1)
+    size = rows.shape[1]
+    out = np.empty((len(MOMENTS), n * c))
+    out[4], out[5] = rows.min(axis=1), rows.max(axis=1)  # NaN in a row makes its min NaN: slow path below
+    clean = ~np.isnan(out[4])
+    step = max(1, ROWS_PER_CHUNK_BYTES // (8 * size))
+    buf, sq = np.empty((step, size)), np.empty((step, size))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow gives inf, refused by name afterwards
+        for r in range(0, n * c, step):
+            d, s = buf[:min(step, n * c - r)], sq[:min(step, n * c - r)]
+            d[...] = rows[r:r + len(d)]
+            total = d.sum(axis=1)
+            np.square(d, out=s)
+            out[2, r:r + len(d)] = s.sum(axis=1)
+            d -= (total / size)[:, None]
+            np.square(d, out=s)
+            out[1, r:r + len(d)], out[3, r:r + len(d)] = total, s.sum(axis=1)
+        out[0] = size
+        for r in np.flatnonzero(~clean):  # fields with NaNs (masked seas, gaps): NaN-aware, field by field
+            x = rows[r].astype(np.float64)
+            valid = ~np.isnan(x)
+            count = int(valid.sum())
+            x = x[valid]
+            total = x.sum()
+            out[:, r] = (count, total, np.square(x).sum(), np.square(x - total / max(count, 1)).sum(),
+                         x.min() if count else np.inf, x.max() if count else -np.inf)
+    return out.reshape(len(MOMENTS), n, c)
+
 
 @dataclass
 class RunningStats:
-    """Streaming per-channel stats over blocks shaped (steps, channel, *space)."""
+    """Streaming per-channel stats over steps, merged in the order they are given."""
 
     channels: int
     count: np.ndarray = field(init=False)
@@ -36,45 +78,26 @@ class RunningStats:
         self.sum, self.sum_sq = np.zeros(c), np.zeros(c)
 
     def update(self, block: np.ndarray, channels=None) -> None:
-        """Add a float64 block (steps, channel, *space) of `channels` (default all); NaNs are counted, not used.
+        """Add a (steps, channel, *space) block of `channels` (default all); NaNs are counted, not used."""
+        self.merge(step_moments(block), int(np.prod(block.shape[2:])), channels)
 
-        Each step's field is reduced on its own, then the steps are merged one by one in order: the
-        result depends on the steps alone, never on how they were cut into blocks or shards (a
-        distributed build merging per-step partials in the same order gets the same bits).
-        """
-        channels = np.arange(self.channels) if channels is None else np.asarray(channels)
-        n = block.shape[0]
-        count, total, total_sq, m2 = (np.zeros((n, channels.size)) for _ in range(4))
-        lo, hi = np.full((n, channels.size), np.inf), np.full((n, channels.size), -np.inf)
-        # Overflow gives inf, which the build refuses by name afterwards (no store has a non-finite stat).
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for i in range(channels.size):  # one channel at a time keeps temporaries small
-                x = block[:, i].reshape(n, -1)
-                valid = ~np.isnan(x)
-                count[:, i] = valid.sum(axis=1)
-                total[:, i] = np.where(valid, x, 0.0).sum(axis=1)
-                total_sq[:, i] = np.where(valid, np.square(x), 0.0).sum(axis=1)
-                mean = total[:, i] / np.maximum(count[:, i], 1)
-                m2[:, i] = np.where(valid, np.square(x - mean[:, None]), 0.0).sum(axis=1)
-                lo[:, i] = np.where(valid, x, np.inf).min(axis=1)
-                hi[:, i] = np.where(valid, x, -np.inf).max(axis=1)
-            size = int(np.prod(block.shape[2:]))
-            for t in range(n):  # Chan et al.'s pairwise update, step by step
-                self._merge(channels, count[t], total[t], total_sq[t], m2[t], lo[t], hi[t], size)
-
-    def _merge(self, c, n, total, total_sq, m2, lo, hi, size) -> None:
-        self.nan_count[c] += (size - n).astype(np.int64)
-        new = self.count[c] + n
-        step_mean = total / np.maximum(n, 1)
-        delta = step_mean - self.mean[c]
-        share = np.where(new > 0, n / np.maximum(new, 1), 0.0)
-        self.m2[c] += m2 + delta ** 2 * self.count[c] * share
-        self.mean[c] += delta * share
-        self.count[c] = new.astype(np.int64)
-        self.sum[c] += total
-        self.sum_sq[c] += total_sq
-        self.min[c] = np.minimum(self.min[c], lo)
-        self.max[c] = np.maximum(self.max[c], hi)
+    def merge(self, moments: np.ndarray, size: int, channels=None) -> None:
+        """Add (6, steps, channel) `step_moments` of fields of `size` values, step by step in order."""
+        c = np.arange(self.channels) if channels is None else np.asarray(channels)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for n, total, total_sq, m2, lo, hi in moments.transpose(1, 0, 2):  # Chan et al., one step at a time
+                self.nan_count[c] += (size - n).astype(np.int64)
+                new = self.count[c] + n
+                step_mean = total / np.maximum(n, 1)
+                delta = step_mean - self.mean[c]
+                share = np.where(new > 0, n / np.maximum(new, 1), 0.0)
+                self.m2[c] += m2 + delta ** 2 * self.count[c] * share
+                self.mean[c] += delta * share
+                self.count[c] = new.astype(np.int64)
+                self.sum[c] += total
+                self.sum_sq[c] += total_sq
+                self.min[c] = np.minimum(self.min[c], lo)
+                self.max[c] = np.maximum(self.max[c], hi)
 
     @property
     def std(self) -> np.ndarray:
@@ -90,4 +113,3 @@ class RunningStats:
             "count": self.count.copy(), "nan_count": self.nan_count.copy(),
             "sum": self.sum.copy(), "sum_sq": self.sum_sq.copy(),
         }
-

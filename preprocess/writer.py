@@ -23,10 +23,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from canonstore.errors import SourceError, StoreError
+from canonstore.errors import StoreError
 from canonstore.formats.manifest import MANIFEST
-from canonstore.formats.store import normalise
-from canonstore.formats.zarr_ import ShardWriter, create_data_array
+from canonstore.formats.zarr_ import create_data_array
 
 
 def staging_path(out: Path) -> Path:
@@ -48,7 +47,7 @@ def start(out: Path) -> Path:
     staging = staging_path(out)
     if staging.exists():
         shutil.rmtree(staging)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(parents=True)
     return staging
 
 
@@ -110,15 +109,21 @@ PROGRESS = "progress.json"
 
 
 def save_progress(staging: Path, state: dict) -> None:
-    """Record resumable state (JSON) atomically and durably: a kill or a power loss leaves the old or
-    the new file, never half (the caller has flushed the data the state describes)."""
-    tmp = staging / (PROGRESS + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(state))
+    """Record resumable state (JSON); see `write_durably`."""
+    write_durably(staging / PROGRESS, json.dumps(state))
+
+
+def write_durably(path: Path, data: str | bytes) -> None:
+    """Write a small file atomically and durably: a kill or a power loss leaves the old or the new
+    file, never half (the caller has flushed the data the file describes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, staging / PROGRESS)
-    _fsync_dir(staging)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def load_progress(staging: Path) -> dict | None:
@@ -130,59 +135,36 @@ def load_progress(staging: Path) -> dict | None:
 
 def write_metadata(staging: Path, meta: xr.Dataset) -> None:
     """Everything but `data` (coordinates, stats, splits, static, mask) through xarray."""
-    meta.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():  # our progress files beside the arrays are not Zarr nodes, on purpose
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        # "a": the staging already holds progress files (and raw shards); again on a resume
+        meta.to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
 
 
-class DataWriter:
-    """Normalise float64 blocks and write them into `data`'s shards, memory bounded by one block."""
+def create_data(staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str, compression: str,
+                shard_steps: int) -> None:
+    """Create `data`'s metadata (its shard files are written by `preprocess.tasks`)."""
+    create_data_array(zarr.open_group(staging, mode="r+"), shape, dtype, dims, compression, shard_steps,
+                      attributes={"long_name": "normalised data: (x - stats_mean) / scale",
+                                  "coordinates": "channel_variable channel_level channel_units"})
 
-    def __init__(self, staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str,
-                 compression: str, shard_steps: int, mean: np.ndarray, std: np.ndarray, resume: bool = False):
-        group = zarr.open_group(staging, mode="r+")
-        if resume:
-            self.array = group["data"]
-        else:
-            self.array = create_data_array(group, shape, dtype, dims, compression, shard_steps,
-                                           attributes={"long_name": "normalised data: (x - stats_mean) / scale",
-                                                       "coordinates": "channel_variable channel_level channel_units"})
-        self.dtype = np.dtype(dtype)
-        self.mean, self.std = mean, std
-        self.shards = ShardWriter(staging, shape, self.dtype, shard_steps, resume) if compression == "none" else None
 
-    def write(self, start: int, block: np.ndarray, where, channel: int = 0) -> None:
-        """Write steps [start, start + len(block)) of channels from `channel` on; `where(step, channel)`
-        names a value in errors."""
-        channels = slice(channel, channel + block.shape[1])
-        normalised = normalise(block, self.mean[channels], self.std[channels], inplace=block.dtype == np.float64)
-        if self.dtype == np.float16:
-            self._check_float16(normalised, start, channel, where)
-        out = normalised.astype(self.dtype)
-        if self.shards is not None:
-            self.shards.write(start, out, channel)
-        else:
-            self.array[start:start + len(out), channels] = out
-
-    def _check_float16(self, values: np.ndarray, start: int, channel: int, where) -> None:
-        limit = float(np.finfo(np.float16).max)
-        over = np.abs(values) > limit
-        if over.any():
-            step, chan = (int(i) for i in np.argwhere(over)[0][:2])
-            raise SourceError(f"{where(start + step, channel + chan)}: normalised value "
-                              f"{values[step, chan][over[step, chan]][0]:.4g} overflows float16 (max {limit:g}); "
-                              "use storage.dtype float32")
-
-    def sync(self) -> None:
-        """Data written so far is on disk (before `progress.json` may say so)."""
-        if self.shards is not None:
-            self.shards.sync()
-
-    def finish_shard(self, k: int) -> None:
-        if self.shards is not None:
-            self.shards.finish_shard(k)
-
-    def abort(self) -> None:
-        if self.shards is not None:
-            self.shards.close()
+@contextlib.contextmanager
+def cleanup_on_failure(staging: Path, log=print):
+    """On any failure remove the staging store, so nothing half-built is left; keep it for `--resume`
+    when the build was interrupted (Ctrl-C) or lost its workers (an error with `keep_staging`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        log(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last shard")
+        raise
+    except OSError as exc:  # disk full, read-only, quota: say where, keep nothing
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"cannot write the store at {exc.filename or staging}: {exc.strerror or exc}") from exc
+    except BaseException as exc:
+        if not getattr(exc, "keep_staging", False):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def set_root_attrs(staging: Path, attrs: dict) -> None:
@@ -232,7 +214,7 @@ def publish(staging: Path, out: Path) -> None:
         raise StoreError(f"{staging}: no manifest; refusing to publish an incomplete store")
     (staging / PROGRESS).unlink(missing_ok=True)
     if out.exists() and _exchange(staging, out):
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         shutil.rmtree(staging)  # now the old store
         return
     old = None
@@ -240,7 +222,7 @@ def publish(staging: Path, out: Path) -> None:
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         os.rename(out, old)
     os.rename(staging, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old)
 
@@ -260,7 +242,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

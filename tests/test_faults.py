@@ -24,7 +24,8 @@ from canonstore.errors import StoreError
 from canonstore.formats import verify_store
 from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.formats.verify import verify_inputs
-from canonstore.preprocess import build, writer
+from canonstore.formats.zarr_ import ShardWriter
+from canonstore.preprocess import build, tasks, writer
 from tests.conftest import demo_recipe
 
 quiet = {"progress": False, "log": lambda *_: None}
@@ -67,9 +68,9 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
     staging = out.with_name("demo.zarr.partial")
     rng = random.Random(1234)
     # Random moments: some in start-up or the statistics pass (a delay), some inside the write pass
-    # (once a random number of steps is on disk); each kill resumes the previous one's partial.
+    # (once a random number of shards is on disk); each kill resumes the previous one's partial.
     moments = [("seconds", rng.uniform(0.2, 2.0)) for _ in range(2)] + \
-              [("steps", rng.randrange(100, 4000)) for _ in range(3)]
+              [("shards", rng.randrange(5, 180)) for _ in range(3)]
     rng.shuffle(moments)
     for kind, when in moments:
         proc = _start_build(recipe, out, "--resume")
@@ -78,8 +79,7 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
         def now() -> bool:
             if kind == "seconds":
                 return time.monotonic() - start > when
-            state = writer.load_progress(staging)
-            return state is not None and state["steps_done"] >= when
+            return len(tasks.written_shards(staging)) >= when
 
         finished = not _kill_when(proc, now)
         # The final path holds nothing or a whole store, never a partial one. A whole one also after
@@ -105,18 +105,13 @@ def test_a_killed_rebuild_leaves_the_previous_store_intact(many_blocks, tmp_path
     assert (out / "manifest.json").read_text() == before and verify_store(out) == []
 
 
-def test_resume_goes_on_from_the_last_block(many_blocks, tmp_path):
+def test_resume_goes_on_from_the_last_shard(many_blocks, tmp_path):
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
     staging = out.with_name("demo.zarr.partial")
-
-    def half_written():
-        state = writer.load_progress(staging)
-        return state is not None and state["steps_done"] > 1000
-
-    assert _kill_when(_start_build(recipe, out), half_written)
+    assert _kill_when(_start_build(recipe, out), lambda: len(tasks.written_shards(staging)) > 50)
     assert not out.exists() and staging.exists()
-    done_before = writer.load_progress(staging)["steps_done"]
+    done_before = len(tasks.written_shards(staging))
     log = []
     build(recipe, out, resume=True, progress=False, log=log.append)
     resumed = [line for line in log if line.startswith("resuming")]
@@ -168,19 +163,19 @@ def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_ra
     assert build(demo_recipe(tmp_path, tiny_raw), out, **quiet).built
 
 
-def test_progress_only_records_blocks_that_reached_the_disk(tiny_raw, tmp_path, monkeypatch):
+def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, monkeypatch):
     events = []
-    for name in ("sync", "finish_shard"):  # both end in fdatasync/fsync of the shard file
-        method = getattr(writer.DataWriter, name)
-        monkeypatch.setattr(writer.DataWriter, name, lambda self, *a, _m=method: events.append("synced") or _m(self, *a))
-    original = writer.save_progress
-    monkeypatch.setattr(writer, "save_progress", lambda staging, state: events.append(state["steps_done"]) or
-                        original(staging, state))
+    finish = ShardWriter.finish_shard  # ends in fsync of the shard file
+    monkeypatch.setattr(ShardWriter, "finish_shard", lambda self, k: events.append(("synced", k)) or finish(self, k))
+    durably = writer.write_durably
+    monkeypatch.setattr(writer, "write_durably", lambda path, data: events.append(("marker", path.name)) or
+                        durably(path, data))
     build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
-    saved = [i for i, e in enumerate(events) if isinstance(e, int)]
-    assert len(saved) > 20 and events[saved[0]] == 0
-    for i in saved[1:]:  # every record after the first follows the flush of the block it counts
-        assert events[i - 1] == "synced", f"progress {events[i]} saved before its data was flushed"
+    written = [i for i, (kind, name) in enumerate(events) if kind == "marker" and name.startswith("shard-")]
+    assert len(written) > 20
+    for i in written:  # every "shard k is written" marker follows the fsync of shard k
+        k = int(events[i][1].split("-")[1].split(".")[0])
+        assert ("synced", k) in events[:i], f"shard {k} marked written before its data was flushed"
 
 
 def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_path):
