@@ -83,6 +83,18 @@ class Distributed:
                              "that every worker mounts at the same path")
 
 
+@contextlib.contextmanager
+def environ_kept():
+    """Restore this process's environment afterwards: dask's nannies set OMP_NUM_THREADS=1 and more in
+    the process that starts them, which would change a later subprocess (e.g. training's threads)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not os.path.exists(p)]
 
@@ -106,7 +118,7 @@ def runner(scheduler: str | None = None, scheduler_file: str | None = None, work
         # One thread per process: netCDF4/HDF5 reads hold a global lock, processes do not share it.
         # Without dask's default MALLOC_TRIM_THRESHOLD_, glibc keeps freed 32 MiB blocks for reuse
         # instead of mapping and faulting in new pages for each block: tasks ran 1.5-2x slower with it.
-        with dask.config.set(UNTRIMMED), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+        with environ_kept(), dask.config.set(UNTRIMMED), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None, silence_logs=40) as cluster, \
                 Client(cluster) as client:
             log(f"started a local dask cluster of {workers} worker processes")

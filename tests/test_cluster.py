@@ -32,8 +32,9 @@ def _files(store: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def dask_cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as local, Client(local) as client:
+    with cluster.environ_kept(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                              dashboard_address=None, silence_logs=40) as local, \
+            Client(local) as client:
         yield local, client
 
 
@@ -151,6 +152,13 @@ def test_workers_that_cannot_see_the_files_are_refused_before_any_task(dask_clus
     runner.check_shared([tmp_path])  # this machine's workers see this machine's files
     with pytest.raises(StoreError, match=r"dask worker .* cannot see .*nowhere.*filesystem that every worker mounts"):
         runner.check_shared([tmp_path / "nowhere"])
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp_path):
+    before = dict(os.environ)
+    with cluster.runner(workers=1, log=lambda *_: None):
+        assert os.environ.get("OMP_NUM_THREADS") == "1"  # what dask's nannies set in the process starting them
+    assert dict(os.environ) == before
 
 
 def test_only_one_way_to_run_may_be_given(tiny_raw, tmp_path):
