@@ -31,8 +31,6 @@ class WorkersLost(StoreError):
 class InProcess:
     """Run tasks one after another here (the default build)."""
 
-    name = "in-process"
-
     def map(self, fn, job, items, *args):
         """Yield (item, fn(job, item, *args)) for each item, in order."""
         for item in items:
@@ -47,7 +45,6 @@ class Distributed:
 
     def __init__(self, client):
         self.client = client
-        self.name = f"dask.distributed at {client.scheduler.address} ({len(client.scheduler_info()['workers'])} workers)"
 
     def map(self, fn, job, items, *args):
         """Yield (item, fn(job, item, *args)) as tasks finish. A task's error is raised here as it was
