@@ -152,6 +152,16 @@ class Store:
         return self._ds["split"].values
 
     @cached_property
+    def sessions(self) -> list[str]:
+        """Session ids in time order (NWB stores), else []."""
+        return list(self._ds["session"].attrs["session_ids"]) if "session" in self._ds else []
+
+    @cached_property
+    def session(self) -> np.ndarray | None:
+        """Each step's position in `sessions`, or None for a store without sessions."""
+        return self._ds["session"].values if "session" in self._ds else None
+
+    @cached_property
     def gaps(self) -> np.ndarray:
         """Steps after which the time axis jumps (recipe `time_gaps: allow`): windows never span them."""
         if "gap_after" in self.attrs:

@@ -47,7 +47,7 @@ class NetCDFDataset(WindowDataset):
     @property
     def sources(self):
         if self._sources is None:
-            from canonstore.preprocess.netcdf_ import open_sources
+            from canonstore.preprocess.sources import open_sources
 
             self._sources = open_sources(self.recipe)
             raw = [c.name for c in self._sources.channels]

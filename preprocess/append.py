@@ -25,7 +25,7 @@ from canonstore.preprocess import cluster, tasks
 from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, data_layout, publish_new,
                                          recorded_attrs, report_sources, scan, store_labels, up_to_date)
 from canonstore.preprocess.inputs import content, input_records
-from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
+from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
 from canonstore.splits import SPLIT_CODES
 

@@ -36,11 +36,11 @@ from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_count, shard_steps_for
 from canonstore.preprocess import cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
-from canonstore.preprocess.netcdf_ import Channel, Sources, open_sources
+from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
 from canonstore.preprocess.stats import FIELDS, RunningStats
 from canonstore.provenance import git_commit
-from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_labels
+from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_keys, split_labels
 
 BLOCK_MB = 32  # float32 MiB of one read/write block; its float64 copy while normalising is twice that
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
@@ -168,9 +168,9 @@ def report_sources(sources: Sources, log) -> None:
 
 def store_labels(recipe: Recipe, sources: Sources) -> np.ndarray:
     """Split code per step from the recipe's rule (outside every range: excluded)."""
-    keys = sources.years() if recipe.splits["by"] == "year" else np.arange(sources.time.size)
+    sessions = None if sources.session is None else np.array(sources.sessions, dtype=object)[sources.session]
     try:
-        return split_labels(keys, recipe.splits)
+        return split_labels(split_keys(recipe.splits, sources.time, sessions), recipe.splits)
     except RecipeError as exc:  # e.g. an empty split: say where the data's time range comes from
         raise RecipeError(f"{exc}; {sources.coverage()}") from None
 
@@ -376,6 +376,8 @@ def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: d
     ds["split"] = ("time", labels, {
         "flag_values": list(range(len(SPLIT_NAMES))), "flag_meanings": " ".join(SPLIT_NAMES),
         "rule": json.dumps(recipe.splits)})
+    if sources.session is not None:
+        ds["session"] = ("time", sources.session.astype(np.int32), {"session_ids": list(sources.sessions)})
     if plan["static_mask"] is not None:
         ds["mask"] = (("channel",) + sources.space_dims, _pad_mask(plan, len(channels)).astype(np.uint8),
                       {"long_name": "1 where the raw value was observed, 0 where it was filled"})
@@ -423,7 +425,7 @@ def _provenance(recipe, sources, inputs, layout, shape, history) -> dict:
         "recipe_sha256": recipe.sha256,
         "inputs": inputs,
         "history": (history or []) + [this],
-        "source_time_dim": recipe.time_dim,
+        "source_time_dim": sources.time_dim,
         "calendar": sources.calendar,
         "split_rule": recipe.splits,
         "nan_policy": recipe.nan_policy,

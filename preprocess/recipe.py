@@ -22,7 +22,7 @@ import yaml
 from canonstore.errors import RecipeError
 from canonstore.splits import parse_split_rule
 
-KEYS = {"name", "sources", "variables", "levels", "static", "time", "time_dim", "splits",
+KEYS = {"name", "sources", "variables", "levels", "static", "time", "time_dim", "series", "splits",
         "nan_policy", "on_duplicate_time", "time_gaps", "storage"}
 STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
 DTYPES = ("float32", "float16")
@@ -43,7 +43,8 @@ class Recipe:
     static: tuple[str, ...] = ()
     time_start: str | None = None
     time_end: str | None = None
-    time_dim: str = "time"
+    time_dim: str | None = None   # None: found the CF way (sources.find_time_dim)
+    series: str | None = None     # NWB: the TimeSeries to store, e.g. acquisition/ElectricalSeries
     nan_policy: str = "error"
     on_duplicate_time: str = "error"
     time_gaps: str = "error"
@@ -106,7 +107,8 @@ def load_recipe(path: str | Path) -> Recipe:
         static=_parse_names(raw.get("static"), "static", where) or (),
         time_start=_parse_date(time.get("start"), "time.start", where),
         time_end=_parse_date(time.get("end"), "time.end", where),
-        time_dim=_parse_str(raw.get("time_dim", "time"), "time_dim", where),
+        time_dim=None if raw.get("time_dim") is None else _parse_str(raw["time_dim"], "time_dim", where),
+        series=None if raw.get("series") is None else _parse_str(raw["series"], "series", where).strip("/"),
         nan_policy=_parse_choice(raw.get("nan_policy", "error"), ("error", "fill"), "nan_policy", where),
         on_duplicate_time=_parse_choice(raw.get("on_duplicate_time", "error"), ("error", "keep_first"),
                                         "on_duplicate_time", where),

@@ -31,7 +31,7 @@ from canonstore.formats.manifest import file_sha256
 from canonstore.formats.store import normalise_to
 from canonstore.formats.zarr_ import ShardWriter, shard_file
 from canonstore.preprocess import writer
-from canonstore.preprocess.netcdf_ import Sources, open_sources
+from canonstore.preprocess.sources import Sources, open_sources
 from canonstore.preprocess.recipe import load_recipe
 from canonstore.preprocess.stats import step_moments
 

@@ -4,6 +4,6 @@
 """
 
 from canonstore.splits.gaps import find_gaps, segment_ids
-from canonstore.splits.rules import SPLIT_CODES, SPLIT_NAMES, parse_split_rule, split_labels
+from canonstore.splits.rules import SPLIT_CODES, SPLIT_NAMES, parse_split_rule, split_keys, split_labels
 
-__all__ = ["SPLIT_CODES", "SPLIT_NAMES", "find_gaps", "parse_split_rule", "segment_ids", "split_labels"]
+__all__ = ["SPLIT_CODES", "SPLIT_NAMES", "find_gaps", "parse_split_rule", "segment_ids", "split_keys", "split_labels"]

@@ -142,7 +142,7 @@ def test_unchanged_inputs_are_not_hashed_again_touched_ones_are(tmp_path, tiny_r
 
 
 def test_only_the_selected_levels_are_read_from_the_files(tmp_path, tiny_raw, monkeypatch):
-    from canonstore.preprocess.netcdf_ import Sources
+    from canonstore.preprocess.sources import Sources
 
     shapes = []
     original = Sources._read_variable

@@ -18,7 +18,7 @@ from canonstore.errors import SourceError, StoreError
 from canonstore.formats import verify_store
 from canonstore.formats.manifest import read_manifest
 from canonstore.preprocess import build, cluster, tasks, writer
-from canonstore.preprocess.netcdf_ import Sources
+from canonstore.preprocess.sources import Sources
 from tests.conftest import demo_recipe, write_recipe
 from tests.test_bad_input import CASES, SPLITS
 

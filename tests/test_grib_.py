@@ -1,0 +1,130 @@
+"""GRIB sources: small ERA5-like files made with ecCodes' own sample templates, decoded by canonstore
+and by `xarray.open_dataset(engine="cfgrib")`, and compared."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from canonstore import open_store
+from canonstore.errors import SourceError
+from canonstore.preprocess import build, load_recipe, open_sources
+from tests.conftest import write_recipe
+
+eccodes = pytest.importorskip("eccodes")
+pytest.importorskip("cfgrib")
+
+NI, NJ = 8, 5
+HOURS = pd.date_range("2019-12-31T19:00", "2020-01-02T06:00", freq="h")  # 36 valid times
+RUNS = pd.DatetimeIndex(["2019-12-31T18:00", "2020-01-01T06:00", "2020-01-01T18:00"])  # ERA5's 06/18 runs
+
+
+def write_grib(path, fields, edition=2):
+    """fields: (shortName, level or None, reference time, forecast step in hours, (NJ, NI) values)."""
+    with open(path, "wb") as f:
+        for short, level, when, step, values in fields:
+            h = eccodes.codes_grib_new_from_samples(f"regular_ll_{'pl' if level else 'sfc'}_grib{edition}")
+            for key, value in [("Ni", NI), ("Nj", NJ), ("latitudeOfFirstGridPointInDegrees", 60.0),
+                               ("latitudeOfLastGridPointInDegrees", 60.0 - 2.5 * (NJ - 1)),
+                               ("longitudeOfFirstGridPointInDegrees", 0.0),
+                               ("longitudeOfLastGridPointInDegrees", 2.5 * (NI - 1)),
+                               ("iDirectionIncrementInDegrees", 2.5), ("jDirectionIncrementInDegrees", 2.5),
+                               ("shortName", short), ("dataDate", int(when.strftime("%Y%m%d"))),
+                               ("dataTime", int(when.strftime("%H%M")))]:
+                eccodes.codes_set(h, key, value)
+            if level:
+                eccodes.codes_set(h, "level", level)
+            if step:  # an accumulation from the run's start to `step` hours
+                eccodes.codes_set(h, "stepType", "accum")
+                eccodes.codes_set(h, "startStep", 0)
+                eccodes.codes_set(h, "endStep", step)
+            eccodes.codes_set_values(h, np.asarray(values, dtype=np.float64).ravel())
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+    return path
+
+
+@pytest.fixture
+def era5(tmp_path, monkeypatch):
+    """ERA5-like inputs: 2 m temperature (GRIB2, two files by period), temperature on 850 and 500 hPa
+    (GRIB1, one file), total precipitation as 1..12 h forecast steps of the 06/18 runs (GRIB2)."""
+    monkeypatch.setenv("CANONSTORE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    t2m = [("2t", None, t, 0, 270 + 10 * rng.random((NJ, NI))) for t in HOURS]
+    write_grib(raw / "t2m_a.grib", t2m[:18])
+    write_grib(raw / "t2m_b.grib", t2m[18:])
+    write_grib(raw / "t_pl.grib1", [("t", lev, t, 0, 230 + 20 * rng.random((NJ, NI)))
+                                    for t in HOURS for lev in (850, 500)], edition=1)
+    write_grib(raw / "tp.grib", [("tp", None, run, s, 1e-3 * rng.random((NJ, NI)))
+                                 for run in RUNS for s in range(1, 13)])
+    return raw
+
+
+def recipe_for(tmp_path, raw, **keys):
+    keys = {"name": "era5", "sources": [str(raw / "*")],
+            "splits": {"by": "index", "train": [0, 23], "val": [24, 29], "test": [30, 35]}, **keys}
+    return write_recipe(tmp_path, **keys)
+
+
+def by_cfgrib(path) -> xr.Dataset:
+    """What an ERA5 user gets from xarray directly (cfgrib's default time/step dimensions)."""
+    return xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""})
+
+
+def test_analyses_and_forecast_steps_share_one_valid_time_axis_matching_cfgrib(tmp_path, era5):
+    sources = open_sources(load_recipe(recipe_for(tmp_path, era5)))
+    try:
+        assert sources.time_dim == "valid_time"  # found the CF way, not named in the recipe
+        assert [c.name for c in sources.channels] == ["t850", "t500", "t2m", "tp"]
+        np.testing.assert_array_equal(sources.time, HOURS.values.astype("datetime64[s]"))
+        values = sources.read(0, HOURS.size)
+    finally:
+        sources.close()
+    t2m = xr.concat([by_cfgrib(era5 / "t2m_a.grib").t2m, by_cfgrib(era5 / "t2m_b.grib").t2m], "time")
+    np.testing.assert_array_equal(values[:, 2], t2m.values)
+    t = by_cfgrib(era5 / "t_pl.grib1").t
+    np.testing.assert_array_equal(values[:, 0], t.sel(isobaricInhPa=850).values)
+    np.testing.assert_array_equal(values[:, 1], t.sel(isobaricInhPa=500).values)
+    tp = by_cfgrib(era5 / "tp.grib").tp  # (run time, step): valid time = time + step
+    stacked = tp.stack(v=("time", "step")).transpose("v", ...)
+    np.testing.assert_array_equal(stacked.valid_time.values, HOURS.values)
+    np.testing.assert_array_equal(values[:, 3], stacked.values)
+
+
+def test_a_grib_store_normalises_what_cfgrib_decodes(tmp_path, era5):
+    out = tmp_path / "era5.zarr"
+    build(recipe_for(tmp_path, era5), out, progress=False, log=lambda *_: None)
+    store = open_store(out)
+    t2m = xr.concat([by_cfgrib(era5 / "t2m_a.grib").t2m, by_cfgrib(era5 / "t2m_b.grib").t2m], "time").values
+    train = t2m[:24].astype(np.float64)
+    i = store.channels.index("t2m")
+    expected = (t2m - train.mean()) / train.std()
+    np.testing.assert_allclose(np.asarray(store.array[:])[:, i], expected, rtol=0, atol=1e-5)
+    assert store.attrs["source_time_dim"] == "valid_time"
+
+
+def test_index_files_go_to_the_cache_never_beside_read_only_inputs(tmp_path, era5):
+    for f in era5.iterdir():
+        f.chmod(stat.S_IRUSR | stat.S_IRGRP)
+    era5.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        open_sources(load_recipe(recipe_for(tmp_path, era5))).close()
+        assert not [f for f in os.listdir(era5) if f.endswith(".idx")]
+        assert list((tmp_path / "cache" / "grib-index").glob("*.idx"))
+    finally:
+        era5.chmod(stat.S_IRWXU)
+
+
+def test_a_damaged_grib_file_gets_one_line_naming_it(tmp_path, era5):
+    data = (era5 / "tp.grib").read_bytes()
+    (era5 / "tp.grib").write_bytes(data[: len(data) // 3 + 50])  # inside a message
+    with pytest.raises(SourceError) as err:
+        open_sources(load_recipe(recipe_for(tmp_path, era5)))
+    assert "tp.grib" in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,131 @@
+"""NWB sources: small recordings made with pynwb itself, several files as several sessions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from canonstore import open_store
+from canonstore.errors import SourceError
+from canonstore.preprocess import build, load_recipe, open_sources
+from tests.conftest import write_recipe
+
+pynwb = pytest.importorskip("pynwb")
+
+RATE = 100.0  # Hz
+CHANNELS = 4
+
+
+def write_nwb(path, session_id, start, raw, *, rate=RATE, timestamps=None, conversion=2e-6, offset=0.0,
+              channel_conversion=None, labels=True, series="ElectricalSeries", starting_time=0.0):
+    """An NWB file with one ElectricalSeries of int16 `raw` (steps, CHANNELS) on CHANNELS electrodes."""
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
+    nwb = NWBFile(session_description="test", identifier=f"id-{session_id}", session_id=session_id,
+                  session_start_time=start)
+    device = nwb.create_device(name="probe")
+    group = nwb.create_electrode_group("shank0", description="shank", location="CA1", device=device)
+    if labels:
+        nwb.add_electrode_column(name="label", description="channel label")
+    for i in range(raw.shape[1]):
+        nwb.add_electrode(group=group, location="CA1", **({"label": f"ch{i}"} if labels else {}))
+    region = nwb.create_electrode_table_region(list(range(raw.shape[1])), "all electrodes")
+    timing = {"timestamps": timestamps} if timestamps is not None else {"rate": rate, "starting_time": starting_time}
+    nwb.add_acquisition(ElectricalSeries(name=series, data=raw, electrodes=region, conversion=conversion,
+                                         offset=offset, channel_conversion=channel_conversion, **timing))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def day(d):
+    return dt.datetime(2024, 3, d, 9, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    """Three sessions on three days: rate-based, rate-based with channel_conversion, explicit timestamps."""
+    rng = np.random.default_rng(0)
+    raw = [rng.integers(-2000, 2000, size=(n, CHANNELS), dtype=np.int16) for n in (300, 200, 250)]
+    folder = tmp_path / "nwb"
+    folder.mkdir()
+    write_nwb(folder / "a.nwb", "s1", day(1), raw[0], offset=0.001)
+    write_nwb(folder / "b.nwb", "s2", day(2), raw[1], channel_conversion=[1.0, 0.5, 2.0, 1.0])
+    stamps = 1.0 + np.arange(250) / RATE + rng.uniform(0, 1e-4, 250)  # jittered clock
+    write_nwb(folder / "c.nwb", "s3", day(3), raw[2], timestamps=stamps)
+    return folder, raw, stamps
+
+
+def recipe(tmp_path, folder, **keys):
+    keys = {"name": "ephys", "sources": [str(folder / "*.nwb")], "series": "acquisition/ElectricalSeries",
+            "splits": {"by": "sessions", "train": ["s1", "s3"], "test": ["s2"]}, **keys}
+    return write_recipe(tmp_path, **keys)
+
+
+def test_values_are_physical_and_times_absolute_per_session(tmp_path, sessions):
+    folder, raw, stamps = sessions
+    src = open_sources(load_recipe(recipe(tmp_path, folder)))
+    try:
+        assert [c.name for c in src.channels] == ["ch0", "ch1", "ch2", "ch3"]
+        assert src.channels[0].units == "volts"
+        assert src.sessions == ["s1", "s2", "s3"]
+        np.testing.assert_array_equal(src.session, np.repeat([0, 1, 2], [300, 200, 250]))
+        values = src.read(0, 750)
+        # data x conversion (x channel_conversion) + offset
+        np.testing.assert_allclose(values[:300], raw[0] * 2e-6 + 0.001, rtol=1e-12)
+        np.testing.assert_allclose(values[300:500], raw[1] * 2e-6 * np.array([1.0, 0.5, 2.0, 1.0]), rtol=1e-12)
+        start3 = np.datetime64("2024-03-03T09:00", "ns")
+        expected = start3 + np.round(stamps * 1e9).astype("timedelta64[ns]")
+        np.testing.assert_array_equal(src.time[500:], expected)
+        assert src.time[1] - src.time[0] == np.timedelta64(10, "ms")  # 1 / rate
+        assert src.gaps == [299, 499]  # sessions end runs of steps: no window spans two sessions
+    finally:
+        src.close()
+
+
+def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_path, sessions):
+    torch = pytest.importorskip("torch")
+    folder, raw, _ = sessions
+    out = tmp_path / "ephys.zarr"
+    build(recipe(tmp_path, folder), out, progress=False, log=lambda *_: None)
+    store = open_store(out)
+    assert store.sessions == ["s1", "s2", "s3"]
+    np.testing.assert_array_equal(store.session, np.repeat([0, 1, 2], [300, 200, 250]))
+    assert (store.split_indices("test") == np.arange(300, 500)).all()
+    train = np.concatenate([raw[0] * 2e-6 + 0.001, raw[2] * 2e-6])
+    np.testing.assert_allclose(store.stats["mean"], train.mean(axis=0), rtol=1e-9)
+    x, y = next(iter(store.loader("train", batch_size=8, lead=1, device="cpu")))[:2]
+    assert x.shape == (8, CHANNELS) and y.shape == (8, CHANNELS) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", ["missing series", "ragged timestamps", "unsorted timestamps", "channel counts"])
+def test_bad_nwb_input_gets_one_clear_line(tmp_path, sessions, case):
+    folder, raw, stamps = sessions
+    if case == "ragged timestamps":  # pynwb refuses to write it, so the file is cut after writing
+        import h5py
+
+        with h5py.File(folder / "c.nwb", "a") as f:
+            old = f["acquisition/ElectricalSeries/timestamps"]
+            attrs = dict(old.attrs)
+            del f["acquisition/ElectricalSeries/timestamps"]
+            f.create_dataset("acquisition/ElectricalSeries/timestamps", data=stamps[:-5]).attrs.update(attrs)
+    elif case == "unsorted timestamps":
+        bad = stamps.copy()
+        bad[[10, 11]] = bad[[11, 10]]
+        write_nwb(folder / "c.nwb", "s3", day(3), raw[2], timestamps=bad)
+    elif case == "channel counts":
+        write_nwb(folder / "c.nwb", "s3", day(3), raw[2][:, :3])
+    series = "acquisition/LFP" if case == "missing series" else "acquisition/ElectricalSeries"
+    with pytest.raises(SourceError) as err:
+        open_sources(load_recipe(recipe(tmp_path, folder, series=series)))
+    message = str(err.value)
+    assert "\n" not in message
+    expected = {"missing series": ["a.nwb", "no series 'acquisition/LFP'", "acquisition/ElectricalSeries"],
+                "ragged timestamps": ["c.nwb", "245 timestamps for 250 rows"],
+                "unsorted timestamps": ["c.nwb", "not sorted at steps 10 and 11"],
+                "channel counts": ["c.nwb", "3 channels", "4"]}[case]
+    for part in expected:
+        assert part in message, (part, message)
