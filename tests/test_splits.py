@@ -1,8 +1,15 @@
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
-from canonstore.splits import SPLIT_CODES, parse_split_rule, split_labels
+from canonstore.splits import SPLIT_CODES, parse_split_rule, split_keys, split_labels
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
 
@@ -41,3 +48,89 @@ def test_a_split_emptied_by_the_embargo_is_an_error():
 def test_a_split_outside_the_data_is_an_error():
     with pytest.raises(RecipeError, match="covers years 2000..2001"):
         split_labels(np.array([2000, 2001]), parse_split_rule({"train": [2000, 2000], "test": [2010, 2011]}))
+
+
+def labels_of(rule, time, sessions=None):
+    rule = parse_split_rule(rule)
+    return split_labels(split_keys(rule, time, sessions), rule)
+
+
+def test_by_dates_bounds_cover_everything_they_name():
+    time = pd.date_range("2004-06-29", "2004-07-02T18:00", freq="6h").values
+    labels = labels_of({"by": "dates", "train": ["2004-06-29", "2004-06-30"], "val": ["2004-07", "2004-07-01T12"],
+                        "test": [dt.date(2004, 7, 2), "2004-07-02"]}, time)
+    days = pd.DatetimeIndex(time)
+    assert (labels[days < "2004-07-01"] == TRAIN).all()
+    assert (labels[(days >= "2004-07-01") & (days <= "2004-07-01T12:00")] == VAL).all()
+    assert labels[days == "2004-07-01T18:00"].tolist() == [EXCL]  # after val's end, before test's start
+    assert (labels[days >= "2004-07-02"] == TEST).all()
+
+
+def test_by_dates_on_a_noleap_calendar():
+    cftime = pytest.importorskip("cftime")
+    time = np.array([cftime.DatetimeNoLeap(2001, 2, 28) + dt.timedelta(days=i) for i in range(4)])  # no Feb 29
+    labels = labels_of({"by": "dates", "train": ["2001-02-28", "2001-02-28"], "test": ["2001-03", "2001-03"]}, time)
+    assert labels.tolist() == [TRAIN, TEST, TEST, TEST]
+
+
+def test_overlapping_date_ranges_are_refused_before_any_read():
+    with pytest.raises(RecipeError, match="overlaps or precedes"):
+        parse_split_rule({"by": "dates", "train": ["2000", "2005"], "val": ["2005-06", "2006"]})
+
+
+def test_by_sessions_names_whole_sessions_and_the_rest_is_excluded():
+    sessions = np.repeat(np.array(["a", "b", "c", "d"], dtype=object), 3)
+    labels = labels_of({"by": "sessions", "train": ["a", "c"], "test": ["d"]}, np.arange(12), sessions)
+    assert labels.tolist() == [TRAIN] * 3 + [EXCL] * 3 + [TRAIN] * 3 + [TEST] * 3
+    with pytest.raises(RecipeError, match="both splits.train and splits.test"):
+        parse_split_rule({"by": "sessions", "train": ["a"], "test": ["a"]})
+    with pytest.raises(RecipeError, match="needs sources with sessions"):
+        labels_of({"by": "sessions", "train": ["a"]}, np.arange(3))
+
+
+def test_blocks_go_whole_to_one_split_with_the_embargo_at_every_change():
+    time = pd.date_range("2000-01-01", periods=400, freq="D").values
+    rule = {"by": "blocks", "block": "30D", "fractions": [0.6, 0.2, 0.2], "seed": 3, "embargo": 2}
+    labels = labels_of(rule, time)
+    block = np.arange(400) // 30
+    for b in np.unique(block):
+        named = set(labels[block == b].tolist()) - {EXCL}
+        assert len(named) == 1, f"block {b} is split between {named}"
+    for b in range(1, block.max() + 1):  # at an edge where the split changes, the first 2 steps are embargoed
+        first = np.flatnonzero(block == b)[0]
+        before, after = set(labels[block == b - 1].tolist()) - {EXCL}, set(labels[block == b].tolist()) - {EXCL}
+        assert (labels[first:first + 2] == EXCL).all() == (before != after)
+    counts = [len(set(block[labels == c].tolist())) for c in (TRAIN, VAL, TEST)]
+    assert counts == [8, 3, 3]  # 14 blocks: 8.4, 2.8, 2.8 by largest remainder
+    assert not np.array_equal(labels, labels_of({**rule, "seed": 4}, time))
+
+
+def test_blocks_of_steps_need_no_dates():
+    labels = labels_of({"by": "blocks", "block": 10, "fractions": [0.5, 0.5]}, np.arange(100))
+    assert set(labels.tolist()) == {TRAIN, VAL} and (labels.reshape(10, 10) == labels[::10, None]).all()
+
+
+def test_the_same_rule_gives_the_same_labels_in_another_process():
+    rule = {"by": "blocks", "block": "7D", "fractions": [0.8, 0.1, 0.1], "seed": 11, "embargo": 1}
+    code = ("import json, sys, numpy as np, pandas as pd; from canonstore.splits import parse_split_rule, split_keys, "
+            "split_labels; r = parse_split_rule(json.loads(sys.argv[1])); t = pd.date_range('2000-01-01', "
+            "periods=3000, freq='D').values; print(split_labels(split_keys(r, t), r).tobytes().hex())")
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(rule)], capture_output=True, text=True, env=env,
+                         check=True).stdout.strip()
+    here = labels_of(rule, pd.date_range("2000-01-01", periods=3000, freq="D").values)
+    assert bytes.fromhex(out) == here.tobytes()
+
+
+def test_a_blocks_rule_is_stored_with_its_seed(tmp_path, tiny_raw):
+    from canonstore import open_store
+    from canonstore.preprocess import build
+    from tests.conftest import demo_recipe
+
+    rule = {"by": "blocks", "block": "60D", "fractions": [0.7, 0.3], "embargo": 2}
+    out = tmp_path / "blocks.zarr"
+    build(demo_recipe(tmp_path, tiny_raw, splits=rule), out, progress=False, log=lambda *_: None)
+    store = open_store(out)
+    stored = json.loads(store._ds["split"].attrs["rule"])
+    assert stored == {**rule, "seed": 0, "fractions": [0.7, 0.3]} == store.attrs["split_rule"]
+    assert np.array_equal(store.splits, labels_of(stored, store.time))
