@@ -17,6 +17,7 @@ CANON     := $(VENV)/bin/canonstore
 ENV_STAMP := $(VENV)/.installed
 NAME      := $(shell sed -n 's/^name:[[:space:]]*\([A-Za-z0-9._-]*\).*/\1/p' $(RECIPE) 2>/dev/null)
 STORE     ?= data/intermediate/$(NAME).zarr
+EXPORT    ?= data/export/$(NAME)
 DEMO_RAW  := data/raw/demo
 DEMO_STAMP := $(DEMO_RAW)/.size-$(SIZE)-years-$(YEARS)
 
@@ -52,7 +53,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate inspect verify train evaluate bench bench-build test clean distclean
+.PHONY: help env data intermediate export inspect verify train evaluate bench bench-build test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -85,6 +86,11 @@ inspect: $(STORE)/manifest.json ## summarise the store: channels, stats, splits,
 
 verify: $(STORE)/manifest.json ## recompute the store's checksums, check its schema and that inputs are unchanged
 	$(CANON) verify $(STORE) --inputs
+
+export: $(EXPORT)/meta.json ## the store's train/val/test as plain .npy files + meta.json in data/export/<name>/
+
+$(EXPORT)/meta.json: $(STORE)/manifest.json
+	$(CANON) export $(STORE) --to npy $(EXPORT) --overwrite
 
 # A run's folder is named by a hash of its config and store (the CLI works it out), so these two
 # are phony: `canonstore train` itself skips a finished run and resumes an interrupted one.

@@ -84,6 +84,19 @@ def verify(store, inputs):
                f"{', inputs unchanged' if inputs else ''})")
 
 
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--to", "kind", type=click.Choice(["npy"]), required=True, help="Output kind: plain NumPy files.")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (the new export appears by one rename).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export(store, kind, out, overwrite, debug):
+    """Export STORE's train/val/test steps to OUT as .npy files plus meta.json."""
+    from canonstore.formats.npy import export_npy
+
+    _run(lambda: export_npy(store, out, overwrite=overwrite, log=click.echo), debug)
+
+
 @main.command("sources")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 def sources(recipe):

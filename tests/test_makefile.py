@@ -29,7 +29,7 @@ def installed():
 
 def test_help_is_the_default_and_lists_every_target(installed):
     out = make()
-    for target in ("help", "env", "data", "intermediate", "verify", "train", "evaluate", "bench", "test", "clean"):
+    for target in ("help", "env", "data", "intermediate", "export", "verify", "train", "evaluate", "bench", "test", "clean"):
         assert f"  {target} " in out
 
 
@@ -59,6 +59,11 @@ def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_
     assert "up to date" in make("intermediate", *args)
     assert "Nothing to be done" in make("intermediate", *args)
 
+    export = tmp_path / "export"
+    assert "train:" in make("export", *args, f"EXPORT={export}")
+    assert "Nothing to be done for 'export'" in make("export", *args, f"EXPORT={export}")
+
     recipe.write_text(recipe.read_text().replace("embargo: 2", "embargo: 1"))
     assert "wrote" in make("intermediate", *args)
     assert "OK" in make("verify", *args)
+    assert "train:" in make("export", *args, f"EXPORT={export}")  # a new store, a new export

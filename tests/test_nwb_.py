@@ -101,6 +101,22 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     assert x.shape == (8, CHANNELS) and y.shape == (8, CHANNELS) and x.dtype == torch.float32
 
 
+def test_reading_slices_the_hdf5_dataset_never_loads_it_whole(tmp_path, sessions, monkeypatch):
+    from canonstore.preprocess import nwb_
+
+    folder, raw, _ = sessions
+    asked = []
+    real = nwb_._PhysicalValues._read
+    monkeypatch.setattr(nwb_._PhysicalValues, "_read", lambda self, key: asked.append(key) or real(self, key))
+    src = open_sources(load_recipe(recipe(tmp_path, folder)))
+    try:
+        values = src.read(10, 20, channels=[1, 2])
+    finally:
+        src.close()
+    assert asked == [(slice(10, 20, 1), slice(1, 3, 1))]
+    np.testing.assert_allclose(values, raw[0][10:20, 1:3] * 2e-6 + 0.001)
+
+
 @pytest.mark.parametrize("case", ["missing series", "ragged timestamps", "unsorted timestamps", "channel counts"])
 def test_bad_nwb_input_gets_one_clear_line(tmp_path, sessions, case):
     folder, raw, stamps = sessions

@@ -1,0 +1,143 @@
+"""Export a store as plain NumPy files, for consumers that want no Zarr at all.
+
+`DIR/train.npy`, `val.npy`, `test.npy` hold the split's steps of `data` exactly as stored (the same
+bits, C order, `np.load(..., mmap_mode="r")`-able), copied in blocks so memory stays bounded; `meta.json`
+says what they are: channels, units, statistics, the time of every exported step, provenance.
+The folder appears by one rename when complete, so a failed export never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from canonstore.errors import StoreError
+from canonstore.formats.store import open_store
+
+SPLITS = ("train", "val", "test")
+BLOCK_MB = 64
+
+
+def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False, block_mb: float = BLOCK_MB,
+               log=print) -> Path:
+    """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`."""
+    store, out = open_store(store_path), Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} exists; remove it or export with --overwrite")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
+        block = max(1, int(block_mb * 2**20 // step_bytes))
+        files = {}
+        for split in SPLITS:
+            steps = store.split_indices(split)
+            files[split] = _write_split(store.array, steps, staging / f"{split}.npy", store.dtype, block)
+            log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
+        extras = {}
+        if store.static:
+            names = list(store.static)
+            _write_durably(staging / "static.npy", np.stack([store.static[n] for n in names]))
+            extras["static"] = {"file": "static.npy", "channels": names}
+        if store.mask is not None:
+            _write_durably(staging / "mask.npy", store.mask.astype(np.uint8))
+            extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
+        meta = export_meta(store, files, extras)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_split(array, steps: np.ndarray, path: Path, dtype: np.dtype, block: int) -> dict:
+    """Copy `array[steps]` into a new .npy in runs of consecutive steps, `block` steps at a time."""
+    target = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(steps.size,) + tuple(array.shape[1:]))
+    pos = 0
+    for run in np.split(steps, np.flatnonzero(np.diff(steps) != 1) + 1) if steps.size else []:
+        for lo in range(0, run.size, block):
+            a, b = int(run[lo]), int(run[min(lo + block, run.size) - 1]) + 1
+            target[pos:pos + b - a] = np.asarray(array[a:b])
+            pos += b - a
+    target.flush()
+    del target
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return {"file": path.name, "shape": [int(steps.size), *map(int, array.shape[1:])], "steps": steps.tolist()}
+
+
+def _write_durably(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(values))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def export_meta(store, files: dict, extras: dict) -> dict:
+    """What the .npy files hold, in JSON: enough to use them without canonstore or the store."""
+    ds = store._ds
+    coords = {str(name): _plain(ds[name].values) for name in ds.coords
+              if name not in ("time", "channel", "static_channel") and ds[name].dims
+              and set(ds[name].dims) <= set(store.dims[2:])}
+    split_info = {}
+    for split, info in files.items():
+        steps = np.asarray(info["steps"], dtype=np.int64)
+        entry = {**info, "time": [_time_text(t) for t in store.time[steps]]}
+        if store.session is not None:
+            entry["session"] = [store.sessions[i] for i in store.session[steps]]
+        split_info[split] = entry
+    return {
+        "format": "canonstore npy export 1",
+        "dims": list(store.dims),
+        "dtype": str(store.dtype),
+        "order": "C",
+        "normalisation": "physical = value * (stats.std if stats.std > 0 else 1) + stats.mean, per channel",
+        "channels": store.channels,
+        "channel_units": [str(u) for u in ds["channel_units"].values],
+        "channel_variable": [str(v) for v in ds["channel_variable"].values],
+        "channel_level": [_plain(v) for v in ds["channel_level"].values],
+        "stats": {name: _plain(values) for name, values in store.stats.items()},
+        "coords": coords,
+        "splits": split_info,
+        **extras,
+        "provenance": {"store": str(Path(store.path).resolve()),
+                       "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "store_attrs": store.attrs},
+    }
+
+
+def _time_text(t) -> str:
+    if isinstance(t, np.datetime64):
+        return str(np.datetime_as_string(t, unit="s" if t == t.astype("datetime64[s]") else "ns"))
+    return t.isoformat() if hasattr(t, "isoformat") else str(t)
+
+
+def _plain(value):
+    """NumPy values as JSON values; NaN (a surface channel's level) as null."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, out)
