@@ -16,6 +16,8 @@ def describe(store: Store) -> str:
              f"time    {len(store.time)} steps, {_span(store.time)}, calendar {a.get('calendar')}, "
              f"{len(store.gaps)} gap(s) (windows end at each)",
              f"grid    {store.dims[2:]}, latitude: {store.latitude}, longitude: {store.longitude}",
+             *([f"sessions {len(store.sessions)}: {', '.join(store.sessions[:6])}"
+                f"{' ...' if len(store.sessions) > 6 else ''}"] if store.sessions else []),
              "", "splits  (rule: " + ", ".join(f"{k}={v}" for k, v in a["split_rule"].items()) + ")"]
     for name in SPLITS + ("excluded",):
         idx = np.flatnonzero(store.splits == (SPLITS + ("excluded",)).index(name))

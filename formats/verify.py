@@ -68,6 +68,11 @@ def _check_schema(store: Store) -> list[str]:
         split = ds["split"].values
         if split.shape != (ntime,) or not np.isin(split, np.arange(len(SPLIT_NAMES))).all():
             problems.append(f"split: expected {ntime} codes in 0..{len(SPLIT_NAMES) - 1}")
+        if "session" in ds:  # optional (FORMAT.md): one position in `session_ids` per step
+            ids = ds["session"].attrs.get("session_ids")
+            codes = ds["session"].values
+            if not isinstance(ids, list) or codes.shape != (ntime,) or not np.isin(codes, np.arange(len(ids))).all():
+                problems.append(f"session: expected {ntime} positions in the session_ids list")
         if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
             shard_steps = mappable_layout(store.path, store._group["data"])
             for k in range(shard_count(ntime, shard_steps)):

@@ -12,7 +12,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
@@ -44,16 +43,16 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     folder.mkdir(parents=True, exist_ok=True)
     # One index per input path and cfgrib key set; cfgrib checks the index against the file's mtime.
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    kwargs = {"indexpath": str(folder / f"{key}.{{short_hash}}.idx"), "time_dims": ("valid_time",)}
+    indexpath = str(folder / f"{key}.{{short_hash}}.idx")
     try:
-        parts = cfgrib.open_datasets(str(path), backend_kwargs={"indexpath": kwargs["indexpath"]},
-                                     time_dims=kwargs["time_dims"], cache=False)
+        parts = cfgrib.open_datasets(str(path), backend_kwargs={"indexpath": indexpath},
+                                     time_dims=("valid_time",), cache=False)
     except Exception as exc:  # ecCodes and cfgrib raise many types for damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format) "
-                          f"[step: open sources]: {first}") from exc
+        raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format): "
+                          f"{first}") from exc
     if not parts:
-        raise SourceError(f"{path}: holds no GRIB field cfgrib can read [step: open sources]")
+        raise SourceError(f"{path}: holds no GRIB field cfgrib can read")
     return [_on_one_axis(ds) for ds in parts]
 
 
@@ -70,7 +69,7 @@ def _check_complete(path: Path) -> None:
     end = tail.rfind(b"7777")
     if end < 0 or tail[end + 4:].strip(b"\0"):
         raise SourceError(f"{path}: truncated or damaged GRIB file: it does not end with a whole message "
-                          "(ecCodes would silently read only the messages before the cut) [step: open sources]")
+                          "(ecCodes would silently read only the messages before the cut)")
 
 
 def _on_one_axis(ds: xr.Dataset) -> xr.Dataset:

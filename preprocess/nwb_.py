@@ -39,7 +39,7 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     """The recipe's TimeSeries of one NWB file as a lazy Dataset with `time` and `channel` coordinates."""
     from pynwb import NWBHDF5IO
 
-    where = f"{path} [step: open sources]"
+    where = str(path)
     try:
         io = NWBHDF5IO(str(path), "r")
         nwb = io.read()
@@ -80,13 +80,17 @@ class _PhysicalValues(BackendArray):
 
     def __init__(self, data, scale: np.ndarray, offset: float):
         self.data, self.scale, self.offset = data, scale, offset
-        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float64)
+        # float32 data in volts already (conversion 1, offset 0) stays float32: the build then reads it once
+        self.identity = np.dtype(data.dtype) == np.float32 and bool(np.all(scale == 1.0)) and offset == 0.0
+        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float32 if self.identity else np.float64)
 
     def __getitem__(self, key):
         # h5py takes slices and at most one increasing index list: OUTER_1VECTOR.
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR, self._read)
 
     def _read(self, key: tuple):
+        if self.identity:
+            return np.asarray(self.data[key])
         raw = np.asarray(self.data[key], dtype=np.float64)
         scale = self.scale if self.scale.size == 1 or len(key) < 2 else self.scale[key[1]]
         return raw * scale + self.offset
@@ -122,12 +126,19 @@ def _listing(nwb) -> str:
 
 
 def _path_of(obj) -> str:
+    """Where a series sits in the file, as a recipe names it: acquisition/X or processing/module/.../X."""
+    from pynwb import ProcessingModule
+
     parts = []
     while obj is not None and obj.parent is not None:
         parts.append(obj.name)
+        if isinstance(obj, ProcessingModule):
+            parts.append("processing")
+            break
         obj = obj.parent
-    # acquisition holds its series directly; processing modules are named parents already
-    return "/".join(reversed(parts)) if parts and len(parts) > 1 else f"acquisition/{parts[0]}" if parts else "?"
+    else:
+        parts.append("acquisition")
+    return "/".join(reversed(parts))
 
 
 def _seconds(series, steps: int, where: str) -> np.ndarray:

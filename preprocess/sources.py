@@ -235,7 +235,7 @@ class Sources:
                     i = int(np.flatnonzero(~_increasing_pairs(times))[0])
                     problem = "is duplicated" if times[i] == times[i + 1] else "is not sorted"
                     raise SourceError(f"{path}: variable '{name}': time {problem} at steps {i} and {i + 1} "
-                                      f"({times[i]} then {times[i + 1]}) [step: open sources]")
+                                      f"({times[i]} then {times[i + 1]})")
                 parts.append((times, path, array, ds.attrs.get("canonstore_session")))
             parts.sort(key=lambda p: p[0][0] if p[0].size else 0)
             joined, name_segments, last, last_path = [], [], None, None
@@ -275,7 +275,7 @@ class Sources:
         for seg, sid in zip(segments, ids):
             if sid in seen:
                 raise SourceError(f"{seg.path} and {seen[sid]} both hold session '{sid}'; "
-                                  "each session must come from one file [step: open sources]")
+                                  "each session must come from one file")
             seen[sid] = seg.path
         session = np.concatenate([np.full(seg.keep.size, k, dtype=np.int32) for k, seg in enumerate(segments)])
         return ids, session
@@ -367,7 +367,7 @@ class Sources:
         for seg in self._segments[name][1:]:
             if level_of(seg) != level:
                 raise SourceError(f"{seg.path}: variable '{name}' is at level {level_of(seg)}, but {first.path} "
-                                  f"has it at {level}; one variable, one level set [step: open sources]")
+                                  f"has it at {level}; one variable, one level set")
         return level
 
     def _labelled_channels(self, name: str, dim: str, units: str) -> list[Channel]:
@@ -382,8 +382,7 @@ class Sources:
             other = [str(v) for v in seg.array[dim].values]
             if other != labels:
                 raise SourceError(f"{seg.path}: '{name}' has {len(other)} channels {other[:6]}, but {first.path} has "
-                                  f"{len(labels)} {labels[:6]}; every file must have the same channels "
-                                  "[step: open sources]")
+                                  f"{len(labels)} {labels[:6]}; every file must have the same channels")
         return [Channel(label, name, None, units) for label in labels]
 
     def _units(self, name: str) -> str:

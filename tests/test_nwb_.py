@@ -97,6 +97,10 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     assert (store.split_indices("test") == np.arange(300, 500)).all()
     train = np.concatenate([raw[0] * 2e-6 + 0.001, raw[2] * 2e-6])
     np.testing.assert_allclose(store.stats["mean"], train.mean(axis=0), rtol=1e-9)
+    from canonstore.formats import verify_store
+    from canonstore.formats.summary import describe
+
+    assert verify_store(out) == [] and "sessions 3: s1, s2, s3" in describe(store)
     x, y = next(iter(store.loader("train", batch_size=8, lead=1, device="cpu")))[:2]
     assert x.shape == (8, CHANNELS) and y.shape == (8, CHANNELS) and x.dtype == torch.float32
 
@@ -115,6 +119,49 @@ def test_reading_slices_the_hdf5_dataset_never_loads_it_whole(tmp_path, sessions
         src.close()
     assert asked == [(slice(10, 20, 1), slice(1, 3, 1))]
     np.testing.assert_allclose(values, raw[0][10:20, 1:3] * 2e-6 + 0.001)
+
+
+def test_a_series_in_a_processing_module_is_found_by_its_path(tmp_path):
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import LFP, ElectricalSeries
+
+    nwb = NWBFile(session_description="lfp", identifier="lfp-1", session_start_time=day(1))
+    group = nwb.create_electrode_group("shank0", description="shank", location="CA1",
+                                       device=nwb.create_device(name="probe"))
+    for _ in range(3):
+        nwb.add_electrode(group=group, location="CA1")
+    region = nwb.create_electrode_table_region([0, 1, 2], "all")
+    lfp = np.arange(30, dtype=np.float32).reshape(10, 3)
+    module = nwb.create_processing_module(name="ecephys", description="lfp")
+    module.add(LFP(electrical_series=ElectricalSeries(name="ElectricalSeries", data=lfp, electrodes=region, rate=1.0)))
+    with NWBHDF5IO(str(tmp_path / "lfp.nwb"), "w") as io:
+        io.write(nwb)
+    keys = {"name": "lfp", "sources": [str(tmp_path / "lfp.nwb")], "splits": {"by": "index", "train": [0, 9]}}
+    with pytest.raises(SourceError, match="found processing/ecephys/LFP/ElectricalSeries"):
+        open_sources(load_recipe(write_recipe(tmp_path, **keys)))  # nothing in acquisition: name it
+    src = open_sources(load_recipe(write_recipe(tmp_path, series="processing/ecephys/LFP/ElectricalSeries", **keys)))
+    try:
+        assert [c.name for c in src.channels] == ["electrode0", "electrode1", "electrode2"]
+        assert src.sessions == ["lfp"] and src.float32_exact.tolist() == [True] * 3  # float32, no conversion
+        np.testing.assert_array_equal(src.read(0, 10), lfp)
+    finally:
+        src.close()
+
+
+def test_a_second_zarr_implementation_reads_the_sessions(tmp_path, sessions):
+    """FORMAT.md's `session`: int32 positions per step, ids in the array's own JSON attributes."""
+    import json
+
+    ts = pytest.importorskip("tensorstore")
+    out = tmp_path / "ephys.zarr"
+    build(recipe(tmp_path, sessions[0]), out, progress=False, log=lambda *_: None)
+    codes = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "session")}},
+                    read=True).result().read().result()
+    ids = json.loads((out / "session" / "zarr.json").read_text())["attributes"]["session_ids"]
+    assert [ids[c] for c in codes[[0, 299, 300, 749]]] == ["s1", "s1", "s2", "s3"]
+    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "data")}},
+                   read=True).result()
+    assert tuple(data.shape) == (750, CHANNELS)
 
 
 @pytest.mark.parametrize("case", ["missing series", "ragged timestamps", "unsorted timestamps", "channel counts"])
