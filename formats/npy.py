@@ -19,6 +19,7 @@ import numpy as np
 
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
+from canonstore.formats.zarr_ import map_shard, mappable_layout
 
 SPLITS = ("train", "val", "test")
 BLOCK_MB = 64
@@ -36,10 +37,11 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
     try:
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
+        read = block_reader(store)
         files = {}
         for split in SPLITS:
             steps = store.split_indices(split)
-            files[split] = _write_split(store.array, steps, staging / f"{split}.npy", store.dtype, block)
+            files[split] = _write_split(read, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block)
             log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
         extras = {}
         if store.static:
@@ -58,20 +60,43 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
     return out
 
 
-def _write_split(array, steps: np.ndarray, path: Path, dtype: np.dtype, block: int) -> dict:
-    """Copy `array[steps]` into a new .npy in runs of consecutive steps, `block` steps at a time."""
-    target = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(steps.size,) + tuple(array.shape[1:]))
-    pos = 0
-    for run in np.split(steps, np.flatnonzero(np.diff(steps) != 1) + 1) if steps.size else []:
-        for lo in range(0, run.size, block):
-            a, b = int(run[lo]), int(run[min(lo + block, run.size) - 1]) + 1
-            target[pos:pos + b - a] = np.asarray(array[a:b])
-            pos += b - a
-    target.flush()
-    del target
-    with open(path, "rb+") as f:
+def _write_split(read, steps: np.ndarray, path: Path, dtype: np.dtype, sample_shape: tuple, block: int) -> dict:
+    """Write the steps `steps` (read by `read(a, b)` in runs of consecutive steps, `block` at a time) to a
+    new .npy. Plain writes, no memory map: the process holds one block, whatever the split's size."""
+    shape = (steps.size,) + tuple(sample_shape)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+        for run in np.split(steps, np.flatnonzero(np.diff(steps) != 1) + 1) if steps.size else []:
+            for lo in range(0, run.size, block):
+                a, b = int(run[lo]), int(run[min(lo + block, run.size) - 1]) + 1
+                f.write(np.ascontiguousarray(read(a, b), dtype=dtype).data)
+        f.flush()
         os.fsync(f.fileno())
-    return {"file": path.name, "shape": [int(steps.size), *map(int, array.shape[1:])], "steps": steps.tolist()}
+    return {"file": path.name, "shape": list(map(int, shape)), "steps": steps.tolist()}
+
+
+def block_reader(store):
+    """`read(a, b)`: steps [a, b) of `data` as a new array. Uncompressed shards are read with positioned
+    reads (a memory map would keep every page it touched in the process's resident set); compressed
+    stores through zarr."""
+    if store.attrs["layout"]["compression"] != "none":
+        data = store._group["data"]
+        return lambda a, b: data[a:b]
+    shard_steps = mappable_layout(store.path, store._group["data"])
+    step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
+    checked = {}
+
+    def read(a: int, b: int) -> np.ndarray:
+        parts = []
+        for k in range(a // shard_steps, (b - 1) // shard_steps + 1):
+            if k not in checked:  # the shard's index says it holds contiguous C-order steps (not its pages)
+                checked[k] = map_shard(store.path, store.shape, store.dtype, shard_steps, k).filename
+            lo, hi = max(a, k * shard_steps), min(b, (k + 1) * shard_steps)
+            parts.append(np.fromfile(checked[k], dtype=store.dtype.newbyteorder("<"), count=(hi - lo) * step_bytes
+                                     // store.dtype.itemsize, offset=(lo - k * shard_steps) * step_bytes))
+        return np.concatenate(parts).reshape((b - a,) + tuple(store.shape[1:]))
+    return read
 
 
 def _write_durably(path: Path, values: np.ndarray) -> None:

@@ -56,10 +56,10 @@ def test_the_cli_exports_and_never_overwrites_unasked(tiny_store, tmp_path):
 def test_a_failed_export_leaves_nothing(tiny_store, tmp_path, monkeypatch):
     real = npy._write_split
 
-    def fail_on_val(array, steps, path, dtype, block):
+    def fail_on_val(read, steps, path, *args):
         if path.name == "val.npy":
             raise OSError(28, "No space left on device", str(path))
-        return real(array, steps, path, dtype, block)
+        return real(read, steps, path, *args)
 
     monkeypatch.setattr(npy, "_write_split", fail_on_val)
     with pytest.raises(OSError):
