@@ -161,9 +161,13 @@ def report_sources(sources: Sources, log) -> None:
     for unused in sources.unused_files:
         log(f"not used: {unused['path']} (matched by 'sources', but holds none of the recipe's variables; "
             f"it has {', '.join(unused['variables']) or 'no data variables'})")
-    if sources.gaps:  # allowed by the recipe, still said out loud and kept in the provenance
-        log(f"time axis has {len(sources.gaps)} gap(s) (recipe time_gaps: allow), first after "
-            f"{sources.time_label(sources.gaps[0])}")
+    ends = set() if sources.session is None else set(np.flatnonzero(np.diff(sources.session)).tolist())
+    gaps = [g for g in sources.gaps if g not in ends]
+    if ends:
+        log(f"{len(sources.sessions)} sessions ({', '.join(sources.sessions[:4])}"
+            f"{' ...' if len(sources.sessions) > 4 else ''}): windows end at each session's last step")
+    if gaps:  # allowed by the recipe, still said out loud and kept in the provenance
+        log(f"time axis has {len(gaps)} gap(s) (recipe time_gaps: allow), first after {sources.time_label(gaps[0])}")
 
 
 def store_labels(recipe: Recipe, sources: Sources) -> np.ndarray:
