@@ -3,6 +3,7 @@
 Longitude (the last dimension) is periodic, so a block may wrap around the dateline; latitude (the
 one before) is not, so a block near a pole is shifted to lie inside the globe. This is the
 IPSL-AID training strategy; it runs on whatever device the batch is on (the GPU after transfer).
+Blocks are drawn per batch (one per sample), or per epoch (`s` blocks, every sample cut at all of them).
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int],
     return rows, cols
 
 
-def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """values (batch, channel, lat, lon) -> (batch, channel, size_lat, size_lon) at the given indices."""
-    b = torch.arange(values.shape[0], device=values.device)[:, None, None]
+def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples: torch.Tensor | None = None
+         ) -> torch.Tensor:
+    """values (batch, channel, lat, lon) -> (n, channel, size_lat, size_lon): block k is cut from sample
+    `samples[k]` (default k) at rows[k] x cols[k], gathered straight from `values` (no repeated copies)."""
+    b = torch.arange(values.shape[0]) if samples is None else samples
+    b = b.to(values.device)[:, None, None]
     rows, cols = rows.to(values.device), cols.to(values.device)
     # Advanced indices around a slice put the indexed dims first: (batch, lat, lon, channel).
     return values[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def epoch_blocks(batch: int, rows: torch.Tensor, cols: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every sample of a batch at each of the epoch's blocks (rows (s, h), cols (s, w)): `crop`'s
+    (samples, rows, cols) for batch x s blocks, sample-major (sample 0's s blocks first)."""
+    s = rows.shape[0]
+    return torch.arange(batch).repeat_interleave(s), rows.repeat(batch, 1), cols.repeat(batch, 1)
 
 
 def random_blocks(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int],

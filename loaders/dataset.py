@@ -19,6 +19,7 @@ import zarr
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.shards import take_rows
+from canonstore.loaders.encodings import Encodings
 from canonstore.splits import SPLIT_CODES, segment_ids
 
 
@@ -62,7 +63,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, store, split: str = "train", lead: int = 1, history: int = 0,
                  channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
                  static: bool | Sequence[str] = True, transform: Callable | None = None,
-                 target_masks: bool = False):
+                 target_masks: bool = False, encodings: Sequence[str] = ()):
         from canonstore.formats import open_store
 
         store = open_store(store) if isinstance(store, (str, Path)) else store
@@ -96,6 +97,8 @@ class WindowDataset(torch.utils.data.Dataset):
                        else np.zeros((0,) + store.shape[2:], np.float32))
         self.sample_space = tuple(store.shape[2:])
         self.store_dtype = store.dtype
+        # Positional and temporal channels after the static ones, computed per batch (loaders.encodings)
+        self.encodings = Encodings(store, encodings) if encodings else None
 
     # -- shapes -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -108,7 +111,7 @@ class WindowDataset(torch.utils.data.Dataset):
         for k in range(self.history, -1, -1):
             suffix = f"@t-{k}" if k else ""
             names += [self.store_channels[c] + suffix for c in self.channels]
-        return names + self.static_names
+        return names + self.static_names + (self.encodings.names if self.encodings else [])
 
     @property
     def target_channels(self) -> list[str]:
@@ -124,6 +127,8 @@ class WindowDataset(torch.utils.data.Dataset):
         window = self._read_steps(t - self.history, t + self.lead + 1)
         x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
         x = np.concatenate([x.astype(np.float32), self.static])
+        if self.encodings is not None:
+            x = np.concatenate([x, self.encodings.fields([t])[0].numpy()])
         sample = torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.y_channels], dtype=np.float32))
         return sample if self.transform is None else self.transform(*sample)
 
@@ -144,6 +149,8 @@ class StoreDataset(WindowDataset):
         convention); `BatchLoader` takes its own, applied to whole batches on the device.
     target_masks : append to y, after the targets, the `<channel>_valid` channel of each target in
         `masked_targets` (stored normalised: `Store.denormalise` gives 1 observed / 0 filled).
+    encodings : positional and temporal channels appended to x after the static fields, any of
+        "latlon", "doy", "hod", "toa" (see `loaders.encodings`); `BatchLoader` computes them on the device.
     """
 
     _array = None

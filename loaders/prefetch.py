@@ -3,7 +3,7 @@
 One background thread fills host buffers (each batch split over `workers` gather threads; numpy
 releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
 side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
-copies: memmap -> pinned buffer -> GPU. Static fields are appended, the dtype converted and
+copies: memmap -> pinned buffer -> GPU. Static fields and encodings are appended, the dtype converted and
 random blocks cropped on the device; on the CPU the batch is assembled in place instead.
 """
 
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from canonstore.loaders.blocks import block_indices, random_blocks
+from canonstore.loaders.blocks import block_indices, crop, epoch_blocks
 from canonstore.loaders.dataset import StoreDataset
 from canonstore.loaders.sampler import BatchSampler, epoch_seed
 
@@ -42,6 +42,10 @@ class BatchLoader:
         model-alone speed with 2 threads and at 79% with 8; bench/loader.py measures it).
     prefetch : batches gathered ahead of the one being used.
     blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields.
+    blocks_per_epoch : 0 (default): one random block per sample, drawn per batch. s > 0: s block
+        centres drawn per epoch from (seed, epoch), and every sample of the epoch is cut at all s of
+        them, so a batch of B samples yields B x s blocks (sample-major). `last_blocks` holds the
+        (samples, rows, cols) of the batch just yielded, to cut loss weights the same way.
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
     transform : called as `transform(x, y)` on each batch on the device (after blocks); returns (x, y).
         The dataset's own per-sample `transform` is not used on this path.
@@ -50,12 +54,14 @@ class BatchLoader:
     def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, device=None, workers: int = 2, prefetch: int = 2,
                  blocks: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 rank: int | None = None, world_size: int | None = None, transform=None, even: bool | None = None):
+                 rank: int | None = None, world_size: int | None = None, transform=None, even: bool | None = None,
+                 blocks_per_epoch: int = 0):
         self.dataset = dataset
         self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, even)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
-        self.seed, self.transform = seed, transform
+        self.seed, self.transform, self.blocks_per_epoch = seed, transform, blocks_per_epoch
+        self.last_blocks = None
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
@@ -81,7 +87,11 @@ class BatchLoader:
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
         filler.start()
         blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "blocks"))
-        if self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
+        self._epoch_blocks = None
+        if self.blocks is not None and self.blocks_per_epoch:  # one draw per epoch: resuming redraws the same
+            self._epoch_blocks = block_indices(self.blocks_per_epoch, self.dataset.sample_space, self.blocks,
+                                               blocks_rng)
+        elif self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
             for _ in range(skipped):
                 block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng)
         stream = torch.cuda.Stream(self.device) if cuda else None
@@ -89,12 +99,12 @@ class BatchLoader:
             pending = self._to_device(ready.get(), free, stream)
             while pending is not _DONE:
                 following = self._to_device(ready.get(), free, stream)
-                x, y, event = pending
+                x, y, event, positions = pending
                 if event is not None:
                     torch.cuda.current_stream(self.device).wait_event(event)
                     x.record_stream(torch.cuda.current_stream(self.device))
                     y.record_stream(torch.cuda.current_stream(self.device))
-                yield self._finish(x, y, blocks_rng)
+                yield self._finish(x, y, blocks_rng, positions)
                 pending = following
         finally:
             stop.set()
@@ -143,7 +153,7 @@ class BatchLoader:
                         full = self._unused_cpu_buffers(ring)
                     x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
                     self._gather(pool, positions, x_buf.numpy(), y_buf.numpy(), static=not cuda)
-                    ready.put((x_buf, y_buf, full if cuda else None))
+                    ready.put((x_buf, y_buf, full if cuda else None, positions))
                     del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
             ready.put(_DONE)
         except BaseException as exc:  # re-raised in the consumer
@@ -179,23 +189,32 @@ class BatchLoader:
             return _DONE
         if isinstance(item, BaseException):
             raise item
-        x_buf, y_buf, full = item
+        x_buf, y_buf, full, positions = item
         if stream is None:
-            return x_buf, y_buf, None
+            return x_buf, y_buf, None, positions
         with torch.cuda.stream(stream):
             x = x_buf.to(self.device, non_blocking=True)
             y = y_buf.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
         free.put((full, event))  # reusable once `event` has passed
-        return x, y, event
+        return x, y, event, positions
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator):
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator, positions):
         x, y = x.to(self.dtype), y.to(self.dtype)
         if x.is_cuda and self.dataset.static.shape[0]:  # static fields are sent to the GPU once
             if self._static is None:
                 self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
+        if self.dataset.encodings is not None:  # computed here, on the batch's device
+            steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
+            x = torch.cat([x, self.dataset.encodings.fields(steps, x.device).to(self.dtype)], dim=1)
         if self.blocks is not None:
-            x, y = random_blocks(x, y, self.blocks, blocks_rng)
+            if self._epoch_blocks is not None:
+                samples, rows, cols = epoch_blocks(x.shape[0], *self._epoch_blocks)
+            else:
+                rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(self.blocks), blocks_rng)
+                samples = None
+            self.last_blocks = (samples, rows, cols)
+            x, y = crop(x, rows, cols, samples), crop(y, rows, cols, samples)
         return (x, y) if self.transform is None else self.transform(x, y)

@@ -3,7 +3,8 @@
     canonstore demo-data data/raw/demo --size 1       # what `make data` runs
 
 One file per variable and year (`z_2000.nc`, `t2m_2000.nc`, ...) plus `static.nc`
-(land-sea mask, orography). 6-hourly steps on a global lat/lon grid; planetary waves drift
+(land-sea mask, orography). Specific humidity `q` is there so that the derived relative humidity
+(recipes/demo.yaml) has something to be derived from. 6-hourly steps on a global lat/lon grid; planetary waves drift
 eastward, with seasonal and diurnal cycles and a little noise, so a forecast model has
 something to learn that persistence misses. `msl` is packed as int16 with
 scale_factor/add_offset, as ERA5 downloads often are.
@@ -25,6 +26,8 @@ PRESSURE_VARS = {
     "t": ("Temperature", "K", {250: 222.0, 500: 252.0, 850: 275.0}, 4.0),
     "u": ("U component of wind", "m s**-1", {250: 20.0, 500: 12.0, 850: 6.0}, 8.0),
     "v": ("V component of wind", "m s**-1", {250: 0.0, 500: 0.0, 850: 0.0}, 6.0),
+    # multiplicative (base x exp(amplitude x waves)): humidity stays positive and spans decades in height
+    "q": ("Specific humidity", "kg kg**-1", {250: 4e-5, 500: 7e-4, 850: 2.8e-3}, 0.2),  # ~55% RH on average
 }
 SURFACE_VARS = {
     "t2m": ("2 metre temperature", "K", 285.0, 3.0),
@@ -58,8 +61,11 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
         for name, (long_name, units, base, amp) in PRESSURE_VARS.items():
             levels = []
             for level in LEVELS:
-                levels.append(_field(hours, lat, lon, base[level], amp * {250: 1.4, 500: 1.2, 850: 0.8}[level],
-                                     phases[k], rng, diurnal=0.0))
+                if name == "q":
+                    levels.append(base[level] * np.exp(amp * _field(hours, lat, lon, 0.0, 1.0, phases[k], rng, 0.0)))
+                else:
+                    levels.append(_field(hours, lat, lon, base[level], amp * {250: 1.4, 500: 1.2, 850: 0.8}[level],
+                                         phases[k], rng, diurnal=0.0))
                 k += 1
             values = np.stack(levels, axis=1)                    # time, level, lat, lon
             _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon, levels=LEVELS)

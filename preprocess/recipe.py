@@ -22,7 +22,7 @@ import yaml
 from canonstore.errors import RecipeError
 from canonstore.splits import parse_split_rule
 
-KEYS = {"name", "sources", "variables", "levels", "static", "time", "time_dim", "series", "splits",
+KEYS = {"name", "sources", "variables", "levels", "static", "derived", "time", "time_dim", "series", "splits",
         "nan_policy", "on_duplicate_time", "time_gaps", "storage"}
 STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
 DTYPES = ("float32", "float16")
@@ -41,6 +41,7 @@ class Recipe:
     variables: tuple[str, ...] | None = None
     levels: dict = field(default_factory=dict)
     static: tuple[str, ...] = ()
+    derived: tuple[dict, ...] = ()    # channels computed at build time (preprocess.derived)
     time_start: str | None = None
     time_end: str | None = None
     time_dim: str | None = None   # None: found the CF way (sources.find_time_dim)
@@ -105,6 +106,7 @@ def load_recipe(path: str | Path) -> Recipe:
         variables=_parse_names(raw.get("variables"), "variables", where),
         levels={str(k): [float(x) for x in v] for k, v in levels.items()},
         static=_parse_names(raw.get("static"), "static", where) or (),
+        derived=_parse_derived(raw.get("derived"), where),
         time_start=_parse_date(time.get("start"), "time.start", where),
         time_end=_parse_date(time.get("end"), "time.end", where),
         time_dim=None if raw.get("time_dim") is None else _parse_str(raw["time_dim"], "time_dim", where),
@@ -118,6 +120,36 @@ def load_recipe(path: str | Path) -> Recipe:
         compression=_parse_choice(str(storage.get("compression", "none")).lower(), COMPRESSIONS,
                                   "storage.compression", where),
     )
+
+
+def _parse_derived(value: object, where: str) -> tuple[dict, ...]:
+    """`derived:` entries: {name, kind, the kind's inputs, optional levels}; checked before any data is read."""
+    from canonstore.preprocess.derived import KINDS
+
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RecipeError(f"{where}: 'derived' must be a list of {{name, kind, ...}} mappings, got {value!r}")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or entry.get("kind") not in KINDS:
+            raise RecipeError(f"{where}: each 'derived' entry needs kind: one of {sorted(KINDS)}; got {entry!r}")
+        needed = ("name",) + KINDS[entry["kind"]]
+        allowed = set(needed) | ({"kind", "levels"} if entry["kind"] in ("column", "layer_mean") else {"kind"})
+        missing, unknown = [k for k in needed if k not in entry], sorted(set(entry) - allowed)
+        if missing or unknown:
+            raise RecipeError(f"{where}: derived {entry.get('name', entry)!r} ({entry['kind']}): "
+                              f"missing {missing}, unknown {unknown}; it takes {sorted(allowed)}")
+        for key in needed:
+            _parse_str(entry[key], f"derived.{key}", where)
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", entry["name"]):
+            raise RecipeError(f"{where}: derived name must be letters, digits and '_', got {entry['name']!r}")
+        if "levels" in entry and (not isinstance(entry["levels"], list) or len(entry["levels"]) < 2
+                                  or not all(isinstance(v, (int, float)) for v in entry["levels"])):
+            raise RecipeError(f"{where}: derived {entry['name']!r}: levels must be a list of two or more "
+                              f"pressures in hPa, got {entry['levels']!r}")
+        out.append(dict(entry))
+    return tuple(out)
 
 
 def _parse_str(value: object, key: str, where: str) -> str:

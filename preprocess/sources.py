@@ -20,6 +20,7 @@ import xarray as xr
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
+from canonstore.preprocess.derived import plan_derived
 from canonstore.preprocess.recipe import Recipe
 from canonstore.splits.gaps import find_gaps
 
@@ -103,6 +104,7 @@ class Sources:
         self.space_dims, self.coords = self._check_grid(variables)
         self.latitude, self.longitude = find_axis(self.coords, "latitude"), find_axis(self.coords, "longitude")
         self.channels, self._level_index = self._make_channels(variables)
+        self.derived = self._plan_derived()
         self.static = self._read_static()
         self._apply_time_range()
         self.gaps = self._find_gaps()
@@ -118,7 +120,7 @@ class Sources:
         in every file; packed integers decode to float64 through their scale_factor)."""
         exact = {v: all(np.dtype(seg.array.dtype) in (np.float32, np.float16) for seg in segments)
                  for v, segments in self._segments.items()}
-        return np.array([exact[c.variable] for c in self.channels], dtype=bool)
+        return np.array([exact.get(c.variable, False) for c in self.channels], dtype=bool)  # derived: float64
 
     def read(self, start: int, stop: int, channels=None, dtype=np.float64) -> np.ndarray:
         """Steps [start, stop) of the selected time axis as `dtype` (steps, channel, *space).
@@ -127,6 +129,19 @@ class Sources:
         levels they name are read from the files, never a variable's every level.
         """
         wanted = np.arange(len(self.channels)) if channels is None else np.asarray(channels, dtype=np.int64)
+        first_derived = len(self.channels) - len(self.derived)
+        if wanted.size and wanted[-1] >= first_derived:  # derived channels: from their inputs, in float64
+            mine = wanted[wanted >= first_derived] - first_derived
+            inputs = np.unique(np.concatenate([wanted[wanted < first_derived]] +
+                                              [np.array(self.derived[d].inputs) for d in mine]))
+            physical = self.read(start, stop, inputs)
+            at = {int(c): k for k, c in enumerate(inputs)}
+            out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
+            for k, c in enumerate(wanted):
+                d = c - first_derived
+                out[:, k] = physical[:, at[int(c)]] if d < 0 else \
+                    self.derived[d].compute([physical[:, at[i]] for i in self.derived[d].inputs])
+            return out
         out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
         start += self._offset
         stop += self._offset
@@ -142,7 +157,11 @@ class Sources:
         return out
 
     def file_of(self, variable: str, step: int) -> Path:
-        """The source file that holds `step` (of the selected time axis) of `variable`."""
+        """The source file that holds `step` (of the selected time axis) of `variable` (a derived
+        channel's: its first input's)."""
+        for d in self.derived:
+            if d.variable == variable:
+                variable = self.channels[d.inputs[0]].variable
         pos = step + self._offset
         for seg in self._segments[variable]:
             if pos < seg.keep.size:
@@ -354,6 +373,23 @@ class Sources:
                             for c in channels if c.name in clash)
             raise SourceError(f"two channels would have the same name ({who}); rename a variable in the sources")
         return channels, level_index
+
+    def _plan_derived(self) -> list:
+        """The recipe's `derived:` channels, appended after the source channels (preprocess.derived)."""
+        if not self.recipe.derived:
+            return []
+        try:
+            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}")
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        taken = {c.name for c in self.channels}
+        for d in derived:
+            if d.name in taken:
+                raise SourceError(f"recipe {self.recipe.path}: derived channel '{d.name}' has the name of a channel "
+                                  "already in the store; rename it")
+            taken.add(d.name)
+        self.channels = self.channels + [Channel(d.name, d.variable, d.level, d.units) for d in derived]
+        return derived
 
     def _scalar_level(self, name: str) -> float | None:
         """The level of a variable stored at one level as a scalar coordinate (a GRIB file of t at

@@ -30,3 +30,37 @@ def test_crop_is_the_same_block_of_x_and_y_and_reproducible():
         np.testing.assert_array_equal(by[b], y[b].numpy()[:, rows[b]][:, :, cols[b]])
     again = random_blocks(x, y, (4, 6), torch.Generator().manual_seed(1))
     assert torch.equal(again[0], bx) and torch.equal(again[1], by)
+
+
+def test_blocks_per_epoch_cut_every_sample_at_the_same_blocks_reproducibly(tiny_store):
+    from canonstore import open_store
+    from canonstore.loaders import BatchLoader
+
+    store = open_store(tiny_store)
+    dataset = store.dataset("train", static=False)
+
+    def epoch(e, seed=0, start=0):
+        loader = BatchLoader(dataset, 4, shuffle=True, seed=seed, device="cpu", workers=1, blocks=(4, 6),
+                             blocks_per_epoch=3)
+        loader.set_epoch(e, start)
+        out = []
+        for x, y in loader:
+            out.append((x.clone(), y.clone(), [t.clone() if t is not None else None for t in loader.last_blocks]))
+            if len(out) == 2:
+                break
+        return out
+
+    first = epoch(0)
+    x, y, (samples, rows, cols) = first[0]
+    assert x.shape == (12, len(dataset.input_channels), 4, 6) and y.shape[0] == 12
+    assert samples.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    # the epoch's 3 blocks, the same for every sample and every batch of the epoch
+    assert torch.equal(rows[:3], rows[3:6]) and torch.equal(cols[:3], cols[9:12])
+    assert torch.equal(first[1][2][1], rows) and torch.equal(first[1][2][2], cols)
+    full = next(iter(BatchLoader(dataset, 4, shuffle=True, seed=0, device="cpu", workers=1)))[0]
+    np.testing.assert_array_equal(x[4], full[1].numpy()[:, rows[4]][:, :, cols[4]])   # sample 1, block 1
+    again = epoch(0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    resumed = epoch(0, start=1)[0]                                   # resuming mid-epoch: the same blocks
+    assert torch.equal(resumed[2][1], rows) and torch.equal(resumed[0], first[1][0])
+    assert not torch.equal(epoch(1)[0][2][1][:3], rows[:3]) or not torch.equal(epoch(1)[0][2][2][:3], cols[:3])

@@ -3,6 +3,7 @@
 from click.testing import CliRunner
 
 from canonstore.cli import main
+from canonstore.formats import open_store
 from tests.conftest import demo_recipe
 
 
@@ -12,14 +13,16 @@ def test_build_inspect_verify(tmp_path, tiny_raw):
     out = tmp_path / "demo.zarr"
     result = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "steps x 14 channels" in result.output and "MB/s" in result.output
+    assert "steps x 17 channels" in result.output and "MB/s" in result.output
     again = runner.invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
     assert "up to date" in again.output
 
     shown = runner.invoke(main, ["inspect", str(out)])
     assert shown.exit_code == 0
+    layout = open_store(out).attrs["layout"]
     for expected in ("z500", "m**2 s**-2", "train", "2000-01-01", "excluded", "static  lsm, orography",
-                     "31 shard file(s) of 146 steps", "recipe", "inputs  19 files", "latitude: latitude", "0 gap(s)"):
+                     f"{layout['shards']} shard file(s) of {layout['shard_steps']} steps", "recipe", "inputs  22 files",
+                     "latitude: latitude", "0 gap(s)"):
         assert expected in shown.output, expected
 
     ok = runner.invoke(main, ["verify", str(out)])
@@ -42,7 +45,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, tiny_raw):
 
 def test_sources_lists_the_recipe_inputs(tmp_path, tiny_raw):
     result = CliRunner().invoke(main, ["sources", str(demo_recipe(tmp_path, tiny_raw))])
-    assert result.exit_code == 0 and len(result.output.splitlines()) == 19
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 7 * 3 + 1
     assert all(line.endswith(".nc") for line in result.output.splitlines())
 
 

@@ -33,7 +33,7 @@ def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
     runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, blocks=(4, 8))) for w in (1, 2, 1)]
     for other in runs[1:]:
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
-    assert runs[0][0][0].shape == (32, 16, 4, 8)
+    assert runs[0][0][0].shape == (32, 17 + 2, 4, 8)  # channels and the two static fields
     loader = BatchLoader(ds, 32, seed=9, device="cpu")
     first, second = next(iter(loader)), next(iter(loader))                  # the epoch advances
     assert not torch.equal(first[0], second[0])

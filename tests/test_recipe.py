@@ -17,7 +17,7 @@ def test_the_repository_demo_recipe_parses():
 
 def test_valid_recipe_resolves_globs_relative_to_the_recipe(tmp_path, tiny_raw):
     recipe = load_recipe(demo_recipe(tmp_path, tiny_raw))
-    assert len(recipe.sources) == 6 * 3 + 1
+    assert len(recipe.sources) == 7 * 3 + 1  # 7 variables x 3 years + static.nc
     assert recipe.splits == {"by": "year", "embargo": 2, "train": [2000, 2000], "val": [2001, 2001],
                              "test": [2002, 2002]}
     assert len(recipe.sha256) == 64

@@ -25,14 +25,14 @@ def layouts(tiny_raw, tiny_store, tmp_path_factory) -> dict:
     """The tiny demo as one shard, two shards (the second partial) and many (the session's tiny store)."""
     folder = tmp_path_factory.mktemp("layouts")
     stores = {"many": tiny_store}
-    for name, shard_mb in (("one", 1024), ("two", 15)):
+    for name, shard_mb in (("one", 1024), ("two", 20)):
         (folder / name).mkdir()
         stores[name] = build(demo_recipe(folder / name, tiny_raw, storage={"shard_mb": shard_mb}),
                              folder / name / "demo.zarr", **quiet).path
     return stores
 
 
-@pytest.mark.parametrize("name, shards", [("one", 1), ("two", 2), ("many", 31)])
+@pytest.mark.parametrize("name, shards", [("one", 1), ("two", 2), ("many", 37)])
 def test_memmap_zarr_xarray_and_tensorstore_read_the_same_bits(layouts, name, shards):
     path = layouts[name]
     store = open_store(path)

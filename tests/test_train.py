@@ -268,3 +268,22 @@ def test_unet_refuses_a_grid_smaller_than_its_depth_in_one_line(gappy_store, tmp
     with pytest.raises(ConfigError, match=r"grid is 2 x 3: set unet.depth=1"):
         train(tiny(unet={"width": 4, "depth": 3}), gappy_store, tmp_path, log=quiet)
     assert not any(tmp_path.iterdir())
+
+
+def test_encodings_and_blocks_per_epoch_are_config_choices(tiny_store, tmp_path):
+    run = tiny(epochs=1, encodings=["latlon", "doy", "hod", "toa"], static=False,
+               blocks={"size": [4, 8], "per_epoch": 2})
+    folder = train(run, tiny_store, tmp_path, progress=False, log=quiet)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["encodings"] == ["latlon", "doy", "hod", "toa"] and config["blocks"] == {"size": [4, 8],
+                                                                                         "per_epoch": 2}
+    first = weights(folder / "checkpoints" / "last.pt")
+    store = open_store(tiny_store)
+    conv = next(v for k, v in first.items() if k.endswith("conv.weight"))
+    assert conv.shape[1] == len(store.channels) + 9           # inputs, no static, 9 encodings
+    plain = train(tiny(epochs=1, static=False), tiny_store, tmp_path, progress=False, log=quiet)
+    assert plain.name != folder.name                          # a different run, never the same folder
+    with pytest.raises(ConfigError, match="encodings"):
+        tiny(encodings=["moon"])
+    with pytest.raises(ConfigError, match="blocks"):
+        tiny(blocks={"size": [4], "per_epoch": 1})

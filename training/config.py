@@ -29,7 +29,9 @@ DEFAULTS: dict = {
     "history": 0,                  # extra past steps stacked as input channels
     "channels": None,              # input channel names (None: all)
     "targets": None,               # target channel names (None: the input channels)
-    "static": True,                # append the store's static fields to the inputs
+    "static": True,                # append the store's static fields to the inputs (or a list of names)
+    "encodings": [],               # latlon, doy, hod, toa: positional and temporal inputs (loaders.encodings)
+    "blocks": None,                # train on random blocks: {size: [h, w], per_epoch: s} (s = 0: one per sample per batch)
     "lat_weighted": True,          # weight loss and metrics by cell area (cos latitude)
     "batch_size": 32,
     "seed": 0,
@@ -78,6 +80,22 @@ def _check(key: str, value, default, source: str):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             fail("a list of channel names, or null for all")
         return value
+    if key == "encodings":
+        from canonstore.loaders.encodings import KINDS
+
+        if not isinstance(value, list) or not all(v in KINDS for v in value) or len(set(value)) != len(value):
+            fail(f"a list of distinct encodings from {list(KINDS)}")
+        return value
+    if key == "blocks":
+        if value is None:
+            return None
+        size = value.get("size") if isinstance(value, dict) else None
+        per_epoch = value.get("per_epoch", 0) if isinstance(value, dict) else None
+        if (not isinstance(value, dict) or set(value) - {"size", "per_epoch"} or not isinstance(size, list)
+                or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+                or not isinstance(per_epoch, int) or isinstance(per_epoch, bool) or per_epoch < 0):
+            fail("null or {size: [h, w], per_epoch: s} with whole h, w > 0 and s >= 0")
+        return {"size": size, "per_epoch": per_epoch}
     if key == "static":
         if isinstance(value, bool) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             return value

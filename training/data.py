@@ -51,15 +51,20 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
 
     y carries the targets' `_valid` channels after the targets (see `metrics.TargetMasks`).
     """
-    window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static")}
+    window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static", "encodings")}
     try:
         dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, target_masks=True,
                                                                                 **window)
     except ValueError as exc:  # e.g. a channel name the store does not have
         raise ConfigError(f"config for {store.path}: {exc}") from exc
+    blocks = run["blocks"] if train else None  # validation and scores see whole fields
+    if blocks and run["loader"] != "store":
+        raise ConfigError("blocks: random blocks are cut by the store's batch loader; use loader: store")
     if run["loader"] == "store":
         return BatchLoader(dataset, run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
-                           device=device, workers=run["workers"], rank=rank, world_size=world_size)
+                           device=device, workers=run["workers"], rank=rank, world_size=world_size,
+                           blocks=None if blocks is None else tuple(blocks["size"]),
+                           blocks_per_epoch=0 if blocks is None else blocks["per_epoch"])
     sampler = BatchSampler(len(dataset), run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
                            rank=rank, world_size=world_size)
     return RawLoader(dataset, sampler, device, run["workers"], run["seed"])

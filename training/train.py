@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from canonstore.errors import RunError
 from canonstore.formats import open_store
+from canonstore.loaders.blocks import crop
 from canonstore.loaders.sampler import epoch_seed
 from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.config import TRAINED, resolve, run_name
@@ -216,7 +217,7 @@ class _Trainer:
             if batch is None:
                 break
             loss_sum += self._step(*batch).double()
-            seen += batch[0].shape[0]
+            seen += batch[0].shape[0] // max(1, (run["blocks"] or {}).get("per_epoch", 0))  # samples, not blocks
             state["batch"] += 1
             state["step"] += 1
             bar.update()
@@ -243,7 +244,11 @@ class _Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y, valid = self.masks.split(y)  # filled points weigh 0
-        loss = weighted_mse(forecast(self.trainable, to_layout(x)), y, self.weights, valid)
+        weights = self.weights
+        if getattr(self.loader, "blocks", None) is not None:  # the area weights of the blocks just cut
+            _, rows, cols = self.loader.last_blocks
+            weights = crop(weights[None], rows, cols, torch.zeros(rows.shape[0], dtype=torch.long))
+        loss = weighted_mse(forecast(self.trainable, to_layout(x)), y, weights, valid)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.run["grad_clip"]:

@@ -1,0 +1,118 @@
+"""Positional and temporal input channels, computed from the store's coordinates and times on the
+batch's device: nothing is stored, nothing is read from disk.
+
+    latlon  sin and cos of latitude and of longitude (4 channels)
+    doy     cos and sin of the fraction of the year (2), calendar-aware: a noleap year has 365 days,
+            a 360_day year 360, a standard one 365 or 366; the hour counts (6 h = 0.25 day)
+    hod     cos and sin of the hour of day, UTC (2)
+    toa     top-of-atmosphere incident solar radiation as a fraction of the solar constant (1):
+            instantaneous, Spencer (1971) declination and Earth-Sun distance, no equation of time
+
+They describe the input time t (the last input step) of each sample.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+KINDS = {"latlon": ("sin_lat", "cos_lat", "sin_lon", "cos_lon"), "doy": ("cos_doy", "sin_doy"),
+         "hod": ("cos_hod", "sin_hod"), "toa": ("toa",)}
+_YEAR_DAYS = {"noleap": 365, "365_day": 365, "all_leap": 366, "366_day": 366, "360_day": 360}
+
+
+def encoding_names(kinds) -> list[str]:
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown encoding(s) {unknown}; choose from {list(KINDS)}")
+    return [name for k in kinds for name in KINDS[k]]
+
+
+def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction of the year, fraction of the day) of each time: datetime64 or cftime (any calendar)."""
+    times = np.asarray(times)
+    if times.dtype.kind == "M":
+        import pandas as pd
+
+        t = pd.DatetimeIndex(times)
+        day = (t.hour + t.minute / 60 + t.second / 3600) / 24
+        year_days = np.where(t.is_leap_year, 366, 365)
+        return np.asarray((t.day_of_year - 1 + day) / year_days, dtype=np.float64), np.asarray(day, dtype=np.float64)
+    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
+        day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])
+        doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
+        year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
+        return (doy + day) / year_days, day
+    raise ValueError(f"time encodings need a time axis of dates; this store's holds {times.dtype} values")
+
+
+def _year_days(t) -> int:
+    calendar = str(t.calendar).lower()
+    if calendar in _YEAR_DAYS:
+        return _YEAR_DAYS[calendar]
+    y = t.year
+    if calendar == "julian":
+        return 366 if y % 4 == 0 else 365
+    return 366 if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0 else 365  # standard, gregorian, proleptic
+
+
+class Encodings:
+    """The `kinds` encodings of a store, as (batch, channel, *space) tensors for given time steps."""
+
+    def __init__(self, store, kinds):
+        self.kinds = list(kinds)
+        self.names = encoding_names(self.kinds)
+        self.space = tuple(store.shape[2:])
+        self._fields: dict = {}
+        if any(k in ("latlon", "toa") for k in self.kinds):
+            from canonstore.formats.coords import latitude_field
+
+            if store.latitude is None or store.longitude is None:
+                raise ValueError(f"encodings {self.kinds} need latitude and longitude; {store.path} records "
+                                 f"latitude={store.latitude}, longitude={store.longitude}")
+            ds, dims = store.to_xarray(), store.dims[2:]
+            self.lat = np.deg2rad(latitude_field(ds[store.latitude], dims, self.space))
+            self.lon = np.deg2rad(latitude_field(ds[store.longitude], dims, self.space))
+        self.year, self.day = time_fractions(store.time) if set(self.kinds) - {"latlon"} else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _grid(self, name: str, device) -> torch.Tensor:
+        key = (name, str(device))
+        if key not in self._fields:
+            self._fields[key] = torch.from_numpy(getattr(self, name)).to(device, torch.float32)
+        return self._fields[key]
+
+    def fields(self, steps: np.ndarray, device="cpu") -> torch.Tensor:
+        """(len(steps), len(self), *space) float32 on `device`, for the store's time steps `steps`."""
+        steps = np.asarray(steps, dtype=np.int64)
+        n, out = steps.size, []
+        shape = (n, 1) + (1,) * len(self.space)
+        if self.year is not None:
+            year = torch.from_numpy(self.year[steps]).to(device, torch.float32).view(shape)
+            day = torch.from_numpy(self.day[steps]).to(device, torch.float32).view(shape)
+        for kind in self.kinds:
+            if kind == "latlon":
+                lat, lon = self._grid("lat", device), self._grid("lon", device)
+                grid = torch.stack([lat.sin(), lat.cos(), lon.sin(), lon.cos()])
+                out.append(grid.expand(n, *grid.shape))
+            elif kind in ("doy", "hod"):
+                angle = 2 * math.pi * (year if kind == "doy" else day)
+                out.append(torch.cat([angle.cos(), angle.sin()], dim=1).expand(n, 2, *self.space))
+            else:
+                out.append(self._toa(year, day, device))
+        return torch.cat(out, dim=1).contiguous()
+
+    def _toa(self, year: torch.Tensor, day: torch.Tensor, device) -> torch.Tensor:
+        g = 2 * math.pi * year
+        declination = (0.006918 - 0.399912 * g.cos() + 0.070257 * g.sin() - 0.006758 * (2 * g).cos()
+                       + 0.000907 * (2 * g).sin() - 0.002697 * (3 * g).cos() + 0.00148 * (3 * g).sin())
+        distance = (1.000110 + 0.034221 * g.cos() + 0.001280 * g.sin() + 0.000719 * (2 * g).cos()
+                    + 0.000077 * (2 * g).sin())
+        lat, lon = self._grid("lat", device), self._grid("lon", device)
+        hour_angle = 2 * math.pi * day + lon - math.pi   # solar noon at 12 UTC on the Greenwich meridian
+        cos_zenith = lat.sin() * declination.sin() + lat.cos() * declination.cos() * hour_angle.cos()
+        return (distance * cos_zenith.clamp_min(0))
