@@ -53,7 +53,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train evaluate bench bench-build test clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -97,7 +97,10 @@ $(EXPORT)/meta.json: $(STORE)/manifest.json
 train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD LOADER WORKERS SCHEDULER NPROC)
 	$(TRAIN_CMD) train $(TRAIN_ARGS)
 
-evaluate: train ## score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json
+forecast: train ## MODEL's best-checkpoint predictions of the test split, physical units: forecasts/<run>/test.zarr
+	$(CANON) forecast $(TRAIN_ARGS)
+
+evaluate: train ## forecast + score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json
 	$(CANON) evaluate $(TRAIN_ARGS)
 
 bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
@@ -125,7 +128,7 @@ test: $(ENV_STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
 clean: ## remove generated data and stores (keeps .venv)
-	rm -rf data/intermediate data/raw/demo data/raw/bench .pytest_cache build dist
+	rm -rf data/intermediate data/export data/raw/demo data/raw/bench .pytest_cache build dist
 
 distclean: clean ## also remove the virtual environment
 	rm -rf $(VENV)

@@ -178,3 +178,49 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
         return evaluate_run(target, scores, split=split)
 
     _run(go, debug)
+
+
+@main.command()
+@_training_options
+@click.option("--run", "folder", type=click.Path(file_okay=False), help="Forecast with this run folder instead.")
+@click.option("--forecasts", default="forecasts", show_default=True, type=click.Path(file_okay=False),
+              help="Where forecasts/<run-name>/<split>.zarr goes.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split):
+    """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
+    from canonstore.training import run_folder
+    from canonstore.training.forecasts import write_forecast
+
+    def go():
+        target = folder or run_folder(_config(config_path, model, overrides), store, runs)
+        return write_forecast(target, split, out_dir=forecasts, log=click.echo)
+
+    _run(go, debug)
+
+
+@main.command()
+@click.argument("forecast_file", type=click.Path(exists=True, file_okay=False))
+@click.option("--store", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The store whose steps the forecast is scored against.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Scores JSON (default scores/<forecast>.json).")
+@click.option("--lat-weighted/--no-lat-weighted", default=None, help="Default: the file's own setting, else on.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def score(forecast_file, store, out, lat_weighted, debug):
+    """Score FORECAST_FILE (any project's: one variable per channel, dims time, lead, *space) against STORE."""
+    from pathlib import Path
+
+    from canonstore.training.forecasts import score_forecast
+    from canonstore.training.tracking import write_json
+
+    def go():
+        scored = score_forecast(forecast_file, store, lat_weighted)
+        path = Path(forecast_file)
+        target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, {"forecast": str(path), "store": str(store), "scores": scored["scores"],
+                            "leads": {str(k): v for k, v in scored["leads"].items()}})
+        overall = scored["scores"]["overall"]
+        click.echo(f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+                   f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)")
+
+    _run(go, debug)

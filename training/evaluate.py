@@ -12,12 +12,11 @@ import torch
 
 from canonstore.errors import RunError
 from canonstore.formats import open_store
-from canonstore.formats.manifest import store_identity
 from canonstore.formats.store import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.data import make_loader, pick_device
-from canonstore.training.metrics import Scores, TargetMasks, area_weights
-from canonstore.training.models import build_model, reference_climatology, time_basis
+from canonstore.training.metrics import Scores, TargetMasks
+from canonstore.training.models import build_model, time_basis
 from canonstore.training.tracking import read_config, write_json
 
 
@@ -65,20 +64,14 @@ def score(model: torch.nn.Module, loader, store, weights: torch.Tensor, masks: T
     return scores.result(dataset.target_channels, scale, units)
 
 
-def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str = "test",
-             checkpoint: str = "best", store=None, log=print) -> Path:
-    """Score run `folder`'s `checkpoint` on `split`; writes scores/<run-name>.json (test) or
-    scores/<run-name>-<split>.json, and returns its path.
+def load_run(folder: Path, split: str, checkpoint: str = "best", store=None):
+    """(run config, store, model with the checkpoint's weights, ordered loader of `split`, checkpoint)."""
+    from canonstore.training.forecasts import check_same_build
 
-    `store` (a path or Store) defaults to the one the run was trained on; it must be the same build.
-    """
-    folder = Path(folder)
     run = read_config(folder)
     if store is None or isinstance(store, (str, Path)):
         store = open_store(store or run["store"]["path"])
-    if store_identity(store.path) != run["store"]["build"]:
-        raise RunError(f"{store.path} is not the build run {folder.name} was trained on "
-                       f"(it was rebuilt since?): train again with `make train`")
+    check_same_build(store, run, folder)
     path = folder / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
         raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
@@ -87,13 +80,31 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
     loader = make_loader(run, store, split, device, train=False)
     model = build_model(run, loader.dataset).to(device)
     model.load_state_dict(saved["model"])
-    targets = loader.dataset.targets
-    result = score(model, loader, store, area_weights(store, targets, run["lat_weighted"]).to(device),
-                   TargetMasks(store, loader.dataset), reference_climatology(store, targets).to(device))
+    return run, store, model, loader, saved
+
+
+def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str = "test",
+             checkpoint: str = "best", store=None, forecasts_dir: str | Path = "forecasts", log=print) -> Path:
+    """Forecast + score: write run `folder`'s `checkpoint` forecasts of `split` to
+    forecasts/<run-name>/<split>.zarr, score that file, and write scores/<run-name>.json (test) or
+    scores/<run-name>-<split>.json; returns the scores' path.
+
+    `store` (a path or Store) defaults to the one the run was trained on; it must be the same build.
+    """
+    from canonstore.training.forecasts import score_forecast, write_forecast
+
+    folder = Path(folder)
+    run = read_config(folder)
+    store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
+    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log)
+    scored = score_forecast(path, store, run["lat_weighted"])
+    saved = load_checkpoint(folder / "checkpoints" / f"{checkpoint}.pt", torch.device("cpu"))
     out = Path(scores_dir) / (f"{folder.name}.json" if split == "test" else f"{folder.name}-{split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    result = scored["scores"]
     write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
-                     "epoch": saved["epoch"], "store": run["store"], "scores": result, "config": run,
+                     "epoch": saved["epoch"], "store": run["store"], "forecast": str(path), "scores": result,
+                     "leads": {str(k): v for k, v in scored["leads"].items()}, "config": run,
                      "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     overall = result["overall"]
     log(f"{out}: {run['model']} on {split}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "

@@ -1,0 +1,188 @@
+"""Forecasts as files, and scoring any forecast file against a store.
+
+    write_forecast("runs/unet-demo-7a080bb3")          # -> forecasts/unet-demo-7a080bb3/test.zarr
+    score_forecast("forecasts/unet-demo-7a080bb3/test.zarr", "data/intermediate/demo.zarr")
+
+A forecast file is a Zarr store that xarray opens: one variable per target channel, named as in the
+store (`z500`, `t2m`), dims (time, lead, *space), in physical units (`units` attribute), with the
+store's spatial coordinates. `time` is the initialisation time (the last input step), `lead` the
+number of store steps ahead, and `valid_time(time, lead)` the time forecast. Any project can write
+one; `score_forecast` finds each valid time in the store and scores it with the metrics of
+`training.metrics`, the same numbers as `make evaluate` (which is forecast + score).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from canonstore.errors import RunError
+from canonstore.formats import open_store
+from canonstore.formats.manifest import store_identity
+from canonstore.formats.store import normalisation_scale
+from canonstore.training.metrics import Scores, area_weights, validity
+from canonstore.training.models import reference_climatology, time_basis
+
+BATCH = 64  # times scored at once
+
+
+def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts") -> Path:
+    """forecasts/<run>/<split>.zarr: derived from the run's name, so no run overwrites another's."""
+    return Path(out_dir) / run_name / f"{split}.zarr"
+
+
+def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "best", store=None,
+                   out_dir: str | Path = "forecasts", log=print) -> Path:
+    """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file."""
+    from canonstore.training.evaluate import forecast, load_run, to_layout
+
+    folder = Path(folder)
+    run, store, model, loader, saved = load_run(folder, split, checkpoint, store)
+    dataset = loader.dataset
+    names = dataset.target_channels
+    loader.set_epoch(0)
+    init = dataset.times[loader.sampler.positions().numpy()]
+    mean = torch.tensor(store.stats["mean"][dataset.targets], dtype=torch.float64)
+    scale = torch.tensor(normalisation_scale(store.stats["std"])[dataset.targets], dtype=torch.float64)
+    out = forecast_path(folder.name, split, out_dir)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    template = _template(store, names, init, [dataset.lead], {
+        "run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
+        "epoch": saved.get("epoch"), "store": run["store"]["name"], "store_build": run["store"]["build"],
+        "lat_weighted": int(run["lat_weighted"])})
+    template.to_zarr(staging, mode="w", compute=False, consolidated=True)
+    view = (1, -1) + (1,) * len(dataset.sample_space)
+    mean, scale = mean.view(view), scale.view(view)
+    basis = None
+    if getattr(model, "needs_time", False):  # the climatology baseline is a function of the valid time
+        basis = torch.from_numpy(time_basis(store.time[init + dataset.lead], model.annual, model.diurnal))
+    start = 0
+    with torch.inference_mode():
+        model.eval()
+        for x, _ in loader:
+            rows = slice(start, start + x.shape[0])
+            b = None if basis is None else basis[rows].to(x.device)
+            values = (forecast(model, to_layout(x), b).double().cpu() * scale + mean).float().numpy()
+            part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, c:c + 1]) for c, n in enumerate(names)})
+            part.to_zarr(staging, region={"time": rows})
+            start += x.shape[0]
+    _publish(staging, out)
+    log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
+    return out
+
+
+def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs: dict) -> xr.Dataset:
+    """The file's layout, written before any value: lazy zeros, one chunk per batch of times."""
+    import dask.array as da
+
+    space_dims, space = store.dims[2:], store.shape[2:]
+    coords = {d: store.to_xarray()[d].values for d in space_dims if d in store.to_xarray().coords}
+    ds = store.to_xarray()
+    extra = {c: ds[c] for c in ds.coords if c not in ("time", "channel") and ds[c].dims
+             and set(ds[c].dims) <= set(space_dims) and c not in space_dims}
+    valid = np.stack([store.time[init + lead] for lead in leads], axis=1)
+    data = {n: (("time", "lead") + space_dims,
+                da.zeros((init.size, len(leads)) + space, dtype=np.float32, chunks=(BATCH, 1) + space),
+                {"units": str(ds["channel_units"].values[store.channels.index(n)])}) for n in names}
+    return xr.Dataset(data, coords={"time": store.time[init], "lead": ("lead", np.asarray(leads, np.int64),
+                                                                      {"units": "store steps"}),
+                                    "valid_time": (("time", "lead"), valid), **coords,
+                                    **{c: v.variable for c, v in extra.items()}}, attrs=attrs)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """The finished file at `out` in one rename (the run's own earlier file, if any, goes afterwards)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, out)
+
+
+def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
+    """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
+
+    Returns {"leads": {lead: scores}, "scores": the first lead's scores}. Each variable must be a
+    store channel, the grid the store's, and every valid time a step of the store. `lat_weighted`
+    defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
+    """
+    path = Path(path)
+    store = open_store(store) if isinstance(store, (str, Path)) else store
+    fc = xr.open_zarr(path, consolidated=None, chunks=None)
+    names = list(map(str, fc.data_vars))
+    unknown = [n for n in names if n not in store.channels]
+    if unknown:
+        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
+    for n in names:
+        expected = ("time", "lead") + store.dims[2:]
+        if fc[n].dims != expected or fc[n].shape[2:] != store.shape[2:]:
+            raise RunError(f"{path}: '{n}' has dims {dict(fc[n].sizes)}, expected {expected} on the store's grid "
+                           f"{store.shape[2:]}")
+    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
+    targets = np.array([store.channels.index(n) for n in names])
+    if lat_weighted is None:
+        lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
+    weights = area_weights(store, targets, lat_weighted)
+    climatology = reference_climatology(store, targets)
+    masks = validity(store, targets)
+    mean = store.stats["mean"][targets]
+    scale = normalisation_scale(store.stats["std"])[targets]
+    view = (1, -1) + (1,) * (store.array.ndim - 2)
+    leads = {}
+    for k, lead in enumerate(fc["lead"].values.tolist()):
+        steps = _steps_of(store, fc["valid_time"].values[:, k], path)
+        scores = Scores(weights)
+        for a in range(0, steps.size, BATCH):
+            rows = steps[a:a + BATCH]
+            stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
+            y = torch.from_numpy(stored[:, targets].astype(np.float32))
+            physical = np.stack([fc[n].values[a:a + BATCH, k] for n in names], axis=1).astype(np.float64)
+            prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
+            valid = _validity(stored, masks)
+            basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
+            with torch.inference_mode():
+                clim = climatology(y, basis)
+            scores.update(prediction, y, valid, clim)
+        units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+        leads[int(lead)] = scores.result(names, scale, units)
+    return {"leads": leads, "scores": leads[int(fc["lead"].values[0])]}
+
+
+def _steps_of(store, valid: np.ndarray, path: Path) -> np.ndarray:
+    """Positions of the times `valid` in the store's time axis; every one must be there."""
+    time = store.time
+    order = np.argsort(time, kind="stable")
+    pos = np.searchsorted(time[order], valid)
+    pos = np.clip(pos, 0, time.size - 1)
+    found = order[pos]
+    missing = np.flatnonzero(time[found] != valid)
+    if missing.size:
+        raise RunError(f"{path}: valid time {valid[missing[0]]} (and {missing.size - 1} more) is not a step of "
+                       f"{store.path}: score a forecast against the store it forecasts")
+    return found
+
+
+def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:
+    """0/1 per point from each target's `_valid` channel (filled points weigh 0), or None."""
+    if all(m is None for m in masks):
+        return None
+    valid = np.ones((stored.shape[0], len(masks)) + stored.shape[2:], dtype=np.float32)
+    for c, mask in enumerate(masks):
+        if mask is not None:
+            valid[:, c] = stored[:, mask[0]] > mask[1]
+    return torch.from_numpy(valid)
+
+
+def check_same_build(store, run: dict, folder: Path) -> None:
+    if store_identity(store.path) != run["store"]["build"]:
+        raise RunError(f"{store.path} is not the build run {folder.name} was trained on "
+                       f"(it was rebuilt since?): train again with `make train`")
