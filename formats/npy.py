@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.atomic import replace_folder
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import map_shard, mappable_layout
@@ -53,7 +54,7 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
             extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
         meta = export_meta(store, files, extras)
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
-        _publish(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -156,13 +157,3 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _publish(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, out)

@@ -13,7 +13,6 @@ one; `score_forecast` finds each valid time in the store and scores it with the 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from canonstore.atomic import replace_folder
 from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
@@ -72,7 +72,7 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
             part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, c:c + 1]) for c, n in enumerate(names)})
             part.to_zarr(staging, region={"time": rows})
             start += x.shape[0]
-    _publish(staging, out)
+    replace_folder(staging, out)
     log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
     return out
 
@@ -94,18 +94,6 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
                                                                       {"units": "store steps"}),
                                     "valid_time": (("time", "lead"), valid), **coords,
                                     **{c: v.variable for c, v in extra.items()}}, attrs=attrs)
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """The finished file at `out` in one rename (the run's own earlier file, if any, goes afterwards)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, out)
 
 
 def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
