@@ -124,7 +124,7 @@ def _training_options(fn):
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), default="configs/default.yaml",
                      show_default=True, help="Training config (YAML)."),
-        click.option("--model", type=click.Choice(["unet", "mlp", "persistence", "climatology"]),
+        click.option("--model", type=click.Choice(["unet", "mlp", "persistence", "climatology", "coarse-up"]),
                      help="Overrides the config's model."),
         click.option("--store", type=click.Path(file_okay=False), default="data/intermediate/demo.zarr",
                      show_default=True, help="The store to train on."),

@@ -19,11 +19,13 @@ import yaml
 
 from canonstore.errors import ConfigError
 
-MODELS = ("unet", "mlp", "persistence", "climatology")
+MODELS = ("unet", "mlp", "persistence", "climatology", "coarse-up")
 TRAINED = ("unet", "mlp")  # the others are fitted in one pass (climatology) or not at all (persistence)
 
 DEFAULTS: dict = {
     "model": "unet",
+    "task": "forecast",            # forecast | downscaling (inputs: coarse-up fields; target: the residual)
+    "coarse": None,                # downscaling: the coarse grid [h, w], or one factor for both axes
     "loader": "store",             # store | netcdf (the raw-file baseline, for speed comparisons)
     "lead": 1,                     # target = step t + lead
     "history": 0,                  # extra past steps stacked as input channels
@@ -53,9 +55,11 @@ DEFAULTS: dict = {
     "unet": {"width": 16, "depth": 3},
     "mlp": {"width": 128, "layers": 2},
     "persistence": {},
+    "coarse-up": {},
     "climatology": {"annual_harmonics": 3, "diurnal_harmonics": 2},
 }
-CHOICES = {"model": MODELS, "loader": ("store", "netcdf"), "scheduler": ("cosine", "linear", "constant"),
+CHOICES = {"task": ("forecast", "downscaling"), "model": MODELS, "loader": ("store", "netcdf"),
+           "scheduler": ("cosine", "linear", "constant"),
            "device": ("auto", "cpu", "cuda")}
 TRAINING_KEYS = ("residual", "epochs", "lr", "weight_decay", "scheduler", "warmup", "grad_clip", "patience",
                  "min_delta", "checkpoint_every", "checkpoint_steps")
@@ -85,6 +89,12 @@ def _check(key: str, value, default, source: str):
 
         if not isinstance(value, list) or not all(v in KINDS for v in value) or len(set(value)) != len(value):
             fail(f"a list of distinct encodings from {list(KINDS)}")
+        return value
+    if key == "coarse":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or (
+            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value))
+        if not ok:
+            fail("null, a whole factor > 1, or a coarse grid [h, w]")
         return value
     if key == "blocks":
         if value is None:
@@ -189,6 +199,12 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
     model = config["model"]
     run = {k: v for k, v in config.items() if k not in MODELS and (model in TRAINED or k not in TRAINING_KEYS)}
     run["model_args"] = dict(config[model])
+    if config["task"] == "downscaling":
+        if config["coarse"] is None:
+            raise ConfigError("task: downscaling needs `coarse`: the coarse grid [h, w] or a factor, e.g. coarse=4")
+        run["lead"], run["history"] = 0, 0   # the target is the high-resolution field at the input time
+    elif model == "coarse-up":
+        raise ConfigError("model coarse-up is the downscaling baseline (predict R = 0): set task=downscaling")
     run["device"] = device
     run["world_size"] = world_size
     run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}

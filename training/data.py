@@ -12,6 +12,7 @@ import torch
 
 from canonstore.errors import ConfigError
 from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
+from canonstore.loaders.downscale import CoarseUp, coarse_factor
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -27,8 +28,9 @@ def pick_device(choice: str = "auto") -> torch.device:
 class RawLoader:
     """The NetCDF baseline the way most projects load: per-sample reads in a standard DataLoader."""
 
-    def __init__(self, dataset: NetCDFDataset, sampler: BatchSampler, device: torch.device, workers: int, seed: int):
-        self.dataset, self.sampler, self.device = dataset, sampler, device
+    def __init__(self, dataset: NetCDFDataset, sampler: BatchSampler, device: torch.device, workers: int, seed: int,
+                 transform=None):
+        self.dataset, self.sampler, self.device, self.transform = dataset, sampler, device, transform
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=worker_init_fn,
             generator=seeded_generator(seed), pin_memory=device.type == "cuda", persistent_workers=workers > 0)
@@ -41,7 +43,8 @@ class RawLoader:
 
     def __iter__(self):
         for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield (x, y) if self.transform is None else self.transform(x, y)
 
 
 def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
@@ -57,6 +60,13 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
                                                                                 **window)
     except ValueError as exc:  # e.g. a channel name the store does not have
         raise ConfigError(f"config for {store.path}: {exc}") from exc
+    transform = None
+    if run.get("task") == "downscaling":  # the model sees every dynamic input coarse-upped, never at full resolution
+        try:
+            factor = coarse_factor(dataset.sample_space, run["coarse"])
+        except ValueError as exc:
+            raise ConfigError(f"config for {store.path}: {exc}") from None
+        transform = CoarseUp(factor, (dataset.history + 1) * dataset.channels.size)
     blocks = run["blocks"] if train else None  # validation and scores see whole fields
     if blocks and run["loader"] != "store":
         raise ConfigError("blocks: random blocks are cut by the store's batch loader; use loader: store")
@@ -64,7 +74,7 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
         return BatchLoader(dataset, run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
                            device=device, workers=run["workers"], rank=rank, world_size=world_size,
                            blocks=None if blocks is None else tuple(blocks["size"]),
-                           blocks_per_epoch=0 if blocks is None else blocks["per_epoch"])
+                           blocks_per_epoch=0 if blocks is None else blocks["per_epoch"], transform=transform)
     sampler = BatchSampler(len(dataset), run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
                            rank=rank, world_size=world_size)
-    return RawLoader(dataset, sampler, device, run["workers"], run["seed"])
+    return RawLoader(dataset, sampler, device, run["workers"], run["seed"], transform)

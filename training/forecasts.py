@@ -25,6 +25,7 @@ from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.store import normalisation_scale
+from canonstore.loaders.downscale import coarse_factor, coarse_up
 from canonstore.training.metrics import Scores, area_weights, validity
 from canonstore.training.models import reference_climatology, time_basis
 
@@ -55,7 +56,9 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
     template = _template(store, names, init, [dataset.lead], {
         "run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
         "epoch": saved.get("epoch"), "store": run["store"]["name"], "store_build": run["store"]["build"],
-        "lat_weighted": int(run["lat_weighted"])})
+        "lat_weighted": int(run["lat_weighted"]), "task": run.get("task", "forecast"),
+        **({"coarse_factor": list(coarse_factor(dataset.sample_space, run["coarse"]))}
+           if run.get("task") == "downscaling" else {})})
     template.to_zarr(staging, mode="w", compute=False, consolidated=True)
     view = (1, -1) + (1,) * len(dataset.sample_space)
     mean, scale = mean.view(view), scale.view(view)
@@ -99,8 +102,10 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
 def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
     """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
 
-    Returns {"leads": {lead: scores}, "scores": the first lead's scores}. Each variable must be a
-    store channel, the grid the store's, and every valid time a step of the store. `lat_weighted`
+    Returns {"leads": {lead: scores}, "scores": the first lead's scores}; a downscaling file (its
+    `coarse_factor` attribute) also gets "residual": the scores of R_pred = forecast - y_CU against
+    R = y_HR - y_CU (y_CU: the coarse-up of the truth), next to the reconstructed field's. Each
+    variable must be a store channel, the grid the store's, and every valid time a step of the store. `lat_weighted`
     defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
     """
     path = Path(path)
@@ -129,6 +134,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     for k, lead in enumerate(fc["lead"].values.tolist()):
         steps = _steps_of(store, fc["valid_time"].values[:, k], path)
         scores = Scores(weights)
+        residual = Scores(weights) if "coarse_factor" in fc.attrs else None
         for a in range(0, steps.size, BATCH):
             rows = steps[a:a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
@@ -140,8 +146,13 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             with torch.inference_mode():
                 clim = climatology(y, basis)
             scores.update(prediction, y, valid, clim)
+            if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
+                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]))
+                residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
         units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
         leads[int(lead)] = scores.result(names, scale, units)
+        if residual is not None:
+            leads[int(lead)]["residual"] = residual.result(names, scale, units)
     return {"leads": leads, "scores": leads[int(fc["lead"].values[0])]}
 
 

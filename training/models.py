@@ -239,7 +239,7 @@ def build_model(run: dict, dataset) -> nn.Module:
     """The model `run["model"]` for `dataset`'s inputs and targets (untrained; climatology unfitted)."""
     name, args = run["model"], run["model_args"]
     n_in, n_out, space = len(dataset.input_channels), len(dataset.target_channels), dataset.sample_space
-    if name == "persistence":
+    if name in ("persistence", "coarse-up"):  # coarse-up: downscaling's baseline, the inputs are coarse-upped
         return Persistence(_sources(dataset))
     if name == "climatology":
         return Climatology(n_out, space, args["annual_harmonics"], args["diurnal_harmonics"])
