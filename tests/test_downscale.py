@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore.loaders.downscale import coarse_factor, coarse_up, coarsen, upsample
+from canonstore.loaders.downscale import coarse_factor, coarse_up, upsample
 
 LAT, LON = 32, 64
 
