@@ -29,7 +29,7 @@ def installed():
 
 def test_help_is_the_default_and_lists_every_target(installed):
     out = make()
-    for target in ("help", "env", "data", "intermediate", "export", "verify", "train", "evaluate", "bench", "test", "clean"):
+    for target in ("help", "env", "data", "intermediate", "export", "verify", "train", "forecast", "evaluate", "bench", "test", "clean"):
         assert f"  {target} " in out
 
 
@@ -43,6 +43,7 @@ def test_train_passes_the_variables_to_the_cli(installed, tiny_store):
                  "--set workers=4", "--set scheduler=constant", "canonstore evaluate"):
         assert part in given, part
     assert "torchrun --standalone --nproc_per_node=2 -m canonstore train" in make("-n", "train", store, "NPROC=2")
+    assert "canonstore forecast --config configs/default.yaml --model unet" in make("-n", "forecast", store)
 
 
 def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_path, tiny_raw):
