@@ -169,15 +169,18 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
               help="Where scores/<run-name>.json goes.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split):
-    """Score a run's best checkpoint on the test split, in physical units, into scores/<run-name>.json."""
+    """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
+
+    _run(lambda: evaluate_run(_folder_of(folder, config_path, model, overrides, store, runs), scores, split=split),
+         debug)
+
+
+def _folder_of(folder, config_path, model, overrides, store, runs):
+    """The run folder given (--run), else the one the config, model and store name."""
     from canonstore.training import run_folder
 
-    def go():
-        target = folder or run_folder(_config(config_path, model, overrides), store, runs)
-        return evaluate_run(target, scores, split=split)
-
-    _run(go, debug)
+    return folder or run_folder(_config(config_path, model, overrides), store, runs)
 
 
 @main.command()
@@ -188,14 +191,10 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
-    from canonstore.training import run_folder
     from canonstore.training.forecasts import write_forecast
 
-    def go():
-        target = folder or run_folder(_config(config_path, model, overrides), store, runs)
-        return write_forecast(target, split, out_dir=forecasts, log=click.echo)
-
-    _run(go, debug)
+    _run(lambda: write_forecast(_folder_of(folder, config_path, model, overrides, store, runs), split,
+                                out_dir=forecasts, log=click.echo), debug)
 
 
 @main.command()

@@ -85,8 +85,8 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
     import dask.array as da
 
     space_dims, space = store.dims[2:], store.shape[2:]
-    coords = {d: store.to_xarray()[d].values for d in space_dims if d in store.to_xarray().coords}
     ds = store.to_xarray()
+    coords = {d: ds[d].values for d in space_dims if d in ds.coords}
     extra = {c: ds[c] for c in ds.coords if c not in ("time", "channel") and ds[c].dims
              and set(ds[c].dims) <= set(space_dims) and c not in space_dims}
     valid = np.stack([store.time[init + lead] for lead in leads], axis=1)
@@ -130,6 +130,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     mean = store.stats["mean"][targets]
     scale = normalisation_scale(store.stats["std"])[targets]
     view = (1, -1) + (1,) * (store.array.ndim - 2)
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
     leads = {}
     for k, lead in enumerate(fc["lead"].values.tolist()):
         steps = _steps_of(store, fc["valid_time"].values[:, k], path)
@@ -139,7 +140,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             rows = steps[a:a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
             y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = np.stack([fc[n].values[a:a + BATCH, k] for n in names], axis=1).astype(np.float64)
+            physical = np.stack([fc[n][a:a + BATCH, k].values for n in names], axis=1).astype(np.float64)
             prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
             valid = _validity(stored, masks)
             basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
@@ -149,7 +150,6 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
                 coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]))
                 residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
-        units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
