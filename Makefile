@@ -34,8 +34,8 @@ MODEL  ?= unet
 CONFIG ?= configs/default.yaml
 NPROC  ?= 1
 TRAIN_ARGS = --config $(CONFIG) --model $(MODEL) --store $(STORE) \
-	$(if $(EPOCHS),--set epochs=$(EPOCHS)) $(if $(LR),--set lr=$(LR)) $(if $(LEAD),--set lead=$(LEAD)) \
-	$(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
+	$(if $(EPOCHS),--set epochs=$(EPOCHS)) $(if $(LR),--set lr=$(LR)) $(if $(LEAD),--set 'lead=$(LEAD)') \
+	$(if $(ROLLOUT),--set rollout=$(ROLLOUT)) $(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
 	$(if $(filter command line environment,$(origin WORKERS)),--set workers=$(WORKERS))
 # NPROC > 1: one process per GPU (or CPU share) under torchrun, DistributedDataParallel.
 TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m canonstore,$(CANON))
@@ -94,7 +94,7 @@ $(EXPORT)/meta.json: $(STORE)/manifest.json
 
 # A run's folder is named by a hash of its config and store (the CLI works it out), so these two
 # are phony: `canonstore train` itself skips a finished run and resumes an interrupted one.
-train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD LOADER WORKERS SCHEDULER NPROC)
+train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD ROLLOUT LOADER WORKERS SCHEDULER NPROC)
 	$(TRAIN_CMD) train $(TRAIN_ARGS)
 
 forecast: train ## MODEL's best-checkpoint predictions of the test split, physical units: forecasts/<run>/test.zarr

@@ -1,8 +1,9 @@
 """A memory-mapped PyTorch Dataset over one split of a store.
 
 Sample `i` is a forecast pair: inputs at time t and the `history` steps before it (stacked along
-channels, oldest first, static fields appended), and the target at t + `lead`. Only times whose
-whole window lies inside the split are samples. Reads come straight from the store's memmap; the
+channels, oldest first, static fields appended), and the targets at t + `lead` (or at each of several
+leads, stacked along channels, nearest first). Only times whose whole window, farthest lead included,
+lies inside the split and spans no gap are samples. Reads come straight from the store's memmap; the
 only copy is into the output (a sample, or a whole batch with `gather`).
 """
 
@@ -39,6 +40,15 @@ def sample_times(labels: np.ndarray, split: str, history: int, lead: int, gaps=(
     return starts + history
 
 
+def as_leads(lead) -> tuple[int, ...]:
+    """`lead` (one step count, or several) as a tuple of distinct ascending step counts >= 0."""
+    leads = (lead,) if isinstance(lead, (int, np.integer)) else tuple(lead)
+    if (not leads or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 for k in leads)
+            or list(leads) != sorted(set(leads))):
+        raise ValueError(f"lead must be a step count >= 0 or a list of distinct ascending ones, got {lead!r}")
+    return tuple(int(k) for k in leads)
+
+
 def mask_channel_of(channels: list[str]) -> dict[str, str]:
     """{channel: its `<channel>_valid` mask channel} for the channels whose NaNs were filled."""
     return {name.removesuffix("_valid"): name for name in channels
@@ -60,7 +70,7 @@ def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.
 class WindowDataset(torch.utils.data.Dataset):
     """Forecast windows over one split; subclasses say how to read normalised steps (`_read_steps`)."""
 
-    def __init__(self, store, split: str = "train", lead: int = 1, history: int = 0,
+    def __init__(self, store, split: str = "train", lead: int | Sequence[int] = 1, history: int = 0,
                  channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
                  static: bool | Sequence[str] = True, transform: Callable | None = None,
                  target_masks: bool = False, encodings: Sequence[str] = ()):
@@ -69,13 +79,13 @@ class WindowDataset(torch.utils.data.Dataset):
         store = open_store(store) if isinstance(store, (str, Path)) else store
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
-        self.path, self.split, self.lead, self.history = store.path, split, lead, history
+        self.path, self.split, self.leads, self.history = store.path, split, as_leads(lead), history
         self.transform = transform
         self.store_identity = store_identity(store.path)  # which build the windows below belong to
-        self.times = sample_times(store.splits, split, history, lead, store.gaps)
+        self.times = sample_times(store.splits, split, history, self.leads[-1], store.gaps)
         if self.times.size == 0:
             raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
-                             f"lead={lead} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)")
+                             f"lead={self.leads[-1]} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)")
         self.store_channels = store.channels
         self.channels = _select(channels, self.store_channels, "channel(s)")
         masks = mask_channel_of(self.store_channels)
@@ -84,7 +94,8 @@ class WindowDataset(torch.utils.data.Dataset):
             targets = [self.store_channels[c] for c in self.channels if self.store_channels[c] not in mask_names]
         self.targets = _select(targets, self.store_channels, "target channel(s)")
         # With target_masks, y carries after the targets the `_valid` channel (at t + lead) of each target
-        # that has one, so that filled points can weigh 0 (`masked_targets` names them).
+        # that has one, so that filled points can weigh 0 (`masked_targets` names them). With several
+        # leads, y is one such block per lead, nearest lead first.
         self.masked_targets = [n for n in self.target_channels if n in masks] if target_masks else []
         valid = [self.store_channels.index(masks[n]) for n in self.masked_targets]
         self.y_channels = np.concatenate([self.targets, np.asarray(valid, dtype=np.int64)])
@@ -115,7 +126,15 @@ class WindowDataset(torch.utils.data.Dataset):
 
     @property
     def target_channels(self) -> list[str]:
+        """Names of the target channels at one lead (y repeats them per lead, see `leads`)."""
         return [self.store_channels[c] for c in self.targets]
+
+    @property
+    def lead_channels(self) -> list[str]:
+        """Names of y's target channels over all leads: `<channel>` for one lead, `<channel>@t+<lead>` for several."""
+        if len(self.leads) == 1:
+            return self.target_channels
+        return [f"{name}@t+{lead}" for lead in self.leads for name in self.target_channels]
 
     # -- reading ------------------------------------------------------------------------
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
@@ -124,12 +143,13 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = int(self.times[i])
-        window = self._read_steps(t - self.history, t + self.lead + 1)
+        window = self._read_steps(t - self.history, t + self.leads[-1] + 1)
         x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
         x = np.concatenate([x.astype(np.float32), self.static])
         if self.encodings is not None:
             x = np.concatenate([x, self.encodings.fields([t])[0].numpy()])
-        sample = torch.from_numpy(x), torch.from_numpy(np.array(window[-1][self.y_channels], dtype=np.float32))
+        y = np.concatenate([window[self.history + lead][self.y_channels] for lead in self.leads]).astype(np.float32)
+        sample = torch.from_numpy(x), torch.from_numpy(y)
         return sample if self.transform is None else self.transform(*sample)
 
 
@@ -140,7 +160,8 @@ class StoreDataset(WindowDataset):
     ----------
     store : a Store or the path of one.
     split : "train", "val" or "test".
-    lead : steps between the last input and the target.
+    lead : steps between the last input and the target, or a list of such leads (y stacks the targets
+        at each, nearest first; the window reaches to the farthest).
     history : extra past steps stacked before the current one as input channels.
     channels, targets : channel names for inputs and targets (default: all; targets default to the input
         channels except the `<channel>_valid` masks, which are targets only when named).
@@ -193,7 +214,8 @@ class StoreDataset(WindowDataset):
     def batch_shapes(self, batch: int, static: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of `gather`'s (x, y) for `batch` samples; x ends with the static fields if `static`."""
         x_channels = (self.history + 1) * self.channels.size + (self.static.shape[0] if static else 0)
-        return (batch, x_channels) + self.sample_space, (batch, self.y_channels.size) + self.sample_space
+        y_channels = len(self.leads) * self.y_channels.size
+        return (batch, x_channels) + self.sample_space, (batch, y_channels) + self.sample_space
 
     def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None, y_out: np.ndarray | None = None,
                static: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -211,19 +233,19 @@ class StoreDataset(WindowDataset):
         x_out = np.empty(x_shape, self.store_dtype) if x_out is None else x_out
         y_out = np.empty(y_shape, self.store_dtype) if y_out is None else y_out
         steps_in = t[:, None] + np.arange(-self.history, 1)[None, :]
-        steps_out = t + self.lead
+        steps_out = t[:, None] + np.asarray(self.leads)[None, :]   # (batch, lead)
         array = self.array
         if isinstance(array, zarr.Array):  # a compressed store: decode each needed step once
-            needed = np.unique(np.concatenate([steps_in.ravel(), steps_out]))
+            needed = np.unique(np.concatenate([steps_in.ravel(), steps_out.ravel()]))
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
         whole = self._whole_samples()
         n = 1 if whole else len(self.store_channels)
         if whole:  # a row is a whole time step
-            rows_in, rows_out = steps_in, steps_out
+            rows_in, rows_out = steps_in, steps_out.ravel()
         else:      # a row is one (step, channel) field
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
-            rows_out = (steps_out[:, None] * n + self.y_channels[None, :]).ravel()
+            rows_out = (steps_out[:, :, None] * n + self.y_channels[None, None, :]).ravel()
         if not static or not self.static.shape[0]:
             take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
             take_rows(array, rows_in.ravel(), x_out.reshape(rows_in.size, -1), n)

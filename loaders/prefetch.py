@@ -46,6 +46,7 @@ class BatchLoader:
         centres drawn per epoch from (seed, epoch), and every sample of the epoch is cut at all s of
         them, so a batch of B samples yields B x s blocks (sample-major). `last_blocks` holds the
         (samples, rows, cols) of the batch just yielded, to cut loss weights the same way.
+        `last_steps` holds the store step t of each of its samples (what a rollout needs for its encodings).
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
     transform : called as `transform(x, y)` on each batch on the device (after blocks); returns (x, y).
         The dataset's own per-sample `transform` is not used on this path.
@@ -61,7 +62,7 @@ class BatchLoader:
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
         self.seed, self.transform, self.blocks_per_epoch = seed, transform, blocks_per_epoch
-        self.last_blocks = None
+        self.last_blocks = self.last_steps = None
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
@@ -202,12 +203,12 @@ class BatchLoader:
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator, positions):
         x, y = x.to(self.dtype), y.to(self.dtype)
+        steps = self.last_steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
         if x.is_cuda and self.dataset.static.shape[0]:  # static fields are sent to the GPU once
             if self._static is None:
                 self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.dataset.encodings is not None:  # computed here, on the batch's device
-            steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
             x = torch.cat([x, self.dataset.encodings.fields(steps, x.device).to(self.dtype)], dim=1)
         if self.blocks is not None:
             if self._epoch_blocks is not None:

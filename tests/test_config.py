@@ -4,7 +4,8 @@ import pytest
 
 from canonstore.errors import ConfigError
 from canonstore.formats import open_store
-from canonstore.training.config import DEFAULTS, config_hash, load_config, parse_overrides, resolve, run_name
+from canonstore.training.config import (DEFAULTS, config_hash, lead_times, load_config, parse_overrides, resolve,
+                                       run_name)
 
 ROOT_CONFIG = "configs/default.yaml"
 
@@ -35,6 +36,9 @@ def test_repository_config_loads():
     ("model: resnet\n", "key 'model': expected one of"),
     ("unet: {widht: 3}\n", "unknown key(s) ['widht'] in 'unet'"),
     ("static: maybe\n", "key 'static': expected true, false or a list"),
+    ("lead: [2, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
+    ("lead: [1, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
+    ("rollout: 0\n", "key 'rollout': expected a whole number >= 1"),
     ("- a list\n", "expected a mapping"),
     ("epochs: [1\n", "not valid YAML"),
 ])
@@ -78,3 +82,20 @@ def test_hash_depends_on_the_store_build_not_its_path(tiny_store):
     rebuilt = {**run, "store": {**run["store"], "build": "0" * 64}}
     assert config_hash(moved) == config_hash(run)
     assert config_hash(rebuilt) != config_hash(run)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rollout": 4, "lead": [1, 2]}, "set lead to one step count >= 1"),
+    ({"rollout": 4, "lead": 0}, "set lead to one step count >= 1"),
+    ({"rollout": 4, "blocks": {"size": [4, 8]}}, "cannot train on random blocks"),
+    ({"rollout": 2, "task": "downscaling", "coarse": 2}, "no next step to feed"),
+])
+def test_rollout_needs_one_lead_whole_fields_and_a_forecast(tiny_store, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(load_config(None, overrides), open_store(tiny_store), "cpu")
+
+
+def test_lead_times_of_a_run():
+    assert lead_times({"lead": 1}) == [1]
+    assert lead_times({"lead": [1, 2, 4], "rollout": 1}) == [1, 2, 4]
+    assert lead_times({"lead": 2, "rollout": 4}) == [2, 4, 6, 8]

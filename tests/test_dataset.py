@@ -176,3 +176,63 @@ def test_target_masks_travel_with_the_targets_in_one_gather(gappy_store):
     assert y.shape == (5, 3, 2, 3)
     np.testing.assert_array_equal(y[:, 2], store.array[ds.times[:5] + 1, 2])
     assert torch.equal(ds[3][1], torch.from_numpy(y[3]))
+
+
+def test_several_leads_stack_the_targets_nearest_first(tiny_store):
+    store = open_store(tiny_store)
+    ds = store.dataset("val", lead=[1, 2, 4], history=1, targets=["t2m", "z500"])
+    assert ds.leads == (1, 2, 4) and ds.target_channels == ["t2m", "z500"]
+    assert ds.lead_channels == ["t2m@t+1", "z500@t+1", "t2m@t+2", "z500@t+2", "t2m@t+4", "z500@t+4"]
+    assert np.array_equal(ds.times, store.dataset("val", lead=4, history=1).times)  # the window reaches lead 4
+    c = [store.channels.index("t2m"), store.channels.index("z500")]
+    positions = [0, 9, len(ds) - 1]
+    x, y = ds.gather(positions)
+    assert y.shape == (3, 6) + store.shape[2:]
+    for k, i in enumerate(positions):
+        t = int(ds.times[i])
+        for j, lead in enumerate((1, 2, 4)):
+            np.testing.assert_array_equal(y[k, 2 * j:2 * j + 2], store.array[t + lead, c])
+        np.testing.assert_array_equal(ds[i][1].numpy(), y[k])                     # the per-sample path agrees
+    with pytest.raises(ValueError, match="distinct ascending"):
+        store.dataset("val", lead=[2, 1])
+
+
+def test_target_masks_travel_with_each_lead(gappy_store):
+    from canonstore.training.metrics import TargetMasks
+
+    store = open_store(gappy_store)
+    ds = store.dataset("test", lead=[1, 3], target_masks=True)
+    x, y = ds.gather(np.arange(6))
+    assert y.shape == (6, 6, 2, 3)                                   # per lead: x, y, x_valid
+    targets, valid = TargetMasks(store, ds).split(torch.from_numpy(y))
+    assert targets.shape == valid.shape == (6, 4, 2, 3)               # x@t+1, y@t+1, x@t+3, y@t+3
+    for j, lead in enumerate((1, 3)):
+        truth = store.array[ds.times[:6] + lead]
+        np.testing.assert_array_equal(targets[:, 2 * j:2 * j + 2].numpy(), truth[:, :2])
+        observed = store.denormalise(truth.astype(np.float64))[:, 2] > 0.5
+        assert torch.equal(valid[:, 2 * j], torch.from_numpy(observed).float())
+        assert bool((valid[:, 2 * j + 1] == 1).all())                  # y was never filled
+    assert not bool(valid.all())
+
+
+def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
+    """rollout K at lead L: every target t + L .. t + K L lies in the split and run of steps of t - history."""
+    from canonstore.training import load_config
+    from canonstore.training.config import resolve
+    from canonstore.training.data import make_loader
+    from canonstore.splits import segment_ids
+
+    store = open_store(gappy_store)
+    segment = segment_ids(store.time.size, store.gaps)
+    for split in ("train", "val", "test"):
+        run = resolve(load_config(None, {"rollout": 4, "lead": 2, "history": 1, "device": "cpu"}), store, "cpu")
+        loader = make_loader(run, store, split, torch.device("cpu"), train=False)
+        times = loader.dataset.times
+        assert loader.dataset.leads == (2, 4, 6, 8)
+        window = times[:, None] + np.arange(-1, 9)[None, :]
+        assert (store.splits[window] == SPLIT_CODES[split]).all()
+        assert (segment[window] == segment[window[:, :1]]).all()
+        # and no window that fits is left out: brute force over every step
+        fits = [t for t in range(1, store.time.size - 8)
+                if (store.splits[t - 1:t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1:t + 9])) == 1]
+        assert times.tolist() == fits

@@ -100,3 +100,22 @@ def test_a_forecast_of_other_times_or_channels_is_refused(tiny_store, tmp_path):
         ("time", "lead"), store.time[:2, None])}).to_zarr(tmp_path / "sst.zarr")
     with pytest.raises(RunError, match=r"variable\(s\) \['sst'\] are not channels"):
         score_forecast(tmp_path / "sst.zarr", store)
+
+
+def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(tiny_store, tmp_path):
+    config = load_config(None, {**TINY, "rollout": 3, "encodings": ["doy", "hod"]})
+    folder = train(config, tiny_store, tmp_path / "runs", progress=False, log=quiet)
+    path = write_forecast(folder, "val", out_dir=tmp_path / "forecasts", log=quiet)
+    fc = xr.open_zarr(path)
+    assert fc["lead"].values.tolist() == [1, 2, 3] and fc.attrs["rollout"] == 3
+    np.testing.assert_array_equal(fc["valid_time"].values[:, 2], fc["time"].values + np.timedelta64(18, "h"))
+    store = open_store(tiny_store)
+    _, _, model, loader, _ = load_run(folder, "val")
+    targets = loader.dataset.targets
+    direct = score(model, loader, store, area_weights(store, targets, True), TargetMasks(store, loader.dataset),
+                   reference_climatology(store, targets))
+    scored = score_forecast(path, store)["leads"]
+    assert sorted(scored) == sorted(direct["leads"]) == [1, 2, 3]
+    for lead in (1, 2, 3):
+        for key in ("rmse", "acc", "mae"):
+            assert scored[lead]["overall"][key] == pytest.approx(direct["leads"][lead]["overall"][key], rel=1e-5)

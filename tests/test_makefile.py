@@ -37,9 +37,10 @@ def test_train_passes_the_variables_to_the_cli(installed, tiny_store):
     store = f"STORE={tiny_store}"
     plain = make("-n", "train", store)
     assert "train --config configs/default.yaml --model unet" in plain and "--set" not in plain
-    given = make("-n", "evaluate", store, "MODEL=mlp", "EPOCHS=3", "LR=1e-4", "LEAD=2", "LOADER=netcdf",
-                 "WORKERS=4", "SCHEDULER=constant")
-    for part in ("--model mlp", "--set epochs=3", "--set lr=1e-4", "--set lead=2", "--set loader=netcdf",
+    given = make("-n", "evaluate", store, "MODEL=mlp", "EPOCHS=3", "LR=1e-4", "LEAD=[1,2,4]", "LOADER=netcdf",
+                 "WORKERS=4", "SCHEDULER=constant", "ROLLOUT=4")
+    for part in ("--model mlp", "--set epochs=3", "--set lr=1e-4", "--set 'lead=[1,2,4]'", "--set rollout=4",
+                 "--set loader=netcdf",
                  "--set workers=4", "--set scheduler=constant", "canonstore evaluate"):
         assert part in given, part
     assert "torchrun --standalone --nproc_per_node=2 -m canonstore train" in make("-n", "train", store, "NPROC=2")

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from canonstore.errors import ConfigError
-from canonstore.training.models import MLP, Climatology, Persistence, UNet, basis_size, build_model, time_basis
+from canonstore.training.models import (MLP, Climatology, Persistence, Rollout, UNet, basis_size, build_model,
+                                       time_basis)
 
 
 class FakeDataset:
-    def __init__(self, inputs, targets, space=(8, 16)):
-        self.input_channels, self.target_channels, self.sample_space = inputs, targets, space
+    def __init__(self, inputs, targets, space=(8, 16), leads=(1,)):
+        self.input_channels, self.target_channels, self.sample_space, self.leads = inputs, targets, space, leads
 
 
 def run(model, residual=True, **args):
@@ -128,3 +129,76 @@ def test_climatology_is_fitted_on_observed_steps_only():
     naive.fit(data, steps, times, np.array([0]))
     assert not np.allclose(naive.coef.numpy()[:, 0, 1, 2], truth[:, 0, 1, 2], atol=0.1)
     assert np.allclose(naive.coef.numpy()[:, 0, 0, 0], truth[:, 0, 0, 0], atol=1e-4)
+
+
+class FakeEncodings:
+    """Two channels that say which step they describe: its number, and the number squared."""
+
+    def __len__(self):
+        return 2
+
+    def fields(self, steps, device="cpu"):
+        steps = torch.as_tensor(np.asarray(steps), dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+        return torch.cat([steps, steps ** 2], dim=1).expand(-1, 2, 8, 16).contiguous()
+
+
+def test_rollout_feeds_each_forecast_back_as_the_next_input():
+    """history 1, static and encodings: step k's inputs are [a, b at t+k-1 (forecasts), a, b at t+k, lsm, enc(t+k)]."""
+    torch.manual_seed(0)
+    dataset = FakeDataset(["a@t-1", "b@t-1", "a", "b", "lsm", "e1", "e2"], ["b", "a"], leads=(2, 4, 6))
+    dataset.store_channels, dataset.channels, dataset.history = ["a", "b"], np.array([0, 1]), 1
+    dataset.encodings = FakeEncodings()
+    model = build_model({**run("unet"), "rollout": 3}, dataset)
+    assert isinstance(model, Rollout) and model.feed.tolist() == [1, 0] and model.stride == 2
+    step, encode = model.net, dataset.encodings
+    times = np.array([10, 50])
+    x = torch.cat([torch.randn(2, 5, 8, 16), encode.fields(times)], dim=1)
+    with pytest.raises(ValueError, match="steps="):
+        model(x)
+    out = model(x, steps=times)
+    assert out.shape == (2, 6, 8, 16)
+    inputs, expected = x, []
+    for k in range(3):
+        forecast = step(inputs)                                          # (b, a) at t + 2(k+1)
+        expected.append(forecast)
+        inputs = torch.cat([inputs[:, 2:4], forecast[:, [1, 0]], inputs[:, 4:5], encode.fields(times + 2 * (k + 1))],
+                           dim=1)
+    assert torch.allclose(out, torch.cat(expected, dim=1), atol=1e-6)
+
+
+def test_rollout_backpropagates_through_every_step():
+    """The last step sees the inputs' dynamic channels only through the earlier forecasts: a detached
+    feed would give them no gradient."""
+    dataset = FakeDataset(["a", "b", "lsm"], ["a", "b"], leads=(1, 2, 3))
+    dataset.store_channels, dataset.channels, dataset.history, dataset.encodings = ["a", "b"], np.array([0, 1]), 0, None
+    model = build_model({**run("mlp", residual=False), "rollout": 3}, dataset)
+    x = torch.randn(2, 3, 8, 16, requires_grad=True)
+    model(x)[:, 4:].sum().backward()
+    assert x.grad[:, :2].abs().sum() > 0
+
+
+def test_rollout_needs_every_input_among_the_targets():
+    dataset = FakeDataset(["a", "a_valid"], ["a"], leads=(1, 2))
+    dataset.store_channels, dataset.channels, dataset.history, dataset.encodings = ["a", "a_valid"], np.array([0, 1]), 0, None
+    with pytest.raises(ConfigError, match=r"every input channel must be a target; \['a_valid'\] are not"):
+        build_model({**run("unet"), "rollout": 2}, dataset)
+
+
+def test_several_leads_at_once():
+    dataset = FakeDataset(["a", "b"], ["b"], leads=(1, 2, 4))
+    model = build_model(run("unet"), dataset)
+    x = torch.randn(2, 2, 8, 16)
+    assert model(x).shape == (2, 3, 8, 16)                               # b at t+1, t+2, t+4
+    assert torch.allclose(model(x), x[:, [1, 1, 1]] + model.net(x))    # each lead: persistence + the network
+    assert build_model(run("persistence"), dataset)(x).tolist() == x[:, [1, 1, 1]].tolist()
+
+
+def test_climatology_of_several_leads_stacks_each_valid_time():
+    model = Climatology(2, (3,), annual=1, diurnal=0)
+    model.coef.copy_(torch.randn(model.coef.shape))
+    basis = torch.randn(4, 3, 3)                                         # (sample, lead, basis)
+    x = torch.zeros(4, 1, 3)
+    stacked = model(x, basis)
+    assert stacked.shape == (4, 6, 3)
+    for lead in range(3):
+        assert torch.allclose(stacked[:, 2 * lead:2 * lead + 2], model(x, basis[:, lead]))

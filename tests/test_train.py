@@ -17,6 +17,7 @@ import yaml
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, train
+from canonstore.training.config import resolve
 from canonstore.training.data import make_loader
 
 TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 2, "batch_size": 64, "lr": 3.0e-3,
@@ -167,14 +168,18 @@ def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):
     assert scores["channels"]["t2m"]["r2"] > 0.1     # the seasonal and diurnal cycles are explained
 
 
-def test_netcdf_loader_gives_the_same_batches(tiny_store):
+@pytest.mark.parametrize("lead", [1, [1, 3]])
+def test_netcdf_loader_gives_the_same_batches(tiny_store, lead):
     store = open_store(tiny_store)
-    run = load_config(None, {**TINY, "batch_size": 8})
-    fast = make_loader(run, store, "val", torch.device("cpu"), train=False)
-    slow = make_loader({**run, "loader": "netcdf", "workers": 0}, store, "val", torch.device("cpu"), train=False)
+    run = load_config(None, {**TINY, "batch_size": 8, "lead": lead})
+    fast = make_loader(run, store, "train", torch.device("cpu"), train=True)
+    slow = make_loader({**run, "loader": "netcdf", "workers": 0}, store, "train", torch.device("cpu"), train=True)
+    fast.set_epoch(1)
+    slow.set_epoch(1)
     for k, ((fx, fy), (sx, sy)) in enumerate(zip(fast, slow)):
         torch.testing.assert_close(sx, fx, rtol=0, atol=1e-6)
         torch.testing.assert_close(sy, fy, rtol=0, atol=1e-6)
+        assert np.array_equal(slow.last_steps, fast.last_steps)    # what a rollout computes encodings from
         if k == 2:
             break
 
@@ -287,3 +292,37 @@ def test_encodings_and_blocks_per_epoch_are_config_choices(tiny_store, tmp_path)
         tiny(encodings=["moon"])
     with pytest.raises(ConfigError, match="blocks"):
         tiny(blocks={"size": [4], "per_epoch": 1})
+
+
+def test_several_leads_score_per_lead_as_single_lead_runs(tiny_store, tmp_path):
+    """Persistence at leads [1, 2, 4]: lead 4 scores exactly as a lead-4 run (same windows), lead 2 as computed by hand."""
+    folder = train(tiny(model="persistence", lead=[1, 2, 4], lat_weighted=False), tiny_store, tmp_path, log=quiet)
+    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    assert list(saved["leads"]) == ["1", "2", "4"] and saved["scores"] == saved["leads"]["1"]
+    alone = train(tiny(model="persistence", lead=4, lat_weighted=False), tiny_store, tmp_path, log=quiet)
+    single = json.loads(evaluate(alone, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    for key in ("rmse", "acc", "mae"):
+        assert saved["leads"]["4"]["overall"][key] == pytest.approx(single["scores"]["overall"][key], rel=1e-6)
+    store = open_store(tiny_store)
+    times = store.dataset("test", lead=4).times
+    physical = store.denormalise(store.array[:].astype(np.float64))
+    per_time = np.sqrt(((physical[times + 2] - physical[times]) ** 2).mean(axis=(2, 3))).mean(axis=0)
+    got = [saved["leads"]["2"]["channels"][name]["rmse"] for name in store.channels]
+    assert np.allclose(got, per_time, rtol=1e-4)
+    val = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)["val"]
+    assert sorted(val["leads"]) == [1, 2, 4] and "t2m@t+4" in val["channels"]   # validation per lead too
+    assert val["overall"]["rmse"] == pytest.approx(np.mean([v["overall"]["rmse"] for v in val["leads"].values()]))
+
+
+def test_rollout_trains_on_its_own_forecasts_and_scores_every_step(tiny_store, tmp_path):
+    run = tiny(epochs=1, rollout=3, history=1, encodings=["hod", "toa"], static=False)
+    steps = []
+    folder = train(run, tiny_store, tmp_path, progress=False, log=quiet, on_step=steps.append)
+    assert len(steps) == len(make_loader(resolve(run, open_store(tiny_store), "cpu"), open_store(tiny_store),
+                                         "train", torch.device("cpu"), train=True))
+    header = next(csv.reader(open(folder / "metrics.csv")))
+    assert {"val_rmse_t2m@t+1", "val_rmse_t2m@t+3"} <= set(header)
+    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    rmse = [saved["leads"][k]["overall"]["rmse"] for k in ("1", "2", "3")]
+    assert rmse[0] < rmse[2]                                 # errors grow along the rollout
+    assert saved["config"]["rollout"] == 3

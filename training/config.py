@@ -27,7 +27,8 @@ DEFAULTS: dict = {
     "task": "forecast",            # forecast | downscaling (inputs: coarse-up fields; target: the residual)
     "coarse": None,                # downscaling: the coarse grid [h, w], or one factor for both axes
     "loader": "store",             # store | netcdf (the raw-file baseline, for speed comparisons)
-    "lead": 1,                     # target = step t + lead
+    "lead": 1,                     # target = step t + lead; a list [1, 2, 4] stacks the targets at each lead
+    "rollout": 1,                  # K > 1: the model's forecast is fed back K times (targets t + lead .. t + K lead)
     "history": 0,                  # extra past steps stacked as input channels
     "channels": None,              # input channel names (None: all)
     "targets": None,               # target channel names (None: the input channels)
@@ -89,6 +90,18 @@ def _check(key: str, value, default, source: str):
 
         if not isinstance(value, list) or not all(v in KINDS for v in value) or len(set(value)) != len(value):
             fail(f"a list of distinct encodings from {list(KINDS)}")
+        return value
+    if key == "lead":
+        from canonstore.loaders.dataset import as_leads
+
+        try:
+            as_leads(value)
+        except ValueError:
+            fail("a step count >= 0, or a list of distinct ascending step counts like [1, 2, 4]")
+        return value
+    if key == "rollout":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail("a whole number >= 1 (1: no rollout)")
         return value
     if key == "coarse":
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or (
@@ -202,9 +215,18 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
     if config["task"] == "downscaling":
         if config["coarse"] is None:
             raise ConfigError("task: downscaling needs `coarse`: the coarse grid [h, w] or a factor, e.g. coarse=4")
+        if config["rollout"] > 1:
+            raise ConfigError("rollout feeds forecasts back as inputs; task: downscaling has no next step to feed")
         run["lead"], run["history"] = 0, 0   # the target is the high-resolution field at the input time
     elif model == "coarse-up":
         raise ConfigError("model coarse-up is the downscaling baseline (predict R = 0): set task=downscaling")
+    if config["rollout"] > 1:
+        if not isinstance(config["lead"], int) or config["lead"] < 1:
+            raise ConfigError(f"rollout: {config['rollout']} steps the model by one lead at a time; set lead to "
+                              f"one step count >= 1, not {config['lead']!r}")
+        if config["blocks"]:
+            raise ConfigError("rollout feeds whole forecast fields back as inputs; it cannot train on random "
+                              "blocks: set blocks=null")
     run["device"] = device
     run["world_size"] = world_size
     run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}
@@ -219,6 +241,14 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
     else:
         run["lat_weighting"] = "none: lat_weighted is false"
     return run
+
+
+def lead_times(run: dict) -> list[int]:
+    """The leads a run's targets are at: `lead` (one or a list), or lead, 2 lead, ..., K lead for rollout K."""
+    lead, steps = run["lead"], run.get("rollout", 1)
+    if steps > 1:
+        return [lead * k for k in range(1, steps + 1)]
+    return [lead] if isinstance(lead, int) else list(lead)
 
 
 def config_hash(run: dict) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from canonstore.errors import ConfigError
 from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
 from canonstore.loaders.downscale import CoarseUp, coarse_factor
+from canonstore.training.config import lead_times
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -31,6 +33,7 @@ class RawLoader:
     def __init__(self, dataset: NetCDFDataset, sampler: BatchSampler, device: torch.device, workers: int, seed: int,
                  transform=None):
         self.dataset, self.sampler, self.device, self.transform = dataset, sampler, device, transform
+        self.last_steps = None  # the store step t of each sample of the batch just yielded, as BatchLoader
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=worker_init_fn,
             generator=seeded_generator(seed), pin_memory=device.type == "cuda", persistent_workers=workers > 0)
@@ -42,7 +45,13 @@ class RawLoader:
         self.sampler.set_epoch(epoch, start)
 
     def __iter__(self):
-        for x, y in self.loader:
+        # The DataLoader walks the same sampler in the same order: its batches are these positions. A pass
+        # over the sampler moves it on to the next epoch, so it is set back for the DataLoader's own pass.
+        epoch, start = self.sampler.epoch, self.sampler.start
+        batches = list(self.sampler)
+        self.sampler.set_epoch(epoch, start)
+        for positions, (x, y) in zip(batches, self.loader):
+            self.last_steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield (x, y) if self.transform is None else self.transform(x, y)
 
@@ -54,7 +63,8 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
 
     y carries the targets' `_valid` channels after the targets (see `metrics.TargetMasks`).
     """
-    window = {key: run[key] for key in ("lead", "history", "channels", "targets", "static", "encodings")}
+    window = {key: run[key] for key in ("history", "channels", "targets", "static", "encodings")}
+    window["lead"] = lead_times(run)
     try:
         dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, target_masks=True,
                                                                                 **window)

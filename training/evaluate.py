@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from canonstore.errors import RunError
@@ -25,16 +26,29 @@ def to_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.ndim == 4 else x
 
 
-def forecast(model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's prediction, in bf16 autocast on CUDA; the climatology also gets the time basis."""
+def forecast(model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None,
+             steps: np.ndarray | None = None) -> torch.Tensor:
+    """The model's prediction, in bf16 autocast on CUDA; the climatology also gets the time basis, a
+    rollout with encodings the store step t of each sample (`steps`)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-        return model(x, basis) if basis is not None else model(x)
+        if basis is not None:
+            return model(x, basis)
+        if getattr(getattr(model, "module", model), "needs_steps", False):  # DDP wraps the model as .module
+            return model(x, steps=steps)
+        return model(x)
+
+
+def valid_basis(store, steps: np.ndarray, leads, model) -> torch.Tensor:
+    """(sample, lead, basis) time basis of each sample's valid times t + lead, for a climatology `model`."""
+    valid = store.time[np.asarray(steps)[:, None] + np.asarray(leads)[None, :]]
+    basis = time_basis(valid.ravel(), model.annual, model.diurnal)
+    return torch.from_numpy(basis.reshape(valid.shape + (-1,)))
 
 
 @torch.inference_mode()
 def score(model: torch.nn.Module, loader, store, weights: torch.Tensor, masks: TargetMasks | None = None,
           climatology=None, distributed: bool = False) -> dict:
-    """Scores of `model` on every sample of `loader` (in order): see training.metrics.
+    """Scores of `model` on every sample of `loader` (in order): see training.metrics and `lead_scores`.
 
     `masks` weighs filled points 0, `climatology` (a fitted Climatology) is the ACC's reference, and
     `distributed` sums the scores of all processes, each of which scored its own share of the split.
@@ -42,26 +56,41 @@ def score(model: torch.nn.Module, loader, store, weights: torch.Tensor, masks: T
     model.eval()
     dataset = loader.dataset
     loader.set_epoch(0)
-    valid_times = store.time[dataset.times[loader.sampler.positions().numpy()] + dataset.lead]
-
-    def basis_for(m):  # the time basis of each sample's valid time (t + lead), for climatologies
-        return torch.from_numpy(time_basis(valid_times, m.annual, m.diurnal)) if m is not None else None
-
-    basis = basis_for(model) if getattr(model, "needs_time", False) else None
-    reference = basis_for(climatology)
-    scores, start = Scores(weights), 0
+    steps = dataset.times[loader.sampler.positions().numpy()]
+    basis = valid_basis(store, steps, dataset.leads, model) if getattr(model, "needs_time", False) else None
+    reference = None if climatology is None else valid_basis(store, steps, dataset.leads, climatology)
+    scores, start = Scores(weights.repeat(len(dataset.leads), *[1] * (weights.ndim - 1))), 0
     for x, y in loader:
         rows = slice(start, start + x.shape[0])
         y, valid = masks.split(y) if masks is not None else (y, None)
         b = None if basis is None else basis[rows].to(x.device)
         clim = None if climatology is None else climatology(x, reference[rows].to(x.device))
-        scores.update(forecast(model, to_layout(x), b).float(), y, valid, clim)
+        scores.update(forecast(model, to_layout(x), b, steps[rows]).float(), y, valid, clim)
         start += x.shape[0]
     if distributed:
         scores.all_reduce()
+    return lead_scores(scores, dataset, store)
+
+
+def lead_scores(scores: Scores, dataset, store) -> dict:
+    """`scores.result` for the dataset's targets at every lead; with several leads, "overall" and the loss
+    average over leads too (the training objective), channels are named `<channel>@t+<lead>`, and
+    "leads" holds each lead's own result."""
     scale = normalisation_scale(store.stats["std"])[dataset.targets]
     units = [str(u) for u in store.to_xarray()["channel_units"].values[dataset.targets]]
-    return scores.result(dataset.target_channels, scale, units)
+    n, leads = len(dataset.targets), dataset.leads
+    result = scores.result(dataset.lead_channels, np.tile(scale, len(leads)), units * len(leads))
+    if len(leads) > 1:
+        result["leads"] = {lead: scores.part(slice(k * n, (k + 1) * n)).result(dataset.target_channels, scale, units)
+                           for k, lead in enumerate(leads)}
+    return result
+
+
+def rmse_by_lead(leads: dict | None) -> str:
+    """' (RMSE by lead: 1: 0.1234, 2: 0.2345 std)' for a result with several leads, else ''."""
+    if not leads or len(leads) < 2:
+        return ""
+    return " (RMSE by lead: " + ", ".join(f"{k}: {v['overall']['rmse']:.4f}" for k, v in leads.items()) + " std)"
 
 
 def load_run(folder: Path, split: str, checkpoint: str = "best", store=None):
@@ -107,6 +136,7 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
                      "leads": {str(k): v for k, v in scored["leads"].items()}, "config": run,
                      "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     overall = result["overall"]
-    log(f"{out}: {run['model']} on {split}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
-        f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)")
+    first = "" if len(scored["leads"]) < 2 else f" at lead {next(iter(scored['leads']))}"
+    log(f"{out}: {run['model']} on {split}{first}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+        f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)" + rmse_by_lead(scored["leads"]))
     return out

@@ -40,7 +40,7 @@ def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts") 
 def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "best", store=None,
                    out_dir: str | Path = "forecasts", log=print) -> Path:
     """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file."""
-    from canonstore.training.evaluate import forecast, load_run, to_layout
+    from canonstore.training.evaluate import forecast, load_run, to_layout, valid_basis
 
     folder = Path(folder)
     run, store, model, loader, saved = load_run(folder, split, checkpoint, store)
@@ -53,26 +53,28 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
     out = forecast_path(folder.name, split, out_dir)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    template = _template(store, names, init, [dataset.lead], {
+    leads = list(dataset.leads)
+    template = _template(store, names, init, leads, {
         "run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
         "epoch": saved.get("epoch"), "store": run["store"]["name"], "store_build": run["store"]["build"],
-        "lat_weighted": int(run["lat_weighted"]), "task": run.get("task", "forecast"),
+        "lat_weighted": int(run["lat_weighted"]), "task": run.get("task", "forecast"), "rollout": run.get("rollout", 1),
         **({"coarse_factor": list(coarse_factor(dataset.sample_space, run["coarse"]))}
            if run.get("task") == "downscaling" else {})})
     template.to_zarr(staging, mode="w", compute=False, consolidated=True)
-    view = (1, -1) + (1,) * len(dataset.sample_space)
+    view = (1, 1, -1) + (1,) * len(dataset.sample_space)   # (time, lead, channel, *space)
     mean, scale = mean.view(view), scale.view(view)
-    basis = None
-    if getattr(model, "needs_time", False):  # the climatology baseline is a function of the valid time
-        basis = torch.from_numpy(time_basis(store.time[init + dataset.lead], model.annual, model.diurnal))
+    # the climatology baseline is a function of the valid time
+    basis = valid_basis(store, init, leads, model) if getattr(model, "needs_time", False) else None
     start = 0
     with torch.inference_mode():
         model.eval()
         for x, _ in loader:
             rows = slice(start, start + x.shape[0])
             b = None if basis is None else basis[rows].to(x.device)
-            values = (forecast(model, to_layout(x), b).double().cpu() * scale + mean).float().numpy()
-            part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, c:c + 1]) for c, n in enumerate(names)})
+            predicted = forecast(model, to_layout(x), b, init[rows]).double().cpu()
+            predicted = predicted.reshape(x.shape[0], len(leads), len(names), *dataset.sample_space)
+            values = (predicted * scale + mean).float().numpy()
+            part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, :, c]) for c, n in enumerate(names)})
             part.to_zarr(staging, region={"time": rows})
             start += x.shape[0]
     replace_folder(staging, out)

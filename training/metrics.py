@@ -70,33 +70,44 @@ def validity(store, targets: np.ndarray) -> list:
 
 
 class TargetMasks:
-    """Splits a batch's y (targets, then the `_valid` channels of `dataset.masked_targets`) into the
-    targets and their 0/1 validity, so that filled points weigh 0 sample by sample."""
+    """Splits a batch's y into the targets and their 0/1 validity, so that filled points weigh 0 sample
+    by sample. y holds, per lead (`dataset.leads`), the targets then the `_valid` channels of
+    `dataset.masked_targets`; the targets come out stacked per lead, nearest first."""
 
     def __init__(self, store, dataset):
         self.n = len(dataset.target_channels)
+        self.leads = len(dataset.leads)
         masked = validity(store, dataset.targets) if dataset.masked_targets else []
         self.slots = [target for target, mask in enumerate(masked) if mask is not None]  # y's order after targets
         self.threshold = torch.tensor([mask[1] for mask in masked if mask is not None], dtype=torch.float32)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(targets, validity (batch, target, *space) as float 0/1, or None when nothing was filled)."""
-        if self.n == y.shape[1]:
+        """(targets (batch, lead x target, *space), validity of the same shape as float 0/1, or None when
+        nothing was filled)."""
+        if self.n * self.leads == y.shape[1]:
             return y, None
-        extra = y[:, self.n:]
-        shape = (1, -1) + (1,) * (y.ndim - 2)
+        b, space = y.shape[0], y.shape[2:]
+        per_lead = y.reshape(b, self.leads, -1, *space)
+        targets, extra = per_lead[:, :, :self.n], per_lead[:, :, self.n:]
+        shape = (1, 1, -1) + (1,) * len(space)
         observed = (extra > self.threshold.to(y.device).view(shape)).to(torch.float32)
-        valid = torch.ones_like(y[:, :self.n], dtype=torch.float32)
-        valid[:, self.slots] = observed
-        return y[:, :self.n], valid
+        valid = torch.ones_like(targets, dtype=torch.float32)
+        valid[:, :, self.slots] = observed
+        return targets.reshape(b, -1, *space), valid.reshape(b, -1, *space)
 
 
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss: area-weighted mean squared error in normalised units (float32); points with
-    `valid` 0 (filled) weigh nothing."""
-    w = (weights if valid is None else weights * valid).expand_as(target)
-    return ((prediction.float() - target.float()) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
+    `valid` 0 (filled) weigh nothing. When prediction and target stack several leads (or rollout steps)
+    along channels, `weights` given for one lead, the loss is the mean over leads of each lead's loss."""
+    n = weights.shape[weights.ndim - target.ndim + 1]  # target channels per lead ((batch,) channel, *space)
+    losses = []
+    for k in range(target.shape[1] // n):
+        part = slice(k * n, (k + 1) * n)
+        w = (weights if valid is None else weights * valid[:, part]).expand_as(target[:, part])
+        losses.append(((prediction[:, part].float() - target[:, part].float()) ** 2 * w).sum() / w.sum().clamp_min(1e-12))
+    return torch.stack(losses).mean()
 
 
 class Scores:
@@ -131,6 +142,12 @@ class Scores:
             (w * error).sum([0] + space), (w * target).sum([0] + space), (w * target ** 2).sum([0] + space),
             torch.where(has, rmse_t, 0).sum(0), acc_t.sum(0), acc_n.sum(0), has.double().sum(0)])
         self.samples += target.shape[0]
+
+    def part(self, channels: slice) -> "Scores":
+        """The sums of `channels` only (e.g. one lead of several stacked along channels)."""
+        part = Scores(self.weights[channels])
+        part.sums, part.samples = self.sums[:, channels].clone(), self.samples
+        return part
 
     def all_reduce(self) -> None:
         """Sum over the processes of a distributed run (each scored its own samples)."""

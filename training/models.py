@@ -10,7 +10,9 @@
   fitted in one pass as a few annual and diurnal harmonics (a smooth day-of-year x hour mean: three
   train years give only three values per raw (day, hour) bin). With no harmonics it is the plain
   per-point train mean, about 0 in normalised space.
-unet and mlp predict the change from persistence when `residual` is set.
+unet and mlp predict the change from persistence when `residual` is set. With several leads
+(`lead: [1, 2, 4]`) every model forecasts all of them at once, stacked along channels; with `rollout: K`
+a trained model forecasts one lead and is run K times on its own output (`Rollout`).
 """
 
 from __future__ import annotations
@@ -146,10 +148,47 @@ def time_basis(times: np.ndarray, annual: int, diurnal: int) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+class Rollout(nn.Module):
+    """A one-step model run `steps` times on its own forecasts: from the inputs at t, the forecasts
+    at t + stride, ..., t + steps x stride, stacked along channels.
+
+    Each step's inputs are the previous ones moved on by one lead: the oldest history step drops out,
+    the forecast of every dynamic input channel (`feed`: its position among the outputs) comes in as
+    the newest, the static fields stay, and the encodings are computed for the new time, which is why
+    such a model is called as model(x, steps=<each sample's store step t>) when it has encodings.
+    Gradients flow through every step (the loss is averaged over them).
+    """
+
+    def __init__(self, net: nn.Module, steps: int, feed: list[int], history: int, stride: int, encodings=None):
+        super().__init__()
+        self.net, self.steps, self.history, self.stride, self.encodings = net, steps, history, stride, encodings
+        self.register_buffer("feed", torch.tensor(feed, dtype=torch.long))
+        self.needs_steps = encodings is not None
+
+    def forward(self, x: torch.Tensor, steps: np.ndarray | None = None) -> torch.Tensor:
+        if self.encodings is not None and steps is None:
+            raise ValueError("this rollout model has encodings: call it as model(x, steps=<store step t of each sample>)")
+        outputs = []
+        for k in range(1, self.steps + 1):
+            outputs.append(self.net(x))
+            if k < self.steps:
+                x = self._advance(x, outputs[-1], None if steps is None else np.asarray(steps) + k * self.stride)
+        return torch.cat(outputs, dim=1)
+
+    def _advance(self, x: torch.Tensor, forecast: torch.Tensor, steps) -> torch.Tensor:
+        n = self.feed.numel()
+        dynamic = (self.history + 1) * n
+        encoded = len(self.encodings) if self.encodings is not None else 0
+        parts = [x[:, n:dynamic], forecast[:, self.feed].to(x.dtype), x[:, dynamic:x.shape[1] - encoded]]
+        if encoded:
+            parts.append(self.encodings.fields(steps, x.device).to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+
 class Climatology(nn.Module):
     """Forecast = coefficients (basis, channel, *space) x the time basis of the target's valid time."""
 
-    needs_time = True  # called as model(x, basis), basis (batch, n_basis) from `time_basis`
+    needs_time = True  # called as model(x, basis), basis (batch, n_basis) or (batch, lead, n_basis) from `time_basis`
 
     def __init__(self, channels: int, space: tuple[int, ...], annual: int, diurnal: int):
         super().__init__()
@@ -158,7 +197,10 @@ class Climatology(nn.Module):
 
     def forward(self, x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # a bf16 sum would cost the baseline precision
-            return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
+            if basis.ndim == 2:
+                return torch.einsum("bk,k...->b...", basis.to(self.coef), self.coef)
+            out = torch.einsum("blk,k...->bl...", basis.to(self.coef), self.coef)  # per lead, stacked
+            return out.reshape(out.shape[0], -1, *out.shape[3:])
 
     def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
             valid: list | None = None, memory: int = 256 * 2**20) -> None:
@@ -235,12 +277,29 @@ def _sources(dataset) -> list[int]:
     return [inputs.index(name) for name in dataset.target_channels]
 
 
+def _feed(dataset) -> list[int]:
+    """Positions among the targets of each dynamic input channel: what a rollout feeds back."""
+    targets = dataset.target_channels
+    inputs = [dataset.store_channels[c] for c in dataset.channels]
+    missing = [name for name in inputs if name not in targets]
+    if missing:
+        raise ConfigError(f"rollout feeds the model's forecast back as its next input, so every input channel must be "
+                          f"a target; {missing} are not (targets: {targets}): add them to `targets` or leave them "
+                          f"out of `channels`")
+    return [targets.index(name) for name in inputs]
+
+
 def build_model(run: dict, dataset) -> nn.Module:
-    """The model `run["model"]` for `dataset`'s inputs and targets (untrained; climatology unfitted)."""
+    """The model `run["model"]` for `dataset`'s inputs and targets (untrained; climatology unfitted).
+
+    It forecasts every lead of `dataset.leads`, stacked along channels: at once, or (rollout) one
+    lead at a time, fed back."""
     name, args = run["model"], run["model_args"]
+    rollout = run.get("rollout", 1) if name in ("unet", "mlp") else 1
+    leads = 1 if rollout > 1 else len(dataset.leads)  # the network's own output: one step, or all leads at once
     n_in, n_out, space = len(dataset.input_channels), len(dataset.target_channels), dataset.sample_space
     if name in ("persistence", "coarse-up"):  # coarse-up: downscaling's baseline, the inputs are coarse-upped
-        return Persistence(_sources(dataset))
+        return Persistence(_sources(dataset) * len(dataset.leads))
     if name == "climatology":
         return Climatology(n_out, space, args["annual_harmonics"], args["diurnal_harmonics"])
     if name == "unet":
@@ -252,9 +311,12 @@ def build_model(run: dict, dataset) -> nn.Module:
             hint = f"set unet.depth={fits} or less, or use mlp" if fits >= 1 else "use mlp"
             raise ConfigError(f"unet.depth={args['depth']} halves the grid {args['depth']} times and needs at least "
                               f"{smallest} x {smallest} cells; this store's grid is {space[0]} x {space[1]}: {hint}")
-        net = UNet(n_in, n_out, width=args["width"], depth=args["depth"])
+        net = UNet(n_in, n_out * leads, width=args["width"], depth=args["depth"])
     elif name == "mlp":
-        net = MLP(n_in, n_out, width=args["width"], layers=args["layers"])
+        net = MLP(n_in, n_out * leads, width=args["width"], layers=args["layers"])
     else:
         raise ConfigError(f"unknown model {name!r}; choose one of unet, mlp, persistence, climatology")
-    return Residual(net, _sources(dataset)) if run["residual"] else net
+    model = Residual(net, _sources(dataset) * leads) if run["residual"] else net
+    if rollout > 1:
+        model = Rollout(model, rollout, _feed(dataset), dataset.history, dataset.leads[0], dataset.encodings)
+    return model

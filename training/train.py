@@ -31,7 +31,7 @@ from canonstore.loaders.sampler import epoch_seed
 from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.config import TRAINED, resolve, run_name
 from canonstore.training.data import make_loader, pick_device
-from canonstore.training.evaluate import forecast, score, to_layout
+from canonstore.training.evaluate import forecast, rmse_by_lead, score, to_layout
 from canonstore.training.metrics import TargetMasks, area_weights, validity, weighted_mse
 from canonstore.training.models import build_model, reference_climatology
 from canonstore.training.tracking import RunLog
@@ -142,7 +142,8 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
             stop = trainer.record_epoch(epoch, train_loss, val, timing)
             state = trainer.state
             log(f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
-                f"val RMSE {val['overall']['rmse']:.4f} std, {state['throughput'][-1]['samples_per_s']} samples/s, "
+                f"val RMSE {val['overall']['rmse']:.4f} std{rmse_by_lead(val.get('leads'))}, "
+                f"{state['throughput'][-1]['samples_per_s']} samples/s, "
                 f"data wait {100 * timing['data_wait_frac']:.1f}%" + (" (best)" * (state["best_epoch"] == epoch + 1)))
         stop = procs.agree(stop)
         if procs.main:
@@ -248,7 +249,7 @@ class _Trainer:
         if getattr(self.loader, "blocks", None) is not None:  # the area weights of the blocks just cut
             _, rows, cols = self.loader.last_blocks
             weights = crop(weights[None], rows, cols, torch.zeros(rows.shape[0], dtype=torch.long))
-        loss = weighted_mse(forecast(self.trainable, to_layout(x)), y, weights, valid)
+        loss = weighted_mse(forecast(self.trainable, to_layout(x), steps=self.loader.last_steps), y, weights, valid)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.run["grad_clip"]:
@@ -315,4 +316,5 @@ def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, ma
     save_checkpoint(folder / "checkpoints" / "last.pt", {**state, "finished": True})
     runlog.epoch([{"epoch": 0, "step": 0, "lr": 0.0, **epoch_scores(None, val)}], [])
     runlog.finish()
-    runlog.log(f"{folder}: {run['model']} val loss {val['loss']:.5f}, val RMSE {val['overall']['rmse']:.4f} std")
+    runlog.log(f"{folder}: {run['model']} val loss {val['loss']:.5f}, val RMSE {val['overall']['rmse']:.4f} std"
+               + rmse_by_lead(val.get("leads")))
