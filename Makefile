@@ -35,7 +35,7 @@ CONFIG ?= configs/default.yaml
 NPROC  ?= 1
 TRAIN_ARGS = --config $(CONFIG) --model $(MODEL) --store $(STORE) \
 	$(if $(EPOCHS),--set epochs=$(EPOCHS)) $(if $(LR),--set lr=$(LR)) $(if $(LEAD),--set 'lead=$(LEAD)') \
-	$(if $(ROLLOUT),--set rollout=$(ROLLOUT)) $(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
+	$(if $(ROLLOUT),--set rollout=$(ROLLOUT)) $(if $(INIT),--set init=$(INIT)) $(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
 	$(if $(filter command line environment,$(origin WORKERS)),--set workers=$(WORKERS))
 # NPROC > 1: one process per GPU (or CPU share) under torchrun, DistributedDataParallel.
 TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m canonstore,$(CANON))
@@ -94,14 +94,14 @@ $(EXPORT)/meta.json: $(STORE)/manifest.json
 
 # A run's folder is named by a hash of its config and store (the CLI works it out), so these two
 # are phony: `canonstore train` itself skips a finished run and resumes an interrupted one.
-train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD ROLLOUT LOADER WORKERS SCHEDULER NPROC)
+train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD ROLLOUT INIT LOADER WORKERS SCHEDULER NPROC)
 	$(TRAIN_CMD) train $(TRAIN_ARGS)
 
-forecast: train ## MODEL's best-checkpoint predictions of the test split, physical units: forecasts/<run>/test.zarr
-	$(CANON) forecast $(TRAIN_ARGS)
+forecast: train ## MODEL's best-checkpoint predictions of the test split, physical units: forecasts/<run>/test.zarr (STEPS)
+	$(CANON) forecast $(TRAIN_ARGS) $(if $(STEPS),--steps $(STEPS))
 
-evaluate: train ## forecast + score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json
-	$(CANON) evaluate $(TRAIN_ARGS)
+evaluate: train ## forecast + score MODEL's best checkpoint on the test split, in physical units: scores/<run>.json (STEPS)
+	$(CANON) evaluate $(TRAIN_ARGS) $(if $(STEPS),--steps $(STEPS))
 
 bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
 	$(PY) bench/loader.py $(BENCH_STORE) --one-shard $(BENCH_ONE) --workers $(WORKERS) --results bench/results

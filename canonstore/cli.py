@@ -162,18 +162,24 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
         sys.exit(130)
 
 
+def _steps_option(fn):
+    return click.option("--steps", type=click.IntRange(min=1), default=None,
+                        help="Run the model autoregressively for this many steps of its lead (default: as trained).")(fn)
+
+
 @main.command()
 @_training_options
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Score this run folder instead.")
 @click.option("--scores", default="scores", show_default=True, type=click.Path(file_okay=False),
               help="Where scores/<run-name>.json goes.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split):
+@_steps_option
+def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
 
-    _run(lambda: evaluate_run(_folder_of(folder, config_path, model, overrides, store, runs), scores, split=split),
-         debug)
+    _run(lambda: evaluate_run(_folder_of(folder, config_path, model, overrides, store, runs), scores, split=split,
+                              steps=steps), debug)
 
 
 def _folder_of(folder, config_path, model, overrides, store, runs):
@@ -189,12 +195,13 @@ def _folder_of(folder, config_path, model, overrides, store, runs):
 @click.option("--forecasts", default="forecasts", show_default=True, type=click.Path(file_okay=False),
               help="Where forecasts/<run-name>/<split>.zarr goes.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split):
+@_steps_option
+def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast
 
     _run(lambda: write_forecast(_folder_of(folder, config_path, model, overrides, store, runs), split,
-                                out_dir=forecasts, log=click.echo), debug)
+                                out_dir=forecasts, log=click.echo, steps=steps), debug)
 
 
 @main.command()

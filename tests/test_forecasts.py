@@ -11,7 +11,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from canonstore.cli import main
-from canonstore.errors import RunError
+from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, train
 from canonstore.training.evaluate import load_run, score
@@ -119,3 +119,21 @@ def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(t
     for lead in (1, 2, 3):
         for key in ("rmse", "acc", "mae"):
             assert scored[lead]["overall"][key] == pytest.approx(direct["leads"][lead]["overall"][key], rel=1e-5)
+
+
+def test_a_one_step_run_forecasts_k_steps_autoregressively(run, tiny_store, tmp_path):
+    one = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    out = evaluate(run, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet, steps=3)
+    saved = json.loads(out.read_text())
+    assert out.name == f"{run.name}-steps3.json" and saved["config"]["rollout"] == 3
+    assert saved["forecast"] == str(forecast_path(run.name, "test", tmp_path / "forecasts", steps=3))
+    assert list(saved["leads"]) == ["1", "2", "3"]
+    rolled, single = xr.open_zarr(saved["forecast"]), xr.open_zarr(one)
+    assert rolled["lead"].values.tolist() == [1, 2, 3] and rolled.sizes["time"] == single.sizes["time"] - 2
+    # its first step is the one-step forecast from the same initial time
+    np.testing.assert_allclose(rolled["z500"].isel(lead=0).values,
+                               single["z500"].sel(time=rolled["time"]).isel(lead=0).values, rtol=1e-6)
+    persistence = train(load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False,
+                        log=quiet)
+    with pytest.raises(ConfigError, match="steps=3: only a trained model"):
+        evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet, steps=3)

@@ -16,7 +16,7 @@ import yaml
 
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
-from canonstore.training import evaluate, load_config, train
+from canonstore.training import evaluate, load_config, run_folder, train
 from canonstore.training.config import resolve
 from canonstore.training.data import make_loader
 
@@ -326,3 +326,22 @@ def test_rollout_trains_on_its_own_forecasts_and_scores_every_step(tiny_store, t
     rmse = [saved["leads"][k]["overall"]["rmse"] for k in ("1", "2", "3")]
     assert rmse[0] < rmse[2]                                 # errors grow along the rollout
     assert saved["config"]["rollout"] == 3
+
+
+def test_rollout_fine_tunes_from_a_one_step_run(tiny_store, tmp_path):
+    one_step = train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=quiet)
+    frozen = tiny(epochs=1, rollout=2, init=str(one_step), lr=0.0, weight_decay=0.0)   # lr 0: the weights stay
+    tuned = train(frozen, tiny_store, tmp_path, progress=False, log=quiet)
+    start, end = weights(one_step / "checkpoints" / "best.pt"), weights(tuned / "checkpoints" / "last.pt")
+    assert start and all(torch.equal(start[k], end[f"net.{k}"]) for k in start)
+    config = json.loads((tuned / "config.json").read_text())["config"]
+    assert config["init"]["run"] == one_step.name and len(config["init"]["sha256"]) == 64
+    other = train(tiny(epochs=1, seed=3), tiny_store, tmp_path, progress=False, log=quiet)
+    assert run_folder(tiny(epochs=1, rollout=2, init=str(other), lr=0.0, weight_decay=0.0), tiny_store,
+                      tmp_path) != tuned                                  # other weights, another run
+    narrow = train(tiny(epochs=1, channels=["t2m", "z500"]), tiny_store, tmp_path, progress=False, log=quiet)
+    with pytest.raises(ConfigError, match="init: the weights in .* do not fit this run's model"):
+        train(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path, progress=False, log=quiet)
+    assert not run_folder(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path).exists()
+    with pytest.raises(ConfigError, match="init: .* is neither a run folder"):
+        train(tiny(rollout=2, init=str(tmp_path / "nothing")), tiny_store, tmp_path, progress=False, log=quiet)

@@ -8,6 +8,7 @@ one never runs code (torch >= 2.10: older releases had `weights_only` bypasses).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -37,3 +38,18 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunError(f"{path}: not a canonstore checkpoint (format {FORMAT} expected)")
     return state
+
+
+def initial_weights(path: str | Path) -> dict:
+    """Which weights a fine-tuning run starts from: a run folder (its best.pt) or a checkpoint file.
+
+    Returns {"path", "run", "sha256"}: the run's name and the file's sha256 identify the weights
+    (a run hash built from them changes when they do; the path does not count)."""
+    from canonstore.errors import ConfigError
+
+    path = Path(path)
+    file = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"init: {path} is neither a run folder with checkpoints/best.pt nor a checkpoint file")
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    return {"path": str(file), "run": load_checkpoint(file).get("name"), "sha256": digest}

@@ -42,6 +42,7 @@ DEFAULTS: dict = {
     "device": "auto",              # auto | cpu | cuda
     # training (unet, mlp)
     "residual": True,              # predict the change from the input at t (targets must be inputs)
+    "init": None,                  # start from another run's weights: its folder (best.pt) or a checkpoint file
     "epochs": 5,
     "lr": 1.0e-3,
     "weight_decay": 0.01,
@@ -62,7 +63,7 @@ DEFAULTS: dict = {
 CHOICES = {"task": ("forecast", "downscaling"), "model": MODELS, "loader": ("store", "netcdf"),
            "scheduler": ("cosine", "linear", "constant"),
            "device": ("auto", "cpu", "cuda")}
-TRAINING_KEYS = ("residual", "epochs", "lr", "weight_decay", "scheduler", "warmup", "grad_clip", "patience",
+TRAINING_KEYS = ("residual", "init", "epochs", "lr", "weight_decay", "scheduler", "warmup", "grad_clip", "patience",
                  "min_delta", "checkpoint_every", "checkpoint_steps")
 # Change how fast a run goes, never what it computes: left out of the run's hash, so that a run
 # can be resumed with other values.
@@ -102,6 +103,10 @@ def _check(key: str, value, default, source: str):
     if key == "rollout":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             fail("a whole number >= 1 (1: no rollout)")
+        return value
+    if key == "init":
+        if value is not None and not (isinstance(value, str) and value):
+            fail("null or the path of a run folder or checkpoint")
         return value
     if key == "coarse":
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or (
@@ -227,6 +232,10 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
         if config["blocks"]:
             raise ConfigError("rollout feeds whole forecast fields back as inputs; it cannot train on random "
                               "blocks: set blocks=null")
+    if run.get("init"):
+        from canonstore.training.checkpoint import initial_weights
+
+        run["init"] = initial_weights(run["init"])
     run["device"] = device
     run["world_size"] = world_size
     run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}
@@ -255,6 +264,8 @@ def config_hash(run: dict) -> str:
     """sha256 of what decides a run's result: not the store's path, not the EXECUTION_KEYS."""
     decisive = {k: v for k, v in run.items() if k not in EXECUTION_KEYS}
     decisive["store"] = {k: v for k, v in run["store"].items() if k != "path"}
+    if decisive.get("init"):  # the weights count, not where they lie
+        decisive["init"] = {k: v for k, v in decisive["init"].items() if k != "path"}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from canonstore.errors import RunError
+from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.formats.store import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
@@ -93,9 +93,16 @@ def rmse_by_lead(leads: dict | None) -> str:
     return " (RMSE by lead: " + ", ".join(f"{k}: {v['overall']['rmse']:.4f}" for k, v in leads.items()) + " std)"
 
 
-def load_run(folder: Path, split: str, checkpoint: str = "best", store=None):
-    """(run config, store, model with the checkpoint's weights, ordered loader of `split`, checkpoint)."""
+def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, steps: int | None = None):
+    """(run config, store, model with the checkpoint's weights, ordered loader of `split`, checkpoint).
+
+    `steps` K runs a trained model autoregressively for K steps of its lead (a one-step run, or a
+    rollout run for more or fewer steps than it was trained on): the loader's targets are then at
+    lead, 2 lead, ..., K lead, and the returned config says `rollout: K`.
+    """
+    from canonstore.training.config import TRAINED
     from canonstore.training.forecasts import check_same_build
+    from canonstore.training.models import Rollout, feed_of
 
     run = read_config(folder)
     if store is None or isinstance(store, (str, Path)):
@@ -106,29 +113,46 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None):
         raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
     device = pick_device("cpu" if run["device"] == "cpu" else "auto")
     saved = load_checkpoint(path, device)
-    loader = make_loader(run, store, split, device, train=False)
-    model = build_model(run, loader.dataset).to(device)
+    model = build_model(run, make_loader(run, store, split, device, train=False).dataset).to(device)
     model.load_state_dict(saved["model"])
+    if steps and steps != run.get("rollout", 1):
+        if run["model"] not in TRAINED or not isinstance(run["lead"], int) or run["lead"] < 1:
+            raise ConfigError(f"steps={steps}: only a trained model with one lead >= 1 is run autoregressively; "
+                              f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
+                              "climatology: train them with rollout=K)")
+        run = {**run, "rollout": steps}
+        loader = make_loader(run, store, split, device, train=False)
+        step = model.net if isinstance(model, Rollout) else model
+        dataset = loader.dataset
+        model = Rollout(step, steps, feed_of(dataset), dataset.history, run["lead"], dataset.encodings).to(device)
+    else:
+        loader = make_loader(run, store, split, device, train=False)
     return run, store, model, loader, saved
 
 
 def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str = "test",
-             checkpoint: str = "best", store=None, forecasts_dir: str | Path = "forecasts", log=print) -> Path:
+             checkpoint: str = "best", store=None, forecasts_dir: str | Path = "forecasts", log=print,
+             steps: int | None = None) -> Path:
     """Forecast + score: write run `folder`'s `checkpoint` forecasts of `split` to
     forecasts/<run-name>/<split>.zarr, score that file, and write scores/<run-name>.json (test) or
     scores/<run-name>-<split>.json; returns the scores' path.
 
     `store` (a path or Store) defaults to the one the run was trained on; it must be the same build.
+    `steps` K runs the model autoregressively for K steps of its lead (`load_run`); its files get
+    `-steps<K>` in their names unless the run was trained for K steps.
     """
-    from canonstore.training.forecasts import score_forecast, write_forecast
+    from canonstore.training.forecasts import other_steps, score_forecast, write_forecast
 
     folder = Path(folder)
     run = read_config(folder)
     store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
-    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log)
+    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log, steps=steps)
     scored = score_forecast(path, store, run["lat_weighted"])
     saved = load_checkpoint(folder / "checkpoints" / f"{checkpoint}.pt", torch.device("cpu"))
-    out = Path(scores_dir) / (f"{folder.name}.json" if split == "test" else f"{folder.name}-{split}.json")
+    suffix = ("" if split == "test" else f"-{split}") + (f"-steps{steps}" if other_steps(run, steps) else "")
+    out = Path(scores_dir) / f"{folder.name}{suffix}.json"
+    if other_steps(run, steps):
+        run = {**run, "rollout": steps}
     out.parent.mkdir(parents=True, exist_ok=True)
     result = scored["scores"]
     write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,

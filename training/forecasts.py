@@ -28,29 +28,37 @@ from canonstore.formats.store import normalisation_scale
 from canonstore.loaders.downscale import coarse_factor, coarse_up
 from canonstore.training.metrics import Scores, area_weights, validity
 from canonstore.training.models import reference_climatology, time_basis
+from canonstore.training.tracking import read_config
 
 BATCH = 64  # times scored at once
 
 
-def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts") -> Path:
-    """forecasts/<run>/<split>.zarr: derived from the run's name, so no run overwrites another's."""
-    return Path(out_dir) / run_name / f"{split}.zarr"
+def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts", steps: int | None = None) -> Path:
+    """forecasts/<run>/<split>.zarr (forecasts/<run>/<split>-steps<K>.zarr when run for K steps other
+    than it was trained for): derived from the run's name, so no run overwrites another's."""
+    return Path(out_dir) / run_name / f"{split}{'' if steps is None else f'-steps{steps}'}.zarr"
+
+
+def other_steps(run: dict, steps: int | None) -> int | None:
+    """`steps` when it differs from the steps the run was trained to roll out, else None."""
+    return steps if steps and steps != run.get("rollout", 1) else None
 
 
 def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "best", store=None,
-                   out_dir: str | Path = "forecasts", log=print) -> Path:
-    """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file."""
+                   out_dir: str | Path = "forecasts", log=print, steps: int | None = None) -> Path:
+    """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file;
+    `steps` K: run the model autoregressively for K steps of its lead (see `evaluate.load_run`)."""
     from canonstore.training.evaluate import forecast, load_run, to_layout, valid_basis
 
     folder = Path(folder)
-    run, store, model, loader, saved = load_run(folder, split, checkpoint, store)
+    run, store, model, loader, saved = load_run(folder, split, checkpoint, store, steps)
     dataset = loader.dataset
     names = dataset.target_channels
     loader.set_epoch(0)
     init = dataset.times[loader.sampler.positions().numpy()]
     mean = torch.tensor(store.stats["mean"][dataset.targets], dtype=torch.float64)
     scale = torch.tensor(normalisation_scale(store.stats["std"])[dataset.targets], dtype=torch.float64)
-    out = forecast_path(folder.name, split, out_dir)
+    out = forecast_path(folder.name, split, out_dir, other_steps(read_config(folder), steps))
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     leads = list(dataset.leads)

@@ -277,7 +277,7 @@ def _sources(dataset) -> list[int]:
     return [inputs.index(name) for name in dataset.target_channels]
 
 
-def _feed(dataset) -> list[int]:
+def feed_of(dataset) -> list[int]:
     """Positions among the targets of each dynamic input channel: what a rollout feeds back."""
     targets = dataset.target_channels
     inputs = [dataset.store_channels[c] for c in dataset.channels]
@@ -318,5 +318,5 @@ def build_model(run: dict, dataset) -> nn.Module:
         raise ConfigError(f"unknown model {name!r}; choose one of unet, mlp, persistence, climatology")
     model = Residual(net, _sources(dataset) * leads) if run["residual"] else net
     if rollout > 1:
-        model = Rollout(model, rollout, _feed(dataset), dataset.history, dataset.leads[0], dataset.encodings)
+        model = Rollout(model, rollout, feed_of(dataset), dataset.history, dataset.leads[0], dataset.encodings)
     return model

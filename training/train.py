@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from canonstore.errors import RunError
+from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.loaders.blocks import crop
 from canonstore.loaders.sampler import epoch_seed
@@ -33,7 +33,7 @@ from canonstore.training.config import TRAINED, resolve, run_name
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.evaluate import forecast, rmse_by_lead, score, to_layout
 from canonstore.training.metrics import TargetMasks, area_weights, validity, weighted_mse
-from canonstore.training.models import build_model, reference_climatology
+from canonstore.training.models import Rollout, build_model, reference_climatology
 from canonstore.training.tracking import RunLog
 
 
@@ -117,6 +117,8 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     train_loader = make_loader(run, store, "train", device, train=True, rank=procs.rank, world_size=procs.world)
     val_loader = make_loader(run, store, "val", device, train=False, rank=procs.rank, world_size=procs.world)
     model = build_model(run, train_loader.dataset).to(device)
+    if run.get("init") and not last.exists():  # before anything is written: weights that do not fit leave no run
+        start_from(model, run["init"], log if procs.main else (lambda *_: None))
     weights = area_weights(store, train_loader.dataset.targets, run["lat_weighted"]).to(device)
     masks = TargetMasks(store, train_loader.dataset)
     climatology = reference_climatology(store, train_loader.dataset.targets).to(device)
@@ -157,6 +159,22 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         runlog.finish()
         log(f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})")
     return folder
+
+
+def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
+    """Load the weights `init` (`checkpoint.initial_weights`) into `model`: fine-tuning, e.g. a rollout
+    from a one-step run. A rollout's one-step model takes a one-step run's weights and the reverse."""
+    state = load_checkpoint(Path(init["path"]))["model"]
+    if "feed" in state:  # saved by a rollout: its one-step model
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    step = model.net if isinstance(model, Rollout) else model
+    try:
+        step.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"init: the weights in {init['path']} do not fit this run's model (other channels, "
+                          f"leads or model settings?): {' '.join(line.strip() for line in first[:3])}") from None
+    log(f"starting from the weights of {init['run']} ({init['path']})")
 
 
 class _Trainer:
