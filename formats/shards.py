@@ -124,18 +124,32 @@ class ShardedArray:
         """Copy rows into `out` (len(rows), row_size) in place; a row is a step (`per_step` 1) or one of a
         step's `per_step` equal parts (a channel). One np.take per run of rows in one shard, straight into
         `out`: sorted rows make one take per shard."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = _checked(rows, self.shape[0] * per_step)
         for k, a, b in self._runs(rows, per_step):
             flat = self.shard(k).reshape(-1, out.shape[1])
-            np.take(flat, rows[a:b] - k * self.shard_steps * per_step, axis=0, out=out[a:b])
+            np.take(flat, rows[a:b] - k * self.shard_steps * per_step, axis=0, out=out[a:b], mode="clip")
         return out
+
+
+def _checked(rows, n: int) -> np.ndarray:
+    """`rows` as int64, every one in [0, n), else IndexError.
+
+    Checked here so that np.take can run with mode="clip": with the default mode="raise" and `out`,
+    numpy gathers into a temporary and copies it into `out`, about 3x slower (2.1-2.6 vs 6.5-7.6 GB/s
+    for 32 rows of 0.46 MB, measured on the 2-core box)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        bad = rows[(rows < 0) | (rows >= n)][0]
+        raise IndexError(f"row {bad} is out of range for {n} rows")
+    return rows
 
 
 def take_rows(array, rows: np.ndarray, out: np.ndarray, per_step: int = 1) -> np.ndarray:
     """`out[i] = row rows[i]` of a memmap or ShardedArray seen as (time * per_step, row) rows."""
     if isinstance(array, ShardedArray):
         return array.take_rows(rows, out, per_step)
-    return np.take(array.reshape(-1, out.shape[1]), rows, axis=0, out=out)
+    flat = array.reshape(-1, out.shape[1])
+    return np.take(flat, _checked(rows, flat.shape[0]), axis=0, out=out, mode="clip")
 
 
 def take_fields(array, steps: np.ndarray, channels: np.ndarray) -> np.ndarray:

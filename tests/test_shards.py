@@ -12,7 +12,7 @@ import zarr
 
 from canonstore import open_store
 from canonstore.errors import StoreError
-from canonstore.formats.shards import ShardedArray
+from canonstore.formats.shards import ShardedArray, take_rows
 from canonstore.preprocess import build
 from canonstore.preprocess.append import append
 from tests.conftest import demo_recipe
@@ -77,6 +77,21 @@ def test_sharded_array_indexes_like_numpy(layouts):
         array[len(whole)]
     with pytest.raises(IndexError):
         array[np.array([0, len(whole)])]
+
+
+def test_take_rows_fills_out_and_refuses_rows_out_of_range(layouts):
+    """take_rows runs np.take with mode="clip" (no temporary): a row out of range must still be an error."""
+    n_channels = open_store(layouts["one"]).shape[1]
+    for name in ("one", "many"):                                       # a memmap, a ShardedArray
+        array = open_store(layouts[name]).array
+        whole = np.asarray(array).reshape(-1, int(np.prod(array.shape[2:])))     # (step x channel) rows
+        rows = np.array([0, 3, 40, len(whole) - 1])
+        out = np.full((rows.size, whole.shape[1]), np.nan, np.float32)
+        take_rows(array, rows, out, n_channels)
+        np.testing.assert_array_equal(out, whole[rows])
+        for bad in (len(whole), -1):
+            with pytest.raises(IndexError, match="out of range"):
+                take_rows(array, np.array([0, bad]), out[:2], n_channels)
 
 
 def test_a_bounded_number_of_shards_stay_mapped_and_views_outlive_eviction(layouts):
