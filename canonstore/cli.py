@@ -162,9 +162,11 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
         sys.exit(130)
 
 
-def _steps_option(fn):
-    return click.option("--steps", type=click.IntRange(min=1), default=None,
-                        help="Run the model autoregressively for this many steps of its lead (default: as trained).")(fn)
+def _forecast_options(fn):
+    """--split and --steps: which samples a run forecasts, and how many steps it rolls out."""
+    fn = click.option("--steps", type=click.IntRange(min=1), default=None,
+                      help="Run the model autoregressively for this many steps of its lead (default: as trained).")(fn)
+    return click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)(fn)
 
 
 @main.command()
@@ -172,8 +174,7 @@ def _steps_option(fn):
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Score this run folder instead.")
 @click.option("--scores", default="scores", show_default=True, type=click.Path(file_okay=False),
               help="Where scores/<run-name>.json goes.")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@_steps_option
+@_forecast_options
 def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
@@ -194,8 +195,7 @@ def _folder_of(folder, config_path, model, overrides, store, runs):
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Forecast with this run folder instead.")
 @click.option("--forecasts", default="forecasts", show_default=True, type=click.Path(file_okay=False),
               help="Where forecasts/<run-name>/<split>.zarr goes.")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@_steps_option
+@_forecast_options
 def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast

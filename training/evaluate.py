@@ -17,7 +17,7 @@ from canonstore.formats.store import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.metrics import Scores, TargetMasks
-from canonstore.training.models import build_model, time_basis
+from canonstore.training.models import build_model, load_weights, time_basis
 from canonstore.training.tracking import read_config, write_json
 
 
@@ -102,7 +102,6 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
     """
     from canonstore.training.config import TRAINED
     from canonstore.training.forecasts import check_same_build
-    from canonstore.training.models import Rollout, feed_of
 
     run = read_config(folder)
     if store is None or isinstance(store, (str, Path)):
@@ -111,22 +110,17 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
     path = folder / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
         raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
-    device = pick_device("cpu" if run["device"] == "cpu" else "auto")
-    saved = load_checkpoint(path, device)
-    model = build_model(run, make_loader(run, store, split, device, train=False).dataset).to(device)
-    model.load_state_dict(saved["model"])
     if steps and steps != run.get("rollout", 1):
         if run["model"] not in TRAINED or not isinstance(run["lead"], int) or run["lead"] < 1:
             raise ConfigError(f"steps={steps}: only a trained model with one lead >= 1 is run autoregressively; "
                               f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
                               "climatology: train them with rollout=K)")
         run = {**run, "rollout": steps}
-        loader = make_loader(run, store, split, device, train=False)
-        step = model.net if isinstance(model, Rollout) else model
-        dataset = loader.dataset
-        model = Rollout(step, steps, feed_of(dataset), dataset.history, run["lead"], dataset.encodings).to(device)
-    else:
-        loader = make_loader(run, store, split, device, train=False)
+    device = pick_device("cpu" if run["device"] == "cpu" else "auto")
+    saved = load_checkpoint(path, device)
+    loader = make_loader(run, store, split, device, train=False)
+    model = build_model(run, loader.dataset).to(device)
+    load_weights(model, saved["model"])
     return run, store, model, loader, saved
 
 

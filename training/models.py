@@ -277,6 +277,14 @@ def _sources(dataset) -> list[int]:
     return [inputs.index(name) for name in dataset.target_channels]
 
 
+def load_weights(model: nn.Module, state: dict) -> None:
+    """Load a checkpoint's `state` into `model`. A rollout's weights are its one-step model's, so a
+    rollout takes a one-step model's weights and the reverse (fine-tuning, other rollout lengths)."""
+    if "feed" in state:  # saved by a rollout: its one-step model
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    (model.net if isinstance(model, Rollout) else model).load_state_dict(state)
+
+
 def feed_of(dataset) -> list[int]:
     """Positions among the targets of each dynamic input channel: what a rollout feeds back."""
     targets = dataset.target_channels

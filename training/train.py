@@ -33,7 +33,7 @@ from canonstore.training.config import TRAINED, resolve, run_name
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.evaluate import forecast, rmse_by_lead, score, to_layout
 from canonstore.training.metrics import TargetMasks, area_weights, validity, weighted_mse
-from canonstore.training.models import Rollout, build_model, reference_climatology
+from canonstore.training.models import build_model, load_weights, reference_climatology
 from canonstore.training.tracking import RunLog
 
 
@@ -163,13 +163,9 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
 
 def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
     """Load the weights `init` (`checkpoint.initial_weights`) into `model`: fine-tuning, e.g. a rollout
-    from a one-step run. A rollout's one-step model takes a one-step run's weights and the reverse."""
-    state = load_checkpoint(Path(init["path"]))["model"]
-    if "feed" in state:  # saved by a rollout: its one-step model
-        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    step = model.net if isinstance(model, Rollout) else model
+    from a one-step run (`models.load_weights`)."""
     try:
-        step.load_state_dict(state)
+        load_weights(model, load_checkpoint(Path(init["path"]))["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise ConfigError(f"init: the weights in {init['path']} do not fit this run's model (other channels, "
