@@ -66,6 +66,7 @@ class BatchLoader:
         if blocks is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
+        self._cpu_ring: list = []  # (buffer pair, idle storage-user counts), see _unused_cpu_buffers
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -140,7 +141,10 @@ class BatchLoader:
         return pair
 
     def _fill(self, batches, free, ready, stop, cuda) -> None:
-        ring: list = []
+        # CPU buffers outlive the epoch: fresh ones cost page faults (measured: 4 new pairs an epoch took
+        # a 23-batch epoch of 8 MB samples from 9.3 to 5.3 GB/s). Each pass takes the ring while it runs, so
+        # two passes at once never share a buffer.
+        ring, self._cpu_ring = self._cpu_ring, []
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 for positions in batches:
@@ -159,6 +163,8 @@ class BatchLoader:
             ready.put(_DONE)
         except BaseException as exc:  # re-raised in the consumer
             ready.put(exc)
+        finally:
+            self._cpu_ring = ring
 
     @staticmethod
     def _next_free(free, stop):

@@ -39,6 +39,27 @@ def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
     assert not torch.equal(first[0], second[0])
 
 
+def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_store, monkeypatch):
+    ds = open_store(tiny_store).dataset("train")
+    allocations = []
+    host_buffers = BatchLoader._host_buffers
+    monkeypatch.setattr(BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin))
+    loader = BatchLoader(ds, 16, device="cpu", workers=1, shuffle=False)
+    for _ in loader:                                          # one epoch fills the ring ...
+        pass
+    first_epoch = len(allocations)
+    for _ in range(2):                                        # ... later epochs take their buffers from it
+        for _ in loader:
+            pass
+    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch   # the ring's size, not per epoch
+    held = list(loader)                                       # every batch of an epoch kept ...
+    list(loader)                                              # ... while the next epoch runs
+    for k, (x, y) in enumerate(held):
+        ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in range(16 * k, min(16 * k + 16, len(ds))))))
+        np.testing.assert_array_equal(x.numpy(), ex)
+        np.testing.assert_array_equal(y.numpy(), ey)
+
+
 def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
     ds = open_store(tiny_store).dataset("train")
     loader = BatchLoader(ds, 16, device="cpu", prefetch=1)
