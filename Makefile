@@ -53,7 +53,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build test clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -108,6 +108,23 @@ bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchma
 
 bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
 	$(PY) bench/build.py --results bench/results
+
+# The peers live in their own venvs, never in canonstore's: anemoi-datasets pins zarr-python 2, zarrs needs 3.
+PEERS_ENVS := bench/.venv-peers/.installed bench/.venv-peers-zarr3/.installed
+PEER_SIZES ?= s m l
+
+bench-peers: $(PEERS_ENVS) | $(ENV_STAMP) ## canonstore vs anemoi-datasets, xbatcher, zarr-python, zarrs, tensorstore, NetCDF; 3 sizes, warm and cold (PEER_SIZES)
+	$(PY) bench/peers/run.py --sizes $(PEER_SIZES) --workers $(WORKERS) --results bench/results/peers
+
+bench/.venv-peers/.installed: bench/peers/requirements-anemoi.txt
+	$(PYTHON) -m venv bench/.venv-peers
+	bench/.venv-peers/bin/pip install -q "$(TORCH)" -r $<
+	touch $@
+
+bench/.venv-peers-zarr3/.installed: bench/peers/requirements-zarr3.txt
+	$(PYTHON) -m venv bench/.venv-peers-zarr3
+	bench/.venv-peers-zarr3/bin/pip install -q "$(TORCH)" -r $<
+	touch $@
 
 $(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
 	rm -rf $(BENCH_RAW)

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from canonstore import open_store
 from canonstore.preprocess import build
 from tests.conftest import demo_recipe
 
@@ -29,3 +32,42 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
     assert rows[0]["x_netcdf"] == 1.0 and rows[-1]["of_memcpy"] == 1.0
     assert (tmp_path / "loader.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "of memcpy" in done.stdout
+
+
+def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch):
+    """bench/peers: the rows that run in canonstore's venv read the plan's samples, in its order, to float
+    tolerance; a peer whose venv is missing is an error row that says how to install it."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH.parent / "peers"))
+    import data
+    import rows
+    import run
+
+    monkeypatch.setitem(data.SIZES, "t", {"levels": (500, 850), "pressure": ("z", "t"), "surface": ("t2m", "msl"),
+                                          "grid": (8, 16), "steps": 60, "batch": 4})
+    where = data.write_size(tmp_path, "t")
+    assert "train: [0, 47], val: [52, 59]" in (where / "canonstore.yaml").read_text()        # 80% train, then the embargo
+    assert "end: 2000-01-12T18:00:00}" in (where / "anemoi.yaml").read_text()  # statistics over train: step 47
+    build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False, log=lambda *_: None)
+    plan_path = run.write_plan(where, "t", argparse.Namespace(workers=1, seconds=0.2))
+    plan = json.loads(plan_path.read_text())
+    assert plan["anemoi_channels"] == ["z_500", "z_850", "t_500", "t_850", "t2m", "msl"]
+    steps = [t for b in plan["batches"] for t in b]  # 47 train windows, each once; drop_last leaves 3 out
+    assert len(steps) == len(set(steps)) == 44 and set(steps) <= set(range(47)) and steps != sorted(steps)
+    for row in ("canonstore-batch", "canonstore-dataloader", "netcdf-xarray", "netcdf4-batch"):
+        result = rows.measure(plan, row, "warm", where)
+        assert result["samples"] > 0 and result["mb_per_s"] > 0, result
+    diffs = run.compare_first_batches(where)
+    assert set(diffs) == {"canonstore-dataloader", "netcdf-xarray", "netcdf4-batch"}
+    assert diffs["canonstore-dataloader"] == diffs["netcdf-xarray"] == 0.0, diffs  # float64 normalisation, as the build
+    assert diffs["netcdf4-batch"] < 1e-4, diffs  # float32 normalisation: z ~ 5e4 with a std of ~400
+    store = open_store(where / "canonstore.zarr")  # the reference is canonstore's own: x at the plan's steps
+    np.testing.assert_array_equal(np.load(where / "first-canonstore-batch-x.npy"), store.array[plan["batches"][0]])
+    np.testing.assert_array_equal(np.load(where / "first-canonstore-batch-y.npy"),
+                                  store.array[np.add(plan["batches"][0], 1)])
+    run.evict([where / "canonstore.zarr"])
+    cold = rows.measure(plan, "canonstore-batch", "cold", None)
+    assert cold["samples"] == plan["batch"] * len(plan["batches"])  # cold: exactly one pass
+    missing = run.run_row(plan_path, "anemoi", "warm") if not run.ANEMOI.exists() else {"error": "make bench-peers"}
+    assert "make bench-peers" in missing["error"]

@@ -1,0 +1,277 @@
+"""One row of the peers benchmark: one tool reading the plan's batches, timed, in its own process.
+
+    <venv>/bin/python bench/peers/rows.py PLAN.json ROW warm|cold
+
+Every row yields the same (x, y) batches as float32 arrays (B, C, lat, lon): x the normalised fields at
+the plan's steps t, y those at t + 1, channels in the store's order. Rows import only what they use, so
+this file runs in canonstore's venv and in the peers' (bench/.venv-peers*), which never share packages.
+Prints one JSON line: samples/s, MB/s, seconds; in warm mode it also saves the first batch to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+# -- canonstore -------------------------------------------------------------------------------------
+def canonstore_batch(plan):
+    """canonstore's batch path: whole-batch gathers from the memmap, threads, no worker processes."""
+    from canonstore import open_store
+    from canonstore.loaders import BatchLoader, StoreDataset
+
+    dataset = StoreDataset(open_store(plan["store"]), "train", lead=1)
+    loader = BatchLoader(dataset, plan["batch"], seed=0, drop_last=True, device="cpu", workers=plan["workers"])
+    expected = [list(b) for b in plan["epoch"]]
+    for epoch in range(plan["passes"]):
+        loader.set_epoch(0)  # the plan is epoch 0's order, repeated
+        for k, (x, y) in enumerate(loader):
+            if epoch == 0 and k < 3 and loader.last_steps.tolist() != expected[k]:
+                raise RuntimeError(f"batch path order differs from the plan at batch {k}")
+            yield x, y
+
+
+def store_dataloader(plan):
+    """canonstore's StoreDataset, one sample per __getitem__, in a standard DataLoader."""
+    from canonstore import open_store
+    from canonstore.loaders import StoreDataset
+
+    dataset = StoreDataset(open_store(plan["store"]), "train", lead=1)
+    positions = [np.searchsorted(dataset.times, b).tolist() for b in plan["batches"]]
+    return dataloader(dataset, positions, plan)
+
+
+def netcdf_xarray(plan):
+    """Today's baseline: canonstore's NetCDFDataset (xarray reads of the raw files, normalised per sample)."""
+    from canonstore import open_store
+    from canonstore.loaders import NetCDFDataset
+
+    dataset = NetCDFDataset(open_store(plan["store"]), "train", lead=1)
+    positions = [np.searchsorted(dataset.times, b).tolist() for b in plan["batches"]]
+    return dataloader(dataset, positions, plan)
+
+
+def memcpy(plan):
+    """The ceiling: copies of the same number of bytes from the page-cached store, over the workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from canonstore import open_store
+
+    array = open_store(plan["store"]).array
+    array = array if isinstance(array, np.ndarray) else array.shard(0)
+    flat = array.reshape(len(array), -1)
+    steps = 2 * plan["batch"]
+    out = np.empty((steps, flat.shape[1]), flat.dtype)
+    parts = [p for p in np.array_split(np.arange(steps), plan["workers"]) if p.size]
+    rng = np.random.default_rng(0)
+    with ThreadPoolExecutor(len(parts)) as pool:
+        for _ in plan["batches"]:
+            start = int(rng.integers(0, len(flat) - steps))
+            list(pool.map(lambda p: np.copyto(out[p[0]:p[-1] + 1], flat[start + p[0]:start + p[-1] + 1]), parts))
+            yield out[:plan["batch"]], out[plan["batch"]:]
+
+
+# -- the store through other Zarr readers ------------------------------------------------------------
+class ZarrSamples:
+    """x = data[t], y = data[t + 1] of the store's `data` array, read by `reader` in each worker."""
+
+    def __init__(self, plan, reader: str):
+        self.path, self.reader, self.array = str(Path(plan["store"]) / "data"), reader, None
+
+    def open(self):
+        if self.reader == "tensorstore":
+            import tensorstore as ts
+
+            return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": self.path}}, read=True).result()
+        import zarr
+
+        if self.reader == "zarrs":  # the Rust codec pipeline, as the ACE emulator configures it
+            import importlib
+
+            importlib.import_module("zarrs")  # registers the pipeline
+            zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+        return zarr.open_array(self.path, mode="r")
+
+    def __getitem__(self, t: int):
+        if self.array is None:
+            self.array = self.open()
+        if self.reader == "tensorstore":
+            window = self.array[t:t + 2].read().result()
+        else:
+            window = self.array[t:t + 2]
+        return window[0], window[1]
+
+
+# -- anemoi-datasets ----------------------------------------------------------------------------------
+class AnemoiSamples:
+    """anemoi-training's way: open_dataset once, in the main process (opening it in a DataLoader worker
+    fails: it starts an analytics process, and daemonic workers may not have children), one window read
+    per sample in the workers, normalised with the dataset's own statistics; variables reordered to the
+    store's channels and grid points back to (lat, lon)."""
+
+    def __init__(self, plan):
+        from anemoi.datasets import open_dataset
+
+        self.ds, self.grid = open_dataset(plan["anemoi"]), plan["grid"]
+        self.order = np.array([self.ds.name_to_index[name] for name in plan["anemoi_channels"]])
+        stats = self.ds.statistics
+        self.mean = stats["mean"][self.order, None, None].astype(np.float32)
+        self.stdev = stats["stdev"][self.order, None, None].astype(np.float32)
+
+    def __getitem__(self, t: int):
+        window = self.ds[t:t + 2]                          # (2 dates, variables, ensemble, grid points)
+        window = window[:, self.order, 0].reshape(2, len(self.order), *self.grid)
+        window = (window - self.mean) / self.stdev
+        return window[0], window[1]
+
+
+# -- raw NetCDF ---------------------------------------------------------------------------------------
+def xbatcher_rows(plan, chunks):
+    """xbatcher's BatchGenerator over open_mfdataset of the raw files, normalised on the fly (lazily),
+    through its MapDataset in a DataLoader: its documented PyTorch pattern. The plan's random order is
+    applied with isel before batching (BatchGenerator itself batches in order). `chunks`: {} is
+    open_mfdataset's default (one dask chunk per file); {"time": 1} reads only the steps a batch needs."""
+    import torch
+    import xarray as xr
+    import xbatcher
+    from xbatcher.loaders.torch import MapDataset
+
+    ds = xr.open_mfdataset(plan["raw"], chunks=chunks)
+    fields = [ds[v].sel(level=lev) if lev is not None else ds[v] for v, lev in plan["fields"]]
+    fields = [f.drop_vars("level", errors="ignore") for f in fields]
+    data = xr.concat(fields, dim="channel").transpose("time", "channel", "latitude", "longitude")
+    mean = xr.DataArray(np.asarray(plan["mean"], np.float32), dims="channel")
+    std = xr.DataArray(np.asarray(plan["std"], np.float32), dims="channel")
+    data = ((data - mean) / std).astype(np.float32)
+    steps = np.concatenate(plan["epoch"])  # one epoch: a long fancy index makes every batch's dask graph slow
+    dims = {"channel": data.sizes["channel"], "latitude": data.sizes["latitude"], "longitude": data.sizes["longitude"]}
+    generators = [xbatcher.BatchGenerator(data.isel(time=steps + k), input_dims=dims,
+                                          batch_dims={"time": plan["batch"]}, preload_batch=False)
+                  for k in (0, 1)]
+    loader = torch.utils.data.DataLoader(MapDataset(*generators), batch_size=None, num_workers=plan["workers"],
+                                         persistent_workers=plan["workers"] > 0)
+    for _ in range(plan["passes"]):
+        for x, y in loader:
+            yield x.reshape(-1, *x.shape[-3:]), y.reshape(-1, *y.shape[-3:])
+
+
+class NetCDF4Batches:
+    """A competent NetCDF loader: each worker keeps the files open (netCDF4) and reads a whole batch per
+    variable and level in one call (the union of the steps t and t + 1), normalised in float32."""
+
+    def __init__(self, plan):
+        self.plan, self.files = plan, None
+
+    def __len__(self):
+        return len(self.plan["batches"])
+
+    def __getitem__(self, k: int):
+        import netCDF4
+
+        plan = self.plan
+        if self.files is None:
+            self.files = {}
+            for path in plan["raw"]:
+                f = netCDF4.Dataset(path)
+                f.set_always_mask(False)
+                self.files[Path(path).stem] = f
+        steps = np.asarray(plan["batches"][k])
+        union = np.union1d(steps, steps + 1)
+        xi, yi = np.searchsorted(union, steps), np.searchsorted(union, steps + 1)
+        first = self.files[plan["fields"][0][0]].variables[plan["fields"][0][0]]
+        block = np.empty((len(union), len(plan["fields"])) + tuple(first.shape[-2:]), np.float32)
+        for c, (name, level) in enumerate(plan["fields"]):
+            var = self.files[name].variables[name]
+            if level is None:
+                block[:, c] = var[union]
+            else:
+                levels = list(self.files[name].variables["level"][:])
+                block[:, c] = var[union, levels.index(level)]
+        block -= np.asarray(plan["mean"], np.float32)[:, None, None]
+        block /= np.asarray(plan["std"], np.float32)[:, None, None]
+        return block[xi], block[yi]
+
+
+# -- plumbing -----------------------------------------------------------------------------------------
+class Pairs:
+    """A map-style dataset of (x, y) at step t from a `samples[t]` reader (picklable to workers)."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __getitem__(self, t):
+        return self.samples[t]
+
+
+def dataloader(dataset, batches, plan):
+    """A standard DataLoader over `batches` (lists of dataset indices), in the plan's order."""
+    import torch
+
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=plan["workers"],
+                                       persistent_workers=plan["workers"] > 0)
+
+
+def batch_dataloader(dataset, plan):
+    """Each item is a whole batch; the workers take turns, one batch each."""
+    import torch
+
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=plan["workers"],
+                                       persistent_workers=plan["workers"] > 0)
+
+
+ROWS = {
+    "canonstore-batch": canonstore_batch,
+    "canonstore-dataloader": store_dataloader,
+    "anemoi": lambda plan: dataloader(Pairs(AnemoiSamples(plan)), plan["batches"], plan),
+    "xbatcher": lambda plan: xbatcher_rows(plan, chunks={}),
+    "xbatcher-chunked": lambda plan: xbatcher_rows(plan, chunks={"time": 1}),
+    "zarr-python": lambda plan: dataloader(Pairs(ZarrSamples(plan, "zarr")), plan["batches"], plan),
+    "zarrs": lambda plan: dataloader(Pairs(ZarrSamples(plan, "zarrs")), plan["batches"], plan),
+    "tensorstore": lambda plan: dataloader(Pairs(ZarrSamples(plan, "tensorstore")), plan["batches"], plan),
+    "netcdf-xarray": netcdf_xarray,
+    "netcdf4-batch": lambda plan: batch_dataloader(NetCDF4Batches(plan), plan),
+    "memcpy": memcpy,
+}
+
+
+def measure(plan: dict, row: str, mode: str, out: Path | None) -> dict:
+    """Time `row` over the plan: warm skips 2 batches first and reads until `seconds`; cold times the
+    first pass from the loader's start (worker start-up included), as the first epoch after eviction."""
+    if mode == "warm":
+        plan = {**plan, "epoch": plan["batches"], "batches": plan["batches"] * plan["passes"]}
+    else:
+        plan = {**plan, "epoch": plan["batches"], "passes": 1}
+    start_setup = time.perf_counter()
+    it = iter(ROWS[row](plan))
+    setup = time.perf_counter() - start_setup
+    if mode == "warm":
+        for k in range(2):
+            x, y = next(it)
+            if k == 0 and out is not None and row != "memcpy":
+                np.save(out / f"first-{row}-x.npy", np.asarray(x))
+                np.save(out / f"first-{row}-y.npy", np.asarray(y))
+    n = nbytes = 0
+    cap = plan["seconds"] * (1 if mode == "warm" else 3)
+    start = time.perf_counter()
+    for x, y in it:
+        n, nbytes = n + len(x), nbytes + x.nbytes + y.nbytes
+        if time.perf_counter() - start > cap:
+            break
+    elapsed = time.perf_counter() - start
+    return {"row": row, "mode": mode, "samples": n, "seconds": round(elapsed, 3), "setup_s": round(setup, 2),
+            "samples_per_s": round(n / elapsed, 2), "mb_per_s": round(nbytes / elapsed / 1e6, 1)}
+
+
+def main() -> None:
+    plan_path, row, mode = sys.argv[1:4]
+    plan = json.loads(Path(plan_path).read_text())
+    out = Path(plan_path).parent
+    print(json.dumps(measure(plan, row, mode, out)))
+
+
+if __name__ == "__main__":
+    main()
