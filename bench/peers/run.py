@@ -6,8 +6,8 @@ For each sample size (bench/peers/data.py): writes the raw NetCDF, builds it wit
 with `anemoi-datasets create` (wall time, peak RSS, bytes on disk), lists one epoch of train batches
 (canonstore's seeded order: the plan), then runs every row of rows.py over the plan in its own process
 and venv, warm (files read once first) and cold (every file's pages evicted with posix_fadvise
-DONTNEED first), next to sequential and O_DIRECT reads of the same files from cold cache. Each row's
-first batch is compared with canonstore's. Writes peers.json, one chart per size, and prints the tables.
+DONTNEED first; the median of 3 such runs), next to sequential and O_DIRECT reads of the same files from
+cold cache. Each row's first batch is compared with canonstore's, and anemoi's statistics with canonstore's. Writes peers.json, one chart per size, and prints the tables.
 """
 
 from __future__ import annotations
@@ -169,6 +169,15 @@ def run_row(plan: Path, row: str, mode: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict], key: str = "samples_per_s") -> dict:
+    """The run with the median `key` (an error if any failed), with every run's value in `repeats`."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r[key])
+    return {**ordered[(len(ordered) - 1) // 2], "repeats": [r[key] for r in runs]}
+
+
 def compare_first_batches(where: Path) -> dict:
     """Max |difference| of each row's first batch from canonstore's batch path (same samples, same order)."""
     if not (where / "first-canonstore-batch-x.npy").exists():
@@ -213,19 +222,26 @@ def bench_size(size: str, args) -> dict:
         for mode in ("warm", "cold") if row != "memcpy" else ("warm",):
             if mode == "warm":
                 read_all([sets[reads]])
-            else:
-                evict(sets.values())
-            result = run_row(plan, row, mode)
+                result = run_row(plan, row, mode)
+            else:  # cold is noisy on a VM (the host caches too): the median of `cold_repeats` evicted runs
+                runs = []
+                for _ in range(args.cold_repeats):
+                    evict(sets.values())
+                    runs.append(run_row(plan, row, mode))
+                result = median_run(runs)
             result["reads"] = reads
             rows.append(result)
             shown = f"{result['samples_per_s']:>10.1f} samples/s" if "error" not in result else result["error"]
             print(f"  {size} {mode:<5}{row:<22}{shown}", flush=True)
     cold_reads = {}
     for name, path in sets.items():
-        evict(sets.values())
-        cold_reads[name] = {"sequential": read_all([path])}
-        evict(sets.values())
-        cold_reads[name]["direct"] = read_all([path], direct=True)
+        cold_reads[name] = {}
+        for kind in ("sequential", "direct"):
+            runs = []
+            for _ in range(args.cold_repeats):
+                evict(sets.values())
+                runs.append(read_all([path], direct=kind == "direct"))
+            cold_reads[name][kind] = median_run(runs, "mb_per_s")
     spec = layout(size)
     return {"size": size, "shape": [spec["channels"], *spec["grid"]], "steps": spec["steps"], "batch": spec["batch"],
             "workers": args.workers, "sample_mb": json.loads(plan.read_text())["sample_mb"], "builds": builds,
@@ -304,7 +320,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=8.0, help="time cap of each warm row (cold rows: 3x)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time cap of each warm row (cold rows: 2x)")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="evicted runs per cold row (the median is kept)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="only these rows (default: all)")
     parser.add_argument("--data", type=Path, default=Path("data/peers"))
     parser.add_argument("--results", type=Path, default=Path("bench/results/peers"))
