@@ -457,7 +457,12 @@ class Sources:
             return
         if not _is_datetime(self.time):
             raise SourceError(f"recipe 'time' selects dates, but '{self.time_dim}' holds {self.time.dtype} values")
-        positions = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t").sel(t=slice(start, end))
+        axis = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t")
+        try:  # the dates are text (recipe.read_yaml): the data's calendar decides whether 2030-02-30 exists
+            positions = axis.sel(t=slice(start, end))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SourceError(f"recipe {self.recipe.path}: 'time' {start}..{end} is not a range of dates in the "
+                              f"sources' calendar ({self.calendar or 'standard'}): {exc}") from None
         if positions.size == 0:
             raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {_span(self.time)}")
         self._offset = int(positions.values[0])

@@ -122,3 +122,17 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
         "kind", "build") == "build"
     build(recipe, out, **quiet)  # the next build appends over the leftover partial
     assert open_store(out).attrs["history"][-1]["kind"] == "append" and verify_store(out) == []
+
+
+def test_append_reads_unquoted_360_day_dates_in_both_recipes(tmp_path):
+    from tests.test_recipe import UNQUOTED, monthly_360_day
+
+    monthly_360_day(tmp_path / "tas.nc")
+    recipe = tmp_path / "hadgem.yaml"
+    recipe.write_text(UNQUOTED.replace("end: 2031-02-30", "end: 2030-12-30"))  # the store's recipe text, verbatim
+    out = build(recipe, tmp_path / "hadgem.zarr", **quiet).path
+    recipe.write_text(UNQUOTED)
+    append(out, **quiet)
+    store = open_store(out)
+    assert store.attrs["history"][-1]["kind"] == "append"
+    assert [t.strftime("%Y-%m-%d") for t in store.time[-3:]] == ["2030-12-16", "2031-01-16", "2031-02-16"]
