@@ -26,7 +26,7 @@ from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, 
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
-from canonstore.splits import SPLIT_CODES
+from canonstore.splits import SPLIT_CODES, find_gaps
 
 MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
 
@@ -63,7 +63,8 @@ def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, pr
         return reason
     began = time.perf_counter()
     store = open_store(out)
-    sources = open_sources(recipe)
+    # New steps keep the store's regular step (a longer append of finer data must not redefine it)
+    sources = open_sources(recipe, step_days=None if store.session is not None else find_gaps(store.time)[1])
     try:
         old_steps = store.shape[0]
         reason = _extends(store, sources)

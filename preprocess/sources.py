@@ -22,7 +22,7 @@ from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
 from canonstore.preprocess.derived import plan_derived
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import find_gaps
+from canonstore.splits.gaps import as_days, find_gaps
 
 KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
 CHANNEL_DIMS = ("channel",)  # a dimension whose labels are the channels' names (see _labelled_channels)
@@ -90,8 +90,10 @@ def _is_time_coordinate(coord: xr.DataArray) -> bool:
 class Sources:
     """The recipe's inputs as one lazy (time, channel, *space) dataset."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, step_days: float | None = None):
+        """`step_days`: the regular step the time axis must keep (an append: the store's); default the median."""
         self.recipe = recipe
+        self._step_days = step_days
         self.files = list(recipe.sources)
         self.kinds = {p: kind_of(p) for p in self.files}
         self._parts = [(p, ds) for p in self.files for ds in KINDS[self.kinds[p]].open_parts(p, recipe)]
@@ -472,16 +474,23 @@ class Sources:
 
     def _find_gaps(self) -> list[int]:
         """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
-        recipe says `time_gaps: allow` (then the build reports them and windows never span them)."""
+        recipe says `time_gaps: allow` (then the build reports them and windows never span them).
+        A step shorter than the usual one is always an error (`_refuse_finer_steps`)."""
         # Sessions (NWB) are recorded apart: each one ends a run of steps whatever the jump, and the
         # usual step is each session's own (rates may differ between sessions).
         runs = [0, self.time.size] if self.session is None else \
             [0, *(np.flatnonzero(np.diff(self.session)) + 1), self.time.size]
         gaps, usual = [], None
         for lo, hi in zip(runs[:-1], runs[1:]):
-            inside, step = find_gaps(self.time[lo:hi])
-            gaps += [lo + i for i in inside]
-            usual = usual if step is None else step
+            days = as_days(self.time[lo:hi])
+            if days is None or days.size < 2:
+                continue
+            step = self._step_days if self._step_days and self.session is None else find_gaps(self.time[lo:hi])[1]
+            if step is None:  # fewer than 3 steps: no usual step to measure against
+                continue
+            self._refuse_finer_steps(lo, np.diff(days), step)
+            gaps += [lo + int(i) for i in np.flatnonzero(np.diff(days) > 1.5 * step)]
+            usual = step
         if gaps and self.recipe.time_gaps == "error":
             i, variable = gaps[0], next(iter(self._segments))
             first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
@@ -490,6 +499,24 @@ class Sources:
                               f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
                               "set `time_gaps: allow` in the recipe if the gaps are expected")
         return sorted(gaps + [int(r) - 1 for r in runs[1:-1]])
+
+    def _refuse_finer_steps(self, lo: int, steps: np.ndarray, usual: float) -> None:
+        """A store has one regular step: a lead-1 pair must always span the same time. A step shorter
+        than 1/1.5 of the usual one (3-hourly files among 6-hourly ones, 12:00 stamps after 00:00
+        ones) is an error naming the files and times; the month lengths of monthly data pass."""
+        short = lo + np.flatnonzero(steps < usual / 1.5)
+        if not short.size:
+            return
+        segments = next(iter(self._segments.values()))
+        ends = np.cumsum([seg.keep.size for seg in segments]) - self._offset  # each file's last step + 1
+        which = np.unique(np.searchsorted(ends, np.concatenate([short, short + 1]), side="right"))
+        files = [str(segments[k].path) for k in which]
+        named = ", ".join(files[:4]) + (f" (and {len(files) - 4} more)" if len(files) > 4 else "")
+        i = int(short[0])
+        raise SourceError(f"time step of {_days(float(steps[i - lo]))} between {self.time_label(i)} and "
+                          f"{self.time_label(i + 1)}, shorter than the usual {_days(usual)} ({short.size} such "
+                          f"step(s), in {named}): a store has one regular time step; resample the finer data to "
+                          f"{_days(usual)} or leave those files out of `sources`")
 
     # -- reading ---------------------------------------------------------------------------
     def _read_variable(self, segments: list[_Segment], start: int, stop: int, levels=None) -> np.ndarray:
@@ -518,9 +545,9 @@ class Sources:
             ds.close()
 
 
-def open_sources(recipe: Recipe) -> Sources:
+def open_sources(recipe: Recipe, step_days: float | None = None) -> Sources:
     """Open and check every source of `recipe`; see `Sources`."""
-    return Sources(recipe)
+    return Sources(recipe, step_days)
 
 
 def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where: str, ref_where: str) -> None:
