@@ -20,7 +20,7 @@ import xarray as xr
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
-from canonstore.preprocess.derived import plan_derived
+from canonstore.preprocess.derived import HPA, MAX_HPA, PA, Input, plan_derived, spelling
 from canonstore.preprocess.recipe import Recipe
 from canonstore.splits.gaps import as_days, find_gaps
 
@@ -106,9 +106,9 @@ class Sources:
         self.space_dims, self.coords = self._check_grid(variables)
         self.latitude, self.longitude = find_axis(self.coords, "latitude"), find_axis(self.coords, "longitude")
         self.channels, self._level_index = self._make_channels(variables)
-        self.derived = self._plan_derived()
         self.static = self._read_static()
         self._apply_time_range()
+        self.derived = self._plan_derived()  # after the time range: units may be told by sampled values
         self.gaps = self._find_gaps()
 
     # -- public -------------------------------------------------------------------------
@@ -381,7 +381,8 @@ class Sources:
         if not self.recipe.derived:
             return []
         try:
-            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}")
+            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}",
+                                   self._derived_input)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
         taken = {c.name for c in self.channels}
@@ -392,6 +393,20 @@ class Sources:
             taken.add(d.name)
         self.channels = self.channels + [Channel(d.name, d.variable, d.level, d.units) for d in derived]
         return derived
+
+    def _derived_input(self, variable: str) -> Input:
+        """A derived channel's input: units, first file, level units and a sample to tell units by."""
+        first = self._segments[variable][0]
+        found = [c for c in LEVEL_DIMS if c in first.array.coords]
+        levels = tuple(c.level for c in self.channels if c.variable == variable and c.level is not None)
+        return Input(variable, self._units(variable), str(first.path),
+                     None if not found else _level_units(first.array[found[0]]), lambda: self._sample(variable), levels)
+
+    def _sample(self, variable: str) -> np.ndarray:
+        """Physical values of `variable`, every kept level, at up to 8 steps spread over the selected axis."""
+        steps = np.unique(np.linspace(0, self.time.size - 1, min(8, self.time.size)).astype(np.int64))
+        segments, levels = self._segments[variable], self._level_index[variable]
+        return np.stack([self._read_variable(segments, s + self._offset, s + self._offset + 1, levels) for s in steps])
 
     def _scalar_level(self, name: str) -> float | None:
         """The level of a variable stored at one level as a scalar coordinate (a GRIB file of t at
@@ -582,8 +597,17 @@ def _days(days: float) -> str:
 
 
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
+    """Levels in hPa: by the units attribute, else by value (no pressure level is deeper than 1100 hPa)."""
     values = np.asarray(coord.values, dtype=np.float64)
-    return values / 100.0 if str(coord.attrs.get("units", "")).lower() in ("pa", "pascal", "pascals") else values
+    units = spelling(coord.attrs.get("units", ""))
+    in_pa = units in PA or (not units and values.size > 0 and np.nanmax(values) > MAX_HPA)
+    return values / 100.0 if in_pa else values
+
+
+def _level_units(coord: xr.DataArray) -> str:
+    """'hPa' for a pressure axis (`_levels_in_hpa` gives hPa: units hPa, mbar or Pa, or none), else its units."""
+    units = str(coord.attrs.get("units", ""))
+    return "hPa" if spelling(units) in HPA | PA | {""} or coord.name == "isobaricInhPa" else units
 
 
 def channel_name(variable: str, level: float) -> str:
