@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import read_manifest
@@ -26,8 +25,8 @@ from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, 
                                          recorded_attrs, report_sources, scan, store_labels, up_to_date)
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.sources import Channel, Sources, open_sources
-from canonstore.preprocess.recipe import Recipe, load_recipe
-from canonstore.splits import SPLIT_CODES
+from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
+from canonstore.splits import SPLIT_CODES, find_gaps
 
 MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
 
@@ -64,7 +63,8 @@ def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, pr
         return reason
     began = time.perf_counter()
     store = open_store(out)
-    sources = open_sources(recipe)
+    # New steps keep the store's regular step (a longer append of finer data must not redefine it)
+    sources = open_sources(recipe, step_days=None if store.session is not None else find_gaps(store.time)[1])
     try:
         old_steps = store.shape[0]
         reason = _extends(store, sources)
@@ -124,7 +124,7 @@ def _recipe_change(previous: dict, recipe: Recipe) -> str | None:
         return f"the store has format version {previous.get('format_version')}, appends need {FORMAT_VERSION}"
     if previous["layout"]["compression"] != "none":
         return "the store is compressed (appends write uncompressed shards only)"
-    old, new = yaml.safe_load(previous["recipe"]), yaml.safe_load(recipe.text)
+    old, new = read_yaml(previous["recipe"]), read_yaml(recipe.text)
     changed = sorted(k for k in set(old) | set(new) if k not in MAY_CHANGE and old.get(k) != new.get(k))
     if changed:
         return f"the recipe changed in {', '.join(changed)}"

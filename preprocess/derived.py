@@ -11,11 +11,17 @@ A recipe's `derived:` list names them (README, "Derived channels"):
 Each is computed per step from the channels the recipe keeps (so a level the recipe drops is not
 used), in float64, and gets train statistics like any channel: the normalisation step that teams
 otherwise add by hand for relative humidity.
+
+The formulas take K, kg/kg and hPa. Every input is brought there from its own `units` (K or degC,
+kg/kg or g/kg, levels in hPa or Pa); without a units attribute (or with the ambiguous `1`) the
+values decide where the ranges cannot be confused, else the build refuses naming variable, file and
+units. A number in the wrong unit is never used as it is: 5 g/kg read as kg/kg is RH 17,070 %.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +29,103 @@ KINDS = {"relative_humidity": ("temperature", "specific_humidity"), "wind_speed"
          "column": ("variable",), "layer_mean": ("variable",)}
 G = 9.80665            # m s**-2, standard gravity (WMO)
 EPSILON = 0.621981     # ratio of the gas constants of dry air and water vapour (ECMWF IFS value)
+
+# Spellings compared by `spelling` (case, spaces, `**` and `^` ignored): CF/UDUNITS and ECMWF forms.
+KELVIN = {"k", "kelvin", "degk", "deg_k", "degreek", "degreesk", "degree_k", "degrees_k", "degrees_kelvin"}
+CELSIUS = {"degc", "deg_c", "°c", "degreec", "degreesc", "degree_c", "degrees_c", "celsius", "degree_celsius",
+           "degrees_celsius"}
+KG_PER_KG = {"kgkg-1", "kg/kg"}
+G_PER_KG = {"gkg-1", "g/kg"}
+UNSURE = {"", "1", "-", "(0-1)", "dimensionless", "none"}  # a mass ratio, but kg/kg or g/kg? the values say
+HPA = {"hpa", "mbar", "mbars", "millibar", "millibars", "mb", "hectopascal", "hectopascals"}
+PA = {"pa", "pascal", "pascals"}
+MAX_HPA = 1100.0  # no pressure level is deeper; larger values on a level axis without units are Pa
+# Values that only one unit can give: air temperature in K and in degC; specific humidity in kg/kg never
+# exceeds ~0.04 (dew point 35 degC at 1000 hPa), while in g/kg it does wherever air is not frozen dry.
+KELVIN_RANGE, CELSIUS_RANGE = (150.0, 350.0), (-100.0, 60.0)
+MAX_KG_PER_KG = 0.05
+MAX_G_PER_KG = 60.0
+DEEPEST_FOR_RANGE = 500.0  # hPa: at or below it, q in g/kg exceeds MAX_KG_PER_KG somewhere in any field
+
+
+@dataclass(frozen=True)
+class Input:
+    """What derived channels need to know of one store variable."""
+
+    variable: str
+    units: str
+    path: str                                # the first file it is read from, for messages
+    level_units: str | None                  # 'hPa' when its levels are pressures, else the level's units
+    sample: Callable[[], np.ndarray]         # physical values of a few steps, all kept levels, read on demand
+    levels: tuple[float, ...] = ()           # its kept levels (hPa when level_units is 'hPa')
+
+
+def spelling(units: str) -> str:
+    return str(units).strip().lower().replace(" ", "").replace("**", "").replace("^", "")
+
+
+def _describe(src: Input) -> str:
+    return f"'{src.variable}' in {src.path} (units {src.units!r})"
+
+
+def to_kelvin(src: Input) -> tuple[float, float]:
+    """(scale, offset) taking `src`'s temperatures to K; ValueError naming it when no rule is certain."""
+    key = spelling(src.units)
+    if key in KELVIN:
+        return 1.0, 0.0
+    if key in CELSIUS:
+        return 1.0, 273.15
+    if key not in UNSURE:
+        raise ValueError(f"{_describe(src)}: not a temperature unit canonstore converts (K or degC); "
+                         "convert it or set its units attribute")
+    lo, hi = _range(src)
+    if KELVIN_RANGE[0] <= lo and hi <= KELVIN_RANGE[1]:
+        return 1.0, 0.0
+    if CELSIUS_RANGE[0] <= lo and hi <= CELSIUS_RANGE[1]:
+        return 1.0, 273.15
+    raise ValueError(f"{_describe(src)}: no temperature units, and values {lo:g}..{hi:g} fit neither K "
+                     f"{KELVIN_RANGE} nor degC {CELSIUS_RANGE}; set its units attribute to K or degC")
+
+
+def to_kg_per_kg(src: Input) -> float | None:
+    """The factor taking `src`'s mass ratio to kg/kg; None for units that are no mass ratio at all.
+
+    Without units (or `1`) the largest sampled value decides: above 0.05 only g/kg is possible; below,
+    kg/kg when a level at or below 500 hPa is kept (where g/kg values would exceed 0.05), else unsure.
+    """
+    key = spelling(src.units)
+    if key in KG_PER_KG:
+        return 1.0
+    if key in G_PER_KG:
+        return 1e-3
+    if key not in UNSURE:
+        return None
+    lo, hi = _range(src)
+    if hi > MAX_G_PER_KG:
+        raise ValueError(f"{_describe(src)}: values {lo:g}..{hi:g} are no specific humidity in kg/kg or g/kg; "
+                         "set its units attribute")
+    if hi > MAX_KG_PER_KG:
+        return 1e-3
+    if not src.levels or max(src.levels) >= DEEPEST_FOR_RANGE:
+        return 1.0
+    raise ValueError(f"{_describe(src)}: values up to {hi:g} at {', '.join(f'{p:g}' for p in src.levels)} hPa "
+                     f"(all above {DEEPEST_FOR_RANGE:g} hPa) could be kg/kg or g/kg; set its units attribute to "
+                     "kg kg**-1 or g kg**-1")
+
+
+def _range(src: Input) -> tuple[float, float]:
+    values = np.asarray(src.sample(), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        raise ValueError(f"{_describe(src)}: no units attribute and no finite value to tell its units by")
+    return float(values.min()), float(values.max())
+
+
+def require_pressure_levels(src: Input) -> None:
+    if src.level_units != "hPa":
+        found = "have no coordinate" if src.level_units is None else f"are in {src.level_units!r}"
+        raise ValueError(f"needs pressure levels, but the levels of {_describe(src)} {found}; give the level "
+                         "coordinate units of hPa or Pa")
 
 
 def saturation_vapour_pressure(t: np.ndarray) -> np.ndarray:
@@ -71,9 +174,12 @@ class Derived:
     level: float | None
     units: str
     levels: tuple[float, ...] = ()  # column / layer_mean: the levels of `inputs`, hPa
+    convert: tuple[tuple[float, float], ...] = ()  # per input: (scale, offset) to the formula's units
 
     def compute(self, fields: list[np.ndarray]) -> np.ndarray:
         """From the input channels' physical values (each (steps, *space)), float64."""
+        if self.convert:
+            fields = [f if (a, b) == (1.0, 0.0) else f * a + b for f, (a, b) in zip(fields, self.convert)]
         if self.kind == "relative_humidity":
             return relative_humidity(fields[0], fields[1], self.level)
         if self.kind == "wind_speed":
@@ -82,11 +188,14 @@ class Derived:
         return (column if self.kind == "column" else layer_mean)(stacked, np.array(self.levels))
 
 
-def plan_derived(specs: list[dict], channels: list, channel_name, where: str) -> list[Derived]:
+def plan_derived(specs: list[dict], channels: list, channel_name, where: str,
+                 describe: Callable[[str], Input]) -> list[Derived]:
     """The derived channels `specs` give over `channels` (the store's Channel list, variable + level).
 
-    `channel_name(name, level)` names a per-level channel as sources do (`r850`).
-    Raises ValueError naming the spec when an input variable or the levels it needs are missing.
+    `channel_name(name, level)` names a per-level channel as sources do (`r850`); `describe(variable)`
+    gives an input's units, file and sample values, to convert each input to the formula's units.
+    Raises ValueError naming the spec when an input variable or the levels it needs are missing, or
+    naming variable, file and units when an input's units cannot be converted with certainty.
     """
     out = []
     by_variable: dict[str, dict] = {}
@@ -108,11 +217,14 @@ def plan_derived(specs: list[dict], channels: list, channel_name, where: str) ->
             if kind == "relative_humidity" and None in common:
                 raise ValueError(f"{where}: derived '{name}': relative humidity needs pressure levels; "
                                  f"'{inputs[0]}' and '{inputs[1]}' are surface fields")
-            first = by_variable[inputs[0]][common[0]][1]
+            try:
+                convert, units = _pair_units(kind, describe(inputs[0]), describe(inputs[1]))
+            except ValueError as exc:
+                raise ValueError(f"{where}: derived '{name}' ({kind}): {exc}") from None
             for lev in common:
-                units = "%" if kind == "relative_humidity" else first.units
                 out.append(Derived(name if lev is None else channel_name(name, lev), name, kind,
-                                   (by_variable[inputs[0]][lev][0], by_variable[inputs[1]][lev][0]), lev, units))
+                                   (by_variable[inputs[0]][lev][0], by_variable[inputs[1]][lev][0]), lev, units,
+                                   convert=convert))
             continue
         have = by_variable[inputs[0]]
         levels = [lev for lev in have if lev is not None]
@@ -121,8 +233,35 @@ def plan_derived(specs: list[dict], channels: list, channel_name, where: str) ->
         if absent or len(wanted) < 2:
             raise ValueError(f"{where}: derived '{name}' ({kind}) needs at least two kept levels of "
                              f"'{inputs[0]}'; asked for {wanted}, the store keeps {sorted(levels)}")
-        units = have[wanted[0]][1].units
-        if kind == "column":
-            units = "kg m**-2" if units.replace(" ", "") in ("kgkg**-1", "kg/kg", "kgkg-1", "1") else f"({units}) kg m**-2"
-        out.append(Derived(name, name, kind, tuple(have[lev][0] for lev in wanted), None, units, tuple(wanted)))
+        try:
+            scale, units = _level_units(kind, describe(inputs[0]))
+        except ValueError as exc:
+            raise ValueError(f"{where}: derived '{name}' ({kind}): {exc}") from None
+        out.append(Derived(name, name, kind, tuple(have[lev][0] for lev in wanted), None, units, tuple(wanted),
+                           convert=((scale, 0.0),) * len(wanted)))
     return out
+
+
+def _pair_units(kind: str, first: Input, second: Input) -> tuple[tuple[tuple[float, float], ...], str]:
+    """Relative humidity: T to K, q to kg/kg, pressure levels; wind speed: u and v in one unit, kept."""
+    if kind == "relative_humidity":
+        require_pressure_levels(first)
+        require_pressure_levels(second)
+        to_kg = to_kg_per_kg(second)
+        if to_kg is None:
+            raise ValueError(f"{_describe(second)}: not a specific humidity unit canonstore converts (kg kg**-1 or "
+                             "g kg**-1); convert it or set its units attribute")
+        return (to_kelvin(first), (to_kg, 0.0)), "%"
+    if spelling(first.units) != spelling(second.units):
+        raise ValueError(f"{_describe(first)} and {_describe(second)} differ; convert one first")
+    return (), first.units
+
+
+def _level_units(kind: str, src: Input) -> tuple[float, str]:
+    """Column and layer mean: (scale of the input, output units); a mass ratio integrates to kg m**-2,
+    anything else keeps its units (times kg m**-2 for a column)."""
+    require_pressure_levels(src)
+    if kind == "layer_mean":
+        return 1.0, src.units
+    to_kg = to_kg_per_kg(src)
+    return (1.0, f"({src.units}) kg m**-2") if to_kg is None else (to_kg, "kg m**-2")

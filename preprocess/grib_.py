@@ -4,6 +4,11 @@ Fields are indexed by `valid_time` (cfgrib's `time_dims`), so analyses (step 0) 
 steps (ERA5's accumulations: 06/18 UTC runs, steps 1..12) land on one time axis. A file that
 holds several hypercubes (surface and pressure levels, say) opens as several Datasets. cfgrib's
 index files go to a cache folder, never beside the inputs, which may be read-only.
+
+Two fields of one variable at one valid time (runs whose steps overlap: 06 UTC +13..18 and 18 UTC
++1..6) would be one value to cfgrib, the other dropped without a word. They follow the recipe's
+`on_duplicate_time`: an error naming the file and the valid time, or (`keep_first`) one Dataset per
+run for that variable, so that sources joins the runs like files and keeps the earlier run's field.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
@@ -36,8 +42,6 @@ def index_folder() -> Path:
 
 def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     """Every hypercube of the file as a lazy Dataset on a `valid_time` axis (datetime64[s])."""
-    import cfgrib
-
     _check_complete(path)
     folder = index_folder()
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,8 +49,16 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
     indexpath = str(folder / f"{key}.{{short_hash}}.idx")
     try:
-        parts = cfgrib.open_datasets(str(path), backend_kwargs={"indexpath": indexpath},
-                                     time_dims=("valid_time",), cache=False)
+        parts = _open(path, indexpath)
+        duplicated = _duplicated_params(path, indexpath, recipe.on_duplicate_time)
+        if duplicated:  # keep_first: those variables one Dataset per run, the runs joined by sources
+            parts = [ds.drop_vars([v for v in ds.data_vars if ds[v].attrs.get("GRIB_paramId") in duplicated])
+                     for ds in parts]
+            parts = [ds for ds in parts if ds.data_vars] + [
+                run for param, runs in duplicated.items() for date, hhmm in runs
+                for run in _open(path, indexpath, {"paramId": param, "dataDate": date, "dataTime": hhmm})]
+    except SourceError:
+        raise
     except Exception as exc:  # ecCodes and cfgrib raise many types for damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format): "
@@ -54,6 +66,56 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     if not parts:
         raise SourceError(f"{path}: holds no GRIB field cfgrib can read")
     return [_on_one_axis(ds) for ds in parts]
+
+
+def _open(path: Path, indexpath: str, filter_by_keys: dict | None = None) -> list[xr.Dataset]:
+    import cfgrib
+
+    kwargs = {"indexpath": indexpath, **({"filter_by_keys": filter_by_keys} if filter_by_keys else {})}
+    return cfgrib.open_datasets(str(path), backend_kwargs=kwargs, time_dims=("valid_time",), cache=False)
+
+
+def _duplicated_params(path: Path, indexpath: str, rule: str) -> dict[int, list[tuple[int, int]]]:
+    """The paramIds with two fields at one valid time, each with its runs (dataDate, dataTime); an error
+    naming the first such valid time unless `rule` is keep_first.
+
+    cfgrib puts every field on the valid_time axis by its header values and lets the last one win, so
+    the check reads its index (the same keys and cache file cfgrib's open just used) rather than the data.
+    """
+    from cfgrib import dataset, messages
+
+    index = dataset.open_fileindex(messages.FileStream(str(path)), indexpath,
+                                   dataset.compute_index_keys(("valid_time",)))
+    keys = index.index_keys
+    run_keys = [keys.index(k) for k in ("dataDate", "dataTime", "endStep")]  # what differs between runs
+    same_field = [i for i in range(len(keys)) if i not in run_keys]
+    seen: dict[tuple, list] = {}
+    for header, ids in index.field_ids_index:
+        seen.setdefault(tuple(header[i] for i in same_field), []).extend((header, i) for i in ids)
+    clashes = [fields for fields in seen.values() if len(fields) > 1]
+    if not clashes:
+        return {}
+    at = {k: keys.index(k) for k in ("paramId", "valid_time", "dataDate", "dataTime", "endStep")}
+
+    def run(header) -> str:
+        date, hhmm = str(header[at["dataDate"]]), int(header[at["dataTime"]])
+        start = f"{date[:4]}-{date[4:6]}-{date[6:]}T{hhmm // 100:02d}:{hhmm % 100:02d}"
+        return f"the run of {start} step {header[at['endStep']]:g}"
+
+    if rule != "keep_first":
+        fields = min(clashes, key=lambda f: f[0][0][at["valid_time"]])
+        (header, first), (other, _) = fields[0], fields[1]
+        when = np.datetime64(int(header[at["valid_time"]]), "s")
+        raise SourceError(f"{path}: variable '{index.get_field(first)['shortName']}' has {len(fields)} fields for "
+                          f"valid time {when} ({run(header)} and {run(other)}); set `on_duplicate_time: keep_first` "
+                          "in the recipe to keep the earlier run's field")
+    # A field repeated within one run needs nothing: cfgrib reads the first of identical headers.
+    params = {fields[0][0][at["paramId"]] for fields in clashes if len({run(h) for h, _ in fields}) > 1}
+    runs: dict[int, set] = {p: set() for p in params}
+    for header, _ in index.field_ids_index:
+        if header[at["paramId"]] in params:
+            runs[header[at["paramId"]]].add((header[at["dataDate"]], header[at["dataTime"]]))
+    return {param: sorted(r) for param, r in runs.items()}
 
 
 def _check_complete(path: Path) -> None:

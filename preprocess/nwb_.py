@@ -1,10 +1,11 @@
 """NWB (Neurodata Without Borders) sources through pynwb: one TimeSeries per file, one file per session.
 
 The recipe names the series (`series: acquisition/ElectricalSeries`; with one series in
-`acquisition` it may be left out). Values are in physical units, `data x conversion
-(x channel_conversion) + offset`, read lazily: the HDF5 dataset is sliced per block, never loaded
-whole. Time is `session_start_time` plus `timestamps`, or plus `starting_time + i / rate`, so
-sessions recorded on different days share one time axis; electrodes (or columns) are channels.
+`acquisition` it may be left out): any TimeSeries, an ElectricalSeries or a plain one. Values are
+in physical units, `data x conversion (x channel_conversion, ElectricalSeries only) + offset`,
+read lazily: the HDF5 dataset is sliced per block, never loaded whole. Time is `session_start_time`
+plus `timestamps`, or plus `starting_time + i / rate`, so sessions recorded on different days share
+one time axis; electrodes (or columns) are channels.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
                               "canonstore stores (time,) or (time, channel) series")
         seconds = _seconds(series, data.shape[0], where)
         labels = _channel_labels(series, data)
-        scale = float(series.conversion) * (np.ones(1) if series.channel_conversion is None
-                                            else np.asarray(series.channel_conversion[:], dtype=np.float64))
+        # channel_conversion is an ElectricalSeries field; a plain TimeSeries has only `conversion`
+        per_channel = getattr(series, "channel_conversion", None)
+        scale = float(series.conversion) * (np.ones(1) if per_channel is None
+                                            else np.asarray(per_channel[:], dtype=np.float64))
         if data.ndim == 2 and scale.size not in (1, data.shape[1]):
             raise SourceError(f"{where}: '{_path_of(series)}' has {scale.size} channel_conversion values "
                               f"for {data.shape[1]} channels")

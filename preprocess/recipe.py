@@ -29,6 +29,22 @@ DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "zstd", "blosc")
 
 
+class _TextDates(yaml.SafeLoader):
+    """YAML with dates left as text: its timestamp rule builds a `datetime.date` in the standard
+    calendar, which fails on 2030-02-30 (a 360_day date) and misreads noleap data; the sources'
+    calendar decides what a date means."""
+
+
+_TextDates.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def read_yaml(text: str):
+    """A recipe's YAML, dates as text (`2005-01-01` -> '2005-01-01', quoted or not); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_TextDates)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A checked recipe. `text` is the file verbatim; `sha256` identifies it in provenance."""
@@ -65,7 +81,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe {path}: no such file")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path}: not valid YAML: {exc}") from None
     where = f"recipe {path}"

@@ -20,9 +20,9 @@ import xarray as xr
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
-from canonstore.preprocess.derived import plan_derived
+from canonstore.preprocess.derived import HPA, MAX_HPA, PA, Input, plan_derived, spelling
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import find_gaps
+from canonstore.splits.gaps import as_days, find_gaps
 
 KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
 CHANNEL_DIMS = ("channel",)  # a dimension whose labels are the channels' names (see _labelled_channels)
@@ -90,8 +90,10 @@ def _is_time_coordinate(coord: xr.DataArray) -> bool:
 class Sources:
     """The recipe's inputs as one lazy (time, channel, *space) dataset."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, step_days: float | None = None):
+        """`step_days`: the regular step the time axis must keep (an append: the store's); default the median."""
         self.recipe = recipe
+        self._step_days = step_days
         self.files = list(recipe.sources)
         self.kinds = {p: kind_of(p) for p in self.files}
         self._parts = [(p, ds) for p in self.files for ds in KINDS[self.kinds[p]].open_parts(p, recipe)]
@@ -104,9 +106,9 @@ class Sources:
         self.space_dims, self.coords = self._check_grid(variables)
         self.latitude, self.longitude = find_axis(self.coords, "latitude"), find_axis(self.coords, "longitude")
         self.channels, self._level_index = self._make_channels(variables)
-        self.derived = self._plan_derived()
         self.static = self._read_static()
         self._apply_time_range()
+        self.derived = self._plan_derived()  # after the time range: units may be told by sampled values
         self.gaps = self._find_gaps()
 
     # -- public -------------------------------------------------------------------------
@@ -379,7 +381,8 @@ class Sources:
         if not self.recipe.derived:
             return []
         try:
-            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}")
+            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}",
+                                   self._derived_input)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
         taken = {c.name for c in self.channels}
@@ -390,6 +393,20 @@ class Sources:
             taken.add(d.name)
         self.channels = self.channels + [Channel(d.name, d.variable, d.level, d.units) for d in derived]
         return derived
+
+    def _derived_input(self, variable: str) -> Input:
+        """A derived channel's input: units, first file, level units and a sample to tell units by."""
+        first = self._segments[variable][0]
+        found = [c for c in LEVEL_DIMS if c in first.array.coords]
+        levels = tuple(c.level for c in self.channels if c.variable == variable and c.level is not None)
+        return Input(variable, self._units(variable), str(first.path),
+                     None if not found else _level_units(first.array[found[0]]), lambda: self._sample(variable), levels)
+
+    def _sample(self, variable: str) -> np.ndarray:
+        """Physical values of `variable`, every kept level, at up to 8 steps spread over the selected axis."""
+        steps = np.unique(np.linspace(0, self.time.size - 1, min(8, self.time.size)).astype(np.int64))
+        segments, levels = self._segments[variable], self._level_index[variable]
+        return np.stack([self._read_variable(segments, s + self._offset, s + self._offset + 1, levels) for s in steps])
 
     def _scalar_level(self, name: str) -> float | None:
         """The level of a variable stored at one level as a scalar coordinate (a GRIB file of t at
@@ -457,7 +474,12 @@ class Sources:
             return
         if not _is_datetime(self.time):
             raise SourceError(f"recipe 'time' selects dates, but '{self.time_dim}' holds {self.time.dtype} values")
-        positions = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t").sel(t=slice(start, end))
+        axis = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t")
+        try:  # the dates are text (recipe.read_yaml): the data's calendar decides whether 2030-02-30 exists
+            positions = axis.sel(t=slice(start, end))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SourceError(f"recipe {self.recipe.path}: 'time' {start}..{end} is not a range of dates in the "
+                              f"sources' calendar ({self.calendar or 'standard'}): {exc}") from None
         if positions.size == 0:
             raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {_span(self.time)}")
         self._offset = int(positions.values[0])
@@ -467,16 +489,23 @@ class Sources:
 
     def _find_gaps(self) -> list[int]:
         """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
-        recipe says `time_gaps: allow` (then the build reports them and windows never span them)."""
+        recipe says `time_gaps: allow` (then the build reports them and windows never span them).
+        A step shorter than the usual one is always an error (`_refuse_finer_steps`)."""
         # Sessions (NWB) are recorded apart: each one ends a run of steps whatever the jump, and the
         # usual step is each session's own (rates may differ between sessions).
         runs = [0, self.time.size] if self.session is None else \
             [0, *(np.flatnonzero(np.diff(self.session)) + 1), self.time.size]
         gaps, usual = [], None
         for lo, hi in zip(runs[:-1], runs[1:]):
-            inside, step = find_gaps(self.time[lo:hi])
-            gaps += [lo + i for i in inside]
-            usual = usual if step is None else step
+            days = as_days(self.time[lo:hi])
+            if days is None or days.size < 2:
+                continue
+            step = self._step_days if self._step_days and self.session is None else find_gaps(self.time[lo:hi])[1]
+            if step is None:  # fewer than 3 steps: no usual step to measure against
+                continue
+            self._refuse_finer_steps(lo, np.diff(days), step)
+            gaps += [lo + int(i) for i in np.flatnonzero(np.diff(days) > 1.5 * step)]
+            usual = step
         if gaps and self.recipe.time_gaps == "error":
             i, variable = gaps[0], next(iter(self._segments))
             first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
@@ -485,6 +514,24 @@ class Sources:
                               f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
                               "set `time_gaps: allow` in the recipe if the gaps are expected")
         return sorted(gaps + [int(r) - 1 for r in runs[1:-1]])
+
+    def _refuse_finer_steps(self, lo: int, steps: np.ndarray, usual: float) -> None:
+        """A store has one regular step: a lead-1 pair must always span the same time. A step shorter
+        than 1/1.5 of the usual one (3-hourly files among 6-hourly ones, 12:00 stamps after 00:00
+        ones) is an error naming the files and times; the month lengths of monthly data pass."""
+        short = lo + np.flatnonzero(steps < usual / 1.5)
+        if not short.size:
+            return
+        segments = next(iter(self._segments.values()))
+        ends = np.cumsum([seg.keep.size for seg in segments]) - self._offset  # each file's last step + 1
+        which = np.unique(np.searchsorted(ends, np.concatenate([short, short + 1]), side="right"))
+        files = [str(segments[k].path) for k in which]
+        named = ", ".join(files[:4]) + (f" (and {len(files) - 4} more)" if len(files) > 4 else "")
+        i = int(short[0])
+        raise SourceError(f"time step of {_days(float(steps[i - lo]))} between {self.time_label(i)} and "
+                          f"{self.time_label(i + 1)}, shorter than the usual {_days(usual)} ({short.size} such "
+                          f"step(s), in {named}): a store has one regular time step; resample the finer data to "
+                          f"{_days(usual)} or leave those files out of `sources`")
 
     # -- reading ---------------------------------------------------------------------------
     def _read_variable(self, segments: list[_Segment], start: int, stop: int, levels=None) -> np.ndarray:
@@ -513,9 +560,9 @@ class Sources:
             ds.close()
 
 
-def open_sources(recipe: Recipe) -> Sources:
+def open_sources(recipe: Recipe, step_days: float | None = None) -> Sources:
     """Open and check every source of `recipe`; see `Sources`."""
-    return Sources(recipe)
+    return Sources(recipe, step_days)
 
 
 def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where: str, ref_where: str) -> None:
@@ -550,8 +597,17 @@ def _days(days: float) -> str:
 
 
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
+    """Levels in hPa: by the units attribute, else by value (no pressure level is deeper than 1100 hPa)."""
     values = np.asarray(coord.values, dtype=np.float64)
-    return values / 100.0 if str(coord.attrs.get("units", "")).lower() in ("pa", "pascal", "pascals") else values
+    units = spelling(coord.attrs.get("units", ""))
+    in_pa = units in PA or (not units and values.size > 0 and np.nanmax(values) > MAX_HPA)
+    return values / 100.0 if in_pa else values
+
+
+def _level_units(coord: xr.DataArray) -> str:
+    """'hPa' for a pressure axis (`_levels_in_hpa` gives hPa: units hPa, mbar or Pa, or none), else its units."""
+    units = str(coord.attrs.get("units", ""))
+    return "hPa" if spelling(units) in HPA | PA | {""} or coord.name == "isobaricInhPa" else units
 
 
 def channel_name(variable: str, level: float) -> str:

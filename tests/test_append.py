@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
@@ -23,7 +24,7 @@ from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.loaders import StoreDataset
 from canonstore.preprocess import build
 from canonstore.preprocess.append import append
-from tests.conftest import demo_recipe
+from tests.conftest import demo_recipe, write_recipe
 
 quiet = {"progress": False, "log": lambda *_: None}
 
@@ -122,3 +123,35 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
         "kind", "build") == "build"
     build(recipe, out, **quiet)  # the next build appends over the leftover partial
     assert open_store(out).attrs["history"][-1]["kind"] == "append" and verify_store(out) == []
+
+
+def test_append_reads_unquoted_360_day_dates_in_both_recipes(tmp_path):
+    from tests.test_recipe import UNQUOTED, monthly_360_day
+
+    monthly_360_day(tmp_path / "tas.nc")
+    recipe = tmp_path / "hadgem.yaml"
+    recipe.write_text(UNQUOTED.replace("end: 2031-02-30", "end: 2030-12-30"))  # the store's recipe text, verbatim
+    out = build(recipe, tmp_path / "hadgem.zarr", **quiet).path
+    recipe.write_text(UNQUOTED)
+    append(out, **quiet)
+    store = open_store(out)
+    assert store.attrs["history"][-1]["kind"] == "append"
+    assert [t.strftime("%Y-%m-%d") for t in store.time[-3:]] == ["2030-12-16", "2031-01-16", "2031-02-16"]
+
+
+def test_appended_steps_finer_than_the_stores_step_are_an_error(tmp_path):
+    """A 6-hourly store, then more 3-hourly data than it holds: the store's step decides, not the new median."""
+    from canonstore.errors import SourceError
+    from tests.test_sources import t2m_file
+
+    t2m_file(tmp_path / "a.nc", pd.date_range("2020-01-01", periods=40, freq="6h"))
+    recipe = write_recipe(tmp_path, name="six", sources=["*.nc"], time_gaps="allow",
+                          splits={"by": "index", "train": [0, 29], "test": [30, 999]})
+    out = build(recipe, tmp_path / "six.zarr", **quiet).path
+    before = read_manifest(out)
+    t2m_file(tmp_path / "b.nc", pd.date_range("2020-01-11", periods=100, freq="3h"))
+    with pytest.raises(SourceError) as err:
+        append(out, **quiet)
+    for part in ("3 hours", "usual 6 hours", "2020-01-11T00:00", "2020-01-11T03:00", "b.nc"):
+        assert part in str(err.value), (part, str(err.value))
+    assert read_manifest(out) == before and open_store(out).gaps.size == 0

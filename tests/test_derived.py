@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -69,3 +70,96 @@ def test_a_derived_channel_needing_what_the_recipe_drops_is_refused(tmp_path, ti
     spec = [{"name": "tcq", "kind": "column", "variable": "q"}]
     with pytest.raises(SourceError, match="at least two kept levels"):
         open_sources(load_recipe(demo_recipe(tmp_path, tiny_raw, derived=spec, levels={"q": [500]})))
+
+
+def test_the_reviewers_case_is_68_73_percent():
+    # T 280 K, q 5 g/kg, 850 hPa: es = 6.112 exp(17.67 * 6.85 / 250.35) = 9.912 hPa,
+    # e = 0.005 * 850 / (0.621981 + 0.378019 * 0.005) = 6.812 hPa, RH = 68.73 %
+    assert derived.relative_humidity(np.array(280.0), np.array(0.005), 850.0) == pytest.approx(68.73, abs=0.005)
+
+
+# t and q at 850 and 500 hPa (10 steps, 2x3 grid) in K and kg/kg, the reviewer's case at step 0, first cell
+KELVIN_T = np.array([280.0, 255.0])[None, :, None, None] + np.random.default_rng(0).normal(0, 2, (10, 2, 2, 3))
+KG_Q = np.array([0.005, 0.001])[None, :, None, None] * np.exp(np.random.default_rng(1).normal(0, 0.2, (10, 2, 2, 3)))
+KELVIN_T[0, 0, 0, 0], KG_Q[0, 0, 0, 0] = 280.0, 0.005
+
+
+def humid_files(folder, t_units="K", q_units="kg kg**-1", levels=(850.0, 500.0), level_units="hPa"):
+    """t and q on two pressure levels (10 daily steps, 2x3 grid) in the units asked; None: no attribute."""
+    t = KELVIN_T - (273.15 if t_units in ("degC", "celsius-unlabelled") else 0.0)
+    q = KG_Q * (1000.0 if q_units in ("g kg**-1", "g/kg-unlabelled") else 1.0)
+    folder.mkdir(exist_ok=True)
+    coords = {"time": pd.date_range("2020-01-01", periods=10, freq="D"), "lat": [10.0, 0.0], "lon": [0.0, 1.0, 2.0],
+              "level": ("level", list(levels), {} if level_units is None else {"units": level_units})}
+    for name, values, units in (("t", t, t_units), ("q", q, q_units)):
+        attrs = {} if units is None or units.endswith("-unlabelled") else {"units": units}
+        ds = xr.Dataset({name: (("time", "level", "lat", "lon"), values, attrs)}, coords=coords)
+        ds.to_netcdf(folder / f"{name}.nc")
+    return folder
+
+
+RH_AND_COLUMN = [{"name": "r", "kind": "relative_humidity", "temperature": "t", "specific_humidity": "q"},
+                 {"name": "tcq", "kind": "column", "variable": "q"}]
+
+
+def humid_recipe(tmp_path, folder, **keys):
+    return write_recipe(tmp_path, name="humid", sources=[str(folder / "*.nc")], derived=RH_AND_COLUMN,
+                        splits={"by": "index", "train": [0, 9]}, **keys)
+
+
+@pytest.mark.parametrize("units", [
+    {"q_units": "g kg**-1"},                                   # was 17,070 % (g/kg read as kg/kg)
+    {"q_units": "g/kg-unlabelled"},                            # no attribute: values up to ~10 are g/kg
+    {"q_units": "1"},                                          # CMIP's hus: kg/kg by value
+    {"t_units": None, "q_units": None},                        # K and kg/kg by value
+    {"t_units": "degC"},                                       # was RH 0 and "channel r850 is constant"
+    {"t_units": "celsius-unlabelled"},                         # no attribute: -20..15 is degC, not K
+    {"levels": (85000.0, 50000.0), "level_units": None},       # Pa without units: was 100x too large
+    {"levels": (85000.0, 50000.0), "level_units": "Pa"},
+])
+def test_derived_inputs_are_converted_from_their_units(tmp_path, units):
+    folder = humid_files(tmp_path / "raw", **units)
+    sources = open_sources(load_recipe(humid_recipe(tmp_path, folder)))
+    try:
+        names = [c.name for c in sources.channels]
+        assert names[-3:] == ["r850", "r500", "tcq"]
+        assert [c.units for c in sources.channels[-3:]] == ["%", "%", "kg m**-2"]
+        values = sources.read(0, 10)
+    finally:
+        sources.close()
+    assert values[0, names.index("r850"), 0, 0] == pytest.approx(68.73, abs=0.005)
+    np.testing.assert_allclose(values[:, names.index("r500")],
+                               derived.relative_humidity(KELVIN_T[:, 1], KG_Q[:, 1], 500.0), rtol=1e-9)
+    # trapezoid between 850 and 500 hPa: (q850 + q500) / 2 * 35000 Pa / g, in kg m**-2
+    np.testing.assert_allclose(values[:, names.index("tcq")], (KG_Q[:, 0] + KG_Q[:, 1]) / 2 * 35000 / derived.G,
+                               rtol=1e-9)
+
+
+def test_a_store_from_degc_and_g_per_kg_holds_relative_humidity_in_percent(tmp_path):
+    folder = humid_files(tmp_path / "raw", t_units="degC", q_units="g kg**-1")
+    store = open_store(build(humid_recipe(tmp_path, folder), tmp_path / "humid.zarr", progress=False,
+                             log=lambda *_: None).path)
+    i = store.channels.index("r850")
+    assert store.to_xarray()["channel_units"].values[i] == "%"
+    physical = np.asarray(store.array[:])[:, i].astype(np.float64) * store.stats["std"][i] + store.stats["mean"][i]
+    np.testing.assert_allclose(physical, derived.relative_humidity(KELVIN_T[:, 0], KG_Q[:, 0], 850.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("units, expected", [
+    ({"t_units": "degF"}, ["'t'", "t.nc", "'degF'", "K or degC"]),
+    ({"q_units": "mol mol-1"}, ["'q'", "q.nc", "'mol mol-1'", "kg kg**-1 or g kg**-1"]),
+    ({"levels": (1.0, 2.0), "level_units": "m"}, ["'t'", "t.nc", "pressure levels", "'m'"]),
+])
+def test_inputs_whose_units_are_not_certain_are_refused_naming_variable_file_and_units(tmp_path, units, expected):
+    folder = humid_files(tmp_path / "raw", **units)
+    with pytest.raises(SourceError) as err:
+        open_sources(load_recipe(humid_recipe(tmp_path, folder)))
+    for part in expected:
+        assert part in str(err.value), (part, str(err.value))
+
+
+def test_unlabelled_humidity_above_500_hpa_is_refused_as_ambiguous(tmp_path):
+    """At 300 and 250 hPa, q up to 0.05 could be kg/kg or a dry layer's g/kg: the values cannot tell."""
+    folder = humid_files(tmp_path / "raw", q_units=None, levels=(300.0, 250.0))
+    with pytest.raises(SourceError, match=r"'q' in .*q\.nc \(units ''\): values up to .* could be kg/kg or g/kg"):
+        open_sources(load_recipe(humid_recipe(tmp_path, folder)))

@@ -128,3 +128,40 @@ def test_a_damaged_grib_file_gets_one_line_naming_it(tmp_path, era5):
     with pytest.raises(SourceError) as err:
         open_sources(load_recipe(recipe_for(tmp_path, era5)))
     assert "tp.grib" in str(err.value) and "\n" not in str(err.value)
+
+
+def overlapping_runs(raw):
+    """tp from the 06 and 18 UTC runs, steps 1..18: the 06 UTC run's steps 13..18 fall on the 18 UTC
+    run's steps 1..6 (valid 19:00 .. 00:00)."""
+    rng = np.random.default_rng(1)
+    runs = pd.DatetimeIndex(["2020-01-01T06:00", "2020-01-01T18:00"])
+    fields = [("tp", None, run, s, rng.random((NJ, NI))) for run in runs for s in range(1, 19)]
+    return write_grib(raw / "tp.grib", fields)
+
+
+def test_two_runs_at_one_valid_time_are_an_error_naming_file_and_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("CANONSTORE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "raw").mkdir()
+    path = overlapping_runs(tmp_path / "raw")
+    with pytest.raises(SourceError) as err:
+        open_sources(load_recipe(recipe_for(tmp_path, tmp_path / "raw", splits={"by": "index", "train": [0, 9]})))
+    message = str(err.value)
+    assert str(path) in message and "'tp'" in message and "2020-01-01T19:00" in message
+    assert "on_duplicate_time: keep_first" in message and "\n" not in message
+
+
+def test_keep_first_keeps_the_earlier_runs_field_at_each_valid_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("CANONSTORE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "raw").mkdir()
+    path = overlapping_runs(tmp_path / "raw")
+    recipe = recipe_for(tmp_path, tmp_path / "raw", on_duplicate_time="keep_first",
+                        splits={"by": "index", "train": [0, 9]})
+    sources = open_sources(load_recipe(recipe))
+    try:
+        values = sources.read(0, sources.time.size)[:, 0]
+        times = sources.time
+    finally:
+        sources.close()
+    tp = by_cfgrib(path).tp  # (run, step)
+    np.testing.assert_array_equal(times, pd.date_range("2020-01-01T07:00", "2020-01-02T12:00", freq="h").values)
+    np.testing.assert_array_equal(values, np.concatenate([tp.isel(time=0).values, tp.isel(time=1)[6:].values]))

@@ -192,3 +192,45 @@ def test_bad_nwb_input_gets_one_clear_line(tmp_path, sessions, case):
                 "channel counts": ["c.nwb", "3 channels", "4"]}[case]
     for part in expected:
         assert part in message, (part, message)
+
+
+def write_plain_series(path, session_id, start, data, *, rate=None, timestamps=None, conversion=1.0, offset=0.0):
+    """An NWB file with a plain TimeSeries (not an ElectricalSeries): no electrodes, no channel_conversion."""
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    nwb = NWBFile(session_description="behaviour", identifier=f"id-{session_id}", session_id=session_id,
+                  session_start_time=start)
+    timing = {"timestamps": timestamps} if timestamps is not None else {"rate": rate, "starting_time": 0.0}
+    nwb.add_acquisition(TimeSeries(name="position", data=data, unit="m", conversion=conversion, offset=offset,
+                                   **timing))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_plain_timeseries_files_build_with_physical_values(tmp_path):
+    """A TimeSeries has no channel_conversion (an ElectricalSeries field): values are data x conversion + offset."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "behaviour"
+    folder.mkdir()
+    raw = [rng.integers(0, 1000, size=(40, 2), dtype=np.int16), rng.integers(0, 1000, size=(30, 2), dtype=np.int16)]
+    write_plain_series(folder / "a.nwb", "s1", day(1), raw[0], rate=20.0, conversion=1e-3, offset=0.5)
+    write_plain_series(folder / "b.nwb", "s2", day(2), raw[1], timestamps=np.arange(30) / 20.0, conversion=1e-3)
+    keys = {"name": "behaviour", "sources": [str(folder / "*.nwb")], "series": "acquisition/position",
+            "splits": {"by": "sessions", "train": ["s1"], "test": ["s2"]}}
+    out = tmp_path / "behaviour.zarr"
+    build(write_recipe(tmp_path, **keys), out, progress=False, log=lambda *_: None)
+    store = open_store(out)
+    assert store.channels == ["position_0", "position_1"] and store.sessions == ["s1", "s2"]
+    assert list(store.to_xarray()["channel_units"].values) == ["m", "m"]
+    np.testing.assert_allclose(store.stats["mean"], (raw[0] * 1e-3 + 0.5).mean(axis=0), rtol=1e-9)
+    physical = np.asarray(store.array[:], dtype=np.float64) * store.stats["std"] + store.stats["mean"]
+    np.testing.assert_allclose(physical, np.concatenate([raw[0] * 1e-3 + 0.5, raw[1] * 1e-3]), rtol=1e-5, atol=1e-6)
+    one = write_plain_series(tmp_path / "speed.nwb", "s3", day(3), raw[0][:, 0], rate=20.0, conversion=1e-3)
+    src = open_sources(load_recipe(write_recipe(tmp_path, name="speed", sources=[str(one)],
+                                                splits={"by": "index", "train": [0, 39]})))
+    try:  # the only series in acquisition, found without `series`; 1-D data is one channel
+        assert [c.name for c in src.channels] == ["position"]
+        np.testing.assert_allclose(src.read(0, 40)[:, 0], raw[0][:, 0] * 1e-3, rtol=1e-12)
+    finally:
+        src.close()

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
@@ -52,3 +53,50 @@ def test_missing_required_key(tmp_path):
     path = write_recipe(tmp_path, splits={"train": [2000, 2001]})
     with pytest.raises(RecipeError, match="missing required key 'sources'"):
         load_recipe(path)
+
+
+def monthly_360_day(path):
+    """tas on a 2x2 grid, monthly on the 16th, 2005-01 .. 2031-12 in the 360_day calendar (HadGEM2's)."""
+    import numpy as np
+    import xarray as xr
+
+    times = xr.date_range("2005-01-01", periods=27 * 12, freq="MS", calendar="360_day", use_cftime=True)
+    times = times + pd.Timedelta(days=15)
+    values = 280 + np.random.default_rng(0).normal(size=(times.size, 2, 2))
+    xr.Dataset({"tas": (("time", "lat", "lon"), values, {"units": "K"})},
+               coords={"time": times, "lat": [10.0, 20.0], "lon": [0.0, 5.0]}).to_netcdf(path)
+    return path
+
+
+UNQUOTED = """name: hadgem
+sources: [tas.nc]
+time: {start: 2005-01-01, end: 2031-02-30}
+splits: {by: dates, train: [2005-01-01, 2030-02-30], test: [2030-03-01, 2031-02-30]}
+"""
+
+
+def test_unquoted_360_day_dates_are_text_and_the_data_calendar_reads_them(tmp_path):
+    from canonstore import open_store
+    from canonstore.preprocess import build
+
+    monthly_360_day(tmp_path / "tas.nc")
+    (tmp_path / "hadgem.yaml").write_text(UNQUOTED)  # 2030-02-30 is no date to YAML's timestamp rule
+    recipe = load_recipe(tmp_path / "hadgem.yaml")
+    assert (recipe.time_start, recipe.time_end) == ("2005-01-01", "2031-02-30")
+    assert recipe.splits["train"] == ["2005-01-01", "2030-02-30"]
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=lambda *_: None).path)
+    assert store.time[-1].strftime("%Y-%m-%d") == "2031-02-16" and store.time[0].calendar == "360_day"
+    train, test = store.split_indices("train"), store.split_indices("test")
+    assert store.time[train[-1]].strftime("%Y-%m") == "2030-02" and store.time[test[0]].strftime("%Y-%m") == "2030-03"
+    assert train.size == 25 * 12 + 2 and test.size == 12
+
+
+def test_a_date_the_data_calendar_lacks_is_one_line_naming_it(tmp_path):
+    from canonstore.errors import SourceError
+    from canonstore.preprocess import open_sources
+
+    monthly_360_day(tmp_path / "tas.nc")
+    (tmp_path / "hadgem.yaml").write_text(UNQUOTED.replace("end: 2031-02-30", "end: 2031-02-31"))
+    with pytest.raises(SourceError, match=r"'time' 2005-01-01\.\.2031-02-31 is not a range of dates in the sources' "
+                                          r"calendar \(360_day\)"):
+        open_sources(load_recipe(tmp_path / "hadgem.yaml"))

@@ -73,3 +73,39 @@ def test_the_registry_goes_by_signature_before_suffix(tmp_path):
                     np.zeros((10, 2), dtype=np.int16))
     netcdf4 = cds_netcdf(tmp_path / "era5.h5")  # HDF5 too, but no nwb_version
     assert [kind_of(p) for p in (grib, nwb, netcdf4)] == ["grib", "nwb", "netcdf"]
+
+
+def t2m_file(path, times):
+    values = np.random.default_rng(len(times)).normal(size=(len(times), 2, 3)).astype(np.float32)
+    xr.Dataset({"t2m": (("time", "lat", "lon"), values, {"units": "K"})},
+               coords={"time": times, "lat": [10.0, 0.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(path)
+    return path
+
+
+def test_a_finer_time_step_is_an_error_naming_the_files_and_times(tmp_path):
+    """6-hourly data then 3-hourly data: lead-1 pairs would span 6 h in one part and 3 h in the other."""
+    t2m_file(tmp_path / "a.nc", pd.date_range("2020-01-01", periods=60, freq="6h"))
+    t2m_file(tmp_path / "b.nc", pd.date_range("2020-01-16", periods=30, freq="3h"))
+    keys = {"sources": [str(tmp_path / "*.nc")], "splits": {"by": "index", "train": [0, 59], "test": [60, 89]}}
+    for time_gaps in ("error", "allow"):  # never a gap: allowing gaps does not allow it
+        with pytest.raises(SourceError) as err:
+            open_sources(load_recipe(write_recipe(tmp_path, name="mixed", time_gaps=time_gaps, **keys)))
+        message = str(err.value)
+        for part in ("3 hours", "usual 6 hours", "2020-01-16T00:00", "2020-01-16T03:00", "b.nc", "one regular"):
+            assert part in message, (part, message)
+        assert "a.nc" not in message and "\n" not in message
+
+
+def test_month_lengths_are_one_regular_step_and_larger_steps_stay_gaps(tmp_path):
+    monthly = pd.date_range("2019-01-01", periods=36, freq="MS")  # 28 .. 31 days: monthly, not finer
+    t2m_file(tmp_path / "monthly.nc", monthly)
+    sources = open_sources(load_recipe(write_recipe(tmp_path, name="monthly", sources=[str(tmp_path / "monthly.nc")],
+                                                    splits={"by": "index", "train": [0, 35]})))
+    assert sources.time.size == 36 and sources.gaps == []
+    sources.close()
+    daily = pd.date_range("2020-01-01", periods=40, freq="D")
+    t2m_file(tmp_path / "gappy.nc", daily[(daily < "2020-01-10") | (daily >= "2020-01-15")])
+    sources = open_sources(load_recipe(write_recipe(tmp_path, name="gappy", sources=[str(tmp_path / "gappy.nc")],
+                                                    time_gaps="allow", splits={"by": "index", "train": [0, 34]})))
+    assert sources.gaps == [8]
+    sources.close()
