@@ -13,12 +13,14 @@ from click.testing import CliRunner
 from canonstore.cli import main
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
+from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
 from canonstore.training.evaluate import load_run, score
 from canonstore.training.forecasts import forecast_path, score_forecast, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.models import reference_climatology
 from canonstore.training.units import G
+from tests.conftest import write_recipe
 
 TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu",
         "workers": 1, "patience": 0, "checkpoint_steps": 0}
@@ -245,6 +247,8 @@ def test_valid_time_is_checked_and_each_forecast_counts_once(tiny_store, tmp_pat
     reference = rmse_of(fc, store, tmp_path, "with")
     without = rmse_of(fc.drop_vars("valid_time"), store, tmp_path, "without")
     assert without == reference and without["samples"] == 12 and without["overall"]["rmse"] < 1e-5
+    with pytest.raises(RunError, match="no 'lead' coordinate"):        # else lead would silently be 0, 1, ...
+        rmse_of(fc.drop_vars("lead"), store, tmp_path, "nolead")
     twice = xr.concat([fc, fc + 1], dim="time")    # 12 init times, each twice
     twice.to_zarr(tmp_path / "twice.zarr")
     line = one_error_line(tmp_path / "twice.zarr", tiny_store)
@@ -264,3 +268,24 @@ def test_acc_on_a_store_shorter_than_a_year_is_against_the_climatology_it_suppor
     assert abs(saved["scores"]["channels"]["t2m"]["acc"]) < 0.3     # it was 0.98 against an extrapolated fit
     assert saved["acc_climatology"]["annual_harmonics"] == 0 and saved["acc_climatology"]["diurnal_harmonics"] == 2
     assert "annual harmonics 3 -> 0" in saved["acc_climatology"]["left_out"][0]
+
+
+def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
+    times = xr.date_range("2001-01-01", periods=3 * 365, freq="D", calendar="noleap", use_cftime=True)
+    tas = 280 + np.random.default_rng(0).normal(size=(times.size, 3, 4))
+    xr.Dataset({"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
+               coords={"time": times, "lat": ("lat", [10.0, 0.0, -10.0], {"units": "degrees_north"}),
+                       "lon": ("lon", [0.0, 90.0, 180.0, 270.0], {"units": "degrees_east"})}).to_netcdf(tmp_path / "t.nc")
+    recipe = write_recipe(tmp_path, name="nl", sources=["t.nc"], splits={"train": [2001, 2001], "val": [2002, 2002],
+                                                                         "test": [2003, 2003]})
+    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=lambda *_: None).path)
+    init = store.split_indices("test")[:10]
+    truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
+    fc = xr.Dataset({"tas": (("time", "lead", "lat", "lon"), truth - 273.15, {"units": "degC"})},
+                    coords={"time": store.time[init], "lead": [1], "lat": [10.0, 0.0, -10.0], "lon": [0.0, 90, 180, 270]})
+    fc = fc.sortby("lat").assign_coords(lon=[0.0, 90, -180, -90]).sortby("lon")
+    fc.to_zarr(tmp_path / "fc.zarr")
+    assert score_forecast(tmp_path / "fc.zarr", store)["scores"]["overall"]["rmse"] < 1e-5
+    standard = fc.assign_coords(time=np.array([f"2003-01-{d:02d}" for d in range(1, 11)], dtype="datetime64[ns]"))
+    standard.to_zarr(tmp_path / "standard.zarr")   # was a raw TypeError
+    assert "write them in the store's calendar" in one_error_line(tmp_path / "standard.zarr", store.path)

@@ -226,7 +226,9 @@ def test_annual_harmonics_need_the_year_covered_and_diurnal_ones_the_day():
     no_summer = year[(year < np.datetime64("2001-06-01")) | (year >= np.datetime64("2001-08-01"))]  # 61 days out
     assert supported_harmonics(no_summer, 3, 2)[:2] == (2, 2)        # harmonic 3 needs no gap of 1/6 year
     assert supported_harmonics(year[:4 * 120], 3, 2)[:2] == (0, 2)    # 4 months of a year: no annual cycle
+    assert supported_harmonics(year[:3], 0, 2) == (0, 0, ["diurnal harmonics 2 -> 0: the train steps cover less "
+                                                          "than a day"])   # 00, 06, 12 h: 18 h not seen
     daily = pd.date_range("2001-01-01", "2003-12-31", freq="D").to_numpy()
-    assert supported_harmonics(daily, 3, 2)[:2] == (3, 0)             # one hour of the day: no diurnal cycle
+    assert supported_harmonics(daily, 3, 2) == (3, 2, [])   # every step at 00 h: the diurnal terms stay inert
     noleap = np.array([cftime.DatetimeNoLeap(2001, 1, 1) + k * pd.Timedelta("1D").to_pytimedelta() for k in range(365)])
     assert supported_harmonics(noleap, 3, 0)[:2] == (3, 0)            # a whole 365-day year of its calendar

@@ -113,7 +113,13 @@ def truth_steps(fc: xr.Dataset, store, path) -> np.ndarray:
     a store step, the window must not span a gap of the store's time axis, and `valid_time` (computed
     when the file has none) must be the store's time at that step.
     """
+    for name in ("time", "lead"):
+        if name not in fc.coords:
+            raise RunError(f"{path}: no '{name}' coordinate, so which forecast is which cannot be told: write `time` "
+                           f"(the init times) and `lead` (store steps ahead) with the forecast")
     init, lead = fc["time"].values, fc["lead"].values
+    if not (init.size and lead.size):
+        raise RunError(f"{path}: holds no forecasts ({init.size} init times, {lead.size} leads)")
     if lead.dtype.kind not in "iu":
         raise RunError(f"{path}: lead is {lead.dtype}, not a whole number of store steps: write lead as integers "
                        f"(1 = one step of the store after the init time)")
@@ -148,9 +154,9 @@ def find_steps(store, times: np.ndarray, path, what: str) -> np.ndarray:
     try:
         pos = np.clip(np.searchsorted(time[order], times), 0, time.size - 1)
         missing = np.flatnonzero(np.asarray(time[order[pos]] != times))
-    except TypeError as exc:  # cftime against datetime64: calendars differ
-        raise RunError(f"{path}: its {what}s ({type(times.flat[0]).__name__}) and the store's times "
-                       f"({type(time[0]).__name__}) are in different calendars: write them in the store's") from exc
+    except TypeError as exc:  # cftime against datetime64, or dates against numbers
+        raise RunError(f"{path}: its {what}s ({type(times.flat[0]).__name__}) cannot be compared with the store's "
+                       f"times ({type(time[0]).__name__}): write them in the store's calendar") from exc
     if missing.size:
         raise RunError(f"{path}: {what} {times[missing[0]]} (and {missing.size - 1} more) is not a step of "
                        f"{store.path}: score a forecast against the store it forecasts")
@@ -173,12 +179,11 @@ def _check_valid_times(fc: xr.Dataset, expected: np.ndarray, path) -> None:
                        f"steps after it ({len(wrong)} such): write valid_time = time + lead x the store's step")
 
 
-def units_of(variable: xr.DataArray, store, name: str, path) -> tuple[float, float]:
-    """(scale, offset) turning `variable`'s values into the store channel's units.
+def units_of(variable: xr.DataArray, ours: str, name: str, path) -> tuple[float, float]:
+    """(scale, offset) turning `variable`'s values into `ours`, the store channel's units.
 
-    A file without a `units` attribute is taken to be in the store's units; a unit that cannot be
-    converted with certainty is refused, naming both."""
-    ours = str(store.to_xarray()["channel_units"].values[store.channels.index(name)])
+    A file without a `units` attribute is taken to be in the store's units (`check_plausible` catches
+    values far from them); a unit that cannot be converted with certainty is refused, naming both."""
     theirs = str(variable.attrs.get("units", "")).strip()
     if not theirs:
         return 1.0, 0.0
@@ -189,18 +194,13 @@ def units_of(variable: xr.DataArray, store, name: str, path) -> tuple[float, flo
     return convert
 
 
-def check_plausible(name: str, values: np.ndarray, store, has_units: bool, path) -> None:
-    """Refuse values (converted to the store's units) whose mean lies `OUTLIER_STDS` train stds or more
-    from the store's train mean: a file in other units than it says (or, with no `units`, than assumed)."""
-    from canonstore.formats.store import normalisation_scale
-
-    c = store.channels.index(name)
-    mean, scale = store.stats["mean"][c], normalisation_scale(store.stats["std"])[c]
-    with np.errstate(invalid="ignore"):
-        seen = float(np.nanmean(values)) if np.isfinite(values).any() else mean
+def check_plausible(name: str, values: np.ndarray, mean: float, scale: float, units: str, has_units: bool,
+                    path) -> None:
+    """Refuse values (converted to the store's `units`) whose mean lies `OUTLIER_STDS` train stds (`scale`)
+    or more from the store's train `mean`: a file in other units than it says (or, with no `units`, than assumed)."""
+    seen = float(np.nanmean(values)) if np.isfinite(values).any() else mean
     if abs(seen - mean) < OUTLIER_STDS * scale:
         return
-    units = str(store.to_xarray()["channel_units"].values[c])
     fix = "check its units attribute" if has_units else f"set its units attribute (missing, so taken as {units!r})"
     raise RunError(f"{path}: '{name}' has a mean of {seen:.6g} {units}, {abs(seen - mean) / scale:.0f} train stds "
                    f"from the store's {mean:.6g}: its values look like other units; {fix}")

@@ -127,8 +127,9 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
     fc = onto_grid(fc, store, names, path)
     truth = truth_steps(fc, store, path)
-    to_store_units = [units_of(fc[n], store, n, path) for n in names]
     targets = np.array([store.channels.index(n) for n in names])
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
     if lat_weighted is None:
         lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
     weights = area_weights(store, targets, lat_weighted)
@@ -137,7 +138,9 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     mean = store.stats["mean"][targets]
     scale = normalisation_scale(store.stats["std"])[targets]
     view = (1, -1) + (1,) * (store.array.ndim - 2)
-    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    first = _in_store_units(fc, names, to_store_units, 0, slice(0, BATCH))  # tells other units from a bad forecast
+    for c, n in enumerate(names):
+        check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
     for k, lead in enumerate(fc["lead"].values.tolist()):
         steps = truth[:, k]
@@ -147,11 +150,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             rows = steps[a:a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
             y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = np.stack([fc[n][a:a + BATCH, k].values.astype(np.float64) * factor + offset
-                                 for n, (factor, offset) in zip(names, to_store_units)], axis=1)
-            if a == 0 and k == 0:
-                for c, n in enumerate(names):
-                    check_plausible(n, physical[:, c], store, "units" in fc[n].attrs, path)
+            physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
             prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
             valid = _validity(stored, masks)
             basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
@@ -166,6 +165,13 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
     return {"leads": leads, "scores": leads[int(fc["lead"].values[0])],
             "climatology": describe_climatology(climatology)}
+
+
+def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
+    """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
+    store's units."""
+    return np.stack([fc[n][rows, lead].values.astype(np.float64) * factor + offset
+                     for n, (factor, offset) in zip(names, conversions)], axis=1)
 
 
 def _open(path: Path) -> xr.Dataset:

@@ -160,14 +160,14 @@ def supported_harmonics(times: np.ndarray, annual: int, diurnal: int) -> tuple[i
     Annual harmonic k is kept only when no stretch of the year that `times` leave out is as long as
     half its period (1 / 2k year): about a year of train data for the annual cycle. Fitted on 20 days,
     it would extrapolate the fit's trend over the rest of the year (a meaningless climatology, and an
-    ACC near 1 for any forecast). The diurnal harmonics need train steps at two hours of the day or
-    more over at least a day; the steps of a regular time axis fall at the same hours every day, so
-    the val and test steps are at hours the train saw (what the sampling cannot resolve is left to
-    lstsq, see `Climatology.fit`). A time axis without dates raises ConfigError (`time_phases`).
+    ACC near 1 for any forecast). The diurnal harmonics need train steps over a whole day: the steps
+    of a regular time axis fall at the same hours every day, so the val and test steps are then at
+    hours the train saw (what the sampling cannot resolve, e.g. any diurnal cycle of daily steps, is
+    left to lstsq, see `Climatology.fit`). A time axis without dates raises ConfigError (`time_phases`).
     """
     if not (annual or diurnal) or len(times) == 0:
         return annual, diurnal, []
-    year, day = time_phases(times)
+    year = time_phases(times)[0]
     why = []
     gap = _largest_gap(year)
     kept = annual
@@ -176,11 +176,8 @@ def supported_harmonics(times: np.ndarray, annual: int, diurnal: int) -> tuple[i
     if kept < annual:
         why.append(f"annual harmonics {annual} -> {kept}: the train steps leave {gap:.1%} of the year unseen "
                    f"(harmonic k needs no gap of 1/2k year or more)")
-    hours = np.unique(np.round(day * 24 * 3600))
-    covers_a_day = len(times) > 1 and _days(times) >= 1 - 1e-9
-    if diurnal and (hours.size < 2 or not covers_a_day):
-        why.append(f"diurnal harmonics {diurnal} -> 0: the train steps "
-                   + ("fall at one hour of the day" if hours.size < 2 else "cover less than a day"))
+    if diurnal and _days(times) < 1 - 1e-9:
+        why.append(f"diurnal harmonics {diurnal} -> 0: the train steps cover less than a day")
         diurnal = 0
     return kept, diurnal, why
 
@@ -196,7 +193,7 @@ def _days(times: np.ndarray) -> float:
     from canonstore.splits.gaps import as_days
 
     days = as_days(np.asarray(times))
-    return float(days.max() - days.min() + np.median(np.diff(days)))
+    return float(days.max() - days.min() + (np.median(np.diff(days)) if days.size > 1 else 0.0))
 
 
 class Rollout(nn.Module):

@@ -35,14 +35,15 @@ _SYMBOLS = {
 _DIMENSIONLESS = {"", "1", "(0 - 1)", "(0-1)", "0-1", "fraction", "dimensionless", "-"}
 # absolute temperatures: (factor, offset) to kelvin; only a bare temperature is shifted, never a
 # compound unit (a rate in degC s-1 is not offset by 273.15)
-_TEMPERATURE = {"k": (1.0, 0.0), "kelvin": (1.0, 0.0), "degk": (1.0, 0.0), "deg_k": (1.0, 0.0),
-                "degrees_k": (1.0, 0.0), "degc": (1.0, 273.15), "deg_c": (1.0, 273.15), "°c": (1.0, 273.15),
-                "celsius": (1.0, 273.15), "degree_celsius": (1.0, 273.15), "degrees_celsius": (1.0, 273.15),
-                "degf": (5 / 9, 273.15 - 32 * 5 / 9), "deg_f": (5 / 9, 273.15 - 32 * 5 / 9),
-                "°f": (5 / 9, 273.15 - 32 * 5 / 9), "fahrenheit": (5 / 9, 273.15 - 32 * 5 / 9),
-                "degrees_fahrenheit": (5 / 9, 273.15 - 32 * 5 / 9)}
+_KELVIN, _CELSIUS, _FAHRENHEIT = (1.0, 0.0), (1.0, 273.15), (5 / 9, 273.15 - 32 * 5 / 9)
+_TEMPERATURE = {"k": _KELVIN, "kelvin": _KELVIN, "degk": _KELVIN, "deg_k": _KELVIN, "degrees_k": _KELVIN,
+                "degc": _CELSIUS, "deg_c": _CELSIUS, "°c": _CELSIUS, "celsius": _CELSIUS,
+                "degree_celsius": _CELSIUS, "degrees_celsius": _CELSIUS,
+                "degf": _FAHRENHEIT, "deg_f": _FAHRENHEIT, "°f": _FAHRENHEIT, "fahrenheit": _FAHRENHEIT,
+                "degrees_fahrenheit": _FAHRENHEIT}
 # geopotential height, spelled as a length
-_ALIASES = {"gpm": "m", "gpdam": "dam", "geopotential metres": "m", "geopotential meters": "m", "geopotential_metres": "m"}
+_ALIASES = {"gpm": "m", "gpdam": "dam", "geopotential metres": "m", "geopotential meters": "m",
+            "geopotential_metres": "m"}
 _TOKEN = re.compile(r"^([A-Za-z_%°]+|1)([-+]?\d+)?$")  # a symbol and its power, once ** and ^ are gone
 
 
