@@ -275,14 +275,16 @@ def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
     tas = 280 + np.random.default_rng(0).normal(size=(times.size, 3, 4))
     xr.Dataset({"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
                coords={"time": times, "lat": ("lat", [10.0, 0.0, -10.0], {"units": "degrees_north"}),
-                       "lon": ("lon", [0.0, 90.0, 180.0, 270.0], {"units": "degrees_east"})}).to_netcdf(tmp_path / "t.nc")
+                       "lon": ("lon", [0.0, 90.0, 180.0, 270.0], {"units": "degrees_east"})}
+               ).to_netcdf(tmp_path / "t.nc")
     recipe = write_recipe(tmp_path, name="nl", sources=["t.nc"], splits={"train": [2001, 2001], "val": [2002, 2002],
                                                                          "test": [2003, 2003]})
     store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=lambda *_: None).path)
     init = store.split_indices("test")[:10]
     truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
     fc = xr.Dataset({"tas": (("time", "lead", "lat", "lon"), truth - 273.15, {"units": "degC"})},
-                    coords={"time": store.time[init], "lead": [1], "lat": [10.0, 0.0, -10.0], "lon": [0.0, 90, 180, 270]})
+                    coords={"time": store.time[init], "lead": [1], "lat": [10.0, 0.0, -10.0],
+                            "lon": [0.0, 90, 180, 270]})
     fc = fc.sortby("lat").assign_coords(lon=[0.0, 90, -180, -90]).sortby("lon")
     fc.to_zarr(tmp_path / "fc.zarr")
     assert score_forecast(tmp_path / "fc.zarr", store)["scores"]["overall"]["rmse"] < 1e-5
