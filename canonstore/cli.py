@@ -224,7 +224,8 @@ def score(forecast_file, store, out, lat_weighted, debug):
         target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, {"forecast": str(path), "store": str(store), "scores": scored["scores"],
-                            "leads": {str(k): v for k, v in scored["leads"].items()}})
+                            "leads": {str(k): v for k, v in scored["leads"].items()},
+                            "acc_climatology": scored["climatology"]})
         overall = scored["scores"]["overall"]
         click.echo(f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
                    f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)")

@@ -77,3 +77,21 @@ def gappy_store(tmp_path_factory) -> Path:
     recipe = write_recipe(folder, name="gappy", sources=["xy.nc"], time_gaps="allow", nan_policy="fill",
                           splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]})
     return build(recipe, folder / "gappy.zarr", progress=False, log=lambda *_: None).path
+
+
+@pytest.fixture(scope="session")
+def short_hourly_store(tmp_path_factory) -> Path:
+    """20 days of hourly t2m on a 4x8 grid: a diurnal cycle (3 K) plus white noise (1 K), nothing
+    else; train 1-12 January 2020, val 13-16, test 17-20. Far shorter than a year."""
+    folder = tmp_path_factory.mktemp("short")
+    times = pd.date_range("2020-01-01", periods=20 * 24, freq="h")
+    cycle = 3 * np.cos(2 * np.pi * (times.hour.to_numpy() - 14) / 24)[:, None, None]
+    t2m = 280 + cycle + np.random.default_rng(3).normal(size=(times.size, 4, 8))
+    xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32), {"units": "K"})},
+               coords={"time": times, "latitude": ("latitude", [45.0, 15.0, -15.0, -45.0], {"units": "degrees_north"}),
+                       "longitude": ("longitude", np.arange(8) * 45.0, {"units": "degrees_east"})}
+               ).to_netcdf(folder / "t2m.nc")
+    recipe = write_recipe(folder, name="short", sources=["t2m.nc"],
+                          splits={"by": "dates", "train": ["2020-01-01", "2020-01-12"],
+                                  "val": ["2020-01-13", "2020-01-16"], "test": ["2020-01-17", "2020-01-20"]})
+    return build(recipe, folder / "short.zarr", progress=False, log=lambda *_: None).path

@@ -13,11 +13,14 @@ from click.testing import CliRunner
 from canonstore.cli import main
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
+from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
 from canonstore.training.evaluate import load_run, score
 from canonstore.training.forecasts import forecast_path, score_forecast, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.models import reference_climatology
+from canonstore.training.units import G
+from tests.conftest import write_recipe
 
 TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu",
         "workers": 1, "patience": 0, "checkpoint_steps": 0}
@@ -71,7 +74,8 @@ def test_evaluate_is_forecast_plus_score_and_another_project_file_scores_the_sam
     physical = store.denormalise(np.stack([np.asarray(store.array[int(s)]) for s in steps]).astype(np.float64))
     theirs = xr.Dataset({n: (("time", "lead", "latitude", "longitude"),
                              physical[:, [store.channels.index(n)]].astype(np.float32)) for n in ("t850", "z500")},
-                        coords={"time": fc["time"].values, "lead": [1], "valid_time": fc["valid_time"]})
+                        coords={"time": fc["time"].values, "lead": [1], "valid_time": fc["valid_time"],
+                                "latitude": fc["latitude"], "longitude": fc["longitude"]})
     theirs.to_zarr(tmp_path / "persistence.zarr")
     result = CliRunner().invoke(main, ["score", str(tmp_path / "persistence.zarr"), "--store", str(tiny_store),
                                        "--out", str(tmp_path / "p.json")])
@@ -94,7 +98,7 @@ def test_a_forecast_of_other_times_or_channels_is_refused(tiny_store, tmp_path):
     times = np.array(["1990-01-01", "1990-01-02"], dtype="datetime64[ns]")
     xr.Dataset({"t850": (dims, zeros)}, coords={"time": times, "lead": [1], "valid_time": (("time", "lead"),
                times[:, None]), **grid}).to_zarr(tmp_path / "old.zarr")
-    with pytest.raises(RunError, match="valid time 1990-01-01.* is not a step of"):
+    with pytest.raises(RunError, match="init time 1990-01-01.* is not a step of"):
         score_forecast(tmp_path / "old.zarr", store)
     xr.Dataset({"sst": (dims, zeros)}, coords={"time": store.time[:2], "lead": [1], "valid_time": (
         ("time", "lead"), store.time[:2, None])}).to_zarr(tmp_path / "sst.zarr")
@@ -137,3 +141,153 @@ def test_a_one_step_run_forecasts_k_steps_autoregressively(run, tiny_store, tmp_
                         log=quiet)
     with pytest.raises(ConfigError, match="steps=3: only a trained model"):
         evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet, steps=3)
+
+
+DIMS = ("time", "lead", "latitude", "longitude")
+CHANNELS = ("z500", "t850", "t2m", "msl")
+
+
+def truth_as_forecast(store, names=CHANNELS, lead: int = 1, rows: int = 12) -> xr.Dataset:
+    """A perfect forecast: the store's own truth `lead` steps after the first `rows` test steps, in
+    physical units, on the store's grid with its coordinates, as another project would write it."""
+    init = store.split_indices("test")[:rows]
+    truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + lead]) for s in init]).astype(np.float64))
+    ds = store.to_xarray()
+    units = [str(u) for u in ds["channel_units"].values]
+    return xr.Dataset({n: (DIMS, truth[:, None, store.channels.index(n)].astype(np.float32),
+                           {"units": units[store.channels.index(n)]}) for n in names},
+                      coords={"time": store.time[init], "lead": [lead],
+                              "valid_time": (("time", "lead"), store.time[init + lead][:, None]),
+                              "latitude": ds["latitude"].variable, "longitude": ds["longitude"].variable})
+
+
+def rmse_of(ds: xr.Dataset, store, tmp_path, name: str = "fc") -> dict:
+    ds.to_zarr(tmp_path / f"{name}.zarr", mode="w")
+    return score_forecast(tmp_path / f"{name}.zarr", store)["scores"]
+
+
+def one_error_line(path, store) -> str:
+    result = CliRunner().invoke(main, ["score", str(path), "--store", str(store), "--out", str(path) + ".json"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def to_pm180(ds: xr.Dataset) -> xr.Dataset:
+    """Longitude -180..180, ascending from the dateline (WeatherBench 2 tools, many regional files)."""
+    return ds.assign_coords(longitude=((ds["longitude"] + 180) % 360) - 180).sortby("longitude")
+
+
+@pytest.mark.parametrize("order", ["store", "latitude ascending", "longitude -180..180", "both, dims transposed"])
+def test_a_perfect_forecast_scores_zero_in_any_grid_order(tiny_store, tmp_path, order):
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store)
+    assert fc["latitude"].values[0] > fc["latitude"].values[-1]   # the store: north to south, like ERA5
+    if order != "store":
+        fc = fc.sortby("latitude") if "latitude" in order else to_pm180(fc)
+    if order.startswith("both"):
+        fc = to_pm180(fc).transpose("time", "lead", "longitude", "latitude")
+    scores = rmse_of(fc, store, tmp_path)
+    assert scores["overall"]["rmse"] < 1e-5
+    assert scores["channels"]["t2m"]["rmse"] < 1e-3 and scores["channels"]["z500"]["rmse"] < 0.1
+
+
+def test_a_forecast_on_another_grid_is_refused_naming_the_coordinate(tiny_store, tmp_path):
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store, ["t2m"])
+    shifted = fc.assign_coords(latitude=fc["latitude"] + 0.75)
+    with pytest.raises(RunError, match=r"latitude differs from the store's \(max 0.75 apart.*regrid"):
+        rmse_of(shifted, store, tmp_path)
+    with pytest.raises(RunError, match=r"longitude differs from the store's \(max 10 apart"):
+        rmse_of(fc.assign_coords(longitude=fc["longitude"] + 10), store, tmp_path)
+    part = fc.isel(latitude=slice(0, 4))   # the northern half: a regional forecast of a global store
+    with pytest.raises(RunError, match="latitude has 4 points, the store's 8: .* regrid"):
+        rmse_of(part, store, tmp_path)
+    fc.drop_vars("longitude").to_zarr(tmp_path / "nolon.zarr")   # no values: its order cannot be checked
+    assert "no 'longitude' coordinate" in one_error_line(tmp_path / "nolon.zarr", tiny_store)
+    shifted.to_zarr(tmp_path / "shifted.zarr")
+    assert "latitude differs from the store's" in one_error_line(tmp_path / "shifted.zarr", tiny_store)
+
+
+def test_a_forecast_in_other_units_is_converted_or_refused(tiny_store, tmp_path):
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store)
+    other = fc.copy()
+    other["t2m"] = (fc["t2m"] - 273.15).assign_attrs(units="degC")
+    other["t850"] = (fc["t850"] - 273.15).assign_attrs(units="deg_C")
+    other["z500"] = (fc["z500"] / G).assign_attrs(units="m")       # geopotential height, m
+    other["msl"] = (fc["msl"] / 100).assign_attrs(units="hPa")
+    assert rmse_of(other, store, tmp_path, "converted")["overall"]["rmse"] < 1e-5
+    unknown = fc.copy()
+    unknown["t2m"] = fc["t2m"].assign_attrs(units="W m-2")
+    with pytest.raises(RunError, match=r"'t2m' is in 'W m-2', the store's t2m in 'K'.*no certain conversion"):
+        rmse_of(unknown, store, tmp_path, "unknown")
+    # no units attribute: the store's units are assumed, and values far from them are refused
+    bare = fc.copy()
+    bare["t2m"].attrs.pop("units")
+    assert rmse_of(bare, store, tmp_path, "bare")["overall"]["rmse"] < 1e-5
+    bare["t2m"] = bare["t2m"] - 273.15
+    bare.to_zarr(tmp_path / "celsius.zarr")
+    assert "set its units attribute" in one_error_line(tmp_path / "celsius.zarr", tiny_store)
+    wrong = fc.copy()                                            # says K, holds degC
+    wrong["t850"] = (fc["t850"] - 273.15).assign_attrs(units="K")
+    with pytest.raises(RunError, match=r"'t850' has a mean of .* train stds .* check its units attribute"):
+        rmse_of(wrong, store, tmp_path, "wrong")
+
+
+def test_valid_time_is_checked_and_each_forecast_counts_once(tiny_store, tmp_path):
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store, ["t2m"], lead=2)
+    late = fc.assign_coords(valid_time=fc["valid_time"] + np.timedelta64(6, "h"))   # scored at lead 3 today
+    with pytest.raises(RunError, match=rf"valid_time .* of \(time {fc['time'].values[0]}, lead 2\) is not the "
+                                       r"store's time .* \(12 such\)"):
+        rmse_of(late, store, tmp_path, "late")
+    # no valid_time: lead counts store steps, so it is the time `lead` steps after the init time
+    reference = rmse_of(fc, store, tmp_path, "with")
+    without = rmse_of(fc.drop_vars("valid_time"), store, tmp_path, "without")
+    assert without == reference and without["samples"] == 12 and without["overall"]["rmse"] < 1e-5
+    with pytest.raises(RunError, match="no 'lead' coordinate"):        # else lead would silently be 0, 1, ...
+        rmse_of(fc.drop_vars("lead"), store, tmp_path, "nolead")
+    twice = xr.concat([fc, fc + 1], dim="time")    # 12 init times, each twice
+    twice.to_zarr(tmp_path / "twice.zarr")
+    line = one_error_line(tmp_path / "twice.zarr", tiny_store)
+    assert "init time(s)" in line and "appear more than once (12 repeats)" in line
+
+
+def test_acc_on_a_store_shorter_than_a_year_is_against_the_climatology_it_supports(short_hourly_store, tmp_path):
+    """White noise around a diurnal cycle: persistence's anomalies do not correlate with the truth's."""
+    store = open_store(short_hourly_store)
+    persistence = truth_as_forecast(store, ["t2m"], lead=0, rows=90).assign_coords(lead=[1])
+    persistence = persistence.assign_coords(valid_time=persistence["valid_time"] + np.timedelta64(1, "h"))
+    persistence.to_zarr(tmp_path / "persistence.zarr")
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "persistence.zarr"), "--store", str(short_hourly_store),
+                                       "--out", str(tmp_path / "scores.json")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert abs(saved["scores"]["channels"]["t2m"]["acc"]) < 0.3     # it was 0.98 against an extrapolated fit
+    assert saved["acc_climatology"]["annual_harmonics"] == 0 and saved["acc_climatology"]["diurnal_harmonics"] == 2
+    assert "annual harmonics 3 -> 0" in saved["acc_climatology"]["left_out"][0]
+
+
+def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
+    times = xr.date_range("2001-01-01", periods=3 * 365, freq="D", calendar="noleap", use_cftime=True)
+    tas = 280 + np.random.default_rng(0).normal(size=(times.size, 3, 4))
+    xr.Dataset({"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
+               coords={"time": times, "lat": ("lat", [10.0, 0.0, -10.0], {"units": "degrees_north"}),
+                       "lon": ("lon", [0.0, 90.0, 180.0, 270.0], {"units": "degrees_east"})}
+               ).to_netcdf(tmp_path / "t.nc")
+    recipe = write_recipe(tmp_path, name="nl", sources=["t.nc"], splits={"train": [2001, 2001], "val": [2002, 2002],
+                                                                         "test": [2003, 2003]})
+    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=lambda *_: None).path)
+    init = store.split_indices("test")[:10]
+    truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
+    fc = xr.Dataset({"tas": (("time", "lead", "lat", "lon"), truth - 273.15, {"units": "degC"})},
+                    coords={"time": store.time[init], "lead": [1], "lat": [10.0, 0.0, -10.0],
+                            "lon": [0.0, 90, 180, 270]})
+    fc = fc.sortby("lat").assign_coords(lon=[0.0, 90, -180, -90]).sortby("lon")
+    fc.to_zarr(tmp_path / "fc.zarr")
+    assert score_forecast(tmp_path / "fc.zarr", store)["scores"]["overall"]["rmse"] < 1e-5
+    standard = fc.assign_coords(time=np.array([f"2003-01-{d:02d}" for d in range(1, 11)], dtype="datetime64[ns]"))
+    standard.to_zarr(tmp_path / "standard.zarr")   # was a raw TypeError
+    assert "write them in the store's calendar" in one_error_line(tmp_path / "standard.zarr", store.path)

@@ -103,6 +103,18 @@ def test_weatherbench2_scores_per_time_then_averaged():
     assert all(got[c]["rmse"] < got[c]["rmse_pooled"] * 1.0000001 for c in "ab")  # mean of roots <= root of mean
 
 
+def test_the_acc_of_the_climatology_itself_is_undefined_even_through_float32():
+    """The climatology written to a forecast file comes back with float32 rounding: no correlation to report."""
+    rng = np.random.default_rng(2)
+    clim = torch.from_numpy(rng.normal(size=(5, 1, 3, 4)) * 3 + 280)
+    target = clim + torch.from_numpy(rng.normal(size=clim.shape))
+    scores = Scores(torch.ones(1, 3, 4, dtype=torch.float64))
+    scores.update(clim.float(), target, climatology=clim)
+    assert np.isnan(scores.result(["t"], np.ones(1), ["K"])["channels"]["t"]["acc"])
+    scores.update(clim.float() + 0.01, target, climatology=clim)     # a forecast: its ACC counts
+    assert np.isfinite(scores.result(["t"], np.ones(1), ["K"])["channels"]["t"]["acc"])
+
+
 def test_filled_points_weigh_nothing_in_loss_and_scores(gappy_store):
     store = open_store(gappy_store)
     ds = store.dataset("test", lead=1, target_masks=True)

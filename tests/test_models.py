@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from canonstore.errors import ConfigError
+from canonstore.formats import open_store
+from canonstore.formats.store import normalisation_scale
 from canonstore.training.models import (MLP, Climatology, Persistence, Rollout, UNet, basis_size, build_model,
-                                       time_basis)
+                                       reference_climatology, supported_harmonics, time_basis)
 
 
 class FakeDataset:
@@ -202,3 +204,31 @@ def test_climatology_of_several_leads_stacks_each_valid_time():
     assert stacked.shape == (4, 6, 3)
     for lead in range(3):
         assert torch.allclose(stacked[:, 2 * lead:2 * lead + 2], model(x, basis[:, lead]))
+
+
+def test_the_acc_reference_fits_only_the_harmonics_the_train_split_supports(short_hourly_store, tiny_store):
+    store = open_store(short_hourly_store)    # 12 train days, hourly
+    reference = reference_climatology(store, np.array([0]))
+    assert (reference.annual, reference.diurnal) == (0, 2) and "annual harmonics 3 -> 0" in reference.notes[0]
+    # on the test days it is the train mean and diurnal cycle: off by the noise alone (1 K of 2.3 K std)
+    test = store.split_indices("test")
+    with torch.inference_mode():
+        clim = reference(torch.zeros(1), torch.from_numpy(time_basis(store.time[test], 0, 2))).numpy()
+    rmse = np.sqrt(np.mean((clim - np.asarray(store.array[test])) ** 2)) * normalisation_scale(store.stats["std"])[0]
+    assert 0.8 < rmse < 1.2                   # K; fitted with annual harmonics it was tens of K
+    three_years = reference_climatology(open_store(tiny_store), np.array([0]))   # 6-hourly, a whole train year
+    assert (three_years.annual, three_years.diurnal, three_years.notes) == (3, 2, [])
+
+
+def test_annual_harmonics_need_the_year_covered_and_diurnal_ones_the_day():
+    year = pd.date_range("2001-01-01", "2001-12-31 18:00", freq="6h").to_numpy()
+    assert supported_harmonics(year, 3, 2) == (3, 2, [])
+    no_summer = year[(year < np.datetime64("2001-06-01")) | (year >= np.datetime64("2001-08-01"))]  # 61 days out
+    assert supported_harmonics(no_summer, 3, 2)[:2] == (2, 2)        # harmonic 3 needs no gap of 1/6 year
+    assert supported_harmonics(year[:4 * 120], 3, 2)[:2] == (0, 2)    # 4 months of a year: no annual cycle
+    assert supported_harmonics(year[:3], 0, 2) == (0, 0, ["diurnal harmonics 2 -> 0: the train steps cover less "
+                                                          "than a day"])   # 00, 06, 12 h: 18 h not seen
+    daily = pd.date_range("2001-01-01", "2003-12-31", freq="D").to_numpy()
+    assert supported_harmonics(daily, 3, 2) == (3, 2, [])   # every step at 00 h: the diurnal terms stay inert
+    noleap = np.array([cftime.DatetimeNoLeap(2001, 1, 1) + k * pd.Timedelta("1D").to_pytimedelta() for k in range(365)])
+    assert supported_harmonics(noleap, 3, 0)[:2] == (3, 0)            # a whole 365-day year of its calendar

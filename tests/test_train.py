@@ -168,6 +168,18 @@ def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):
     assert scores["channels"]["t2m"]["r2"] > 0.1     # the seasonal and diurnal cycles are explained
 
 
+def test_climatology_on_a_store_shorter_than_a_year_fits_what_the_train_days_support(short_hourly_store, tmp_path):
+    folder = train(tiny(model="climatology"), short_hourly_store, tmp_path, log=quiet)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["model_args"] == {"annual_harmonics": 0, "diurnal_harmonics": 2}
+    assert any("annual harmonics 3 -> 0" in w for w in config["warnings"])
+    out = evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet)
+    scores = json.loads(out.read_text())
+    # the noise (1 K) is all it misses of the test days; fitted with annual harmonics it extrapolated to 4 std
+    assert 0.8 < scores["scores"]["channels"]["t2m"]["rmse"] < 1.2 and scores["scores"]["channels"]["t2m"]["r2"] > 0.7
+    assert scores["acc_climatology"]["annual_harmonics"] == 0
+
+
 @pytest.mark.parametrize("lead", [1, [1, 3]])
 def test_netcdf_loader_gives_the_same_batches(tiny_store, lead):
     store = open_store(tiny_store)

@@ -249,7 +249,23 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
             run["warnings"].append(f"lat_weighted is true but {store.path} gets no area weighting: {how}")
     else:
         run["lat_weighting"] = "none: lat_weighted is false"
+    if model == "climatology":
+        _supported_climatology(run, store)
     return run
+
+
+def _supported_climatology(run: dict, store) -> None:
+    """Fit only the harmonics the train split supports (`models.supported_harmonics`), and say so: a
+    store shorter than a year gets no annual harmonics rather than a fit extrapolated over the year."""
+    from canonstore.training.models import supported_harmonics
+
+    args = run["model_args"]
+    train = store.time[store.split_indices("train")]
+    if not (args["annual_harmonics"] or args["diurnal_harmonics"]) or train.dtype.kind not in "MO":
+        return  # no dates: the fit says what to set (training.models.time_phases)
+    args["annual_harmonics"], args["diurnal_harmonics"], why = supported_harmonics(
+        train, args["annual_harmonics"], args["diurnal_harmonics"])
+    run["warnings"] += [f"climatology: {reason}" for reason in why]
 
 
 def lead_times(run: dict) -> list[int]:

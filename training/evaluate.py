@@ -151,7 +151,8 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
     result = scored["scores"]
     write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
                      "epoch": saved["epoch"], "store": run["store"], "forecast": str(path), "scores": result,
-                     "leads": {str(k): v for k, v in scored["leads"].items()}, "config": run,
+                     "leads": {str(k): v for k, v in scored["leads"].items()},
+                     "acc_climatology": scored["climatology"], "config": run,
                      "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     overall = result["overall"]
     first = "" if len(scored["leads"]) < 2 else f" at lead {next(iter(scored['leads']))}"

@@ -26,8 +26,9 @@ from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.store import normalisation_scale
 from canonstore.loaders.downscale import coarse_factor, coarse_up
+from canonstore.training.alignment import check_plausible, grid_coords, onto_grid, truth_steps, units_of
 from canonstore.training.metrics import Scores, area_weights, validity
-from canonstore.training.models import reference_climatology, time_basis
+from canonstore.training.models import describe_climatology, reference_climatology, time_basis
 from canonstore.training.tracking import read_config
 
 BATCH = 64  # times scored at once
@@ -96,42 +97,39 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
 
     space_dims, space = store.dims[2:], store.shape[2:]
     ds = store.to_xarray()
-    coords = {d: ds[d].values for d in space_dims if d in ds.coords}
-    extra = {c: ds[c] for c in ds.coords if c not in ("time", "channel") and ds[c].dims
-             and set(ds[c].dims) <= set(space_dims) and c not in space_dims}
+    grid = {c: xr.Variable(ds[c].dims, ds[c].values, ds[c].attrs) for c in grid_coords(ds, space_dims)}
     valid = np.stack([store.time[init + lead] for lead in leads], axis=1)
     data = {n: (("time", "lead") + space_dims,
                 da.zeros((init.size, len(leads)) + space, dtype=np.float32, chunks=(BATCH, 1) + space),
                 {"units": str(ds["channel_units"].values[store.channels.index(n)])}) for n in names}
     return xr.Dataset(data, coords={"time": store.time[init], "lead": ("lead", np.asarray(leads, np.int64),
                                                                       {"units": "store steps"}),
-                                    "valid_time": (("time", "lead"), valid), **coords,
-                                    **{c: v.variable for c, v in extra.items()}}, attrs=attrs)
+                                    "valid_time": (("time", "lead"), valid), **grid}, attrs=attrs)
 
 
 def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
     """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
 
-    Returns {"leads": {lead: scores}, "scores": the first lead's scores}; a downscaling file (its
-    `coarse_factor` attribute) also gets "residual": the scores of R_pred = forecast - y_CU against
-    R = y_HR - y_CU (y_CU: the coarse-up of the truth), next to the reconstructed field's. Each
-    variable must be a store channel, the grid the store's, and every valid time a step of the store. `lat_weighted`
-    defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
+    Returns {"leads": {lead: scores}, "scores": the first lead's scores, "climatology": the ACC's
+    reference (`describe_climatology`)}; a downscaling file (its `coarse_factor` attribute) also gets
+    "residual": the scores of R_pred = forecast - y_CU against R = y_HR - y_CU (y_CU: the coarse-up of
+    the truth), next to the reconstructed field's. Each variable must be a store channel; the file is
+    matched to the store by values (`training.alignment`: grid, units, valid times), never by position.
+    `lat_weighted` defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
     """
     path = Path(path)
     store = open_store(store) if isinstance(store, (str, Path)) else store
-    fc = xr.open_zarr(path, consolidated=None, chunks=None)
+    fc = _open(path)
     names = list(map(str, fc.data_vars))
     unknown = [n for n in names if n not in store.channels]
     if unknown:
         raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
-    for n in names:
-        expected = ("time", "lead") + store.dims[2:]
-        if fc[n].dims != expected or fc[n].shape[2:] != store.shape[2:]:
-            raise RunError(f"{path}: '{n}' has dims {dict(fc[n].sizes)}, expected {expected} on the store's grid "
-                           f"{store.shape[2:]}")
     names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
+    fc = onto_grid(fc, store, names, path)
+    truth = truth_steps(fc, store, path)
     targets = np.array([store.channels.index(n) for n in names])
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
     if lat_weighted is None:
         lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
     weights = area_weights(store, targets, lat_weighted)
@@ -140,17 +138,19 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     mean = store.stats["mean"][targets]
     scale = normalisation_scale(store.stats["std"])[targets]
     view = (1, -1) + (1,) * (store.array.ndim - 2)
-    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    first = _in_store_units(fc, names, to_store_units, 0, slice(0, BATCH))  # tells other units from a bad forecast
+    for c, n in enumerate(names):
+        check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
     for k, lead in enumerate(fc["lead"].values.tolist()):
-        steps = _steps_of(store, fc["valid_time"].values[:, k], path)
+        steps = truth[:, k]
         scores = Scores(weights)
         residual = Scores(weights) if "coarse_factor" in fc.attrs else None
         for a in range(0, steps.size, BATCH):
             rows = steps[a:a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
             y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = np.stack([fc[n][a:a + BATCH, k].values for n in names], axis=1).astype(np.float64)
+            physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
             prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
             valid = _validity(stored, masks)
             basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
@@ -163,21 +163,24 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    return {"leads": leads, "scores": leads[int(fc["lead"].values[0])]}
+    return {"leads": leads, "scores": leads[int(fc["lead"].values[0])],
+            "climatology": describe_climatology(climatology)}
 
 
-def _steps_of(store, valid: np.ndarray, path: Path) -> np.ndarray:
-    """Positions of the times `valid` in the store's time axis; every one must be there."""
-    time = store.time
-    order = np.argsort(time, kind="stable")
-    pos = np.searchsorted(time[order], valid)
-    pos = np.clip(pos, 0, time.size - 1)
-    found = order[pos]
-    missing = np.flatnonzero(time[found] != valid)
-    if missing.size:
-        raise RunError(f"{path}: valid time {valid[missing[0]]} (and {missing.size - 1} more) is not a step of "
-                       f"{store.path}: score a forecast against the store it forecasts")
-    return found
+def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
+    """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
+    store's units."""
+    return np.stack([fc[n][rows, lead].values.astype(np.float64) * factor + offset
+                     for n, (factor, offset) in zip(names, conversions)], axis=1)
+
+
+def _open(path: Path) -> xr.Dataset:
+    if not path.exists():
+        raise RunError(f"{path}: no such forecast file")
+    try:
+        return xr.open_zarr(path, consolidated=None, chunks=None)
+    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
+        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
 
 
 def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:

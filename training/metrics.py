@@ -23,6 +23,9 @@ import torch
 from canonstore.formats.coords import latitude_field
 from canonstore.formats.store import normalisation_scale
 
+# A forecast anomaly this small against the truth's is the climatology itself, up to float32 rounding (a
+# forecast file's values): its ACC would correlate rounding errors, so it is undefined, as for exact zeros.
+ANOMALY_FLOOR = 1e-4
 _SUMS = ("weight", "abs_err", "sq_err", "err", "target", "target_sq", "rmse_t", "acc_t", "acc_n", "times")
 
 
@@ -133,8 +136,9 @@ class Scores:
         acc_n = torch.zeros_like(per_time)
         if climatology is not None:
             f, o = prediction.double() - climatology.double(), target - climatology.double()
-            denominator = torch.sqrt((w * f ** 2).sum(space) * (w * o ** 2).sum(space))
-            ok = has & (denominator > 0)
+            ff, oo = (w * f ** 2).sum(space), (w * o ** 2).sum(space)
+            denominator = torch.sqrt(ff * oo)
+            ok = has & (oo > 0) & (ff > ANOMALY_FLOOR ** 2 * oo)
             acc_t = torch.where(ok, (w * f * o).sum(space) / denominator.clamp_min(1e-300), acc_t)
             acc_n = ok.double()
         self.sums += torch.stack([

@@ -124,28 +124,76 @@ def basis_size(annual: int, diurnal: int) -> int:
     return 1 + 2 * (annual + diurnal) + (4 if annual and diurnal else 0)
 
 
-def time_basis(times: np.ndarray, annual: int, diurnal: int) -> np.ndarray:
-    """(time, basis) float64: 1, annual and diurnal harmonics, and their first-order products.
+def time_phases(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction of its year, fraction of its day) of each time, in float64.
 
     `times` are decoded datetimes (numpy or cftime: 360_day and noleap years have their own length).
     """
+    try:
+        t = xr.DataArray(times, dims="time").dt
+        hours = t.hour.values + t.minute.values / 60
+        year = (t.dayofyear.values - 1 + hours / 24) / t.days_in_year.values
+    except (AttributeError, TypeError) as exc:
+        raise ConfigError("climatology: the store's time axis holds no dates, so there is no day of year; "
+                          "set climatology.annual_harmonics=0 and climatology.diurnal_harmonics=0 for "
+                          "the plain train mean") from exc
+    return year, hours / 24
+
+
+def time_basis(times: np.ndarray, annual: int, diurnal: int) -> np.ndarray:
+    """(time, basis) float64: 1, annual and diurnal harmonics, and their first-order products."""
     columns = [np.ones(len(times))]
     if annual or diurnal:
-        try:
-            t = xr.DataArray(times, dims="time").dt
-            hours = t.hour.values + t.minute.values / 60
-            year = (t.dayofyear.values - 1 + hours / 24) / t.days_in_year.values
-        except (AttributeError, TypeError) as exc:
-            raise ConfigError("climatology: the store's time axis holds no dates, so there is no day of year; "
-                              "set climatology.annual_harmonics=0 and climatology.diurnal_harmonics=0 for "
-                              "the plain train mean") from exc
-        day = hours / 24
+        year, day = time_phases(times)
         for period, harmonics in ((year, annual), (day, diurnal)):
             for k in range(1, harmonics + 1):
                 columns += [np.cos(2 * np.pi * k * period), np.sin(2 * np.pi * k * period)]
         if annual and diurnal:  # the diurnal cycle's amplitude changes with the season
             columns += [a * d for a in columns[1:3] for d in columns[1 + 2 * annual:3 + 2 * annual]]
     return np.stack(columns, axis=1)
+
+
+def supported_harmonics(times: np.ndarray, annual: int, diurnal: int) -> tuple[int, int, list[str]]:
+    """(annual, diurnal, why any were left out): the harmonics, at most those asked, that a fit on
+    `times` (the train steps) pins down where the store's other steps fall.
+
+    Annual harmonic k is kept only when no stretch of the year that `times` leave out is as long as
+    half its period (1 / 2k year): about a year of train data for the annual cycle. Fitted on 20 days,
+    it would extrapolate the fit's trend over the rest of the year (a meaningless climatology, and an
+    ACC near 1 for any forecast). The diurnal harmonics need train steps over a whole day: the steps
+    of a regular time axis fall at the same hours every day, so the val and test steps are then at
+    hours the train saw (what the sampling cannot resolve, e.g. any diurnal cycle of daily steps, is
+    left to lstsq, see `Climatology.fit`). A time axis without dates raises ConfigError (`time_phases`).
+    """
+    if not (annual or diurnal) or len(times) == 0:
+        return annual, diurnal, []
+    year = time_phases(times)[0]
+    why = []
+    gap = _largest_gap(year)
+    kept = annual
+    while kept and gap >= 1 / (2 * kept):
+        kept -= 1
+    if kept < annual:
+        why.append(f"annual harmonics {annual} -> {kept}: the train steps leave {gap:.1%} of the year unseen "
+                   f"(harmonic k needs no gap of 1/2k year or more)")
+    if diurnal and _days(times) < 1 - 1e-9:
+        why.append(f"diurnal harmonics {diurnal} -> 0: the train steps cover less than a day")
+        diurnal = 0
+    return kept, diurnal, why
+
+
+def _largest_gap(phases: np.ndarray) -> float:
+    """The longest stretch of the cycle (0..1, circular) holding none of `phases`."""
+    seen = np.unique(np.mod(phases, 1.0))
+    return float(np.diff(np.concatenate([seen, seen[:1] + 1])).max())
+
+
+def _days(times: np.ndarray) -> float:
+    """Days from the first to the last of `times`, plus one usual step (the last step's own span)."""
+    from canonstore.splits.gaps import as_days
+
+    days = as_days(np.asarray(times))
+    return float(days.max() - days.min() + (np.median(np.diff(days)) if days.size > 1 else 0.0))
 
 
 class Rollout(nn.Module):
@@ -253,18 +301,29 @@ def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold
 
 def reference_climatology(store, targets: np.ndarray) -> Climatology:
     """The `climatology` model with default harmonics fitted on the train split: the reference the
-    anomaly correlation (ACC) is computed against. A time axis without dates gets the plain train mean."""
+    anomaly correlation (ACC) is computed against. Only the harmonics the train split supports are
+    fitted (`supported_harmonics`; what was left out and why is its `notes`); a time axis without
+    dates gets the plain train mean."""
     from canonstore.training.config import DEFAULTS
     from canonstore.training.metrics import validity
 
     annual, diurnal = DEFAULTS["climatology"]["annual_harmonics"], DEFAULTS["climatology"]["diurnal_harmonics"]
+    train = store.split_indices("train")
     try:
-        time_basis(store.time[:1], annual, diurnal)
+        annual, diurnal, notes = supported_harmonics(store.time[train], annual, diurnal)
     except ConfigError:
         annual = diurnal = 0
+        notes = ["the store's time axis holds no dates: the plain train mean"]
     model = Climatology(len(targets), store.shape[2:], annual, diurnal)
-    model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
+    model.fit(store.array, train, store.time, targets, validity(store, targets))
+    model.notes = notes
     return model.eval()
+
+
+def describe_climatology(model: Climatology) -> dict:
+    """What a fitted climatology is, for a scores file: its harmonics and what was left out, and why."""
+    return {"fitted_on": "train split", "annual_harmonics": model.annual, "diurnal_harmonics": model.diurnal,
+            "left_out": list(getattr(model, "notes", []))}
 
 
 def _sources(dataset) -> list[int]:

@@ -1,0 +1,208 @@
+"""A forecast file matched to a store by coordinate values, units and times, or refused in one line.
+
+    fc = xr.open_zarr("forecast.zarr")
+    fc = onto_grid(fc, store, names, path)      # each space dim reordered onto the store's values
+    steps = truth_steps(fc, store, path)        # (time, lead) -> the store step it forecasts
+    scale, offset = units_of(fc[name], store, name, path)
+
+Nothing is matched by position alone: a latitude written south to north (WeatherBench 2, ARCO-ERA5)
+or a longitude in -180..180 is reordered onto the store's grid, values equal within `TOLERANCE`; a
+grid whose values differ, a part of the grid or another resolution is refused (regrid it first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from canonstore.errors import RunError
+from canonstore.splits.gaps import segment_ids
+from canonstore.training.units import conversion
+
+TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)
+OUTLIER_STDS = 10  # a forecast's mean this many train stds from the store's: its values are in other units
+
+
+def grid_coords(ds: xr.Dataset, space_dims: tuple[str, ...]) -> list[str]:
+    """The coordinates of `ds` on the grid: one per space dim that has values, then the others
+    over space dims only (a curvilinear `latitude(y, x)`, a station's `latitude(location)`)."""
+    dims = [d for d in space_dims if d in ds.coords]
+    others = [str(c) for c in ds.coords if c not in dims and ds[c].dims and set(ds[c].dims) <= set(space_dims)]
+    return dims + others
+
+
+def onto_grid(fc: xr.Dataset, store, names: list[str], path) -> xr.Dataset:
+    """`fc` with each variable's dims in the store's order and each space dim reordered so that its
+    coordinate values are the store's; refuses a variable with other dims or a grid that differs."""
+    space_dims = tuple(store.dims[2:])
+    expected = ("time", "lead") + space_dims
+    for n in names:
+        if set(fc[n].dims) != set(expected):
+            raise RunError(f"{path}: '{n}' has dims {dict(fc[n].sizes)}, expected {expected} on the store's grid "
+                           f"{store.shape[2:]}")
+    fc = fc.transpose(*expected, ...)
+    for d, size in zip(space_dims, store.shape[2:]):
+        if fc.sizes[d] != size:
+            raise RunError(f"{path}: {d} has {fc.sizes[d]} points, the store's {size}: a forecast on part of the grid "
+                           f"or at another resolution is not scored; regrid it onto the store's grid first")
+    ours = store.to_xarray()
+    for c in grid_coords(ours, space_dims):
+        if c not in fc.coords:
+            raise RunError(f"{path}: no '{c}' coordinate, so its grid cannot be matched to the store's: write the "
+                           f"store's {c} values with the forecast (a grid is matched by values, never by position)")
+        periodic = c == store.longitude
+        if c in space_dims:
+            order = _order_onto(fc[c].values, ours[c].values, periodic, c, path)
+            if (order != np.arange(order.size)).any():  # plain slices read faster: reorder only what needs it
+                fc = fc.isel({c: order})
+        elif set(fc[c].dims) != set(ours[c].dims):
+            raise RunError(f"{path}: '{c}' has dims {fc[c].dims}, the store's {ours[c].dims}: write the forecast on "
+                           f"the store's grid")
+        else:
+            _check_same(fc[c].transpose(*ours[c].dims).values, ours[c].values, periodic, c, path)
+    return fc
+
+
+def _key(values: np.ndarray, periodic: bool) -> np.ndarray:
+    """Values to compare: longitudes on 0..360, with 360 - tolerance and above counted as 0."""
+    if not periodic:
+        return values
+    wrapped = np.mod(values, 360.0)
+    return np.where(wrapped > 360.0 - TOLERANCE, wrapped - 360.0, wrapped)
+
+
+def _distance(a: np.ndarray, b: np.ndarray, periodic: bool) -> np.ndarray:
+    d = np.abs(a - b)
+    return np.minimum(d, 360.0 - d) if periodic else d
+
+
+def _order_onto(theirs: np.ndarray, ours: np.ndarray, periodic: bool, name: str, path) -> np.ndarray:
+    """Positions in `theirs` of each value of `ours`: a permutation, or refused naming `name`."""
+    if theirs.dtype.kind not in "iuf" or ours.dtype.kind not in "iuf":  # labels (station ids): equal or refused
+        where = {v: i for i, v in enumerate(theirs.tolist())}
+        missing = [v for v in ours.tolist() if v not in where]
+        if missing or len(where) != len(theirs):
+            raise RunError(f"{path}: {name} labels differ from the store's (the store's {missing[:3]} missing, or "
+                           f"repeated): write the forecast on the store's {name}")
+        return np.array([where[v] for v in ours.tolist()])
+    a, b = _key(theirs.astype(np.float64), periodic), _key(ours.astype(np.float64), periodic)
+    by_a, by_b = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    order = np.empty_like(by_b)
+    order[by_b] = by_a
+    apart = _distance(a[order], b, periodic)
+    if apart.max(initial=0.0) > TOLERANCE:
+        raise RunError(f"{path}: {name} differs from the store's (max {apart.max():.4g} apart, tolerance "
+                       f"{TOLERANCE}); regrid the forecast onto the store's grid first")
+    return order
+
+
+def _check_same(theirs: np.ndarray, ours: np.ndarray, periodic: bool, name: str, path) -> None:
+    if theirs.dtype.kind not in "iuf" or ours.dtype.kind not in "iuf":
+        same = theirs.shape == ours.shape and bool(np.all(theirs == ours))
+        apart = "" if same else " (other labels)"
+    else:
+        d = _distance(_key(theirs.astype(np.float64), periodic), _key(ours.astype(np.float64), periodic), periodic)
+        same, apart = d.max(initial=0.0) <= TOLERANCE, f" (max {d.max(initial=0.0):.4g} apart, tolerance {TOLERANCE})"
+    if not same:
+        raise RunError(f"{path}: {name} differs from the store's{apart} once the grid's dims are matched; regrid "
+                       f"the forecast onto the store's grid first")
+
+
+def truth_steps(fc: xr.Dataset, store, path) -> np.ndarray:
+    """(time, lead) int: the store step each forecast is of, `lead` store steps after its init time.
+
+    Each (time, lead) is scored once: repeated init times or leads are refused, an init time must be
+    a store step, the window must not span a gap of the store's time axis, and `valid_time` (computed
+    when the file has none) must be the store's time at that step.
+    """
+    for name in ("time", "lead"):
+        if name not in fc.coords:
+            raise RunError(f"{path}: no '{name}' coordinate, so which forecast is which cannot be told: write `time` "
+                           f"(the init times) and `lead` (store steps ahead) with the forecast")
+    init, lead = fc["time"].values, fc["lead"].values
+    if not (init.size and lead.size):
+        raise RunError(f"{path}: holds no forecasts ({init.size} init times, {lead.size} leads)")
+    if lead.dtype.kind not in "iu":
+        raise RunError(f"{path}: lead is {lead.dtype}, not a whole number of store steps: write lead as integers "
+                       f"(1 = one step of the store after the init time)")
+    for name, values in (("init time", init), ("lead", lead)):
+        kept, counts = np.unique(values, return_counts=True)
+        if (counts > 1).any():
+            raise RunError(f"{path}: {name}(s) {[str(v) for v in kept[counts > 1][:3]]} appear more than once "
+                           f"({int((counts - 1).sum())} repeats): keep one forecast per (time, lead)")
+    positions = find_steps(store, init, path, "init time")
+    steps = positions[:, None] + lead.astype(np.int64)[None, :]
+    last = store.time.size - 1
+    outside = (steps < 0) | (steps > last)
+    if outside.any():
+        t, k = np.argwhere(outside)[0]
+        raise RunError(f"{path}: (time {init[t]}, lead {lead[k]}) forecasts beyond the store's time axis "
+                       f"({store.time[0]} .. {store.time[last]}): score it against a store that holds its valid times")
+    segment = segment_ids(store.time.size, store.gaps)
+    spans = segment[steps] != segment[positions][:, None]
+    if spans.any():
+        t, k = np.argwhere(spans)[0]
+        raise RunError(f"{path}: (time {init[t]}, lead {lead[k]}) spans a gap in the store's time axis, so its lead "
+                       f"is not {lead[k]} steps of time: leave such forecasts out")
+    if "valid_time" in fc.variables:
+        _check_valid_times(fc, store.time[steps], path)
+    return steps
+
+
+def find_steps(store, times: np.ndarray, path, what: str) -> np.ndarray:
+    """Positions of `times` in the store's time axis; every one must be there."""
+    time = store.time
+    order = np.argsort(time, kind="stable")
+    try:
+        pos = np.clip(np.searchsorted(time[order], times), 0, time.size - 1)
+        missing = np.flatnonzero(np.asarray(time[order[pos]] != times))
+    except TypeError as exc:  # cftime against datetime64, or dates against numbers
+        raise RunError(f"{path}: its {what}s ({type(times.flat[0]).__name__}) cannot be compared with the store's "
+                       f"times ({type(time[0]).__name__}): write them in the store's calendar") from exc
+    if missing.size:
+        raise RunError(f"{path}: {what} {times[missing[0]]} (and {missing.size - 1} more) is not a step of "
+                       f"{store.path}: score a forecast against the store it forecasts")
+    return order[pos]
+
+
+def _check_valid_times(fc: xr.Dataset, expected: np.ndarray, path) -> None:
+    valid = fc["valid_time"]
+    if set(valid.dims) != {"time", "lead"}:
+        raise RunError(f"{path}: valid_time has dims {valid.dims}, expected (time, lead)")
+    values = valid.transpose("time", "lead").values
+    try:
+        wrong = np.argwhere(np.asarray(values != expected))
+    except TypeError:
+        wrong = np.argwhere(np.ones(expected.shape, dtype=bool))
+    if wrong.size:
+        t, k = wrong[0]
+        raise RunError(f"{path}: valid_time {values[t, k]} of (time {fc['time'].values[t]}, lead "
+                       f"{fc['lead'].values[k]}) is not the store's time {expected[t, k]} {fc['lead'].values[k]} "
+                       f"steps after it ({len(wrong)} such): write valid_time = time + lead x the store's step")
+
+
+def units_of(variable: xr.DataArray, ours: str, name: str, path) -> tuple[float, float]:
+    """(scale, offset) turning `variable`'s values into `ours`, the store channel's units.
+
+    A file without a `units` attribute is taken to be in the store's units (`check_plausible` catches
+    values far from them); a unit that cannot be converted with certainty is refused, naming both."""
+    theirs = str(variable.attrs.get("units", "")).strip()
+    if not theirs:
+        return 1.0, 0.0
+    convert = conversion(theirs, ours)
+    if convert is None:
+        raise RunError(f"{path}: '{name}' is in {theirs!r}, the store's {name} in {ours!r}, and there is no certain "
+                       f"conversion between them: write it in {ours!r}")
+    return convert
+
+
+def check_plausible(name: str, values: np.ndarray, mean: float, scale: float, units: str, has_units: bool,
+                    path) -> None:
+    """Refuse values (converted to the store's `units`) whose mean lies `OUTLIER_STDS` train stds (`scale`)
+    or more from the store's train `mean`: a file in other units than it says (or, with no `units`, than assumed)."""
+    seen = float(np.nanmean(values)) if np.isfinite(values).any() else mean
+    if abs(seen - mean) < OUTLIER_STDS * scale:
+        return
+    fix = "check its units attribute" if has_units else f"set its units attribute (missing, so taken as {units!r})"
+    raise RunError(f"{path}: '{name}' has a mean of {seen:.6g} {units}, {abs(seen - mean) / scale:.0f} train stds "
+                   f"from the store's {mean:.6g}: its values look like other units; {fix}")
