@@ -77,3 +77,15 @@ def gappy_store(tmp_path_factory) -> Path:
     recipe = write_recipe(folder, name="gappy", sources=["xy.nc"], time_gaps="allow", nan_policy="fill",
                           splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]})
     return build(recipe, folder / "gappy.zarr", progress=False, log=lambda *_: None).path
+
+
+@pytest.fixture(scope="session")
+def nrcan_store(tmp_path_factory) -> Path:
+    """The real NRCAN file (yearly, 84x276 over south-east Canada, longitude -83..-60: a regional grid),
+    NaNs filled; built once per session. Skipped when ../shared/data/real is absent."""
+    if not REAL.is_dir():
+        pytest.skip(f"real NetCDF samples not found at {REAL} (they live in ../shared/data/real)")
+    folder = tmp_path_factory.mktemp("nrcan")
+    recipe = write_recipe(folder, name="nrcan", sources=[str(REAL / "NRCAN_SECan_1981-2010.nc")], nan_policy="fill",
+                          splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]})
+    return build(recipe, folder / "nrcan.zarr", progress=False, log=lambda *_: None).path
