@@ -151,7 +151,8 @@ def train(name: str, args) -> dict:
     dataset = StoreDataset(store, "train", lead=1)
     x0, y0 = dataset[0]
     torch.manual_seed(0)
-    model = UNet(x0.shape[0], y0.shape[0], width=args.width).cuda().to(memory_format=torch.channels_last)
+    model = UNet(x0.shape[0], y0.shape[0], width=args.width, periodic=store.longitude_periodic).cuda()
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     torch.backends.cudnn.benchmark = True
     if name == "model-alone":

@@ -1,6 +1,7 @@
 """Which coordinate is latitude (and longitude), found the CF way and recorded once at build time.
 
     find_axis({"lat": ds.lat, "lon": ds.lon}, "latitude")        # -> "lat"
+    longitude_is_periodic(ds.lon, ("lat", "lon"))                 # -> True on a global grid
 
 CF conventions (https://cfconventions.org/, section 4.1) say a coordinate is latitude when its
 `standard_name` is `latitude`, or its `units` are degrees_north (and its spellings), or its `axis`
@@ -57,3 +58,22 @@ def latitude_field(coord, space_dims: tuple[str, ...], shape: tuple[int, ...]) -
     if set(coord.dims) == set(space_dims):
         return np.asarray(coord.transpose(*space_dims).values, dtype=np.float64)
     raise ValueError(f"latitude coordinate '{coord.name}' has dims {coord.dims}, not the grid's {space_dims}")
+
+
+def longitude_is_periodic(coord, space_dims: tuple[str, ...]) -> bool:
+    """Whether the grid wraps around in longitude (FORMAT.md, "Latitude"): `coord` is a 1-D longitude along
+    the last of `space_dims` whose n values step regularly (modulo 360, either direction; every step within
+    1% of their mean d) and go round the globe: n x d = 360 within 0.1 d. Regional, 2-D, a repeated seam
+    (0..360) or no longitude at all: False."""
+    if coord is None or coord.ndim != 1 or not space_dims or coord.dims[0] != space_dims[-1] or coord.size < 2:
+        return False
+    values = np.asarray(coord.values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return False
+    for sign in (1, -1):
+        steps = np.mod(sign * np.diff(values), 360.0)
+        spacing = steps.mean()
+        if (spacing > 0 and np.all(np.abs(steps - spacing) <= 0.01 * spacing)
+                and abs(values.size * spacing - 360.0) <= 0.1 * spacing):
+            return True
+    return False

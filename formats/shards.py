@@ -62,47 +62,84 @@ class ShardedArray:
             self._mapped.popitem(last=False)
         return mapped
 
-    # -- indexing ---------------------------------------------------------------------------
+    # -- indexing: exactly NumPy's semantics (`np.asarray(a)[key]`), views where NumPy gives them -----------
     def __getitem__(self, key):
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
-        if first is Ellipsis:
-            first, rest = slice(None), (Ellipsis,) + rest
-        try:
-            step = operator.index(first)
-        except TypeError:
-            pass
-        else:
-            if not -self.shape[0] <= step < self.shape[0]:
-                raise IndexError(f"index {step} is out of bounds for axis 0 with size {self.shape[0]}")
-            k, local = divmod(step % self.shape[0], self.shard_steps)
-            return self.shard(k)[(local,) + rest]
         if isinstance(first, slice):
             steps = range(self.shape[0])[first]
             if steps.step == 1 and len(steps) and steps[0] // self.shard_steps == steps[-1] // self.shard_steps:
                 k = steps[0] // self.shard_steps
                 local = slice(steps[0] - k * self.shard_steps, steps[-1] + 1 - k * self.shard_steps)
                 return self.shard(k)[(local,) + rest]  # inside one shard: a view, as a memmap gives
-            rows = np.arange(steps.start, steps.stop, steps.step)
+        elif not isinstance(first, (bool, np.bool_)):  # True is an index of its own in NumPy, not step 1
+            try:
+                step = operator.index(first)
+            except TypeError:
+                pass
+            else:
+                k, local = divmod(self._step(step), self.shard_steps)
+                return self.shard(k)[(local,) + rest]  # one step: a view, whatever the other indices
+        return self._index(_index_parts(key, self.shape))
+
+    def _step(self, step: int) -> int:
+        if not -self.shape[0] <= step < self.shape[0]:
+            raise IndexError(f"index {step} is out of bounds for axis 0 with size {self.shape[0]}")
+        return step % self.shape[0]
+
+    def _index(self, parts: tuple):
+        """`parts` (from `_index_parts`): part `at` indexes time, as an int, a slice or an int array."""
+        at, time = next((i, p) for i, p in enumerate(parts) if not _takes_no_axis(p))
+        others = parts[:at], parts[at + 1:]
+        if not isinstance(time, (slice, np.ndarray)):  # an integer after None or a boolean scalar
+            k, local = divmod(self._step(operator.index(time)), self.shard_steps)
+            return self.shard(k)[others[0] + (local,) + others[1]]
+        if isinstance(time, slice):
+            rows = np.arange(*time.indices(self.shape[0]))
         else:
-            rows = np.asarray(first)
-            if rows.dtype == bool:
-                if rows.shape != (self.shape[0],):
-                    raise IndexError(f"boolean index of shape {rows.shape} does not match time ({self.shape[0]})")
-                rows = np.flatnonzero(rows)
-            if rows.dtype.kind not in "iu" or rows.ndim != 1:
-                raise IndexError("index time with an int, a slice, or a 1-D array of ints or booleans")
-            if rows.size and (rows.min() < -self.shape[0] or rows.max() >= self.shape[0]):
-                raise IndexError(f"index out of bounds for axis 0 with size {self.shape[0]}")
-            rows = rows % self.shape[0] if rows.size else rows.astype(np.int64)
-        if any(isinstance(r, (list, np.ndarray)) for r in rest):
-            raise IndexError("across shards, ShardedArray takes one array index, on time; index the other axes after it")
-        if not rest:
-            out = np.empty((rows.size,) + self.shape[1:], self.dtype)
+            if time.dtype.kind not in "iu":
+                raise IndexError("arrays used as indices must be of integer (or boolean) type")
+            arrays = [p for p in others[0] + others[1] if isinstance(p, np.ndarray)]
+            if arrays:  # NumPy broadcasts the index arrays first and checks only the values it uses
+                time = np.broadcast_to(time, _broadcast_shape([time] + arrays))
+            bad = time[(time < -self.shape[0]) | (time >= self.shape[0])]
+            if bad.size:
+                raise IndexError(f"index {bad.flat[0]} is out of bounds for axis 0 with size {self.shape[0]}")
+            rows = time.astype(np.int64) % self.shape[0]
+        if at == 0 and all(p is Ellipsis or (isinstance(p, slice) and p == slice(None)) for p in others[1]):
+            out = np.empty((rows.size,) + self.shape[1:], self.dtype)  # whole steps: the batch path
             if rows.size:
-                self.take_rows(rows, out.reshape(rows.size, -1))
-            return out
-        parts = [self.shard(k)[(rows[a:b] - k * self.shard_steps,) + rest] for k, a, b in self._runs(rows, 1)]
-        return np.concatenate(parts) if parts else self.shard(0)[(rows[:0],) + rest]
+                self.take_rows(rows.ravel(), out.reshape(rows.size, -1))
+            return out.reshape(rows.shape + self.shape[1:])
+        if isinstance(time, slice) or (rows.ndim == 1 and all(_is_basic(p) for p in others[0] + others[1])):
+            return self._per_shard(rows, time, others)
+        # Time broadcast with other arrays: the steps it names, gathered once, indexed by NumPy itself.
+        steps, local = np.unique(rows, return_inverse=True)
+        gathered = self[steps]
+        return gathered[others[0] + (local.reshape(rows.shape),) + others[1]]
+
+    def _per_shard(self, rows: np.ndarray, time, others: tuple):
+        """Index each shard's run of `rows` by itself and join the pieces along the output's time axis."""
+        def local_index(k: int, run: np.ndarray):
+            local = run - k * self.shard_steps
+            if not isinstance(time, slice):
+                return local
+            step = time.indices(self.shape[0])[2]
+            stop = int(local[-1]) + step
+            return slice(int(local[0]), stop if stop >= 0 else None, step)  # a slice stays a slice (basic)
+
+        def shape_with(steps: int) -> tuple[int, ...]:  # of the output for `steps` steps, from an array of no memory
+            proxy = np.broadcast_to(np.zeros((), self.dtype), (steps,) + self.shape[1:])
+            local = slice(None) if isinstance(time, slice) else np.arange(steps)
+            return proxy[others[0] + (local,) + others[1]].shape
+
+        pieces = [self.shard(k)[others[0] + (local_index(k, rows[a:b]),) + others[1]]
+                  for k, a, b in self._runs(rows, 1)]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return np.empty(shape_with(0), self.dtype)
+        axis = next(i for i, (one, two) in enumerate(zip(shape_with(1), shape_with(2))) if one != two)
+        return np.concatenate(pieces, axis=axis)  # along where NumPy puts the time axis
 
     def __array__(self, dtype=None, copy=None):
         whole = self[:]
@@ -129,6 +166,60 @@ class ShardedArray:
             flat = self.shard(k).reshape(-1, out.shape[1])
             np.take(flat, rows[a:b] - k * self.shard_steps * per_step, axis=0, out=out[a:b], mode="clip")
         return out
+
+
+def _is_basic(part) -> bool:
+    """NumPy's basic indices: a slice, None, Ellipsis or an integer (not a bool)."""
+    return (part is None or part is Ellipsis or isinstance(part, slice)
+            or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_))))
+
+
+def _takes_no_axis(part) -> bool:
+    """None, Ellipsis and boolean scalars index no axis of the array."""
+    return part is None or part is Ellipsis or (isinstance(part, np.ndarray) and part.dtype == bool and part.ndim == 0)
+
+
+def _broadcast_shape(arrays: list[np.ndarray]) -> tuple[int, ...]:
+    """The shape index arrays broadcast to (a boolean array counts as its nonzero(): True as (1,), False (0,))."""
+    shapes = [(int(np.count_nonzero(a)),) if a.dtype == bool else a.shape for a in arrays]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise IndexError("shape mismatch: indexing arrays could not be broadcast together with shapes "
+                         + " ".join(map(str, shapes))) from None
+
+
+def _index_parts(key, shape: tuple[int, ...]) -> tuple:
+    """`key` as NumPy reads it: a tuple in which array-likes are arrays (an empty list an int array), a boolean
+    array over several axes its nonzero() (NumPy's own equivalence), and some part indexing the first axis (an
+    Ellipsis that covers it starts with `slice(None)`, and a key indexing no axis gets a trailing one)."""
+    parts = []
+    for part in key if isinstance(key, tuple) else (key,):
+        if not _is_basic(part):
+            array = np.asarray(part)
+            part = array.astype(np.intp) if array.size == 0 and not isinstance(part, np.ndarray) else array
+        parts.append(part)
+    if sum(p is Ellipsis for p in parts) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    width = [0 if _takes_no_axis(p) else p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else 1 for p in parts]
+    if sum(width) > len(shape):
+        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were "
+                         "indexed")
+    for i, part in enumerate(parts):
+        if part is Ellipsis and sum(width) < len(shape):
+            parts.insert(i, slice(None))
+            break
+        if width[i]:
+            if isinstance(part, np.ndarray) and part.dtype == bool:
+                for axis, (size, given) in enumerate(zip(shape, part.shape)):
+                    if size != given:
+                        raise IndexError(f"boolean index did not match indexed array along axis {axis}; size of axis "
+                                         f"is {size} but size of corresponding boolean axis is {given}")
+                parts[i:i + 1] = part.nonzero()
+            break
+    else:
+        parts.append(slice(None))
+    return tuple(parts)
 
 
 def _checked(rows, n: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 
 from canonstore.errors import StoreError
-from canonstore.formats.coords import find_axis
+from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
@@ -177,6 +177,15 @@ class Store:
     def longitude(self) -> str | None:
         """Name of the longitude coordinate, or None."""
         return self.attrs["longitude"] if "longitude" in self.attrs else find_axis(self._ds.coords, "longitude")
+
+    @cached_property
+    def longitude_periodic(self) -> bool:
+        """Whether the grid wraps around in longitude (global and regular, FORMAT.md): only then do coarse-ups,
+        convolutions and random blocks wrap from the last column to the first; else they repeat the edge."""
+        if "longitude_periodic" in self.attrs:
+            return bool(self.attrs["longitude_periodic"])
+        name = self.longitude  # a store built before it was recorded: from the longitude's values
+        return name is not None and longitude_is_periodic(self._ds[name], self.dims[2:])
 
     def split_indices(self, name: str) -> np.ndarray:
         """Time indices labelled `name` (one of "train", "val", "test"), ascending."""

@@ -1,8 +1,9 @@
 """Random block sampling: crop the same (lat, lon) block from inputs and targets at random centres.
 
-Longitude (the last dimension) is periodic, so a block may wrap around the dateline; latitude (the
-one before) is not, so a block near a pole is shifted to lie inside the globe. This is the
-IPSL-AID training strategy; it runs on whatever device the batch is on (the GPU after transfer).
+On a global grid (`periodic`: the store's `longitude_periodic`) longitude, the last dimension, wraps,
+so a block may cross the dateline; latitude (the one before) never does, so a block near a pole is
+shifted to lie inside the globe, and so is a block near a regional grid's east or west edge. This is
+the IPSL-AID training strategy; it runs on whatever device the batch is on (the GPU after transfer).
 Blocks are drawn per batch (one per sample), or per epoch (`s` blocks, every sample cut at all of them).
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 import torch
 
 
-def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int],
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row (batch, size_lat) and column (batch, size_lon) indices of one random block per sample."""
+def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int], generator: torch.Generator, *,
+                  periodic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row (batch, size_lat) and column (batch, size_lon) indices of one random block per sample; the
+    columns wrap around when `periodic`, else the block is shifted inside the grid (the same draws)."""
     (n_lat, n_lon), (b_lat, b_lon) = grid, size
     if not (0 < b_lat <= n_lat and 0 < b_lon <= n_lon):
         raise ValueError(f"block size {size} does not fit the grid {grid} (lat, lon)")
@@ -21,8 +23,9 @@ def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int],
     centre_lon = torch.randint(0, n_lon, (batch,), generator=generator)
     top = (centre_lat - b_lat // 2).clamp(0, n_lat - b_lat)           # clamped inside the globe
     rows = top[:, None] + torch.arange(b_lat)
-    cols = (centre_lon[:, None] - b_lon // 2 + torch.arange(b_lon)) % n_lon  # wraps around in longitude
-    return rows, cols
+    left = centre_lon - b_lon // 2
+    cols = (left if periodic else left.clamp(0, n_lon - b_lon))[:, None] + torch.arange(b_lon)
+    return rows, cols % n_lon  # wraps around a global grid; inside a regional one already
 
 
 def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples: torch.Tensor | None = None
@@ -44,10 +47,11 @@ def epoch_blocks(batch: int, rows: torch.Tensor, cols: torch.Tensor
     return torch.arange(batch).repeat_interleave(s), rows.repeat(batch, 1), cols.repeat(batch, 1)
 
 
-def random_blocks(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int],
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop one random block per sample, the same block from `x` and `y`; draws come from `generator`."""
+def random_blocks(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], generator: torch.Generator, *,
+                  periodic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop one random block per sample, the same block from `x` and `y`; draws come from `generator`.
+    `periodic`: whether longitude wraps (a global grid, the store's `longitude_periodic`)."""
     if x.ndim != 4 or y.ndim != 4:
         raise ValueError(f"random blocks need (batch, channel, lat, lon) tensors, got {tuple(x.shape)}")
-    rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(size), generator)
+    rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(size), generator, periodic=periodic)
     return crop(x, rows, cols), crop(y, rows, cols)

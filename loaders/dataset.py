@@ -107,6 +107,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.static = (np.stack([store.static[n] for n in names]).astype(np.float32) if names
                        else np.zeros((0,) + store.shape[2:], np.float32))
         self.sample_space = tuple(store.shape[2:])
+        self.longitude_periodic = store.longitude_periodic  # whether blocks, coarse-ups and padding wrap
         self.store_dtype = store.dtype
         # Positional and temporal channels after the static ones, computed per batch (loaders.encodings)
         self.encodings = Encodings(store, encodings) if encodings else None

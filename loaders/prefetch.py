@@ -41,15 +41,17 @@ class BatchLoader:
         thread competes with the training loop for the GIL (on an H100, a UNet trained at 97% of its
         model-alone speed with 2 threads and at 79% with 8; bench/loader.py measures it).
     prefetch : batches gathered ahead of the one being used.
-    blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields.
+    blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields; they wrap
+        around in longitude only where the store's longitude is periodic (`Store.longitude_periodic`).
     blocks_per_epoch : 0 (default): one random block per sample, drawn per batch. s > 0: s block
         centres drawn per epoch from (seed, epoch), and every sample of the epoch is cut at all s of
         them, so a batch of B samples yields B x s blocks (sample-major). `last_blocks` holds the
         (samples, rows, cols) of the batch just yielded, to cut loss weights the same way.
         `last_steps` holds the store step t of each of its samples (what a rollout needs for its encodings).
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
-    transform : called as `transform(x, y)` on each batch on the device (after blocks); returns (x, y).
-        The dataset's own per-sample `transform` is not used on this path.
+    transform : called as `transform(x, y)` on each batch on the device, on whole fields (before random
+        blocks are cut from its result); returns (x, y). The dataset's own per-sample `transform` is not
+        used on this path.
     """
 
     def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
@@ -92,10 +94,11 @@ class BatchLoader:
         self._epoch_blocks = None
         if self.blocks is not None and self.blocks_per_epoch:  # one draw per epoch: resuming redraws the same
             self._epoch_blocks = block_indices(self.blocks_per_epoch, self.dataset.sample_space, self.blocks,
-                                               blocks_rng)
+                                               blocks_rng, periodic=self.dataset.longitude_periodic)
         elif self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
             for _ in range(skipped):
-                block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng)
+                block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng,
+                              periodic=self.dataset.longitude_periodic)
         stream = torch.cuda.Stream(self.device) if cuda else None
         try:
             pending = self._to_device(ready.get(), free, stream)
@@ -216,12 +219,15 @@ class BatchLoader:
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.dataset.encodings is not None:  # computed here, on the batch's device
             x = torch.cat([x, self.dataset.encodings.fields(steps, x.device).to(self.dtype)], dim=1)
+        if self.transform is not None:  # on whole fields: a block is then cut from what validation sees
+            x, y = self.transform(x, y)
         if self.blocks is not None:
             if self._epoch_blocks is not None:
                 samples, rows, cols = epoch_blocks(x.shape[0], *self._epoch_blocks)
             else:
-                rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(self.blocks), blocks_rng)
+                rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(self.blocks), blocks_rng,
+                                           periodic=self.dataset.longitude_periodic)
                 samples = None
             self.last_blocks = (samples, rows, cols)
             x, y = crop(x, rows, cols, samples), crop(y, rows, cols, samples)
-        return (x, y) if self.transform is None else self.transform(x, y)
+        return x, y

@@ -30,6 +30,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from canonstore.errors import RecipeError, SourceError, StoreError
+from canonstore.formats.coords import longitude_is_periodic
 from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
@@ -439,6 +440,7 @@ def _provenance(recipe, sources, inputs, layout, shape, history) -> dict:
         "gap_after": list(sources.gaps),
         "latitude": sources.latitude,
         "longitude": sources.longitude,
+        "longitude_periodic": longitude_is_periodic(sources.coords.get(sources.longitude), sources.space_dims),
         "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
         "layout": {"dtype": recipe.dtype, "compression": recipe.compression, "shape": list(shape), **layout,
                    "data_files": "data/c/{k}/" + "/".join(["0"] * (len(shape) - 1))},

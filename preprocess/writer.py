@@ -191,6 +191,7 @@ def set_data_labels(staging: Path) -> None:
         "channel_level": [None if np.isnan(v) else float(v) for v in group["channel_level"][...]],
         "static_channel": strings("static_channel"), "static_units": strings("static_units"),
         "latitude": info.get("latitude"), "longitude": info.get("longitude"),
+        "longitude_periodic": info.get("longitude_periodic"),
         "time": {"array": "time", "units": time.get("units"), "calendar": time.get("calendar"),
                  "dtype": str(group["time"].dtype)},
     }

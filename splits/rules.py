@@ -11,9 +11,10 @@ Rule forms (`val` and `test` are optional; ranges are inclusive):
 A date bound covers everything it names: `end: 2005` is up to the last step of 2005, `2005-06`
 the last of June. `block` is a duration (`30D`, `6h`, `10s`, counted from the first step) or a
 number of steps; whole blocks go to one split, chosen by a permutation drawn from `seed` alone.
-`embargo` is a number of time steps: the first `embargo` steps of every split that directly follows
-another one (at every block edge where the split changes) are labelled `excluded`, so that a lead
-time or history window of up to `embargo` steps never reaches across a boundary.
+`embargo` is a number of time steps: steps of a split that lie `embargo` steps or fewer after a step
+of another split are labelled `excluded` (the first `embargo` steps after every change of split), so
+that any two steps of different splits are more than `embargo` steps apart and a lead time or history
+window of up to `embargo` steps never reaches across a boundary.
 """
 
 from __future__ import annotations
@@ -181,11 +182,7 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
             labels[(keys >= first) & (keys <= last)] = SPLIT_CODES[name]
     embargo = rule.get("embargo", 0)
     if embargo:
-        # A boundary is where one named split is directly followed by another one.
-        change = np.flatnonzero(labels[1:] != labels[:-1]) + 1
-        for start in change:
-            if labels[start - 1] != SPLIT_CODES["excluded"] and labels[start] != SPLIT_CODES["excluded"]:
-                labels[start:start + embargo][labels[start:start + embargo] == labels[start]] = SPLIT_CODES["excluded"]
+        _apply_embargo(labels, embargo)
     for name in (n for n in _NAMED if n in rule):
         if not np.any(labels == SPLIT_CODES[name]):
             unit = {"year": "years", "index": "positions", "dates": "dates", "sessions": "sessions"}[by]
@@ -199,6 +196,26 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
                 raise RecipeError(f"splits.fractions gives {SPLIT_NAMES[code]} {fraction:g}, but no step of it is "
                                   f"left after the embargo of {embargo} step(s); use smaller blocks or a smaller embargo")
     return labels
+
+
+def _apply_embargo(labels: np.ndarray, embargo: int) -> None:
+    """Exclude, in place, the first steps of each named split that lie `embargo` steps or fewer after a
+    kept step of another named split: afterwards every two steps of different splits are more than
+    `embargo` apart. Measured from the last step *kept*, so a stretch the embargo removed completely
+    (a block no longer than the embargo) or an unlabelled stretch shorter than it hides no boundary."""
+    excluded = SPLIT_CODES["excluded"]
+    edges = np.concatenate([[0], np.flatnonzero(labels[1:] != labels[:-1]) + 1, [labels.size]])
+    last_step, last_split = None, None  # the last kept named step, and its split
+    for start, stop in zip(edges[:-1], edges[1:]):  # runs of one label, in time order
+        code = labels[start]
+        if code == excluded:
+            continue
+        if last_split is not None and code != last_split:
+            first_kept = max(start, last_step + embargo + 1)
+            labels[start:min(first_kept, stop)] = excluded
+            if first_kept >= stop:
+                continue
+        last_step, last_split = stop - 1, code
 
 
 def _block_labels(blocks: np.ndarray, rule: dict) -> np.ndarray:

@@ -95,3 +95,15 @@ def short_hourly_store(tmp_path_factory) -> Path:
                           splits={"by": "dates", "train": ["2020-01-01", "2020-01-12"],
                                   "val": ["2020-01-13", "2020-01-16"], "test": ["2020-01-17", "2020-01-20"]})
     return build(recipe, folder / "short.zarr", progress=False, log=lambda *_: None).path
+
+
+@pytest.fixture(scope="session")
+def nrcan_store(tmp_path_factory) -> Path:
+    """The real NRCAN file (yearly, 84x276 over south-east Canada, longitude -83..-60: a regional grid),
+    NaNs filled; built once per session. Skipped when ../shared/data/real is absent."""
+    if not REAL.is_dir():
+        pytest.skip(f"real NetCDF samples not found at {REAL} (they live in ../shared/data/real)")
+    folder = tmp_path_factory.mktemp("nrcan")
+    recipe = write_recipe(folder, name="nrcan", sources=[str(REAL / "NRCAN_SECan_1981-2010.nc")], nan_policy="fill",
+                          splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]})
+    return build(recipe, folder / "nrcan.zarr", progress=False, log=lambda *_: None).path

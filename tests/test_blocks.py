@@ -9,26 +9,26 @@ from canonstore.loaders.blocks import block_indices
 
 
 def test_blocks_wrap_in_longitude_and_stay_inside_in_latitude():
-    rows, cols = block_indices(2000, (10, 16), (4, 6), torch.Generator().manual_seed(0))
+    rows, cols = block_indices(2000, (10, 16), (4, 6), torch.Generator().manual_seed(0), periodic=True)
     assert rows.min() >= 0 and rows.max() <= 9
     assert ((rows[:, 1:] - rows[:, :-1]) == 1).all()                       # contiguous, never wrapped
     assert (((cols[:, 1:] - cols[:, :-1]) % 16) == 1).all()                 # consecutive modulo 16
     assert ((cols[:, 0] > cols[:, -1])).any()                               # some blocks cross the dateline
     assert (rows[:, 0] == 0).sum() > (rows[:, 0] == 3).sum()               # pole centres are clamped, not dropped
     with pytest.raises(ValueError, match="does not fit"):
-        block_indices(1, (10, 16), (11, 4), torch.Generator())
+        block_indices(1, (10, 16), (11, 4), torch.Generator(), periodic=True)
 
 
 def test_crop_is_the_same_block_of_x_and_y_and_reproducible():
     x = torch.randn(5, 3, 10, 16)
     y = torch.randn(5, 2, 10, 16)
-    bx, by = random_blocks(x, y, (4, 6), torch.Generator().manual_seed(1))
-    rows, cols = block_indices(5, (10, 16), (4, 6), torch.Generator().manual_seed(1))
+    bx, by = random_blocks(x, y, (4, 6), torch.Generator().manual_seed(1), periodic=True)
+    rows, cols = block_indices(5, (10, 16), (4, 6), torch.Generator().manual_seed(1), periodic=True)
     assert bx.shape == (5, 3, 4, 6) and by.shape == (5, 2, 4, 6)
     for b in range(5):
         np.testing.assert_array_equal(bx[b], x[b].numpy()[:, rows[b]][:, :, cols[b]])
         np.testing.assert_array_equal(by[b], y[b].numpy()[:, rows[b]][:, :, cols[b]])
-    again = random_blocks(x, y, (4, 6), torch.Generator().manual_seed(1))
+    again = random_blocks(x, y, (4, 6), torch.Generator().manual_seed(1), periodic=True)
     assert torch.equal(again[0], bx) and torch.equal(again[1], by)
 
 
@@ -64,3 +64,26 @@ def test_blocks_per_epoch_cut_every_sample_at_the_same_blocks_reproducibly(tiny_
     resumed = epoch(0, start=1)[0]                                   # resuming mid-epoch: the same blocks
     assert torch.equal(resumed[2][1], rows) and torch.equal(resumed[0], first[1][0])
     assert not torch.equal(epoch(1)[0][2][1][:3], rows[:3]) or not torch.equal(epoch(1)[0][2][2][:3], cols[:3])
+
+
+def test_blocks_on_a_regional_grid_never_wrap_from_east_to_west():
+    rows, cols = block_indices(2000, (10, 16), (4, 6), torch.Generator().manual_seed(0), periodic=False)
+    assert ((cols[:, 1:] - cols[:, :-1]) == 1).all() and cols.min() == 0 and cols.max() == 15   # inside, edges reached
+    wrapped = block_indices(2000, (10, 16), (4, 6), torch.Generator().manual_seed(0), periodic=True)
+    assert torch.equal(rows, wrapped[0])                                   # the same draws, only the columns clamped
+    assert (cols[:, 0] == 0).sum() > (cols[:, 0] == 3).sum()               # edge centres are shifted, not dropped
+
+
+def test_the_loader_cuts_regional_blocks_inside_the_real_nrcan_grid(nrcan_store):
+    from canonstore import open_store
+    from canonstore.loaders import BatchLoader
+
+    dataset = open_store(nrcan_store).dataset("train", static=False)
+    assert not dataset.longitude_periodic
+    loader = BatchLoader(dataset, 4, shuffle=True, seed=0, device="cpu", workers=1, blocks=(8, 200))
+    seen = []
+    for x, _ in loader:
+        cols = loader.last_blocks[2]
+        assert ((cols[:, 1:] - cols[:, :-1]) == 1).all() and cols.max() < 276     # never from -60 back to -83
+        seen.append(cols[:, 0])
+    assert torch.cat(seen).min() == 0 and torch.cat(seen).max() == 76

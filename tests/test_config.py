@@ -89,6 +89,8 @@ def test_hash_depends_on_the_store_build_not_its_path(tiny_store):
     ({"rollout": 4, "lead": 0}, "set lead to one step count >= 1"),
     ({"rollout": 4, "blocks": {"size": [4, 8]}}, "cannot train on random blocks"),
     ({"rollout": 2, "task": "downscaling", "coarse": 2}, "no next step to feed"),
+    ({"rollout": 2, "history": 1, "lead": 2}, r"rollout: 2 with history: 1 and lead: 2 would feed the model inputs 2 "
+                                              r"steps apart.*set lead=1 or history=0"),
 ])
 def test_rollout_needs_one_lead_whole_fields_and_a_forecast(tiny_store, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -99,3 +101,16 @@ def test_lead_times_of_a_run():
     assert lead_times({"lead": 1}) == [1]
     assert lead_times({"lead": [1, 2, 4], "rollout": 1}) == [1, 2, 4]
     assert lead_times({"lead": 2, "rollout": 4}) == [2, 4, 6, 8]
+
+
+def test_rollout_with_history_at_lead_one_is_fine(tiny_store):
+    run = resolve(load_config(None, {"rollout": 2, "history": 1, "lead": 1}), open_store(tiny_store), "cpu")
+    assert (run["rollout"], run["history"], run["lead"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("lead", [0, [0, 1]])
+def test_lead_0_is_refused_for_forecasts_and_fine_for_downscaling(tiny_store, lead):
+    store = open_store(tiny_store)
+    with pytest.raises(ConfigError, match=r"with task: forecast trains the identity map.*set lead to step counts >= 1"):
+        resolve(load_config(None, {"lead": lead}), store, "cpu")
+    assert resolve(load_config(None, {"lead": 0, "task": "downscaling", "coarse": 2}), store, "cpu")["lead"] == 0

@@ -25,19 +25,19 @@ def test_a_smooth_field_survives_the_round_trip():
     # linear in latitude: block means are the values at the coarse centres, and bilinear between
     # centres is exact; only the half coarse cell next to each pole (clamped, nothing beyond) differs
     ramp = (lat * torch.ones_like(lon))[None, None].double()
-    error = (coarse_up(ramp, (4, 4)) - ramp).abs()[0, 0].amax(dim=1)
+    error = (coarse_up(ramp, (4, 4), periodic=True) - ramp).abs()[0, 0].amax(dim=1)
     assert error[2:-2].max() < 1e-6 and error[:2].max() > 0.01  # (the grid itself is float32)
     # a smooth wave: second-order accurate (halving the coarse cells divides the error by about 4)
     field = (torch.cos(lat) ** 2 * torch.cos(lon) + 0.5 * torch.sin(lat))[None, None].double()
-    errors = [(coarse_up(field, (k, k)) - field).abs().max().item() for k in (2, 4, 8)]
+    errors = [(coarse_up(field, (k, k), periodic=True) - field).abs().max().item() for k in (2, 4, 8)]
     assert errors[0] < 0.02 and errors[0] * 3 < errors[1] < errors[2] / 3
 
 
 def test_a_constant_and_the_coarse_means_are_kept():
     const = torch.full((2, 3, LAT, LON), 7.0, dtype=torch.float64)
-    assert torch.allclose(coarse_up(const, (4, 8)), const)
+    assert torch.allclose(coarse_up(const, (4, 8), periodic=True), const)
     coarse = torch.randn(1, 1, 8, 16, dtype=torch.float64)
-    fine = upsample(coarse, (4, 4))
+    fine = upsample(coarse, (4, 4), periodic=True)
     assert fine.shape == (1, 1, 32, 64) and fine.min() >= coarse.min() and fine.max() <= coarse.max()  # no overshoot
 
 
@@ -45,9 +45,9 @@ def test_longitude_is_periodic_at_the_dateline():
     lat, lon = grid()
     field = torch.exp(-((lon - 0.05) ** 2) / 0.05) * torch.ones_like(lat)   # a bump astride the dateline
     field = field[None, None].double()
-    back = coarse_up(field, (4, 4))
+    back = coarse_up(field, (4, 4), periodic=True)
     for shift in (4, 8, 20):                                           # shifting by whole coarse cells commutes
-        rolled = coarse_up(field.roll(shift, dims=-1), (4, 4))
+        rolled = coarse_up(field.roll(shift, dims=-1), (4, 4), periodic=True)
         assert torch.allclose(rolled, back.roll(shift, dims=-1), atol=1e-12)
     assert back[..., 0].mean() > 0.3 and back[..., -1].mean() > 0.1   # both sides of the dateline see the bump
     assert math.isclose(back[..., LON // 2].abs().max().item(), 0.0, abs_tol=1e-6)
@@ -57,7 +57,7 @@ def test_the_coarse_grid_must_divide_the_grid():
     assert coarse_factor((32, 64), [8, 16]) == (4, 4) and coarse_factor((32, 64), 2) == (2, 2)
     with pytest.raises(ValueError, match="does not divide"):
         coarse_factor((32, 64), [10, 16])
-    assert np.isfinite(coarse_up(torch.randn(1, 1, 8, 16), (2, 2)).numpy()).all()
+    assert np.isfinite(coarse_up(torch.randn(1, 1, 8, 16), (2, 2), periodic=True).numpy()).all()
 
 
 def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstructed_field(tiny_store, tmp_path):
@@ -79,7 +79,7 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     loader = make_loader(run, store, "val", torch.device("cpu"), train=False)
     x, y = next(iter(loader))
     t850 = loader.dataset.input_channels.index("t850")
-    assert torch.allclose(x[:, t850], coarse_up(y[:, :1], (2, 2))[:, 0], atol=1e-6)   # never the HR field
+    assert torch.allclose(x[:, t850], coarse_up(y[:, :1], (2, 2), periodic=True)[:, 0], atol=1e-6)   # never the HR field
     assert not torch.allclose(x[:, t850], y[:, 0])
     static = loader.dataset.input_channels.index("lsm")                               # conditioning stays HR
     assert torch.equal(x[0, static], torch.from_numpy(loader.dataset.static[0]))
@@ -96,3 +96,46 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     assert scores["unet"]["channels"]["t850"]["rmse"] > 0
     with pytest.raises(Exception, match="coarse-up is the downscaling baseline"):
         resolve(load_config(None, {"model": "coarse-up"}), store, "cpu")
+
+
+def _downscaling_loader(store_path, split="val", train=False, **config):
+    from canonstore.formats import open_store
+    from canonstore.training import load_config
+    from canonstore.training.config import resolve
+    from canonstore.training.data import make_loader
+
+    store = open_store(store_path)
+    keys = {"task": "downscaling", "device": "cpu", "workers": 1, "batch_size": 4, **config}
+    return make_loader(resolve(load_config(None, keys), store, "cpu"), store, split, torch.device("cpu"), train=train)
+
+
+def test_a_regional_grid_gets_nothing_from_across_the_globe_on_the_real_nrcan_file(nrcan_store):
+    """NRCAN's longitude is -83..-60: the west edge must not get values from the east edge, 23 degrees away."""
+    loader = _downscaling_loader(nrcan_store, coarse=4)
+    assert not loader.dataset.longitude_periodic
+    x, y = next(iter(loader))
+    dynamic = loader.dataset.channels.size                          # y[:, :dynamic]: the HR fields x came from
+    # west of the first coarse cell's centre lies only that cell (its edge repeated), and so in the east
+    assert torch.equal(x[:, :dynamic, :, 0], x[:, :dynamic, :, 1])
+    assert torch.equal(x[:, :dynamic, :, -1], x[:, :dynamic, :, -2])
+    changed = y[:, :dynamic].clone()
+    changed[..., -4:] += 100.0                                      # the easternmost coarse cell
+    before, after = (loader.transform(f, y)[0][:, :dynamic] for f in (y[:, :dynamic], changed))
+    assert torch.equal(before[..., :-8], after[..., :-8])            # reaches no further than one coarse cell
+    assert not torch.equal(before[..., -4:], after[..., -4:])
+
+
+def test_random_blocks_for_downscaling_are_cut_from_the_whole_fields_coarse_up(tiny_store):
+    """The coarse-up of a cut block differed from what validation sees by up to 0.64 std: the block is now cut
+    from the whole field's coarse-up (the same inputs as whole-field validation)."""
+    from canonstore.loaders.blocks import crop
+
+    loader = _downscaling_loader(tiny_store, "train", train=True, coarse=[4, 8], blocks={"size": [4, 6]})
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    samples, rows, cols = loader.last_blocks
+    whole = _downscaling_loader(tiny_store, "train", coarse=[4, 8], batch_size=len(loader.dataset))
+    positions = torch.from_numpy(np.searchsorted(whole.dataset.times, loader.last_steps))
+    full_x = next(iter(whole))[0][positions]                         # whole fields, coarse-upped as in validation
+    assert x.shape[-2:] == (4, 6)
+    torch.testing.assert_close(x, crop(full_x, rows, cols, samples), rtol=0, atol=1e-6)

@@ -291,3 +291,21 @@ def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
     standard = fc.assign_coords(time=np.array([f"2003-01-{d:02d}" for d in range(1, 11)], dtype="datetime64[ns]"))
     standard.to_zarr(tmp_path / "standard.zarr")   # was a raw TypeError
     assert "write them in the store's calendar" in one_error_line(tmp_path / "standard.zarr", store.path)
+
+
+def test_steps_refuses_a_run_with_history_at_a_lead_above_one(run, tmp_path):
+    """After its first step a rollout would feed forecasts `lead` steps apart as the history, which the model
+    learned one step apart: refused for --steps (forecast and evaluate), before any file is written."""
+    import shutil
+
+    folder = tmp_path / "runs" / run.name
+    shutil.copytree(run, folder)                                   # the same run, as if trained with history 1 at lead 2
+    info = json.loads((folder / "config.json").read_text())
+    info["config"].update(history=1, lead=2)
+    (folder / "config.json").write_text(json.dumps(info))
+    for command in (write_forecast, evaluate):
+        with pytest.raises(ConfigError, match=r"steps=3 with history: 1 and lead: 2 would feed the model inputs 2 "
+                                              r"steps apart"):
+            command(folder, **({"out_dir": tmp_path / "fc"} if command is write_forecast else
+                               {"forecasts_dir": tmp_path / "fc"}), log=quiet, steps=3)
+    assert not (tmp_path / "fc").exists()

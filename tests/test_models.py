@@ -14,8 +14,9 @@ from canonstore.training.models import (MLP, Climatology, Persistence, Rollout, 
 
 
 class FakeDataset:
-    def __init__(self, inputs, targets, space=(8, 16), leads=(1,)):
+    def __init__(self, inputs, targets, space=(8, 16), leads=(1,), longitude_periodic=True):
         self.input_channels, self.target_channels, self.sample_space, self.leads = inputs, targets, space, leads
+        self.longitude_periodic = longitude_periodic
 
 
 def run(model, residual=True, **args):
@@ -26,14 +27,14 @@ def run(model, residual=True, **args):
 
 @pytest.mark.parametrize("grid", [(8, 16), (7, 12)])  # 7x12: padded up to a multiple of 4 and cropped back
 def test_unet_shapes(grid):
-    model = UNet(5, 3, width=4, depth=2)
+    model = UNet(5, 3, width=4, depth=2, periodic=True)
     assert model(torch.randn(2, 5, *grid)).shape == (2, 3, *grid)
 
 
 def test_unet_is_periodic_in_longitude():
     """Rolling the input along longitude rolls the output: the dateline is not an edge."""
     torch.manual_seed(0)
-    model = UNet(2, 2, width=4, depth=2).eval()
+    model = UNet(2, 2, width=4, depth=2, periodic=True).eval()
     x = torch.randn(1, 2, 8, 16)
     with torch.no_grad():
         shifted = model(torch.roll(x, 4, dims=-1))
@@ -232,3 +233,22 @@ def test_annual_harmonics_need_the_year_covered_and_diurnal_ones_the_day():
     assert supported_harmonics(daily, 3, 2) == (3, 2, [])   # every step at 00 h: the diurnal terms stay inert
     noleap = np.array([cftime.DatetimeNoLeap(2001, 1, 1) + k * pd.Timedelta("1D").to_pytimedelta() for k in range(365)])
     assert supported_harmonics(noleap, 3, 0)[:2] == (3, 0)            # a whole 365-day year of its calendar
+
+
+def test_unet_on_a_regional_grid_takes_nothing_across_its_east_west_edges():
+    """A regional grid (longitude_periodic false) is padded like the poles: every convolution sees its west edge
+    column repeated to the west, never the east edge's (23 degrees away on NRCAN); a global grid wraps."""
+    for periodic in (False, True):
+        for grid in ((8, 96), (8, 90)):                                 # 90: padded up to a multiple of 4 too
+            dataset = FakeDataset(["a", "b"], ["a"], grid, longitude_periodic=periodic)
+            model = build_model(run("unet", residual=False), dataset).eval()
+            seen = []
+            for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)):
+                conv.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+            with torch.no_grad():
+                model(torch.randn(1, 2, *grid))
+            assert len(seen) == 10                                      # 2 per block: 3 down, 2 up
+            for padded in seen:                                         # (batch, channel, lat + 2, lon + 2)
+                west_pad, west, east, east_pad = (padded[..., 1:-1, k] for k in (0, 1, -2, -1))
+                assert torch.equal(west_pad, east if periodic else west)
+                assert torch.equal(east_pad, west if periodic else east)

@@ -122,3 +122,101 @@ def test_format_1_stores_open_read_only_and_are_rebuilt_not_appended(layouts, tm
     logs = []
     assert build(recipe, out, progress=False, log=logs.append).built  # not up to date: a full rebuild to version 2
     assert open_store(out).attrs["format_version"] == 2
+
+
+@pytest.fixture(scope="module")
+def small_layouts(tmp_path_factory) -> dict:
+    """23 daily steps of two variables on a 3x4 grid, as 5 shards of 5 steps (the last partial) and as one."""
+    import pandas as pd
+
+    from tests.conftest import write_recipe
+
+    folder = tmp_path_factory.mktemp("small")
+    values = np.random.default_rng(3).normal(size=(23, 2, 3, 4))
+    xr.Dataset({v: (("time", "lat", "lon"), values[:, k], {"units": "K"}) for k, v in enumerate("ab")},
+               coords={"time": pd.date_range("2000-01-01", periods=23), "lat": [0.0, 10.0, 20.0],
+                       "lon": [0.0, 10.0, 20.0, 30.0]}).to_netcdf(folder / "ab.nc")
+    stores = {}
+    for name, shard_mb in (("five", 5 * 96 / 2**20), ("one", 1024)):
+        recipe = write_recipe(folder, name=name, sources=[str(folder / "ab.nc")], storage={"shard_mb": shard_mb},
+                              splits={"by": "index", "train": [0, 15], "test": [16, 22]})
+        stores[name] = open_store(build(recipe, folder / f"{name}.zarr", **quiet).path)
+    assert stores["five"].attrs["layout"]["shards"] == 5 and stores["one"].attrs["layout"]["shards"] == 1
+    return stores
+
+
+def _random_index(rng, length: int, second: int):
+    """One index component for an axis of `length` (and `second` after it): NumPy's every kind, some invalid."""
+    kind = rng.integers(14)
+    if kind == 0:
+        return int(rng.integers(-length - 1, length + 1))
+    if kind == 1:
+        return bool(rng.integers(2)) if rng.integers(2) else np.bool_(rng.integers(2))
+    if kind in (2, 3, 4):
+        bound = lambda: None if rng.integers(4) == 0 else int(rng.integers(-length - 3, length + 3))  # noqa: E731
+        return slice(bound(), bound(), [None, 1, 2, 3, -1, -2, -4][rng.integers(7)])
+    if kind == 5:
+        return None
+    if kind == 6:
+        return Ellipsis
+    if kind == 7:
+        return [int(i) for i in rng.integers(-length, length, size=rng.integers(0, 4))]
+    if kind == 8:
+        return rng.integers(-length, length, size=[(), (3,), (0,), (2, 3)][rng.integers(4)])
+    if kind == 9:
+        return np.array([0, length]) if rng.integers(2) else np.array([-length - 1])      # out of bounds
+    if kind == 10:
+        return rng.random(length) < 0.4
+    if kind == 11:
+        return rng.random((length, second)) < 0.3
+    if kind == 12:
+        return rng.random(length + 1) < 0.5                                                    # wrong length
+    return np.array(bool(rng.integers(2)))
+
+
+def _random_key(rng, shape):
+    parts, axis = [], 0
+    for _ in range(rng.integers(0, 5)):
+        part = _random_index(rng, shape[min(axis, len(shape) - 1)], shape[min(axis + 1, len(shape) - 1)])
+        parts.append(part)
+        axis += 0 if part is None or part is Ellipsis or isinstance(part, (bool, np.bool_)) else 1
+    if len(parts) == 1 and rng.integers(2):
+        return parts[0]
+    return tuple(parts)
+
+
+def _same_as_numpy(array, whole, key):
+    try:
+        expected = whole[key]
+    except Exception as exc:  # the same kind of error, or a wrong answer
+        with pytest.raises(type(exc)):
+            array[key]
+        return
+    got = array[key]
+    assert got.shape == expected.shape and got.dtype == expected.dtype, key
+    np.testing.assert_array_equal(got, expected, err_msg=repr(key))
+
+
+def test_sharded_array_corner_cases_match_numpy(small_layouts):
+    """a[True] was step 1, a[[]] and a[()] raised IndexError; NumPy gives (1, T, ...), (0, ...) and the array."""
+    array = small_layouts["five"].array
+    whole = np.asarray(small_layouts["one"].array).copy()
+    assert isinstance(array, ShardedArray) and array.shards == 5
+    for key in (True, False, [], (), np.array(True), np.array([], int), (None,), (None, 3), (Ellipsis, 1),
+                (1, Ellipsis, 2), slice(None, None, -1), slice(-2, 3, -3), (slice(19, 2, -4), [0, 1]),
+                (Ellipsis, None), (None, Ellipsis, 0), np.array([[0, 22], [5, 6]]), (np.array([[0, 22], [5, 6]]), 1),
+                (whole[:, :, 0, 0] > 0), ([3, 7], slice(None), [1, 2]), (slice(2, 12), [1, 0], 2),
+                (slice(None), True), ([4, 9, 13], True), (slice(None), None, [[1], [0]]), ([[1, 2]], [[0], [1]])):
+        _same_as_numpy(array, whole, key)
+
+
+@pytest.mark.parametrize("layout", ["five", "one", "memmap"])
+def test_indexing_matches_numpy_over_generated_keys(small_layouts, layout):
+    """Property test: thousands of random keys (every kind NumPy takes, some invalid) against np.asarray(a)[key]."""
+    store = small_layouts["one" if layout != "five" else "five"]
+    whole = np.asarray(small_layouts["one"].array).copy()
+    array = store.array if layout != "one" else ShardedArray(store.path, store.shape, store.dtype, store.shape[0])
+    assert isinstance(array, np.memmap if layout == "memmap" else ShardedArray)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        _same_as_numpy(array, whole, _random_key(rng, whole.shape))

@@ -134,3 +134,43 @@ def test_a_blocks_rule_is_stored_with_its_seed(tmp_path, tiny_raw):
     stored = json.loads(store._ds["split"].attrs["rule"])
     assert stored == {**rule, "seed": 0, "fractions": [0.7, 0.3]} == store.attrs["split_rule"]
     assert np.array_equal(store.splits, labels_of(stored, store.time))
+
+
+def _closest_cross_split_distance(labels: np.ndarray) -> float:
+    """The smallest |i - j| over steps i, j of two different named splits (inf when there is one split)."""
+    named = np.flatnonzero(labels != EXCL)
+    far = np.abs(named[:, None] - named[None, :]).astype(float)
+    return far[labels[named][:, None] != labels[named][None, :]].min(initial=np.inf)
+
+
+def test_the_embargo_keeps_every_pair_of_steps_of_two_splits_more_than_embargo_apart():
+    """Brute force over seeds, block sizes and embargoes: a block the embargo removes completely must not hide
+    the next boundary (before: train and val 2 steps apart with embargo 2 or 3)."""
+    checked = 0
+    for seed in range(40):
+        for block in (1, 2, 3, 5):
+            for embargo in (1, 2, 3, 4, 6):
+                rule = parse_split_rule({"by": "blocks", "block": block, "fractions": [0.5, 0.3, 0.2], "seed": seed,
+                                         "embargo": embargo})
+                try:
+                    labels = labels_of(rule, np.arange(60))
+                except RecipeError:  # a split emptied by the embargo: refused, fine
+                    continue
+                checked += 1
+                unembargoed = split_labels(split_keys(rule, np.arange(60)), {**rule, "embargo": 0})
+                assert _closest_cross_split_distance(labels) > embargo, (seed, block, embargo, labels.tolist())
+                # nothing is excluded without a reason: each embargoed step is within `embargo` steps after a
+                # kept step of another split
+                for i in np.flatnonzero(labels == EXCL):
+                    before = labels[max(0, i - embargo):i]
+                    kept = before[before != EXCL]
+                    assert kept.size, (seed, block, embargo, i)
+                    assert (kept != unembargoed[i]).any(), (seed, block, embargo, i)
+    assert checked > 300
+
+
+def test_the_embargo_also_holds_across_a_short_unlabelled_stretch():
+    # train 2000 (4 steps), one step of 2001 labelled nowhere, test 2002: the two are 2 steps apart
+    years = np.array([2000] * 4 + [2001] + [2002] * 4)
+    labels = split_labels(years, parse_split_rule({"train": [2000, 2000], "test": [2002, 2002], "embargo": 3}))
+    assert labels.tolist() == [TRAIN] * 4 + [EXCL] * 3 + [TEST] * 2

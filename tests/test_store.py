@@ -128,3 +128,18 @@ def test_a_second_zarr_implementation_reads_values_and_labels(tiny_store):
                    read=True).result().read().result()
     decoded = xr.coding.times.decode_cf_datetime(time, labels["time"]["units"], labels["time"]["calendar"])
     assert np.array_equal(decoded, store.time)
+
+
+def test_longitude_periodic_is_recorded_and_derived_for_older_stores(tiny_store, nrcan_store):
+    """Recorded at build time beside latitude/longitude (root attrs and data's labels); a store built before
+    it was recorded derives it from the longitude's values."""
+    import json
+
+    for path, periodic in ((tiny_store, True), (nrcan_store, False)):      # demo 0..360 global; NRCAN -83..-60
+        store = open_store(path)
+        labels = json.loads((path / "data" / "zarr.json").read_text())["attributes"]["labels"]
+        assert store.attrs["longitude_periodic"] is periodic and labels["longitude_periodic"] is periodic
+        assert store.longitude_periodic is periodic
+        older = open_store(path)
+        del older.attrs["longitude_periodic"]
+        assert older.longitude_periodic is periodic

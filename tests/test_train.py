@@ -357,3 +357,29 @@ def test_rollout_fine_tunes_from_a_one_step_run(tiny_store, tmp_path):
     assert not run_folder(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path).exists()
     with pytest.raises(ConfigError, match="init: .* is neither a run folder"):
         train(tiny(rollout=2, init=str(tmp_path / "nothing")), tiny_store, tmp_path, progress=False, log=quiet)
+
+
+def test_a_train_split_smaller_than_a_batch_is_refused_naming_both_numbers(tiny_store, tmp_path):
+    """The last partial batch is dropped: with fewer train samples than batch_size the run took no step and
+    reported "train loss 0.00000" for untrained weights."""
+    n = len(open_store(tiny_store).dataset("train"))
+    with pytest.raises(ConfigError, match=rf"the train split has {n} samples, fewer than batch_size {n + 1}: no full "
+                                          rf"batch.*set batch_size to {n} or less"):
+        train(tiny(batch_size=n + 1), tiny_store, tmp_path, progress=False, log=quiet)
+    assert not any(tmp_path.iterdir())
+    folder = train(tiny(model="persistence", batch_size=n + 1), tiny_store, tmp_path, progress=False, log=quiet)
+    assert (folder / "checkpoints" / "best.pt").exists()                 # nothing to train: any batch size
+
+
+def test_an_empty_val_split_is_one_clear_error(tiny_raw, tmp_path):
+    from canonstore.errors import StoreError
+    from canonstore.preprocess import build
+    from tests.conftest import demo_recipe
+
+    out = tmp_path / "noval.zarr"
+    build(demo_recipe(tmp_path, tiny_raw, splits={"train": [2000, 2001], "test": [2002, 2002]}), out, progress=False,
+          log=quiet)
+    with pytest.raises(StoreError, match=r"split 'val' has no window .* \(0 steps\): training picks its best epoch "
+                                         r"on the val split"):
+        train(tiny(), out, tmp_path / "runs", progress=False, log=quiet)
+    assert not (tmp_path / "runs").exists()

@@ -232,6 +232,10 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
         if config["blocks"]:
             raise ConfigError("rollout feeds whole forecast fields back as inputs; it cannot train on random "
                               "blocks: set blocks=null")
+        check_rollout_history(f"rollout: {config['rollout']}", config["history"], config["lead"])
+    if config["task"] == "forecast" and 0 in ([config["lead"]] if isinstance(config["lead"], int) else config["lead"]):
+        raise ConfigError(f"lead: {config['lead']!r} with task: forecast trains the identity map (the target at "
+                          "lead 0 is the input at t): set lead to step counts >= 1 (lead 0 is for task: downscaling)")
     if run.get("init"):
         from canonstore.training.checkpoint import initial_weights
 
@@ -266,6 +270,15 @@ def _supported_climatology(run: dict, store) -> None:
     args["annual_harmonics"], args["diurnal_harmonics"], why = supported_harmonics(
         train, args["annual_harmonics"], args["diurnal_harmonics"])
     run["warnings"] += [f"climatology: {reason}" for reason in why]
+
+
+def check_rollout_history(what: str, history: int, lead) -> None:
+    """Refuse a rollout whose history steps would be spaced unlike training: after its first step the
+    model's inputs are its forecasts, `lead` steps apart, where it learned from consecutive steps."""
+    if history > 0 and isinstance(lead, int) and lead > 1:
+        raise ConfigError(f"{what} with history: {history} and lead: {lead} would feed the model inputs {lead} "
+                          "steps apart after its first step, though it was trained on consecutive history steps: "
+                          "set lead=1 or history=0, or forecast one lead at a time (rollout=1, --steps 1)")
 
 
 def lead_times(run: dict) -> list[int]:

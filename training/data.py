@@ -76,7 +76,7 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
             factor = coarse_factor(dataset.sample_space, run["coarse"])
         except ValueError as exc:
             raise ConfigError(f"config for {store.path}: {exc}") from None
-        transform = CoarseUp(factor, (dataset.history + 1) * dataset.channels.size)
+        transform = CoarseUp(factor, (dataset.history + 1) * dataset.channels.size, periodic=dataset.longitude_periodic)
     blocks = run["blocks"] if train else None  # validation and scores see whole fields
     if blocks and run["loader"] != "store":
         raise ConfigError("blocks: random blocks are cut by the store's batch loader; use loader: store")

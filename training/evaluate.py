@@ -100,7 +100,7 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
     rollout run for more or fewer steps than it was trained on): the loader's targets are then at
     lead, 2 lead, ..., K lead, and the returned config says `rollout: K`.
     """
-    from canonstore.training.config import TRAINED
+    from canonstore.training.config import TRAINED, check_rollout_history
     from canonstore.training.forecasts import check_same_build
 
     run = read_config(folder)
@@ -116,6 +116,8 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
                               f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
                               "climatology: train them with rollout=K)")
         run = {**run, "rollout": steps}
+    if run.get("rollout", 1) > 1:  # also a run trained so before rollouts with history were refused
+        check_rollout_history(f"steps={run['rollout']}", run["history"], run["lead"])
     device = pick_device("cpu" if run["device"] == "cpu" else "auto")
     saved = load_checkpoint(path, device)
     loader = make_loader(run, store, split, device, train=False)

@@ -158,7 +158,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
                 clim = climatology(y, basis)
             scores.update(prediction, y, valid, clim)
             if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
-                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]))
+                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
                 residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:

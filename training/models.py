@@ -2,8 +2,9 @@
 
     model = build_model(run, dataset, store)      # run: a resolved config (training.config)
 
-- unet: pads like a sphere: circular along longitude (the dateline is not an edge) and replicate
-  along latitude (there is nothing beyond a pole to wrap to); `width` channels at full resolution.
+- unet: pads like a sphere on a global grid: circular along longitude (the dateline is not an edge)
+  and replicate along latitude (there is nothing beyond a pole to wrap to); on a regional grid (the
+  store's `longitude_periodic` false) replicate along both; `width` channels at full resolution.
 - mlp: the same small network at every grid point (1x1), no spatial context; works on any space.
 - persistence: the target is the input at t. Needs no training.
 - climatology: per channel and grid point, the train mean as a function of day of year and hour,
@@ -27,10 +28,10 @@ from canonstore.errors import ConfigError
 from canonstore.formats.shards import take_fields
 
 
-def sphere_pad(x: torch.Tensor, lat: int, lon: int) -> torch.Tensor:
-    """Pad `lat` rows (replicate) and `lon` columns (circular) on each side."""
+def sphere_pad(x: torch.Tensor, lat: int, lon: int, *, periodic: bool) -> torch.Tensor:
+    """Pad `lat` rows (replicate) and `lon` columns (circular when `periodic`, else replicate) on each side."""
     if lon:
-        x = F.pad(x, (lon, lon, 0, 0), mode="circular")
+        x = F.pad(x, (lon, lon, 0, 0), mode="circular" if periodic else "replicate")
     if lat:
         x = F.pad(x, (0, 0, lat, lat), mode="replicate")
     return x
@@ -39,32 +40,36 @@ def sphere_pad(x: torch.Tensor, lat: int, lon: int) -> torch.Tensor:
 class SphereConv(nn.Module):
     """3x3 convolution with sphere padding, normalisation and GELU."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, periodic: bool):
         super().__init__()
+        self.periodic = periodic
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=0, bias=False)
         self.norm = nn.GroupNorm(min(8, c_out), c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.norm(self.conv(sphere_pad(x, 1, 1))))
+        return F.gelu(self.norm(self.conv(sphere_pad(x, 1, 1, periodic=self.periodic))))
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(SphereConv(c_in, c_out), SphereConv(c_out, c_out))
+def _block(c_in: int, c_out: int, periodic: bool) -> nn.Sequential:
+    return nn.Sequential(SphereConv(c_in, c_out, periodic), SphereConv(c_out, c_out, periodic))
 
 
 class UNet(nn.Module):
     """A small UNet: `depth` halvings, `width` channels at full resolution (doubling per level).
 
-    Grids whose sides are not multiples of 2**depth are sphere-padded up to one and cropped back.
+    `periodic`: whether longitude wraps (a global grid, the store's `longitude_periodic`); a regional
+    grid's east and west edges are padded like the poles. Grids whose sides are not multiples of
+    2**depth are padded the same way up to one and cropped back.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: int = 32, depth: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, width: int = 32, depth: int = 3, *, periodic: bool):
         super().__init__()
         widths = [width * 2 ** k for k in range(depth + 1)]
-        self.depth = depth
-        self.down = nn.ModuleList([_block(in_channels, widths[0])] +
-                                  [_block(widths[k], widths[k + 1]) for k in range(depth)])
-        self.up = nn.ModuleList([_block(widths[k + 1] + widths[k], widths[k]) for k in reversed(range(depth))])
+        self.depth, self.periodic = depth, periodic
+        self.down = nn.ModuleList([_block(in_channels, widths[0], periodic)] +
+                                  [_block(widths[k], widths[k + 1], periodic) for k in range(depth)])
+        self.up = nn.ModuleList([_block(widths[k + 1] + widths[k], widths[k], periodic)
+                                 for k in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,8 @@ class UNet(nn.Module):
         m = 2 ** self.depth
         pad_lat, pad_lon = (-n_lat) % m, (-n_lon) % m
         if pad_lat or pad_lon:
-            x = F.pad(F.pad(x, (0, pad_lon, 0, 0), mode="circular"), (0, 0, 0, pad_lat), mode="replicate")
+            x = F.pad(F.pad(x, (0, pad_lon, 0, 0), mode="circular" if self.periodic else "replicate"),
+                      (0, 0, 0, pad_lat), mode="replicate")
         skips = []
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
@@ -378,7 +384,7 @@ def build_model(run: dict, dataset) -> nn.Module:
             hint = f"set unet.depth={fits} or less, or use mlp" if fits >= 1 else "use mlp"
             raise ConfigError(f"unet.depth={args['depth']} halves the grid {args['depth']} times and needs at least "
                               f"{smallest} x {smallest} cells; this store's grid is {space[0]} x {space[1]}: {hint}")
-        net = UNet(n_in, n_out * leads, width=args["width"], depth=args["depth"])
+        net = UNet(n_in, n_out * leads, width=args["width"], depth=args["depth"], periodic=dataset.longitude_periodic)
     elif name == "mlp":
         net = MLP(n_in, n_out * leads, width=args["width"], layers=args["layers"])
     else:

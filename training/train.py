@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from canonstore.errors import ConfigError, RunError
+from canonstore.errors import ConfigError, RunError, StoreError
 from canonstore.formats import open_store
 from canonstore.loaders.blocks import crop
 from canonstore.loaders.sampler import epoch_seed
@@ -115,7 +115,13 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     seed_everything(run["seed"])
     torch.backends.cudnn.benchmark = device.type == "cuda"
     train_loader = make_loader(run, store, "train", device, train=True, rank=procs.rank, world_size=procs.world)
-    val_loader = make_loader(run, store, "val", device, train=False, rank=procs.rank, world_size=procs.world)
+    if run["model"] in TRAINED:
+        check_full_batch(train_loader, run, store, procs.world)
+    try:
+        val_loader = make_loader(run, store, "val", device, train=False, rank=procs.rank, world_size=procs.world)
+    except StoreError as exc:
+        raise StoreError(f"{exc}: training picks its best epoch on the val split and needs a window there; give "
+                         "the recipe's `splits` a (longer) val range, or use a shorter history or lead") from None
     model = build_model(run, train_loader.dataset).to(device)
     if run.get("init") and not last.exists():  # before anything is written: weights that do not fit leave no run
         start_from(model, run["init"], log if procs.main else (lambda *_: None))
@@ -159,6 +165,17 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         runlog.finish()
         log(f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})")
     return folder
+
+
+def check_full_batch(loader, run: dict, store, world: int) -> None:
+    """Refuse a train split too small for one full batch: the last partial batch is dropped, so the run would
+    take no step and report a loss of 0 for untrained weights."""
+    if len(loader) == 0:
+        n = len(loader.dataset)
+        share = f" ({n // world} per process, {world} processes)" if world > 1 else ""
+        raise ConfigError(f"{store.path}: the train split has {n} samples{share}, fewer than batch_size "
+                          f"{run['batch_size']}: no full batch, so no training step; set batch_size to "
+                          f"{max(1, n // world)} or less, or give the train split more steps")
 
 
 def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
