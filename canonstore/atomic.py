@@ -74,6 +74,10 @@ def remove_ours(folder: Path, kind: str, owned: Callable[[Path], bool] | None = 
                      "stages its output")
 
 
+def is_empty_folder(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+
+
 def remove_tree(folder: Path, last: tuple[str, ...] = ()) -> None:
     """Delete `folder`, never following a link, its marker and `last` files after everything else."""
     keep = (*last, MARKER)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.atomic import MARKER, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import MARKER, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
@@ -43,7 +43,7 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
         if not overwrite:
             raise StoreError(f"{out} exists; remove it or export with --overwrite")
         reason = _not_an_export(out)
-        if reason and not _empty_folder(out):
+        if reason and not is_empty_folder(out):
             raise StoreError(f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
                              "another folder, or move it away yourself")
     for old in leftovers(out):  # a previous export that a kill left while it was being removed
@@ -111,10 +111,6 @@ def _not_an_export(folder: Path) -> str | None:
 
 def is_export(folder: Path) -> bool:
     return _not_an_export(folder) is None
-
-
-def _empty_folder(folder: Path) -> bool:
-    return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
 
 
 @contextlib.contextmanager
