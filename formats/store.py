@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from functools import cached_property
@@ -124,6 +125,12 @@ class Store:
             return array
         except (ValueError, OSError) as exc:
             raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
+
+    @cached_property
+    def build_id(self) -> str:
+        """The build this Store opened: its manifest's sha256, as `manifest.store_identity(path)` gives it
+        while the store is not rebuilt (read through the handle, so never the next build's)."""
+        return hashlib.sha256(self._handle.read(MANIFEST)).hexdigest()
 
     @property
     def shape(self) -> tuple[int, ...]:
