@@ -1,11 +1,11 @@
 """Folders canonstore makes, publishes and removes: never half of one, never one it did not make.
 
-A folder is staged beside its final place (`<out>.partial`), marked at creation with `MARKER`, and
-put in place by one swap, so readers see the old folder or the new one. canonstore deletes a folder
-only when it is recognisably its own: the staging marker of the right kind, or (for a finished folder:
-a store, an export) its own listing of every file in it (`owned`). A folder is removed with its
-identifying files last, so a kill during the removal leaves something the next command still
-recognises and finishes removing.
+A new folder is staged beside its place (`<out>.partial`) and carries `MARKER` from the moment it is
+created; it is put in place by one swap, so readers see the old folder or the new one. The old folder
+gets the marker just before the swap and is then removed, the marker last. Whatever a kill leaves
+beside `out` (`<out>.partial`, `<out>.old-<pid>`) therefore carries the marker, and canonstore deletes
+such a folder only when it does (`remove_ours`); anything else there is refused by name. Replacing
+`out` itself is the caller's decision: it first checks that `out` is its own kind of finished folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from canonstore.errors import StoreError
@@ -26,18 +25,22 @@ from canonstore.errors import StoreError
 MARKER = ".canonstore-staging"
 
 
-def make_staging(path: Path, kind: str, owned: Callable[[Path], bool] | None = None) -> Path:
-    """An empty folder at `path` that carries the marker of `kind` ("store", "npy export"), for a new
-    `<out>`; a previous one there is removed if it is ours (`remove_ours`), else refused."""
-    remove_ours(path, kind, owned)
-    path.mkdir(parents=True)
+def mark(folder: Path, kind: str) -> None:
+    """Write the marker that says canonstore made `folder`, a staging of `kind` ("store", "npy export")."""
     record = {"made_by": "canonstore", "kind": kind, "pid": os.getpid(), "host": os.uname().nodename,
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    fd = os.open(path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, json.dumps(record).encode())  # one small write: a kill leaves all of it or no file
+        os.write(fd, json.dumps(record).encode())  # one small write: a kill leaves all of it or an empty file
     finally:
         os.close(fd)
+
+
+def make_staging(path: Path, kind: str) -> Path:
+    """An empty, marked staging folder at `path`; a previous one there is removed if it is ours, else refused."""
+    remove_ours(path, kind)
+    path.mkdir(parents=True)
+    mark(path, kind)
     return path
 
 
@@ -52,46 +55,42 @@ def has_marker(folder: Path, kind: str) -> bool:
     return isinstance(record, dict) and record.get("made_by") == "canonstore" and record.get("kind") == kind
 
 
-def remove_ours(folder: Path, kind: str, owned: Callable[[Path], bool] | None = None,
-                last: tuple[str, ...] = ()) -> bool:
-    """Remove `folder` if canonstore made it (its marker of `kind`, or `owned(folder)`); False if absent.
-
-    An empty folder is removed too (nothing in it can be lost). Anything else is refused in one line
-    naming it. `last`: the files that make `owned` true, removed after everything else.
-    """
+def remove_ours(folder: Path, kind: str) -> bool:
+    """Remove `folder` if it carries canonstore's marker of `kind`, or is empty (nothing in it can be lost);
+    False if there is none. Anything else is refused in one line naming it."""
     if not os.path.lexists(folder):
         return False
-    if folder.is_dir() and not folder.is_symlink() and (has_marker(folder, kind) or (owned and owned(folder))):
-        remove_tree(folder, last)
+    if has_marker(folder, kind):
+        remove_tree(folder)
         return True
     try:
         folder.rmdir()
         return True
     except OSError:
         pass
-    raise StoreError(f"{folder} exists and is not canonstore's (no {MARKER} marker of a {kind} staging, and not "
-                     f"a {kind} it wrote); canonstore deletes only what it made: move it away, it is where canonstore "
-                     "stages its output")
+    raise StoreError(f"{folder} exists and is not canonstore's (it has no {MARKER} marker of a {kind} staging); "
+                     "canonstore deletes only what it made: move it away, canonstore stages its output there")
 
 
 def is_empty_folder(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
 
 
-def remove_tree(folder: Path, last: tuple[str, ...] = ()) -> None:
-    """Delete `folder`, never following a link, its marker and `last` files after everything else."""
-    keep = (*last, MARKER)
+def remove_tree(folder: Path) -> None:
+    """Delete `folder`, never following a link, its marker last (a kill leaves it recognisably ours)."""
+    if folder.is_symlink():  # deleting the link loses nothing; never what it points to
+        folder.unlink()
+        return
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name in keep:
+            if entry.name == MARKER:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
-    for name in keep:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / MARKER)
     os.rmdir(folder)
 
 
@@ -101,28 +100,29 @@ def leftovers(out: Path) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(glob.escape(str(out)) + ".old-*"))
 
 
-def replace_folder(staging: Path, out: Path, last: tuple[str, ...] = ()) -> None:
+def replace_folder(staging: Path, out: Path, kind: str = "folder") -> None:
     """Put the complete folder `staging` at `out` in one step and remove what was there.
 
-    The caller has checked that an existing `out` is canonstore's. It is swapped with the staging
-    (renameat2 RENAME_EXCHANGE, so `out` is never missing), or where that is unsupported renamed to
-    `<out>.old-<pid>` first; then removed with `last` (the files that identify it) last. The staging
-    marker is dropped before the swap: from then on `staging` is recognised by its own listing.
+    The caller has checked that an existing `out` is its own to replace. It is marked as a staging of
+    `kind`, then swapped with the staging (renameat2 RENAME_EXCHANGE, so `out` is never missing), or
+    where that is unsupported renamed to `<out>.old-<pid>` first; then removed, the marker last.
     """
-    (staging / MARKER).unlink(missing_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and exchange(staging, out):
-        fsync_dir(out.parent)
-        remove_tree(staging, last)  # now the old folder
-        return
     old = None
-    if out.exists():  # no atomic exchange here: a short moment without a folder at `out`
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(staging, out)
+    if out.exists():
+        mark(out, kind)  # from here on, wherever a kill leaves the old folder, it is recognisably ours
+        if exchange(staging, out):
+            old = staging
+        else:  # no atomic exchange here: a short moment without a folder at `out`
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(staging, out)
+    else:
+        os.rename(staging, out)
+    (out / MARKER).unlink(missing_ok=True)  # published: no longer a staging
     fsync_dir(out.parent)
     if old is not None:
-        remove_tree(old, last)
+        remove_tree(old)
 
 
 def exchange(a: Path, b: Path) -> bool:

@@ -64,16 +64,6 @@ def listed_files(folder: Path) -> set[str] | None:
     return None
 
 
-def lists_everything(folder: Path) -> bool:
-    """True when `folder` holds a canonstore manifest that lists every file in it (files may be missing):
-    a store, or what is left of one that a kill interrupted while it was being removed."""
-    listed = listed_files(folder)
-    if listed is None:
-        return False
-    files, others = store_entries(folder)
-    return not others and set(files) <= listed
-
-
 def write_manifest(store: Path, known: dict | None = None, threads: int = 4) -> dict:
     """Checksum every file of `store` (in parallel) and write the manifest; returns it.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.atomic import MARKER, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import MARKER, has_marker, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
@@ -47,9 +47,9 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
             raise StoreError(f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
                              "another folder, or move it away yourself")
     for old in leftovers(out):  # a previous export that a kill left while it was being removed
-        if is_export(old):
-            remove_tree(old, last=(META,))
-    make_staging(staging, KIND, is_export)
+        if has_marker(old, KIND):
+            remove_tree(old)
+    make_staging(staging, KIND)
     try:
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
@@ -70,7 +70,7 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
         meta = json.dumps(export_meta(store, files, extras), indent=1, allow_nan=False) + "\n"
         with _naming(staging / META), open(staging / META, "w") as f:
             f.write(meta)
-        replace_folder(staging, out, last=(META,))
+        replace_folder(staging, out, KIND)
     except BaseException:
         if staging.is_dir():
             remove_tree(staging)
@@ -90,7 +90,7 @@ def _check_target(store: Path, out: Path, staging: Path) -> None:
 
 def _not_an_export(folder: Path) -> str | None:
     """Why `folder` is not a canonstore npy export (None when it is one: its meta.json, written by an export,
-    lists every file in it; a partly removed export still is one)."""
+    lists every file in it)."""
     if folder.is_symlink() or not folder.is_dir():
         return "is not a folder"
     try:
@@ -107,10 +107,6 @@ def _not_an_export(folder: Path) -> str | None:
     if foreign:
         return f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which the export did not write"
     return None
-
-
-def is_export(folder: Path) -> bool:
-    return _not_an_export(folder) is None
 
 
 @contextlib.contextmanager

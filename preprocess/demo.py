@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from canonstore.atomic import is_empty_folder, make_staging, replace_folder
+from canonstore.atomic import MARKER, is_empty_folder, make_staging, replace_folder
 from canonstore.errors import StoreError
 
 STAMP = ".complete"  # written last: the folder is whole
@@ -55,7 +55,7 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
     if os.path.lexists(out) and not (_is_demo(out) or is_empty_folder(out)):
         raise StoreError(f"{out} exists and is not canonstore's demo data (a {STAMP} stamp and .nc files only); "
                          "canonstore replaces only what it made: choose another folder")
-    tmp = make_staging(out.with_name(out.name + ".partial"), "demo data", _is_demo)
+    tmp = make_staging(out.with_name(out.name + ".partial"), "demo data")
     lat, lon = demo_grid(size)
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0, 2 * np.pi, size=(len(PRESSURE_VARS) * len(LEVELS) + len(SURFACE_VARS), 3))
@@ -81,16 +81,17 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
             _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon,
                        packed=name == "msl")
     (tmp / STAMP).write_text(f"size={size} years={list(years)} seed={seed}\n")
-    replace_folder(tmp, out, last=(STAMP,))
+    replace_folder(tmp, out, "demo data")
     return out
 
 
 def _is_demo(folder: Path) -> bool:
-    """Demo data this function wrote (or what a kill left of it while it was being replaced)."""
+    """Demo data this function wrote: its stamp and .nc files (and the marker a replacement adds) only."""
     if folder.is_symlink() or not (folder / STAMP).is_file():
         return False
     with os.scandir(folder) as entries:
-        return all(e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name == STAMP) for e in entries)
+        return all(e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name in (STAMP, MARKER))
+                   for e in entries)
 
 
 def _field(hours, lat, lon, base, amp, phase, rng, diurnal):

@@ -24,7 +24,7 @@ import zarr
 
 from canonstore.atomic import fsync_dir, has_marker, leftovers, make_staging, remove_tree, replace_folder
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST, listed_files, lists_everything, store_entries
+from canonstore.formats.manifest import MANIFEST, listed_files, store_entries
 from canonstore.formats.zarr_ import create_data_array
 
 
@@ -59,30 +59,21 @@ def check_output(out: Path) -> None:
         raise StoreError(f"output {out} is a Zarr store not made by canonstore; refusing to replace it")
 
 
-def _ours(folder: Path) -> bool:
-    """A finished store (its manifest lists all its files), or a staging of a canonstore from before the
-    staging marker (its progress file)."""
-    if lists_everything(folder):
-        return True
-    state = load_progress(folder)
-    return isinstance(state, dict) and "fingerprint" in state and "inputs" in state
-
-
 def start(out: Path) -> Path:
     """A new, empty, marked staging folder for `out`; a previous one is removed if it is ours, else refused."""
-    return make_staging(staging_path(out), "store", _ours)
+    return make_staging(staging_path(out), "store")
 
 
 def clear_leftovers(out: Path, log=print) -> None:
     """Remove what a kill during a publish left beside `out` (call it holding the build lock): the old
     store, swapped to `<out>.partial` (no progress file there: nothing to resume) or renamed to
-    `<out>.old-<pid>`, each wholly or partly removed. Only folders recognisably ours are touched."""
+    `<out>.old-<pid>`, wholly or partly removed. Only folders with our marker are touched."""
     staging = staging_path(out)
     found = leftovers(out) + ([staging] if staging.is_dir() and not (staging / PROGRESS).exists() else [])
     for folder in found:
-        if has_marker(folder, "store") or _ours(folder):
+        if has_marker(folder, "store"):
             log(f"removing {folder}: left by an interrupted build")
-            remove_tree(folder, last=(MANIFEST,))
+            remove_tree(folder)
 
 
 @contextlib.contextmanager
@@ -250,4 +241,4 @@ def publish(staging: Path, out: Path) -> None:
     if not (staging / MANIFEST).is_file():
         raise StoreError(f"{staging}: no manifest; refusing to publish an incomplete store")
     (staging / PROGRESS).unlink(missing_ok=True)
-    replace_folder(staging, out, last=(MANIFEST,))  # the manifest last: a half-removed store stays ours
+    replace_folder(staging, out, "store")

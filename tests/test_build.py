@@ -99,14 +99,19 @@ def test_a_store_holding_a_users_file_is_not_replaced(tmp_path, tiny_raw):
     assert (out / "notes.txt").read_text() == "my notes"
 
 
-def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_raw):
+@pytest.mark.parametrize("what", ["notes", "a copy of a store"])
+def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_raw, tiny_store, what):
     out = tmp_path / "demo.zarr"
     mine = tmp_path / "demo.zarr.partial"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("my notes")
+    if what == "notes":
+        mine.mkdir()
+        (mine / "notes.txt").write_text("my notes")
+    else:  # a whole store, but not a staging: it has no marker
+        shutil.copytree(tiny_store, mine)
+    before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
     with pytest.raises(StoreError, match=f"{mine} exists and is not canonstore's"):
         build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
-    assert (mine / "notes.txt").read_text() == "my notes" and not out.exists()
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before and not out.exists()
 
 
 def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_raw):

@@ -256,9 +256,11 @@ def test_an_old_store_half_removed_by_a_kill_is_cleared_by_the_next_command(tiny
     from canonstore.preprocess.append import append
 
     out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
-    # What a kill just after the publishing swap leaves: the previous store beside the new one, partly removed
-    # (its manifest goes last); where the filesystem cannot swap, it was renamed to <store>.old-<pid> first.
+    # What a kill just after the publishing swap leaves: the previous store beside the new one, marked as
+    # canonstore's before the swap, partly removed (the marker goes last); where the filesystem cannot swap,
+    # it was renamed to <store>.old-<pid> first.
     half = shutil.copytree(out, tmp_path / left)
+    (half / ".canonstore-staging").write_text(json.dumps({"made_by": "canonstore", "kind": "store"}))
     shutil.rmtree(half / "data")
     logs = []
     if command == "build":
@@ -281,7 +283,7 @@ def rmtree_then_die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 def swap_then_arm(a, b):
-    swapped = swap(a, b)
+    swapped = swap(a, b) if os.environ["SWAP"] == "exchange" else False  # False: renamed aside instead
     atomic.shutil.rmtree = rmtree_then_die  # the kill lands once part of the old store is removed
     return swapped
 
@@ -291,13 +293,15 @@ main()
 """
 
 
-def test_a_kill_right_after_the_publishing_swap_is_cleaned_up_by_the_next_build(tiny_store, tmp_path):
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_a_kill_right_after_the_publishing_swap_is_cleaned_up_by_the_next_build(tiny_store, tmp_path, swap):
     out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
     recipe = open_store(out).attrs["recipe_path"]
     killed = subprocess.run([sys.executable, "-c", KILL_WHILE_REMOVING_THE_OLD_STORE, "build", recipe, "--out",
-                             str(out), "--force", "--quiet"], capture_output=True, text=True)
-    left = out.with_name("demo.zarr.partial")
+                             str(out), "--force", "--quiet"], capture_output=True, text=True,
+                            env={**os.environ, "SWAP": swap})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left] = tmp_path.glob("demo.zarr.partial" if swap == "exchange" else "demo.zarr.old-*")
     assert 0 < len(store_files(left)) < len(read_manifest(left)["files"])   # part of the old store
     assert verify_store(out) == []
     done = subprocess.run([sys.executable, "-m", "canonstore", "build", recipe, "--out", str(out), "--quiet"],

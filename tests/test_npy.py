@@ -127,10 +127,12 @@ def test_an_export_half_removed_by_a_kill_is_cleared_by_the_next_export(tiny_sto
 
     out = tmp_path / "npy"
     npy.export_npy(tiny_store, out, log=lambda *_: None)
-    # What a kill leaves just after the publishing swap: the previous export at npy.partial, partly removed
-    # (its meta.json last); and where the filesystem cannot swap, at npy.old-<pid>.
+    # What a kill leaves just after the publishing swap: the previous export, marked as canonstore's before
+    # the swap, partly removed (the marker goes last) at npy.partial; where the filesystem cannot swap, at
+    # npy.old-<pid>.
     for left in (tmp_path / "npy.partial", tmp_path / "npy.old-123"):
         shutil.copytree(out, left)
+        (left / ".canonstore-staging").write_text(json.dumps({"made_by": "canonstore", "kind": "npy export"}))
         (left / "train.npy").unlink()
     npy.export_npy(tiny_store, out, overwrite=True, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["npy"]
