@@ -115,7 +115,7 @@ def demo_data(out, size, years):
     """Write the embedded demo raw dataset (ERA5-like NetCDF) into OUT."""
     from canonstore.preprocess.demo import write_demo
 
-    path = write_demo(out, size=size, years=tuple(range(2000, 2000 + years)))
+    path = _run(lambda: write_demo(out, size=size, years=tuple(range(2000, 2000 + years))), False)
     click.echo(f"wrote demo raw data to {path}")
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from canonstore.atomic import MARKER
 
 MANIFEST = "manifest.json"
 
@@ -23,10 +27,41 @@ def file_sha256(path: Path, block: int = 1 << 23) -> str:
     return digest.hexdigest()
 
 
+def store_entries(store: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files, others) of `store`, relative paths, sorted: its regular files except the manifest (and a
+    staging marker), and every entry that is neither a regular file nor a directory (a symbolic link, a
+    FIFO, ...), with what it is. Links are never followed."""
+    files, others = [], []
+    for root, dirs, names in os.walk(store):  # does not descend into links to directories
+        for name in dirs + names:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, store).replace(os.sep, "/")
+            try:
+                mode = os.lstat(full).st_mode
+            except FileNotFoundError:  # removed while listed
+                continue
+            if stat.S_ISREG(mode):
+                if rel not in (MANIFEST, MARKER):
+                    files.append(rel)
+            elif not stat.S_ISDIR(mode):
+                others.append((rel, "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"))
+    return sorted(files), sorted(others)
+
+
 def store_files(store: Path) -> list[str]:
-    """Relative paths of all files in a store except the manifest, sorted."""
-    return sorted(p.relative_to(store).as_posix() for p in store.rglob("*")
-                  if p.is_file() and p.name != MANIFEST)
+    """Relative paths of all regular files in a store except the manifest, sorted."""
+    return store_entries(store)[0]
+
+
+def listed_files(folder: Path) -> set[str] | None:
+    """The files that a canonstore manifest in `folder` lists; None when it has no readable one."""
+    try:
+        manifest = read_manifest(folder)
+        if manifest.get("format") == "canonstore-manifest":
+            return set(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def write_manifest(store: Path, known: dict | None = None, threads: int = 4) -> dict:
@@ -74,13 +109,20 @@ def check_manifest(store: Path, checksums: bool = True) -> list[str]:
         files = read_manifest(store)["files"]
     except (OSError, ValueError, KeyError) as exc:
         return [f"{store / MANIFEST}: cannot read the manifest: {exc}"]
-    present = set(store_files(store))
-    problems = [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present)]
+    found, others = store_entries(store)
+    present = set(found)
+    problems = [f"{rel}: {what}, not a file of the store (a store's files are regular files inside it, which "
+                "readers never leave: put the file itself back or rebuild)" for rel, what in others]
+    odd = {rel for rel, _ in others}
+    problems += [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present - odd)]
     problems += [f"{rel}: not listed in the manifest" for rel in sorted(present - set(files))]
     for rel in sorted(set(files) & present):
-        size = (store / rel).stat().st_size
-        if size != files[rel]["size"]:
-            problems.append(f"{rel}: size {size} bytes, manifest says {files[rel]['size']}")
-        elif checksums and file_sha256(store / rel) != files[rel]["sha256"]:
-            problems.append(f"{rel}: sha256 differs from the manifest (file changed or damaged)")
+        try:
+            size = (store / rel).stat().st_size
+            if size != files[rel]["size"]:
+                problems.append(f"{rel}: size {size} bytes, manifest says {files[rel]['size']}")
+            elif checksums and file_sha256(store / rel) != files[rel]["sha256"]:
+                problems.append(f"{rel}: sha256 differs from the manifest (file changed or damaged)")
+        except OSError as exc:  # e.g. removed since it was listed (a rebuild: `verify_store` says so)
+            problems.append(f"{rel}: cannot read it: {exc.strerror or exc}")
     return problems

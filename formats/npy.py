@@ -8,33 +8,48 @@ The folder appears by one rename when complete, so a failed export never leaves 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from canonstore.atomic import replace_folder
+from canonstore.atomic import MARKER, has_marker, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
-from canonstore.formats.zarr_ import map_shard, mappable_layout
+from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
 
 SPLITS = ("train", "val", "test")
 BLOCK_MB = 64
+KIND = "npy export"  # the kind of the staging marker
+META = "meta.json"
 
 
 def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False, block_mb: float = BLOCK_MB,
                log=print) -> Path:
-    """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`."""
+    """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`.
+
+    `overwrite` replaces a previous export at `out` (and nothing else: see `_not_an_export`). The
+    export is staged in `<out>.partial` and appears by one swap; a store rebuilt while it is read
+    fails the export (`formats.handle`) rather than mixing two builds.
+    """
     store, out = open_store(store_path), Path(out)
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out} exists; remove it or export with --overwrite")
     staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    _check_target(store.path, out, staging)
+    if os.path.lexists(out):
+        if not overwrite:
+            raise StoreError(f"{out} exists; remove it or export with --overwrite")
+        reason = _not_an_export(out)
+        if reason and not is_empty_folder(out):
+            raise StoreError(f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
+                             "another folder, or move it away yourself")
+    for old in leftovers(out):  # a previous export that a kill left while it was being removed
+        if has_marker(old, KIND):
+            remove_tree(old)
+    make_staging(staging, KIND)
     try:
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
@@ -52,20 +67,63 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
         if store.mask is not None:
             _write_durably(staging / "mask.npy", store.mask.astype(np.uint8))
             extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
-        meta = export_meta(store, files, extras)
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
-        replace_folder(staging, out)
+        meta = json.dumps(export_meta(store, files, extras), indent=1, allow_nan=False) + "\n"
+        with _naming(staging / META), open(staging / META, "w") as f:
+            f.write(meta)
+        replace_folder(staging, out, KIND)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.is_dir():
+            remove_tree(staging)
         raise
     return out
+
+
+def _check_target(store: Path, out: Path, staging: Path) -> None:
+    """The export (and its staging) may not be, contain, or lie inside the store it reads."""
+    store = store.resolve()
+    for path in (out, staging):
+        where = path.resolve()
+        if where == store or store.is_relative_to(where) or where.is_relative_to(store):
+            relation = "is" if where == store else "holds" if store.is_relative_to(where) else "is inside"
+            raise StoreError(f"export folder {path} {relation} the store {store}; export to a folder outside it")
+
+
+def _not_an_export(folder: Path) -> str | None:
+    """Why `folder` is not a canonstore npy export (None when it is one: its meta.json, written by an export,
+    lists every file in it)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "is not a folder"
+    try:
+        meta = json.loads((folder / META).read_text())
+        ours = str(meta["format"]).startswith("canonstore npy export")
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        return f"is not a canonstore export (no {META} written by `canonstore export`)"
+    listed = {META, MARKER} | {info.get("file") for info in meta.get("splits", {}).values()} | \
+        {meta[k]["file"] for k in ("static", "mask") if isinstance(meta.get(k), dict)}
+    with os.scandir(folder) as entries:
+        foreign = sorted(e.name for e in entries if e.name not in listed or not e.is_file(follow_symlinks=False))
+    if foreign:
+        return f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which the export did not write"
+    return None
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A failed write (disk full, quota) says which file it was writing."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}; nothing was exported (the partial export "
+                         "is removed)") from exc
 
 
 def _write_split(read, steps: np.ndarray, path: Path, dtype: np.dtype, sample_shape: tuple, block: int) -> dict:
     """Write the steps `steps` (read by `read(a, b)` in runs of consecutive steps, `block` at a time) to a
     new .npy. Plain writes, no memory map: the process holds one block, whatever the split's size."""
     shape = (steps.size,) + tuple(sample_shape)
-    with open(path, "wb") as f:
+    with _naming(path), open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                                  "fortran_order": False, "shape": shape})
         for run in np.split(steps, np.flatnonzero(np.diff(steps) != 1) + 1) if steps.size else []:
@@ -78,30 +136,40 @@ def _write_split(read, steps: np.ndarray, path: Path, dtype: np.dtype, sample_sh
 
 
 def block_reader(store):
-    """`read(a, b)`: steps [a, b) of `data` as a new array. Uncompressed shards are read with positioned
-    reads (a memory map would keep every page it touched in the process's resident set); compressed
-    stores through zarr."""
+    """`read(a, b)`: steps [a, b) of `data` as a new array, from the store that was opened (a rebuild
+    since raises, see `formats.handle`). Uncompressed shards are read with positioned reads (a memory map
+    would keep every page it touched in the process's resident set); compressed stores through zarr."""
     if store.attrs["layout"]["compression"] != "none":
         data = store._group["data"]
         return lambda a, b: data[a:b]
+    handle, shape, dtype = store._handle, store.shape, store.dtype.newbyteorder("<")
     shard_steps = mappable_layout(store.path, store._group["data"])
-    step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
-    checked = {}
+    step_bytes = int(np.prod(shape[1:])) * dtype.itemsize
 
     def read(a: int, b: int) -> np.ndarray:
-        parts = []
+        out = np.empty((b - a,) + tuple(shape[1:]), dtype)
+        view = memoryview(out).cast("B")
         for k in range(a // shard_steps, (b - 1) // shard_steps + 1):
-            if k not in checked:  # the shard's index says it holds contiguous C-order steps (not its pages)
-                checked[k] = map_shard(store.path, store.shape, store.dtype, shard_steps, k).filename
             lo, hi = max(a, k * shard_steps), min(b, (k + 1) * shard_steps)
-            parts.append(np.fromfile(checked[k], dtype=store.dtype.newbyteorder("<"), count=(hi - lo) * step_bytes
-                                     // store.dtype.itemsize, offset=(lo - k * shard_steps) * step_bytes))
-        return np.concatenate(parts).reshape((b - a,) + tuple(store.shape[1:]))
+            part, offset = view[(lo - a) * step_bytes:(hi - a) * step_bytes], (lo - k * shard_steps) * step_bytes
+            fd = open_shard(handle, shape, dtype, shard_steps, k)  # checks the index: contiguous C-order steps
+            try:
+                done = 0
+                while done < len(part):
+                    got = os.preadv(fd, [part[done:]], offset + done)
+                    if got == 0:
+                        raise StoreError(f"{shard_file(store.path, len(shape), k)}: shorter than its steps; run "
+                                         f"`canonstore verify {store.path}`")
+                    done += got
+            finally:
+                os.close(fd)
+        handle.check()  # the steps just read are the opened store's
+        return out
     return read
 
 
 def _write_durably(path: Path, values: np.ndarray) -> None:
-    with open(path, "wb") as f:
+    with _naming(path), open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(values))
         f.flush()
         os.fsync(f.fileno())

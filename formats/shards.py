@@ -2,7 +2,8 @@
 
 Each shard is memory-mapped on first use and at most `max_mapped` stay mapped (least recently
 used first out), so a 100 TB store never needs 100 TB of address space. A view handed out keeps
-its own shard mapped for as long as it lives, whatever the cache drops.
+its own shard mapped for as long as it lives, whatever the cache drops. Shards come only from the
+store that was opened: after a rebuild, mapping one more raises (`formats.handle`).
 
     >>> a = open_store("era5.zarr").array          # ShardedArray when the store has several shards
     >>> a[10]                                       # a view into one shard, zero copy
@@ -17,14 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.formats.handle import StoreHandle
 from canonstore.formats.zarr_ import map_shard, shard_count
 
 
 class ShardedArray:
     """A read-only (time, channel, *space) array whose steps live in shard files of `shard_steps`."""
 
-    def __init__(self, store: Path, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, max_mapped: int = 64):
-        self.store, self.shape, self.shard_steps = Path(store), tuple(shape), int(shard_steps)
+    def __init__(self, store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int,
+                 max_mapped: int = 64):
+        # Shards are mapped from the store opened here (or by the Store that passes its handle): never from
+        # a store that a rebuild published at the same path since; that raises instead (formats.handle).
+        self.handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
+        self.store, self.shape, self.shard_steps = self.handle.path, tuple(shape), int(shard_steps)
         self.dtype = np.dtype(dtype)
         self.shards = shard_count(self.shape[0], self.shard_steps)
         self.max_mapped = max(1, max_mapped)
@@ -56,7 +62,7 @@ class ShardedArray:
         if k in self._mapped:
             self._mapped.move_to_end(k)
             return self._mapped[k]
-        mapped = map_shard(self.store, self.shape, self.dtype, self.shard_steps, k)
+        mapped = map_shard(self.handle, self.shape, self.dtype, self.shard_steps, k)
         self._mapped[k] = mapped
         while len(self._mapped) > self.max_mapped:
             self._mapped.popitem(last=False)

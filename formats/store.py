@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +19,7 @@ import zarr
 
 from canonstore.errors import StoreError
 from canonstore.formats.coords import find_axis, longitude_is_periodic
+from canonstore.formats.handle import CheckedStore, StoreHandle
 from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
@@ -72,13 +75,24 @@ def normalise_to(values: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype, o
 
 
 class Store:
-    """A read-only view of one canonstore store. Cheap to create; nothing is read until asked."""
+    """A read-only view of one canonstore store. Cheap to create; nothing is read until asked.
+
+    Everything it reads comes from the store it opened, or raises once a rebuild has replaced that
+    store (`formats.handle`): a Store never returns one build's data beside another's statistics.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._handle = StoreHandle(self.path)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path}: not a Zarr v3 store (no zarr.json)")
-        self._group = zarr.open_group(self.path, mode="r")
+        self._zarr = CheckedStore(self._handle)
+        try:
+            self._group = zarr.open_group(store=self._zarr, mode="r")
+        except StoreError:
+            raise
+        except Exception as exc:  # damaged metadata JSON fails inside zarr with many types
+            raise damaged_metadata(self.path, exc) from exc
         info = self._group.attrs.get("canonstore")
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{self.path}: a Zarr store, but not a canonstore store (no 'canonstore' attrs)")
@@ -105,12 +119,18 @@ class Store:
         try:
             shard_steps = mappable_layout(self.path, data)
             if shard_count(self.shape[0], shard_steps) == 1:
-                return map_shard(self.path, self.shape, self.dtype, shard_steps, 0)
-            array = ShardedArray(self.path, self.shape, self.dtype, shard_steps)
+                return map_shard(self._handle, self.shape, self.dtype, shard_steps, 0)
+            array = ShardedArray(self._handle, self.shape, self.dtype, shard_steps)
             array.shard(0)  # a damaged first shard fails here, not in the middle of an epoch
             return array
         except (ValueError, OSError) as exc:
             raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
+
+    @cached_property
+    def build_id(self) -> str:
+        """The build this Store opened: its manifest's sha256, as `manifest.store_identity(path)` gives it
+        while the store is not rebuilt (read through the handle, so never the next build's)."""
+        return hashlib.sha256(self._handle.read(MANIFEST)).hexdigest()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -125,7 +145,7 @@ class Store:
         with warnings.catch_warnings():
             # 360_day / far-future times decode to cftime, as they should; xarray says so loudly.
             warnings.filterwarnings("ignore", message=".*Unable to decode time axis.*")
-            return xr.open_zarr(self.path, consolidated=True, chunks=None)
+            return xr.open_zarr(self._zarr, consolidated=True, chunks=None)
 
     @cached_property
     def channels(self) -> list[str]:
@@ -227,8 +247,26 @@ class Store:
         return BatchLoader(dataset, batch_size, **kwargs)
 
     def to_xarray(self) -> xr.Dataset:
-        """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives."""
-        return xr.open_zarr(self.path, consolidated=True)
+        """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives (its reads, too,
+        come from this store or raise once it has been rebuilt)."""
+        return xr.open_zarr(self._zarr, consolidated=True)
+
+
+def damaged_metadata(path: Path, exc: Exception) -> StoreError:
+    """One line naming the metadata file that cannot be read (zarr fails on bad JSON with long tracebacks)."""
+    for rel in ("zarr.json", "data/zarr.json"):
+        try:
+            json.loads((path / rel).read_text())
+        except ValueError as bad:
+            return StoreError(f"{path / rel}: the store's metadata is damaged (not valid JSON: {bad}); "
+                              f"`canonstore verify {path}` lists the damage; rebuild the store "
+                              f"(`canonstore build RECIPE --out {path} --force`)")
+        except OSError:
+            continue
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StoreError(f"{path}: the store's metadata cannot be read ({type(exc).__name__}: {first}); "
+                      f"`canonstore verify {path}` lists the damage; rebuild the store "
+                      f"(`canonstore build RECIPE --out {path} --force`)")
 
 
 def open_store(path: str | Path) -> Store:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.errors import StoreError
+from canonstore.formats.handle import StoreHandle
 from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.store import STAT_NAMES, Store
 from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
@@ -16,15 +18,27 @@ from canonstore.splits import SPLIT_NAMES
 def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
     """Every problem found in the store at `path`; an empty list means it is intact.
 
-    `checksums=False` skips re-hashing the files (the build just hashed them for the manifest).
+    `checksums=False` skips re-hashing the files (the build just hashed them for the manifest). A store
+    rebuilt while it is verified gives that one problem, not the mix of two builds' files.
     """
     path = Path(path)
+    try:
+        pinned = StoreHandle(path)
+    except StoreError as exc:
+        return [str(exc)]
     problems = check_manifest(path, checksums)
     try:
         store = Store(path)
+    except StoreError as exc:
+        problems.append(str(exc))
     except Exception as exc:  # damaged metadata JSON fails inside zarr with many types
-        return problems + [f"{path}: cannot open: {type(exc).__name__}: {exc}"]
-    problems += _check_schema(store)
+        problems.append(f"{path}: cannot open: {type(exc).__name__}: {exc}")
+    else:
+        problems += _check_schema(store)
+    try:
+        pinned.check()
+    except StoreError:
+        return [f"{path} was rebuilt or replaced while it was being verified; verify it again"]
     return problems
 
 
@@ -76,7 +90,7 @@ def _check_schema(store: Store) -> list[str]:
         if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
             shard_steps = mappable_layout(store.path, store._group["data"])
             for k in range(shard_count(ntime, shard_steps)):
-                map_shard(store.path, shape, store.dtype, shard_steps, k)
+                map_shard(store._handle, shape, store.dtype, shard_steps, k)
     except Exception as exc:  # a damaged chunk fails in whichever codec reads it first
         problems.append(f"schema: {type(exc).__name__}: {exc}")
     return problems

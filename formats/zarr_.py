@@ -19,6 +19,8 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from canonstore.formats.handle import StoreHandle
+
 MISSING = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 
 
@@ -138,13 +140,19 @@ def shard_index(steps: int, shard_steps: int, sample_bytes: int) -> bytes:
 
 def read_shard_index(path: Path, shard_steps: int) -> np.ndarray:
     """(shard_steps, 2) array of (offset, nbytes) from the end of a shard; checks the crc32c."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _index_of(fd, shard_steps, path)
+    finally:
+        os.close(fd)
+
+
+def _index_of(fd: int, shard_steps: int, path: Path) -> np.ndarray:
     size = 16 * shard_steps
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < size + 4:
-            raise ValueError(f"{path}: shorter than its shard index (file damaged or not written to the end)")
-        f.seek(-(size + 4), os.SEEK_END)
-        raw = f.read(size + 4)
+    end = os.fstat(fd).st_size
+    if end < size + 4:
+        raise ValueError(f"{path}: shorter than its shard index (file damaged or not written to the end)")
+    raw = os.pread(fd, size + 4, end - size - 4)
     index, crc = raw[:size], int.from_bytes(raw[size:], "little")
     if google_crc32c.value(index) != crc:
         raise ValueError(f"{path}: shard index checksum mismatch (file damaged or not written to the end)")
@@ -164,13 +172,32 @@ def mappable_layout(store: Path, array: zarr.Array) -> int:
     return int(array.shards[0])
 
 
-def map_shard(store: Path, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, k: int) -> np.memmap:
-    """Shard `k` as a read-only (steps, channel, *space) memmap, after checking its index says so."""
-    dtype = np.dtype(dtype).newbyteorder("<")
-    path = shard_file(store, len(shape), k)
+def open_shard(store: StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, k: int) -> int:
+    """A descriptor of shard `k` of the opened store (see `formats.handle`), after checking that its index
+    says it holds its steps as contiguous C-order samples; the caller closes it."""
+    rel = shard_file(Path(), len(shape), k).as_posix()
     n = min(shard_steps, shape[0] - k * shard_steps)
-    sample_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+    sample_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
     expected = np.frombuffer(shard_index(n, shard_steps, sample_bytes)[:-4], dtype="<u8").reshape(shard_steps, 2)
-    if not np.array_equal(read_shard_index(path, shard_steps), expected):
-        raise ValueError(f"{path}: shard is not {n} contiguous samples in C order (missing or moved chunks)")
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,) + tuple(shape[1:]), offset=0)
+    fd = store.open_file(rel)
+    try:
+        if not np.array_equal(_index_of(fd, shard_steps, store.path / rel), expected):
+            raise ValueError(f"{store.path / rel}: shard is not {n} contiguous samples in C order (missing or moved "
+                             "chunks)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def map_shard(store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int,
+              k: int) -> np.memmap:
+    """Shard `k` as a read-only (steps, channel, *space) memmap, after checking its index says so; from the
+    store `store` opened (a StoreHandle), or raises StoreError once that store has been rebuilt."""
+    store = store if isinstance(store, StoreHandle) else StoreHandle(store)
+    dtype = np.dtype(dtype).newbyteorder("<")
+    n = min(shard_steps, shape[0] - k * shard_steps)
+    with open(open_shard(store, shape, dtype, shard_steps, k), "rb") as f:  # the mapping outlives the file
+        mapped = np.memmap(f, dtype=dtype, mode="r", shape=(n,) + tuple(shape[1:]), offset=0)
+    store.check()
+    return mapped

@@ -81,7 +81,7 @@ class WindowDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
         self.path, self.split, self.leads, self.history = store.path, split, as_leads(lead), history
         self.transform = transform
-        self.store_identity = store_identity(store.path)  # which build the windows below belong to
+        self.store_identity = store.build_id  # which build the windows below belong to (the Store's own)
         self.times = sample_times(store.splits, split, history, self.leads[-1], store.gaps)
         if self.times.size == 0:
             raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "

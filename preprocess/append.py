@@ -43,6 +43,8 @@ def append(store_path: str | Path, recipe_path: str | Path | None = None, progre
         raise StoreError(f"{out}: no complete canonstore store there to append to")
     recipe = load_recipe(recipe_path or previous["recipe_path"])
     with writer.build_lock(out, log):
+        writer.check_output(out)
+        writer.clear_leftovers(out, log)
         previous = recorded_attrs(out)  # as it is now that no other build runs
         inputs = input_records(recipe.sources, previous.get("inputs", []))
         if up_to_date(previous, recipe, inputs):

@@ -90,6 +90,7 @@ def recorded_attrs(out: Path) -> dict | None:
 def _build_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log, resume: bool, block_mb: float,
                   append: bool, where_to_run: dict) -> BuildResult:
     writer.check_output(out)
+    writer.clear_leftovers(out, log)
     staging = writer.staging_path(out)
     state = writer.load_progress(staging) if resume else None
     previous = recorded_attrs(out)

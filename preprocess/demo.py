@@ -12,13 +12,17 @@ scale_factor/add_offset, as ERA5 downloads often are.
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from canonstore.atomic import MARKER, is_empty_folder, make_staging, replace_folder
+from canonstore.errors import StoreError
+
+STAMP = ".complete"  # written last: the folder is whole
 LEVELS = (250, 500, 850)
 # name: (long name, units, level-dependent base value, amplitude of waves)
 PRESSURE_VARS = {
@@ -45,11 +49,13 @@ def demo_grid(size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
 
 def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tuple(range(2000, 2005)),
                seed: int = 0) -> Path:
-    """Write the demo raw files into `out` (replacing it); the stamp `.complete` is written last."""
+    """Write the demo raw files into `out`, replacing only earlier demo data there; the stamp `.complete` is
+    written last."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if os.path.lexists(out) and not (_is_demo(out) or is_empty_folder(out)):
+        raise StoreError(f"{out} exists and is not canonstore's demo data (a {STAMP} stamp and .nc files only); "
+                         "canonstore replaces only what it made: choose another folder")
+    tmp = make_staging(out.with_name(out.name + ".partial"), "demo data")
     lat, lon = demo_grid(size)
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0, 2 * np.pi, size=(len(PRESSURE_VARS) * len(LEVELS) + len(SURFACE_VARS), 3))
@@ -74,10 +80,18 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
             k += 1
             _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon,
                        packed=name == "msl")
-    (tmp / ".complete").write_text(f"size={size} years={list(years)} seed={seed}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    (tmp / STAMP).write_text(f"size={size} years={list(years)} seed={seed}\n")
+    replace_folder(tmp, out, "demo data")
     return out
+
+
+def _is_demo(folder: Path) -> bool:
+    """Demo data this function wrote: its stamp and .nc files (and the marker a replacement adds) only."""
+    if folder.is_symlink() or not (folder / STAMP).is_file():
+        return False
+    with os.scandir(folder) as entries:
+        return all(e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name in (STAMP, MARKER))
+                   for e in entries)
 
 
 def _field(hours, lat, lon, base, amp, phase, rng, diurnal):

@@ -9,7 +9,6 @@ One build per output at a time: `<name>.zarr.lock` is held (flock) for the whole
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import errno
 import fcntl
@@ -23,8 +22,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from canonstore.atomic import fsync_dir, has_marker, leftovers, make_staging, remove_tree, replace_folder
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST
+from canonstore.formats.manifest import MANIFEST, listed_files, store_entries
 from canonstore.formats.zarr_ import create_data_array
 
 
@@ -33,22 +33,47 @@ def staging_path(out: Path) -> Path:
 
 
 def check_output(out: Path) -> None:
-    """Refuse to replace anything at `out` that is not a canonstore store."""
-    if not out.exists():
+    """Refuse to replace anything at `out` that is not wholly a canonstore store.
+
+    A store is ours when its manifest lists every file in it, or (manifest missing or damaged) when
+    its `zarr.json` says so; a store whose `zarr.json` is damaged can therefore be rebuilt.
+    """
+    if not os.path.lexists(out):
         return
-    if not out.is_dir() or not (out / "zarr.json").is_file():
+    if out.is_symlink() or not out.is_dir():
         raise StoreError(f"output {out} exists and is not a canonstore store; move it away or choose --out")
-    attrs = zarr.open_group(out, mode="r").attrs.asdict()
+    listed = listed_files(out)
+    if listed is not None:
+        files, others = store_entries(out)
+        extra = [rel for rel in files if rel not in listed] + [rel for rel, _ in others]
+        if extra:
+            raise StoreError(f"output {out} holds files that are not the store's ({', '.join(extra[:3])}"
+                             f"{' ...' if len(extra) > 3 else ''}); canonstore replaces only what it made: move "
+                             "them out of the store, then build again")
+        return
+    try:
+        attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        raise StoreError(f"output {out} exists and is not a canonstore store; move it away or choose --out") from None
     if "canonstore" not in attrs:
         raise StoreError(f"output {out} is a Zarr store not made by canonstore; refusing to replace it")
 
 
 def start(out: Path) -> Path:
+    """A new, empty, marked staging folder for `out`; a previous one is removed if it is ours, else refused."""
+    return make_staging(staging_path(out), "store")
+
+
+def clear_leftovers(out: Path, log=print) -> None:
+    """Remove what a kill during a publish left beside `out` (call it holding the build lock): the old
+    store, swapped to `<out>.partial` (no progress file there: nothing to resume) or renamed to
+    `<out>.old-<pid>`, wholly or partly removed. Only folders with our marker are touched."""
     staging = staging_path(out)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
+    found = leftovers(out) + ([staging] if staging.is_dir() and not (staging / PROGRESS).exists() else [])
+    for folder in found:
+        if has_marker(folder, "store"):
+            log(f"removing {folder}: left by an interrupted build")
+            remove_tree(folder)
 
 
 @contextlib.contextmanager
@@ -202,50 +227,19 @@ def consolidate(staging: Path) -> None:
     warning about our manifest.json); zarr-python supports it for v3 though the spec does not yet."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        # the staging marker beside the arrays is not a Zarr node, on purpose
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
         zarr.consolidate_metadata(staging)
 
 
 def publish(staging: Path, out: Path) -> None:
     """Put the finished staging directory at `out` in one step; the old store is removed afterwards.
 
-    An existing store is swapped with renameat2(RENAME_EXCHANGE), so `out` is never missing; readers
-    that have old files open or mapped keep reading them (Linux frees them once closed).
+    An existing store is swapped with renameat2(RENAME_EXCHANGE), so `out` is never missing (see
+    `canonstore.atomic.replace_folder`); a reader that opened the old store keeps what it holds of it and
+    raises on its next read of a file (`formats.handle`).
     """
     if not (staging / MANIFEST).is_file():
         raise StoreError(f"{staging}: no manifest; refusing to publish an incomplete store")
     (staging / PROGRESS).unlink(missing_ok=True)
-    if out.exists() and _exchange(staging, out):
-        fsync_dir(out.parent)
-        shutil.rmtree(staging)  # now the old store
-        return
-    old = None
-    if out.exists():  # no atomic exchange here: a short moment without a store at `out`
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(staging, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_folder(staging, out, "store")

@@ -91,6 +91,44 @@ def test_refuses_to_replace_something_that_is_not_a_store(tmp_path, tiny_raw):
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
+def test_a_store_holding_a_users_file_is_not_replaced(tmp_path, tiny_raw):
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(StoreError, match=r"holds files that are not the store's \(notes.txt\)"):
+        build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet)
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("what", ["notes", "a copy of a store"])
+def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_raw, tiny_store, what):
+    out = tmp_path / "demo.zarr"
+    mine = tmp_path / "demo.zarr.partial"
+    if what == "notes":
+        mine.mkdir()
+        (mine / "notes.txt").write_text("my notes")
+    else:  # a whole store, but not a staging: it has no marker
+        shutil.copytree(tiny_store, mine)
+    before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
+    with pytest.raises(StoreError, match=f"{mine} exists and is not canonstore's"):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before and not out.exists()
+
+
+def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_raw):
+    from click.testing import CliRunner
+
+    from canonstore.cli import main
+    from canonstore.formats import verify_store
+
+    recipe = demo_recipe(tmp_path, tiny_raw)
+    out = build(recipe, tmp_path / "demo.zarr", **quiet).path
+    text = (out / "zarr.json").read_text()
+    (out / "zarr.json").write_text(text[:len(text) // 2])
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--force", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert verify_store(out) == [] and open_store(out).shape[0] > 0
+
+
 def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
     recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t2m"], levels={"z": [850]}, static=[],
                          time={"start": "2000-03-01", "end": "2002-06-30"})

@@ -234,3 +234,13 @@ def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
         fits = [t for t in range(1, store.time.size - 8)
                 if (store.splits[t - 1:t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1:t + 9])) == 1]
         assert times.tolist() == fits
+
+
+def test_a_dataset_made_from_a_store_opened_before_a_rebuild_never_reads_the_new_build(tiny_raw, tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    store = open_store(out)
+    store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+    with pytest.raises(StoreError, match="rebuilt"):
+        store.dataset("train")[0]             # its data must not come from the new build

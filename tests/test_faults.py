@@ -22,7 +22,7 @@ from canonstore import open_store
 from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
-from canonstore.formats.manifest import data_checksums, read_manifest
+from canonstore.formats.manifest import data_checksums, read_manifest, store_files
 from canonstore.formats.verify import verify_inputs
 from canonstore.formats.zarr_ import ShardWriter
 from canonstore.preprocess import build, tasks, writer
@@ -248,3 +248,80 @@ def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
     assert f"error: another build of {out} is running (pid {first.pid} on " in second.stderr
     assert first.wait() == 0
     assert verify_store(out) == [] and _data_sha(out) == reference
+
+
+@pytest.mark.parametrize("command", ["build", "append"])
+@pytest.mark.parametrize("left", ["demo.zarr.partial", "demo.zarr.old-4321"])
+def test_an_old_store_half_removed_by_a_kill_is_cleared_by_the_next_command(tiny_store, tmp_path, command, left):
+    from canonstore.preprocess.append import append
+
+    out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
+    # What a kill just after the publishing swap leaves: the previous store beside the new one, marked as
+    # canonstore's before the swap, partly removed (the marker goes last); where the filesystem cannot swap,
+    # it was renamed to <store>.old-<pid> first.
+    half = shutil.copytree(out, tmp_path / left)
+    (half / ".canonstore-staging").write_text(json.dumps({"made_by": "canonstore", "kind": "store"}))
+    shutil.rmtree(half / "data")
+    logs = []
+    if command == "build":
+        assert not build(open_store(out).attrs["recipe_path"], out, progress=False, log=logs.append).built
+    else:
+        assert not append(out, progress=False, log=logs.append).built  # up to date: nothing else to do
+    assert not half.exists() and f"removing {half}: left by an interrupted build" in logs
+    assert verify_store(out) == []
+
+
+KILL_WHILE_REMOVING_THE_OLD_STORE = """
+import os, signal, sys
+from canonstore import atomic
+from canonstore.cli import main
+
+swap, rmtree = atomic.exchange, atomic.shutil.rmtree
+
+def rmtree_then_die(*args, **kwargs):
+    rmtree(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def swap_then_arm(a, b):
+    swapped = swap(a, b) if os.environ["SWAP"] == "exchange" else False  # False: renamed aside instead
+    atomic.shutil.rmtree = rmtree_then_die  # the kill lands once part of the old store is removed
+    return swapped
+
+atomic.exchange = swap_then_arm
+sys.argv = ["canonstore", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_a_kill_right_after_the_publishing_swap_is_cleaned_up_by_the_next_build(tiny_store, tmp_path, swap):
+    out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
+    recipe = open_store(out).attrs["recipe_path"]
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_REMOVING_THE_OLD_STORE, "build", recipe, "--out",
+                             str(out), "--force", "--quiet"], capture_output=True, text=True,
+                            env={**os.environ, "SWAP": swap})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left] = tmp_path.glob("demo.zarr.partial" if swap == "exchange" else "demo.zarr.old-*")
+    assert 0 < len(store_files(left)) < len(read_manifest(left)["files"])   # part of the old store
+    assert verify_store(out) == []
+    done = subprocess.run([sys.executable, "-m", "canonstore", "build", recipe, "--out", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and f"removing {left}: left by an interrupted build" in done.stdout, done.stderr
+    assert not left.exists() and verify_store(out) == []
+
+
+def test_verify_during_a_rebuild_says_so_instead_of_reporting_damage(tiny_raw, tmp_path, monkeypatch):
+    from canonstore.formats import manifest
+
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    real, started = manifest.file_sha256, []
+
+    def rebuild_once_hashing_started(path, *args):
+        if not started:
+            started.append(path)  # a shorter train year: every shard and statistic changes
+            build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+        return real(path, *args)
+
+    monkeypatch.setattr(manifest, "file_sha256", rebuild_once_hashing_started)
+    assert verify_store(out) == [f"{out} was rebuilt or replaced while it was being verified; verify it again"]
+    assert verify_store(out) == []

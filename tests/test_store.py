@@ -1,13 +1,17 @@
 """Reading a store: memory-mapped array, plain xarray/zarr readers, verify, compressed fallback."""
 
 import json
+import pickle
+import shutil
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from click.testing import CliRunner
 
 from canonstore import open_store
+from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
 from canonstore.preprocess import build
@@ -143,3 +147,53 @@ def test_longitude_periodic_is_recorded_and_derived_for_older_stores(tiny_store,
         older = open_store(path)
         del older.attrs["longitude_periodic"]
         assert older.longitude_periodic is periodic
+
+
+def test_a_store_opened_before_a_rebuild_reads_that_store_or_says_it_was_rebuilt(tiny_raw, tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    old, mean_before = open_store(out), open_store(out).stats["mean"]
+    array, lazy = old.array, old.to_xarray()                      # several shards, the first one mapped
+    first = np.array(array[0])
+    worker_copy = pickle.dumps(array)                             # what a DataLoader worker receives
+    # a shorter train year: other statistics, so other normalised values in every shard
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+    assert not np.array_equal(open_store(out).stats["mean"], mean_before)
+    np.testing.assert_array_equal(array[0], first)                # mapped before the rebuild: the old build's
+    reads = {"statistics": lambda: old.stats, "splits": lambda: old.splits, "a shard not mapped yet":
+             lambda: array[5 * array.shard_steps], "the xarray view": lambda: lazy["data"][-1].values,
+             "a copy in a worker": lambda: pickle.loads(worker_copy)[0]}
+    for what, read in reads.items():
+        with pytest.raises(StoreError, match="was rebuilt or replaced after it was opened"):
+            read()
+            pytest.fail(f"{what} read from the new build")
+
+
+def test_a_damaged_zarr_json_is_one_line_naming_it_for_every_reader(tiny_store, tmp_path):
+    store = shutil.copytree(tiny_store, tmp_path / "copy.zarr")
+    text = (store / "zarr.json").read_text()
+    (store / "zarr.json").write_text(text[:len(text) // 2])
+    damaged = f"{store / 'zarr.json'}: the store's metadata is damaged (not valid JSON"
+    with pytest.raises(StoreError, match=r"copy.zarr/zarr.json: the store's metadata is damaged"):
+        open_store(store)
+    for args in (["inspect", store], ["export", store, "--to", "npy", tmp_path / "npy"]):
+        result = CliRunner().invoke(main, list(map(str, args)))
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and damaged in lines[0], result.output
+    result = CliRunner().invoke(main, ["verify", str(store)])
+    assert result.exit_code == 1 and "FAIL zarr.json: size" in result.output and damaged in result.output
+
+
+@pytest.mark.parametrize("link", ["shard file", "shard folder"])
+def test_a_shard_replaced_by_a_link_is_reported_and_never_followed(tiny_store, tmp_path, link):
+    store = shutil.copytree(tiny_store, tmp_path / "copy.zarr")
+    victim = store / "data" / "c" / "3"
+    victim = victim if link == "shard folder" else victim / "0" / "0" / "0"
+    copy = shutil.move(victim, tmp_path / "elsewhere")            # the same bytes, outside the store
+    victim.symlink_to(copy, target_is_directory=link == "shard folder")
+    problems = verify_store(store)
+    assert any(p.startswith(f"{victim.relative_to(store)}: a symbolic link") for p in problems), problems
+    assert CliRunner().invoke(main, ["verify", str(store)]).exit_code == 1
+    opened = open_store(store)
+    with pytest.raises(StoreError, match="a symbolic link in the store"):
+        opened.array[3 * opened.array.shard_steps]

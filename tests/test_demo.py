@@ -1,0 +1,21 @@
+"""`canonstore demo-data OUT`: the demo raw files, written over earlier demo data only."""
+
+from click.testing import CliRunner
+
+from canonstore.cli import main
+from canonstore.preprocess.demo import write_demo
+
+
+def test_demo_data_replaces_earlier_demo_data_and_nothing_else(tmp_path):
+    out = write_demo(tmp_path / "demo", size=1 / 16, years=(2000,))
+    files = sorted(p.name for p in out.iterdir())
+    assert ".complete" in files and "static.nc" in files
+    assert sorted(p.name for p in write_demo(out, size=1 / 16, years=(2000,)).iterdir()) == files  # replaced
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "era5_2000.nc").write_text("a real download")
+    result = CliRunner().invoke(main, ["demo-data", str(raw), "--years", "1"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "is not canonstore's demo data" in lines[0], result.output
+    assert (raw / "era5_2000.nc").read_text() == "a real download"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "raw"]
