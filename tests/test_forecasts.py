@@ -11,7 +11,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from canonstore.cli import main
-from canonstore.errors import ConfigError, RunError
+from canonstore.errors import CanonstoreError, ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
@@ -309,3 +309,25 @@ def test_steps_refuses_a_run_with_history_at_a_lead_above_one(run, tmp_path):
             command(folder, **({"out_dir": tmp_path / "fc"} if command is write_forecast else
                                {"forecasts_dir": tmp_path / "fc"}), log=quiet, steps=3)
     assert not (tmp_path / "fc").exists()
+
+
+def test_a_forecast_never_deletes_a_users_folder_at_its_path_or_staging(run, tmp_path):
+    """Only canonstore's own forecast file (and its marked staging) is ever replaced."""
+    out = forecast_path(run.name, "test", tmp_path / "forecasts")
+    first = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    assert first == out and not (out.with_name(out.name + ".partial")).exists()
+    write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)  # an earlier forecast file: replaced
+    staging = out.with_name(out.name + ".partial")
+    staging.mkdir()
+    (staging / "notes.txt").write_text("mine")
+    with pytest.raises(CanonstoreError, match="not canonstore's"):
+        write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    assert (staging / "notes.txt").read_text() == "mine"
+    (staging / "notes.txt").unlink()
+    staging.rmdir()
+    users = forecast_path(run.name, "val", tmp_path / "forecasts")
+    users.mkdir(parents=True)
+    (users / "thesis.tex").write_text("mine")
+    with pytest.raises(RunError, match="not a forecast file canonstore wrote"):
+        write_forecast(run, "val", out_dir=tmp_path / "forecasts", log=quiet)
+    assert (users / "thesis.tex").read_text() == "mine"

@@ -13,14 +13,15 @@ one; `score_forecast` finds each valid time in the store and scores it with the 
 
 from __future__ import annotations
 
-import shutil
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 
-from canonstore.atomic import replace_folder
+from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
@@ -32,6 +33,23 @@ from canonstore.training.models import describe_climatology, reference_climatolo
 from canonstore.training.tracking import read_config
 
 BATCH = 64  # times scored at once
+KIND = "forecast file"  # the staging marker's kind (canonstore.atomic)
+RECORDED = ("run", "model", "split", "checkpoint", "store_build")  # attributes every forecast file of ours has
+
+
+def check_replaceable(out: Path) -> None:
+    """A forecast file may replace only an earlier forecast file of canonstore's (its attributes say so),
+    never a folder of the user's that happens to sit at its path."""
+    if not out.exists() and not out.is_symlink():
+        return
+    try:
+        attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {}) if not out.is_symlink() else {}
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if not all(key in attrs for key in RECORDED):
+        raise RunError(f"{out} exists and is not a forecast file canonstore wrote (no {', '.join(RECORDED)} "
+                       "attributes); canonstore replaces only its own files: move it away or pass another "
+                       "--forecasts folder")
 
 
 def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts", steps: int | None = None) -> Path:
@@ -60,8 +78,8 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
     mean = torch.tensor(store.stats["mean"][dataset.targets], dtype=torch.float64)
     scale = torch.tensor(normalisation_scale(store.stats["std"])[dataset.targets], dtype=torch.float64)
     out = forecast_path(folder.name, split, out_dir, other_steps(read_config(folder), steps))
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    check_replaceable(out)
+    staging = make_staging(out.with_name(out.name + ".partial"), KIND)  # a user's folder there is refused
     leads = list(dataset.leads)
     template = _template(store, names, init, leads, {
         "run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
@@ -69,7 +87,9 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
         "lat_weighted": int(run["lat_weighted"]), "task": run.get("task", "forecast"), "rollout": run.get("rollout", 1),
         **({"coarse_factor": list(coarse_factor(dataset.sample_space, run["coarse"]))}
            if run.get("task") == "downscaling" else {})})
-    template.to_zarr(staging, mode="w", compute=False, consolidated=True)
+    with warnings.catch_warnings():  # the staging marker beside the arrays is not a Zarr node, on purpose
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        template.to_zarr(staging, mode="a", compute=False, consolidated=True)  # "w" would delete the marker
     view = (1, 1, -1) + (1,) * len(dataset.sample_space)   # (time, lead, channel, *space)
     mean, scale = mean.view(view), scale.view(view)
     # the climatology baseline is a function of the valid time
@@ -86,7 +106,7 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
             part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, :, c]) for c, n in enumerate(names)})
             part.to_zarr(staging, region={"time": rows})
             start += x.shape[0]
-    replace_folder(staging, out)
+    replace_folder(staging, out, KIND)
     log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
     return out
 
