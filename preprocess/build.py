@@ -34,7 +34,7 @@ from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_count, shard_steps_for
-from canonstore.preprocess import cluster, tasks, writer
+from canonstore.preprocess import buildlog, cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe
@@ -72,7 +72,7 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
     recipe = load_recipe(recipe_path)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     where_to_run = {"scheduler": scheduler, "scheduler_file": scheduler_file, "workers": workers}
-    with writer.build_lock(out, log):
+    with writer.build_lock(out, log), buildlog.build_log(out, log) as log:
         return _build_locked(recipe, out, force, progress, log, resume, block_mb, append, where_to_run)
 
 
