@@ -40,19 +40,35 @@ def build_log(out: Path, log=print, what: str = "build"):
         log(line)
         write(f"{dt.datetime.now().isoformat(timespec='seconds')} {line}")
 
-    handler = logging.StreamHandler(file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    handler.handleError = lambda record: None  # a full disk must not print logging's own traceback
-    dask = logging.getLogger("distributed")
+    handler = _ToLog(write)
     write(f"== canonstore {what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
           f"{dt.datetime.now().isoformat(timespec='seconds')}")
-    dask.addHandler(handler)
+    for name in DASK_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
     try:
         yield both
     except BaseException as exc:
         write(f"failed: {type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
         raise
     finally:
-        dask.removeHandler(handler)
+        for name in DASK_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
         with contextlib.suppress(OSError):
             file.close()
+
+
+# Dask's loggers that do not pass their records up to "distributed" (its logging config gives them handlers
+# of their own): the client's (results it could not gather, say) and tornado's.
+DASK_LOGGERS = ("distributed", "distributed.client", "tornado", "tornado.application")
+
+
+class _ToLog(logging.Handler):
+    """Records into the build log. Not a StreamHandler: dask's `silence_logs` quiets every StreamHandler."""
+
+    def __init__(self, write):
+        super().__init__(logging.WARNING)  # dask's INFO lines (every start and close) would drown the rest
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        self._write = write
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write(self.format(record))

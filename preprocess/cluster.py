@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 
 from canonstore.errors import StoreError
+from canonstore.preprocess.buildlog import DASK_LOGGERS
 
 
 UNTRIMMED = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
@@ -269,7 +270,8 @@ SILENT = logging.CRITICAL + 1  # above every level: dask writes nothing to the t
 def quiet_dask():
     """Dask's handlers that write to the terminal write nothing meanwhile; others (the build log) still do."""
     terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)}
-    handlers = [h for h in logging.getLogger("distributed").handlers if id(getattr(h, "stream", None)) in terminal]
+    handlers = [h for name in DASK_LOGGERS for h in logging.getLogger(name).handlers
+                if id(getattr(h, "stream", None)) in terminal]
     levels = [h.level for h in handlers]
     for h in handlers:
         h.setLevel(SILENT)

@@ -326,6 +326,7 @@ def test_a_build_on_two_local_workers_survives_kills_at_the_start_of_each_pass_a
             child.kill()
         proc.kill()
         pytest.fail(f"the build did not end within 150 s of its start (workers killed at moments {killed})")
-    assert proc.returncode == 0 and "Traceback" not in stderr, stdout + stderr
+    assert proc.returncode == 0 and stderr == "", stdout + stderr  # dask's messages go to the log
     assert len(killed) >= 2, "the build ended before the workers could be killed"
     assert verify_store(out) == [] and _files(out) == _files(local)
+    assert "distributed.nanny WARNING: Restarting worker" in Path(f"{out}.log").read_text()
