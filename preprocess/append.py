@@ -22,7 +22,8 @@ from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import writer
 from canonstore.preprocess import cluster, tasks
 from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, data_layout, publish_new,
-                                         recorded_attrs, report_sources, scan, store_labels, up_to_date)
+                                         recorded_attrs, refuse_output_among_sources, report_sources, scan,
+                                         store_labels, up_to_date)
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
@@ -42,6 +43,7 @@ def append(store_path: str | Path, recipe_path: str | Path | None = None, progre
     if previous is None:
         raise StoreError(f"{out}: no complete canonstore store there to append to")
     recipe = load_recipe(recipe_path or previous["recipe_path"])
+    refuse_output_among_sources(recipe, out)
     with writer.build_lock(out, log):
         writer.check_output(out)
         writer.clear_leftovers(out, log)

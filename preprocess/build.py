@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fnmatch
+import glob
 import hashlib
 import itertools
 import os
 import json
 import platform
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -35,10 +38,10 @@ from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.store import FORMAT_VERSION, normalise
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_count, shard_steps_for
-from canonstore.preprocess import cluster, tasks, writer
+from canonstore.preprocess import buildlog, cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.sources import Channel, Sources, open_sources
-from canonstore.preprocess.recipe import Recipe, load_recipe
+from canonstore.preprocess.recipe import Recipe, load_recipe, source_patterns
 from canonstore.preprocess.stats import FIELDS, RunningStats
 from canonstore.provenance import git_commit
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_keys, split_labels
@@ -73,8 +76,47 @@ def build(recipe_path: str | Path, out: str | Path | None = None, force: bool = 
     recipe = load_recipe(recipe_path)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     where_to_run = {"scheduler": scheduler, "scheduler_file": scheduler_file, "workers": workers}
-    with writer.build_lock(out, log):
+    refuse_output_among_sources(recipe, out)
+    with writer.build_lock(out, log), buildlog.build_log(out, log) as log:
         return _build_locked(recipe, out, force, progress, log, resume, block_mb, append, where_to_run)
+
+
+def refuse_output_among_sources(recipe: Recipe, out: Path) -> None:
+    """A store's own files (itself, its lock, log, staging) must never be inputs of its build: refuse an
+    output that a source glob reaches (`--out raw/x.zarr` with `sources: [raw/*]` would read x.zarr.lock)."""
+    out = Path(os.path.realpath(out))
+    folders = [out, writer.staging_path(out)]  # a glob deeper than them reaches the files inside
+    files = [out.with_name(f"{out.name}.{suffix}") for suffix in ("lock", "lock.excl", "log", f"old-{os.getpid()}")]
+    for entry, pattern in source_patterns(recipe):
+        pattern = _real_prefix(pattern)
+        hit = [p for p in folders + files if _matches(pattern.parts, p.parts)]
+        hit += [p for p in folders if len(pattern.parts) > len(p.parts) and
+                _matches(pattern.parts[:len(p.parts)], p.parts)]
+        hit += [Path(m) for m in glob.glob(str(pattern)) if _is_ours(Path(m), out)]  # a link to one of them
+        if hit:
+            names = sorted({p.name.replace(str(os.getpid()), "<pid>") for p in hit})
+            raise RecipeError(f"recipe {recipe.path}: source {entry!r} reaches the build's own files for --out {out} "
+                              f"({', '.join(names)}): they would be read as inputs. Put the store outside the "
+                              "folders that 'sources' reads, or narrow the glob to the input files (e.g. *.nc)")
+
+
+def _real_prefix(pattern: Path) -> Path:
+    """`pattern` with the folders before its first wildcard resolved (symbolic links, `..`)."""
+    parts = pattern.parts
+    fixed = next((i for i, part in enumerate(parts) if re.search(r"[*?[]", part)), len(parts))
+    return Path(os.path.realpath(Path(*parts[:fixed])), *parts[fixed:])
+
+
+def _is_ours(path: Path, out: Path) -> bool:
+    """`path`, symbolic links resolved, is in the store or its staging, or is its lock, log or old copy."""
+    real = Path(os.path.realpath(path))
+    return (real.is_relative_to(out) or real.is_relative_to(writer.staging_path(out)) or (
+        real.parent == out.parent and re.fullmatch(re.escape(out.name) + r"\.(lock|lock\.excl|log|partial|old-\d+)",
+                                                   real.name) is not None))
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    return len(pattern) == len(parts) and all(fnmatch.fnmatchcase(name, rule) for name, rule in zip(parts, pattern))
 
 
 def recorded_attrs(out: Path) -> dict | None:

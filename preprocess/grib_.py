@@ -3,7 +3,9 @@
 Fields are indexed by `valid_time` (cfgrib's `time_dims`), so analyses (step 0) and forecast
 steps (ERA5's accumulations: 06/18 UTC runs, steps 1..12) land on one time axis. A file that
 holds several hypercubes (surface and pressure levels, say) opens as several Datasets. cfgrib's
-index files go to a cache folder, never beside the inputs, which may be read-only.
+index files go to a cache folder, never beside the inputs, which may be read-only; they are pickles,
+so the folder is the user's own (0o700) and one that others could write to is refused. They are worth
+keeping: without them every open scans each file's messages (a GRIB build took 3-4x as long).
 
 Two fields of one variable at one valid time (runs whose steps overlap: 06 UTC +13..18 and 18 UTC
 +1..6) would be one value to cfgrib, the other dropped without a word. They follow the recipe's
@@ -13,8 +15,10 @@ run for that variable, so that sources joins the runs like files and keeps the e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +44,34 @@ def index_folder() -> Path:
     return Path(base) / "grib-index"
 
 
+def private_index_folder() -> Path:
+    """`index_folder()`, created owner-only (0o700). cfgrib loads its index files with pickle, which runs
+    code, so a folder another user could write index files into (or swap for theirs) is refused."""
+    folder = index_folder()
+    folder.parent.parent.mkdir(parents=True, exist_ok=True)
+    for made in (folder.parent, folder):  # ours, whatever the umask (002 would make them group-writable)
+        with contextlib.suppress(FileExistsError):
+            made.mkdir(mode=0o700)
+    mine, parent = os.stat(folder), os.stat(folder.parent)
+    problem, fix = None, folder
+    if mine.st_uid != os.getuid():
+        problem = f"it belongs to another user (uid {mine.st_uid})"
+    elif mine.st_mode & 0o022:
+        problem = f"it is writable by group or others (mode {stat.S_IMODE(mine.st_mode):o})"
+    elif parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        problem, fix = (f"its folder {folder.parent} is writable by group or others without the sticky bit (mode "
+                        f"{stat.S_IMODE(parent.st_mode):o}), so others could replace it"), folder.parent
+    if problem:
+        raise SourceError(f"cfgrib's GRIB index cache {folder}: {problem}; its index files are pickles, which run code "
+                          f"when loaded: set CANONSTORE_CACHE to a folder only you can write to"
+                          + ("" if mine.st_uid != os.getuid() else f" (or chmod go-w {fix})"))
+    return folder
+
+
 def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     """Every hypercube of the file as a lazy Dataset on a `valid_time` axis (datetime64[s])."""
     _check_complete(path)
-    folder = index_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_index_folder()
     # One index per input path and cfgrib key set; cfgrib checks the index against the file's mtime.
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
     indexpath = str(folder / f"{key}.{{short_hash}}.idx")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,13 @@ def _parse_date(value: object, key: str, where: str) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"\d{4}(-\d{2}(-\d{2}([T ][\d:]+)?)?)?", value):
         return value
     raise RecipeError(f"{where}: '{key}' must be a date like 1991-01-01, got {value!r}")
+
+
+def source_patterns(recipe: Recipe) -> list[tuple[str, Path]]:
+    """(entry as written, absolute glob) for each of the recipe's `sources` (relative to its folder)."""
+    value = yaml.safe_load(recipe.text)["sources"]
+    return [(entry, Path(os.path.abspath(recipe.path.parent / entry)))
+            for entry in ([value] if isinstance(value, str) else value)]
 
 
 def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path, ...]:

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from canonstore import open_store
-from canonstore.errors import SourceError, StoreError
+from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.preprocess import build
 from tests.conftest import demo_recipe, write_recipe
 
@@ -213,3 +213,24 @@ def test_a_step_larger_than_a_block_is_split_across_channels_with_the_same_resul
     assert np.asarray(split.array).tobytes() == np.asarray(whole.array).tobytes()
     for name, values in whole.stats.items():
         np.testing.assert_array_equal(split.stats[name], values, err_msg=name)
+
+
+def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_written(tmp_path, tiny_raw):
+    """`--out raw/x.zarr` with `sources: [raw/*]`: a rebuild would read x.zarr.lock, .log, .partial as inputs."""
+    raw = shutil.copytree(tiny_raw, tmp_path / "raw")
+    (tmp_path / "link").symlink_to(raw)
+    (raw / "more").mkdir()
+    shutil.copy(raw / "static.nc", raw / "more")                            # for raw/*/* to match a file
+    before = sorted(p.name for p in raw.iterdir())
+    for sources, reaching, names in ((["raw/*"], "raw/*", "x.zarr.lock, x.zarr.lock.excl, x.zarr.log"),
+                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.partial"),  # files inside
+                                     (["link/*.nc", "link/*"], "link/*", "x.zarr.lock")):            # via a link
+        with pytest.raises(RecipeError) as error:
+            build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **quiet)
+        assert f"source '{reaching}' reaches the build's own files for --out {raw / 'x.zarr'}" in str(error.value)
+        assert names in str(error.value) and "they would be read as inputs" in str(error.value)
+        assert sorted(p.name for p in raw.iterdir()) == before             # no lock, log or staging left there
+    narrow = demo_recipe(tmp_path, raw, sources=["raw/*.nc"])               # the same folder, a narrower glob
+    assert build(narrow, raw / "x.zarr", **quiet).built
+    assert (raw / "x.zarr.lock").exists() and (raw / "x.zarr.log").exists()
+    assert not build(narrow, raw / "x.zarr", **quiet).built                 # its own files are not inputs

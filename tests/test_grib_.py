@@ -165,3 +165,41 @@ def test_keep_first_keeps_the_earlier_runs_field_at_each_valid_time(tmp_path, mo
     tp = by_cfgrib(path).tp  # (run, step)
     np.testing.assert_array_equal(times, pd.date_range("2020-01-01T07:00", "2020-01-02T12:00", freq="h").values)
     np.testing.assert_array_equal(values, np.concatenate([tp.isel(time=0).values, tp.isel(time=1)[6:].values]))
+
+
+def test_the_index_cache_is_created_for_its_user_alone(tmp_path, era5):
+    """cfgrib's index files are pickles, which run code when loaded: only their user may write them."""
+    open_sources(load_recipe(recipe_for(tmp_path, era5))).close()
+    folder = tmp_path / "cache" / "grib-index"
+    assert list(folder.glob("*.idx")) and stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
+
+
+@pytest.mark.parametrize("case", ["writable by others", "writable by the group", "another user's",
+                                  "in a folder others can write to"])
+def test_an_index_cache_others_could_write_to_is_refused_in_one_line(tmp_path, era5, monkeypatch, case):
+    cache = tmp_path / "cache"
+    folder = cache / "grib-index"
+    folder.mkdir(parents=True)
+    if case == "writable by others":
+        folder.chmod(0o777)
+    elif case == "writable by the group":
+        folder.chmod(0o770)
+    elif case == "another user's":
+        folder.chmod(0o700)
+        uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    else:
+        folder.chmod(0o700)
+        cache.chmod(0o777)                       # anyone may rename grib-index and put theirs in its place
+    expected = {"writable by others": r"it is writable by group or others \(mode 777\)",
+                "writable by the group": r"it is writable by group or others \(mode 770\)",
+                "another user's": r"it belongs to another user \(uid \d+\)",
+                "in a folder others can write to": r"its folder .*cache is writable by group or others without the "
+                                                   r"sticky bit"}[case]
+    with pytest.raises(SourceError, match=rf"cfgrib's GRIB index cache .*grib-index: {expected}.*; its index files are "
+                                          r"pickles, which run code when loaded: set CANONSTORE_CACHE to a folder only"):
+        open_sources(load_recipe(recipe_for(tmp_path, era5)))
+    assert not list(folder.glob("*.idx"))
+    if case == "in a folder others can write to":
+        cache.chmod(0o1777)                      # the sticky bit (/tmp): others cannot rename what is ours
+        open_sources(load_recipe(recipe_for(tmp_path, era5))).close()
