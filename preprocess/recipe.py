@@ -203,7 +203,7 @@ def _parse_date(value: object, key: str, where: str) -> str | None:
 
 def source_patterns(recipe: Recipe) -> list[tuple[str, Path]]:
     """(entry as written, absolute glob) for each of the recipe's `sources` (relative to its folder)."""
-    value = yaml.safe_load(recipe.text)["sources"]
+    value = read_yaml(recipe.text)["sources"]
     return [(entry, Path(os.path.abspath(recipe.path.parent / entry)))
             for entry in ([value] if isinstance(value, str) else value)]
 
