@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -87,7 +88,7 @@ def build_lock(out: Path, log=print):
     path = out.with_name(out.name + ".lock")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise StoreError(f"cannot create {exc.filename or path} for the build of {out}: {exc.strerror or exc}") from exc
     holder = f"pid {os.getpid()} on {os.uname().nodename}, started {dt.datetime.now().isoformat(timespec='seconds')}"
@@ -104,11 +105,18 @@ def build_lock(out: Path, log=print):
             with _exclusive_file(Path(f"{path}.excl"), out, holder):
                 yield
             return
+        previous = os.pread(fd, 4096, 0).decode(errors="replace")
+        if previous and not HOLDER.match(previous):  # a file of the user's that happens to bear the name
+            raise StoreError(f"{path} exists and is not canonstore's lock file; canonstore overwrites only "
+                             "what it made: move it away")
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+HOLDER = re.compile(r"pid \d+ on .*, started \S+$")  # what a build writes into its lock file
 
 
 def _holder(fd: int) -> str:

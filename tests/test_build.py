@@ -114,6 +114,18 @@ def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_r
     assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before and not out.exists()
 
 
+def test_a_users_file_named_like_the_lock_is_never_overwritten(tmp_path, tiny_raw):
+    out = tmp_path / "demo.zarr"
+    mine = tmp_path / "demo.zarr.lock"
+    mine.write_text("my lock-free notes\n")
+    with pytest.raises(StoreError, match=f"{mine} exists and is not canonstore's lock file"):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert mine.read_text() == "my lock-free notes\n" and not out.exists()
+    mine.unlink()
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)  # its own lock file, left by a build, is reused
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built
+
+
 def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_raw):
     from click.testing import CliRunner
 
