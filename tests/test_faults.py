@@ -325,3 +325,19 @@ def test_verify_during_a_rebuild_says_so_instead_of_reporting_damage(tiny_raw, t
     monkeypatch.setattr(manifest, "file_sha256", rebuild_once_hashing_started)
     assert verify_store(out) == [f"{out} was rebuilt or replaced while it was being verified; verify it again"]
     assert verify_store(out) == []
+
+
+def test_a_full_disk_during_a_build_names_the_shard_file(tiny_raw, tmp_path, monkeypatch):
+    """ENOSPC while writing a shard: one line naming that file, and no staging left behind."""
+    real_pwrite = os.pwrite
+
+    def full(fd, data, offset):
+        if "/data/c/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    out = tmp_path / "demo.zarr"
+    with pytest.raises(StoreError, match=r"demo\.zarr\.partial/data/c/0(/0)+: No space left on device"):
+        build(demo_recipe(tmp_path, tiny_raw), out, progress=False, log=lambda *_: None)
+    assert not out.exists() and not out.with_name("demo.zarr.partial").exists()
