@@ -11,7 +11,6 @@ https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -90,9 +89,8 @@ class ShardWriter:
             raise ValueError("a block with part of the channels must hold one step")
         view = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B")
         fd, offset, done = self._open(k), local * self.sample_bytes + channel * self.field_bytes, 0
-        with self._naming(k):
-            while done < len(view):  # os.pwrite may write less than asked
-                done += os.pwrite(fd, view[done:], offset + done)
+        while done < len(view):  # os.pwrite may write less than asked
+            done += os.pwrite(fd, view[done:], offset + done)
 
     def read(self, start: int, steps: int, channel: int = 0, channels: int | None = None) -> np.ndarray:
         """Read back steps [start, start + steps) of channels [channel, channel + channels) (all when None)
@@ -112,30 +110,18 @@ class ShardWriter:
     def sync(self) -> None:
         """Flush the open shard to disk: `progress.json` may only say what has reached the disk."""
         if self._fd is not None:
-            with self._naming(self._k):
-                os.fdatasync(self._fd)
+            os.fdatasync(self._fd)
 
     def finish_shard(self, k: int) -> bytes:
         """Append shard `k`'s index and checksum, sync the file and return the index bytes; after this
         zarr-python can read its steps."""
         fd, n = self._open(k), self.steps_in(k)
         index = shard_index(n, self.shard_steps, self.sample_bytes)
-        with self._naming(k):
-            os.pwrite(fd, index, n * self.sample_bytes)
-            os.ftruncate(fd, n * self.sample_bytes + len(index))
-            os.fsync(fd)
+        os.pwrite(fd, index, n * self.sample_bytes)
+        os.ftruncate(fd, n * self.sample_bytes + len(index))
+        os.fsync(fd)
         self.close()
         return index
-
-    @contextlib.contextmanager
-    def _naming(self, k: int):
-        """A failed write (disk full, quota) names the shard file, not only the store."""
-        try:
-            yield
-        except OSError as exc:
-            if exc.filename is not None:
-                raise
-            raise OSError(exc.errno, exc.strerror, str(shard_file(self.store, len(self.shape), k))) from exc
 
     def close(self) -> None:
         if self._fd is not None:

@@ -328,7 +328,8 @@ def test_verify_during_a_rebuild_says_so_instead_of_reporting_damage(tiny_raw, t
 
 
 def test_a_full_disk_during_a_build_names_the_shard_file(tiny_raw, tmp_path, monkeypatch):
-    """ENOSPC while writing a shard: one line naming that file, and no staging left behind."""
+    """ENOSPC while writing a shard: one line naming that file, and no staging left behind (a guard: the
+    shard task already names its file)."""
     real_pwrite = os.pwrite
 
     def full(fd, data, offset):
