@@ -19,7 +19,7 @@ from canonstore.training.evaluate import load_run, score
 from canonstore.training.forecasts import forecast_path, score_forecast, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.models import reference_climatology
-from canonstore.training.units import G
+from canonstore.units import G
 from tests.conftest import write_recipe
 
 TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu",
