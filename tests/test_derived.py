@@ -172,7 +172,8 @@ def level_files(folder, **variables):
               "level": ("level", [850.0, 500.0], {"units": "hPa"})}
     for name, (values, units) in variables.items():
         attrs = {} if units is None else {"units": units}
-        xr.Dataset({name: (("time", "level", "lat", "lon"), values, attrs)}, coords=coords).to_netcdf(folder / f"{name}.nc")
+        ds = xr.Dataset({name: (("time", "level", "lat", "lon"), values, attrs)}, coords=coords)
+        ds.to_netcdf(folder / f"{name}.nc")
     return folder
 
 

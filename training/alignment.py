@@ -21,7 +21,7 @@ from canonstore.units import conversion, is_unknown, key, scale_to
 
 TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)
 OUTLIER_STDS = 10  # a forecast's mean this many train stds from the store's: its values are in other units
-STEP_UNITS = {"", "storesteps", "storestep", "steps", "step"}  # a lead in these (by `units.key`) counts store steps
+STEP_UNITS = {"", "storesteps", "storestep", "steps", "step"}  # a lead in these (`units.key`) counts store steps
 
 
 def grid_coords(ds: xr.Dataset, space_dims: tuple[str, ...]) -> list[str]:
@@ -145,7 +145,7 @@ def truth_steps(fc: xr.Dataset, store, path) -> tuple[np.ndarray, np.ndarray]:
         raise RunError(f"{path}: (time {init[t]}, lead {lead[k]}) spans a gap in the store's time axis, so its lead "
                        f"is not {leads[k]} steps of time: leave such forecasts out")
     if seconds is not None:
-        _check_elapsed(store, positions, steps, seconds, lead, path)
+        _check_elapsed(store, positions, steps, seconds, path)
     if "valid_time" in fc.variables:
         _check_valid_times(fc, store.time[steps], leads, path)
     return steps, leads
@@ -161,44 +161,52 @@ def lead_steps(lead: xr.DataArray, store, path) -> tuple[np.ndarray, np.ndarray 
     values = lead.values
     label = str(lead.attrs.get("units", "")).strip()
     if values.dtype.kind == "m":
-        return _in_steps(values / np.timedelta64(1, "s"), values, "", store, path)
+        return _in_steps(values / np.timedelta64(1, "s"), store, path)
+    if values.dtype.kind in "MO":   # `hours since ...` decodes to dates
+        raise RunError(f"{path}: lead holds dates ({values.flat[0]}, ...), not how far ahead: write lead as integers "
+                       f"in store steps, or as times (timedelta64, or units such as 'hours')")
     if key(label) in STEP_UNITS:
         if values.dtype.kind not in "iu":
             raise RunError(f"{path}: lead is {values.dtype}, not a whole number of store steps: write lead as integers "
                            f"(1 = one step of the store after the init time)")
         return values.astype(np.int64), None
-    per_second = scale_to(label, "s")
-    if per_second is None or values.dtype.kind not in "iuf":
+    seconds_each = scale_to(label, "s")
+    if seconds_each is None or values.dtype.kind not in "iuf":
         raise RunError(f"{path}: lead is in {label!r}, neither store steps nor a time: write lead as integers in store "
                        f"steps (units 'store steps' or none), or as times (timedelta64, or units such as 'hours')")
-    return _in_steps(values.astype(np.float64) * per_second, values, f" {label}", store, path)
+    return _in_steps(values.astype(np.float64) * seconds_each, store, path)
 
 
-def _in_steps(seconds: np.ndarray, labels: np.ndarray, label: str, store, path) -> tuple[np.ndarray, np.ndarray]:
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} hours"
+
+
+def _in_steps(seconds: np.ndarray, store, path) -> tuple[np.ndarray, np.ndarray]:
     days = as_days(store.time)
     if days is None or days.size < 2:
-        raise RunError(f"{path}: lead {labels[0]}{label} is a time, but {store.path} has no dated steps to count it "
+        raise RunError(f"{path}: lead {_hours(seconds[0])} is a time, but {store.path} has no dated steps to count it "
                        f"in: write lead as integers in store steps")
     step = float(np.median(np.diff(days))) * 86400.0
     steps = seconds / step
     whole = np.round(steps)
     off = np.flatnonzero(np.abs(steps - whole) > 1e-6 * np.maximum(1.0, np.abs(steps)))
     if off.size:
-        raise RunError(f"{path}: lead {labels[off[0]]}{label} is not a whole number of the store's steps of "
-                       f"{step / 3600:g} hours: score it against a store with such steps, or write lead in store steps")
+        raise RunError(f"{path}: lead {_hours(seconds[off[0]])} is not a whole number of the store's steps of "
+                       f"{_hours(step)}: score it against a store with such steps, or write lead in store steps")
     return whole.astype(np.int64), seconds
 
 
-def _check_elapsed(store, positions: np.ndarray, steps: np.ndarray, seconds: np.ndarray, labels, path) -> None:
-    """A lead in time units must be that much time after each init time (a store of sessions with other
-    steps, or an irregular axis, would otherwise count other times)."""
+def _check_elapsed(store, positions: np.ndarray, steps: np.ndarray, seconds: np.ndarray, path) -> None:
+    """A lead in time units must be that much time after each init time (in a store of sessions with
+    other steps the usual step would count other times)."""
     days = as_days(store.time)
     elapsed = (days[steps] - days[positions][:, None]) * 86400.0
     wrong = np.argwhere(np.abs(elapsed - seconds[None, :]) > 1e-3)
     if wrong.size:
         t, k = wrong[0]
-        raise RunError(f"{path}: lead {labels[k]} from init time {store.time[positions[t]]} is not a step of the store "
-                       f"({elapsed[t, k] / 3600:g} hours after it is): write lead in store steps")
+        raise RunError(f"{path}: lead {_hours(seconds[k])} from init time {store.time[positions[t]]} is not a step of "
+                       f"the store (its step {steps[t, k] - positions[t]} later is {_hours(elapsed[t, k])} later): "
+                       f"write lead in store steps")
 
 
 def find_steps(store, times: np.ndarray, path, what: str) -> np.ndarray:
