@@ -13,9 +13,10 @@ used), in float64, and gets train statistics like any channel: the normalisation
 otherwise add by hand for relative humidity.
 
 The formulas take K, kg/kg and hPa. Every input is brought there from its own `units` (K or degC,
-kg/kg or g/kg, levels in hPa or Pa); without a units attribute (or with the ambiguous `1`) the
-values decide where the ranges cannot be confused, else the build refuses naming variable, file and
-units. A number in the wrong unit is never used as it is: 5 g/kg read as kg/kg is RH 17,070 %.
+kg/kg or g/kg, levels in hPa or Pa; spellings and factors from `canonstore.units`); without a units
+attribute (or with the ambiguous `1`) the values decide where the ranges cannot be confused (kg/kg
+or g/kg: for a specific humidity only, never a cloud cover), else the build refuses naming variable,
+file and units. A number in the wrong unit is never used as it is: 5 g/kg read as kg/kg is RH 17,070 %.
 """
 
 from __future__ import annotations
