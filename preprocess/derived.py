@@ -13,9 +13,10 @@ used), in float64, and gets train statistics like any channel: the normalisation
 otherwise add by hand for relative humidity.
 
 The formulas take K, kg/kg and hPa. Every input is brought there from its own `units` (K or degC,
-kg/kg or g/kg, levels in hPa or Pa); without a units attribute (or with the ambiguous `1`) the
-values decide where the ranges cannot be confused, else the build refuses naming variable, file and
-units. A number in the wrong unit is never used as it is: 5 g/kg read as kg/kg is RH 17,070 %.
+kg/kg or g/kg, levels in hPa or Pa; spellings and factors from `canonstore.units`); without a units
+attribute (or with the ambiguous `1`) the values decide where the ranges cannot be confused (kg/kg
+or g/kg: for a specific humidity only, never a cloud cover), else the build refuses naming variable,
+file and units. A number in the wrong unit is never used as it is: 5 g/kg read as kg/kg is RH 17,070 %.
 """
 
 from __future__ import annotations
@@ -25,20 +26,12 @@ from typing import Callable
 
 import numpy as np
 
+from canonstore.units import G, conversion, is_dimensionless, is_unknown, mass_ratio, temperature
+
 KINDS = {"relative_humidity": ("temperature", "specific_humidity"), "wind_speed": ("u", "v"),
          "column": ("variable",), "layer_mean": ("variable",)}
-G = 9.80665            # m s**-2, standard gravity (WMO)
 EPSILON = 0.621981     # ratio of the gas constants of dry air and water vapour (ECMWF IFS value)
 
-# Spellings compared by `spelling` (case, spaces, `**` and `^` ignored): CF/UDUNITS and ECMWF forms.
-KELVIN = {"k", "kelvin", "degk", "deg_k", "degreek", "degreesk", "degree_k", "degrees_k", "degrees_kelvin"}
-CELSIUS = {"degc", "deg_c", "°c", "degreec", "degreesc", "degree_c", "degrees_c", "celsius", "degree_celsius",
-           "degrees_celsius"}
-KG_PER_KG = {"kgkg-1", "kg/kg"}
-G_PER_KG = {"gkg-1", "g/kg"}
-UNSURE = {"", "1", "-", "(0-1)", "dimensionless", "none"}  # a mass ratio, but kg/kg or g/kg? the values say
-HPA = {"hpa", "mbar", "mbars", "millibar", "millibars", "mb", "hectopascal", "hectopascals"}
-PA = {"pa", "pascal", "pascals"}
 MAX_HPA = 1100.0  # no pressure level is deeper; larger values on a level axis without units are Pa
 # Values that only one unit can give: air temperature in K and in degC; specific humidity in kg/kg never
 # exceeds ~0.04 (dew point 35 degC at 1000 hPa), while in g/kg it does wherever air is not frozen dry.
@@ -46,6 +39,8 @@ KELVIN_RANGE, CELSIUS_RANGE = (150.0, 350.0), (-100.0, 60.0)
 MAX_KG_PER_KG = 0.05
 MAX_G_PER_KG = 60.0
 DEEPEST_FOR_RANGE = 500.0  # hPa: at or below it, q in g/kg exceeds MAX_KG_PER_KG somewhere in any field
+# names of specific humidity (ERA5, CMIP, NCEP, GRIB, ICON): only its units are told by its values
+HUMIDITY_NAMES = {"q", "hus", "shum", "spfh", "sphum", "qv", "specific_humidity"}
 
 
 @dataclass(frozen=True)
@@ -58,10 +53,16 @@ class Input:
     level_units: str | None                  # 'hPa' when its levels are pressures, else the level's units
     sample: Callable[[], np.ndarray]         # physical values of a few steps, all kept levels, read on demand
     levels: tuple[float, ...] = ()           # its kept levels (hPa when level_units is 'hPa')
+    standard_name: str = ""                  # its CF standard_name, if any
 
 
-def spelling(units: str) -> str:
-    return str(units).strip().lower().replace(" ", "").replace("**", "").replace("^", "")
+def _unsure(units: str) -> bool:
+    """No units, or a pure number (`1`): which unit the values are in, only they can tell."""
+    return is_unknown(units) or is_dimensionless(units)
+
+
+def is_specific_humidity(src: Input) -> bool:
+    return src.standard_name == "specific_humidity" or src.variable.lower() in HUMIDITY_NAMES
 
 
 def _describe(src: Input) -> str:
@@ -70,12 +71,10 @@ def _describe(src: Input) -> str:
 
 def to_kelvin(src: Input) -> tuple[float, float]:
     """(scale, offset) taking `src`'s temperatures to K; ValueError naming it when no rule is certain."""
-    key = spelling(src.units)
-    if key in KELVIN:
-        return 1.0, 0.0
-    if key in CELSIUS:
-        return 1.0, 273.15
-    if key not in UNSURE:
+    scale = temperature(src.units)
+    if scale in ("K", "degC"):  # the README's units for a temperature input (degF is refused, named)
+        return conversion(scale, "K")
+    if not _unsure(src.units):
         raise ValueError(f"{_describe(src)}: not a temperature unit canonstore converts (K or degC); "
                          "convert it or set its units attribute")
     lo, hi = _range(src)
@@ -93,12 +92,10 @@ def to_kg_per_kg(src: Input) -> float | None:
     Without units (or `1`) the largest sampled value decides: above 0.05 only g/kg is possible; below,
     kg/kg when a level at or below 500 hPa is kept (where g/kg values would exceed 0.05), else unsure.
     """
-    key = spelling(src.units)
-    if key in KG_PER_KG:
-        return 1.0
-    if key in G_PER_KG:
-        return 1e-3
-    if key not in UNSURE:
+    factor = mass_ratio(src.units)
+    if factor is not None:
+        return factor
+    if not _unsure(src.units):
         return None
     lo, hi = _range(src)
     if hi > MAX_G_PER_KG:
@@ -198,6 +195,7 @@ def plan_derived(specs: list[dict], channels: list, channel_name, where: str,
     naming variable, file and units when an input's units cannot be converted with certainty.
     """
     out = []
+    humidity_inputs = {spec.get("specific_humidity") for spec in specs if spec["kind"] == "relative_humidity"}
     by_variable: dict[str, dict] = {}
     for i, ch in enumerate(channels):
         by_variable.setdefault(ch.variable, {})[ch.level] = (i, ch)
@@ -234,7 +232,8 @@ def plan_derived(specs: list[dict], channels: list, channel_name, where: str,
             raise ValueError(f"{where}: derived '{name}' ({kind}) needs at least two kept levels of "
                              f"'{inputs[0]}'; asked for {wanted}, the store keeps {sorted(levels)}")
         try:
-            scale, units = _level_units(kind, describe(inputs[0]))
+            src = describe(inputs[0])
+            scale, units = _level_units(kind, src, is_specific_humidity(src) or inputs[0] in humidity_inputs)
         except ValueError as exc:
             raise ValueError(f"{where}: derived '{name}' ({kind}): {exc}") from None
         out.append(Derived(name, name, kind, tuple(have[lev][0] for lev in wanted), None, units, tuple(wanted),
@@ -252,16 +251,23 @@ def _pair_units(kind: str, first: Input, second: Input) -> tuple[tuple[tuple[flo
             raise ValueError(f"{_describe(second)}: not a specific humidity unit canonstore converts (kg kg**-1 or "
                              "g kg**-1); convert it or set its units attribute")
         return (to_kelvin(first), (to_kg, 0.0)), "%"
-    if spelling(first.units) != spelling(second.units):
+    v_to_u = conversion(second.units, first.units)   # `m/s` and `m s-1` are one unit; km/h converts
+    if v_to_u is None:
         raise ValueError(f"{_describe(first)} and {_describe(second)} differ; convert one first")
-    return (), first.units
+    return ((1.0, 0.0), v_to_u), first.units
 
 
-def _level_units(kind: str, src: Input) -> tuple[float, str]:
-    """Column and layer mean: (scale of the input, output units); a mass ratio integrates to kg m**-2,
-    anything else keeps its units (times kg m**-2 for a column)."""
+def _level_units(kind: str, src: Input, humidity: bool) -> tuple[float, str]:
+    """Column and layer mean: (scale of the input, output units). A column of a mass ratio (a specific
+    humidity's units told by its values when missing) integrates to kg m**-2, of a pure number too;
+    anything else keeps its units, times kg m**-2; without units only a specific humidity is integrated."""
     require_pressure_levels(src)
     if kind == "layer_mean":
         return 1.0, src.units
-    to_kg = to_kg_per_kg(src)
-    return (1.0, f"({src.units}) kg m**-2") if to_kg is None else (to_kg, "kg m**-2")
+    to_kg = to_kg_per_kg(src) if humidity else mass_ratio(src.units)
+    if to_kg is not None:
+        return to_kg, "kg m**-2"
+    if is_unknown(src.units):
+        raise ValueError(f"{_describe(src)}: no units attribute, so the column's units are unknown (only a specific "
+                         "humidity's are told by its values); set its units attribute (`1` for a fraction)")
+    return 1.0, "kg m**-2" if is_dimensionless(src.units) else f"({src.units}) kg m**-2"

@@ -20,9 +20,10 @@ import xarray as xr
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
-from canonstore.preprocess.derived import HPA, MAX_HPA, PA, Input, plan_derived, spelling
+from canonstore.preprocess.derived import MAX_HPA, Input, plan_derived
 from canonstore.preprocess.recipe import Recipe
 from canonstore.splits.gaps import as_days, find_gaps
+from canonstore.units import scale_to
 
 KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
 CHANNEL_DIMS = ("channel",)  # a dimension whose labels are the channels' names (see _labelled_channels)
@@ -401,7 +402,8 @@ class Sources:
         found = [c for c in LEVEL_DIMS if c in first.array.coords]
         levels = tuple(c.level for c in self.channels if c.variable == variable and c.level is not None)
         return Input(variable, self._units(variable), str(first.path),
-                     None if not found else _level_units(first.array[found[0]]), lambda: self._sample(variable), levels)
+                     None if not found else _level_units(first.array[found[0]]), lambda: self._sample(variable), levels,
+                     str(first.array.attrs.get("standard_name", "")))
 
     def _sample(self, variable: str) -> np.ndarray:
         """Physical values of `variable`, every kept level, at up to 8 steps spread over the selected axis."""
@@ -659,15 +661,20 @@ def _days(days: float) -> str:
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
     """Levels in hPa: by the units attribute, else by value (no pressure level is deeper than 1100 hPa)."""
     values = np.asarray(coord.values, dtype=np.float64)
-    units = spelling(coord.attrs.get("units", ""))
-    in_pa = units in PA or (not units and values.size > 0 and np.nanmax(values) > MAX_HPA)
-    return values / 100.0 if in_pa else values
+    units = str(coord.attrs.get("units", ""))
+    if not units.strip():
+        return values / 100.0 if values.size > 0 and np.nanmax(values) > MAX_HPA else values
+    to_hpa = scale_to(units, "hPa")
+    if to_hpa is None:  # not a pressure: the caller refuses it where pressure is needed
+        return values
+    # Pa: divide by 100, never multiply by 0.01 (35 Pa * 0.01 is not 0.35), as levels are matched by value
+    return values * to_hpa if to_hpa >= 1 else values / scale_to("hPa", units)
 
 
 def _level_units(coord: xr.DataArray) -> str:
     """'hPa' for a pressure axis (`_levels_in_hpa` gives hPa: units hPa, mbar or Pa, or none), else its units."""
     units = str(coord.attrs.get("units", ""))
-    return "hPa" if spelling(units) in HPA | PA | {""} or coord.name == "isobaricInhPa" else units
+    return "hPa" if not units.strip() or scale_to(units, "hPa") or coord.name == "isobaricInhPa" else units
 
 
 def channel_name(variable: str, level: float) -> str:

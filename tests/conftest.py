@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,24 @@ def tiny_store(tiny_raw, tmp_path_factory) -> Path:
     out = folder / "demo.zarr"
     build(demo_recipe(folder, tiny_raw), out, progress=False, log=lambda *_: None)
     return out
+
+
+def linked_copy(store: Path, to: Path) -> Path:
+    """A copy of `store` at `to` made of hard links (cheap; never written to, see `replace_build`)."""
+    shutil.copytree(store, to, copy_function=os.link)
+    return to
+
+
+def replace_build(path: Path) -> None:
+    """Stand-in for a rebuild landing at `path` after a reader opened it: the opened directory moves away
+    (a reader's handle keeps it) and another build takes the path (the same data, another manifest)."""
+    old = path.with_name(f"{path.name}.replaced{len(list(path.parent.glob(path.name + '.replaced*')))}")
+    path.rename(old)
+    linked_copy(old, path)
+    manifest = path / "manifest.json"
+    text = manifest.read_text()
+    manifest.unlink()  # a link to the original's: write a new file, never through the link
+    manifest.write_text(text + "\n")
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 import pytest
 
-from canonstore.errors import ConfigError
+from canonstore.errors import ConfigError, StoreError
 from canonstore.formats import open_store
+from canonstore.formats.manifest import store_identity
 from canonstore.training.config import (DEFAULTS, config_hash, lead_times, load_config, parse_overrides, resolve,
                                        run_name)
+from tests.conftest import linked_copy, replace_build
 
 ROOT_CONFIG = "configs/default.yaml"
 
@@ -82,6 +84,22 @@ def test_hash_depends_on_the_store_build_not_its_path(tiny_store):
     rebuilt = {**run, "store": {**run["store"], "build": "0" * 64}}
     assert config_hash(moved) == config_hash(run)
     assert config_hash(rebuilt) != config_hash(run)
+
+
+def test_a_run_records_the_build_it_opened_never_the_one_its_path_holds_after_a_rebuild(tiny_store, tmp_path):
+    """A rebuild landing between opening the store and resolving the config: the run trains on the
+    opened build, so that is the one recorded (or the rebuild is an error), never the new one."""
+    config = load_config(None, {"lat_weighted": False})   # nothing else in resolve reads the store again
+    path = linked_copy(tiny_store, tmp_path / "a.zarr")
+    opened = open_store(path)
+    build = opened.build_id                                # read already (a dataset made first reads it)
+    replace_build(path)
+    assert store_identity(path) != build
+    assert resolve(config, opened, "cpu")["store"]["build"] == build
+    unread = open_store(path)                              # its build not read before the next rebuild
+    replace_build(path)
+    with pytest.raises(StoreError, match="rebuilt or replaced after it was opened"):
+        resolve(config, unread, "cpu")
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -163,3 +163,73 @@ def test_unlabelled_humidity_above_500_hpa_is_refused_as_ambiguous(tmp_path):
     folder = humid_files(tmp_path / "raw", q_units=None, levels=(300.0, 250.0))
     with pytest.raises(SourceError, match=r"'q' in .*q\.nc \(units ''\): values up to .* could be kg/kg or g/kg"):
         open_sources(load_recipe(humid_recipe(tmp_path, folder)))
+
+
+def level_files(folder, **variables):
+    """Each variable name=(values (steps, level, lat, lon) over 850 and 500 hPa, units or None) in its file."""
+    folder.mkdir(exist_ok=True)
+    coords = {"time": pd.date_range("2020-01-01", periods=10, freq="D"), "lat": [10.0, 0.0], "lon": [0.0, 1.0, 2.0],
+              "level": ("level", [850.0, 500.0], {"units": "hPa"})}
+    for name, (values, units) in variables.items():
+        attrs = {} if units is None else {"units": units}
+        ds = xr.Dataset({name: (("time", "level", "lat", "lon"), values, attrs)}, coords=coords)
+        ds.to_netcdf(folder / f"{name}.nc")
+    return folder
+
+
+def derived_values(tmp_path, folder, specs) -> dict:
+    """{channel: (units, values (steps, lat, lon))} of the derived channels `specs` over the files in `folder`."""
+    recipe = write_recipe(tmp_path, name="lv", sources=[str(folder / "*.nc")], derived=specs,
+                          splits={"by": "index", "train": [0, 9]})
+    sources = open_sources(load_recipe(recipe))
+    try:
+        values = sources.read(0, 10)
+        return {c.name: (c.units, values[:, i]) for i, c in enumerate(sources.channels)
+                if c.variable in {s["name"] for s in specs}}
+    finally:
+        sources.close()
+
+
+FRACTION = 0.5 + 0.1 * np.random.default_rng(2).random((10, 2, 2, 3))   # cloud cover, 0.5..0.6
+
+
+def trapezoid(values):
+    return (values[:, 0] + values[:, 1]) / 2 * 35000 / derived.G
+
+
+@pytest.mark.parametrize("units, expected_units, scale", [
+    ("(0 - 1)", "kg m**-2", 1.0),      # ERA5 cc: was read as g/kg (above 0.05), 1000x too small
+    ("1", "kg m**-2", 1.0),
+    ("%", "(%) kg m**-2", 100.0),      # its own units, times the integration
+])
+def test_a_column_of_anything_but_a_humidity_keeps_its_values(tmp_path, units, expected_units, scale):
+    folder = level_files(tmp_path / "raw", cc=(FRACTION * scale, units))
+    found = derived_values(tmp_path, folder, [{"name": "tcc", "kind": "column", "variable": "cc"}])
+    assert found["tcc"][0] == expected_units
+    np.testing.assert_allclose(found["tcc"][1], trapezoid(FRACTION * scale), rtol=1e-9)
+
+
+def test_a_column_without_units_is_integrated_only_for_a_specific_humidity(tmp_path):
+    folder = level_files(tmp_path / "raw", cc=(FRACTION, None))
+    with pytest.raises(SourceError, match=r"derived 'tcc' \(column\): 'cc' in .*cc\.nc \(units ''\): no units "
+                                          r"attribute.*set its units attribute"):
+        derived_values(tmp_path, folder, [{"name": "tcc", "kind": "column", "variable": "cc"}])
+    # a humidity under another name is one when the recipe takes it as relative humidity's input
+    folder = level_files(tmp_path / "hum", t=(KELVIN_T, "K"), sh=(KG_Q * 1000, None))
+    found = derived_values(tmp_path, folder, [
+        {"name": "r", "kind": "relative_humidity", "temperature": "t", "specific_humidity": "sh"},
+        {"name": "tcq", "kind": "column", "variable": "sh"}])
+    assert found["tcq"][0] == "kg m**-2"
+    np.testing.assert_allclose(found["tcq"][1], trapezoid(KG_Q), rtol=1e-9)
+
+
+WIND = np.random.default_rng(3).normal(0, 10, (2, 10, 2, 2, 3))
+
+
+@pytest.mark.parametrize("v_units, v_scale", [("m s-1", 1.0), ("m s**-1", 1.0), ("km h-1", 3.6)])
+def test_wind_speed_of_u_and_v_in_one_unit_spelled_otherwise_or_scaled(tmp_path, v_units, v_scale):
+    """u in `m/s` and v in `m s-1` were refused as different units."""
+    folder = level_files(tmp_path / "raw", u=(WIND[0], "m/s"), v=(WIND[1] * v_scale, v_units))
+    found = derived_values(tmp_path, folder, [{"name": "ws", "kind": "wind_speed", "u": "u", "v": "v"}])
+    assert found["ws850"][0] == "m/s"
+    np.testing.assert_allclose(found["ws850"][1], np.hypot(WIND[0, :, 0], WIND[1, :, 0]), rtol=1e-9)

@@ -16,11 +16,11 @@ from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
 from canonstore.training.evaluate import load_run, score
-from canonstore.training.forecasts import forecast_path, score_forecast, write_forecast
+from canonstore.training.forecasts import check_same_build, forecast_path, score_forecast, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.models import reference_climatology
-from canonstore.training.units import G
-from tests.conftest import write_recipe
+from canonstore.units import G
+from tests.conftest import linked_copy, replace_build, write_recipe
 
 TINY = {"model": "unet", "unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu",
         "workers": 1, "patience": 0, "checkpoint_steps": 0}
@@ -234,6 +234,99 @@ def test_a_forecast_in_other_units_is_converted_or_refused(tiny_store, tmp_path)
     wrong["t850"] = (fc["t850"] - 273.15).assign_attrs(units="K")
     with pytest.raises(RunError, match=r"'t850' has a mean of .* train stds .* check its units attribute"):
         rmse_of(wrong, store, tmp_path, "wrong")
+
+
+def test_cf_spellings_of_degrees_convert(tiny_store, tmp_path):
+    """`degree_C`, `degrees_C`: the CF spellings that derived channels accepted, `score` refused."""
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store, ["t2m", "t850"])
+    fc["t2m"] = (fc["t2m"] - 273.15).assign_attrs(units="degree_C")
+    fc["t850"] = (fc["t850"] - 273.15).assign_attrs(units="degrees_C")
+    assert rmse_of(fc, store, tmp_path)["overall"]["rmse"] < 1e-5
+
+
+@pytest.fixture(scope="module")
+def unitless_store(tmp_path_factory):
+    """Daily `q` (values of g/kg) from a file without a units attribute: the store's units are ''."""
+    folder = tmp_path_factory.mktemp("unitless")
+    times = xr.date_range("2001-01-01", periods=3 * 365, freq="D")
+    q = 5 + 4 * np.abs(np.random.default_rng(1).normal(size=(times.size, 3, 4)))
+    xr.Dataset({"q": (("time", "lat", "lon"), q)},
+               coords={"time": times, "lat": ("lat", [10.0, 0.0, -10.0], {"units": "degrees_north"}),
+                       "lon": ("lon", [0.0, 90.0, 180.0, 270.0], {"units": "degrees_east"})}).to_netcdf(folder / "q.nc")
+    recipe = write_recipe(folder, name="nu", sources=["q.nc"], splits={"train": [2001, 2001], "val": [2002, 2002],
+                                                                       "test": [2003, 2003]})
+    return build(recipe, folder / "nu.zarr", progress=False, log=lambda *_: None).path
+
+
+@pytest.mark.parametrize("units", ["g kg-1", "%", "1"])
+def test_a_labelled_forecast_against_a_store_channel_without_units_is_refused(unitless_store, tmp_path, units):
+    """'' is unknown, not dimensionless: `g kg-1` was multiplied by 1e-3 (a perfect forecast scored 3.5 std)."""
+    store = open_store(unitless_store)
+    assert store.to_xarray()["channel_units"].values[0] == ""
+    init = store.split_indices("test")[:20]
+    truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
+    fc = xr.Dataset({"q": (("time", "lead", "lat", "lon"), truth)},
+                    coords={"time": store.time[init], "lead": [1], "lat": [10.0, 0.0, -10.0],
+                            "lon": [0.0, 90, 180, 270]})
+    assert rmse_of(fc, store, tmp_path, "bare")["overall"]["rmse"] < 1e-5   # unlabelled: the store's units
+    fc["q"].attrs["units"] = units
+    fc.to_zarr(tmp_path / "labelled.zarr")
+    line = one_error_line(tmp_path / "labelled.zarr", unitless_store)
+    assert f"'q' is in '{units}', but the store's q has no units" in line and "labelled.zarr" in line
+
+
+def lead_as(fc: xr.Dataset, values, attrs=None) -> xr.Dataset:
+    return fc.assign_coords(lead=("lead", values, attrs or {}))
+
+
+def test_a_lead_in_time_units_is_counted_in_store_steps(tiny_store, tmp_path):
+    """On the 6-hourly store, lead 12 `hours` was scored as 12 store steps (72 h) when no valid_time said otherwise."""
+    store = open_store(tiny_store)
+    fc = truth_as_forecast(store, ["t2m"], lead=2)
+    reference = rmse_of(fc, store, tmp_path, "steps")
+    bare = fc.drop_vars("valid_time")
+    for name, other in [("hours", lead_as(bare, [12], {"units": "hours"})),
+                        ("h", lead_as(fc, [12.0], {"units": "h"})),
+                        ("days", lead_as(bare, [0.5], {"units": "days"})),
+                        ("timedelta", lead_as(bare, np.array([12], "timedelta64[h]").astype("timedelta64[ns]"))),
+                        ("store_steps", lead_as(bare, [2], {"units": "store steps"}))]:
+        other.to_zarr(tmp_path / f"{name}.zarr")
+        result = score_forecast(tmp_path / f"{name}.zarr", store)
+        assert list(result["leads"]) == [2] and result["scores"] == reference, name
+    for name, other, message in [
+            ("3h", lead_as(bare, [3], {"units": "hours"}), "lead 3 hours is not a whole number of the store's steps"),
+            ("metres", lead_as(bare, [2], {"units": "m"}), "lead is in 'm', neither store steps nor a time"),
+            ("since", lead_as(bare, [2], {"units": "hours since 2000-01-01"}), "lead holds dates (2000-01-01T02")]:
+        other.to_zarr(tmp_path / f"{name}.zarr")
+        assert message in one_error_line(tmp_path / f"{name}.zarr", tiny_store), name
+
+
+def test_a_lead_in_hours_must_be_that_long_after_each_init_time():
+    """Sessions at other rates (NWB): 6 hours is one usual step, but in a 3-hourly session one step is 3 hours."""
+    from types import SimpleNamespace
+
+    from canonstore.training.alignment import truth_steps
+
+    six_hourly = np.datetime64("2020-01-01T00") + np.arange(8) * np.timedelta64(6, "h")
+    three_hourly = np.datetime64("2020-02-01T00") + np.arange(4) * np.timedelta64(3, "h")
+    store = SimpleNamespace(time=np.concatenate([six_hourly, three_hourly]), gaps=np.array([7]), path="s.zarr")
+    fc = xr.Dataset(coords={"time": six_hourly[:2], "lead": ("lead", [6, 12], {"units": "hours"})})
+    assert truth_steps(fc, store, "fc.zarr")[0].tolist() == [[1, 2], [2, 3]]
+    with pytest.raises(RunError, match=r"fc.zarr: lead 6 hours from init time 2020-02-01T00 is not a step of the store "
+                                       r"\(its step 1 later is 3 hours later\)"):
+        truth_steps(fc.assign_coords(time=three_hourly[:1]), store, "fc.zarr")
+
+
+def test_a_run_is_checked_against_the_build_the_store_opened(tiny_store, tmp_path):
+    """Not against whatever the store's path holds by the time of the check (a rebuild in between)."""
+    path = linked_copy(tiny_store, tmp_path / "a.zarr")
+    opened = open_store(path)
+    trained_on = opened.build_id
+    replace_build(path)
+    check_same_build(opened, {"store": {"build": trained_on}}, tmp_path / "run")
+    with pytest.raises(RunError, match="is not the build run run was trained on"):
+        check_same_build(opened, {"store": {"build": open_store(path).build_id}}, tmp_path / "run")
 
 
 def test_valid_time_is_checked_and_each_forecast_counts_once(tiny_store, tmp_path):

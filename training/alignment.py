@@ -16,11 +16,12 @@ import numpy as np
 import xarray as xr
 
 from canonstore.errors import RunError
-from canonstore.splits.gaps import segment_ids
-from canonstore.training.units import conversion
+from canonstore.splits.gaps import as_days, segment_ids
+from canonstore.units import conversion, is_unknown, key, scale_to
 
 TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)
 OUTLIER_STDS = 10  # a forecast's mean this many train stds from the store's: its values are in other units
+STEP_UNITS = {"", "storesteps", "storestep", "steps", "step"}  # a lead in these (`units.key`) counts store steps
 
 
 def grid_coords(ds: xr.Dataset, space_dims: tuple[str, ...]) -> list[str]:
@@ -108,12 +109,13 @@ def _check_same(theirs: np.ndarray, ours: np.ndarray, periodic: bool, name: str,
                        f"the forecast onto the store's grid first")
 
 
-def truth_steps(fc: xr.Dataset, store, path) -> np.ndarray:
-    """(time, lead) int: the store step each forecast is of, `lead` store steps after its init time.
+def truth_steps(fc: xr.Dataset, store, path) -> tuple[np.ndarray, np.ndarray]:
+    """((time, lead) int: the store step each forecast is of, (lead,) int: each lead in store steps).
 
     Each (time, lead) is scored once: repeated init times or leads are refused, an init time must be
     a store step, the window must not span a gap of the store's time axis, and `valid_time` (computed
-    when the file has none) must be the store's time at that step.
+    when the file has none) must be the store's time at that step. A lead in time units (`lead_steps`)
+    must be that much time after the init time.
     """
     for name in ("time", "lead"):
         if name not in fc.coords:
@@ -122,16 +124,14 @@ def truth_steps(fc: xr.Dataset, store, path) -> np.ndarray:
     init, lead = fc["time"].values, fc["lead"].values
     if not (init.size and lead.size):
         raise RunError(f"{path}: holds no forecasts ({init.size} init times, {lead.size} leads)")
-    if lead.dtype.kind not in "iu":
-        raise RunError(f"{path}: lead is {lead.dtype}, not a whole number of store steps: write lead as integers "
-                       f"(1 = one step of the store after the init time)")
     for name, values in (("init time", init), ("lead", lead)):
         kept, counts = np.unique(values, return_counts=True)
         if (counts > 1).any():
             raise RunError(f"{path}: {name}(s) {[str(v) for v in kept[counts > 1][:3]]} appear more than once "
                            f"({int((counts - 1).sum())} repeats): keep one forecast per (time, lead)")
+    leads, seconds = lead_steps(fc["lead"], store, path)
     positions = find_steps(store, init, path, "init time")
-    steps = positions[:, None] + lead.astype(np.int64)[None, :]
+    steps = positions[:, None] + leads[None, :]
     last = store.time.size - 1
     outside = (steps < 0) | (steps > last)
     if outside.any():
@@ -143,10 +143,70 @@ def truth_steps(fc: xr.Dataset, store, path) -> np.ndarray:
     if spans.any():
         t, k = np.argwhere(spans)[0]
         raise RunError(f"{path}: (time {init[t]}, lead {lead[k]}) spans a gap in the store's time axis, so its lead "
-                       f"is not {lead[k]} steps of time: leave such forecasts out")
+                       f"is not {leads[k]} steps of time: leave such forecasts out")
+    if seconds is not None:
+        _check_elapsed(store, positions, steps, seconds, path)
     if "valid_time" in fc.variables:
-        _check_valid_times(fc, store.time[steps], path)
-    return steps
+        _check_valid_times(fc, store.time[steps], leads, path)
+    return steps, leads
+
+
+def lead_steps(lead: xr.DataArray, store, path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(each lead in store steps, each lead in seconds or None when it was given in store steps).
+
+    Integers without units or in `store steps` (what `write_forecast` writes) count store steps; a
+    timedelta64 lead, or numbers in time units (`hours`, `h`, `days`), are converted when a whole
+    number of the store's usual steps, else refused naming the lead.
+    """
+    values = lead.values
+    label = str(lead.attrs.get("units", "")).strip()
+    if values.dtype.kind == "m":
+        return _in_steps(values / np.timedelta64(1, "s"), store, path)
+    if values.dtype.kind in "MO":   # `hours since ...` decodes to dates
+        raise RunError(f"{path}: lead holds dates ({values.flat[0]}, ...), not how far ahead: write lead as integers "
+                       f"in store steps, or as times (timedelta64, or units such as 'hours')")
+    if key(label) in STEP_UNITS:
+        if values.dtype.kind not in "iu":
+            raise RunError(f"{path}: lead is {values.dtype}, not a whole number of store steps: write lead as integers "
+                           f"(1 = one step of the store after the init time)")
+        return values.astype(np.int64), None
+    seconds_each = scale_to(label, "s")
+    if seconds_each is None or values.dtype.kind not in "iuf":
+        raise RunError(f"{path}: lead is in {label!r}, neither store steps nor a time: write lead as integers in store "
+                       f"steps (units 'store steps' or none), or as times (timedelta64, or units such as 'hours')")
+    return _in_steps(values.astype(np.float64) * seconds_each, store, path)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} hours"
+
+
+def _in_steps(seconds: np.ndarray, store, path) -> tuple[np.ndarray, np.ndarray]:
+    days = as_days(store.time)
+    if days is None or days.size < 2:
+        raise RunError(f"{path}: lead {_hours(seconds[0])} is a time, but {store.path} has no dated steps to count it "
+                       f"in: write lead as integers in store steps")
+    step = float(np.median(np.diff(days))) * 86400.0
+    steps = seconds / step
+    whole = np.round(steps)
+    off = np.flatnonzero(np.abs(steps - whole) > 1e-6 * np.maximum(1.0, np.abs(steps)))
+    if off.size:
+        raise RunError(f"{path}: lead {_hours(seconds[off[0]])} is not a whole number of the store's steps of "
+                       f"{_hours(step)}: score it against a store with such steps, or write lead in store steps")
+    return whole.astype(np.int64), seconds
+
+
+def _check_elapsed(store, positions: np.ndarray, steps: np.ndarray, seconds: np.ndarray, path) -> None:
+    """A lead in time units must be that much time after each init time (in a store of sessions with
+    other steps the usual step would count other times)."""
+    days = as_days(store.time)
+    elapsed = (days[steps] - days[positions][:, None]) * 86400.0
+    wrong = np.argwhere(np.abs(elapsed - seconds[None, :]) > 1e-3)
+    if wrong.size:
+        t, k = wrong[0]
+        raise RunError(f"{path}: lead {_hours(seconds[k])} from init time {store.time[positions[t]]} is not a step of "
+                       f"the store (its step {steps[t, k] - positions[t]} later is {_hours(elapsed[t, k])} later): "
+                       f"write lead in store steps")
 
 
 def find_steps(store, times: np.ndarray, path, what: str) -> np.ndarray:
@@ -165,7 +225,7 @@ def find_steps(store, times: np.ndarray, path, what: str) -> np.ndarray:
     return order[pos]
 
 
-def _check_valid_times(fc: xr.Dataset, expected: np.ndarray, path) -> None:
+def _check_valid_times(fc: xr.Dataset, expected: np.ndarray, leads: np.ndarray, path) -> None:
     valid = fc["valid_time"]
     if set(valid.dims) != {"time", "lead"}:
         raise RunError(f"{path}: valid_time has dims {valid.dims}, expected (time, lead)")
@@ -177,7 +237,7 @@ def _check_valid_times(fc: xr.Dataset, expected: np.ndarray, path) -> None:
     if wrong.size:
         t, k = wrong[0]
         raise RunError(f"{path}: valid_time {values[t, k]} of (time {fc['time'].values[t]}, lead "
-                       f"{fc['lead'].values[k]}) is not the store's time {expected[t, k]} {fc['lead'].values[k]} "
+                       f"{fc['lead'].values[k]}) is not the store's time {expected[t, k]} {leads[k]} "
                        f"steps after it ({len(wrong)} such): write valid_time = time + lead x the store's step")
 
 
@@ -185,10 +245,15 @@ def units_of(variable: xr.DataArray, ours: str, name: str, path) -> tuple[float,
     """(scale, offset) turning `variable`'s values into `ours`, the store channel's units.
 
     A file without a `units` attribute is taken to be in the store's units (`check_plausible` catches
-    values far from them); a unit that cannot be converted with certainty is refused, naming both."""
+    values far from them); a unit that cannot be converted with certainty is refused, naming both, and
+    so is any unit against a store channel whose units are unknown (built from a source without them)."""
     theirs = str(variable.attrs.get("units", "")).strip()
-    if not theirs:
+    if is_unknown(theirs):
         return 1.0, 0.0
+    if is_unknown(ours):
+        raise RunError(f"{path}: '{name}' is in {theirs!r}, but the store's {name} has no units (its source had no "
+                       f"units attribute), so no conversion is certain: drop the forecast's units attribute to score "
+                       f"its values as the store's, or rebuild the store from sources with units")
     convert = conversion(theirs, ours)
     if convert is None:
         raise RunError(f"{path}: '{name}' is in {theirs!r}, the store's {name} in {ours!r}, and there is no certain "

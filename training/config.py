@@ -212,8 +212,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
     """The run's full description: the config with only the chosen model's section, the device
     type, the number of processes, and the store (its name and which build it is)."""
-    from canonstore.formats.manifest import store_identity
-
     model = config["model"]
     run = {k: v for k, v in config.items() if k not in MODELS and (model in TRAINED or k not in TRAINING_KEYS)}
     run["model_args"] = dict(config[model])
@@ -242,7 +240,7 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
         run["init"] = initial_weights(run["init"])
     run["device"] = device
     run["world_size"] = world_size
-    run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store_identity(store.path)}
+    run["store"] = {"name": store.attrs["name"], "path": str(store.path), "build": store.build_id}
     run["warnings"] = []
     if config["lat_weighted"]:
         from canonstore.training.metrics import lat_weighting

@@ -6,9 +6,10 @@
 A forecast file is a Zarr store that xarray opens: one variable per target channel, named as in the
 store (`z500`, `t2m`), dims (time, lead, *space), in physical units (`units` attribute), with the
 store's spatial coordinates. `time` is the initialisation time (the last input step), `lead` the
-number of store steps ahead, and `valid_time(time, lead)` the time forecast. Any project can write
-one; `score_forecast` finds each valid time in the store and scores it with the metrics of
-`training.metrics`, the same numbers as `make evaluate` (which is forecast + score).
+number of store steps ahead (or a time: `alignment.lead_steps`), and `valid_time(time, lead)` the
+time forecast. Any project can write one; `score_forecast` finds each valid time in the store and
+scores it with the metrics of `training.metrics`, the same numbers as `make evaluate` (which is
+forecast + score).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import xarray as xr
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
 from canonstore.formats import open_store
-from canonstore.formats.manifest import store_identity
 from canonstore.formats.store import normalisation_scale
 from canonstore.loaders.downscale import coarse_factor, coarse_up
 from canonstore.training.alignment import check_plausible, grid_coords, onto_grid, truth_steps, units_of
@@ -146,7 +146,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
     names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
     fc = onto_grid(fc, store, names, path)
-    truth = truth_steps(fc, store, path)
+    truth, steps_ahead = truth_steps(fc, store, path)
     targets = np.array([store.channels.index(n) for n in names])
     units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
     to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
@@ -162,7 +162,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     for c, n in enumerate(names):
         check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
-    for k, lead in enumerate(fc["lead"].values.tolist()):
+    for k, lead in enumerate(steps_ahead.tolist()):
         steps = truth[:, k]
         scores = Scores(weights)
         residual = Scores(weights) if "coarse_factor" in fc.attrs else None
@@ -183,7 +183,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    return {"leads": leads, "scores": leads[int(fc["lead"].values[0])],
+    return {"leads": leads, "scores": leads[int(steps_ahead[0])],
             "climatology": describe_climatology(climatology)}
 
 
@@ -215,6 +215,6 @@ def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:
 
 
 def check_same_build(store, run: dict, folder: Path) -> None:
-    if store_identity(store.path) != run["store"]["build"]:
+    if store.build_id != run["store"]["build"]:  # the build `store` reads, not whatever its path holds now
         raise RunError(f"{store.path} is not the build run {folder.name} was trained on "
                        f"(it was rebuilt since?): train again with `make train`")
