@@ -1,5 +1,6 @@
 """Building the demo store: normalisation from train only, streaming, no-op rebuilds, no partial stores."""
 
+import re
 import shutil
 
 import numpy as np
@@ -235,7 +236,7 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
     shutil.copy(raw / "static.nc", raw / "more")                            # for raw/*/* to match a file
     before = sorted(p.name for p in raw.iterdir())
     for sources, reaching, names in ((["raw/*"], "raw/*", "x.zarr.lock, x.zarr.lock.excl, x.zarr.log"),
-                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.partial"),  # files inside
+                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.old-<pid>, x.zarr.partial"),
                                      (["link/*.nc", "link/*"], "link/*", "x.zarr.lock")):            # via a link
         with pytest.raises(RecipeError) as error:
             build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **quiet)
@@ -246,3 +247,17 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
     assert build(narrow, raw / "x.zarr", **quiet).built
     assert (raw / "x.zarr.lock").exists() and (raw / "x.zarr.log").exists()
     assert not build(narrow, raw / "x.zarr", **quiet).built                 # its own files are not inputs
+
+
+def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of_the_build(tmp_path, tiny_raw):
+    """`raw/*/*.nc` with `--out raw/x.zarr`: no file of a store, its staging or old copy is *.nc, so it is built,
+    and rebuilt; `raw/*/*/*` (a `data/zarr.json`) or `raw/*/time/c/*` are still refused."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw / "a")
+    for sources in (["raw/*/*.nc"], ["raw/*/static.nc", "raw/*/[a-z]*[0-9].nc"]):
+        recipe = demo_recipe(tmp_path, raw, sources=sources)
+        assert build(recipe, raw / "x.zarr", force=True, **quiet).built
+        assert not build(recipe, raw / "x.zarr", **quiet).built             # the store now there is not an input
+    for reaching in ("raw/*/*/*", "raw/*/time/c/*"):
+        with pytest.raises(RecipeError, match=f"source '{re.escape(reaching)}' reaches the build's own files"):
+            build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **quiet)
