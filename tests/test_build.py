@@ -127,6 +127,23 @@ def test_a_users_file_named_like_the_lock_is_never_overwritten(tmp_path, tiny_ra
     assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built
 
 
+@pytest.mark.parametrize("mine", ["file", "link", "folder"])
+def test_a_users_file_or_link_named_like_the_log_is_never_written_to(tmp_path, tiny_raw, mine):
+    """`<store>.log` was opened to append whatever it was: a user's notes got build lines, a link was followed."""
+    out, log, notes = tmp_path / "demo.zarr", tmp_path / "demo.zarr.log", tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    {"file": lambda: log.write_text("my notes\n"), "link": lambda: log.symlink_to(notes), "folder": log.mkdir}[mine]()
+    why = "does not begin with '== canonstore'" if mine == "file" else "a link, or not a file"
+    with pytest.raises(StoreError, match=f"{log} exists and is not canonstore's build log .*{re.escape(why)}"):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert notes.read_text() == "my notes\n" and not out.exists()
+    assert log.read_text() == "my notes\n" if mine == "file" else log.is_symlink() or log.is_dir()
+    log.rmdir() if mine == "folder" else log.unlink()
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built  # its own log: appended to
+    assert log.read_text().startswith("== canonstore build of") and log.read_text().count("== canonstore build") == 2
+
+
 def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_raw):
     from click.testing import CliRunner
 
