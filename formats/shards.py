@@ -218,7 +218,7 @@ def _index_parts(key, shape: tuple[int, ...]) -> tuple:
         if width[i]:
             if isinstance(part, np.ndarray) and part.dtype == bool:
                 for axis, (size, given) in enumerate(zip(shape, part.shape)):
-                    if size != given:
+                    if given and size != given:  # NumPy checks no boolean axis of length 0 (legacy): [] is empty
                         raise IndexError(f"boolean index did not match indexed array along axis {axis}; size of axis "
                                          f"is {size} but size of corresponding boolean axis is {given}")
                 parts[i:i + 1] = part.nonzero()

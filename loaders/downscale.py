@@ -7,12 +7,16 @@ between coarse cell centres. On a global grid (`periodic`: the store's `longitud
 the last dimension, wraps: the cells east of the last column are the first ones, so nothing changes at
 the dateline. On a regional grid its edge columns are repeated instead, as latitude's edge rows always
 are (nothing lies beyond a pole, or beyond a region's edge). Runs on whatever device the batch is on.
+With random blocks, `coarse_up_blocks` computes a block's coarse-up from the block and the coarse cells
+around it only: the same numbers as cutting the block from the whole field's coarse-up, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+from canonstore.loaders.blocks import crop
 
 
 def coarse_factor(space: tuple[int, ...], coarse) -> tuple[int, int]:
@@ -38,10 +42,8 @@ def coarsen(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
 def upsample(coarse: torch.Tensor, factor: tuple[int, int], *, periodic: bool) -> torch.Tensor:
     """Bilinear back to the fine grid, clamped in latitude, and in longitude periodic or clamped."""
     fy, fx = factor
-    padded = F.pad(F.pad(coarse, (1, 1, 0, 0), mode="circular" if periodic else "replicate"), (0, 0, 1, 1),
-                   mode="replicate")
-    fine = F.interpolate(padded, scale_factor=(fy, fx), mode="bilinear", align_corners=False)
-    return fine[..., fy:-fy, fx:-fx]
+    wide = _linear(F.pad(coarse, (1, 1, 0, 0), mode="circular" if periodic else "replicate"), -1, fx)
+    return _linear(F.pad(wide, (0, 0, 1, 1), mode="replicate"), -2, fy)
 
 
 def coarse_up(x: torch.Tensor, factor: tuple[int, int], *, periodic: bool) -> torch.Tensor:
@@ -49,6 +51,60 @@ def coarse_up(x: torch.Tensor, factor: tuple[int, int], *, periodic: bool) -> to
     `periodic`: whether longitude wraps (a global grid, the store's `longitude_periodic`)."""
     work = x if x.dtype == torch.float64 else x.float()  # float16/bfloat16 batches are averaged in float32
     return upsample(coarsen(work, factor), factor, periodic=periodic).to(x.dtype)
+
+
+def coarse_up_blocks(x: torch.Tensor, factor: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor,
+                     samples: torch.Tensor | None = None, *, periodic: bool) -> torch.Tensor:
+    """`crop(coarse_up(x, factor), rows, cols, samples)`, bit for bit, from the coarse cells the blocks read.
+
+    rows (n, h) and cols (n, w) are blocks of consecutive cells as `blocks.block_indices` draws them (the
+    columns may wrap around a periodic grid). Each block's window of coarse cells (those it lies in and one
+    more on each side, wrapped or repeated beyond the grid as `upsample` pads it) is coarsened and
+    interpolated as `upsample` does the whole grid, then the block is cut from it.
+    """
+    (fy, fx), (n_lat, n_lon) = factor, x.shape[-2:]
+    rows, cols = rows.cpu(), cols.cpu()  # indices are worked out on the CPU, the values stay where they are
+    top, row_cells = _window(rows[:, 0], rows.shape[1], fy, lambda k: k.clamp(0, n_lat // fy - 1))
+    left, col_cells = _window(cols[:, 0], cols.shape[1], fx,
+                              lambda k: k % (n_lon // fx) if periodic else k.clamp(0, n_lon // fx - 1))
+    fine_rows = (row_cells[:, :, None] * fy + torch.arange(fy)).flatten(1)
+    fine_cols = (col_cells[:, :, None] * fx + torch.arange(fx)).flatten(1)
+    window = crop(x, fine_rows, fine_cols, samples)
+    window = window if window.dtype == torch.float64 else window.float()  # as `coarse_up`
+    fine = _linear(_linear(coarsen(window, factor), -1, fx), -2, fy)
+    at = (lambda start, size: start[:, None] + torch.arange(size))
+    return crop(fine, at(top, rows.shape[1]), at(left, cols.shape[1])).to(x.dtype)
+
+
+def _window(start: torch.Tensor, size: int, f: int, cell) -> tuple[torch.Tensor, torch.Tensor]:
+    """For blocks of `size` consecutive fine cells from `start` (n,): where each begins in its window's
+    interpolated cells (n,), and the window's coarse cells (n, m): those the block lies in, with one more on
+    each side; `cell` maps a coarse index (-1 ... n, or more for a block that wraps) to the grid's cell."""
+    first = torch.div(start, f, rounding_mode="floor")
+    window = first[:, None] - 1 + torch.arange((size + f - 2) // f + 3)  # the most cells a block can lie in, + 2
+    return start - first * f, cell(window)
+
+
+def _linear(padded: torch.Tensor, dim: int, f: int) -> torch.Tensor:
+    """Linear interpolation along `dim` (-1 or -2) between the centres of cells of `padded`, whose first and
+    last are the padding: f fine cells for each other one, as `F.interpolate(mode="bilinear",
+    align_corners=False)`. Fine cell r of cell q is a + (b - a) x w_r (a, b the cells around its centre),
+    the same operations on the same numbers wherever the cell lies: a window of the grid interpolates to the
+    same bits as the whole grid (F.interpolate's float32 weights depend on the position)."""
+    n = padded.shape[dim] - 2
+    step = padded.narrow(dim, 1, n + 1) - padded.narrow(dim, 0, n + 1)  # b - a between consecutive cells
+    split = padded.ndim + dim + 1  # fine cells (q, r) side by side: the axis of r
+    shape = list(padded.shape)
+    shape[dim] = n
+    out = padded.new_empty(shape[:split] + [f] + shape[split:])
+    for r in range(f):
+        twice = 2 * r + 1 - f             # 2f x (r's centre - its cell's centre), in coarse cells
+        before = 0 if twice < 0 else 1    # the cell whose centre lies before r's: q - 1 or q, in `padded` q or q + 1
+        weight = (twice + 2 * f * (1 - before)) / (2 * f)  # of the next cell, from whole numbers
+        target = out.select(split, r)
+        torch.mul(step.narrow(dim, before, n), weight, out=target)
+        target.add_(padded.narrow(dim, before, n))
+    return out.flatten(split - 1, split)
 
 
 class CoarseUp:
@@ -62,3 +118,10 @@ class CoarseUp:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse = coarse_up(x[:, :self.dynamic], self.factor, periodic=self.periodic)
         return torch.cat([coarse, x[:, self.dynamic:]], dim=1), y
+
+    def cut(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+            samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks `blocks.crop(*self(x, y), rows, cols, samples)` cuts, without a coarse-up of whole fields."""
+        coarse = coarse_up_blocks(x[:, :self.dynamic], self.factor, rows, cols, samples, periodic=self.periodic)
+        rest = crop(x[:, self.dynamic:], rows, cols, samples)
+        return torch.cat([coarse, rest], dim=1), crop(y, rows, cols, samples)

@@ -50,8 +50,9 @@ class BatchLoader:
         `last_steps` holds the store step t of each of its samples (what a rollout needs for its encodings).
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
     transform : called as `transform(x, y)` on each batch on the device, on whole fields (before random
-        blocks are cut from its result); returns (x, y). The dataset's own per-sample `transform` is not
-        used on this path.
+        blocks are cut from its result); returns (x, y). With blocks, a transform that has a method
+        `cut(x, y, rows, cols, samples)` returning those blocks of its result (`CoarseUp` has) is called
+        that way instead. The dataset's own per-sample `transform` is not used on this path.
     """
 
     def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
@@ -219,7 +220,10 @@ class BatchLoader:
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.dataset.encodings is not None:  # computed here, on the batch's device
             x = torch.cat([x, self.dataset.encodings.fields(steps, x.device).to(self.dtype)], dim=1)
-        if self.transform is not None:  # on whole fields: a block is then cut from what validation sees
+        # A transform runs on whole fields: a block is then cut from what validation sees. One that can cut
+        # blocks itself (`CoarseUp.cut`: the same numbers) is spared the work on the whole fields.
+        cut = getattr(self.transform, "cut", None) if self.blocks is not None else None
+        if self.transform is not None and cut is None:
             x, y = self.transform(x, y)
         if self.blocks is not None:
             if self._epoch_blocks is not None:
@@ -229,5 +233,9 @@ class BatchLoader:
                                            periodic=self.dataset.longitude_periodic)
                 samples = None
             self.last_blocks = (samples, rows, cols)
-            x, y = crop(x, rows, cols, samples), crop(y, rows, cols, samples)
+            x, y = (cut or _crop_both)(x, y, rows, cols, samples)
         return x, y
+
+
+def _crop_both(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples):
+    return crop(x, rows, cols, samples), crop(y, rows, cols, samples)

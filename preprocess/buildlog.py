@@ -2,7 +2,8 @@
 
 The terminal gets the build's lines and, on failure, one `error: ...` line; the log keeps the details
 (the traceback a task raised on a worker, what dask said about lost workers). Appended, never
-truncated: a file of that name that canonstore did not write loses nothing.
+truncated, and only to a log of canonstore's (its first line is a section's `HEADER`): a file of that name
+that canonstore did not write, or a symbolic link, is refused, never written to.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import stat
 import traceback
 from pathlib import Path
+
+from canonstore.errors import StoreError
+
+HEADER = "== canonstore "  # how each build's section begins, the log's first line included
 
 
 def log_path(out: Path) -> Path:
@@ -25,9 +31,8 @@ def build_log(out: Path, log=print, what: str = "build"):
 
     Writing the log never fails a build (a full disk is reported by the build itself).
     """
-    try:
-        file = open(log_path(out), "a", encoding="utf-8")
-    except OSError:
+    file = _open_ours(log_path(out), out)
+    if file is None:
         yield log
         return
 
@@ -41,7 +46,7 @@ def build_log(out: Path, log=print, what: str = "build"):
         write(f"{dt.datetime.now().isoformat(timespec='seconds')} {line}")
 
     handler = _ToLog(write)
-    write(f"== canonstore {what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
+    write(f"{HEADER}{what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
           f"{dt.datetime.now().isoformat(timespec='seconds')}")
     for name in DASK_LOGGERS:
         logging.getLogger(name).addHandler(handler)
@@ -55,6 +60,24 @@ def build_log(out: Path, log=print, what: str = "build"):
             logging.getLogger(name).removeHandler(handler)
         with contextlib.suppress(OSError):
             file.close()
+
+
+def _open_ours(path: Path, out: Path):
+    """`path` opened to append (created if missing), or None where it cannot be (a read-only folder: the build
+    goes on without a log). A link, or a file that does not begin as canonstore's log does, is the user's."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError:
+        if os.path.islink(path) or (os.path.lexists(path) and not path.is_file()):
+            raise StoreError(f"{path} exists and is not canonstore's build log of {out} (a link, or not a file); "
+                             "canonstore writes only what it made: move it away or choose --out") from None
+        return None
+    first = os.pread(fd, len(HEADER), 0)
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or (first and first != HEADER.encode()):
+        os.close(fd)
+        raise StoreError(f"{path} exists and is not canonstore's build log of {out} (it does not begin with "
+                         f"{HEADER.strip()!r}); canonstore writes only what it made: move it away or choose --out")
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 # Dask's loggers that do not pass their records up to "distributed" (its logging config gives them handlers

@@ -22,6 +22,7 @@ import yaml
 
 from canonstore.errors import RecipeError
 from canonstore.splits import parse_split_rule
+from canonstore.splits.rules import without_utc
 
 KEYS = {"name", "sources", "variables", "levels", "static", "derived", "time", "time_dim", "series", "splits",
         "nan_policy", "on_duplicate_time", "time_gaps", "storage"}
@@ -196,8 +197,9 @@ def _parse_date(value: object, key: str, where: str) -> str | None:
         return value.isoformat()
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and re.fullmatch(r"\d{4}(-\d{2}(-\d{2}([T ][\d:]+)?)?)?", value):
-        return value
+    text = without_utc(value, f"{where}: '{key}'") if isinstance(value, str) else None  # 06:00Z is 06:00
+    if text is not None and re.fullmatch(r"\d{4}(-\d{2}(-\d{2}([T ][\d:]+)?)?)?", text):
+        return text
     raise RecipeError(f"{where}: '{key}' must be a date like 1991-01-01, got {value!r}")
 
 

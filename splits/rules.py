@@ -92,13 +92,28 @@ def _bounds(bounds: object, by: str, where: str) -> tuple:
 def _date_text(value: object, where: str) -> str:
     """A date bound as ISO text (YAML reads 2005-06-30 as a date, 2005 as a number)."""
     if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%S")
+        return without_utc(value.isoformat(), where)[:19]  # no fraction of a second, as a step's date text
     if isinstance(value, dt.date):
         return value.isoformat()
-    text = str(value).replace(" ", "T")
+    text = without_utc(str(value), where).replace(" ", "T")
     if isinstance(value, bool) or not _DATE.fullmatch(text):
         raise RecipeError(f"{where} must be dates like 2005, 2005-06 or 2005-06-30T12:00, got {value!r}")
     return text
+
+
+_OFFSET = re.compile(r"(\d{4}-\d{2}-\d{2}[T ]\d{2}(?::\d{2}){0,2}(?:\.\d+)?) ?(Z|[+-]\d{2}(?::?\d{2})?)", re.IGNORECASE)
+
+
+def without_utc(text: str, where: str) -> str:
+    """A date-time `text` without its UTC mark (`Z`, `+00:00`): the sources' times are UTC and carry none.
+    Another offset is refused rather than converted: its hours would shift every bound, silently if dropped."""
+    marked = _OFFSET.fullmatch(text)
+    if marked is None:
+        return text
+    if marked[2].upper() != "Z" and int(marked[2][1:].replace(":", "") or 0):
+        raise RecipeError(f"{where}: {text!r} is not in UTC (offset {marked[2]}); write the time in UTC, as the "
+                          "sources' times are, e.g. 2005-06-30T12:00 or 2005-06-30T12:00Z")
+    return marked[1]
 
 
 def _parse_blocks(rule: dict, where: str) -> dict:

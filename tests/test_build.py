@@ -1,5 +1,6 @@
 """Building the demo store: normalisation from train only, streaming, no-op rebuilds, no partial stores."""
 
+import re
 import shutil
 
 import numpy as np
@@ -126,6 +127,23 @@ def test_a_users_file_named_like_the_lock_is_never_overwritten(tmp_path, tiny_ra
     assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built
 
 
+@pytest.mark.parametrize("mine", ["file", "link", "folder"])
+def test_a_users_file_or_link_named_like_the_log_is_never_written_to(tmp_path, tiny_raw, mine):
+    """`<store>.log` was opened to append whatever it was: a user's notes got build lines, a link was followed."""
+    out, log, notes = tmp_path / "demo.zarr", tmp_path / "demo.zarr.log", tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    {"file": lambda: log.write_text("my notes\n"), "link": lambda: log.symlink_to(notes), "folder": log.mkdir}[mine]()
+    why = "does not begin with '== canonstore'" if mine == "file" else "a link, or not a file"
+    with pytest.raises(StoreError, match=f"{log} exists and is not canonstore's build log .*{re.escape(why)}"):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert notes.read_text() == "my notes\n" and not out.exists()
+    assert log.read_text() == "my notes\n" if mine == "file" else log.is_symlink() or log.is_dir()
+    log.rmdir() if mine == "folder" else log.unlink()
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built  # its own log: appended to
+    assert log.read_text().startswith("== canonstore build of") and log.read_text().count("== canonstore build") == 2
+
+
 def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_raw):
     from click.testing import CliRunner
 
@@ -235,7 +253,7 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
     shutil.copy(raw / "static.nc", raw / "more")                            # for raw/*/* to match a file
     before = sorted(p.name for p in raw.iterdir())
     for sources, reaching, names in ((["raw/*"], "raw/*", "x.zarr.lock, x.zarr.lock.excl, x.zarr.log"),
-                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.partial"),  # files inside
+                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.old-<pid>, x.zarr.partial"),
                                      (["link/*.nc", "link/*"], "link/*", "x.zarr.lock")):            # via a link
         with pytest.raises(RecipeError) as error:
             build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **quiet)
@@ -246,3 +264,17 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
     assert build(narrow, raw / "x.zarr", **quiet).built
     assert (raw / "x.zarr.lock").exists() and (raw / "x.zarr.log").exists()
     assert not build(narrow, raw / "x.zarr", **quiet).built                 # its own files are not inputs
+
+
+def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of_the_build(tmp_path, tiny_raw):
+    """`raw/*/*.nc` with `--out raw/x.zarr`: no file of a store, its staging or old copy is *.nc, so it is built,
+    and rebuilt; `raw/*/*/*` (a `data/zarr.json`) or `raw/*/time/c/*` are still refused."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw / "a")
+    for sources in (["raw/*/*.nc"], ["raw/*/static.nc", "raw/*/[a-z]*[0-9].nc"]):
+        recipe = demo_recipe(tmp_path, raw, sources=sources)
+        assert build(recipe, raw / "x.zarr", force=True, **quiet).built
+        assert not build(recipe, raw / "x.zarr", **quiet).built             # the store now there is not an input
+    for reaching in ("raw/*/*/*", "raw/*/time/c/*"):
+        with pytest.raises(RecipeError, match=f"source '{re.escape(reaching)}' reaches the build's own files"):
+            build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **quiet)

@@ -158,6 +158,35 @@ def test_inputs_whose_units_are_not_certain_are_refused_naming_variable_file_and
         assert part in str(err.value), (part, str(err.value))
 
 
+def test_the_values_that_tell_unlabelled_units_are_read_one_step_of_one_level_at_a_time(tmp_path, monkeypatch):
+    """8 steps x every kept level were read at once and copied to float64 (2.5 GB at ERA5's 0.25 degrees, 37
+    levels): the least and greatest finite value, the same ones, come from one step of one level at a time."""
+    from canonstore.preprocess.sources import Sources
+
+    folder = humid_files(tmp_path / "raw", t_units=None, q_units=None)
+    with xr.open_dataset(folder / "q.nc") as ds:
+        q = ds.q.load()
+    q[3, 1, 0, 0] = np.nan                                                   # a missing value is no evidence
+    q[5, 1, 1, 2] = 0.0213                                                   # the greatest, at 500 hPa only
+    q.to_dataset().to_netcdf(folder / "q.nc")
+    shapes, read = [], Sources._read_variable
+
+    def recorded(*args):
+        values = read(*args)
+        shapes.append(values.shape)
+        return values
+
+    sources = open_sources(load_recipe(humid_recipe(tmp_path, folder)))
+    monkeypatch.setattr(Sources, "_read_variable", recorded)
+    try:
+        found = tuple(sources._derived_input("q").sample())
+    finally:
+        sources.close()
+    steps = np.unique(np.linspace(0, 9, 8).astype(int))
+    assert found == (float(np.nanmin(q[steps])), 0.0213)
+    assert len(shapes) == steps.size * 2 and all(shape[:2] == (1, 1) for shape in shapes)
+
+
 def test_unlabelled_humidity_above_500_hpa_is_refused_as_ambiguous(tmp_path):
     """At 300 and 250 hPa, q up to 0.05 could be kg/kg or a dry layer's g/kg: the values cannot tell."""
     folder = humid_files(tmp_path / "raw", q_units=None, levels=(300.0, 250.0))

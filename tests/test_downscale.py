@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore.loaders.downscale import coarse_factor, coarse_up, upsample
+from canonstore.loaders.blocks import block_indices, crop, epoch_blocks
+from canonstore.loaders.downscale import CoarseUp, coarse_factor, coarse_up, coarse_up_blocks, upsample
 
 LAT, LON = 32, 64
 
@@ -58,6 +59,42 @@ def test_the_coarse_grid_must_divide_the_grid():
     with pytest.raises(ValueError, match="does not divide"):
         coarse_factor((32, 64), [10, 16])
     assert np.isfinite(coarse_up(torch.randn(1, 1, 8, 16), (2, 2), periodic=True).numpy()).all()
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("factor", [(4, 4), (2, 3), (3, 5)])
+def test_a_block_s_coarse_up_is_the_whole_field_s_coarse_up_cut_bit_for_bit(periodic, factor):
+    """The coarse-up of whole fields before a block is cut cost 30x the block's own (184 x 360, 32 x 32 blocks,
+    3 whole-field copies): a block's coarse-up from the coarse cells around it is the same, to the bit, at the
+    poles, a regional grid's edges and across the dateline, for float64, float32 and float16 batches."""
+    generator = torch.Generator().manual_seed(0)
+    grid = (24, 60)
+    for size in ((8, 8), (5, 7), (1, 1), (24, 60)):
+        rows, cols = block_indices(6, grid, size, generator, periodic=periodic)
+        edges = [(torch.arange(size[0]), torch.arange(size[1])),                            # north-west corner
+                 (grid[0] - size[0] + torch.arange(size[0]), grid[1] - size[1] + torch.arange(size[1]))]
+        if periodic:
+            edges.append((torch.arange(size[0]), (grid[1] - 2 + torch.arange(size[1])) % grid[1]))  # the dateline
+        rows = torch.cat([rows, *[r[None] for r, _ in edges]])
+        cols = torch.cat([cols, *[c[None] for _, c in edges]])
+        samples = torch.arange(len(rows)) % 4
+        for dtype in (torch.float64, torch.float32, torch.float16):
+            x = torch.randn(4, 3, *grid, generator=generator, dtype=torch.float64).to(dtype)
+            whole = crop(coarse_up(x, factor, periodic=periodic), rows, cols, samples)
+            assert torch.equal(coarse_up_blocks(x, factor, rows, cols, samples, periodic=periodic), whole)
+
+
+def test_coarse_up_cuts_blocks_as_the_whole_fields_would_give_them():
+    """`CoarseUp.cut` (what the batch loader calls with blocks): the coarse-upped dynamic inputs, the static and
+    encoding channels after them as they are, and the targets, all cut alike; per-epoch blocks too."""
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 5, 24, 48, generator=generator), torch.randn(3, 2, 24, 48, generator=generator)
+    transform = CoarseUp((4, 4), 3, periodic=True)
+    rows, cols = block_indices(3, (24, 48), (9, 10), generator, periodic=True)
+    for cut in ((rows, cols, None), epoch_blocks(3, rows, cols)[1:] + epoch_blocks(3, rows, cols)[:1]):
+        whole_x, whole_y = transform(x, y)
+        got_x, got_y = transform.cut(x, y, *cut)
+        assert torch.equal(got_x, crop(whole_x, *cut)) and torch.equal(got_y, crop(whole_y, *cut))
 
 
 def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstructed_field(tiny_store, tmp_path):
@@ -125,17 +162,17 @@ def test_a_regional_grid_gets_nothing_from_across_the_globe_on_the_real_nrcan_fi
     assert not torch.equal(before[..., -4:], after[..., -4:])
 
 
-def test_random_blocks_for_downscaling_are_cut_from_the_whole_fields_coarse_up(tiny_store):
-    """The coarse-up of a cut block differed from what validation sees by up to 0.64 std: the block is now cut
-    from the whole field's coarse-up (the same inputs as whole-field validation)."""
-    from canonstore.loaders.blocks import crop
-
+def test_random_blocks_for_downscaling_are_cut_from_the_whole_fields_coarse_up(tiny_store, monkeypatch):
+    """The coarse-up of a cut block differed from what validation sees by up to 0.64 std: the block now holds
+    the whole field's coarse-up (the same inputs as whole-field validation), without coarse-upping whole fields."""
     loader = _downscaling_loader(tiny_store, "train", train=True, coarse=[4, 8], blocks={"size": [4, 6]})
     loader.set_epoch(0)
-    x, y = next(iter(loader))
+    with monkeypatch.context() as patch:
+        patch.setattr(CoarseUp, "__call__", lambda *_: pytest.fail("whole fields coarse-upped to cut blocks"))
+        x, y = next(iter(loader))
     samples, rows, cols = loader.last_blocks
     whole = _downscaling_loader(tiny_store, "train", coarse=[4, 8], batch_size=len(loader.dataset))
     positions = torch.from_numpy(np.searchsorted(whole.dataset.times, loader.last_steps))
     full_x = next(iter(whole))[0][positions]                         # whole fields, coarse-upped as in validation
     assert x.shape[-2:] == (4, 6)
-    torch.testing.assert_close(x, crop(full_x, rows, cols, samples), rtol=0, atol=1e-6)
+    assert torch.equal(x, crop(full_x, rows, cols, samples))

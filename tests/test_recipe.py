@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -100,3 +101,26 @@ def test_a_date_the_data_calendar_lacks_is_one_line_naming_it(tmp_path):
     with pytest.raises(SourceError, match=r"'time' 2005-01-01\.\.2031-02-31 is not a range of dates in the sources' "
                                           r"calendar \(360_day\)"):
         open_sources(load_recipe(tmp_path / "hadgem.yaml"))
+
+
+def test_utc_times_with_their_mark_select_what_they_name_and_other_offsets_are_refused(tmp_path):
+    """`2005-03-16T00:00:00Z` unquoted (YAML's timestamp, a date with a time zone until dates became text) was
+    refused in `time` and in date splits; a UTC mark is the sources' own time, any other offset is one line."""
+    from canonstore import open_store
+    from canonstore.preprocess import build
+
+    monthly_360_day(tmp_path / "tas.nc")
+    utc = UNQUOTED.replace("start: 2005-01-01", "start: 2005-03-16T00:00:00Z").replace(
+        "test: [2030-03-01, 2031-02-30]", "test: [2030-03-16T00:00+00:00, '2031-02-30 00:00z']")
+    (tmp_path / "hadgem.yaml").write_text(utc)
+    recipe = load_recipe(tmp_path / "hadgem.yaml")
+    assert recipe.time_start == "2005-03-16T00:00:00"
+    assert recipe.splits["test"] == ["2030-03-16T00:00", "2031-02-30T00:00"]
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=lambda *_: None).path)
+    assert store.time[0].strftime("%Y-%m-%d %H") == "2005-03-16 00"       # from March: 00:00Z is the step's 00:00
+    assert store.time[store.split_indices("test")[0]].strftime("%Y-%m") == "2030-03"
+    for utc_text, offset in (("start: 2005-03-16T00:00:00Z", "2005-03-16T00:00:00+05:30"),
+                             ("2030-03-16T00:00+00:00", "2030-03-16T00:00-03:00")):
+        (tmp_path / "bad.yaml").write_text(utc.replace(utc_text, utc_text.replace(utc_text.split()[-1], offset)))
+        with pytest.raises(RecipeError, match=f"'{re.escape(offset)}' is not in UTC .*write the time in UTC"):
+            load_recipe(tmp_path / "bad.yaml")
