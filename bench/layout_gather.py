@@ -4,8 +4,9 @@
 
 Copies the store's data into a multi-shard uncompressed Zarr array (shards of --shard-mb), then
 times, side by side, random sorted batches gathered (a) with one np.take from the single memmap,
-(b) shard by shard from per-shard memmaps, (c) through zarr-python from each layout. The memcpy ceiling belongs to `make bench` (loaders).
-Everything is read from page cache (each variant is warmed first). Prints MB/s per variant.
+(b) shard by shard from per-shard memmaps, (c) through zarr-python from each layout. The memcpy ceiling
+belongs to `make bench` (loaders). Everything is read from page cache (each variant is warmed first).
+Prints MB/s per variant.
 """
 
 from __future__ import annotations
@@ -23,11 +24,19 @@ from canonstore import open_store
 def multi_shard_copy(store, path: Path, shard_mb: float) -> tuple[zarr.Array, list[np.memmap], int]:
     sample_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
     steps = max(1, int(shard_mb * 2**20) // sample_bytes)
-    arr = zarr.create_array(path, shape=store.shape, dtype=store.dtype, chunks=(1,) + store.shape[1:],
-                            shards=(steps,) + store.shape[1:], compressors=None, fill_value=np.nan,
-                            config={"write_empty_chunks": True}, overwrite=True)
+    arr = zarr.create_array(
+        path,
+        shape=store.shape,
+        dtype=store.dtype,
+        chunks=(1,) + store.shape[1:],
+        shards=(steps,) + store.shape[1:],
+        compressors=None,
+        fill_value=np.nan,
+        config={"write_empty_chunks": True},
+        overwrite=True,
+    )
     for start in range(0, store.shape[0], steps):
-        arr[start:start + steps] = store.array[start:start + steps]
+        arr[start : start + steps] = store.array[start : start + steps]
     maps = []
     for k, start in enumerate(range(0, store.shape[0], steps)):
         n = min(steps, store.shape[0] - start)
@@ -44,7 +53,7 @@ def gather_shards(maps, steps, idx, out):
 
 
 def timed(fn, batches, nbytes):
-    fn(batches[0])                                      # warm
+    fn(batches[0])  # warm
     began = time.perf_counter()
     for b in batches:
         fn(b)
@@ -66,11 +75,13 @@ def main():
     batches = [np.sort(rng.choice(store.shape[0], args.batch, replace=False)) for _ in range(args.batches)]
     out = np.empty((args.batch,) + store.shape[1:], store.dtype)
     nbytes = out.nbytes
-    for a in (store.array, *maps):                    # page cache
+    for a in (store.array, *maps):  # page cache
         np.asarray(a).sum()
     rows = {
         "single memmap, one np.take": timed(lambda b: np.take(store.array, b, axis=0, out=out), batches, nbytes),
-        f"{len(maps)} shard memmaps, take per shard": timed(lambda b: gather_shards(maps, steps, b, out), batches, nbytes),
+        f"{len(maps)} shard memmaps, take per shard": timed(
+            lambda b: gather_shards(maps, steps, b, out), batches, nbytes
+        ),
         "zarr-python, single shard": timed(lambda b: single.get_orthogonal_selection((b,)), batches[:40], nbytes),
         f"zarr-python, {len(maps)} shards": timed(lambda b: multi.get_orthogonal_selection((b,)), batches[:40], nbytes),
     }

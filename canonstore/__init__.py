@@ -1,7 +1,7 @@
 """canonstore: raw climate NetCDF -> one canonical, pre-normalised Zarr store, streamed to PyTorch.
 
-    from canonstore import open_store
-    s = open_store("data/intermediate/demo.zarr")
+from canonstore import open_store
+s = open_store("data/intermediate/demo.zarr")
 """
 
 from importlib import metadata as _metadata

@@ -27,8 +27,13 @@ MARKER = ".canonstore-staging"
 
 def mark(folder: Path, kind: str) -> None:
     """Write the marker that says canonstore made `folder`, a staging of `kind` ("store", "npy export")."""
-    record = {"made_by": "canonstore", "kind": kind, "pid": os.getpid(), "host": os.uname().nodename,
-              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "made_by": "canonstore",
+        "kind": kind,
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, json.dumps(record).encode())  # one small write: a kill leaves all of it or an empty file
@@ -68,8 +73,10 @@ def remove_ours(folder: Path, kind: str) -> bool:
         return True
     except OSError:
         pass
-    raise StoreError(f"{folder} exists and is not canonstore's (it has no {MARKER} marker of a {kind} staging); "
-                     "canonstore deletes only what it made: move it away, canonstore stages its output there")
+    raise StoreError(
+        f"{folder} exists and is not canonstore's (it has no {MARKER} marker of a {kind} staging); "
+        "canonstore deletes only what it made: move it away, canonstore stages its output there"
+    )
 
 
 def is_empty_folder(folder: Path) -> bool:
@@ -146,4 +153,3 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

@@ -111,8 +111,11 @@ def check_manifest(store: Path, checksums: bool = True) -> list[str]:
         return [f"{store / MANIFEST}: cannot read the manifest: {exc}"]
     found, others = store_entries(store)
     present = set(found)
-    problems = [f"{rel}: {what}, not a file of the store (a store's files are regular files inside it, which "
-                "readers never leave: put the file itself back or rebuild)" for rel, what in others]
+    problems = [
+        f"{rel}: {what}, not a file of the store (a store's files are regular files inside it, which "
+        "readers never leave: put the file itself back or rebuild)"
+        for rel, what in others
+    ]
     odd = {rel for rel, _ in others}
     problems += [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present - odd)]
     problems += [f"{rel}: not listed in the manifest" for rel in sorted(present - set(files))]

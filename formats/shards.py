@@ -25,8 +25,9 @@ from canonstore.formats.zarr_ import map_shard, shard_count
 class ShardedArray:
     """A read-only (time, channel, *space) array whose steps live in shard files of `shard_steps`."""
 
-    def __init__(self, store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int,
-                 max_mapped: int = 64):
+    def __init__(
+        self, store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, max_mapped: int = 64
+    ):
         # Shards are mapped from the store opened here (or by the Store that passes its handle): never from
         # a store that a rebuild published at the same path since; that raises instead (formats.handle).
         self.handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
@@ -95,7 +96,7 @@ class ShardedArray:
     def _index(self, parts: tuple):
         """`parts` (from `_index_parts`): part `at` indexes time, as an int, a slice or an int array."""
         at, time = next((i, p) for i, p in enumerate(parts) if not _takes_no_axis(p))
-        others = parts[:at], parts[at + 1:]
+        others = parts[:at], parts[at + 1 :]
         if not isinstance(time, (slice, np.ndarray)):  # an integer after None or a boolean scalar
             k, local = divmod(self._step(operator.index(time)), self.shard_steps)
             return self.shard(k)[others[0] + (local,) + others[1]]
@@ -125,6 +126,7 @@ class ShardedArray:
 
     def _per_shard(self, rows: np.ndarray, time, others: tuple):
         """Index each shard's run of `rows` by itself and join the pieces along the output's time axis."""
+
         def local_index(k: int, run: np.ndarray):
             local = run - k * self.shard_steps
             if not isinstance(time, slice):
@@ -138,8 +140,9 @@ class ShardedArray:
             local = slice(None) if isinstance(time, slice) else np.arange(steps)
             return proxy[others[0] + (local,) + others[1]].shape
 
-        pieces = [self.shard(k)[others[0] + (local_index(k, rows[a:b]),) + others[1]]
-                  for k, a, b in self._runs(rows, 1)]
+        pieces = [
+            self.shard(k)[others[0] + (local_index(k, rows[a:b]),) + others[1]] for k, a, b in self._runs(rows, 1)
+        ]
         if len(pieces) == 1:
             return pieces[0]
         if not pieces:
@@ -176,8 +179,12 @@ class ShardedArray:
 
 def _is_basic(part) -> bool:
     """NumPy's basic indices: a slice, None, Ellipsis or an integer (not a bool)."""
-    return (part is None or part is Ellipsis or isinstance(part, slice)
-            or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_))))
+    return (
+        part is None
+        or part is Ellipsis
+        or isinstance(part, slice)
+        or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_)))
+    )
 
 
 def _takes_no_axis(part) -> bool:
@@ -191,8 +198,9 @@ def _broadcast_shape(arrays: list[np.ndarray]) -> tuple[int, ...]:
     try:
         return np.broadcast_shapes(*shapes)
     except ValueError:
-        raise IndexError("shape mismatch: indexing arrays could not be broadcast together with shapes "
-                         + " ".join(map(str, shapes))) from None
+        raise IndexError(
+            "shape mismatch: indexing arrays could not be broadcast together with shapes " + " ".join(map(str, shapes))
+        ) from None
 
 
 def _index_parts(key, shape: tuple[int, ...]) -> tuple:
@@ -209,8 +217,9 @@ def _index_parts(key, shape: tuple[int, ...]) -> tuple:
         raise IndexError("an index can only have a single ellipsis ('...')")
     width = [0 if _takes_no_axis(p) else p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else 1 for p in parts]
     if sum(width) > len(shape):
-        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were "
-                         "indexed")
+        raise IndexError(
+            f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were indexed"
+        )
     for i, part in enumerate(parts):
         if part is Ellipsis and sum(width) < len(shape):
             parts.insert(i, slice(None))
@@ -219,9 +228,11 @@ def _index_parts(key, shape: tuple[int, ...]) -> tuple:
             if isinstance(part, np.ndarray) and part.dtype == bool:
                 for axis, (size, given) in enumerate(zip(shape, part.shape)):
                     if given and size != given:  # NumPy checks no boolean axis of length 0 (legacy): [] is empty
-                        raise IndexError(f"boolean index did not match indexed array along axis {axis}; size of axis "
-                                         f"is {size} but size of corresponding boolean axis is {given}")
-                parts[i:i + 1] = part.nonzero()
+                        raise IndexError(
+                            f"boolean index did not match indexed array along axis {axis}; size of axis "
+                            f"is {size} but size of corresponding boolean axis is {given}"
+                        )
+                parts[i : i + 1] = part.nonzero()
             break
     else:
         parts.append(slice(None))

@@ -1,8 +1,8 @@
 """Open a canonical store: `open_store(path)` is the one entry point other projects use.
 
-    >>> s = open_store("data/intermediate/demo.zarr")
-    >>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
-    (4, 14, 32, 64)
+>>> s = open_store("data/intermediate/demo.zarr")
+>>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
+(4, 14, 32, 64)
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def normalisation_scale(std: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(std) & (std > 0), std, 1.0)
 
 
-def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1,
-              inplace: bool = False) -> np.ndarray:
+def normalise(
+    values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1, inplace: bool = False
+) -> np.ndarray:
     """Physical values -> stored values (FORMAT.md): (x - mean) / scale per channel, NaN -> 0, float64.
 
     `inplace=True` overwrites `values` (float64) instead of allocating: the same bits, less memory.
@@ -50,8 +51,14 @@ def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axi
     return np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
 
 
-def normalise_to(values: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype, out: np.ndarray | None = None,
-                 chunk_bytes: int = 1 << 20) -> np.ndarray:
+def normalise_to(
+    values: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    dtype,
+    out: np.ndarray | None = None,
+    chunk_bytes: int = 1 << 20,
+) -> np.ndarray:
     """`normalise(values).astype(dtype)` for a (steps, channel, *space) block, bit for bit, in cache-sized
     float64 chunks: no float64 copy of the block, a few passes at memory speed. `out` may be `values`."""
     n, c = values.shape[:2]
@@ -63,14 +70,14 @@ def normalise_to(values: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype, o
     step = max(1, chunk_bytes // (8 * rows.shape[1]))
     buf = np.empty((step, rows.shape[1]))
     for r in range(0, n * c, step):
-        d = buf[:min(step, n * c - r)]
-        d[...] = rows[r:r + len(d)]
-        d -= mean_rows[r:r + len(d), None]
-        d /= scale_rows[r:r + len(d), None]
+        d = buf[: min(step, n * c - r)]
+        d[...] = rows[r : r + len(d)]
+        d -= mean_rows[r : r + len(d), None]
+        d /= scale_rows[r : r + len(d), None]
         if not np.isfinite(d).all():
             np.nan_to_num(d, copy=False, nan=0.0)
         with np.errstate(over="ignore"):  # float16 overflow becomes inf, which the build refuses by name
-            target[r:r + len(d)] = d
+            target[r : r + len(d)] = d
     return out
 
 
@@ -97,8 +104,10 @@ class Store:
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{self.path}: a Zarr store, but not a canonstore store (no 'canonstore' attrs)")
         if info["format_version"] not in READABLE_VERSIONS:
-            raise StoreError(f"{self.path}: format version {info['format_version']}, "
-                             f"this canonstore reads versions {list(READABLE_VERSIONS)}; rebuild the store")
+            raise StoreError(
+                f"{self.path}: format version {info['format_version']}, "
+                f"this canonstore reads versions {list(READABLE_VERSIONS)}; rebuild the store"
+            )
         self.attrs: dict = info
 
     def __repr__(self) -> str:
@@ -124,7 +133,9 @@ class Store:
             array.shard(0)  # a damaged first shard fails here, not in the middle of an epoch
             return array
         except (ValueError, OSError) as exc:
-            raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
+            raise StoreError(
+                f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`"
+            ) from exc
 
     @cached_property
     def build_id(self) -> str:
@@ -163,8 +174,11 @@ class Store:
     @cached_property
     def stats(self) -> dict[str, np.ndarray]:
         """Train-split statistics per channel in float64 (mean, std, min, max, count, nan_count, sum, sum_sq)."""
-        return {name.removeprefix("stats_"): self._ds[name].values
-                for name in self._ds.data_vars if name.startswith("stats_")}
+        return {
+            name.removeprefix("stats_"): self._ds[name].values
+            for name in self._ds.data_vars
+            if name.startswith("stats_")
+        }
 
     @cached_property
     def splits(self) -> np.ndarray:
@@ -238,8 +252,18 @@ class Store:
 
         return StoreDataset(self, split, **kwargs)
 
-    def loader(self, split: str = "train", batch_size: int = 32, *, lead: int = 1, history: int = 0,
-               channels=None, targets=None, static=True, **kwargs):
+    def loader(
+        self,
+        split: str = "train",
+        batch_size: int = 32,
+        *,
+        lead: int = 1,
+        history: int = 0,
+        channels=None,
+        targets=None,
+        static=True,
+        **kwargs,
+    ):
         """Batches of `split` prefetched onto `device` (see canonstore.loaders.BatchLoader)."""
         from canonstore.loaders import BatchLoader
 
@@ -258,15 +282,19 @@ def damaged_metadata(path: Path, exc: Exception) -> StoreError:
         try:
             json.loads((path / rel).read_text())
         except ValueError as bad:
-            return StoreError(f"{path / rel}: the store's metadata is damaged (not valid JSON: {bad}); "
-                              f"`canonstore verify {path}` lists the damage; rebuild the store "
-                              f"(`canonstore build RECIPE --out {path} --force`)")
+            return StoreError(
+                f"{path / rel}: the store's metadata is damaged (not valid JSON: {bad}); "
+                f"`canonstore verify {path}` lists the damage; rebuild the store "
+                f"(`canonstore build RECIPE --out {path} --force`)"
+            )
         except OSError:
             continue
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return StoreError(f"{path}: the store's metadata cannot be read ({type(exc).__name__}: {first}); "
-                      f"`canonstore verify {path}` lists the damage; rebuild the store "
-                      f"(`canonstore build RECIPE --out {path} --force`)")
+    return StoreError(
+        f"{path}: the store's metadata cannot be read ({type(exc).__name__}: {first}); "
+        f"`canonstore verify {path}` lists the damage; rebuild the store "
+        f"(`canonstore build RECIPE --out {path} --force`)"
+    )
 
 
 def open_store(path: str | Path) -> Store:

@@ -54,11 +54,16 @@ def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
         if not source.is_file():
             return f"input {source}: missing (the store was built from it)"
         if source.stat().st_size != item["size"]:
-            return (f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
-                    "bytes); rebuild the store")
+            return (
+                f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
+                "bytes); rebuild the store"
+            )
         digest = file_sha256(source)
         if digest != item["sha256"]:
-            return f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> {digest[:12]}...); rebuild the store"
+            return (
+                f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> {digest[:12]}...); "
+                "rebuild the store"
+            )
         return None
 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: reads and hashes overlap
@@ -74,8 +79,10 @@ def _check_schema(store: Store) -> list[str]:
         if ds["data"].dims[:2] != ("time", "channel"):
             problems.append(f"data: dims {ds['data'].dims}, expected ('time', 'channel', ...)")
         if ds["time"].size != ntime or ds["channel"].size != nchan:
-            problems.append(f"data: shape {shape} does not match time ({ds['time'].size}) "
-                            f"and channel ({ds['channel'].size}) coordinates")
+            problems.append(
+                f"data: shape {shape} does not match time ({ds['time'].size}) "
+                f"and channel ({ds['channel'].size}) coordinates"
+            )
         for name in STAT_NAMES:
             if f"stats_{name}" not in ds or ds[f"stats_{name}"].shape != (nchan,):
                 problems.append(f"stats_{name}: missing or not one value per channel")

@@ -29,18 +29,36 @@ def shard_steps_for(sample_bytes: int, shard_mb: float) -> int:
     return max(1, int(shard_mb * 2**20) // sample_bytes)
 
 
-def create_data_array(group: zarr.Group, shape: tuple[int, ...], dtype: str, dims: tuple[str, ...],
-                      compression: str, shard_steps: int, attributes: dict) -> zarr.Array:
+def create_data_array(
+    group: zarr.Group,
+    shape: tuple[int, ...],
+    dtype: str,
+    dims: tuple[str, ...],
+    compression: str,
+    shard_steps: int,
+    attributes: dict,
+) -> zarr.Array:
     """Create `data`'s metadata: shards of `shard_steps` along time, inner chunk one sample."""
     sample = tuple(shape[1:])
     compressors = None
     if compression != "none":
-        compressors = (zarr.codecs.ZstdCodec(level=3) if compression == "zstd"
-                       else zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+        compressors = (
+            zarr.codecs.ZstdCodec(level=3)
+            if compression == "zstd"
+            else zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+        )
     return group.create_array(
-        "data", shape=shape, dtype=dtype, chunks=(1,) + sample, shards=(min(shard_steps, shape[0]),) + sample,
-        compressors=compressors, fill_value=np.nan, dimension_names=dims, attributes=attributes,
-        config={"write_empty_chunks": True})  # a skipped chunk would break the contiguous layout
+        "data",
+        shape=shape,
+        dtype=dtype,
+        chunks=(1,) + sample,
+        shards=(min(shard_steps, shape[0]),) + sample,
+        compressors=compressors,
+        fill_value=np.nan,
+        dimension_names=dims,
+        attributes=attributes,
+        config={"write_empty_chunks": True},
+    )  # a skipped chunk would break the contiguous layout
 
 
 def shard_file(store: Path, ndim: int, k: int = 0) -> Path:
@@ -165,9 +183,13 @@ def mappable_layout(store: Path, array: zarr.Array) -> int:
     Raises ValueError when `data` is compressed or not sharded only along time.
     """
     shape, codecs = tuple(array.shape), array.metadata.codecs
-    if (len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec" or tuple(array.shards[1:]) != shape[1:]
-            or tuple(array.chunks) != (1,) + shape[1:]
-            or any(type(c).__name__ != "BytesCodec" for c in codecs[0].codecs)):
+    if (
+        len(codecs) != 1
+        or type(codecs[0]).__name__ != "ShardingCodec"
+        or tuple(array.shards[1:]) != shape[1:]
+        or tuple(array.chunks) != (1,) + shape[1:]
+        or any(type(c).__name__ != "BytesCodec" for c in codecs[0].codecs)
+    ):
         raise ValueError(f"{store}: `data` is not uncompressed shards along time; it cannot be memory-mapped")
     return int(array.shards[0])
 
@@ -182,16 +204,18 @@ def open_shard(store: StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shar
     fd = store.open_file(rel)
     try:
         if not np.array_equal(_index_of(fd, shard_steps, store.path / rel), expected):
-            raise ValueError(f"{store.path / rel}: shard is not {n} contiguous samples in C order (missing or moved "
-                             "chunks)")
+            raise ValueError(
+                f"{store.path / rel}: shard is not {n} contiguous samples in C order (missing or moved chunks)"
+            )
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def map_shard(store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int,
-              k: int) -> np.memmap:
+def map_shard(
+    store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, k: int
+) -> np.memmap:
     """Shard `k` as a read-only (steps, channel, *space) memmap, after checking its index says so; from the
     store `store` opened (a StoreHandle), or raises StoreError once that store has been rebuilt."""
     store = store if isinstance(store, StoreHandle) else StoreHandle(store)

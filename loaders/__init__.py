@@ -9,8 +9,10 @@ raw-NetCDF baseline loader it is measured against. Needs torch (`pip install can
 try:
     import torch  # noqa: F401
 except ImportError as exc:  # an optional dependency: say what to install
-    raise ImportError("canonstore.loaders needs PyTorch: pip install 'canonstore[torch]' "
-                      "(or torch itself, e.g. the CPU build torch==2.13.0)") from exc
+    raise ImportError(
+        "canonstore.loaders needs PyTorch: pip install 'canonstore[torch]' "
+        "(or torch itself, e.g. the CPU build torch==2.13.0)"
+    ) from exc
 
 from canonstore.loaders.blocks import random_blocks
 from canonstore.loaders.dataset import StoreDataset, sample_times, seeded_generator, worker_init_fn
@@ -18,5 +20,13 @@ from canonstore.loaders.netcdf import NetCDFDataset
 from canonstore.loaders.prefetch import BatchLoader
 from canonstore.loaders.sampler import BatchSampler
 
-__all__ = ["BatchLoader", "BatchSampler", "NetCDFDataset", "StoreDataset", "random_blocks", "sample_times",
-           "seeded_generator", "worker_init_fn"]
+__all__ = [
+    "BatchLoader",
+    "BatchSampler",
+    "NetCDFDataset",
+    "StoreDataset",
+    "random_blocks",
+    "sample_times",
+    "seeded_generator",
+    "worker_init_fn",
+]

@@ -1,6 +1,6 @@
 """Split rules: one label per time step, decided once at build time and stored as data.
 
-    >>> labels = split_labels(years, {"train": [1991, 2004], "test": [2005, 2010], "embargo": 1})
+>>> labels = split_labels(years, {"train": [1991, 2004], "test": [2005, 2010], "embargo": 1})
 """
 
 from canonstore.splits.gaps import find_gaps, segment_ids

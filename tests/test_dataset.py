@@ -40,7 +40,7 @@ def test_sample_is_the_window_from_the_store(tiny_store):
         np.testing.assert_array_equal(x[2:4], store.array[t, c])
         np.testing.assert_array_equal(x[4], store.static["lsm"])
         np.testing.assert_array_equal(y[0], store.array[t + 2, c[1]])
-        assert (store.splits[t - 1:t + 3] == SPLIT_CODES["val"]).all()
+        assert (store.splits[t - 1 : t + 3] == SPLIT_CODES["val"]).all()
 
 
 def test_defaults_all_channels_and_bad_arguments(tiny_store):
@@ -69,7 +69,7 @@ def test_gather_equals_samples_stacked(tiny_store, kwargs):
         np.testing.assert_array_equal(x[k], xi.numpy())
         np.testing.assert_array_equal(y[k], yi.numpy())
     out_x, out_y = np.full_like(x, np.nan), np.full_like(y, np.nan)
-    ds.gather(positions, out_x, out_y)                       # in place, every element written
+    ds.gather(positions, out_x, out_y)  # in place, every element written
     np.testing.assert_array_equal(out_x, x)
     np.testing.assert_array_equal(out_y, y)
 
@@ -89,7 +89,7 @@ def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_stor
 
 def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
     ds = open_store(tiny_store).dataset("train")
-    ds[0]                                                      # maps the array in this process
+    ds[0]  # maps the array in this process
     blob = pickle.dumps(ds)
     assert len(blob) < 100_000 < open_store(tiny_store).array.nbytes
     again = pickle.loads(blob)
@@ -98,9 +98,15 @@ def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
 
 
 def _epoch(ds, workers, seed, context=None):
-    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers,
-                                         generator=seeded_generator(seed), worker_init_fn=worker_init_fn,
-                                         multiprocessing_context=context if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=workers,
+        generator=seeded_generator(seed),
+        worker_init_fn=worker_init_fn,
+        multiprocessing_context=context if workers else None,
+    )
     return [(x, y) for _, (x, y) in zip(range(6), loader)]
 
 
@@ -128,6 +134,7 @@ def test_transform_hook_on_samples_and_batches(tiny_store):
 
     def scale(x, y):
         return x * 2, y - 1
+
     plain, scaled = open_store(tiny_store).dataset("val"), open_store(tiny_store).dataset("val", transform=scale)
     torch.testing.assert_close(scaled[4][0], plain[4][0] * 2)
     torch.testing.assert_close(scaled[4][1], plain[4][1] - 1)
@@ -148,7 +155,7 @@ def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_st
     from canonstore.loaders import NetCDFDataset
 
     store = open_store(gappy_store)
-    assert store.gaps.tolist() == [181]                                   # 2000-06-30 -> 2000-08-01
+    assert store.gaps.tolist() == [181]  # 2000-06-30 -> 2000-08-01
     for lead, history in ((1, 0), (4, 2)):
         ds = store.dataset("train", lead=lead, history=history)
         span = (store.time[ds.times + lead] - store.time[ds.times - history]) / np.timedelta64(1, "D")
@@ -156,7 +163,7 @@ def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_st
         raw = NetCDFDataset(store, "train", lead=lead, history=history, target_masks=True)
         assert np.array_equal(raw.times, ds.times)
     mapped = store.dataset("train", lead=4, history=2, target_masks=True)
-    for i in (0, 150, len(mapped) - 1):                                   # the same windows, masks included
+    for i in (0, 150, len(mapped) - 1):  # the same windows, masks included
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(raw[i], mapped[i]))
 
 
@@ -191,8 +198,8 @@ def test_several_leads_stack_the_targets_nearest_first(tiny_store):
     for k, i in enumerate(positions):
         t = int(ds.times[i])
         for j, lead in enumerate((1, 2, 4)):
-            np.testing.assert_array_equal(y[k, 2 * j:2 * j + 2], store.array[t + lead, c])
-        np.testing.assert_array_equal(ds[i][1].numpy(), y[k])                     # the per-sample path agrees
+            np.testing.assert_array_equal(y[k, 2 * j : 2 * j + 2], store.array[t + lead, c])
+        np.testing.assert_array_equal(ds[i][1].numpy(), y[k])  # the per-sample path agrees
     with pytest.raises(ValueError, match="distinct ascending"):
         store.dataset("val", lead=[2, 1])
 
@@ -203,23 +210,23 @@ def test_target_masks_travel_with_each_lead(gappy_store):
     store = open_store(gappy_store)
     ds = store.dataset("test", lead=[1, 3], target_masks=True)
     x, y = ds.gather(np.arange(6))
-    assert y.shape == (6, 6, 2, 3)                                   # per lead: x, y, x_valid
+    assert y.shape == (6, 6, 2, 3)  # per lead: x, y, x_valid
     targets, valid = TargetMasks(store, ds).split(torch.from_numpy(y))
-    assert targets.shape == valid.shape == (6, 4, 2, 3)               # x@t+1, y@t+1, x@t+3, y@t+3
+    assert targets.shape == valid.shape == (6, 4, 2, 3)  # x@t+1, y@t+1, x@t+3, y@t+3
     for j, lead in enumerate((1, 3)):
         truth = store.array[ds.times[:6] + lead]
-        np.testing.assert_array_equal(targets[:, 2 * j:2 * j + 2].numpy(), truth[:, :2])
+        np.testing.assert_array_equal(targets[:, 2 * j : 2 * j + 2].numpy(), truth[:, :2])
         observed = store.denormalise(truth.astype(np.float64))[:, 2] > 0.5
         assert torch.equal(valid[:, 2 * j], torch.from_numpy(observed).float())
-        assert bool((valid[:, 2 * j + 1] == 1).all())                  # y was never filled
+        assert bool((valid[:, 2 * j + 1] == 1).all())  # y was never filled
     assert not bool(valid.all())
 
 
 def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
     """rollout K at lead L: every target t + L .. t + K L lies in the split and run of steps of t - history
     (a rollout's leads, `lead_times`; a training config refuses history with L > 1, the windows are the same)."""
-    from canonstore.training.config import lead_times
     from canonstore.splits import segment_ids
+    from canonstore.training.config import lead_times
 
     store = open_store(gappy_store)
     segment = segment_ids(store.time.size, store.gaps)
@@ -231,8 +238,11 @@ def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
         assert (store.splits[window] == SPLIT_CODES[split]).all()
         assert (segment[window] == segment[window[:, :1]]).all()
         # and no window that fits is left out: brute force over every step
-        fits = [t for t in range(1, store.time.size - 8)
-                if (store.splits[t - 1:t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1:t + 9])) == 1]
+        fits = [
+            t
+            for t in range(1, store.time.size - 8)
+            if (store.splits[t - 1 : t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1 : t + 9])) == 1
+        ]
         assert times.tolist() == fits
 
 
@@ -240,7 +250,7 @@ def test_a_dataset_made_from_a_store_opened_before_a_rebuild_never_reads_the_new
     quiet = {"progress": False, "log": lambda *_: None}
     out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
     store = open_store(out)
-    store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build
+    _ = store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
     with pytest.raises(StoreError, match="rebuilt"):
-        store.dataset("train")[0]             # its data must not come from the new build
+        store.dataset("train")[0]  # its data must not come from the new build

@@ -1,5 +1,7 @@
 """The NetCDF baseline loader returns what the store dataset returns, read the slow way."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,8 +26,14 @@ def test_same_tensors_as_the_store_dataset(tiny_store, kwargs):
 
 
 def test_packed_real_file_matches_too(tmp_path, real):
-    recipe = write_recipe(tmp_path, name="era", sources=[str(real / "eraint_uvz.nc")], variables=["z", "u"],
-                          time_dim="month", splits={"by": "index", "train": [0, 1]})
+    recipe = write_recipe(
+        tmp_path,
+        name="era",
+        sources=[str(real / "eraint_uvz.nc")],
+        variables=["z", "u"],
+        time_dim="month",
+        splits={"by": "index", "train": [0, 1]},
+    )
     store = open_store(build(recipe, tmp_path / "era.zarr", progress=False, log=lambda *_: None).path)
     fast, slow = store.dataset("train", lead=1), NetCDFDataset(store, "train", lead=1)
     torch.testing.assert_close(slow[0][0], fast[0][0], rtol=0, atol=1e-6)
@@ -35,6 +43,6 @@ def test_packed_real_file_matches_too(tmp_path, real):
 def test_refuses_a_recipe_the_store_was_not_built_from(tiny_store, tmp_path):
     store = open_store(tiny_store)
     changed = tmp_path / "changed.yaml"
-    changed.write_text(open(store.attrs["recipe_path"]).read() + "\n# edited\n")
+    changed.write_text(Path(store.attrs["recipe_path"]).read_text() + "\n# edited\n")
     with pytest.raises(StoreError, match="differs from the one the store was built from"):
         NetCDFDataset(store, "train", recipe=changed)

@@ -9,9 +9,9 @@ from canonstore.loaders import BatchLoader
 
 
 def _run(loader):
-    positions = list(loader.sampler)          # epoch 0's batches ...
+    positions = list(loader.sampler)  # epoch 0's batches ...
     loader.set_epoch(0)
-    return positions, list(loader)            # ... and what the loader yields for epoch 0
+    return positions, list(loader)  # ... and what the loader yields for epoch 0
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -35,7 +35,7 @@ def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
     assert runs[0][0][0].shape == (32, 17 + 2, 4, 8)  # channels and the two static fields
     loader = BatchLoader(ds, 32, seed=9, device="cpu")
-    first, second = next(iter(loader)), next(iter(loader))                  # the epoch advances
+    first, second = next(iter(loader)), next(iter(loader))  # the epoch advances
     assert not torch.equal(first[0], second[0])
 
 
@@ -43,17 +43,19 @@ def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_
     ds = open_store(tiny_store).dataset("train")
     allocations = []
     host_buffers = BatchLoader._host_buffers
-    monkeypatch.setattr(BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin))
+    monkeypatch.setattr(
+        BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin)
+    )
     loader = BatchLoader(ds, 16, device="cpu", workers=1, shuffle=False)
-    for _ in loader:                                          # one epoch fills the ring ...
+    for _ in loader:  # one epoch fills the ring ...
         pass
     first_epoch = len(allocations)
-    for _ in range(2):                                        # ... later epochs take their buffers from it
+    for _ in range(2):  # ... later epochs take their buffers from it
         for _ in loader:
             pass
-    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch   # the ring's size, not per epoch
-    held = list(loader)                                       # every batch of an epoch kept ...
-    list(loader)                                              # ... while the next epoch runs
+    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch  # the ring's size, not per epoch
+    held = list(loader)  # every batch of an epoch kept ...
+    list(loader)  # ... while the next epoch runs
     for k, (x, y) in enumerate(held):
         ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in range(16 * k, min(16 * k + 16, len(ds))))))
         np.testing.assert_array_equal(x.numpy(), ex)
@@ -66,8 +68,10 @@ def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
     for k, _ in enumerate(loader):
         if k == 2:
             break
+
     def broken(*args):
-        raise OSError("disk went away")                       # raised in the filler thread
+        raise OSError("disk went away")  # raised in the filler thread
+
     ds.gather = broken
     with pytest.raises(OSError, match="disk went away"):
         list(loader)

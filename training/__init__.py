@@ -8,9 +8,19 @@ Needs torch (`pip install 'canonstore[torch]'`).
 """
 
 from canonstore.training.config import load_config, parse_overrides
-from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
 from canonstore.training.evaluate import evaluate
+from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
 from canonstore.training.train import run_folder, train
 
-__all__ = ["MLP", "Climatology", "Persistence", "UNet", "build_model", "evaluate", "load_config", "parse_overrides",
-           "run_folder", "train"]
+__all__ = [
+    "MLP",
+    "Climatology",
+    "Persistence",
+    "UNet",
+    "build_model",
+    "evaluate",
+    "load_config",
+    "parse_overrides",
+    "run_folder",
+    "train",
+]

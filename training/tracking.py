@@ -92,10 +92,20 @@ class RunLog:
             return
         from canonstore import __version__
 
-        write_json(path, {"name": self.name, "config": self.run, "git_commit": git_commit(), "git_dirty": git_dirty(),
-                          "canonstore_version": __version__, "torch_version": torch.__version__,
-                          "python": platform.python_version(), "host": platform.node(),
-                          "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        write_json(
+            path,
+            {
+                "name": self.name,
+                "config": self.run,
+                "git_commit": git_commit(),
+                "git_dirty": git_dirty(),
+                "canonstore_version": __version__,
+                "torch_version": torch.__version__,
+                "python": platform.python_version(),
+                "host": platform.node(),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
 
     def epoch(self, history: list[dict], throughput: list[dict]) -> None:
         write_csv(self.folder / "metrics.csv", history)
