@@ -1,16 +1,21 @@
 """canonstore: raw climate NetCDF -> one canonical, pre-normalised Zarr store, streamed to PyTorch.
 
-from canonstore import open_store
-s = open_store("data/intermediate/demo.zarr")
+    from canonstore import open_store
+    s = open_store("data/intermediate/demo.zarr")
+
+The names load their modules on first use, so `import canonstore` and `import canonstore.errors`
+stay light: xarray, zarr and torch load when a store is opened.
 """
 
 from importlib import metadata as _metadata
 
-from canonstore.formats import open_store
+from canonstore._lazy import lazy_names
 
 try:
     __version__ = _metadata.version("canonstore")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "open_store"]
+_API = {"open_store": "canonstore.formats"}
+__all__ = ["__version__", *_API]
+__getattr__, __dir__ = lazy_names(__name__, _API)
