@@ -246,30 +246,6 @@ class Store:
         scale = normalisation_scale(self.stats["std"])
         return values * scale.reshape(shape) + self.stats["mean"].reshape(shape)
 
-    def dataset(self, split: str = "train", **kwargs):
-        """A torch Dataset of forecast windows over `split` (see canonstore.loaders.StoreDataset)."""
-        from canonstore.loaders import StoreDataset
-
-        return StoreDataset(self, split, **kwargs)
-
-    def loader(
-        self,
-        split: str = "train",
-        batch_size: int = 32,
-        *,
-        lead: int = 1,
-        history: int = 0,
-        channels=None,
-        targets=None,
-        static=True,
-        **kwargs,
-    ):
-        """Batches of `split` prefetched onto `device` (see canonstore.loaders.BatchLoader)."""
-        from canonstore.loaders import BatchLoader
-
-        dataset = self.dataset(split, lead=lead, history=history, channels=channels, targets=targets, static=static)
-        return BatchLoader(dataset, batch_size, **kwargs)
-
     def to_xarray(self) -> xr.Dataset:
         """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives (its reads, too,
         come from this store or raise once it has been rebuilt)."""

@@ -1,9 +1,9 @@
 """PyTorch access to a store: a memory-mapped Dataset, seeded batch sampler, GPU prefetch, and the
 raw-NetCDF baseline loader it is measured against. Needs torch (`pip install canonstore[torch]`).
 
-    from canonstore import open_store
-    train = open_store("data/intermediate/demo.zarr").dataset("train", lead=1)
-    loader = open_store("data/intermediate/demo.zarr").loader("train", batch_size=32, device="cuda")
+    from canonstore.loaders import open_dataset, open_loader   # also: from canonstore import ...
+    train = open_dataset("data/intermediate/demo.zarr", "train", lead=1)
+    loader = open_loader("data/intermediate/demo.zarr", "train", batch_size=32, device="cuda")
 
 The names load their modules (and torch) on first use.
 """
@@ -23,6 +23,8 @@ _NAMES = {
     "BatchSampler": "canonstore.loaders.sampler",
     "NetCDFDataset": "canonstore.loaders.netcdf",
     "StoreDataset": "canonstore.loaders.dataset",
+    "open_dataset": "canonstore.loaders.api",
+    "open_loader": "canonstore.loaders.api",
     "random_blocks": "canonstore.loaders.blocks",
     "sample_times": "canonstore.loaders.dataset",
     "seeded_generator": "canonstore.loaders.dataset",

@@ -18,6 +18,7 @@ import torch
 import zarr
 
 from canonstore.errors import StoreError
+from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.shards import take_rows
 from canonstore.loaders.encodings import Encodings
@@ -89,8 +90,6 @@ class WindowDataset(torch.utils.data.Dataset):
         target_masks: bool = False,
         encodings: Sequence[str] = (),
     ):
-        from canonstore.formats import open_store
-
         store = open_store(store) if isinstance(store, (str, Path)) else store
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
@@ -212,8 +211,6 @@ class StoreDataset(WindowDataset):
         error instead of windows from one build over data from another.
         """
         if self._array is None:
-            from canonstore.formats import open_store
-
             self._check_same_build()
             array = open_store(self.path).array
             self._check_same_build()  # not replaced while mapping either

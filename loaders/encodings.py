@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from canonstore.formats.coords import latitude_field
+
 KINDS = {
     "latlon": ("sin_lat", "cos_lat", "sin_lon", "cos_lon"),
     "doy": ("cos_doy", "sin_doy"),
@@ -71,8 +73,6 @@ class Encodings:
         self.space = tuple(store.shape[2:])
         self._fields: dict = {}
         if any(k in ("latlon", "toa") for k in self.kinds):
-            from canonstore.formats.coords import latitude_field
-
             if store.latitude is None or store.longitude is None:
                 raise ValueError(
                     f"encodings {self.kinds} need latitude and longitude; {store.path} records "

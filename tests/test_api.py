@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 HEAVY = ("xarray", "zarr", "torch", "dask", "netCDF4")
@@ -33,3 +34,22 @@ def test_version_and_names_are_listed():
     assert {"open_store", "__version__"} <= set(dir(canonstore)) and "open_store" in canonstore.__all__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         canonstore.nope  # noqa: B018
+
+
+def test_open_dataset_and_open_loader_are_the_public_way_to_stream_a_store(tiny_store):
+    import torch
+
+    from canonstore import open_dataset, open_loader, open_store
+    from canonstore.loaders import BatchLoader, StoreDataset
+
+    store = open_store(tiny_store)
+    by_path, by_store = open_dataset(tiny_store, "val", lead=2), open_dataset(store, "val", lead=2)
+    assert isinstance(by_path, StoreDataset) and np.array_equal(by_path.times, by_store.times)
+    loader = open_loader(store, "val", batch_size=4, lead=2, static=False, device="cpu", shuffle=False)
+    assert isinstance(loader, BatchLoader) and loader.dataset.static_names == []
+    x, y = next(iter(loader))[:2]
+    first = [by_path[i] for i in range(4)]
+    # the loader's x has no static fields: the dataset's first channels are the same inputs
+    assert torch.equal(x, torch.stack([s[0][: x.shape[1]] for s in first]))
+    assert torch.equal(y, torch.stack([s[1] for s in first]))
+    assert not hasattr(store, "dataset") and not hasattr(store, "loader")  # formats never imports loaders

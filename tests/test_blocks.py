@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from canonstore import open_dataset
 from canonstore.loaders import random_blocks
 from canonstore.loaders.blocks import block_indices
 
@@ -37,7 +38,7 @@ def test_blocks_per_epoch_cut_every_sample_at_the_same_blocks_reproducibly(tiny_
     from canonstore.loaders import BatchLoader
 
     store = open_store(tiny_store)
-    dataset = store.dataset("train", static=False)
+    dataset = open_dataset(store, "train", static=False)
 
     def epoch(e, seed=0, start=0):
         loader = BatchLoader(
@@ -76,10 +77,9 @@ def test_blocks_on_a_regional_grid_never_wrap_from_east_to_west():
 
 
 def test_the_loader_cuts_regional_blocks_inside_the_real_nrcan_grid(nrcan_store):
-    from canonstore import open_store
     from canonstore.loaders import BatchLoader
 
-    dataset = open_store(nrcan_store).dataset("train", static=False)
+    dataset = open_dataset(nrcan_store, "train", static=False)
     assert not dataset.longitude_periodic
     loader = BatchLoader(dataset, 4, shuffle=True, seed=0, device="cpu", workers=1, blocks=(8, 200))
     seen = []

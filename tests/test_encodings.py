@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.loaders import BatchLoader
 from canonstore.loaders.encodings import Encodings, encoding_names, time_fractions
 
@@ -70,7 +70,7 @@ def test_encoding_values_at_known_times_and_places():
 
 def test_the_loader_appends_encodings_matching_the_per_sample_path(tiny_store):
     store = open_store(tiny_store)
-    dataset = store.dataset("val", encodings=["latlon", "doy", "hod", "toa"])
+    dataset = open_dataset(store, "val", encodings=["latlon", "doy", "hod", "toa"])
     assert dataset.input_channels[-9:] == encoding_names(["latlon", "doy", "hod", "toa"])
     x, _ = next(iter(BatchLoader(dataset, 4, shuffle=False, device="cpu", workers=1)))
     assert x.shape[1] == len(dataset.input_channels)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
@@ -206,14 +206,14 @@ def test_a_dataset_never_mixes_two_builds(tiny_raw, tmp_path):
 
     out = tmp_path / "demo.zarr"
     build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
-    mapped = open_store(out).dataset("train")
+    mapped = open_dataset(out, "train")
     before = mapped[10][0].clone()
     worker_copy = pickle.dumps(mapped)  # what a DataLoader worker receives
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-02-01", "end": "2002-12-31"}), out, **quiet)
     assert torch.equal(mapped[10][0], before)  # already mapped: keeps the old build
     with pytest.raises(StoreError, match="was rebuilt after this dataset was created"):
         pickle.loads(worker_copy)[10]  # maps later: refuses to mix builds
-    assert len(open_store(out).dataset("train")) < len(mapped)
+    assert len(open_dataset(out, "train")) < len(mapped)
 
 
 @pytest.mark.parametrize("target", ["data", "stats_mean", "stats_std", "split", "zarr.json"])

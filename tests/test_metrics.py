@@ -8,6 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
+from canonstore import open_dataset
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.metrics import Scores, TargetMasks, area_weights, weighted_mse
@@ -118,7 +119,7 @@ def test_the_acc_of_the_climatology_itself_is_undefined_even_through_float32():
 
 def test_filled_points_weigh_nothing_in_loss_and_scores(gappy_store):
     store = open_store(gappy_store)
-    ds = store.dataset("test", lead=1, target_masks=True)
+    ds = open_dataset(store, "test", lead=1, target_masks=True)
     masks = TargetMasks(store, ds)
     x, y = (torch.from_numpy(a) for a in ds.gather(np.arange(len(ds))))
     target, valid = masks.split(y)
@@ -144,7 +145,7 @@ def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path)
     folder = train(config, gappy_store, tmp_path, progress=False, log=lambda *_: None)
     scores = json.loads(evaluate(folder, tmp_path / "scores", log=lambda *_: None).read_text())["scores"]
     store = open_store(gappy_store)
-    t = store.dataset("test").times
+    t = open_dataset(store, "test").times
     raw = gappy_values(store.shape[0])[:, 0]
     error = raw[t + 1] - np.where(np.isnan(raw[t]), store.stats["mean"][0], raw[t])  # a filled input is the mean
     assert scores["channels"]["x"]["rmse_pooled"] == pytest.approx(np.sqrt(np.nanmean(error**2)), rel=1e-4)

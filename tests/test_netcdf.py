@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
 from canonstore.loaders import NetCDFDataset
 from canonstore.preprocess import build
@@ -16,7 +16,7 @@ from tests.conftest import write_recipe
 def test_same_tensors_as_the_store_dataset(tiny_store, kwargs):
     store = open_store(tiny_store)
     for split in ("train", "test"):
-        fast, slow = store.dataset(split, **kwargs), NetCDFDataset(store, split, **kwargs)
+        fast, slow = open_dataset(store, split, **kwargs), NetCDFDataset(store, split, **kwargs)
         assert len(fast) == len(slow) and fast.input_channels == slow.input_channels
         for i in (0, 1, len(fast) // 2, len(fast) - 1):
             (fx, fy), (sx, sy) = fast[i], slow[i]
@@ -35,7 +35,7 @@ def test_packed_real_file_matches_too(tmp_path, real):
         splits={"by": "index", "train": [0, 1]},
     )
     store = open_store(build(recipe, tmp_path / "era.zarr", progress=False, log=lambda *_: None).path)
-    fast, slow = store.dataset("train", lead=1), NetCDFDataset(store, "train", lead=1)
+    fast, slow = open_dataset(store, "train", lead=1), NetCDFDataset(store, "train", lead=1)
     torch.testing.assert_close(slow[0][0], fast[0][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(slow[0][1], fast[0][1], rtol=0, atol=1e-6)
 

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from canonstore import open_store
+from canonstore import open_loader, open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
 from tests.conftest import write_recipe
@@ -129,7 +129,7 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     from canonstore.formats.summary import describe
 
     assert verify_store(out) == [] and "sessions 3: s1, s2, s3" in describe(store)
-    x, y = next(iter(store.loader("train", batch_size=8, lead=1, device="cpu")))[:2]
+    x, y = next(iter(open_loader(store, "train", batch_size=8, lead=1, device="cpu")))[:2]
     assert x.shape == (8, CHANNELS) and y.shape == (8, CHANNELS) and x.dtype == torch.float32
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset
 from canonstore.loaders import BatchLoader
 
 
@@ -16,7 +16,7 @@ def _run(loader):
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_batches_are_the_sampled_samples(tiny_store, workers):
-    ds = open_store(tiny_store).dataset("val", history=1, channels=["z500", "t2m"])
+    ds = open_dataset(tiny_store, "val", history=1, channels=["z500", "t2m"])
     loader = BatchLoader(ds, batch_size=64, seed=5, device="cpu", workers=workers)
     positions, batches = _run(loader)
     assert len(batches) == len(loader) == -(-len(ds) // 64)
@@ -29,7 +29,7 @@ def test_batches_are_the_sampled_samples(tiny_store, workers):
 
 
 def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, blocks=(4, 8))) for w in (1, 2, 1)]
     for other in runs[1:]:
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
@@ -40,7 +40,7 @@ def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
 
 
 def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_store, monkeypatch):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     allocations = []
     host_buffers = BatchLoader._host_buffers
     monkeypatch.setattr(
@@ -63,7 +63,7 @@ def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_
 
 
 def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     loader = BatchLoader(ds, 16, device="cpu", prefetch=1)
     for k, _ in enumerate(loader):
         if k == 2:
@@ -79,7 +79,7 @@ def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_match_the_cpu_ones(tiny_store):
-    ds = open_store(tiny_store).dataset("train", history=1)
+    ds = open_dataset(tiny_store, "train", history=1)
     gpu = list(BatchLoader(ds, 32, seed=2, device="cuda", workers=2, prefetch=2))
     cpu = list(BatchLoader(ds, 32, seed=2, device="cpu"))
     assert len(gpu) == len(cpu) and gpu[0][0].device.type == "cuda"

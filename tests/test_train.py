@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from canonstore import open_dataset
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, run_folder, train
@@ -148,7 +149,7 @@ def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
     assert scores["split"] == "test" and scores["checkpoint"] == "best" and scores["epoch"] == best["epoch"]
     z500 = scores["scores"]["channels"]["z500"]
     assert z500["units"] == "m**2 s**-2" and z500["rmse"] > 0 and z500["rmse"] >= z500["mae"]
-    assert scores["scores"]["samples"] == len(open_store(tiny_store).dataset("test"))
+    assert scores["scores"]["samples"] == len(open_dataset(tiny_store, "test"))
 
 
 def test_finished_run_is_not_trained_again(tiny_store, tmp_path):
@@ -175,7 +176,7 @@ def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
     folder = train(tiny(model="persistence", lat_weighted=False), tiny_store, tmp_path, log=quiet)
     scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
     store = open_store(tiny_store)
-    times = store.dataset("test").times
+    times = open_dataset(store, "test").times
     physical = store.denormalise(store.array[:].astype(np.float64))
     error = physical[times + 1] - physical[times]
     rmse = np.sqrt((error**2).mean(axis=(0, 2, 3)))
@@ -270,7 +271,7 @@ def test_two_processes_under_torchrun(tiny_store, tmp_path):
     (folder,) = (tmp_path / "runs").iterdir()
     assert json.loads((folder / "config.json").read_text())["config"]["world_size"] == 2
     speed = list(csv.DictReader(lines(folder / "throughput.csv")))
-    per_process = len(open_store(tiny_store).dataset("train")) // 2 // 64 * 64
+    per_process = len(open_dataset(tiny_store, "train")) // 2 // 64 * 64
     assert speed[0]["processes"] == "2" and int(speed[0]["samples"]) == 2 * per_process
     assert result.stdout.count("epoch 1/1") == 1  # only the first process logs
 
@@ -379,7 +380,7 @@ def test_several_leads_score_per_lead_as_single_lead_runs(tiny_store, tmp_path):
     for key in ("rmse", "acc", "mae"):
         assert saved["leads"]["4"]["overall"][key] == pytest.approx(single["scores"]["overall"][key], rel=1e-6)
     store = open_store(tiny_store)
-    times = store.dataset("test", lead=4).times
+    times = open_dataset(store, "test", lead=4).times
     physical = store.denormalise(store.array[:].astype(np.float64))
     per_time = np.sqrt(((physical[times + 2] - physical[times]) ** 2).mean(axis=(2, 3))).mean(axis=0)
     got = [saved["leads"]["2"]["channels"][name]["rmse"] for name in store.channels]
@@ -433,7 +434,7 @@ def test_rollout_fine_tunes_from_a_one_step_run(tiny_store, tmp_path):
 def test_a_train_split_smaller_than_a_batch_is_refused_naming_both_numbers(tiny_store, tmp_path):
     """The last partial batch is dropped: with fewer train samples than batch_size the run took no step and
     reported "train loss 0.00000" for untrained weights."""
-    n = len(open_store(tiny_store).dataset("train"))
+    n = len(open_dataset(tiny_store, "train"))
     with pytest.raises(
         ConfigError,
         match=rf"the train split has {n} samples, fewer than batch_size {n + 1}: no full "
