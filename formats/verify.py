@@ -10,7 +10,8 @@ import numpy as np
 from canonstore.errors import StoreError
 from canonstore.formats.handle import StoreHandle
 from canonstore.formats.manifest import check_manifest, file_sha256
-from canonstore.formats.store import STAT_NAMES, Store
+from canonstore.formats.spec import STAT_NAMES
+from canonstore.formats.store import Store
 from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
 from canonstore.splits import SPLIT_NAMES
 

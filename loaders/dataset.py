@@ -21,6 +21,7 @@ from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.shards import take_rows
+from canonstore.formats.spec import mask_channel_of
 from canonstore.loaders.encodings import Encodings
 from canonstore.splits import SPLIT_CODES, segment_ids
 
@@ -51,15 +52,6 @@ def as_leads(lead) -> tuple[int, ...]:
     ):
         raise ValueError(f"lead must be a step count >= 0 or a list of distinct ascending ones, got {lead!r}")
     return tuple(int(k) for k in leads)
-
-
-def mask_channel_of(channels: list[str]) -> dict[str, str]:
-    """{channel: its `<channel>_valid` mask channel} for the channels whose NaNs were filled."""
-    return {
-        name.removesuffix("_valid"): name
-        for name in channels
-        if name.endswith("_valid") and name.removesuffix("_valid") in channels
-    }
 
 
 def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.ndarray:

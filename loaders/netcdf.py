@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.errors import StoreError
-from canonstore.formats.store import normalise
+from canonstore.formats.spec import masked_channel, normalise
 from canonstore.loaders.dataset import WindowDataset
 
 
@@ -53,7 +53,7 @@ class NetCDFDataset(WindowDataset):
 
             self._sources = open_sources(self.recipe)
             raw = [c.name for c in self._sources.channels]
-            valid = [c.removesuffix("_valid") for c in self.store_channels[len(raw) :]]
+            valid = [masked_channel(c) for c in self.store_channels[len(raw) :]]
             if self.store_channels[: len(raw)] != raw or any(v not in raw for v in valid):
                 raise StoreError(
                     f"{self.path}: the raw sources give channels {raw}, the store has {self.store_channels}"

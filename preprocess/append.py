@@ -17,7 +17,8 @@ import numpy as np
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import read_manifest
-from canonstore.formats.store import FORMAT_VERSION, open_store
+from canonstore.formats.spec import FORMAT_VERSION, masked_channel
+from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import shard_file
 from canonstore.preprocess import cluster, tasks, writer
 from canonstore.preprocess.build import (
@@ -233,7 +234,7 @@ def _plan_of(store, sources: Sources) -> dict:
         )
     ]
     names = [c.name for c in sources.channels]
-    mask_channels = [names.index(c.name.removesuffix("_valid")) for c in channels[len(names) :]]
+    mask_channels = [names.index(masked_channel(c.name)) for c in channels[len(names) :]]
     mask = store.mask
     return {
         "channels": channels,

@@ -36,14 +36,14 @@ from canonstore.atomic import MARKER
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.coords import longitude_is_periodic
 from canonstore.formats.manifest import MANIFEST, write_manifest
-from canonstore.formats.store import FORMAT_VERSION, normalise
+from canonstore.formats.spec import FORMAT_VERSION, STAT_NAMES, normalise, valid_name
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import shard_count, shard_steps_for
 from canonstore.preprocess import buildlog, cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.recipe import Recipe, load_recipe, source_patterns
 from canonstore.preprocess.sources import Channel, Sources, open_sources
-from canonstore.preprocess.stats import FIELDS, RunningStats
+from canonstore.preprocess.stats import RunningStats
 from canonstore.provenance import git_commit
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, split_keys, split_labels
 
@@ -512,7 +512,7 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
     mask_channels = [i for i in np.flatnonzero(has_nan) if nans["varies"][i]]
     for i in mask_channels:
         ch = channels[i]
-        channels.append(Channel(f"{ch.name}_valid", ch.variable, ch.level, "1"))
+        channels.append(Channel(valid_name(ch.name), ch.variable, ch.level, "1"))
         n_valid, n_nan = stats.count[i], stats.nan_count[i]
         p = n_valid / (n_valid + n_nan)
         mask_stats = {
@@ -525,7 +525,7 @@ def _plan(recipe: Recipe, sources: Sources, stats: RunningStats, nans: dict, lab
             "sum": float(n_valid),
             "sum_sq": float(n_valid),
         }
-        for k in FIELDS:
+        for k in STAT_NAMES:
             values[k] = np.append(values[k], mask_stats[k])
     static_mask = None
     if has_nan.any() and len(mask_channels) < has_nan.sum():
@@ -620,7 +620,7 @@ def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: d
         # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width '<U'.
         coords[name] = coord.variable.astype(object) if coord.dtype.kind == "U" else coord.variable
     ds = xr.Dataset(coords=coords)
-    for name in FIELDS:
+    for name in STAT_NAMES:
         ds[f"stats_{name}"] = (
             "channel",
             plan["stats"][name],

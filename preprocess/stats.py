@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonstore.formats.store import STAT_NAMES as FIELDS  # noqa: F401 (build imports it from here)
-
 MOMENTS = ("count", "sum", "sum_sq", "m2", "min", "max")  # per (step, channel), float64
 ROWS_PER_CHUNK_BYTES = 1 << 20  # float64 working set per chunk of fields: stays in the CPU cache
 

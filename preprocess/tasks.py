@@ -28,7 +28,7 @@ import numpy as np
 
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import file_sha256
-from canonstore.formats.store import normalise_to
+from canonstore.formats.spec import normalise_to
 from canonstore.formats.zarr_ import ShardWriter, shard_file
 from canonstore.preprocess import writer
 from canonstore.preprocess.recipe import load_recipe

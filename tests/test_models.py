@@ -8,7 +8,7 @@ import torch
 
 from canonstore.errors import ConfigError
 from canonstore.formats import open_store
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import normalisation_scale
 from canonstore.training.models import (
     MLP,
     Climatology,

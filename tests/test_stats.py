@@ -1,6 +1,5 @@
 import numpy as np
 
-from canonstore.formats.store import normalisation_scale
 from canonstore.preprocess.stats import RunningStats, step_moments
 
 
@@ -31,10 +30,6 @@ def test_a_channel_without_values_has_nan_stats():
     stats.update(block)
     result = stats.as_dict()
     assert result["mean"][0] == 1 and np.isnan(result["mean"][1]) and np.isnan(result["std"][1])
-
-
-def test_normalisation_scale_never_divides_by_zero():
-    assert normalisation_scale(np.array([2.0, 0.0, np.nan])).tolist() == [2.0, 1.0, 1.0]
 
 
 def test_step_moments_of_a_field_do_not_depend_on_its_block_or_dtype():

@@ -13,7 +13,7 @@ import torch
 
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.metrics import Scores, TargetMasks

@@ -25,7 +25,7 @@ import xarray as xr
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
 from canonstore.formats import open_store
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_factor, coarse_up
 from canonstore.training.alignment import check_plausible, grid_coords, onto_grid, truth_steps, units_of
 from canonstore.training.metrics import Scores, area_weights, validity

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from canonstore.formats.coords import latitude_field
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import mask_channel_of, normalisation_scale
 
 # A forecast anomaly this small against the truth's is the climatology itself, up to float32 rounding (a
 # forecast file's values): its ACC would correlate rounding errors, so it is undefined, as for exact zeros.
@@ -61,8 +61,6 @@ def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch
 
 def validity(store, targets: np.ndarray) -> list:
     """Per target: None, or (its `<channel>_valid` channel, the stored value above which it means observed)."""
-    from canonstore.loaders.dataset import mask_channel_of  # loaders need torch; metrics do anyway
-
     masks, scale = mask_channel_of(store.channels), normalisation_scale(store.stats["std"])
 
     def of(name: str) -> tuple[int, float]:  # stored = (v - mean) / scale with v in {0, 1}: observed above 0.5's image
