@@ -7,6 +7,7 @@ import sys
 import click
 
 from canonstore.errors import CanonstoreError
+from canonstore.splits.names import SPLITS
 
 
 def _run(fn, debug: bool):
@@ -203,7 +204,7 @@ def _forecast_options(fn):
         default=None,
         help="Run the model autoregressively for this many steps of its lead (default: as trained).",
     )(fn)
-    return click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)(fn)
+    return click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)(fn)
 
 
 @main.command()

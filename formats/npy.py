@@ -21,8 +21,8 @@ from canonstore.atomic import MARKER, has_marker, is_empty_folder, leftovers, ma
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
+from canonstore.splits import SPLITS
 
-SPLITS = ("train", "val", "test")
 BLOCK_MB = 64
 KIND = "npy export"  # the kind of the staging marker
 META = "meta.json"

@@ -24,9 +24,7 @@ from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.spec import READABLE_VERSIONS, denormalise
 from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
-from canonstore.splits import SPLIT_CODES, find_gaps
-
-SPLITS = ("train", "val", "test")
+from canonstore.splits import SPLIT_CODES, check_split, find_gaps
 
 
 class Store:
@@ -130,7 +128,7 @@ class Store:
 
     @cached_property
     def splits(self) -> np.ndarray:
-        """Split label per time step: int8 codes of ("train", "val", "test", "excluded")."""
+        """Split label per time step: int8 codes of splits.SPLIT_NAMES ("train", "val", "test", "excluded")."""
         return self._ds["split"].values
 
     @cached_property
@@ -170,9 +168,8 @@ class Store:
         return name is not None and longitude_is_periodic(self._ds[name], self.dims[2:])
 
     def split_indices(self, name: str) -> np.ndarray:
-        """Time indices labelled `name` (one of "train", "val", "test"), ascending."""
-        if name not in SPLIT_CODES or name == "excluded":
-            raise ValueError(f"unknown split {name!r}; valid names are {list(SPLITS)}")
+        """Time indices labelled `name` (one of splits.SPLITS: "train", "val", "test"), ascending."""
+        check_split(name)
         return np.flatnonzero(self.splits == SPLIT_CODES[name])
 
     @cached_property

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from canonstore.formats.store import SPLITS, Store
+from canonstore.formats.store import Store
+from canonstore.splits import SPLIT_CODES, SPLIT_NAMES
 
 
 def describe(store: Store) -> str:
@@ -28,8 +29,8 @@ def describe(store: Store) -> str:
         "",
         "splits  (rule: " + ", ".join(f"{k}={v}" for k, v in a["split_rule"].items()) + ")",
     ]
-    for name in SPLITS + ("excluded",):
-        idx = np.flatnonzero(store.splits == (SPLITS + ("excluded",)).index(name))
+    for name in SPLIT_NAMES:
+        idx = np.flatnonzero(store.splits == SPLIT_CODES[name])
         lines.append(f"  {name:<9}{idx.size:>8} steps  {_span(store.time[idx])}")
     s = store.stats
     lines += [

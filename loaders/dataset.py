@@ -23,7 +23,7 @@ from canonstore.formats.manifest import store_identity
 from canonstore.formats.shards import take_rows
 from canonstore.formats.spec import mask_channel_of
 from canonstore.loaders.encodings import Encodings
-from canonstore.splits import SPLIT_CODES, segment_ids
+from canonstore.splits import SPLIT_CODES, check_split, segment_ids
 
 
 def sample_times(labels: np.ndarray, split: str, history: int, lead: int, gaps=()) -> np.ndarray:
@@ -83,8 +83,7 @@ class WindowDataset(torch.utils.data.Dataset):
         encodings: Sequence[str] = (),
     ):
         store = open_store(store) if isinstance(store, (str, Path)) else store
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
+        check_split(split)
         self.path, self.split, self.leads, self.history = store.path, split, as_leads(lead), history
         self.transform = transform
         self.store_identity = store.build_id  # which build the windows below belong to (the Store's own)

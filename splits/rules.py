@@ -25,13 +25,11 @@ import re
 import numpy as np
 
 from canonstore.errors import RecipeError
+from canonstore.splits.names import SPLIT_CODES, SPLIT_NAMES, SPLITS
 
-SPLIT_NAMES = ("train", "val", "test", "excluded")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
 RULES = ("year", "index", "dates", "sessions", "blocks")
-_NAMED = ("train", "val", "test")
 _RULE_KEYS = {
-    "year": {"train", "val", "test", "embargo", "by"},
+    "year": {*SPLITS, "embargo", "by"},
     "blocks": {"by", "block", "fractions", "seed", "embargo"},
 }
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2})?)?)?)?)?")
@@ -60,7 +58,7 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
         raise RecipeError(f"{where}: 'splits' needs a 'train' {'list' if by == 'sessions' else 'range'}")
     if by == "sessions":
         seen: dict[str, str] = {}
-        for name in (n for n in _NAMED if n in rule):
+        for name in (n for n in SPLITS if n in rule):
             ids = rule[name]
             if not isinstance(ids, list) or not ids or not all(isinstance(i, (str, int)) for i in ids):
                 raise RecipeError(f"{where}: splits.{name} must be a list of session ids, got {ids!r}")
@@ -71,7 +69,7 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
             out[name] = [str(i) for i in ids]
         return out
     previous = None
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         first, last = _bounds(rule[name], by, f"{where}: splits.{name}")
         if (first > last) if by != "dates" else (first[: len(last)] > last):
             raise RecipeError(f"{where}: splits.{name} starts after it ends: {rule[name]!r}")
@@ -209,7 +207,7 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
     by = rule.get("by", "year")
     if by == "blocks":
         labels = _block_labels(keys, rule)
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         if by == "sessions":
             labels[np.isin(keys, rule[name])] = SPLIT_CODES[name]
         elif by == "dates":
@@ -222,7 +220,7 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
     embargo = rule.get("embargo", 0)
     if embargo:
         _apply_embargo(labels, embargo)
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         if not np.any(labels == SPLIT_CODES[name]):
             unit = {"year": "years", "index": "positions", "dates": "dates", "sessions": "sessions"}[by]
             span = f"{keys.min()}..{keys.max()}" if keys.size and by != "sessions" else sorted(set(keys.tolist()))

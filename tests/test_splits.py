@@ -9,9 +9,18 @@ import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
-from canonstore.splits import SPLIT_CODES, parse_split_rule, split_keys, split_labels
+from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, SPLITS, check_split, parse_split_rule, split_keys, split_labels
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
+
+
+def test_the_split_names_are_one_constant_and_a_wrong_one_is_told_the_valid_ones():
+    assert SPLITS == ("train", "val", "test") and (*SPLITS, "excluded") == SPLIT_NAMES
+    assert [SPLIT_CODES[n] for n in SPLIT_NAMES] == [0, 1, 2, 3]  # the int8 codes stores hold
+    assert check_split("val") == "val"
+    for wrong in ("validation", "excluded", "Train", None):
+        with pytest.raises(ValueError, match=r"unknown split .*; valid names are \['train', 'val', 'test'\]$"):
+            check_split(wrong)
 
 
 def test_year_ranges_with_embargo_exclude_the_first_steps_after_each_boundary():
