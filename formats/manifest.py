@@ -14,7 +14,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from canonstore.atomic import MARKER
+from canonstore.atomic import MARKER, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -82,7 +82,7 @@ def write_manifest(store: Path, known: dict | None = None, threads: int = 4) -> 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL
         files = dict(zip(rels, pool.map(entry, rels)))
     manifest = {"format": "canonstore-manifest", "version": 2, "files": files}
-    (store / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_json_atomic(store / MANIFEST, manifest, indent=1, sort_keys=True)
     return manifest
 
 

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.atomic import MARKER, has_marker, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import (
+    MARKER,
+    has_marker,
+    is_empty_folder,
+    leftovers,
+    make_staging,
+    remove_tree,
+    replace_folder,
+    write_file_atomic_with,
+    write_json_atomic,
+)
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
@@ -70,9 +80,8 @@ def export_npy(
         if store.mask is not None:
             _write_durably(staging / "mask.npy", store.mask.astype(np.uint8))
             extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
-        meta = json.dumps(export_meta(store, files, extras), indent=1, allow_nan=False) + "\n"
-        with _naming(staging / META), open(staging / META, "w") as f:
-            f.write(meta)
+        with _naming(staging / META):
+            write_json_atomic(staging / META, export_meta(store, files, extras), indent=1, allow_nan=False)
         replace_folder(staging, out, KIND)
     except BaseException:
         if staging.is_dir():
@@ -180,10 +189,12 @@ def block_reader(store):
 
 
 def _write_durably(path: Path, values: np.ndarray) -> None:
-    with _naming(path), open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(values))
-        f.flush()
-        os.fsync(f.fileno())
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would add ".npy" to the name
+            np.save(f, np.ascontiguousarray(values))
+
+    with _naming(path):
+        write_file_atomic_with(path, save)
 
 
 def export_meta(store, files: dict, extras: dict) -> dict:

@@ -137,7 +137,7 @@ _INDEX = _Names(r"\d+", tuple(str(i) for i in (*range(100), 1000, 65535)))  # a 
 _TMP_ZARR = _Names(r"(zarr|\d+)\.[0-9a-f]{32}\.partial", (f"zarr.{'0' * 32}.partial", f"0.{'0' * 32}.partial"))
 
 
-def _tmp(regex: str, example: str) -> _Names:  # `writer.write_durably`'s temporary copy
+def _tmp(regex: str, example: str) -> _Names:  # `atomic.write_file_atomic`'s temporary copy
     return _Names(regex + r"\.tmp-\d+", (f"{example}.tmp-{os.getpid()}",))
 
 
@@ -148,6 +148,7 @@ def _store_files(depth: int) -> list[tuple[_Names, ...]]:
         return [(_named(name),) for name in (MARKER, "zarr.json", MANIFEST, writer.PROGRESS)] + [
             (_TMP_ZARR,),
             (_tmp(re.escape(writer.PROGRESS), writer.PROGRESS),),
+            (_tmp(re.escape(MANIFEST), MANIFEST),),
         ]
     if depth == 2:
         return [

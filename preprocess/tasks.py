@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 import zlib
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.atomic import fsync, write_file_atomic
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import file_sha256
 from canonstore.formats.spec import normalise_to
 from canonstore.formats.zarr_ import ShardWriter, shard_file
-from canonstore.preprocess import writer
 from canonstore.preprocess.recipe import load_recipe
 from canonstore.preprocess.sources import Sources, open_sources
 from canonstore.preprocess.stats import step_moments
@@ -231,7 +230,7 @@ def write_shard(job: ShardJob, item: tuple[int, int | None], plan: dict) -> dict
         started = job.marker(f"normalising-{k}")
         if started.exists() or raw_crc is None:
             raw_crc = scan_shard(job, k, moments=False)["raw_crc32"]
-        writer.write_durably(started, "")
+        write_file_atomic(started, "")
         entry, crc = _write_uncompressed(job, k, plan, sources)
         if crc != raw_crc:
             raw_crc = scan_shard(job, k, moments=False)["raw_crc32"]
@@ -241,7 +240,7 @@ def write_shard(job: ShardJob, item: tuple[int, int | None], plan: dict) -> dict
                     f"{Path(job.staging, entry['rel'])}: raw values changed between writing and "
                     "reading them back twice; is the filesystem shared coherently by all workers?"
                 )
-    writer.write_durably(job.marker(f"shard-{k}.json"), json.dumps(entry))
+    write_file_atomic(job.marker(f"shard-{k}.json"), json.dumps(entry))
     return entry
 
 
@@ -302,8 +301,7 @@ def _write_compressed(job: ShardJob, k: int, plan: dict, sources: Sources) -> di
         array[a:b, c0:c1] = _normalised(values, mean, std, job.dtype, a, c0, sources, plan["channels"])
     rel = shard_file(Path(), len(job.shape), k).as_posix()
     path = Path(job.staging, rel)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+    fsync(path)
     return {"rel": rel, "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
@@ -322,7 +320,7 @@ def save_scan(job: ShardJob, result: dict) -> None:
     """Keep a shard's scan in the staging (plain .npz arrays, never pickles) for a resumed build."""
     buffer = io.BytesIO()
     np.savez(buffer, **{k: v for k, v in result.items() if v is not None})
-    writer.write_durably(job.marker(f"scan-{result['k']}.npz"), buffer.getvalue())
+    write_file_atomic(job.marker(f"scan-{result['k']}.npz"), buffer.getvalue())
 
 
 def load_scan(job: ShardJob, k: int) -> dict | None:

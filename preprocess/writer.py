@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from canonstore.atomic import fsync_dir, has_marker, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import has_marker, leftovers, make_staging, remove_tree, replace_folder, write_file_atomic
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import MANIFEST, listed_files, store_entries
 from canonstore.formats.zarr_ import create_data_array
@@ -150,21 +150,8 @@ PROGRESS = "progress.json"
 
 
 def save_progress(staging: Path, state: dict) -> None:
-    """Record resumable state (JSON); see `write_durably`."""
-    write_durably(staging / PROGRESS, json.dumps(state))
-
-
-def write_durably(path: Path, data: str | bytes) -> None:
-    """Write a small file atomically and durably: a kill or a power loss leaves the old or the new
-    file, never half (the caller has flushed the data the file describes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Record resumable state (JSON), atomically and durably: the caller has flushed the data it describes."""
+    write_file_atomic(staging / PROGRESS, json.dumps(state))
 
 
 def load_progress(staging: Path) -> dict | None:

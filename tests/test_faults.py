@@ -177,9 +177,9 @@ def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, mon
     events = []
     finish = ShardWriter.finish_shard  # ends in fsync of the shard file
     monkeypatch.setattr(ShardWriter, "finish_shard", lambda self, k: events.append(("synced", k)) or finish(self, k))
-    durably = writer.write_durably
+    durably = tasks.write_file_atomic
     monkeypatch.setattr(
-        writer, "write_durably", lambda path, data: events.append(("marker", path.name)) or durably(path, data)
+        tasks, "write_file_atomic", lambda path, data: events.append(("marker", path.name)) or durably(path, data)
     )
     build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
     written = [i for i, (kind, name) in enumerate(events) if kind == "marker" and name.startswith("shard-")]
