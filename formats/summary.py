@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from canonstore._time import span
 from canonstore.formats.store import Store
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES
 
@@ -15,7 +16,7 @@ def describe(store: Store) -> str:
         f"{store.path}  (canonstore format {a['format_version']}, '{a['name']}')",
         f"data    {ds['data'].dims} {store.shape} {store.dtype}, "
         f"{np.prod(store.shape) * store.dtype.itemsize / 1e6:.1f} MB",
-        f"time    {len(store.time)} steps, {_span(store.time)}, calendar {a.get('calendar')}, "
+        f"time    {len(store.time)} steps, {span(store.time, empty='-')}, calendar {a.get('calendar')}, "
         f"{len(store.gaps)} gap(s) (windows end at each)",
         f"grid    {store.dims[2:]}, latitude: {store.latitude}, longitude: {store.longitude}",
         *(
@@ -31,7 +32,7 @@ def describe(store: Store) -> str:
     ]
     for name in SPLIT_NAMES:
         idx = np.flatnonzero(store.splits == SPLIT_CODES[name])
-        lines.append(f"  {name:<9}{idx.size:>8} steps  {_span(store.time[idx])}")
+        lines.append(f"  {name:<9}{idx.size:>8} steps  {span(store.time[idx], empty='-')}")
     s = store.stats
     lines += [
         "",
@@ -69,11 +70,3 @@ def describe(store: Store) -> str:
         f"unused  {u['path']} (holds {', '.join(u['variables']) or 'nothing'})" for u in a.get("unused_inputs", [])
     ]
     return "\n".join(lines)
-
-
-def _span(times: np.ndarray) -> str:
-    return f"{_fmt(times[0])} .. {_fmt(times[-1])}" if len(times) else "-"
-
-
-def _fmt(t) -> str:
-    return str(np.datetime_as_string(t, unit="m")) if isinstance(t, np.datetime64) else str(t)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from canonstore._time import is_dates
 from canonstore.formats.coords import latitude_field
 
 KINDS = {
@@ -39,6 +40,8 @@ def encoding_names(kinds) -> list[str]:
 def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of the year, fraction of the day) of each time: datetime64 or cftime (any calendar)."""
     times = np.asarray(times)
+    if not is_dates(times):
+        raise ValueError(f"time encodings need a time axis of dates; this store's holds {times.dtype} values")
     if times.dtype.kind == "M":
         import pandas as pd
 
@@ -46,12 +49,10 @@ def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         day = (t.hour + t.minute / 60 + t.second / 3600) / 24
         year_days = np.where(t.is_leap_year, 366, 365)
         return np.asarray((t.day_of_year - 1 + day) / year_days, dtype=np.float64), np.asarray(day, dtype=np.float64)
-    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
-        day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])
-        doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
-        year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
-        return (doy + day) / year_days, day
-    raise ValueError(f"time encodings need a time axis of dates; this store's holds {times.dtype} values")
+    day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])  # cftime, any calendar
+    doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
+    year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
+    return (doy + day) / year_days, day
 
 
 def _year_days(t) -> int:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from canonstore._time import as_days, duration_label, is_dates, span, time_label
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
 from canonstore.preprocess.derived import MAX_HPA, Input, plan_derived
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import as_days, find_gaps
+from canonstore.splits.gaps import find_gaps
 from canonstore.units import scale_to
 
 KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
@@ -88,7 +89,7 @@ def _is_time_coordinate(coord: xr.DataArray) -> bool:
     return (
         coord.attrs.get("standard_name") == "time"
         or str(coord.attrs.get("axis", "")).upper() == "T"
-        or _is_datetime(np.asarray(coord.values[:1]))
+        or is_dates(np.asarray(coord.values[:1]))
     )
 
 
@@ -184,10 +185,7 @@ class Sources:
 
     def time_label(self, step: int) -> str:
         """Step `step` as a readable time for messages (minutes resolution for dates, finer when needed)."""
-        t = self.time[step]
-        if isinstance(t, np.datetime64):
-            return str(np.datetime_as_string(t, unit="m" if t == t.astype("datetime64[m]") else "ms"))
-        return str(t)
+        return time_label(self.time[step])
 
     def coverage(self) -> str:
         """Which variables and files set the time axis, for errors about what it covers."""
@@ -196,14 +194,14 @@ class Sources:
             files = [s.path.name for s in segments]
             shown = ", ".join(files) if len(files) <= 3 else f"{files[0]} .. {files[-1]} ({len(files)} files)"
             parts.append(f"'{variable}' from {shown}")
-        return f"the time axis {_span(self.time)} ({self.time.size} steps) comes from " + "; ".join(parts)
+        return f"the time axis {span(self.time)} ({self.time.size} steps) comes from " + "; ".join(parts)
 
     def years(self) -> np.ndarray:
         self.require_dates("split by year")
         return xr.DataArray(self.time, dims="t").dt.year.values
 
     def require_dates(self, what: str) -> None:
-        if not _is_datetime(self.time):
+        if not is_dates(self.time):
             raise SourceError(
                 f"time axis '{self.time_dim}' holds {self.time.dtype} values, not dates: "
                 f"{what} is impossible; use `splits: {{by: index, ...}}` or `{{by: blocks, block: N}}`"
@@ -306,8 +304,8 @@ class Sources:
                 reference, ref_name = axis, name
             elif axis.shape != reference.shape or not np.all(axis == reference):
                 raise SourceError(
-                    f"variable '{name}' has {axis.size} time steps ({_span(axis)}) but "
-                    f"'{ref_name}' has {reference.size} ({_span(reference)}); "
+                    f"variable '{name}' has {axis.size} time steps ({span(axis)}) but "
+                    f"'{ref_name}' has {reference.size} ({span(reference)}); "
                     "all variables must share one time axis"
                 )
             segments[name] = name_segments
@@ -582,7 +580,7 @@ class Sources:
         start, end = self.recipe.time_start, self.recipe.time_end
         if start is None and end is None:
             return
-        if not _is_datetime(self.time):
+        if not is_dates(self.time):
             raise SourceError(f"recipe 'time' selects dates, but '{self.time_dim}' holds {self.time.dtype} values")
         axis = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t")
         try:  # the dates are text (recipe.read_yaml): the data's calendar decides whether 2030-02-30 exists
@@ -593,7 +591,7 @@ class Sources:
                 f"sources' calendar ({self.calendar or 'standard'}): {exc}"
             ) from None
         if positions.size == 0:
-            raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {_span(self.time)}")
+            raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {span(self.time)}")
         self._offset = int(positions.values[0])
         self.time = self.time[self._offset : int(positions.values[-1]) + 1]
         if self.session is not None:
@@ -626,7 +624,7 @@ class Sources:
             first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
             files = str(first) if first == after else f"{first} and {after}"
             raise SourceError(
-                f"time axis has {len(gaps)} gap(s) longer than the usual step of {_days(usual)}: first "
+                f"time axis has {len(gaps)} gap(s) longer than the usual step of {duration_label(usual)}: first "
                 f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
                 "set `time_gaps: allow` in the recipe if the gaps are expected"
             )
@@ -646,10 +644,10 @@ class Sources:
         named = ", ".join(files[:4]) + (f" (and {len(files) - 4} more)" if len(files) > 4 else "")
         i = int(short[0])
         raise SourceError(
-            f"time step of {_days(float(steps[i - lo]))} between {self.time_label(i)} and "
-            f"{self.time_label(i + 1)}, shorter than the usual {_days(usual)} ({short.size} such "
+            f"time step of {duration_label(float(steps[i - lo]))} between {self.time_label(i)} and "
+            f"{self.time_label(i + 1)}, shorter than the usual {duration_label(usual)} ({short.size} such "
             f"step(s), in {named}): a store has one regular time step; resample the finer data to "
-            f"{_days(usual)} or leave those files out of `sources`"
+            f"{duration_label(usual)} or leave those files out of `sources`"
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -762,12 +760,6 @@ def _as_slice(index: np.ndarray):
     return index
 
 
-def _days(days: float) -> str:
-    if days * 24 * 60 < 1:
-        return f"{days * 86400:g} seconds"
-    return f"{days * 24:g} hours" if days < 1 else f"{days:g} days"
-
-
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
     """Levels in hPa: by the units attribute, else by value (no pressure level is deeper than 1100 hPa)."""
     values = np.asarray(coord.values, dtype=np.float64)
@@ -794,12 +786,6 @@ def channel_name(variable: str, level: float) -> str:
     return f"{variable}_{text}" if variable[-1:].isdigit() else f"{variable}{text}"
 
 
-def _is_datetime(values: np.ndarray) -> bool:
-    return np.issubdtype(values.dtype, np.datetime64) or (
-        values.dtype == object and values.size > 0 and hasattr(values[0], "calendar")
-    )
-
-
 def _increasing_pairs(times: np.ndarray) -> np.ndarray:
     return np.array([a < b for a, b in zip(times[:-1], times[1:])], dtype=bool)
 
@@ -808,7 +794,3 @@ def _strictly_increasing(times: np.ndarray) -> bool:
     if times.dtype != object:
         return bool(np.all(times[1:] > times[:-1]))
     return bool(_increasing_pairs(times).all())
-
-
-def _span(times: np.ndarray) -> str:
-    return f"{times[0]} .. {times[-1]}" if len(times) else "no steps"

@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from canonstore._time import is_dates
 from canonstore.errors import RecipeError
 from canonstore.splits.names import SPLIT_CODES, SPLIT_NAMES, SPLITS
 
@@ -177,7 +178,7 @@ def split_keys(rule: dict, time: np.ndarray, sessions: np.ndarray | None = None)
         return np.asarray(sessions, dtype=object)
     if by == "blocks" and isinstance(rule["block"], int):
         return np.arange(len(time)) // rule["block"]
-    if not _is_dates(time):
+    if not is_dates(time):
         raise RecipeError(
             f"splits.by: {by} needs a time axis of dates, but it holds {np.asarray(time).dtype} "
             "values; use `by: index` or `by: blocks` with a number of steps"
@@ -275,11 +276,6 @@ def _block_labels(blocks: np.ndarray, rule: dict) -> np.ndarray:
     code_of_block = np.empty(ids.size, dtype=np.int8)
     code_of_block[order] = np.repeat(np.arange(counts.size, dtype=np.int8), counts)
     return code_of_block[which]
-
-
-def _is_dates(time: np.ndarray) -> bool:
-    time = np.asarray(time)
-    return time.dtype.kind == "M" or (time.dtype == object and time.size > 0 and hasattr(time[0], "calendar"))
 
 
 def _as_cftime_or_datetime(time: np.ndarray):

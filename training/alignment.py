@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from canonstore._time import as_days, is_dates
 from canonstore.errors import RunError
-from canonstore.splits.gaps import as_days, segment_ids
+from canonstore.splits.gaps import segment_ids
 from canonstore.units import conversion, is_unknown, key, scale_to
 
 TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)
@@ -183,7 +184,7 @@ def lead_steps(lead: xr.DataArray, store, path) -> tuple[np.ndarray, np.ndarray 
     label = str(lead.attrs.get("units", "")).strip()
     if values.dtype.kind == "m":
         return _in_steps(values / np.timedelta64(1, "s"), store, path)
-    if values.dtype.kind in "MO":  # `hours since ...` decodes to dates
+    if is_dates(values):  # `hours since ...` decodes to dates
         raise RunError(
             f"{path}: lead holds dates ({values.flat[0]}, ...), not how far ahead: write lead as integers "
             f"in store steps, or as times (timedelta64, or units such as 'hours')"

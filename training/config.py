@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from canonstore._time import is_dates
 from canonstore.errors import ConfigError
 
 MODELS = ("unet", "mlp", "persistence", "climatology", "coarse-up")
@@ -295,7 +296,7 @@ def _supported_climatology(run: dict, store) -> None:
 
     args = run["model_args"]
     train = store.time[store.split_indices("train")]
-    if not (args["annual_harmonics"] or args["diurnal_harmonics"]) or train.dtype.kind not in "MO":
+    if not (args["annual_harmonics"] or args["diurnal_harmonics"]) or not is_dates(train):
         return  # no dates: the fit says what to set (training.models.time_phases)
     args["annual_harmonics"], args["diurnal_harmonics"], why = supported_harmonics(
         train, args["annual_harmonics"], args["diurnal_harmonics"]

@@ -24,6 +24,7 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
+from canonstore._time import as_days
 from canonstore.errors import ConfigError
 from canonstore.formats.shards import take_fields
 
@@ -206,8 +207,6 @@ def _largest_gap(phases: np.ndarray) -> float:
 
 def _days(times: np.ndarray) -> float:
     """Days from the first to the last of `times`, plus one usual step (the last step's own span)."""
-    from canonstore.splits.gaps import as_days
-
     days = as_days(np.asarray(times))
     return float(days.max() - days.min() + (np.median(np.diff(days)) if days.size > 1 else 0.0))
 
