@@ -19,37 +19,38 @@ import numpy as np
 import zarr
 
 from canonstore import open_store
+from canonstore.formats.zarr_ import ShardLayout
 
 
-def multi_shard_copy(store, path: Path, shard_mb: float) -> tuple[zarr.Array, list[np.memmap], int]:
+def multi_shard_copy(store, path: Path, shard_mb: float) -> tuple[zarr.Array, list[np.memmap], ShardLayout]:
     sample_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
-    steps = max(1, int(shard_mb * 2**20) // sample_bytes)
+    layout = ShardLayout.of_size(store.shape[0], sample_bytes, shard_mb)
     arr = zarr.create_array(
         path,
         shape=store.shape,
         dtype=store.dtype,
         chunks=(1,) + store.shape[1:],
-        shards=(steps,) + store.shape[1:],
+        shards=(layout.shard_steps,) + store.shape[1:],
         compressors=None,
         fill_value=np.nan,
         config={"write_empty_chunks": True},
         overwrite=True,
     )
-    for start in range(0, store.shape[0], steps):
-        arr[start : start + steps] = store.array[start : start + steps]
     maps = []
-    for k, start in enumerate(range(0, store.shape[0], steps)):
-        n = min(steps, store.shape[0] - start)
+    for k in range(layout.count):
+        first, stop = layout.range(k)
+        arr[first:stop] = store.array[first:stop]
+        n = stop - first
         key = path.joinpath("c", str(k), *(["0"] * (len(store.shape) - 1)))
         maps.append(np.memmap(key, dtype=store.dtype, mode="r", shape=(n,) + store.shape[1:]))
-    return arr, maps, steps
+    return arr, maps, layout
 
 
-def gather_shards(maps, steps, idx, out):
-    shard = idx // steps
+def gather_shards(maps, layout: ShardLayout, idx, out):
+    shard = layout.shard_of(idx)
     for k in np.unique(shard):
         sel = np.flatnonzero(shard == k)
-        out[sel] = maps[k][idx[sel] - k * steps]
+        out[sel] = maps[k][idx[sel] - layout.range(k)[0]]
 
 
 def timed(fn, batches, nbytes):
@@ -70,7 +71,7 @@ def main():
     args = p.parse_args()
     store = open_store(args.store)
     single = zarr.open_array(Path(args.store) / "data", mode="r")
-    multi, maps, steps = multi_shard_copy(store, args.work, args.shard_mb)
+    multi, maps, layout = multi_shard_copy(store, args.work, args.shard_mb)
     rng = np.random.default_rng(0)
     batches = [np.sort(rng.choice(store.shape[0], args.batch, replace=False)) for _ in range(args.batches)]
     out = np.empty((args.batch,) + store.shape[1:], store.dtype)
@@ -80,7 +81,7 @@ def main():
     rows = {
         "single memmap, one np.take": timed(lambda b: np.take(store.array, b, axis=0, out=out), batches, nbytes),
         f"{len(maps)} shard memmaps, take per shard": timed(
-            lambda b: gather_shards(maps, steps, b, out), batches, nbytes
+            lambda b: gather_shards(maps, layout, b, out), batches, nbytes
         ),
         "zarr-python, single shard": timed(lambda b: single.get_orthogonal_selection((b,)), batches[:40], nbytes),
         f"zarr-python, {len(maps)} shards": timed(lambda b: multi.get_orthogonal_selection((b,)), batches[:40], nbytes),

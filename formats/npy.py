@@ -30,7 +30,7 @@ from canonstore.atomic import (
 )
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
-from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
+from canonstore.formats.zarr_ import ShardLayout, mappable_layout, open_shard, shard_file
 from canonstore.splits import SPLITS
 
 BLOCK_MB = 64
@@ -161,14 +161,16 @@ def block_reader(store):
         return lambda a, b: data[a:b]
     handle, shape, dtype = store._handle, store.shape, store.dtype.newbyteorder("<")
     shard_steps = mappable_layout(store.path, store._group["data"])
+    layout = ShardLayout(shape[0], shard_steps)
     step_bytes = int(np.prod(shape[1:])) * dtype.itemsize
 
     def read(a: int, b: int) -> np.ndarray:
         out = np.empty((b - a,) + tuple(shape[1:]), dtype)
         view = memoryview(out).cast("B")
-        for k in range(a // shard_steps, (b - 1) // shard_steps + 1):
-            lo, hi = max(a, k * shard_steps), min(b, (k + 1) * shard_steps)
-            part, offset = view[(lo - a) * step_bytes : (hi - a) * step_bytes], (lo - k * shard_steps) * step_bytes
+        for k in range(layout.shard_of(a), layout.shard_of(b - 1) + 1):
+            first, stop = layout.range(k)
+            lo, hi = max(a, first), min(b, stop)
+            part, offset = view[(lo - a) * step_bytes : (hi - a) * step_bytes], (lo - first) * step_bytes
             fd = open_shard(handle, shape, dtype, shard_steps, k)  # checks the index: contiguous C-order steps
             try:
                 done = 0

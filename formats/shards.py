@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.formats.handle import StoreHandle
-from canonstore.formats.zarr_ import map_shard, shard_count
+from canonstore.formats.zarr_ import ShardLayout, map_shard
 
 
 class ShardedArray:
@@ -33,7 +33,8 @@ class ShardedArray:
         self.handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
         self.store, self.shape, self.shard_steps = self.handle.path, tuple(shape), int(shard_steps)
         self.dtype = np.dtype(dtype)
-        self.shards = shard_count(self.shape[0], self.shard_steps)
+        self.layout = ShardLayout(self.shape[0], self.shard_steps)
+        self.shards = self.layout.count
         self.max_mapped = max(1, max_mapped)
         self._mapped: OrderedDict[int, np.memmap] = OrderedDict()
 
@@ -74,9 +75,9 @@ class ShardedArray:
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
         if isinstance(first, slice):
             steps = range(self.shape[0])[first]
-            if steps.step == 1 and len(steps) and steps[0] // self.shard_steps == steps[-1] // self.shard_steps:
-                k = steps[0] // self.shard_steps
-                local = slice(steps[0] - k * self.shard_steps, steps[-1] + 1 - k * self.shard_steps)
+            if steps.step == 1 and len(steps) and self.layout.shard_of(steps[0]) == self.layout.shard_of(steps[-1]):
+                k, local = self.layout.locate(steps[0])
+                local = slice(local, local + len(steps))
                 return self.shard(k)[(local,) + rest]  # inside one shard: a view, as a memmap gives
         elif not isinstance(first, (bool, np.bool_)):  # True is an index of its own in NumPy, not step 1
             try:
@@ -84,7 +85,7 @@ class ShardedArray:
             except TypeError:
                 pass
             else:
-                k, local = divmod(self._step(step), self.shard_steps)
+                k, local = self.layout.locate(self._step(step))
                 return self.shard(k)[(local,) + rest]  # one step: a view, whatever the other indices
         return self._index(_index_parts(key, self.shape))
 
@@ -98,7 +99,7 @@ class ShardedArray:
         at, time = next((i, p) for i, p in enumerate(parts) if not _takes_no_axis(p))
         others = parts[:at], parts[at + 1 :]
         if not isinstance(time, (slice, np.ndarray)):  # an integer after None or a boolean scalar
-            k, local = divmod(self._step(operator.index(time)), self.shard_steps)
+            k, local = self.layout.locate(self._step(operator.index(time)))
             return self.shard(k)[others[0] + (local,) + others[1]]
         if isinstance(time, slice):
             rows = np.arange(*time.indices(self.shape[0]))
@@ -128,7 +129,7 @@ class ShardedArray:
         """Index each shard's run of `rows` by itself and join the pieces along the output's time axis."""
 
         def local_index(k: int, run: np.ndarray):
-            local = run - k * self.shard_steps
+            local = run - self.layout.range(k)[0]
             if not isinstance(time, slice):
                 return local
             step = time.indices(self.shape[0])[2]
@@ -161,7 +162,7 @@ class ShardedArray:
     # -- the batch path ---------------------------------------------------------------------
     def _runs(self, rows: np.ndarray, per_step: int):
         """(shard, a, b): rows[a:b] all lie in one shard, for consecutive runs of `rows`."""
-        shard = rows // (per_step * self.shard_steps)
+        shard = self.layout.shard_of(rows // per_step)
         cuts = np.flatnonzero(shard[1:] != shard[:-1]) + 1
         edges = np.concatenate([[0], cuts, [rows.size]])
         return [(int(shard[a]), int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
@@ -173,7 +174,7 @@ class ShardedArray:
         rows = _checked(rows, self.shape[0] * per_step)
         for k, a, b in self._runs(rows, per_step):
             flat = self.shard(k).reshape(-1, out.shape[1])
-            np.take(flat, rows[a:b] - k * self.shard_steps * per_step, axis=0, out=out[a:b], mode="clip")
+            np.take(flat, rows[a:b] - self.layout.range(k)[0] * per_step, axis=0, out=out[a:b], mode="clip")
         return out
 
 

@@ -23,7 +23,7 @@ from canonstore.formats.handle import CheckedStore, StoreHandle
 from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.spec import READABLE_VERSIONS, denormalise
-from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
+from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
 from canonstore.splits import SPLIT_CODES, check_split, find_gaps
 
 
@@ -73,7 +73,7 @@ class Store:
             return data
         try:
             shard_steps = mappable_layout(self.path, data)
-            if shard_count(self.shape[0], shard_steps) == 1:
+            if ShardLayout(self.shape[0], shard_steps).count == 1:
                 return map_shard(self._handle, self.shape, self.dtype, shard_steps, 0)
             array = ShardedArray(self._handle, self.shape, self.dtype, shard_steps)
             array.shard(0)  # a damaged first shard fails here, not in the middle of an epoch

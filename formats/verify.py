@@ -12,7 +12,7 @@ from canonstore.formats.handle import StoreHandle
 from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.spec import STAT_NAMES
 from canonstore.formats.store import Store
-from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
+from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
 from canonstore.splits import SPLIT_NAMES
 
 
@@ -97,7 +97,7 @@ def _check_schema(store: Store) -> list[str]:
                 problems.append(f"session: expected {ntime} positions in the session_ids list")
         if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
             shard_steps = mappable_layout(store.path, store._group["data"])
-            for k in range(shard_count(ntime, shard_steps)):
+            for k in range(ShardLayout(ntime, shard_steps).count):
                 map_shard(store._handle, shape, store.dtype, shard_steps, k)
     except Exception as exc:  # a damaged chunk fails in whichever codec reads it first
         problems.append(f"schema: {type(exc).__name__}: {exc}")

@@ -19,7 +19,7 @@ from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import read_manifest
 from canonstore.formats.spec import FORMAT_VERSION, masked_channel
 from canonstore.formats.store import open_store
-from canonstore.formats.zarr_ import shard_file
+from canonstore.formats.zarr_ import ShardLayout, shard_file
 from canonstore.preprocess import cluster, tasks, writer
 from canonstore.preprocess.build import (
     BLOCK_MB,
@@ -134,7 +134,9 @@ def try_append(
         )
         report_sources(sources, log)
         # The partial last shard is rewritten; so is a one-shard store's shard, which was cut to its steps.
-        first_shard = old_steps // old_shard if old_shard == layout["shard_steps"] else 0
+        first_shard = (
+            ShardLayout(sources.time.size, old_shard).shard_of(old_steps) if old_shard == layout["shard_steps"] else 0
+        )
         files = read_manifest(out)["files"]
         linked = {}
         for k in range(first_shard):

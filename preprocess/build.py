@@ -38,7 +38,7 @@ from canonstore.formats.coords import longitude_is_periodic
 from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.spec import FORMAT_VERSION, STAT_NAMES, normalise, valid_name
 from canonstore.formats.verify import verify_store
-from canonstore.formats.zarr_ import shard_count, shard_steps_for
+from canonstore.formats.zarr_ import ShardLayout
 from canonstore.preprocess import buildlog, cluster, tasks, writer
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.recipe import Recipe, load_recipe, source_patterns
@@ -259,7 +259,7 @@ def _build_locked(
         if resuming:
             log(
                 f"resuming {staging}: {len(tasks.written_shards(staging))} of "
-                f"{shard_count(sources.time.size, layout['shard_steps'])} shards already written"
+                f"{ShardLayout(sources.time.size, layout['shard_steps']).count} shards already written"
             )
         else:
             if staging.exists() and not resume:
@@ -415,8 +415,7 @@ def data_layout(recipe: Recipe, sources: Sources, block_mb: float = BLOCK_MB) ->
     is larger than a block: then each block is one step's `block_channels` channels)."""
     nchan = sources.sample_shape[0]
     sample_bytes = int(np.prod(sources.sample_shape)) * np.dtype(recipe.dtype).itemsize
-    # A store smaller than one shard is one shard of exactly its steps (no index of absent chunks).
-    shard_steps = min(shard_steps_for(sample_bytes, recipe.shard_mb), sources.time.size)
+    shard_steps = ShardLayout.of_size(sources.time.size, sample_bytes, recipe.shard_mb).shard_steps
     budget = int(block_mb * 2**20)
     return {
         "shard_steps": shard_steps,
@@ -572,7 +571,7 @@ def _write(
         job,
         shape=shape,
         dtype=recipe.dtype,
-        first=first_shard * layout["shard_steps"],
+        first=ShardLayout(shape[0], layout["shard_steps"]).range(first_shard)[0],
         # in place only when the raw layout is the store's (no `_valid` channels)
         in_place=job.in_place and shape == job.shape,
     )
@@ -587,18 +586,14 @@ def _write(
     entries = {e["rel"]: e for e in written.values() if e is not None}
     raw_crcs = {k: (tasks.load_scan(job, k) or {}).get("raw_crc32") for k in shards} if job.in_place else {}
     todo = [(k, raw_crcs.get(k)) for k in shards if written[k] is None]
-    done_steps = sum(
-        len(range(k * layout["shard_steps"], min(shape[0], (k + 1) * layout["shard_steps"])))
-        for k in shards
-        if written[k] is not None
-    )
+    done_steps = sum(job.shard_layout.steps_in(k) for k in shards if written[k] is not None)
     with tqdm(total=shape[0] - job.first, initial=done_steps, unit="step", desc="write", disable=not progress) as bar:
         for (k, _), entry in run.map(tasks.write_shard, job, todo, norm):
             entries[entry["rel"]] = entry
-            bar.update(min(shape[0], (k + 1) * layout["shard_steps"]) - k * layout["shard_steps"])
+            bar.update(job.shard_layout.steps_in(k))
     tasks.clear_markers(staging)
     (staging / writer.PROGRESS).unlink()  # the store's own files only, from here on
-    layout = {**layout, "shards": shard_count(shape[0], layout["shard_steps"])}
+    layout = {**layout, "shards": job.shard_layout.count}
     writer.set_root_attrs(staging, _provenance(recipe, sources, inputs, layout, shape, history))
     writer.set_data_labels(staging)
     writer.consolidate(staging)

@@ -29,7 +29,7 @@ from canonstore.atomic import fsync, write_file_atomic
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import file_sha256
 from canonstore.formats.spec import normalise_to
-from canonstore.formats.zarr_ import ShardWriter, shard_file
+from canonstore.formats.zarr_ import ShardLayout, ShardWriter, shard_file
 from canonstore.preprocess.recipe import load_recipe
 from canonstore.preprocess.sources import Sources, open_sources
 from canonstore.preprocess.stats import step_moments
@@ -53,13 +53,17 @@ class ShardJob:
     reread: tuple = ()  # in place: channels float32 cannot hold exactly, read again from the sources
     first: int = 0  # first step to scan (an append scans only its new steps)
 
+    @property
+    def shard_layout(self) -> ShardLayout:
+        return ShardLayout(self.shape[0], self.layout["shard_steps"])
+
     def steps(self, k: int) -> tuple[int, int]:
         """Steps [start, stop) of shard `k` that this job scans."""
-        s = self.layout["shard_steps"]
-        return max(self.first, k * s), min(self.shape[0], (k + 1) * s)
+        first, stop = self.shard_layout.range(k)
+        return max(self.first, first), stop
 
     def shards(self) -> list[int]:
-        return list(range(self.first // self.layout["shard_steps"], -(-self.shape[0] // self.layout["shard_steps"])))
+        return list(self.shard_layout.shards_from(self.first))
 
     def marker(self, name: str) -> Path:
         return Path(self.staging, MARKERS, name)
@@ -93,8 +97,8 @@ def pieces(first: int, stop: int, layout: dict, nchan: int):
 
     Blocks never cross a shard; a step larger than a block comes in channel ranges.
     """
-    for shard_start in range(first - first % layout["shard_steps"], stop, layout["shard_steps"]):
-        shard_stop = min(stop, shard_start + layout["shard_steps"])
+    shards = ShardLayout(stop, layout["shard_steps"])  # the shards' steps, cut at `stop`
+    for shard_start, shard_stop in map(shards.range, shards.shards_from(first)):
         for start in range(max(first, shard_start), shard_stop, layout["block_steps"]):
             end = min(shard_stop, start + layout["block_steps"])
             group = layout["block_channels"] or nchan
@@ -248,7 +252,7 @@ def _write_uncompressed(job: ShardJob, k: int, plan: dict, sources: Sources) -> 
     """Normalise shard `k` (in place, or from the sources) block by block; the file's sha256 is taken
     as the blocks go by (they come in file order). Returns the entry and the crc32 of the raw values read."""
     mean, std = np.asarray(plan["mean"]), np.asarray(plan["std"])
-    start, stop = k * job.layout["shard_steps"], min(job.shape[0], (k + 1) * job.layout["shard_steps"])
+    start, stop = job.shard_layout.range(k)
     shards = ShardWriter(Path(job.staging), job.shape, job.dtype, job.layout["shard_steps"], resume=job.in_place)
     digest, size, crc = hashlib.sha256(), 0, 0
     try:
@@ -294,7 +298,7 @@ def _write_compressed(job: ShardJob, k: int, plan: dict, sources: Sources) -> di
     import zarr
 
     mean, std = np.asarray(plan["mean"]), np.asarray(plan["std"])
-    start, stop = k * job.layout["shard_steps"], min(job.shape[0], (k + 1) * job.layout["shard_steps"])
+    start, stop = job.shard_layout.range(k)
     array = zarr.open_array(Path(job.staging, "data"), mode="r+")
     for a, b, c0, c1 in pieces(start, stop, job.layout, job.shape[1]):
         values = store_values(sources, plan["mask_channels"], a, b, c0, c1)
