@@ -53,7 +53,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers test clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers lint test clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -140,6 +140,10 @@ $(BENCH_ONE)/manifest.json: recipes/bench.yaml $(BENCH_STAMP) | $(ENV_STAMP)
 	sed -e 's/shard_mb: 64/shard_mb: 1048576/' -e 's|\.\./data/raw/bench|$(CURDIR)/data/raw/bench|' recipes/bench.yaml > $(BENCH_ONE).yaml
 	$(CANON) build $(BENCH_ONE).yaml --out $(BENCH_ONE) --resume
 	touch $@
+
+lint: $(ENV_STAMP) ## ruff: lint and check the formatting (fix with: ruff check --fix . && ruff format .)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(ENV_STAMP) ## run the test suite
 	$(PY) -m pytest -q

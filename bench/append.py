@@ -39,16 +39,20 @@ def main() -> None:
     args = parser.parse_args()
     raw, recipe = args.work / "raw", args.work / "append.yaml"
     if not (raw / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "canonstore", "demo-data", str(raw), "--size", str(args.size),
-                        "--years", "6"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "canonstore", "demo-data", str(raw), "--size", str(args.size), "--years", "6"],
+            check=True,
+            capture_output=True,
+        )
     recipe.write_text(RECIPE.format(end="2004-12-31", shard_mb=args.shard_mb))
     five = timed("build", str(recipe), "--out", str(args.work / "a.zarr"), "--force", "--quiet")
     recipe.write_text(RECIPE.format(end="2005-12-31", shard_mb=args.shard_mb))
     append = timed("append", str(args.work / "a.zarr"), "--quiet")
     full = timed("build", str(recipe), "--out", str(args.work / "b.zarr"), "--force", "--quiet")
     files = [json.loads((args.work / s / "manifest.json").read_text())["files"] for s in ("a.zarr", "b.zarr")]
-    same = {k: v for k, v in files[0].items() if k.startswith("data/c/")} == \
-           {k: v for k, v in files[1].items() if k.startswith("data/c/")}
+    same = {k: v for k, v in files[0].items() if k.startswith("data/c/")} == {
+        k: v for k, v in files[1].items() if k.startswith("data/c/")
+    }
     print(f"{'step':<34}{'seconds':>9}")
     print(f"{'build 5 years':<34}{five:>9.2f}")
     print(f"{'append year 6':<34}{append:>9.2f}")

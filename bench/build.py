@@ -69,8 +69,8 @@ if __name__ == "__main__":  # dask workers start by importing this script
         import dask
         from distributed import Client, LocalCluster
         from canonstore.preprocess.cluster import UNTRIMMED
-        with dask.config.set(UNTRIMMED), LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40) as cluster, \\
-                Client(cluster) as client:
+        local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
+        with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
             began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
             result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None,
                            scheduler=cluster.scheduler_address)
@@ -95,8 +95,21 @@ def run(code: str, *args: str, values: int = 3) -> list[float]:
 def measure(work: Path, size: float, years: int, workers: list[int]) -> list[dict]:
     folder = work / f"size-{size:g}"
     if not (folder / "raw" / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "canonstore", "demo-data", str(folder / "raw"), "--size", str(size),
-                        "--years", str(years)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "canonstore",
+                "demo-data",
+                str(folder / "raw"),
+                "--size",
+                str(size),
+                "--years",
+                str(years),
+            ],
+            check=True,
+            capture_output=True,
+        )
     files = sorted(str(p) for p in (folder / "raw").glob("*.nc"))
     raw_bytes, raw_seconds, _ = run(RAW_READ, *files)
     rows = [_row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds)]
@@ -106,21 +119,34 @@ def measure(work: Path, size: float, years: int, workers: list[int]) -> list[dic
     runs = [("in-process, one shard", 10**6, 0), ("in-process, 8 MiB shards", 8, 0)]
     runs += [(f"LocalCluster {n} worker{'s' if n > 1 else ''}, 8 MiB shards", 8, n) for n in workers]
     for layout, shard_mb, n in runs:
-        (folder / "bench.yaml").write_text(RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb))
-        nbytes, seconds, rss_kb, worker_kb = run(BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n),
-                                                 values=4)
-        shards = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]["layout"]["shards"]
-        rows.append(_row(size, layout, shards, nbytes, seconds, worker_kb or rss_kb, rss_kb if worker_kb else None,
-                         n or None))
+        (folder / "bench.yaml").write_text(
+            RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb)
+        )
+        nbytes, seconds, rss_kb, worker_kb = run(
+            BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=4
+        )
+        shards = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]["layout"][
+            "shards"
+        ]
+        rows.append(
+            _row(size, layout, shards, nbytes, seconds, worker_kb or rss_kb, rss_kb if worker_kb else None, n or None)
+        )
         shutil.rmtree(folder / "bench.zarr")
     return rows
 
 
 def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None) -> dict:
-    return {"size": size, "layout": layout, "workers": workers, "shards": shards, "mb": round(nbytes / 1e6, 1),
-            "seconds": round(seconds, 2), "mb_per_s": round(nbytes / 1e6 / seconds, 1),
-            "peak_rss_mb": round(rss_kb / 1024, 1) if rss_kb else None,
-            "driver_rss_mb": round(driver_kb / 1024, 1) if driver_kb else None}
+    return {
+        "size": size,
+        "layout": layout,
+        "workers": workers,
+        "shards": shards,
+        "mb": round(nbytes / 1e6, 1),
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(nbytes / 1e6 / seconds, 1),
+        "peak_rss_mb": round(rss_kb / 1024, 1) if rss_kb else None,
+        "driver_rss_mb": round(driver_kb / 1024, 1) if driver_kb else None,
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -157,13 +183,18 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     rows = [row for size in args.sizes for row in measure(args.work, size, args.years, args.workers)]
-    print(f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}"
-          f"{'peak RSS MB':>13}")
+    print(f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}{'peak RSS MB':>13}")
     for r in rows:
         raw = next(x for x in rows if x["size"] == r["size"] and x["layout"].startswith("raw read"))
-        rss = f"{r['peak_rss_mb']}" + (f" ({r['driver_rss_mb']})" if r["driver_rss_mb"] else "") if r["peak_rss_mb"] else ""
-        print(f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
-              f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{rss:>13}")
+        rss = (
+            f"{r['peak_rss_mb']}" + (f" ({r['driver_rss_mb']})" if r["driver_rss_mb"] else "")
+            if r["peak_rss_mb"]
+            else ""
+        )
+        print(
+            f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
+            f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{rss:>13}"
+        )
     small, large = min(args.sizes), max(args.sizes)
     for layout in dict.fromkeys(r["layout"] for r in rows if r["shards"]):
         a, b = (next(r for r in rows if r["size"] == s and r["layout"] == layout) for s in (small, large))
@@ -171,8 +202,14 @@ def main() -> None:
     for size in args.sizes:
         by = {r["workers"]: r for r in rows if r["size"] == size and r["workers"]}
         if 1 in by:
-            print(f"SIZE {size:g}: " + ", ".join(f"{n} workers / 1 worker = x{by[n]['mb_per_s'] / by[1]['mb_per_s']:.2f}"
-                                              for n in sorted(by) if n > 1))
+            print(
+                f"SIZE {size:g}: "
+                + ", ".join(
+                    f"{n} workers / 1 worker = x{by[n]['mb_per_s'] / by[1]['mb_per_s']:.2f}"
+                    for n in sorted(by)
+                    if n > 1
+                )
+            )
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "build.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.results / "build.png")

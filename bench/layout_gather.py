@@ -4,8 +4,9 @@
 
 Copies the store's data into a multi-shard uncompressed Zarr array (shards of --shard-mb), then
 times, side by side, random sorted batches gathered (a) with one np.take from the single memmap,
-(b) shard by shard from per-shard memmaps, (c) through zarr-python from each layout. The memcpy ceiling belongs to `make bench` (loaders).
-Everything is read from page cache (each variant is warmed first). Prints MB/s per variant.
+(b) shard by shard from per-shard memmaps, (c) through zarr-python from each layout. The memcpy ceiling
+belongs to `make bench` (loaders). Everything is read from page cache (each variant is warmed first).
+Prints MB/s per variant.
 """
 
 from __future__ import annotations
@@ -18,33 +19,42 @@ import numpy as np
 import zarr
 
 from canonstore import open_store
+from canonstore.formats.zarr_ import ShardLayout
 
 
-def multi_shard_copy(store, path: Path, shard_mb: float) -> tuple[zarr.Array, list[np.memmap], int]:
+def multi_shard_copy(store, path: Path, shard_mb: float) -> tuple[zarr.Array, list[np.memmap], ShardLayout]:
     sample_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
-    steps = max(1, int(shard_mb * 2**20) // sample_bytes)
-    arr = zarr.create_array(path, shape=store.shape, dtype=store.dtype, chunks=(1,) + store.shape[1:],
-                            shards=(steps,) + store.shape[1:], compressors=None, fill_value=np.nan,
-                            config={"write_empty_chunks": True}, overwrite=True)
-    for start in range(0, store.shape[0], steps):
-        arr[start:start + steps] = store.array[start:start + steps]
+    layout = ShardLayout.of_size(store.shape[0], sample_bytes, shard_mb)
+    arr = zarr.create_array(
+        path,
+        shape=store.shape,
+        dtype=store.dtype,
+        chunks=(1,) + store.shape[1:],
+        shards=(layout.shard_steps,) + store.shape[1:],
+        compressors=None,
+        fill_value=np.nan,
+        config={"write_empty_chunks": True},
+        overwrite=True,
+    )
     maps = []
-    for k, start in enumerate(range(0, store.shape[0], steps)):
-        n = min(steps, store.shape[0] - start)
+    for k in range(layout.count):
+        first, stop = layout.range(k)
+        arr[first:stop] = store.array[first:stop]
+        n = stop - first
         key = path.joinpath("c", str(k), *(["0"] * (len(store.shape) - 1)))
         maps.append(np.memmap(key, dtype=store.dtype, mode="r", shape=(n,) + store.shape[1:]))
-    return arr, maps, steps
+    return arr, maps, layout
 
 
-def gather_shards(maps, steps, idx, out):
-    shard = idx // steps
+def gather_shards(maps, layout: ShardLayout, idx, out):
+    shard = layout.shard_of(idx)
     for k in np.unique(shard):
         sel = np.flatnonzero(shard == k)
-        out[sel] = maps[k][idx[sel] - k * steps]
+        out[sel] = maps[k][idx[sel] - layout.range(k)[0]]
 
 
 def timed(fn, batches, nbytes):
-    fn(batches[0])                                      # warm
+    fn(batches[0])  # warm
     began = time.perf_counter()
     for b in batches:
         fn(b)
@@ -61,16 +71,18 @@ def main():
     args = p.parse_args()
     store = open_store(args.store)
     single = zarr.open_array(Path(args.store) / "data", mode="r")
-    multi, maps, steps = multi_shard_copy(store, args.work, args.shard_mb)
+    multi, maps, layout = multi_shard_copy(store, args.work, args.shard_mb)
     rng = np.random.default_rng(0)
     batches = [np.sort(rng.choice(store.shape[0], args.batch, replace=False)) for _ in range(args.batches)]
     out = np.empty((args.batch,) + store.shape[1:], store.dtype)
     nbytes = out.nbytes
-    for a in (store.array, *maps):                    # page cache
+    for a in (store.array, *maps):  # page cache
         np.asarray(a).sum()
     rows = {
         "single memmap, one np.take": timed(lambda b: np.take(store.array, b, axis=0, out=out), batches, nbytes),
-        f"{len(maps)} shard memmaps, take per shard": timed(lambda b: gather_shards(maps, steps, b, out), batches, nbytes),
+        f"{len(maps)} shard memmaps, take per shard": timed(
+            lambda b: gather_shards(maps, layout, b, out), batches, nbytes
+        ),
         "zarr-python, single shard": timed(lambda b: single.get_orthogonal_selection((b,)), batches[:40], nbytes),
         f"zarr-python, {len(maps)} shards": timed(lambda b: multi.get_orthogonal_selection((b,)), batches[:40], nbytes),
     }

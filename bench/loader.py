@@ -89,13 +89,26 @@ def make_loader(name: str, store, args, device: str):
     """An iterable of (x, y) batches for loader `name`, all over the same train windows."""
     kwargs = {"lead": 1, "history": 0}
     if name == "store-batch":
-        return BatchLoader(StoreDataset(store, "train", **kwargs), args.batch_size, seed=0, device=device,
-                           workers=args.workers, drop_last=True)
+        return BatchLoader(
+            StoreDataset(store, "train", **kwargs),
+            args.batch_size,
+            seed=0,
+            device=device,
+            workers=args.workers,
+            drop_last=True,
+        )
     dataset = {"netcdf": NetCDFDataset, "store-dataloader": StoreDataset, "zarr-python": ZarrDataset}[name]
-    return torch.utils.data.DataLoader(dataset(store, "train", **kwargs), batch_size=args.batch_size, shuffle=True,
-                                       drop_last=True, num_workers=args.workers, generator=seeded_generator(0),
-                                       worker_init_fn=worker_init_fn, pin_memory=device == "cuda",
-                                       persistent_workers=args.workers > 0)
+    return torch.utils.data.DataLoader(
+        dataset(store, "train", **kwargs),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        generator=seeded_generator(0),
+        worker_init_fn=worker_init_fn,
+        pin_memory=device == "cuda",
+        persistent_workers=args.workers > 0,
+    )
 
 
 def memcpy_batches(store, args):
@@ -112,19 +125,26 @@ def memcpy_batches(store, args):
     out = np.empty((steps, array.shape[1]), array.dtype)
     parts = np.array_split(np.arange(steps), args.workers)
     rng = np.random.default_rng(0)
+
+    def copy(part, start):
+        np.copyto(out[part[0] : part[-1] + 1], array[start + part[0] : start + part[-1] + 1])
+
     with ThreadPoolExecutor(args.workers) as pool:
         while True:
             start = int(rng.integers(0, len(array) - steps))
-            list(pool.map(lambda p: np.copyto(out[p[0]:p[-1] + 1], array[start + p[0]:start + p[-1] + 1]), parts))
-            yield out[:args.batch_size], out[args.batch_size:]
+            list(pool.map(copy, parts, [start] * len(parts)))
+            yield out[: args.batch_size], out[args.batch_size :]
 
 
 def measure(name: str, args) -> dict:
     """Batches/s of one loader for about `args.seconds` (after 2 warm-up batches), in this process."""
     store = open_store(args.one_shard if name.endswith("-1shard") else args.store)
     with PeakRSS() as peak:
-        batches = (memcpy_batches(store, args) if name == "memcpy"
-                   else make_loader(name.removesuffix("-1shard"), store, args, "cpu"))
+        batches = (
+            memcpy_batches(store, args)
+            if name == "memcpy"
+            else make_loader(name.removesuffix("-1shard"), store, args, "cpu")
+        )
         it = iter(batches)
         for _ in range(2):
             next(it)
@@ -137,10 +157,18 @@ def measure(name: str, args) -> dict:
                 continue
             n, nbytes = n + 1, nbytes + x.nbytes + y.nbytes
         elapsed = time.perf_counter() - start
-    return {"loader": name, "mode": "load", "workers": args.workers, "batch_size": args.batch_size,
-            "batches": n, "seconds": round(elapsed, 2), "samples_per_s": round(n * args.batch_size / elapsed, 1),
-            "mb_per_s": round(nbytes / elapsed / 1e6, 1), "peak_rss_mb": round(peak.rss / 1e6, 1),
-            "peak_private_mb": round(peak.private / 1e6, 1)}
+    return {
+        "loader": name,
+        "mode": "load",
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "batches": n,
+        "seconds": round(elapsed, 2),
+        "samples_per_s": round(n * args.batch_size / elapsed, 1),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+        "peak_rss_mb": round(peak.rss / 1e6, 1),
+        "peak_private_mb": round(peak.private / 1e6, 1),
+    }
 
 
 def train(name: str, args) -> dict:
@@ -188,10 +216,19 @@ def train(name: str, args) -> dict:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     gpu_ms = sum(b.elapsed_time(e) for b, e in marks) / n  # main-stream time per step (GPU busy or waiting)
-    return {"loader": name, "mode": "train", "workers": args.workers, "batch_size": args.batch_size,
-            "steps": n, "seconds": round(elapsed, 2), "steps_per_s": round(n / elapsed, 2),
-            "samples_per_s": round(n * args.batch_size / elapsed, 1), "data_wait_frac": round(wait / elapsed, 3),
-            "gpu_ms_per_step": round(gpu_ms, 2), "gpu": torch.cuda.get_device_name()}
+    return {
+        "loader": name,
+        "mode": "train",
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "steps": n,
+        "seconds": round(elapsed, 2),
+        "steps_per_s": round(n / elapsed, 2),
+        "samples_per_s": round(n * args.batch_size / elapsed, 1),
+        "data_wait_frac": round(wait / elapsed, 3),
+        "gpu_ms_per_step": round(gpu_ms, 2),
+        "gpu": torch.cuda.get_device_name(),
+    }
 
 
 def warm_page_cache(store) -> None:
@@ -216,17 +253,23 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'loader':<18}{'samples/s':>11}{'MB/s':>10}{'x netcdf':>10}{'of memcpy':>11}{'peak RSS MB':>13}"
-          f"{'private MB':>12}")
+    print(
+        f"\n{'loader':<18}{'samples/s':>11}{'MB/s':>10}{'x netcdf':>10}{'of memcpy':>11}{'peak RSS MB':>13}"
+        f"{'private MB':>12}"
+    )
     for r in (r for r in rows if r["mode"] == "load"):
-        print(f"{r['loader']:<18}{r['samples_per_s']:>11.1f}{r['mb_per_s']:>10.1f}{r['x_netcdf']:>10.2f}"
-              f"{r['of_memcpy']:>11.1%}{r['peak_rss_mb']:>13.1f}{r['peak_private_mb']:>12.1f}")
+        print(
+            f"{r['loader']:<18}{r['samples_per_s']:>11.1f}{r['mb_per_s']:>10.1f}{r['x_netcdf']:>10.2f}"
+            f"{r['of_memcpy']:>11.1%}{r['peak_rss_mb']:>13.1f}{r['peak_private_mb']:>12.1f}"
+        )
     trains = [r for r in rows if r["mode"] == "train"]
     if trains:
         print(f"\n{'training with':<18}{'steps/s':>9}{'samples/s':>11}{'of model alone':>16}{'data wait':>11}")
         for r in trains:
-            print(f"{r['loader']:<18}{r['steps_per_s']:>9.2f}{r['samples_per_s']:>11.1f}{r['of_model_alone']:>16.1%}"
-                  f"{r['data_wait_frac']:>11.1%}")
+            print(
+                f"{r['loader']:<18}{r['steps_per_s']:>9.2f}{r['samples_per_s']:>11.1f}{r['of_model_alone']:>16.1%}"
+                f"{r['data_wait_frac']:>11.1%}"
+            )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -258,12 +301,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--width", type=int, default=32, help="UNet width for --train")
-    parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time UNet training on CUDA (default: when a GPU is visible)")
+    parser.add_argument(
+        "--train",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time UNet training on CUDA (default: when a GPU is visible)",
+    )
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     parser.add_argument("--one-shard", type=Path, help="the same store built as one shard: adds store-batch-1shard")
     parser.add_argument("--only", help="comma-separated rows to run, e.g. train:store-batch (default: all)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)          # internal: measure one row, print JSON
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
     args = parser.parse_args()
     if args.one:
         mode, name = args.one.split(":")
@@ -281,8 +328,21 @@ def main() -> None:
         jobs = [job for job in jobs if ":".join(job) in args.only.split(",")]
     rows = []
     for mode, name in jobs:
-        cmd = [sys.executable, __file__, str(args.store), "--one", f"{mode}:{name}", "--workers", str(args.workers),
-               "--batch-size", str(args.batch_size), "--seconds", str(args.seconds), "--width", str(args.width)]
+        cmd = [
+            sys.executable,
+            __file__,
+            str(args.store),
+            "--one",
+            f"{mode}:{name}",
+            "--workers",
+            str(args.workers),
+            "--batch-size",
+            str(args.batch_size),
+            "--seconds",
+            str(args.seconds),
+            "--width",
+            str(args.width),
+        ]
         cmd += ["--one-shard", str(args.one_shard)] if args.one_shard else []
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if done.returncode:
@@ -299,8 +359,10 @@ def main() -> None:
     if args.one_shard:
         loads = {r["loader"]: r for r in rows if r["mode"] == "load"}
         shards = store.attrs["layout"].get("shards", 1)
-        print(f"\nstore-batch over {shards} shards / over one shard: "
-              f"{loads['store-batch']['samples_per_s'] / loads['store-batch-1shard']['samples_per_s']:.3f}")
+        print(
+            f"\nstore-batch over {shards} shards / over one shard: "
+            f"{loads['store-batch']['samples_per_s'] / loads['store-batch-1shard']['samples_per_s']:.3f}"
+        )
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "loader.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.results / "loader.png")

@@ -2,9 +2,9 @@
 
     python bench/resume.py [--recipe recipes/demo.yaml] [--at 0.75]
 
-Runs, side by side: a full build; a build killed (SIGKILL) once `--at` of the shards are written (resume goes on per shard: use a recipe of several shards);
-the resumed build. Prints seconds for each and the resumed/full ratio. Needs the recipe's inputs
-(`make data` for the demo).
+Runs, side by side: a full build; a build killed (SIGKILL) once `--at` of the shards are written (resume
+goes on per shard: use a recipe of several shards); the resumed build. Prints seconds for each and the
+resumed/full ratio. Needs the recipe's inputs (`make data` for the demo).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from canonstore.preprocess import tasks, writer
 
 def run_build(recipe: Path, out: Path, *extra: str, kill_at: float | None = None, shards: int = 0) -> float:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                             *extra], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", *extra],
+        stdout=subprocess.DEVNULL,
+    )
     staging = writer.staging_path(out)
     while proc.poll() is None:
         if kill_at is not None and len(tasks.written_shards(staging)) >= kill_at * shards:
@@ -55,8 +57,10 @@ def main() -> None:
     print(f"{'full, uninterrupted':<28}{full:>9.2f}")
     print(f"{f'killed at {args.at:.0%} of shards':<28}{killed:>9.2f}")
     print(f"{'resumed (--resume)':<28}{resumed:>9.2f}")
-    print(f"resumed / full = {resumed / full:.2f}; killed + resumed / full = {(killed + resumed) / full:.2f}; "
-          f"data identical to the full build: {same}")
+    print(
+        f"resumed / full = {resumed / full:.2f}; killed + resumed / full = {(killed + resumed) / full:.2f}; "
+        f"data identical to the full build: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,18 @@ ROWS = [
     ("unet + encodings, lead 1 (rolled out)", {"encodings": ENCODINGS}, 4, None),
     ("unet, lead [1, 2, 4] at once", {"lead": [1, 2, 4]}, None, None),
     ("unet, rollout 4", {"rollout": 4}, None, None),
-    ("unet, lead 1 then rollout 4 (1 epoch)", {"rollout": 4, "epochs": 1, "lr": 3.0e-4, "warmup": 0.0}, None,
-     "unet, lead 1 (rolled out)"),
-    ("unet + encodings, lead 1 then rollout 4 (1 epoch)",
-     {"encodings": ENCODINGS, "rollout": 4, "epochs": 1, "lr": 3.0e-4, "warmup": 0.0}, None,
-     "unet + encodings, lead 1 (rolled out)"),
+    (
+        "unet, lead 1 then rollout 4 (1 epoch)",
+        {"rollout": 4, "epochs": 1, "lr": 3.0e-4, "warmup": 0.0},
+        None,
+        "unet, lead 1 (rolled out)",
+    ),
+    (
+        "unet + encodings, lead 1 then rollout 4 (1 epoch)",
+        {"encodings": ENCODINGS, "rollout": 4, "epochs": 1, "lr": 3.0e-4, "warmup": 0.0},
+        None,
+        "unet + encodings, lead 1 (rolled out)",
+    ),
 ]
 CHANNELS = ("t2m", "z500")
 
@@ -51,16 +58,32 @@ def main() -> None:
     for label, overrides, steps, init in ROWS:
         if args.only and label not in args.only and not any(label == r[3] for r in ROWS if r[0] in args.only):
             continue
-        config = load_config(args.config, {"epochs": args.epochs, "device": args.device, **overrides,
-                                           **({"init": str(folders[init])} if init else {})})
+        config = load_config(
+            args.config,
+            {
+                "epochs": args.epochs,
+                "device": args.device,
+                **overrides,
+                **({"init": str(folders[init])} if init else {}),
+            },
+        )
         began = time.perf_counter()
         folders[label] = train(config, args.store, args.runs, progress=False, log=lambda *_: None)
         seconds = time.perf_counter() - began
         scores = json.loads(evaluate(folders[label], args.scores, steps=steps, log=lambda *_: None).read_text())
-        leads = {int(k): {"overall": v["overall"]["rmse"], **{c: v["channels"][c]["rmse"] for c in CHANNELS}}
-                 for k, v in scores["leads"].items()}
-        rows.append({"label": label, "run": folders[label].name, "train_seconds": round(seconds, 1),
-                     "samples": scores["scores"]["samples"], "leads": leads})
+        leads = {
+            int(k): {"overall": v["overall"]["rmse"], **{c: v["channels"][c]["rmse"] for c in CHANNELS}}
+            for k, v in scores["leads"].items()
+        }
+        rows.append(
+            {
+                "label": label,
+                "run": folders[label].name,
+                "train_seconds": round(seconds, 1),
+                "samples": scores["scores"]["samples"],
+                "leads": leads,
+            }
+        )
         print(f"{label}: {folders[label].name}, {seconds:.0f} s", flush=True)
 
     print("\n| run | " + " | ".join(f"lead {k}" for k in range(1, 5)) + " |")

@@ -1,4 +1,8 @@
-"""Folders canonstore makes, publishes and removes: never half of one, never one it did not make.
+"""Files and folders canonstore writes and publishes: never half of one, never one it did not make.
+
+A file is written to `<name>.tmp-<pid>` beside it, synced to disk and renamed over it, then its folder is
+synced (`write_file_atomic`, `write_json_atomic`, `write_file_atomic_with`): a kill or a power loss leaves
+the old file or the new one.
 
 A new folder is staged beside its place (`<out>.partial`) and carries `MARKER` from the moment it is
 created; it is put in place by one swap, so readers see the old folder or the new one. The old folder
@@ -18,6 +22,7 @@ import glob
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from canonstore.errors import StoreError
@@ -27,8 +32,13 @@ MARKER = ".canonstore-staging"
 
 def mark(folder: Path, kind: str) -> None:
     """Write the marker that says canonstore made `folder`, a staging of `kind` ("store", "npy export")."""
-    record = {"made_by": "canonstore", "kind": kind, "pid": os.getpid(), "host": os.uname().nodename,
-              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "made_by": "canonstore",
+        "kind": kind,
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     fd = os.open(folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, json.dumps(record).encode())  # one small write: a kill leaves all of it or an empty file
@@ -68,8 +78,10 @@ def remove_ours(folder: Path, kind: str) -> bool:
         return True
     except OSError:
         pass
-    raise StoreError(f"{folder} exists and is not canonstore's (it has no {MARKER} marker of a {kind} staging); "
-                     "canonstore deletes only what it made: move it away, canonstore stages its output there")
+    raise StoreError(
+        f"{folder} exists and is not canonstore's (it has no {MARKER} marker of a {kind} staging); "
+        "canonstore deletes only what it made: move it away, canonstore stages its output there"
+    )
 
 
 def is_empty_folder(folder: Path) -> bool:
@@ -120,7 +132,7 @@ def replace_folder(staging: Path, out: Path, kind: str = "folder") -> None:
     else:
         os.rename(staging, out)
     (out / MARKER).unlink(missing_ok=True)  # published: no longer a staging
-    fsync_dir(out.parent)
+    fsync(out.parent)
     if old is not None:
         remove_tree(old)
 
@@ -140,10 +152,38 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Flush `path` to the disk: a file's data (written by this process or another), a folder's entries."""
+    fd = os.open(path, os.O_RDONLY)  # Linux syncs through a read-only descriptor too
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
+
+def write_file_atomic_with(path: Path, write: Callable[[Path], object]) -> None:
+    """Put a new `path` in place in one step: `write(tmp)` creates the file `tmp` (`<name>.tmp-<pid>` beside
+    `path`; e.g. `torch.save(state, tmp)`), which is synced, renamed over `path`, and the folder synced.
+    A failed `write` leaves `path` as it was and removes `tmp`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(path.parent)
+
+
+def write_file_atomic(path: Path, data: bytes | str) -> None:
+    """Write `data` (str as UTF-8) to `path` atomically and durably (see `write_file_atomic_with`)."""
+    payload = data.encode() if isinstance(data, str) else data
+    write_file_atomic_with(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def write_json_atomic(path: Path, value, **dumps) -> None:
+    """`json.dumps(value, **dumps)` and a newline, written as `write_file_atomic` does."""
+    write_file_atomic(path, json.dumps(value, **dumps) + "\n")

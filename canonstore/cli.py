@@ -7,6 +7,7 @@ import sys
 import click
 
 from canonstore.errors import CanonstoreError
+from canonstore.splits.names import SPLITS
 
 
 def _run(fn, debug: bool):
@@ -32,16 +33,30 @@ def main():
 @click.option("--resume", is_flag=True, help="Go on from an interrupted build's finished shards (its .partial).")
 @click.option("--workers", type=click.IntRange(min=1), help="Run on a local dask cluster of N worker processes.")
 @click.option("--scheduler", help="Run on the dask.distributed scheduler at this address (tcp://host:8786).")
-@click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Run on the dask scheduler this file names "
-              "(what dask-jobqueue and dask-mpi write).")
+@click.option(
+    "--scheduler-file",
+    type=click.Path(dir_okay=False),
+    help="Run on the dask scheduler this file names (what dask-jobqueue and dask-mpi write).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet, debug):
     """Build the store described by RECIPE (in this process unless a dask cluster is named)."""
     from canonstore.preprocess import build as build_store
 
-    _run(lambda: build_store(recipe, out, force=force, progress=not quiet, resume=resume, workers=workers,
-                             scheduler=scheduler, scheduler_file=scheduler_file), debug)
+    _run(
+        lambda: build_store(
+            recipe,
+            out,
+            force=force,
+            progress=not quiet,
+            resume=resume,
+            workers=workers,
+            scheduler=scheduler,
+            scheduler_file=scheduler_file,
+        ),
+        debug,
+    )
 
 
 @main.command()
@@ -80,8 +95,7 @@ def verify(store, inputs):
         click.echo(f"FAIL {problem}", err=True)
     if problems:
         sys.exit(1)
-    click.echo(f"{store}: OK (all files match the manifest, schema valid"
-               f"{', inputs unchanged' if inputs else ''})")
+    click.echo(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
 
 
 @main.command()
@@ -122,16 +136,36 @@ def demo_data(out, size, years):
 def _training_options(fn):
     """The options `train` and `evaluate` share: which config, model and store make the run."""
     options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), default="configs/default.yaml",
-                     show_default=True, help="Training config (YAML)."),
-        click.option("--model", type=click.Choice(["unet", "mlp", "persistence", "climatology", "coarse-up"]),
-                     help="Overrides the config's model."),
-        click.option("--store", type=click.Path(file_okay=False), default="data/intermediate/demo.zarr",
-                     show_default=True, help="The store to train on."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override a config key, e.g. --set epochs=5 --set unet.width=32 (repeatable)."),
-        click.option("--runs", default="runs", show_default=True, type=click.Path(file_okay=False),
-                     help="Folder of run folders."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            default="configs/default.yaml",
+            show_default=True,
+            help="Training config (YAML).",
+        ),
+        click.option(
+            "--model",
+            type=click.Choice(["unet", "mlp", "persistence", "climatology", "coarse-up"]),
+            help="Overrides the config's model.",
+        ),
+        click.option(
+            "--store",
+            type=click.Path(file_okay=False),
+            default="data/intermediate/demo.zarr",
+            show_default=True,
+            help="The store to train on.",
+        ),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. --set epochs=5 --set unet.width=32 (repeatable).",
+        ),
+        click.option(
+            "--runs", default="runs", show_default=True, type=click.Path(file_okay=False), help="Folder of run folders."
+        ),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
     for option in reversed(options):
@@ -164,23 +198,36 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
 
 def _forecast_options(fn):
     """--split and --steps: which samples a run forecasts, and how many steps it rolls out."""
-    fn = click.option("--steps", type=click.IntRange(min=1), default=None,
-                      help="Run the model autoregressively for this many steps of its lead (default: as trained).")(fn)
-    return click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)(fn)
+    fn = click.option(
+        "--steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run the model autoregressively for this many steps of its lead (default: as trained).",
+    )(fn)
+    return click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)(fn)
 
 
 @main.command()
 @_training_options
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Score this run folder instead.")
-@click.option("--scores", default="scores", show_default=True, type=click.Path(file_okay=False),
-              help="Where scores/<run-name>.json goes.")
+@click.option(
+    "--scores",
+    default="scores",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where scores/<run-name>.json goes.",
+)
 @_forecast_options
 def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
 
-    _run(lambda: evaluate_run(_folder_of(folder, config_path, model, overrides, store, runs), scores, split=split,
-                              steps=steps), debug)
+    _run(
+        lambda: evaluate_run(
+            _folder_of(folder, config_path, model, overrides, store, runs), scores, split=split, steps=steps
+        ),
+        debug,
+    )
 
 
 def _folder_of(folder, config_path, model, overrides, store, runs):
@@ -193,21 +240,38 @@ def _folder_of(folder, config_path, model, overrides, store, runs):
 @main.command()
 @_training_options
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Forecast with this run folder instead.")
-@click.option("--forecasts", default="forecasts", show_default=True, type=click.Path(file_okay=False),
-              help="Where forecasts/<run-name>/<split>.zarr goes.")
+@click.option(
+    "--forecasts",
+    default="forecasts",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where forecasts/<run-name>/<split>.zarr goes.",
+)
 @_forecast_options
 def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast
 
-    _run(lambda: write_forecast(_folder_of(folder, config_path, model, overrides, store, runs), split,
-                                out_dir=forecasts, log=click.echo, steps=steps), debug)
+    _run(
+        lambda: write_forecast(
+            _folder_of(folder, config_path, model, overrides, store, runs),
+            split,
+            out_dir=forecasts,
+            log=click.echo,
+            steps=steps,
+        ),
+        debug,
+    )
 
 
 @main.command()
 @click.argument("forecast_file", type=click.Path(exists=True, file_okay=False))
-@click.option("--store", type=click.Path(exists=True, file_okay=False), required=True,
-              help="The store whose steps the forecast is scored against.")
+@click.option(
+    "--store",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="The store whose steps the forecast is scored against.",
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Scores JSON (default scores/<forecast>.json).")
 @click.option("--lat-weighted/--no-lat-weighted", default=None, help="Default: the file's own setting, else on.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -223,11 +287,20 @@ def score(forecast_file, store, out, lat_weighted, debug):
         path = Path(forecast_file)
         target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(target, {"forecast": str(path), "store": str(store), "scores": scored["scores"],
-                            "leads": {str(k): v for k, v in scored["leads"].items()},
-                            "acc_climatology": scored["climatology"]})
+        write_json(
+            target,
+            {
+                "forecast": str(path),
+                "store": str(store),
+                "scores": scored["scores"],
+                "leads": {str(k): v for k, v in scored["leads"].items()},
+                "acc_climatology": scored["climatology"],
+            },
+        )
         overall = scored["scores"]["overall"]
-        click.echo(f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
-                   f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)")
+        click.echo(
+            f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+            f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)"
+        )
 
     _run(go, debug)

@@ -12,8 +12,9 @@ def _git(*args: str) -> str | None:
     if not (_CHECKOUT / "pyproject.toml").is_file() or not (_CHECKOUT / ".git").exists():
         return None  # installed from a wheel: no checkout to ask
     try:
-        return subprocess.run(["git", *args], cwd=_CHECKOUT, text=True, capture_output=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=_CHECKOUT, text=True, capture_output=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -23,25 +23,73 @@ G = 9.80665  # standard gravity (WMO, CODATA), m s-2: geopotential = G x geopote
 
 # symbol: (factor to the base unit, base unit); the bases need not be SI, only consistent
 _SYMBOLS = {
-    "m": (1.0, "m"), "dam": (10.0, "m"),
-    "s": (1.0, "s"), "min": (60.0, "s"), "h": (3600.0, "s"), "hr": (3600.0, "s"), "d": (86400.0, "s"),
-    "kg": (1.0, "kg"), "g": (1e-3, "kg"),
-    "Pa": (1.0, "Pa"), "mb": (100.0, "Pa"), "bar": (1e5, "Pa"),
-    "K": (1.0, "K"), "W": (1.0, "W"), "J": (1.0, "J"), "N": (1.0, "N"),
-    "%": (1e-2, ""), "1": (1.0, ""),
+    "m": (1.0, "m"),
+    "dam": (10.0, "m"),
+    "s": (1.0, "s"),
+    "min": (60.0, "s"),
+    "h": (3600.0, "s"),
+    "hr": (3600.0, "s"),
+    "d": (86400.0, "s"),
+    "kg": (1.0, "kg"),
+    "g": (1e-3, "kg"),
+    "Pa": (1.0, "Pa"),
+    "mb": (100.0, "Pa"),
+    "bar": (1e5, "Pa"),
+    "K": (1.0, "K"),
+    "W": (1.0, "W"),
+    "J": (1.0, "J"),
+    "N": (1.0, "N"),
+    "%": (1e-2, ""),
+    "1": (1.0, ""),
     "deg": (1.0, "deg"),
 }
 # words, read in any case
 _WORDS = {
-    "metre": "m", "metres": "m", "meter": "m", "meters": "m",
-    "sec": "s", "second": "s", "seconds": "s", "minute": "min", "minutes": "min", "mins": "min",
-    "hour": "h", "hours": "h", "hrs": "h", "day": "d", "days": "d",
-    "pa": "Pa", "pascal": "Pa", "pascals": "Pa", "hpa": "hPa", "hectopascal": "hPa", "hectopascals": "hPa",
-    "mbar": "mbar", "mbars": "mbar", "millibar": "mbar", "millibars": "mbar",
-    "kelvin": "K", "percent": "%", "degree": "deg", "degrees": "deg",
+    "metre": "m",
+    "metres": "m",
+    "meter": "m",
+    "meters": "m",
+    "sec": "s",
+    "second": "s",
+    "seconds": "s",
+    "minute": "min",
+    "minutes": "min",
+    "mins": "min",
+    "hour": "h",
+    "hours": "h",
+    "hrs": "h",
+    "day": "d",
+    "days": "d",
+    "pa": "Pa",
+    "pascal": "Pa",
+    "pascals": "Pa",
+    "hpa": "hPa",
+    "hectopascal": "hPa",
+    "hectopascals": "hPa",
+    "mbar": "mbar",
+    "mbars": "mbar",
+    "millibar": "mbar",
+    "millibars": "mbar",
+    "kelvin": "K",
+    "percent": "%",
+    "degree": "deg",
+    "degrees": "deg",
 }
-_PREFIXES = {"p": 1e-12, "n": 1e-9, "u": 1e-6, "µ": 1e-6, "m": 1e-3, "c": 1e-2, "d": 1e-1, "da": 10.0,
-             "h": 1e2, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_PREFIXES = {
+    "p": 1e-12,
+    "n": 1e-9,
+    "u": 1e-6,
+    "µ": 1e-6,
+    "m": 1e-3,
+    "c": 1e-2,
+    "d": 1e-1,
+    "da": 10.0,
+    "h": 1e2,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+}
 _PREFIXABLE = ("m", "s", "g", "Pa", "bar", "K", "W", "J", "N")
 # whole strings (compared by `key`) that name a pure number: ERA5 writes "(0 - 1)", CMIP "1"
 _DIMENSIONLESS = {"1", "(0-1)", "0-1", "fraction", "dimensionless", "-"}
@@ -50,17 +98,54 @@ _UNKNOWN = {"", "none"}
 # absolute temperatures (compared by `key`): only a bare temperature is shifted, never a compound unit
 # (a rate in degC s-1 is not offset by 273.15)
 _TEMPERATURES = {
-    "K": {"k", "kelvin", "kelvins", "degk", "deg_k", "degreek", "degreesk", "degree_k", "degrees_k",
-          "degree_kelvin", "degrees_kelvin"},
-    "degC": {"degc", "deg_c", "°c", "℃", "degreec", "degreesc", "degree_c", "degrees_c", "celsius",
-             "degree_celsius", "degrees_celsius"},
-    "degF": {"degf", "deg_f", "°f", "degreef", "degreesf", "degree_f", "degrees_f", "fahrenheit",
-             "degree_fahrenheit", "degrees_fahrenheit"},
+    "K": {
+        "k",
+        "kelvin",
+        "kelvins",
+        "degk",
+        "deg_k",
+        "degreek",
+        "degreesk",
+        "degree_k",
+        "degrees_k",
+        "degree_kelvin",
+        "degrees_kelvin",
+    },
+    "degC": {
+        "degc",
+        "deg_c",
+        "°c",
+        "℃",
+        "degreec",
+        "degreesc",
+        "degree_c",
+        "degrees_c",
+        "celsius",
+        "degree_celsius",
+        "degrees_celsius",
+    },
+    "degF": {
+        "degf",
+        "deg_f",
+        "°f",
+        "degreef",
+        "degreesf",
+        "degree_f",
+        "degrees_f",
+        "fahrenheit",
+        "degree_fahrenheit",
+        "degrees_fahrenheit",
+    },
 }
 _TO_KELVIN = {"K": (1.0, 0.0), "degC": (1.0, 273.15), "degF": (5 / 9, 273.15 - 32 * 5 / 9)}
 # geopotential height, spelled as a length
-_ALIASES = {"gpm": "m", "gpdam": "dam", "geopotentialmetres": "m", "geopotentialmeters": "m",
-            "geopotential_metres": "m"}
+_ALIASES = {
+    "gpm": "m",
+    "gpdam": "dam",
+    "geopotentialmetres": "m",
+    "geopotentialmeters": "m",
+    "geopotential_metres": "m",
+}
 _TOKEN = re.compile(r"^([A-Za-z_%°µ]+|1)([-+]?\d+)?$")  # a symbol and its power, once ** and ^ are gone
 _LENGTH, _GEOPOTENTIAL = frozenset({("m", 1)}), frozenset({("m", 2), ("s", -2)})
 
@@ -95,7 +180,7 @@ def _symbol(name: str) -> tuple[float, str] | None:
         if name in _SYMBOLS:
             return _SYMBOLS[name]
     for prefix, scale in sorted(_PREFIXES.items(), key=lambda p: -len(p[0])):
-        rest = name[len(prefix):]
+        rest = name[len(prefix) :]
         if name.startswith(prefix) and rest in _PREFIXABLE:
             factor, base = _SYMBOLS[rest]
             return scale * factor, base
@@ -128,7 +213,7 @@ def parse(units) -> tuple[float, frozenset] | None:
         return None
     factor, powers = 1.0, {}
     for scale, base, power in terms:
-        factor *= scale ** power
+        factor *= scale**power
         if base:
             powers[base] = powers.get(base, 0) + power
     return factor, frozenset((b, p) for b, p in powers.items() if p)
@@ -149,7 +234,7 @@ def conversion(theirs, ours) -> tuple[float, float] | None:
         return None
     if pa[1] == pb[1]:
         return pa[0] / pb[0], 0.0
-    if (pa[1], pb[1]) == (_LENGTH, _GEOPOTENTIAL):   # geopotential height -> geopotential, through g
+    if (pa[1], pb[1]) == (_LENGTH, _GEOPOTENTIAL):  # geopotential height -> geopotential, through g
         return pa[0] * G / pb[0], 0.0
     if (pa[1], pb[1]) == (_GEOPOTENTIAL, _LENGTH):
         return pa[0] / (G * pb[0]), 0.0

@@ -15,11 +15,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-_UNITS = {"latitude": ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"),
-          "longitude": ("degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese")}
+_UNITS = {
+    "latitude": ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"),
+    "longitude": ("degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"),
+}
 _AXIS = {"latitude": "Y", "longitude": "X"}
-_NAMES = {"latitude": ("latitude", "lat", "nav_lat", "xlat", "lat_rho", "yc"),
-          "longitude": ("longitude", "lon", "nav_lon", "xlong", "lon_rho", "xc")}
+_NAMES = {
+    "latitude": ("latitude", "lat", "nav_lat", "xlat", "lat_rho", "yc"),
+    "longitude": ("longitude", "lon", "nav_lon", "xlong", "lon_rho", "xc"),
+}
 _DEGREES = ("degree", "degrees", "deg", "")  # an axis: Y coordinate in metres is a projection, not latitude
 
 
@@ -31,13 +35,16 @@ def find_axis(coords: Mapping, which: str) -> str | None:
     """
     if which not in _UNITS:
         raise ValueError(f"expected 'latitude' or 'longitude', got {which!r}")
+
     def attr(coord, key: str) -> str:
         return str(coord.attrs.get(key, "")).strip().lower()
 
-    rules = (lambda n, c: attr(c, "standard_name") == which,
-             lambda n, c: attr(c, "units") in _UNITS[which],
-             lambda n, c: attr(c, "axis") == _AXIS[which].lower() and attr(c, "units") in _UNITS[which] + _DEGREES,
-             lambda n, c: str(n).lower() in _NAMES[which] and attr(c, "units") in _UNITS[which] + _DEGREES)
+    rules = (
+        lambda n, c: attr(c, "standard_name") == which,
+        lambda n, c: attr(c, "units") in _UNITS[which],
+        lambda n, c: attr(c, "axis") == _AXIS[which].lower() and attr(c, "units") in _UNITS[which] + _DEGREES,
+        lambda n, c: str(n).lower() in _NAMES[which] and attr(c, "units") in _UNITS[which] + _DEGREES,
+    )
     for rule in rules:
         hits = [name for name, coord in coords.items() if rule(name, coord)]
         if hits:
@@ -73,7 +80,10 @@ def longitude_is_periodic(coord, space_dims: tuple[str, ...]) -> bool:
     for sign in (1, -1):
         steps = np.mod(sign * np.diff(values), 360.0)
         spacing = steps.mean()
-        if (spacing > 0 and np.all(np.abs(steps - spacing) <= 0.01 * spacing)
-                and abs(values.size * spacing - 360.0) <= 0.1 * spacing):
+        if (
+            spacing > 0
+            and np.all(np.abs(steps - spacing) <= 0.01 * spacing)
+            and abs(values.size * spacing - 360.0) <= 0.1 * spacing
+        ):
             return True
     return False

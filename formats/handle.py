@@ -59,8 +59,10 @@ class StoreHandle:
         except OSError:
             moved = True
         if moved:
-            raise StoreError(f"{self.path} was rebuilt or replaced after it was opened; open it again "
-                             "(a reader never mixes two builds: what it read before is the old store's)")
+            raise StoreError(
+                f"{self.path} was rebuilt or replaced after it was opened; open it again "
+                "(a reader never mixes two builds: what it read before is the old store's)"
+            )
 
     def open_file(self, rel: str) -> int:
         """A read-only descriptor of the regular file `rel` (a '/' path inside the store), opened through
@@ -76,17 +78,21 @@ class StoreHandle:
         except OSError as exc:
             self.check()  # a file gone because the store was rebuilt is said as such
             if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _has_link(self.path, parts):
-                raise StoreError(f"{self.path / rel}: a symbolic link in the store; a store's files are regular "
-                                 f"files inside it, and readers never follow links: run `canonstore verify "
-                                 f"{self.path}`") from None
+                raise StoreError(
+                    f"{self.path / rel}: a symbolic link in the store; a store's files are regular "
+                    f"files inside it, and readers never follow links: run `canonstore verify "
+                    f"{self.path}`"
+                ) from None
             raise type(exc)(exc.errno, exc.strerror, str(self.path / rel)) from None
         finally:
             for d in opened:
                 os.close(d)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StoreError(f"{self.path / rel}: not a regular file; a store's files are regular files: run "
-                             f"`canonstore verify {self.path}`")
+            raise StoreError(
+                f"{self.path / rel}: not a regular file; a store's files are regular files: run "
+                f"`canonstore verify {self.path}`"
+            )
         return fd
 
     def read(self, rel: str, start: int = 0, stop: int | None = None) -> bytes:

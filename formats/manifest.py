@@ -14,7 +14,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from canonstore.atomic import MARKER
+from canonstore.atomic import MARKER, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -82,7 +82,7 @@ def write_manifest(store: Path, known: dict | None = None, threads: int = 4) -> 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL
         files = dict(zip(rels, pool.map(entry, rels)))
     manifest = {"format": "canonstore-manifest", "version": 2, "files": files}
-    (store / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_json_atomic(store / MANIFEST, manifest, indent=1, sort_keys=True)
     return manifest
 
 
@@ -111,8 +111,11 @@ def check_manifest(store: Path, checksums: bool = True) -> list[str]:
         return [f"{store / MANIFEST}: cannot read the manifest: {exc}"]
     found, others = store_entries(store)
     present = set(found)
-    problems = [f"{rel}: {what}, not a file of the store (a store's files are regular files inside it, which "
-                "readers never leave: put the file itself back or rebuild)" for rel, what in others]
+    problems = [
+        f"{rel}: {what}, not a file of the store (a store's files are regular files inside it, which "
+        "readers never leave: put the file itself back or rebuild)"
+        for rel, what in others
+    ]
     odd = {rel for rel, _ in others}
     problems += [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present - odd)]
     problems += [f"{rel}: not listed in the manifest" for rel in sorted(present - set(files))]

@@ -17,19 +17,30 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.atomic import MARKER, has_marker, is_empty_folder, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import (
+    MARKER,
+    has_marker,
+    is_empty_folder,
+    leftovers,
+    make_staging,
+    remove_tree,
+    replace_folder,
+    write_file_atomic_with,
+    write_json_atomic,
+)
 from canonstore.errors import StoreError
 from canonstore.formats.store import open_store
-from canonstore.formats.zarr_ import mappable_layout, open_shard, shard_file
+from canonstore.formats.zarr_ import ShardLayout, mappable_layout, open_shard, shard_file
+from canonstore.splits import SPLITS
 
-SPLITS = ("train", "val", "test")
 BLOCK_MB = 64
 KIND = "npy export"  # the kind of the staging marker
 META = "meta.json"
 
 
-def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False, block_mb: float = BLOCK_MB,
-               log=print) -> Path:
+def export_npy(
+    store_path: str | Path, out: str | Path, overwrite: bool = False, block_mb: float = BLOCK_MB, log=print
+) -> Path:
     """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`.
 
     `overwrite` replaces a previous export at `out` (and nothing else: see `_not_an_export`). The
@@ -44,8 +55,10 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
             raise StoreError(f"{out} exists; remove it or export with --overwrite")
         reason = _not_an_export(out)
         if reason and not is_empty_folder(out):
-            raise StoreError(f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
-                             "another folder, or move it away yourself")
+            raise StoreError(
+                f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
+                "another folder, or move it away yourself"
+            )
     for old in leftovers(out):  # a previous export that a kill left while it was being removed
         if has_marker(old, KIND):
             remove_tree(old)
@@ -67,9 +80,8 @@ def export_npy(store_path: str | Path, out: str | Path, overwrite: bool = False,
         if store.mask is not None:
             _write_durably(staging / "mask.npy", store.mask.astype(np.uint8))
             extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
-        meta = json.dumps(export_meta(store, files, extras), indent=1, allow_nan=False) + "\n"
-        with _naming(staging / META), open(staging / META, "w") as f:
-            f.write(meta)
+        with _naming(staging / META):
+            write_json_atomic(staging / META, export_meta(store, files, extras), indent=1, allow_nan=False)
         replace_folder(staging, out, KIND)
     except BaseException:
         if staging.is_dir():
@@ -100,8 +112,11 @@ def _not_an_export(folder: Path) -> str | None:
         ours = False
     if not ours:
         return f"is not a canonstore export (no {META} written by `canonstore export`)"
-    listed = {META, MARKER} | {info.get("file") for info in meta.get("splits", {}).values()} | \
-        {meta[k]["file"] for k in ("static", "mask") if isinstance(meta.get(k), dict)}
+    listed = (
+        {META, MARKER}
+        | {info.get("file") for info in meta.get("splits", {}).values()}
+        | {meta[k]["file"] for k in ("static", "mask") if isinstance(meta.get(k), dict)}
+    )
     with os.scandir(folder) as entries:
         foreign = sorted(e.name for e in entries if e.name not in listed or not e.is_file(follow_symlinks=False))
     if foreign:
@@ -115,8 +130,9 @@ def _naming(path: Path):
     try:
         yield
     except OSError as exc:
-        raise StoreError(f"cannot write {path}: {exc.strerror or exc}; nothing was exported (the partial export "
-                         "is removed)") from exc
+        raise StoreError(
+            f"cannot write {path}: {exc.strerror or exc}; nothing was exported (the partial export is removed)"
+        ) from exc
 
 
 def _write_split(read, steps: np.ndarray, path: Path, dtype: np.dtype, sample_shape: tuple, block: int) -> dict:
@@ -124,8 +140,9 @@ def _write_split(read, steps: np.ndarray, path: Path, dtype: np.dtype, sample_sh
     new .npy. Plain writes, no memory map: the process holds one block, whatever the split's size."""
     shape = (steps.size,) + tuple(sample_shape)
     with _naming(path), open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                 "fortran_order": False, "shape": shape})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        )
         for run in np.split(steps, np.flatnonzero(np.diff(steps) != 1) + 1) if steps.size else []:
             for lo in range(0, run.size, block):
                 a, b = int(run[lo]), int(run[min(lo + block, run.size) - 1]) + 1
@@ -144,43 +161,54 @@ def block_reader(store):
         return lambda a, b: data[a:b]
     handle, shape, dtype = store._handle, store.shape, store.dtype.newbyteorder("<")
     shard_steps = mappable_layout(store.path, store._group["data"])
+    layout = ShardLayout(shape[0], shard_steps)
     step_bytes = int(np.prod(shape[1:])) * dtype.itemsize
 
     def read(a: int, b: int) -> np.ndarray:
         out = np.empty((b - a,) + tuple(shape[1:]), dtype)
         view = memoryview(out).cast("B")
-        for k in range(a // shard_steps, (b - 1) // shard_steps + 1):
-            lo, hi = max(a, k * shard_steps), min(b, (k + 1) * shard_steps)
-            part, offset = view[(lo - a) * step_bytes:(hi - a) * step_bytes], (lo - k * shard_steps) * step_bytes
+        for k in range(layout.shard_of(a), layout.shard_of(b - 1) + 1):
+            first, stop = layout.range(k)
+            lo, hi = max(a, first), min(b, stop)
+            part, offset = view[(lo - a) * step_bytes : (hi - a) * step_bytes], (lo - first) * step_bytes
             fd = open_shard(handle, shape, dtype, shard_steps, k)  # checks the index: contiguous C-order steps
             try:
                 done = 0
                 while done < len(part):
                     got = os.preadv(fd, [part[done:]], offset + done)
                     if got == 0:
-                        raise StoreError(f"{shard_file(store.path, len(shape), k)}: shorter than its steps; run "
-                                         f"`canonstore verify {store.path}`")
+                        raise StoreError(
+                            f"{shard_file(store.path, len(shape), k)}: shorter than its steps; run "
+                            f"`canonstore verify {store.path}`"
+                        )
                     done += got
             finally:
                 os.close(fd)
         handle.check()  # the steps just read are the opened store's
         return out
+
     return read
 
 
 def _write_durably(path: Path, values: np.ndarray) -> None:
-    with _naming(path), open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(values))
-        f.flush()
-        os.fsync(f.fileno())
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would add ".npy" to the name
+            np.save(f, np.ascontiguousarray(values))
+
+    with _naming(path):
+        write_file_atomic_with(path, save)
 
 
 def export_meta(store, files: dict, extras: dict) -> dict:
     """What the .npy files hold, in JSON: enough to use them without canonstore or the store."""
     ds = store._ds
-    coords = {str(name): _plain(ds[name].values) for name in ds.coords
-              if name not in ("time", "channel", "static_channel") and ds[name].dims
-              and set(ds[name].dims) <= set(store.dims[2:])}
+    coords = {
+        str(name): _plain(ds[name].values)
+        for name in ds.coords
+        if name not in ("time", "channel", "static_channel")
+        and ds[name].dims
+        and set(ds[name].dims) <= set(store.dims[2:])
+    }
     split_info = {}
     for split, info in files.items():
         steps = np.asarray(info["steps"], dtype=np.int64)
@@ -202,9 +230,11 @@ def export_meta(store, files: dict, extras: dict) -> dict:
         "coords": coords,
         "splits": split_info,
         **extras,
-        "provenance": {"store": str(Path(store.path).resolve()),
-                       "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "store_attrs": store.attrs},
+        "provenance": {
+            "store": str(Path(store.path).resolve()),
+            "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "store_attrs": store.attrs,
+        },
     }
 
 

@@ -19,20 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.formats.handle import StoreHandle
-from canonstore.formats.zarr_ import map_shard, shard_count
+from canonstore.formats.zarr_ import ShardLayout, map_shard
 
 
 class ShardedArray:
     """A read-only (time, channel, *space) array whose steps live in shard files of `shard_steps`."""
 
-    def __init__(self, store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int,
-                 max_mapped: int = 64):
+    def __init__(
+        self, store: Path | StoreHandle, shape: tuple[int, ...], dtype: np.dtype, shard_steps: int, max_mapped: int = 64
+    ):
         # Shards are mapped from the store opened here (or by the Store that passes its handle): never from
         # a store that a rebuild published at the same path since; that raises instead (formats.handle).
         self.handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
         self.store, self.shape, self.shard_steps = self.handle.path, tuple(shape), int(shard_steps)
         self.dtype = np.dtype(dtype)
-        self.shards = shard_count(self.shape[0], self.shard_steps)
+        self.layout = ShardLayout(self.shape[0], self.shard_steps)
+        self.shards = self.layout.count
         self.max_mapped = max(1, max_mapped)
         self._mapped: OrderedDict[int, np.memmap] = OrderedDict()
 
@@ -73,9 +75,9 @@ class ShardedArray:
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
         if isinstance(first, slice):
             steps = range(self.shape[0])[first]
-            if steps.step == 1 and len(steps) and steps[0] // self.shard_steps == steps[-1] // self.shard_steps:
-                k = steps[0] // self.shard_steps
-                local = slice(steps[0] - k * self.shard_steps, steps[-1] + 1 - k * self.shard_steps)
+            if steps.step == 1 and len(steps) and self.layout.shard_of(steps[0]) == self.layout.shard_of(steps[-1]):
+                k, local = self.layout.locate(steps[0])
+                local = slice(local, local + len(steps))
                 return self.shard(k)[(local,) + rest]  # inside one shard: a view, as a memmap gives
         elif not isinstance(first, (bool, np.bool_)):  # True is an index of its own in NumPy, not step 1
             try:
@@ -83,7 +85,7 @@ class ShardedArray:
             except TypeError:
                 pass
             else:
-                k, local = divmod(self._step(step), self.shard_steps)
+                k, local = self.layout.locate(self._step(step))
                 return self.shard(k)[(local,) + rest]  # one step: a view, whatever the other indices
         return self._index(_index_parts(key, self.shape))
 
@@ -95,9 +97,9 @@ class ShardedArray:
     def _index(self, parts: tuple):
         """`parts` (from `_index_parts`): part `at` indexes time, as an int, a slice or an int array."""
         at, time = next((i, p) for i, p in enumerate(parts) if not _takes_no_axis(p))
-        others = parts[:at], parts[at + 1:]
+        others = parts[:at], parts[at + 1 :]
         if not isinstance(time, (slice, np.ndarray)):  # an integer after None or a boolean scalar
-            k, local = divmod(self._step(operator.index(time)), self.shard_steps)
+            k, local = self.layout.locate(self._step(operator.index(time)))
             return self.shard(k)[others[0] + (local,) + others[1]]
         if isinstance(time, slice):
             rows = np.arange(*time.indices(self.shape[0]))
@@ -125,8 +127,9 @@ class ShardedArray:
 
     def _per_shard(self, rows: np.ndarray, time, others: tuple):
         """Index each shard's run of `rows` by itself and join the pieces along the output's time axis."""
+
         def local_index(k: int, run: np.ndarray):
-            local = run - k * self.shard_steps
+            local = run - self.layout.range(k)[0]
             if not isinstance(time, slice):
                 return local
             step = time.indices(self.shape[0])[2]
@@ -138,8 +141,9 @@ class ShardedArray:
             local = slice(None) if isinstance(time, slice) else np.arange(steps)
             return proxy[others[0] + (local,) + others[1]].shape
 
-        pieces = [self.shard(k)[others[0] + (local_index(k, rows[a:b]),) + others[1]]
-                  for k, a, b in self._runs(rows, 1)]
+        pieces = [
+            self.shard(k)[others[0] + (local_index(k, rows[a:b]),) + others[1]] for k, a, b in self._runs(rows, 1)
+        ]
         if len(pieces) == 1:
             return pieces[0]
         if not pieces:
@@ -158,7 +162,7 @@ class ShardedArray:
     # -- the batch path ---------------------------------------------------------------------
     def _runs(self, rows: np.ndarray, per_step: int):
         """(shard, a, b): rows[a:b] all lie in one shard, for consecutive runs of `rows`."""
-        shard = rows // (per_step * self.shard_steps)
+        shard = self.layout.shard_of(rows // per_step)
         cuts = np.flatnonzero(shard[1:] != shard[:-1]) + 1
         edges = np.concatenate([[0], cuts, [rows.size]])
         return [(int(shard[a]), int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
@@ -170,14 +174,18 @@ class ShardedArray:
         rows = _checked(rows, self.shape[0] * per_step)
         for k, a, b in self._runs(rows, per_step):
             flat = self.shard(k).reshape(-1, out.shape[1])
-            np.take(flat, rows[a:b] - k * self.shard_steps * per_step, axis=0, out=out[a:b], mode="clip")
+            np.take(flat, rows[a:b] - self.layout.range(k)[0] * per_step, axis=0, out=out[a:b], mode="clip")
         return out
 
 
 def _is_basic(part) -> bool:
     """NumPy's basic indices: a slice, None, Ellipsis or an integer (not a bool)."""
-    return (part is None or part is Ellipsis or isinstance(part, slice)
-            or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_))))
+    return (
+        part is None
+        or part is Ellipsis
+        or isinstance(part, slice)
+        or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_)))
+    )
 
 
 def _takes_no_axis(part) -> bool:
@@ -191,8 +199,9 @@ def _broadcast_shape(arrays: list[np.ndarray]) -> tuple[int, ...]:
     try:
         return np.broadcast_shapes(*shapes)
     except ValueError:
-        raise IndexError("shape mismatch: indexing arrays could not be broadcast together with shapes "
-                         + " ".join(map(str, shapes))) from None
+        raise IndexError(
+            "shape mismatch: indexing arrays could not be broadcast together with shapes " + " ".join(map(str, shapes))
+        ) from None
 
 
 def _index_parts(key, shape: tuple[int, ...]) -> tuple:
@@ -209,8 +218,9 @@ def _index_parts(key, shape: tuple[int, ...]) -> tuple:
         raise IndexError("an index can only have a single ellipsis ('...')")
     width = [0 if _takes_no_axis(p) else p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else 1 for p in parts]
     if sum(width) > len(shape):
-        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were "
-                         "indexed")
+        raise IndexError(
+            f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were indexed"
+        )
     for i, part in enumerate(parts):
         if part is Ellipsis and sum(width) < len(shape):
             parts.insert(i, slice(None))
@@ -219,9 +229,11 @@ def _index_parts(key, shape: tuple[int, ...]) -> tuple:
             if isinstance(part, np.ndarray) and part.dtype == bool:
                 for axis, (size, given) in enumerate(zip(shape, part.shape)):
                     if given and size != given:  # NumPy checks no boolean axis of length 0 (legacy): [] is empty
-                        raise IndexError(f"boolean index did not match indexed array along axis {axis}; size of axis "
-                                         f"is {size} but size of corresponding boolean axis is {given}")
-                parts[i:i + 1] = part.nonzero()
+                        raise IndexError(
+                            f"boolean index did not match indexed array along axis {axis}; size of axis "
+                            f"is {size} but size of corresponding boolean axis is {given}"
+                        )
+                parts[i : i + 1] = part.nonzero()
             break
     else:
         parts.append(slice(None))

@@ -1,8 +1,8 @@
 """Open a canonical store: `open_store(path)` is the one entry point other projects use.
 
-    >>> s = open_store("data/intermediate/demo.zarr")
-    >>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
-    (4, 14, 32, 64)
+>>> s = open_store("data/intermediate/demo.zarr")
+>>> s.array[s.split_indices("train")[:4]].shape      # memory-mapped, no decode
+(4, 14, 32, 64)
 """
 
 from __future__ import annotations
@@ -22,56 +22,9 @@ from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.handle import CheckedStore, StoreHandle
 from canonstore.formats.manifest import MANIFEST
 from canonstore.formats.shards import ShardedArray
-from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
-from canonstore.splits import SPLIT_CODES, find_gaps
-
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 is version 2 with one shard: read, never appended to
-SPLITS = ("train", "val", "test")
-STAT_NAMES = ("mean", "std", "min", "max", "count", "nan_count", "sum", "sum_sq")  # stats_<name> arrays
-
-
-def normalisation_scale(std: np.ndarray) -> np.ndarray:
-    """The divisor of the normalisation (FORMAT.md): std, or 1 for a constant channel (never divide by 0)."""
-    return np.where(np.isfinite(std) & (std > 0), std, 1.0)
-
-
-def normalise(values: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_axis: int = 1,
-              inplace: bool = False) -> np.ndarray:
-    """Physical values -> stored values (FORMAT.md): (x - mean) / scale per channel, NaN -> 0, float64.
-
-    `inplace=True` overwrites `values` (float64) instead of allocating: the same bits, less memory.
-    """
-    shape = [1] * np.ndim(values)
-    shape[channel_axis] = -1
-    out = values if inplace else None
-    normalised = np.subtract(values, np.reshape(mean, shape), out=out)
-    np.divide(normalised, normalisation_scale(np.asarray(std)).reshape(shape), out=normalised)
-    return np.nan_to_num(normalised, copy=False, nan=0.0)  # NaNs only remain where nan_policy is fill
-
-
-def normalise_to(values: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype, out: np.ndarray | None = None,
-                 chunk_bytes: int = 1 << 20) -> np.ndarray:
-    """`normalise(values).astype(dtype)` for a (steps, channel, *space) block, bit for bit, in cache-sized
-    float64 chunks: no float64 copy of the block, a few passes at memory speed. `out` may be `values`."""
-    n, c = values.shape[:2]
-    rows = values.reshape(n * c, -1)
-    out = np.empty(values.shape, dtype) if out is None else out
-    target = out.reshape(n * c, -1)
-    mean_rows = np.tile(np.asarray(mean, np.float64), n)
-    scale_rows = np.tile(normalisation_scale(np.asarray(std, np.float64)), n)
-    step = max(1, chunk_bytes // (8 * rows.shape[1]))
-    buf = np.empty((step, rows.shape[1]))
-    for r in range(0, n * c, step):
-        d = buf[:min(step, n * c - r)]
-        d[...] = rows[r:r + len(d)]
-        d -= mean_rows[r:r + len(d), None]
-        d /= scale_rows[r:r + len(d), None]
-        if not np.isfinite(d).all():
-            np.nan_to_num(d, copy=False, nan=0.0)
-        with np.errstate(over="ignore"):  # float16 overflow becomes inf, which the build refuses by name
-            target[r:r + len(d)] = d
-    return out
+from canonstore.formats.spec import READABLE_VERSIONS, denormalise
+from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
+from canonstore.splits import SPLIT_CODES, check_split, find_gaps
 
 
 class Store:
@@ -97,8 +50,10 @@ class Store:
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{self.path}: a Zarr store, but not a canonstore store (no 'canonstore' attrs)")
         if info["format_version"] not in READABLE_VERSIONS:
-            raise StoreError(f"{self.path}: format version {info['format_version']}, "
-                             f"this canonstore reads versions {list(READABLE_VERSIONS)}; rebuild the store")
+            raise StoreError(
+                f"{self.path}: format version {info['format_version']}, "
+                f"this canonstore reads versions {list(READABLE_VERSIONS)}; rebuild the store"
+            )
         self.attrs: dict = info
 
     def __repr__(self) -> str:
@@ -118,13 +73,15 @@ class Store:
             return data
         try:
             shard_steps = mappable_layout(self.path, data)
-            if shard_count(self.shape[0], shard_steps) == 1:
+            if ShardLayout(self.shape[0], shard_steps).count == 1:
                 return map_shard(self._handle, self.shape, self.dtype, shard_steps, 0)
             array = ShardedArray(self._handle, self.shape, self.dtype, shard_steps)
             array.shard(0)  # a damaged first shard fails here, not in the middle of an epoch
             return array
         except (ValueError, OSError) as exc:
-            raise StoreError(f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`") from exc
+            raise StoreError(
+                f"{self.path}: cannot memory-map `data`: {exc}; run `canonstore verify {self.path}`"
+            ) from exc
 
     @cached_property
     def build_id(self) -> str:
@@ -163,12 +120,15 @@ class Store:
     @cached_property
     def stats(self) -> dict[str, np.ndarray]:
         """Train-split statistics per channel in float64 (mean, std, min, max, count, nan_count, sum, sum_sq)."""
-        return {name.removeprefix("stats_"): self._ds[name].values
-                for name in self._ds.data_vars if name.startswith("stats_")}
+        return {
+            name.removeprefix("stats_"): self._ds[name].values
+            for name in self._ds.data_vars
+            if name.startswith("stats_")
+        }
 
     @cached_property
     def splits(self) -> np.ndarray:
-        """Split label per time step: int8 codes of ("train", "val", "test", "excluded")."""
+        """Split label per time step: int8 codes of splits.SPLIT_NAMES ("train", "val", "test", "excluded")."""
         return self._ds["split"].values
 
     @cached_property
@@ -208,9 +168,8 @@ class Store:
         return name is not None and longitude_is_periodic(self._ds[name], self.dims[2:])
 
     def split_indices(self, name: str) -> np.ndarray:
-        """Time indices labelled `name` (one of "train", "val", "test"), ascending."""
-        if name not in SPLIT_CODES or name == "excluded":
-            raise ValueError(f"unknown split {name!r}; valid names are {list(SPLITS)}")
+        """Time indices labelled `name` (one of splits.SPLITS: "train", "val", "test"), ascending."""
+        check_split(name)
         return np.flatnonzero(self.splits == SPLIT_CODES[name])
 
     @cached_property
@@ -227,24 +186,7 @@ class Store:
 
     def denormalise(self, values: np.ndarray, channel_axis: int = 1) -> np.ndarray:
         """Back to physical units: values * scale + mean, channels along `channel_axis`."""
-        shape = [1] * np.ndim(values)
-        shape[channel_axis] = -1
-        scale = normalisation_scale(self.stats["std"])
-        return values * scale.reshape(shape) + self.stats["mean"].reshape(shape)
-
-    def dataset(self, split: str = "train", **kwargs):
-        """A torch Dataset of forecast windows over `split` (see canonstore.loaders.StoreDataset)."""
-        from canonstore.loaders import StoreDataset
-
-        return StoreDataset(self, split, **kwargs)
-
-    def loader(self, split: str = "train", batch_size: int = 32, *, lead: int = 1, history: int = 0,
-               channels=None, targets=None, static=True, **kwargs):
-        """Batches of `split` prefetched onto `device` (see canonstore.loaders.BatchLoader)."""
-        from canonstore.loaders import BatchLoader
-
-        dataset = self.dataset(split, lead=lead, history=history, channels=channels, targets=targets, static=static)
-        return BatchLoader(dataset, batch_size, **kwargs)
+        return denormalise(values, self.stats["mean"], self.stats["std"], channel_axis)
 
     def to_xarray(self) -> xr.Dataset:
         """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives (its reads, too,
@@ -258,15 +200,19 @@ def damaged_metadata(path: Path, exc: Exception) -> StoreError:
         try:
             json.loads((path / rel).read_text())
         except ValueError as bad:
-            return StoreError(f"{path / rel}: the store's metadata is damaged (not valid JSON: {bad}); "
-                              f"`canonstore verify {path}` lists the damage; rebuild the store "
-                              f"(`canonstore build RECIPE --out {path} --force`)")
+            return StoreError(
+                f"{path / rel}: the store's metadata is damaged (not valid JSON: {bad}); "
+                f"`canonstore verify {path}` lists the damage; rebuild the store "
+                f"(`canonstore build RECIPE --out {path} --force`)"
+            )
         except OSError:
             continue
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return StoreError(f"{path}: the store's metadata cannot be read ({type(exc).__name__}: {first}); "
-                      f"`canonstore verify {path}` lists the damage; rebuild the store "
-                      f"(`canonstore build RECIPE --out {path} --force`)")
+    return StoreError(
+        f"{path}: the store's metadata cannot be read ({type(exc).__name__}: {first}); "
+        f"`canonstore verify {path}` lists the damage; rebuild the store "
+        f"(`canonstore build RECIPE --out {path} --force`)"
+    )
 
 
 def open_store(path: str | Path) -> Store:

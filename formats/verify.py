@@ -10,8 +10,9 @@ import numpy as np
 from canonstore.errors import StoreError
 from canonstore.formats.handle import StoreHandle
 from canonstore.formats.manifest import check_manifest, file_sha256
-from canonstore.formats.store import STAT_NAMES, Store
-from canonstore.formats.zarr_ import map_shard, mappable_layout, shard_count
+from canonstore.formats.spec import STAT_NAMES
+from canonstore.formats.store import Store
+from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
 from canonstore.splits import SPLIT_NAMES
 
 
@@ -54,11 +55,16 @@ def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
         if not source.is_file():
             return f"input {source}: missing (the store was built from it)"
         if source.stat().st_size != item["size"]:
-            return (f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
-                    "bytes); rebuild the store")
+            return (
+                f"input {source}: changed since the build (size {item['size']} -> {source.stat().st_size} "
+                "bytes); rebuild the store"
+            )
         digest = file_sha256(source)
         if digest != item["sha256"]:
-            return f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> {digest[:12]}...); rebuild the store"
+            return (
+                f"input {source}: changed since the build (sha256 {item['sha256'][:12]}... -> {digest[:12]}...); "
+                "rebuild the store"
+            )
         return None
 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: reads and hashes overlap
@@ -74,8 +80,10 @@ def _check_schema(store: Store) -> list[str]:
         if ds["data"].dims[:2] != ("time", "channel"):
             problems.append(f"data: dims {ds['data'].dims}, expected ('time', 'channel', ...)")
         if ds["time"].size != ntime or ds["channel"].size != nchan:
-            problems.append(f"data: shape {shape} does not match time ({ds['time'].size}) "
-                            f"and channel ({ds['channel'].size}) coordinates")
+            problems.append(
+                f"data: shape {shape} does not match time ({ds['time'].size}) "
+                f"and channel ({ds['channel'].size}) coordinates"
+            )
         for name in STAT_NAMES:
             if f"stats_{name}" not in ds or ds[f"stats_{name}"].shape != (nchan,):
                 problems.append(f"stats_{name}: missing or not one value per channel")
@@ -89,7 +97,7 @@ def _check_schema(store: Store) -> list[str]:
                 problems.append(f"session: expected {ntime} positions in the session_ids list")
         if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
             shard_steps = mappable_layout(store.path, store._group["data"])
-            for k in range(shard_count(ntime, shard_steps)):
+            for k in range(ShardLayout(ntime, shard_steps).count):
                 map_shard(store._handle, shape, store.dtype, shard_steps, k)
     except Exception as exc:  # a damaged chunk fails in whichever codec reads it first
         problems.append(f"schema: {type(exc).__name__}: {exc}")

@@ -1,22 +1,34 @@
 """PyTorch access to a store: a memory-mapped Dataset, seeded batch sampler, GPU prefetch, and the
 raw-NetCDF baseline loader it is measured against. Needs torch (`pip install canonstore[torch]`).
 
-    from canonstore import open_store
-    train = open_store("data/intermediate/demo.zarr").dataset("train", lead=1)
-    loader = open_store("data/intermediate/demo.zarr").loader("train", batch_size=32, device="cuda")
+    from canonstore.loaders import open_dataset, open_loader   # also: from canonstore import ...
+    train = open_dataset("data/intermediate/demo.zarr", "train", lead=1)
+    loader = open_loader("data/intermediate/demo.zarr", "train", batch_size=32, device="cuda")
+
+The names load their modules (and torch) on first use.
 """
 
-try:
-    import torch  # noqa: F401
-except ImportError as exc:  # an optional dependency: say what to install
-    raise ImportError("canonstore.loaders needs PyTorch: pip install 'canonstore[torch]' "
-                      "(or torch itself, e.g. the CPU build torch==2.13.0)") from exc
+import importlib.util
 
-from canonstore.loaders.blocks import random_blocks
-from canonstore.loaders.dataset import StoreDataset, sample_times, seeded_generator, worker_init_fn
-from canonstore.loaders.netcdf import NetCDFDataset
-from canonstore.loaders.prefetch import BatchLoader
-from canonstore.loaders.sampler import BatchSampler
+from canonstore._lazy import lazy_names
 
-__all__ = ["BatchLoader", "BatchSampler", "NetCDFDataset", "StoreDataset", "random_blocks", "sample_times",
-           "seeded_generator", "worker_init_fn"]
+if importlib.util.find_spec("torch") is None:  # an optional dependency: say what to install
+    raise ImportError(
+        "canonstore.loaders needs PyTorch: pip install 'canonstore[torch]' "
+        "(or torch itself, e.g. the CPU build torch==2.13.0)"
+    )
+
+_NAMES = {
+    "BatchLoader": "canonstore.loaders.prefetch",
+    "BatchSampler": "canonstore.loaders.sampler",
+    "NetCDFDataset": "canonstore.loaders.netcdf",
+    "StoreDataset": "canonstore.loaders.dataset",
+    "open_dataset": "canonstore.loaders.api",
+    "open_loader": "canonstore.loaders.api",
+    "random_blocks": "canonstore.loaders.blocks",
+    "sample_times": "canonstore.loaders.dataset",
+    "seeded_generator": "canonstore.loaders.dataset",
+    "worker_init_fn": "canonstore.loaders.dataset",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

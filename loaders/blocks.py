@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 
-def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int], generator: torch.Generator, *,
-                  periodic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def block_indices(
+    batch: int, grid: tuple[int, int], size: tuple[int, int], generator: torch.Generator, *, periodic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row (batch, size_lat) and column (batch, size_lon) indices of one random block per sample; the
     columns wrap around when `periodic`, else the block is shifted inside the grid (the same draws)."""
     (n_lat, n_lon), (b_lat, b_lon) = grid, size
@@ -21,15 +22,16 @@ def block_indices(batch: int, grid: tuple[int, int], size: tuple[int, int], gene
         raise ValueError(f"block size {size} does not fit the grid {grid} (lat, lon)")
     centre_lat = torch.randint(0, n_lat, (batch,), generator=generator)
     centre_lon = torch.randint(0, n_lon, (batch,), generator=generator)
-    top = (centre_lat - b_lat // 2).clamp(0, n_lat - b_lat)           # clamped inside the globe
+    top = (centre_lat - b_lat // 2).clamp(0, n_lat - b_lat)  # clamped inside the globe
     rows = top[:, None] + torch.arange(b_lat)
     left = centre_lon - b_lon // 2
     cols = (left if periodic else left.clamp(0, n_lon - b_lon))[:, None] + torch.arange(b_lon)
     return rows, cols % n_lon  # wraps around a global grid; inside a regional one already
 
 
-def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples: torch.Tensor | None = None
-         ) -> torch.Tensor:
+def crop(
+    values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples: torch.Tensor | None = None
+) -> torch.Tensor:
     """values (batch, channel, lat, lon) -> (n, channel, size_lat, size_lon): block k is cut from sample
     `samples[k]` (default k) at rows[k] x cols[k], gathered straight from `values` (no repeated copies)."""
     b = torch.arange(values.shape[0]) if samples is None else samples
@@ -39,16 +41,16 @@ def crop(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, samples: 
     return values[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
-def epoch_blocks(batch: int, rows: torch.Tensor, cols: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def epoch_blocks(batch: int, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every sample of a batch at each of the epoch's blocks (rows (s, h), cols (s, w)): `crop`'s
     (samples, rows, cols) for batch x s blocks, sample-major (sample 0's s blocks first)."""
     s = rows.shape[0]
     return torch.arange(batch).repeat_interleave(s), rows.repeat(batch, 1), cols.repeat(batch, 1)
 
 
-def random_blocks(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], generator: torch.Generator, *,
-                  periodic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def random_blocks(
+    x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], generator: torch.Generator, *, periodic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop one random block per sample, the same block from `x` and `y`; draws come from `generator`.
     `periodic`: whether longitude wraps (a global grid, the store's `longitude_periodic`)."""
     if x.ndim != 4 or y.ndim != 4:

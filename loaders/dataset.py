@@ -18,10 +18,12 @@ import torch
 import zarr
 
 from canonstore.errors import StoreError
+from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.shards import take_rows
+from canonstore.formats.spec import mask_channel_of
 from canonstore.loaders.encodings import Encodings
-from canonstore.splits import SPLIT_CODES, segment_ids
+from canonstore.splits import SPLIT_CODES, check_split, segment_ids
 
 
 def sample_times(labels: np.ndarray, split: str, history: int, lead: int, gaps=()) -> np.ndarray:
@@ -43,16 +45,13 @@ def sample_times(labels: np.ndarray, split: str, history: int, lead: int, gaps=(
 def as_leads(lead) -> tuple[int, ...]:
     """`lead` (one step count, or several) as a tuple of distinct ascending step counts >= 0."""
     leads = (lead,) if isinstance(lead, (int, np.integer)) else tuple(lead)
-    if (not leads or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 for k in leads)
-            or list(leads) != sorted(set(leads))):
+    if (
+        not leads
+        or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 for k in leads)
+        or list(leads) != sorted(set(leads))
+    ):
         raise ValueError(f"lead must be a step count >= 0 or a list of distinct ascending ones, got {lead!r}")
     return tuple(int(k) for k in leads)
-
-
-def mask_channel_of(channels: list[str]) -> dict[str, str]:
-    """{channel: its `<channel>_valid` mask channel} for the channels whose NaNs were filled."""
-    return {name.removesuffix("_valid"): name for name in channels
-            if name.endswith("_valid") and name.removesuffix("_valid") in channels}
 
 
 def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.ndarray:
@@ -70,22 +69,30 @@ def _select(names: Sequence[str] | None, available: list[str], what: str) -> np.
 class WindowDataset(torch.utils.data.Dataset):
     """Forecast windows over one split; subclasses say how to read normalised steps (`_read_steps`)."""
 
-    def __init__(self, store, split: str = "train", lead: int | Sequence[int] = 1, history: int = 0,
-                 channels: Sequence[str] | None = None, targets: Sequence[str] | None = None,
-                 static: bool | Sequence[str] = True, transform: Callable | None = None,
-                 target_masks: bool = False, encodings: Sequence[str] = ()):
-        from canonstore.formats import open_store
-
+    def __init__(
+        self,
+        store,
+        split: str = "train",
+        lead: int | Sequence[int] = 1,
+        history: int = 0,
+        channels: Sequence[str] | None = None,
+        targets: Sequence[str] | None = None,
+        static: bool | Sequence[str] = True,
+        transform: Callable | None = None,
+        target_masks: bool = False,
+        encodings: Sequence[str] = (),
+    ):
         store = open_store(store) if isinstance(store, (str, Path)) else store
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; valid names are ['train', 'val', 'test']")
+        check_split(split)
         self.path, self.split, self.leads, self.history = store.path, split, as_leads(lead), history
         self.transform = transform
         self.store_identity = store.build_id  # which build the windows below belong to (the Store's own)
         self.times = sample_times(store.splits, split, history, self.leads[-1], store.gaps)
         if self.times.size == 0:
-            raise StoreError(f"{store.path}: split '{split}' has no window of history={history} and "
-                             f"lead={self.leads[-1]} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)")
+            raise StoreError(
+                f"{store.path}: split '{split}' has no window of history={history} and "
+                f"lead={self.leads[-1]} inside it ({int((store.splits == SPLIT_CODES[split]).sum())} steps)"
+            )
         self.store_channels = store.channels
         self.channels = _select(channels, self.store_channels, "channel(s)")
         masks = mask_channel_of(self.store_channels)
@@ -104,8 +111,11 @@ class WindowDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"unknown static field(s) {unknown}; the store has {list(store.static)}")
         self.static_names = names
-        self.static = (np.stack([store.static[n] for n in names]).astype(np.float32) if names
-                       else np.zeros((0,) + store.shape[2:], np.float32))
+        self.static = (
+            np.stack([store.static[n] for n in names]).astype(np.float32)
+            if names
+            else np.zeros((0,) + store.shape[2:], np.float32)
+        )
         self.sample_space = tuple(store.shape[2:])
         self.longitude_periodic = store.longitude_periodic  # whether blocks, coarse-ups and padding wrap
         self.store_dtype = store.dtype
@@ -145,7 +155,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = int(self.times[i])
         window = self._read_steps(t - self.history, t + self.leads[-1] + 1)
-        x = window[:self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
+        x = window[: self.history + 1][:, self.channels].reshape((-1,) + self.sample_space)
         x = np.concatenate([x.astype(np.float32), self.static])
         if self.encodings is not None:
             x = np.concatenate([x, self.encodings.fields([t])[0].numpy()])
@@ -192,8 +202,6 @@ class StoreDataset(WindowDataset):
         error instead of windows from one build over data from another.
         """
         if self._array is None:
-            from canonstore.formats import open_store
-
             self._check_same_build()
             array = open_store(self.path).array
             self._check_same_build()  # not replaced while mapping either
@@ -202,8 +210,10 @@ class StoreDataset(WindowDataset):
 
     def _check_same_build(self) -> None:
         if store_identity(self.path) != self.store_identity:
-            raise StoreError(f"{self.path} was rebuilt after this dataset was created; create the dataset "
-                             "(and its DataLoader) again to read the new store")
+            raise StoreError(
+                f"{self.path} was rebuilt after this dataset was created; create the dataset "
+                "(and its DataLoader) again to read the new store"
+            )
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
@@ -218,8 +228,13 @@ class StoreDataset(WindowDataset):
         y_channels = len(self.leads) * self.y_channels.size
         return (batch, x_channels) + self.sample_space, (batch, y_channels) + self.sample_space
 
-    def gather(self, positions: Sequence[int], x_out: np.ndarray | None = None, y_out: np.ndarray | None = None,
-               static: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def gather(
+        self,
+        positions: Sequence[int],
+        x_out: np.ndarray | None = None,
+        y_out: np.ndarray | None = None,
+        static: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Copy samples `positions` into (x, y) in the store's dtype: `gather(p)[k]` is `self[p[k]]`.
 
         `static=False` leaves the static fields out of x (the GPU path adds them on the device), so
@@ -234,7 +249,7 @@ class StoreDataset(WindowDataset):
         x_out = np.empty(x_shape, self.store_dtype) if x_out is None else x_out
         y_out = np.empty(y_shape, self.store_dtype) if y_out is None else y_out
         steps_in = t[:, None] + np.arange(-self.history, 1)[None, :]
-        steps_out = t[:, None] + np.asarray(self.leads)[None, :]   # (batch, lead)
+        steps_out = t[:, None] + np.asarray(self.leads)[None, :]  # (batch, lead)
         array = self.array
         if isinstance(array, zarr.Array):  # a compressed store: decode each needed step once
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out.ravel()]))
@@ -244,7 +259,7 @@ class StoreDataset(WindowDataset):
         n = 1 if whole else len(self.store_channels)
         if whole:  # a row is a whole time step
             rows_in, rows_out = steps_in, steps_out.ravel()
-        else:      # a row is one (step, channel) field
+        else:  # a row is one (step, channel) field
             rows_in = (steps_in[:, :, None] * n + self.channels[None, None, :]).reshape(t.size, -1)
             rows_out = (steps_out[:, :, None] * n + self.y_channels[None, None, :]).ravel()
         if not static or not self.static.shape[0]:
@@ -255,7 +270,7 @@ class StoreDataset(WindowDataset):
         for k in range(t.size):  # x_out[k, :dynamic] is contiguous, so the reshapes are views
             into = x_out[k, :dynamic].reshape(rows_in.shape[1], -1)
             if whole and isinstance(array, np.ndarray):  # slice copies: faster than np.take for rows this large
-                into[:] = array[steps_in[k, 0]:steps_in[k, -1] + 1].reshape(into.shape)
+                into[:] = array[steps_in[k, 0] : steps_in[k, -1] + 1].reshape(into.shape)
             else:
                 take_rows(array, rows_in[k], into, n)
         take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)

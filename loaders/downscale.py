@@ -29,8 +29,10 @@ def coarse_factor(space: tuple[int, ...], coarse) -> tuple[int, int]:
     else:
         shape = tuple(coarse)
     if min(factor) < 1 or factor[0] * shape[0] != space[0] or factor[1] * shape[1] != space[1]:
-        raise ValueError(f"coarse grid {list(shape)} (factor {list(factor)}) does not divide the grid {list(space)}: "
-                         "choose a coarse grid whose sides divide it")
+        raise ValueError(
+            f"coarse grid {list(shape)} (factor {list(factor)}) does not divide the grid {list(space)}: "
+            "choose a coarse grid whose sides divide it"
+        )
     return factor
 
 
@@ -53,8 +55,15 @@ def coarse_up(x: torch.Tensor, factor: tuple[int, int], *, periodic: bool) -> to
     return upsample(coarsen(work, factor), factor, periodic=periodic).to(x.dtype)
 
 
-def coarse_up_blocks(x: torch.Tensor, factor: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor,
-                     samples: torch.Tensor | None = None, *, periodic: bool) -> torch.Tensor:
+def coarse_up_blocks(
+    x: torch.Tensor,
+    factor: tuple[int, int],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    samples: torch.Tensor | None = None,
+    *,
+    periodic: bool,
+) -> torch.Tensor:
     """`crop(coarse_up(x, factor), rows, cols, samples)`, bit for bit, from the coarse cells the blocks read.
 
     rows (n, h) and cols (n, w) are blocks of consecutive cells as `blocks.block_indices` draws them (the
@@ -65,14 +74,18 @@ def coarse_up_blocks(x: torch.Tensor, factor: tuple[int, int], rows: torch.Tenso
     (fy, fx), (n_lat, n_lon) = factor, x.shape[-2:]
     rows, cols = rows.cpu(), cols.cpu()  # indices are worked out on the CPU, the values stay where they are
     top, row_cells = _window(rows[:, 0], rows.shape[1], fy, lambda k: k.clamp(0, n_lat // fy - 1))
-    left, col_cells = _window(cols[:, 0], cols.shape[1], fx,
-                              lambda k: k % (n_lon // fx) if periodic else k.clamp(0, n_lon // fx - 1))
+    left, col_cells = _window(
+        cols[:, 0], cols.shape[1], fx, lambda k: k % (n_lon // fx) if periodic else k.clamp(0, n_lon // fx - 1)
+    )
     fine_rows = (row_cells[:, :, None] * fy + torch.arange(fy)).flatten(1)
     fine_cols = (col_cells[:, :, None] * fx + torch.arange(fx)).flatten(1)
     window = crop(x, fine_rows, fine_cols, samples)
     window = window if window.dtype == torch.float64 else window.float()  # as `coarse_up`
     fine = _linear(_linear(coarsen(window, factor), -1, fx), -2, fy)
-    at = (lambda start, size: start[:, None] + torch.arange(size))
+
+    def at(start, size):
+        return start[:, None] + torch.arange(size)
+
     return crop(fine, at(top, rows.shape[1]), at(left, cols.shape[1])).to(x.dtype)
 
 
@@ -98,8 +111,8 @@ def _linear(padded: torch.Tensor, dim: int, f: int) -> torch.Tensor:
     shape[dim] = n
     out = padded.new_empty(shape[:split] + [f] + shape[split:])
     for r in range(f):
-        twice = 2 * r + 1 - f             # 2f x (r's centre - its cell's centre), in coarse cells
-        before = 0 if twice < 0 else 1    # the cell whose centre lies before r's: q - 1 or q, in `padded` q or q + 1
+        twice = 2 * r + 1 - f  # 2f x (r's centre - its cell's centre), in coarse cells
+        before = 0 if twice < 0 else 1  # the cell whose centre lies before r's: q - 1 or q, in `padded` q or q + 1
         weight = (twice + 2 * f * (1 - before)) / (2 * f)  # of the next cell, from whole numbers
         target = out.select(split, r)
         torch.mul(step.narrow(dim, before, n), weight, out=target)
@@ -116,12 +129,18 @@ class CoarseUp:
         self.factor, self.dynamic, self.periodic = factor, dynamic, periodic
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        coarse = coarse_up(x[:, :self.dynamic], self.factor, periodic=self.periodic)
-        return torch.cat([coarse, x[:, self.dynamic:]], dim=1), y
+        coarse = coarse_up(x[:, : self.dynamic], self.factor, periodic=self.periodic)
+        return torch.cat([coarse, x[:, self.dynamic :]], dim=1), y
 
-    def cut(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-            samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cut(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        samples: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks `blocks.crop(*self(x, y), rows, cols, samples)` cuts, without a coarse-up of whole fields."""
-        coarse = coarse_up_blocks(x[:, :self.dynamic], self.factor, rows, cols, samples, periodic=self.periodic)
-        rest = crop(x[:, self.dynamic:], rows, cols, samples)
+        coarse = coarse_up_blocks(x[:, : self.dynamic], self.factor, rows, cols, samples, periodic=self.periodic)
+        rest = crop(x[:, self.dynamic :], rows, cols, samples)
         return torch.cat([coarse, rest], dim=1), crop(y, rows, cols, samples)

@@ -18,8 +18,15 @@ import math
 import numpy as np
 import torch
 
-KINDS = {"latlon": ("sin_lat", "cos_lat", "sin_lon", "cos_lon"), "doy": ("cos_doy", "sin_doy"),
-         "hod": ("cos_hod", "sin_hod"), "toa": ("toa",)}
+from canonstore._time import is_dates
+from canonstore.formats.coords import latitude_field
+
+KINDS = {
+    "latlon": ("sin_lat", "cos_lat", "sin_lon", "cos_lon"),
+    "doy": ("cos_doy", "sin_doy"),
+    "hod": ("cos_hod", "sin_hod"),
+    "toa": ("toa",),
+}
 _YEAR_DAYS = {"noleap": 365, "365_day": 365, "all_leap": 366, "366_day": 366, "360_day": 360}
 
 
@@ -33,6 +40,8 @@ def encoding_names(kinds) -> list[str]:
 def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of the year, fraction of the day) of each time: datetime64 or cftime (any calendar)."""
     times = np.asarray(times)
+    if not is_dates(times):
+        raise ValueError(f"time encodings need a time axis of dates; this store's holds {times.dtype} values")
     if times.dtype.kind == "M":
         import pandas as pd
 
@@ -40,12 +49,10 @@ def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         day = (t.hour + t.minute / 60 + t.second / 3600) / 24
         year_days = np.where(t.is_leap_year, 366, 365)
         return np.asarray((t.day_of_year - 1 + day) / year_days, dtype=np.float64), np.asarray(day, dtype=np.float64)
-    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
-        day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])
-        doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
-        year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
-        return (doy + day) / year_days, day
-    raise ValueError(f"time encodings need a time axis of dates; this store's holds {times.dtype} values")
+    day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])  # cftime, any calendar
+    doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
+    year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
+    return (doy + day) / year_days, day
 
 
 def _year_days(t) -> int:
@@ -67,11 +74,11 @@ class Encodings:
         self.space = tuple(store.shape[2:])
         self._fields: dict = {}
         if any(k in ("latlon", "toa") for k in self.kinds):
-            from canonstore.formats.coords import latitude_field
-
             if store.latitude is None or store.longitude is None:
-                raise ValueError(f"encodings {self.kinds} need latitude and longitude; {store.path} records "
-                                 f"latitude={store.latitude}, longitude={store.longitude}")
+                raise ValueError(
+                    f"encodings {self.kinds} need latitude and longitude; {store.path} records "
+                    f"latitude={store.latitude}, longitude={store.longitude}"
+                )
             ds, dims = store.to_xarray(), store.dims[2:]
             self.lat = np.deg2rad(latitude_field(ds[store.latitude], dims, self.space))
             self.lon = np.deg2rad(latitude_field(ds[store.longitude], dims, self.space))
@@ -108,11 +115,19 @@ class Encodings:
 
     def _toa(self, year: torch.Tensor, day: torch.Tensor, device) -> torch.Tensor:
         g = 2 * math.pi * year
-        declination = (0.006918 - 0.399912 * g.cos() + 0.070257 * g.sin() - 0.006758 * (2 * g).cos()
-                       + 0.000907 * (2 * g).sin() - 0.002697 * (3 * g).cos() + 0.00148 * (3 * g).sin())
-        distance = (1.000110 + 0.034221 * g.cos() + 0.001280 * g.sin() + 0.000719 * (2 * g).cos()
-                    + 0.000077 * (2 * g).sin())
+        declination = (
+            0.006918
+            - 0.399912 * g.cos()
+            + 0.070257 * g.sin()
+            - 0.006758 * (2 * g).cos()
+            + 0.000907 * (2 * g).sin()
+            - 0.002697 * (3 * g).cos()
+            + 0.00148 * (3 * g).sin()
+        )
+        distance = (
+            1.000110 + 0.034221 * g.cos() + 0.001280 * g.sin() + 0.000719 * (2 * g).cos() + 0.000077 * (2 * g).sin()
+        )
         lat, lon = self._grid("lat", device), self._grid("lon", device)
-        hour_angle = 2 * math.pi * day + lon - math.pi   # solar noon at 12 UTC on the Greenwich meridian
+        hour_angle = 2 * math.pi * day + lon - math.pi  # solar noon at 12 UTC on the Greenwich meridian
         cos_zenith = lat.sin() * declination.sin() + lat.cos() * declination.cos() * hour_angle.cos()
-        return (distance * cos_zenith.clamp_min(0))
+        return distance * cos_zenith.clamp_min(0)

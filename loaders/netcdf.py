@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.errors import StoreError
-from canonstore.formats.store import normalise
+from canonstore.formats.spec import masked_channel, normalise
 from canonstore.loaders.dataset import WindowDataset
 
 
@@ -34,8 +34,10 @@ class NetCDFDataset(WindowDataset):
         super().__init__(store, split, **kwargs)
         recipe = load_recipe(recipe or store.attrs["recipe_path"])
         if recipe.sha256 != store.attrs["recipe_sha256"]:
-            raise StoreError(f"{store.path}: recipe {recipe.path} differs from the one the store was built from "
-                             f"(sha256 {recipe.sha256[:12]} != {store.attrs['recipe_sha256'][:12]})")
+            raise StoreError(
+                f"{store.path}: recipe {recipe.path} differs from the one the store was built from "
+                f"(sha256 {recipe.sha256[:12]} != {store.attrs['recipe_sha256'][:12]})"
+            )
         self.recipe = recipe
         self.mean, self.std = store.stats["mean"], store.stats["std"]
 
@@ -51,9 +53,11 @@ class NetCDFDataset(WindowDataset):
 
             self._sources = open_sources(self.recipe)
             raw = [c.name for c in self._sources.channels]
-            valid = [c.removesuffix("_valid") for c in self.store_channels[len(raw):]]
-            if self.store_channels[:len(raw)] != raw or any(v not in raw for v in valid):
-                raise StoreError(f"{self.path}: the raw sources give channels {raw}, the store has {self.store_channels}")
+            valid = [masked_channel(c) for c in self.store_channels[len(raw) :]]
+            if self.store_channels[: len(raw)] != raw or any(v not in raw for v in valid):
+                raise StoreError(
+                    f"{self.path}: the raw sources give channels {raw}, the store has {self.store_channels}"
+                )
             self._valid_of = [raw.index(v) for v in valid]
         return self._sources
 

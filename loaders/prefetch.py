@@ -9,6 +9,7 @@ random blocks cropped on the device; on the CPU the batch is assembled in place 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -55,11 +56,24 @@ class BatchLoader:
         that way instead. The dataset's own per-sample `transform` is not used on this path.
     """
 
-    def __init__(self, dataset: StoreDataset, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, device=None, workers: int = 2, prefetch: int = 2,
-                 blocks: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 rank: int | None = None, world_size: int | None = None, transform=None, even: bool | None = None,
-                 blocks_per_epoch: int = 0):
+    def __init__(
+        self,
+        dataset: StoreDataset,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        device=None,
+        workers: int = 2,
+        prefetch: int = 2,
+        blocks: tuple[int, int] | None = None,
+        dtype: torch.dtype = torch.float32,
+        rank: int | None = None,
+        world_size: int | None = None,
+        transform=None,
+        even: bool | None = None,
+        blocks_per_epoch: int = 0,
+    ):
         self.dataset = dataset
         self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, even)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -94,12 +108,22 @@ class BatchLoader:
         blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "blocks"))
         self._epoch_blocks = None
         if self.blocks is not None and self.blocks_per_epoch:  # one draw per epoch: resuming redraws the same
-            self._epoch_blocks = block_indices(self.blocks_per_epoch, self.dataset.sample_space, self.blocks,
-                                               blocks_rng, periodic=self.dataset.longitude_periodic)
+            self._epoch_blocks = block_indices(
+                self.blocks_per_epoch,
+                self.dataset.sample_space,
+                self.blocks,
+                blocks_rng,
+                periodic=self.dataset.longitude_periodic,
+            )
         elif self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
             for _ in range(skipped):
-                block_indices(self.sampler.batch_size, self.dataset.sample_space, self.blocks, blocks_rng,
-                              periodic=self.dataset.longitude_periodic)
+                block_indices(
+                    self.sampler.batch_size,
+                    self.dataset.sample_space,
+                    self.blocks,
+                    blocks_rng,
+                    periodic=self.dataset.longitude_periodic,
+                )
         stream = torch.cuda.Stream(self.device) if cuda else None
         try:
             pending = self._to_device(ready.get(), free, stream)
@@ -115,10 +139,8 @@ class BatchLoader:
         finally:
             stop.set()
             while filler.is_alive():  # unblock the filler if it waits on a full queue
-                try:
+                with contextlib.suppress(queue.Empty):
                     ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
             filler.join()
 
     # -- host side (filler thread) ---------------------------------------------------------
@@ -126,8 +148,7 @@ class BatchLoader:
         """Batch buffers; pinned ones (for CUDA) leave out the static fields, added on the GPU."""
         dtype = torch.from_numpy(np.empty(0, self.dataset.store_dtype)).dtype
         x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=not pin)
-        return (torch.empty(x_shape, dtype=dtype, pin_memory=pin),
-                torch.empty(y_shape, dtype=dtype, pin_memory=pin))
+        return (torch.empty(x_shape, dtype=dtype, pin_memory=pin), torch.empty(y_shape, dtype=dtype, pin_memory=pin))
 
     def _unused_cpu_buffers(self, ring: list) -> tuple[torch.Tensor, torch.Tensor]:
         """A buffer pair from `ring` that no batch refers to any more, else a new pair.
@@ -160,7 +181,7 @@ class BatchLoader:
                             return
                     else:
                         full = self._unused_cpu_buffers(ring)
-                    x_buf, y_buf = full[0][:len(positions)], full[1][:len(positions)]
+                    x_buf, y_buf = full[0][: len(positions)], full[1][: len(positions)]
                     self._gather(pool, positions, x_buf.numpy(), y_buf.numpy(), static=not cuda)
                     ready.put((x_buf, y_buf, full if cuda else None, positions))
                     del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
@@ -189,8 +210,11 @@ class BatchLoader:
             return
         parts = np.array_split(np.arange(len(positions)), min(self.workers, len(positions)))
         positions = np.asarray(positions)
-        jobs = [pool.submit(self.dataset.gather, positions[p], x_out[p[0]:p[-1] + 1], y_out[p[0]:p[-1] + 1], static)
-                for p in parts if p.size]
+        jobs = [
+            pool.submit(self.dataset.gather, positions[p], x_out[p[0] : p[-1] + 1], y_out[p[0] : p[-1] + 1], static)
+            for p in parts
+            if p.size
+        ]
         for job in jobs:
             job.result()
 
@@ -229,8 +253,13 @@ class BatchLoader:
             if self._epoch_blocks is not None:
                 samples, rows, cols = epoch_blocks(x.shape[0], *self._epoch_blocks)
             else:
-                rows, cols = block_indices(x.shape[0], tuple(x.shape[-2:]), tuple(self.blocks), blocks_rng,
-                                           periodic=self.dataset.longitude_periodic)
+                rows, cols = block_indices(
+                    x.shape[0],
+                    tuple(x.shape[-2:]),
+                    tuple(self.blocks),
+                    blocks_rng,
+                    periodic=self.dataset.longitude_periodic,
+                )
                 samples = None
             self.last_blocks = (samples, rows, cols)
             x, y = (cut or _crop_both)(x, y, rows, cols, samples)

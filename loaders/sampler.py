@@ -49,8 +49,17 @@ class BatchSampler(torch.utils.data.Sampler):
     makes that pass skip its first k batches (resuming mid-epoch).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 rank: int | None = None, world_size: int | None = None, even: bool | None = None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        even: bool | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         default_rank, default_world = _default_rank_world()
@@ -73,7 +82,7 @@ class BatchSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        return order[self._share(self.rank):self._share(self.rank + 1)]
+        return order[self._share(self.rank) : self._share(self.rank + 1)]
 
     def _share(self, rank: int) -> int:
         """Where rank `rank`'s share of the epoch's order starts."""
@@ -91,7 +100,7 @@ class BatchSampler(torch.utils.data.Sampler):
         skip, self.start = self.start, 0
         self.epoch += 1
         for start in range(skip * self.batch_size, len(mine), self.batch_size):
-            batch = mine[start:start + self.batch_size]
+            batch = mine[start : start + self.batch_size]
             if len(batch) < self.batch_size and self.drop_last:
                 return
             yield sorted(batch.tolist())

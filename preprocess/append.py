@@ -17,23 +17,38 @@ import numpy as np
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import read_manifest
-from canonstore.formats.store import FORMAT_VERSION, open_store
-from canonstore.formats.zarr_ import shard_file
-from canonstore.preprocess import writer
-from canonstore.preprocess import cluster, tasks
-from canonstore.preprocess.build import (BLOCK_MB, BuildResult, store_metadata, data_layout, publish_new,
-                                         recorded_attrs, refuse_output_among_sources, report_sources, scan,
-                                         store_labels, up_to_date)
+from canonstore.formats.spec import FORMAT_VERSION, masked_channel
+from canonstore.formats.store import open_store
+from canonstore.formats.zarr_ import ShardLayout, shard_file
+from canonstore.preprocess import cluster, tasks, writer
+from canonstore.preprocess.build import (
+    BLOCK_MB,
+    BuildResult,
+    data_layout,
+    publish_new,
+    recorded_attrs,
+    refuse_output_among_sources,
+    report_sources,
+    scan,
+    store_labels,
+    store_metadata,
+    up_to_date,
+)
 from canonstore.preprocess.inputs import content, input_records
-from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
+from canonstore.preprocess.sources import Channel, Sources, open_sources
 from canonstore.splits import SPLIT_CODES, find_gaps
 
 MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
 
 
-def append(store_path: str | Path, recipe_path: str | Path | None = None, progress: bool = True, log=print,
-           block_mb: float = BLOCK_MB) -> BuildResult:
+def append(
+    store_path: str | Path,
+    recipe_path: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+    block_mb: float = BLOCK_MB,
+) -> BuildResult:
     """Append the new steps of the store's recipe (or `recipe_path`) to the store at `store_path`.
 
     Raises StoreError saying to rebuild when the change is not an append.
@@ -54,13 +69,21 @@ def append(store_path: str | Path, recipe_path: str | Path | None = None, progre
             return BuildResult(out, built=False)
         result = try_append(out, recipe, inputs, previous, progress, log, block_mb)
     if isinstance(result, str):
-        raise StoreError(f"cannot append to {out}: {result}; rebuild it: canonstore build {recipe.path} "
-                         f"--out {out} --force")
+        raise StoreError(
+            f"cannot append to {out}: {result}; rebuild it: canonstore build {recipe.path} --out {out} --force"
+        )
     return result
 
 
-def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, progress: bool = True, log=print,
-               block_mb: float = BLOCK_MB) -> BuildResult | str:
+def try_append(
+    out: Path,
+    recipe: Recipe,
+    inputs: list[dict],
+    previous: dict,
+    progress: bool = True,
+    log=print,
+    block_mb: float = BLOCK_MB,
+) -> BuildResult | str:
     """Append if the recipe and inputs only extend the store in time; else say why not (a reason string)."""
     reason = _recipe_change(previous, recipe) or _input_change(previous, inputs)
     if reason:
@@ -79,41 +102,75 @@ def try_append(out: Path, recipe: Recipe, inputs: list[dict], previous: dict, pr
             return "the split rule labels the stored steps differently now"
         if (labels[old_steps:] == SPLIT_CODES["train"]).any():
             first = old_steps + int(np.argmax(labels[old_steps:] == SPLIT_CODES["train"]))
-            return (f"new step {sources.time_label(first)} falls in the train split, which would change the train "
-                    "statistics")
+            return (
+                f"new step {sources.time_label(first)} falls in the train split, which would change the train "
+                "statistics"
+            )
         layout, old_shard = data_layout(recipe, sources, block_mb), previous["layout"]["shard_steps"]
         if layout["shard_steps"] != old_shard and old_shard < old_steps:
             return f"shards of {layout['shard_steps']} steps now, {old_shard} in the store"
         plan = _plan_of(store, sources)
         staging = writer.staging_path(out)
-        job = tasks.ShardJob(recipe=str(recipe.path.resolve()), recipe_sha256=recipe.sha256,
-                             staging=str(staging.resolve()), shape=(sources.time.size,) + sources.sample_shape,
-                             dtype=recipe.dtype, compression="none", layout=layout,
-                             train=np.zeros(sources.time.size, bool), first=old_steps)
+        job = tasks.ShardJob(
+            recipe=str(recipe.path.resolve()),
+            recipe_sha256=recipe.sha256,
+            staging=str(staging.resolve()),
+            shape=(sources.time.size,) + sources.sample_shape,
+            dtype=recipe.dtype,
+            compression="none",
+            layout=layout,
+            train=np.zeros(sources.time.size, bool),
+            first=old_steps,
+        )
         tasks.share_sources(recipe.path.resolve(), recipe.sha256, sources)
         run = cluster.InProcess()
         _, nans = scan(run, job, progress, resumable=False)
         reason = _nan_change(recipe, sources, plan, nans, old_steps)
         if reason:
             return reason
-        log(f"appending {sources.time.size - old_steps} steps to {out} ({sources.time_label(old_steps)} .. "
-            f"{sources.time_label(sources.time.size - 1)})")
+        log(
+            f"appending {sources.time.size - old_steps} steps to {out} ({sources.time_label(old_steps)} .. "
+            f"{sources.time_label(sources.time.size - 1)})"
+        )
         report_sources(sources, log)
         # The partial last shard is rewritten; so is a one-shard store's shard, which was cut to its steps.
-        first_shard = old_steps // old_shard if old_shard == layout["shard_steps"] else 0
+        first_shard = (
+            ShardLayout(sources.time.size, old_shard).shard_of(old_steps) if old_shard == layout["shard_steps"] else 0
+        )
         files = read_manifest(out)["files"]
         linked = {}
         for k in range(first_shard):
             rel = shard_file(Path(), len(store.shape), k).as_posix()
             linked[rel] = (out / rel, files[rel])
-        history = previous.get("history") or [{"kind": "build", "created": previous["created"], "steps": [0, old_steps],
-                                               "inputs": [i["path"] for i in previous["inputs"]]}]
+        history = previous.get("history") or [
+            {
+                "kind": "build",
+                "created": previous["created"],
+                "steps": [0, old_steps],
+                "inputs": [i["path"] for i in previous["inputs"]],
+            }
+        ]
         staging = writer.start(out)
         writer.save_progress(staging, {"fingerprint": "append", "inputs": inputs})  # never resumed as a build
         with writer.cleanup_on_failure(staging, log):
             writer.write_metadata(staging, store_metadata(recipe, sources, labels, plan))
-            nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, run, job,
-                                 first_shard, linked, history)
+            nbytes = publish_new(
+                recipe,
+                sources,
+                labels,
+                plan,
+                inputs,
+                staging,
+                out,
+                layout,
+                progress,
+                log,
+                run,
+                job,
+                first_shard,
+                linked,
+                history,
+            )
     finally:
         tasks.share_sources(recipe.path.resolve(), recipe.sha256, None)
         sources.close()
@@ -158,7 +215,7 @@ def _extends(store, sources: Sources) -> str | None:
     if not np.array_equal(np.asarray(sources.time[:old]), np.asarray(store.time)):
         return "the sources' first steps are not the store's time axis"
     names = [c.name for c in sources.channels]
-    if store.channels[:len(names)] != names:
+    if store.channels[: len(names)] != names:
         return f"the sources give channels {names}, the store has {store.channels}"
     ds = store._ds
     for name, coord in sources.coords.items():
@@ -172,13 +229,21 @@ def _extends(store, sources: Sources) -> str | None:
 def _plan_of(store, sources: Sources) -> dict:
     """The store's own channels, statistics and mask layout, as the build's plan (bit for bit)."""
     labels = store._group["data"].attrs["labels"]
-    channels = [Channel(n, v, lev, u) for n, v, lev, u in zip(labels["channel"], labels["channel_variable"],
-                                                                labels["channel_level"], labels["channel_units"])]
+    channels = [
+        Channel(n, v, lev, u)
+        for n, v, lev, u in zip(
+            labels["channel"], labels["channel_variable"], labels["channel_level"], labels["channel_units"]
+        )
+    ]
     names = [c.name for c in sources.channels]
-    mask_channels = [names.index(c.name.removesuffix("_valid")) for c in channels[len(names):]]
+    mask_channels = [names.index(masked_channel(c.name)) for c in channels[len(names) :]]
     mask = store.mask
-    return {"channels": channels, "stats": {k: np.asarray(v) for k, v in store.stats.items()},
-            "mask_channels": mask_channels, "static_mask": None if mask is None else mask[:len(names)]}
+    return {
+        "channels": channels,
+        "stats": {k: np.asarray(v) for k, v in store.stats.items()},
+        "mask_channels": mask_channels,
+        "static_mask": None if mask is None else mask[: len(names)],
+    }
 
 
 def _nan_change(recipe: Recipe, sources: Sources, plan: dict, nans: dict, first: int) -> str | None:
@@ -187,14 +252,18 @@ def _nan_change(recipe: Recipe, sources: Sources, plan: dict, nans: dict, first:
     if has_nan.any() and recipe.nan_policy == "error":
         i = int(np.flatnonzero(has_nan)[0])
         ch = sources.channels[i]
-        raise SourceError(f"{sources.file_of(ch.variable, nans['first_step'][i])}: variable '{ch.variable}' (channel "
-                          f"{ch.name}) has {nans['count'][i]} NaN or fill values, first at "
-                          f"{sources.time_label(nans['first_step'][i])} (recipe nan_policy: error)")
+        raise SourceError(
+            f"{sources.file_of(ch.variable, nans['first_step'][i])}: variable '{ch.variable}' (channel "
+            f"{ch.name}) has {nans['count'][i]} NaN or fill values, first at "
+            f"{sources.time_label(nans['first_step'][i])} (recipe nan_policy: error)"
+        )
     for i, ch in enumerate(sources.channels):
         if i in plan["mask_channels"]:
             continue  # its `_valid` channel records any pattern
         expected = np.zeros(nans["pattern"][i].shape, bool) if plan["static_mask"] is None else ~plan["static_mask"][i]
         if nans["varies"][i] or not np.array_equal(nans["pattern"][i], expected):
-            return (f"channel {ch.name} has missing values where the store has none (or the other way round) from "
-                    f"{sources.time_label(first)} on: its mask layout would change")
+            return (
+                f"channel {ch.name} has missing values where the store has none (or the other way round) from "
+                f"{sources.time_label(first)} on: its mask layout would change"
+            )
     return None

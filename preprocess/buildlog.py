@@ -46,8 +46,10 @@ def build_log(out: Path, log=print, what: str = "build"):
         write(f"{dt.datetime.now().isoformat(timespec='seconds')} {line}")
 
     handler = _ToLog(write)
-    write(f"{HEADER}{what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
-          f"{dt.datetime.now().isoformat(timespec='seconds')}")
+    write(
+        f"{HEADER}{what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
+        f"{dt.datetime.now().isoformat(timespec='seconds')}"
+    )
     for name in DASK_LOGGERS:
         logging.getLogger(name).addHandler(handler)
     try:
@@ -69,14 +71,18 @@ def _open_ours(path: Path, out: Path):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError:
         if os.path.islink(path) or (os.path.lexists(path) and not path.is_file()):
-            raise StoreError(f"{path} exists and is not canonstore's build log of {out} (a link, or not a file); "
-                             "canonstore writes only what it made: move it away or choose --out") from None
+            raise StoreError(
+                f"{path} exists and is not canonstore's build log of {out} (a link, or not a file); "
+                "canonstore writes only what it made: move it away or choose --out"
+            ) from None
         return None
     first = os.pread(fd, len(HEADER), 0)
     if not stat.S_ISREG(os.fstat(fd).st_mode) or (first and first != HEADER.encode()):
         os.close(fd)
-        raise StoreError(f"{path} exists and is not canonstore's build log of {out} (it does not begin with "
-                         f"{HEADER.strip()!r}); canonstore writes only what it made: move it away or choose --out")
+        raise StoreError(
+            f"{path} exists and is not canonstore's build log of {out} (it does not begin with "
+            f"{HEADER.strip()!r}); canonstore writes only what it made: move it away or choose --out"
+        )
     return os.fdopen(fd, "a", encoding="utf-8")
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from canonstore.errors import StoreError
 from canonstore.preprocess.buildlog import DASK_LOGGERS
 
-
 UNTRIMMED = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
@@ -56,9 +55,9 @@ class Distributed:
     again (at most `resubmits` times); with no worker at all for `no_workers` seconds the build stops.
     """
 
-    poll = 10.0          # seconds without a finished task before the scheduler is asked about the others
-    resubmits = 3        # submissions again of one shard's task that the cluster lost track of
-    no_workers = 300.0   # seconds without any worker before the build stops (the staging is kept)
+    poll = 10.0  # seconds without a finished task before the scheduler is asked about the others
+    resubmits = 3  # submissions again of one shard's task that the cluster lost track of
+    no_workers = 300.0  # seconds without any worker before the build stops (the staging is kept)
 
     def __init__(self, client):
         self.client = client
@@ -94,8 +93,10 @@ class Distributed:
         def submit(i: int) -> None:
             nonlocal shared
             if sent[i] > self.resubmits:
-                raise WorkersLost(f"{name} of shard {_shard(items[i])}: the dask cluster lost the task {sent[i]} "
-                                  "times (workers restarted or the scheduler lost track); rerun with --resume to go on")
+                raise WorkersLost(
+                    f"{name} of shard {_shard(items[i])}: the dask cluster lost the task {sent[i]} "
+                    "times (workers restarted or the scheduler lost track); rerun with --resume to go on"
+                )
             if shared.status in ("cancelled", "error"):
                 shared = self._submit(_as_it_is, job)
             future = self._submit(fn, shared, items[i], *args, name=f"{name}-{_shard(items[i])}")
@@ -136,7 +137,8 @@ class Distributed:
         """("done", result) of a finished task; ("again", None) when its result went with a worker (dask
         computes it again); ("lost", None) when the scheduler cancelled it (e.g. a lost dependency).
         The task's own error is raised; KilledWorker (its workers died on every retry) as WorkersLost."""
-        from distributed import CancelledError, TimeoutError as DaskTimeout
+        from distributed import CancelledError
+        from distributed import TimeoutError as DaskTimeout
         from distributed.scheduler import KilledWorker
 
         try:
@@ -146,8 +148,10 @@ class Distributed:
         except CancelledError:
             return "lost", None
         except KilledWorker:
-            raise WorkersLost(f"{what}: the dask workers running it died (out of memory? killed?) on every retry; "
-                              "rerun with --resume to go on") from None
+            raise WorkersLost(
+                f"{what}: the dask workers running it died (out of memory? killed?) on every retry; "
+                "rerun with --resume to go on"
+            ) from None
 
     def _submit(self, fn, *args, name: str | None = None):
         return self.client.submit(fn, *args, pure=False, key=f"{name or fn.__name__}-{uuid.uuid4().hex}")
@@ -155,11 +159,13 @@ class Distributed:
     def _lost(self, pending: dict) -> list:
         """Pending tasks the scheduler no longer knows, or knows as finished while the client has not heard."""
         try:
-            states = self.client.sync(self.client.scheduler.get_task_status, keys=[f.key for f in pending],
-                                      callback_timeout=60)
+            states = self.client.sync(
+                self.client.scheduler.get_task_status, keys=[f.key for f in pending], callback_timeout=60
+            )
         except (OSError, TimeoutError) as exc:
-            raise WorkersLost(f"lost the dask scheduler at {self.client.scheduler.address} ({exc}); rerun with "
-                              "--resume to go on") from None
+            raise WorkersLost(
+                f"lost the dask scheduler at {self.client.scheduler.address} ({exc}); rerun with --resume to go on"
+            ) from None
         return [f for f in pending if not f.done() and states.get(f.key) in (None, "forgotten", "memory", "erred")]
 
     def _check_workers(self, since: float) -> float:
@@ -167,8 +173,10 @@ class Distributed:
         if self.client.sync(self.client.scheduler.ncores_running, callback_timeout=60):
             return time.monotonic()
         if time.monotonic() - since > self.no_workers:
-            raise WorkersLost(f"the dask cluster at {self.client.scheduler.address} has had no worker for "
-                              f"{self.no_workers:.0f} s; rerun with --resume once it has")
+            raise WorkersLost(
+                f"the dask cluster at {self.client.scheduler.address} has had no worker for "
+                f"{self.no_workers:.0f} s; rerun with --resume once it has"
+            )
         return since
 
     def check_shared(self, paths) -> None:
@@ -178,9 +186,11 @@ class Distributed:
         blind = {worker: missing for worker, missing in seen.items() if missing}
         if blind:
             worker, missing = next(iter(blind.items()))
-            raise StoreError(f"dask worker {worker} cannot see {missing[0]} ({len(blind)} of {len(seen)} workers "
-                             "cannot see every path): the recipe, the inputs and the output must be on a filesystem "
-                             "that every worker mounts at the same path")
+            raise StoreError(
+                f"dask worker {worker} cannot see {missing[0]} ({len(blind)} of {len(seen)} workers "
+                "cannot see every path): the recipe, the inputs and the output must be on a filesystem "
+                "that every worker mounts at the same path"
+            )
 
 
 @contextlib.contextmanager
@@ -232,24 +242,35 @@ def runner(scheduler: str | None = None, scheduler_file: str | None = None, work
         # port (a second build's would warn that 8787 is taken).
         with environ_kept(), dask.config.set(UNTRIMMED), quiet_dask():
             try:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=SILENT, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=SILENT,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                )
             except Exception as exc:  # e.g. "Nanny failed to start": a worker died while starting
-                raise StoreError(f"could not start a local dask cluster of {workers} workers: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                raise StoreError(
+                    f"could not start a local dask cluster of {workers} workers: {type(exc).__name__}: {exc}"
+                ) from exc
             with cluster, Client(cluster) as client:
                 log(f"started a local dask cluster of {workers} worker processes")
                 yield from _distributed(client)
         return
     try:
-        client = Client(scheduler_file=scheduler_file, timeout="30s") if scheduler_file else Client(scheduler, timeout="30s")
+        client = (
+            Client(scheduler_file=scheduler_file, timeout="30s") if scheduler_file else Client(scheduler, timeout="30s")
+        )
     except (OSError, TimeoutError, ValueError) as exc:
         raise StoreError(f"cannot connect to the dask scheduler {scheduler or scheduler_file}: {exc}") from None
     with client, quiet_dask():
         if not client.scheduler_info()["workers"]:
             client.wait_for_workers(1, timeout=120)
-        log(f"building on the dask cluster at {client.scheduler.address} "
-            f"({len(client.scheduler_info()['workers'])} workers)")
+        log(
+            f"building on the dask cluster at {client.scheduler.address} "
+            f"({len(client.scheduler_info()['workers'])} workers)"
+        )
         yield from _distributed(client)
 
 
@@ -270,8 +291,12 @@ SILENT = logging.CRITICAL + 1  # above every level: dask writes nothing to the t
 def quiet_dask():
     """Dask's handlers that write to the terminal write nothing meanwhile; others (the build log) still do."""
     terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)}
-    handlers = [h for name in DASK_LOGGERS for h in logging.getLogger(name).handlers
-                if id(getattr(h, "stream", None)) in terminal]
+    handlers = [
+        h
+        for name in DASK_LOGGERS
+        for h in logging.getLogger(name).handlers
+        if id(getattr(h, "stream", None)) in terminal
+    ]
     levels = [h.level for h in handlers]
     for h in handlers:
         h.setLevel(SILENT)

@@ -47,14 +47,17 @@ def demo_grid(size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tuple(range(2000, 2005)),
-               seed: int = 0) -> Path:
+def write_demo(
+    out: str | Path, size: float = 1.0, years: tuple[int, ...] = tuple(range(2000, 2005)), seed: int = 0
+) -> Path:
     """Write the demo raw files into `out`, replacing only earlier demo data there; the stamp `.complete` is
     written last."""
     out = Path(out)
     if os.path.lexists(out) and not (_is_demo(out) or is_empty_folder(out)):
-        raise StoreError(f"{out} exists and is not canonstore's demo data (a {STAMP} stamp and .nc files only); "
-                         "canonstore replaces only what it made: choose another folder")
+        raise StoreError(
+            f"{out} exists and is not canonstore's demo data (a {STAMP} stamp and .nc files only); "
+            "canonstore replaces only what it made: choose another folder"
+        )
     tmp = make_staging(out.with_name(out.name + ".partial"), "demo data")
     lat, lon = demo_grid(size)
     rng = np.random.default_rng(seed)
@@ -70,16 +73,25 @@ def write_demo(out: str | Path, size: float = 1.0, years: tuple[int, ...] = tupl
                 if name == "q":
                     levels.append(base[level] * np.exp(amp * _field(hours, lat, lon, 0.0, 1.0, phases[k], rng, 0.0)))
                 else:
-                    levels.append(_field(hours, lat, lon, base[level], amp * {250: 1.4, 500: 1.2, 850: 0.8}[level],
-                                         phases[k], rng, diurnal=0.0))
+                    levels.append(
+                        _field(
+                            hours,
+                            lat,
+                            lon,
+                            base[level],
+                            amp * {250: 1.4, 500: 1.2, 850: 0.8}[level],
+                            phases[k],
+                            rng,
+                            diurnal=0.0,
+                        )
+                    )
                 k += 1
-            values = np.stack(levels, axis=1)                    # time, level, lat, lon
+            values = np.stack(levels, axis=1)  # time, level, lat, lon
             _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon, levels=LEVELS)
         for name, (long_name, units, base, amp) in SURFACE_VARS.items():
             values = _field(hours, lat, lon, base, amp, phases[k], rng, diurnal=1.0 if name == "t2m" else 0.0)
             k += 1
-            _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon,
-                       packed=name == "msl")
+            _write_var(tmp / f"{name}_{year}.nc", name, long_name, units, values, time, lat, lon, packed=name == "msl")
     (tmp / STAMP).write_text(f"size={size} years={list(years)} seed={seed}\n")
     replace_folder(tmp, out, "demo data")
     return out
@@ -90,8 +102,9 @@ def _is_demo(folder: Path) -> bool:
     if folder.is_symlink() or not (folder / STAMP).is_file():
         return False
     with os.scandir(folder) as entries:
-        return all(e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name in (STAMP, MARKER))
-                   for e in entries)
+        return all(
+            e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name in (STAMP, MARKER)) for e in entries
+        )
 
 
 def _field(hours, lat, lon, base, amp, phase, rng, diurnal):
@@ -100,8 +113,10 @@ def _field(hours, lat, lon, base, amp, phase, rng, diurnal):
     la = np.deg2rad(lat)[None, :, None]
     lo = np.deg2rad(lon)[None, None, :]
     envelope = np.cos(la) ** 2
-    waves = sum(np.cos(k * lo - 2 * np.pi * t / period + p) / k
-                for k, period, p in zip((2, 3, 4), (24 * 9, 24 * 6, 24 * 4), phase))
+    waves = sum(
+        np.cos(k * lo - 2 * np.pi * t / period + p) / k
+        for k, period, p in zip((2, 3, 4), (24 * 9, 24 * 6, 24 * 4), phase)
+    )
     season = np.cos(2 * np.pi * t / (24 * 365.25)) * np.sin(la)
     day = diurnal * np.cos(lo + 2 * np.pi * t / 24) * np.cos(la)
     noise = 0.05 * rng.standard_normal((hours.size, lat.size, lon.size))
@@ -110,10 +125,17 @@ def _field(hours, lat, lon, base, amp, phase, rng, diurnal):
 
 def _write_var(path, name, long_name, units, values, time, lat, lon, levels=None, packed=False):
     dims = ("time", "level", "latitude", "longitude") if levels is not None else ("time", "latitude", "longitude")
-    coords = {"time": time, "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
-              "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"})}
+    coords = {
+        "time": time,
+        "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+        "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"}),
+    }
     if levels is not None:
-        coords["level"] = ("level", np.array(levels, dtype=np.int32), {"units": "millibars", "long_name": "pressure_level"})
+        coords["level"] = (
+            "level",
+            np.array(levels, dtype=np.int32),
+            {"units": "millibars", "long_name": "pressure_level"},
+        )
     ds = xr.Dataset({name: (dims, values.astype(np.float32), {"long_name": long_name, "units": units})}, coords=coords)
     encoding = {"time": {"units": "hours since 1900-01-01 00:00:00.0", "calendar": "gregorian", "dtype": "int32"}}
     if packed:
@@ -128,9 +150,18 @@ def _write_static(tmp, lat, lon, rng):
     relief = np.sin(2 * lo + 0.5) * np.cos(3 * la) + 0.5 * np.cos(5 * lo) * np.sin(2 * la)
     lsm = (relief > 0.3).astype(np.float32)
     orography = (np.clip(relief - 0.3, 0, None) * 30000).astype(np.float32)  # geopotential at surface
-    coords = {"latitude": ("latitude", lat, {"units": "degrees_north"}),
-              "longitude": ("longitude", lon, {"units": "degrees_east"})}
-    xr.Dataset({
-        "lsm": (("latitude", "longitude"), lsm, {"long_name": "Land-sea mask", "units": "(0 - 1)"}),
-        "orography": (("latitude", "longitude"), orography, {"long_name": "Geopotential at surface", "units": "m**2 s**-2"}),
-    }, coords=coords).to_netcdf(tmp / "static.nc", format="NETCDF4")
+    coords = {
+        "latitude": ("latitude", lat, {"units": "degrees_north"}),
+        "longitude": ("longitude", lon, {"units": "degrees_east"}),
+    }
+    xr.Dataset(
+        {
+            "lsm": (("latitude", "longitude"), lsm, {"long_name": "Land-sea mask", "units": "(0 - 1)"}),
+            "orography": (
+                ("latitude", "longitude"),
+                orography,
+                {"long_name": "Geopotential at surface", "units": "m**2 s**-2"},
+            ),
+        },
+        coords=coords,
+    ).to_netcdf(tmp / "static.nc", format="NETCDF4")

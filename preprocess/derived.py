@@ -21,16 +21,20 @@ file and units. A number in the wrong unit is never used as it is: 5 g/kg read a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from canonstore.units import G, conversion, is_dimensionless, is_unknown, mass_ratio, temperature
 
-KINDS = {"relative_humidity": ("temperature", "specific_humidity"), "wind_speed": ("u", "v"),
-         "column": ("variable",), "layer_mean": ("variable",)}
-EPSILON = 0.621981     # ratio of the gas constants of dry air and water vapour (ECMWF IFS value)
+KINDS = {
+    "relative_humidity": ("temperature", "specific_humidity"),
+    "wind_speed": ("u", "v"),
+    "column": ("variable",),
+    "layer_mean": ("variable",),
+}
+EPSILON = 0.621981  # ratio of the gas constants of dry air and water vapour (ECMWF IFS value)
 
 MAX_HPA = 1100.0  # no pressure level is deeper; larger values on a level axis without units are Pa
 # Values that only one unit can give: air temperature in K and in degC; specific humidity in kg/kg never
@@ -49,11 +53,11 @@ class Input:
 
     variable: str
     units: str
-    path: str                                # the first file it is read from, for messages
-    level_units: str | None                  # 'hPa' when its levels are pressures, else the level's units
-    sample: Callable[[], np.ndarray]         # physical values of a few steps, all kept levels, read on demand
-    levels: tuple[float, ...] = ()           # its kept levels (hPa when level_units is 'hPa')
-    standard_name: str = ""                  # its CF standard_name, if any
+    path: str  # the first file it is read from, for messages
+    level_units: str | None  # 'hPa' when its levels are pressures, else the level's units
+    sample: Callable[[], np.ndarray]  # physical values of a few steps, all kept levels, read on demand
+    levels: tuple[float, ...] = ()  # its kept levels (hPa when level_units is 'hPa')
+    standard_name: str = ""  # its CF standard_name, if any
 
 
 def _unsure(units: str) -> bool:
@@ -75,15 +79,19 @@ def to_kelvin(src: Input) -> tuple[float, float]:
     if scale in ("K", "degC"):  # the README's units for a temperature input (degF is refused, named)
         return conversion(scale, "K")
     if not _unsure(src.units):
-        raise ValueError(f"{_describe(src)}: not a temperature unit canonstore converts (K or degC); "
-                         "convert it or set its units attribute")
+        raise ValueError(
+            f"{_describe(src)}: not a temperature unit canonstore converts (K or degC); "
+            "convert it or set its units attribute"
+        )
     lo, hi = _range(src)
     if KELVIN_RANGE[0] <= lo and hi <= KELVIN_RANGE[1]:
         return 1.0, 0.0
     if CELSIUS_RANGE[0] <= lo and hi <= CELSIUS_RANGE[1]:
         return 1.0, 273.15
-    raise ValueError(f"{_describe(src)}: no temperature units, and values {lo:g}..{hi:g} fit neither K "
-                     f"{KELVIN_RANGE} nor degC {CELSIUS_RANGE}; set its units attribute to K or degC")
+    raise ValueError(
+        f"{_describe(src)}: no temperature units, and values {lo:g}..{hi:g} fit neither K "
+        f"{KELVIN_RANGE} nor degC {CELSIUS_RANGE}; set its units attribute to K or degC"
+    )
 
 
 def to_kg_per_kg(src: Input) -> float | None:
@@ -99,15 +107,19 @@ def to_kg_per_kg(src: Input) -> float | None:
         return None
     lo, hi = _range(src)
     if hi > MAX_G_PER_KG:
-        raise ValueError(f"{_describe(src)}: values {lo:g}..{hi:g} are no specific humidity in kg/kg or g/kg; "
-                         "set its units attribute")
+        raise ValueError(
+            f"{_describe(src)}: values {lo:g}..{hi:g} are no specific humidity in kg/kg or g/kg; "
+            "set its units attribute"
+        )
     if hi > MAX_KG_PER_KG:
         return 1e-3
     if not src.levels or max(src.levels) >= DEEPEST_FOR_RANGE:
         return 1.0
-    raise ValueError(f"{_describe(src)}: values up to {hi:g} at {', '.join(f'{p:g}' for p in src.levels)} hPa "
-                     f"(all above {DEEPEST_FOR_RANGE:g} hPa) could be kg/kg or g/kg; set its units attribute to "
-                     "kg kg**-1 or g kg**-1")
+    raise ValueError(
+        f"{_describe(src)}: values up to {hi:g} at {', '.join(f'{p:g}' for p in src.levels)} hPa "
+        f"(all above {DEEPEST_FOR_RANGE:g} hPa) could be kg/kg or g/kg; set its units attribute to "
+        "kg kg**-1 or g kg**-1"
+    )
 
 
 def _range(src: Input) -> tuple[float, float]:
@@ -121,8 +133,10 @@ def _range(src: Input) -> tuple[float, float]:
 def require_pressure_levels(src: Input) -> None:
     if src.level_units != "hPa":
         found = "have no coordinate" if src.level_units is None else f"are in {src.level_units!r}"
-        raise ValueError(f"needs pressure levels, but the levels of {_describe(src)} {found}; give the level "
-                         "coordinate units of hPa or Pa")
+        raise ValueError(
+            f"needs pressure levels, but the levels of {_describe(src)} {found}; give the level "
+            "coordinate units of hPa or Pa"
+        )
 
 
 def saturation_vapour_pressure(t: np.ndarray) -> np.ndarray:
@@ -164,8 +178,8 @@ def layer_mean(values: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
 class Derived:
     """One derived channel: `kind` applied to the store channels at positions `inputs`."""
 
-    name: str          # the channel's name: `r850`, or `tcq` for a column
-    variable: str      # the recipe's name for it: `r`
+    name: str  # the channel's name: `r850`, or `tcq` for a column
+    variable: str  # the recipe's name for it: `r`
     kind: str
     inputs: tuple[int, ...]
     level: float | None
@@ -185,8 +199,9 @@ class Derived:
         return (column if self.kind == "column" else layer_mean)(stacked, np.array(self.levels))
 
 
-def plan_derived(specs: list[dict], channels: list, channel_name, where: str,
-                 describe: Callable[[str], Input]) -> list[Derived]:
+def plan_derived(
+    specs: list[dict], channels: list, channel_name, where: str, describe: Callable[[str], Input]
+) -> list[Derived]:
     """The derived channels `specs` give over `channels` (the store's Channel list, variable + level).
 
     `channel_name(name, level)` names a per-level channel as sources do (`r850`); `describe(variable)`
@@ -204,40 +219,66 @@ def plan_derived(specs: list[dict], channels: list, channel_name, where: str,
         inputs = [spec[key] for key in KINDS[kind]]
         missing = [v for v in inputs if v not in by_variable]
         if missing:
-            raise ValueError(f"{where}: derived '{name}' ({kind}) needs variable(s) {missing}, which the store "
-                             f"does not keep; it has {sorted(by_variable)}")
+            raise ValueError(
+                f"{where}: derived '{name}' ({kind}) needs variable(s) {missing}, which the store "
+                f"does not keep; it has {sorted(by_variable)}"
+            )
         if kind in ("relative_humidity", "wind_speed"):
             common = [lev for lev in by_variable[inputs[0]] if lev in by_variable[inputs[1]]]
             if not common:
-                raise ValueError(f"{where}: derived '{name}' ({kind}): '{inputs[0]}' and '{inputs[1]}' share no "
-                                 f"level ({sorted(map(str, by_variable[inputs[0]]))} vs "
-                                 f"{sorted(map(str, by_variable[inputs[1]]))})")
+                raise ValueError(
+                    f"{where}: derived '{name}' ({kind}): '{inputs[0]}' and '{inputs[1]}' share no "
+                    f"level ({sorted(map(str, by_variable[inputs[0]]))} vs "
+                    f"{sorted(map(str, by_variable[inputs[1]]))})"
+                )
             if kind == "relative_humidity" and None in common:
-                raise ValueError(f"{where}: derived '{name}': relative humidity needs pressure levels; "
-                                 f"'{inputs[0]}' and '{inputs[1]}' are surface fields")
+                raise ValueError(
+                    f"{where}: derived '{name}': relative humidity needs pressure levels; "
+                    f"'{inputs[0]}' and '{inputs[1]}' are surface fields"
+                )
             try:
                 convert, units = _pair_units(kind, describe(inputs[0]), describe(inputs[1]))
             except ValueError as exc:
                 raise ValueError(f"{where}: derived '{name}' ({kind}): {exc}") from None
             for lev in common:
-                out.append(Derived(name if lev is None else channel_name(name, lev), name, kind,
-                                   (by_variable[inputs[0]][lev][0], by_variable[inputs[1]][lev][0]), lev, units,
-                                   convert=convert))
+                out.append(
+                    Derived(
+                        name if lev is None else channel_name(name, lev),
+                        name,
+                        kind,
+                        (by_variable[inputs[0]][lev][0], by_variable[inputs[1]][lev][0]),
+                        lev,
+                        units,
+                        convert=convert,
+                    )
+                )
             continue
         have = by_variable[inputs[0]]
         levels = [lev for lev in have if lev is not None]
         wanted = [float(x) for x in spec.get("levels", levels)]
         absent = [lev for lev in wanted if lev not in have]
         if absent or len(wanted) < 2:
-            raise ValueError(f"{where}: derived '{name}' ({kind}) needs at least two kept levels of "
-                             f"'{inputs[0]}'; asked for {wanted}, the store keeps {sorted(levels)}")
+            raise ValueError(
+                f"{where}: derived '{name}' ({kind}) needs at least two kept levels of "
+                f"'{inputs[0]}'; asked for {wanted}, the store keeps {sorted(levels)}"
+            )
         try:
             src = describe(inputs[0])
             scale, units = _level_units(kind, src, is_specific_humidity(src) or inputs[0] in humidity_inputs)
         except ValueError as exc:
             raise ValueError(f"{where}: derived '{name}' ({kind}): {exc}") from None
-        out.append(Derived(name, name, kind, tuple(have[lev][0] for lev in wanted), None, units, tuple(wanted),
-                           convert=((scale, 0.0),) * len(wanted)))
+        out.append(
+            Derived(
+                name,
+                name,
+                kind,
+                tuple(have[lev][0] for lev in wanted),
+                None,
+                units,
+                tuple(wanted),
+                convert=((scale, 0.0),) * len(wanted),
+            )
+        )
     return out
 
 
@@ -248,10 +289,12 @@ def _pair_units(kind: str, first: Input, second: Input) -> tuple[tuple[tuple[flo
         require_pressure_levels(second)
         to_kg = to_kg_per_kg(second)
         if to_kg is None:
-            raise ValueError(f"{_describe(second)}: not a specific humidity unit canonstore converts (kg kg**-1 or "
-                             "g kg**-1); convert it or set its units attribute")
+            raise ValueError(
+                f"{_describe(second)}: not a specific humidity unit canonstore converts (kg kg**-1 or "
+                "g kg**-1); convert it or set its units attribute"
+            )
         return (to_kelvin(first), (to_kg, 0.0)), "%"
-    v_to_u = conversion(second.units, first.units)   # `m/s` and `m s-1` are one unit; km/h converts
+    v_to_u = conversion(second.units, first.units)  # `m/s` and `m s-1` are one unit; km/h converts
     if v_to_u is None:
         raise ValueError(f"{_describe(first)} and {_describe(second)} differ; convert one first")
     return ((1.0, 0.0), v_to_u), first.units
@@ -268,6 +311,8 @@ def _level_units(kind: str, src: Input, humidity: bool) -> tuple[float, str]:
     if to_kg is not None:
         return to_kg, "kg m**-2"
     if is_unknown(src.units):
-        raise ValueError(f"{_describe(src)}: no units attribute, so the column's units are unknown (only a specific "
-                         "humidity's are told by its values); set its units attribute (`1` for a fraction)")
+        raise ValueError(
+            f"{_describe(src)}: no units attribute, so the column's units are unknown (only a specific "
+            "humidity's are told by its values); set its units attribute (`1` for a fraction)"
+        )
     return 1.0, "kg m**-2" if is_dimensionless(src.units) else f"({src.units}) kg m**-2"

@@ -30,8 +30,17 @@ SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb1", ".grb2")
 # Scalar coordinates that say which level type or ensemble member a hypercube is; they differ
 # between the hypercubes of one file and carry nothing the store keeps.
 # A scalar pressure level stays: sources names the channel after it (t at 500 hPa -> t500).
-_SCALAR_COORDS = ("number", "step", "time", "surface", "heightAboveGround", "meanSea", "depthBelowLandLayer",
-                  "entireAtmosphere", "hybrid")
+_SCALAR_COORDS = (
+    "number",
+    "step",
+    "time",
+    "surface",
+    "heightAboveGround",
+    "meanSea",
+    "depthBelowLandLayer",
+    "entireAtmosphere",
+    "hybrid",
+)
 
 
 def recognises(path: Path, head: bytes) -> bool:
@@ -40,7 +49,10 @@ def recognises(path: Path, head: bytes) -> bool:
 
 def index_folder() -> Path:
     """Where cfgrib's index files go: $CANONSTORE_CACHE/grib-index, else ~/.cache/canonstore/grib-index."""
-    base = os.environ.get("CANONSTORE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "canonstore"
+    base = (
+        os.environ.get("CANONSTORE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "canonstore"
+    )
     return Path(base) / "grib-index"
 
 
@@ -59,12 +71,19 @@ def private_index_folder() -> Path:
     elif mine.st_mode & 0o022:
         problem = f"it is writable by group or others (mode {stat.S_IMODE(mine.st_mode):o})"
     elif parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
-        problem, fix = (f"its folder {folder.parent} is writable by group or others without the sticky bit (mode "
-                        f"{stat.S_IMODE(parent.st_mode):o}), so others could replace it"), folder.parent
+        problem, fix = (
+            (
+                f"its folder {folder.parent} is writable by group or others without the sticky bit (mode "
+                f"{stat.S_IMODE(parent.st_mode):o}), so others could replace it"
+            ),
+            folder.parent,
+        )
     if problem:
-        raise SourceError(f"cfgrib's GRIB index cache {folder}: {problem}; its index files are pickles, which run code "
-                          f"when loaded: set CANONSTORE_CACHE to a folder only you can write to"
-                          + ("" if mine.st_uid != os.getuid() else f" (or chmod go-w {fix})"))
+        raise SourceError(
+            f"cfgrib's GRIB index cache {folder}: {problem}; its index files are pickles, which run code "
+            f"when loaded: set CANONSTORE_CACHE to a folder only you can write to"
+            + ("" if mine.st_uid != os.getuid() else f" (or chmod go-w {fix})")
+        )
     return folder
 
 
@@ -79,17 +98,20 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
         parts = _open(path, indexpath)
         duplicated = _duplicated_params(path, indexpath, recipe.on_duplicate_time)
         if duplicated:  # keep_first: those variables one Dataset per run, the runs joined by sources
-            parts = [ds.drop_vars([v for v in ds.data_vars if ds[v].attrs.get("GRIB_paramId") in duplicated])
-                     for ds in parts]
+            parts = [
+                ds.drop_vars([v for v in ds.data_vars if ds[v].attrs.get("GRIB_paramId") in duplicated]) for ds in parts
+            ]
             parts = [ds for ds in parts if ds.data_vars] + [
-                run for param, runs in duplicated.items() for date, hhmm in runs
-                for run in _open(path, indexpath, {"paramId": param, "dataDate": date, "dataTime": hhmm})]
+                run
+                for param, runs in duplicated.items()
+                for date, hhmm in runs
+                for run in _open(path, indexpath, {"paramId": param, "dataDate": date, "dataTime": hhmm})
+            ]
     except SourceError:
         raise
     except Exception as exc:  # ecCodes and cfgrib raise many types for damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format): "
-                          f"{first}") from exc
+        raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format): {first}") from exc
     if not parts:
         raise SourceError(f"{path}: holds no GRIB field cfgrib can read")
     return [_on_one_axis(ds) for ds in parts]
@@ -111,8 +133,9 @@ def _duplicated_params(path: Path, indexpath: str, rule: str) -> dict[int, list[
     """
     from cfgrib import dataset, messages
 
-    index = dataset.open_fileindex(messages.FileStream(str(path)), indexpath,
-                                   dataset.compute_index_keys(("valid_time",)))
+    index = dataset.open_fileindex(
+        messages.FileStream(str(path)), indexpath, dataset.compute_index_keys(("valid_time",))
+    )
     keys = index.index_keys
     run_keys = [keys.index(k) for k in ("dataDate", "dataTime", "endStep")]  # what differs between runs
     same_field = [i for i in range(len(keys)) if i not in run_keys]
@@ -133,9 +156,11 @@ def _duplicated_params(path: Path, indexpath: str, rule: str) -> dict[int, list[
         fields = min(clashes, key=lambda f: f[0][0][at["valid_time"]])
         (header, first), (other, _) = fields[0], fields[1]
         when = np.datetime64(int(header[at["valid_time"]]), "s")
-        raise SourceError(f"{path}: variable '{index.get_field(first)['shortName']}' has {len(fields)} fields for "
-                          f"valid time {when} ({run(header)} and {run(other)}); set `on_duplicate_time: keep_first` "
-                          "in the recipe to keep the earlier run's field")
+        raise SourceError(
+            f"{path}: variable '{index.get_field(first)['shortName']}' has {len(fields)} fields for "
+            f"valid time {when} ({run(header)} and {run(other)}); set `on_duplicate_time: keep_first` "
+            "in the recipe to keep the earlier run's field"
+        )
     # A field repeated within one run needs nothing: cfgrib reads the first of identical headers.
     params = {fields[0][0][at["paramId"]] for fields in clashes if len({run(h) for h, _ in fields}) > 1}
     runs: dict[int, set] = {p: set() for p in params}
@@ -156,9 +181,11 @@ def _check_complete(path: Path) -> None:
         f.seek(max(0, size - 512))
         tail = f.read()
     end = tail.rfind(b"7777")
-    if end < 0 or tail[end + 4:].strip(b"\0"):
-        raise SourceError(f"{path}: truncated or damaged GRIB file: it does not end with a whole message "
-                          "(ecCodes would silently read only the messages before the cut)")
+    if end < 0 or tail[end + 4 :].strip(b"\0"):
+        raise SourceError(
+            f"{path}: truncated or damaged GRIB file: it does not end with a whole message "
+            "(ecCodes would silently read only the messages before the cut)"
+        )
 
 
 def _on_one_axis(ds: xr.Dataset) -> xr.Dataset:

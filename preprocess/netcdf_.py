@@ -38,8 +38,9 @@ def _open(path: Path) -> xr.Dataset:
             warnings.filterwarnings("ignore", message=r"Variable\(s\) referenced in")  # CMIP bounds, areacella
             # Seconds, not nanoseconds: datetime64[ns] ends in 2262, and xarray would decode a later
             # standard-calendar file to cftime while earlier files stay datetime64 (one axis, two types).
-            return xr.open_dataset(path, cache=False, decode_coords="all",
-                                   decode_times=xr.coders.CFDatetimeCoder(time_unit="s"))
+            return xr.open_dataset(
+                path, cache=False, decode_coords="all", decode_times=xr.coders.CFDatetimeCoder(time_unit="s")
+            )
     except Exception as exc:  # the libraries' messages run over several lines; the first says it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "did not find a match" in first:
@@ -73,6 +74,7 @@ def _check_netcdf3_size(path: Path) -> None:
         return  # not NetCDF at all: xarray's error above says so
     needed, size = fixed + numrecs * per_record, path.stat().st_size
     if size < needed:
-        raise SourceError(f"{path}: truncated NetCDF3 file: {size} bytes, but its header describes {needed} bytes "
-                          "of data (the library would read the missing part as zeros)")
-
+        raise SourceError(
+            f"{path}: truncated NetCDF3 file: {size} bytes, but its header describes {needed} bytes "
+            "of data (the library would read the missing part as zeros)"
+        )

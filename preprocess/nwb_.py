@@ -51,17 +51,21 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
         series = _series(nwb, recipe.series, where)
         data = series.data
         if data.ndim not in (1, 2):
-            raise SourceError(f"{where}: series '{_path_of(series)}' has {data.ndim}-D data {data.shape}; "
-                              "canonstore stores (time,) or (time, channel) series")
+            raise SourceError(
+                f"{where}: series '{_path_of(series)}' has {data.ndim}-D data {data.shape}; "
+                "canonstore stores (time,) or (time, channel) series"
+            )
         seconds = _seconds(series, data.shape[0], where)
         labels = _channel_labels(series, data)
         # channel_conversion is an ElectricalSeries field; a plain TimeSeries has only `conversion`
         per_channel = getattr(series, "channel_conversion", None)
-        scale = float(series.conversion) * (np.ones(1) if per_channel is None
-                                            else np.asarray(per_channel[:], dtype=np.float64))
+        scale = float(series.conversion) * (
+            np.ones(1) if per_channel is None else np.asarray(per_channel[:], dtype=np.float64)
+        )
         if data.ndim == 2 and scale.size not in (1, data.shape[1]):
-            raise SourceError(f"{where}: '{_path_of(series)}' has {scale.size} channel_conversion values "
-                              f"for {data.shape[1]} channels")
+            raise SourceError(
+                f"{where}: '{_path_of(series)}' has {scale.size} channel_conversion values for {data.shape[1]} channels"
+            )
     except Exception:
         io.close()
         raise
@@ -107,8 +111,7 @@ def _series(nwb, name: str | None, where: str):
         found = [s for s in nwb.acquisition.values() if isinstance(s, TimeSeries)]
         if len(found) == 1:
             return found[0]
-        raise SourceError(f"{where}: name the series to store with `series:` in the recipe; found "
-                          f"{_listing(nwb)}")
+        raise SourceError(f"{where}: name the series to store with `series:` in the recipe; found {_listing(nwb)}")
     obj = nwb
     for part in name.split("/"):
         try:
@@ -116,8 +119,9 @@ def _series(nwb, name: str | None, where: str):
         except (AttributeError, KeyError, TypeError):
             raise SourceError(f"{where}: no series '{name}' (recipe 'series'); found {_listing(nwb)}") from None
     if not isinstance(obj, TimeSeries):
-        raise SourceError(f"{where}: '{name}' (recipe 'series') is a {type(obj).__name__}, not a TimeSeries; "
-                          f"found {_listing(nwb)}")
+        raise SourceError(
+            f"{where}: '{name}' (recipe 'series') is a {type(obj).__name__}, not a TimeSeries; found {_listing(nwb)}"
+        )
     return obj
 
 
@@ -149,11 +153,15 @@ def _seconds(series, steps: int, where: str) -> np.ndarray:
     if series.timestamps is not None:
         stamps = np.asarray(series.timestamps[:], dtype=np.float64)  # the time axis is loaded anyway
         if stamps.shape != (steps,):
-            raise SourceError(f"{where}: '{_path_of(series)}' has {stamps.size} timestamps for {steps} rows of "
-                              "data (ragged); they must match one to one")
+            raise SourceError(
+                f"{where}: '{_path_of(series)}' has {stamps.size} timestamps for {steps} rows of "
+                "data (ragged); they must match one to one"
+            )
         if not np.isfinite(stamps).all():
-            raise SourceError(f"{where}: '{_path_of(series)}' has a NaN or infinite timestamp at row "
-                              f"{int(np.flatnonzero(~np.isfinite(stamps))[0])}")
+            raise SourceError(
+                f"{where}: '{_path_of(series)}' has a NaN or infinite timestamp at row "
+                f"{int(np.flatnonzero(~np.isfinite(stamps))[0])}"
+            )
         return stamps
     if not series.rate or series.rate <= 0:
         raise SourceError(f"{where}: '{_path_of(series)}' has neither timestamps nor a positive rate")

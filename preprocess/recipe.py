@@ -24,8 +24,22 @@ from canonstore.errors import RecipeError
 from canonstore.splits import parse_split_rule
 from canonstore.splits.rules import without_utc
 
-KEYS = {"name", "sources", "variables", "levels", "static", "derived", "time", "time_dim", "series", "splits",
-        "nan_policy", "on_duplicate_time", "time_gaps", "storage"}
+KEYS = {
+    "name",
+    "sources",
+    "variables",
+    "levels",
+    "static",
+    "derived",
+    "time",
+    "time_dim",
+    "series",
+    "splits",
+    "nan_policy",
+    "on_duplicate_time",
+    "time_gaps",
+    "storage",
+}
 STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
 DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "zstd", "blosc")
@@ -39,7 +53,8 @@ class _TextDates(yaml.SafeLoader):
 
 _TextDates.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def read_yaml(text: str):
@@ -59,11 +74,11 @@ class Recipe:
     variables: tuple[str, ...] | None = None
     levels: dict = field(default_factory=dict)
     static: tuple[str, ...] = ()
-    derived: tuple[dict, ...] = ()    # channels computed at build time (preprocess.derived)
+    derived: tuple[dict, ...] = ()  # channels computed at build time (preprocess.derived)
     time_start: str | None = None
     time_end: str | None = None
-    time_dim: str | None = None   # None: found the CF way (sources.find_time_dim)
-    series: str | None = None     # NWB: the TimeSeries to store, e.g. acquisition/ElectricalSeries
+    time_dim: str | None = None  # None: found the CF way (sources.find_time_dim)
+    series: str | None = None  # NWB: the TimeSeries to store, e.g. acquisition/ElectricalSeries
     nan_policy: str = "error"
     on_duplicate_time: str = "error"
     time_gaps: str = "error"
@@ -103,8 +118,10 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(storage, dict):
         raise RecipeError(f"{where}: 'storage' must be a mapping, got {type(storage).__name__}")
     if set(storage) - STORAGE_KEYS:
-        raise RecipeError(f"{where}: unknown key(s) in 'storage': {sorted(set(storage) - STORAGE_KEYS)}; "
-                          f"valid keys are {sorted(STORAGE_KEYS)}")
+        raise RecipeError(
+            f"{where}: unknown key(s) in 'storage': {sorted(set(storage) - STORAGE_KEYS)}; "
+            f"valid keys are {sorted(STORAGE_KEYS)}"
+        )
     time = raw.get("time") or {}
     if not isinstance(time, dict) or set(time) - {"start", "end"}:
         raise RecipeError(f"{where}: 'time' must be a mapping with 'start' and/or 'end', got {time!r}")
@@ -130,13 +147,15 @@ def load_recipe(path: str | Path) -> Recipe:
         time_dim=None if raw.get("time_dim") is None else _parse_str(raw["time_dim"], "time_dim", where),
         series=None if raw.get("series") is None else _parse_str(raw["series"], "series", where).strip("/"),
         nan_policy=_parse_choice(raw.get("nan_policy", "error"), ("error", "fill"), "nan_policy", where),
-        on_duplicate_time=_parse_choice(raw.get("on_duplicate_time", "error"), ("error", "keep_first"),
-                                        "on_duplicate_time", where),
+        on_duplicate_time=_parse_choice(
+            raw.get("on_duplicate_time", "error"), ("error", "keep_first"), "on_duplicate_time", where
+        ),
         time_gaps=_parse_choice(raw.get("time_gaps", "error"), ("error", "allow"), "time_gaps", where),
         dtype=_parse_choice(storage.get("dtype", "float32"), DTYPES, "storage.dtype", where),
         shard_mb=float(shard_mb),
-        compression=_parse_choice(str(storage.get("compression", "none")).lower(), COMPRESSIONS,
-                                  "storage.compression", where),
+        compression=_parse_choice(
+            str(storage.get("compression", "none")).lower(), COMPRESSIONS, "storage.compression", where
+        ),
     )
 
 
@@ -156,16 +175,23 @@ def _parse_derived(value: object, where: str) -> tuple[dict, ...]:
         allowed = set(needed) | ({"kind", "levels"} if entry["kind"] in ("column", "layer_mean") else {"kind"})
         missing, unknown = [k for k in needed if k not in entry], sorted(set(entry) - allowed)
         if missing or unknown:
-            raise RecipeError(f"{where}: derived {entry.get('name', entry)!r} ({entry['kind']}): "
-                              f"missing {missing}, unknown {unknown}; it takes {sorted(allowed)}")
+            raise RecipeError(
+                f"{where}: derived {entry.get('name', entry)!r} ({entry['kind']}): "
+                f"missing {missing}, unknown {unknown}; it takes {sorted(allowed)}"
+            )
         for key in needed:
             _parse_str(entry[key], f"derived.{key}", where)
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", entry["name"]):
             raise RecipeError(f"{where}: derived name must be letters, digits and '_', got {entry['name']!r}")
-        if "levels" in entry and (not isinstance(entry["levels"], list) or len(entry["levels"]) < 2
-                                  or not all(isinstance(v, (int, float)) for v in entry["levels"])):
-            raise RecipeError(f"{where}: derived {entry['name']!r}: levels must be a list of two or more "
-                              f"pressures in hPa, got {entry['levels']!r}")
+        if "levels" in entry and (
+            not isinstance(entry["levels"], list)
+            or len(entry["levels"]) < 2
+            or not all(isinstance(v, (int, float)) for v in entry["levels"])
+        ):
+            raise RecipeError(
+                f"{where}: derived {entry['name']!r}: levels must be a list of two or more "
+                f"pressures in hPa, got {entry['levels']!r}"
+            )
         out.append(dict(entry))
     return tuple(out)
 
@@ -206,8 +232,10 @@ def _parse_date(value: object, key: str, where: str) -> str | None:
 def source_patterns(recipe: Recipe) -> list[tuple[str, Path]]:
     """(entry as written, absolute glob) for each of the recipe's `sources` (relative to its folder)."""
     value = read_yaml(recipe.text)["sources"]
-    return [(entry, Path(os.path.abspath(recipe.path.parent / entry)))
-            for entry in ([value] if isinstance(value, str) else value)]
+    return [
+        (entry, Path(os.path.abspath(recipe.path.parent / entry)))
+        for entry in ([value] if isinstance(value, str) else value)
+    ]
 
 
 def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path, ...]:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from canonstore._time import as_days, duration_label, is_dates, span, time_label
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess import grib_, netcdf_, nwb_
 from canonstore.preprocess.derived import MAX_HPA, Input, plan_derived
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import as_days, find_gaps
+from canonstore.splits.gaps import find_gaps
 from canonstore.units import scale_to
 
 KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
@@ -76,16 +77,20 @@ def find_time_dim(parts: list[tuple[Path, xr.Dataset]]) -> str:
                 found.setdefault(str(dim), path)
     if len(found) > 1:
         listing = ", ".join(f"'{d}' ({p.name})" for d, p in found.items())
-        raise SourceError(f"several dimensions look like time ({listing}); name the sample dimension with "
-                          "`time_dim` in the recipe")
+        raise SourceError(
+            f"several dimensions look like time ({listing}); name the sample dimension with `time_dim` in the recipe"
+        )
     if found:
         return next(iter(found))
     return "time"  # no CF time coordinate: a bare `time` dimension, or the recipe names another one
 
 
 def _is_time_coordinate(coord: xr.DataArray) -> bool:
-    return (coord.attrs.get("standard_name") == "time" or str(coord.attrs.get("axis", "")).upper() == "T"
-            or _is_datetime(np.asarray(coord.values[:1])))
+    return (
+        coord.attrs.get("standard_name") == "time"
+        or str(coord.attrs.get("axis", "")).upper() == "T"
+        or is_dates(np.asarray(coord.values[:1]))
+    )
 
 
 class Sources:
@@ -121,8 +126,10 @@ class Sources:
     def float32_exact(self) -> np.ndarray:
         """Per channel: whether its variable decodes to values float32 holds exactly (float32 or float16
         in every file; packed integers decode to float64 through their scale_factor)."""
-        exact = {v: all(np.dtype(seg.array.dtype) in (np.float32, np.float16) for seg in segments)
-                 for v, segments in self._segments.items()}
+        exact = {
+            v: all(np.dtype(seg.array.dtype) in (np.float32, np.float16) for seg in segments)
+            for v, segments in self._segments.items()
+        }
         return np.array([exact.get(c.variable, False) for c in self.channels], dtype=bool)  # derived: float64
 
     def read(self, start: int, stop: int, channels=None, dtype=np.float64) -> np.ndarray:
@@ -135,15 +142,19 @@ class Sources:
         first_derived = len(self.channels) - len(self.derived)
         if wanted.size and wanted[-1] >= first_derived:  # derived channels: from their inputs, in float64
             mine = wanted[wanted >= first_derived] - first_derived
-            inputs = np.unique(np.concatenate([wanted[wanted < first_derived]] +
-                                              [np.array(self.derived[d].inputs) for d in mine]))
+            inputs = np.unique(
+                np.concatenate([wanted[wanted < first_derived]] + [np.array(self.derived[d].inputs) for d in mine])
+            )
             physical = self.read(start, stop, inputs)
             at = {int(c): k for k, c in enumerate(inputs)}
             out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
             for k, c in enumerate(wanted):
                 d = c - first_derived
-                out[:, k] = physical[:, at[int(c)]] if d < 0 else \
-                    self.derived[d].compute([physical[:, at[i]] for i in self.derived[d].inputs])
+                out[:, k] = (
+                    physical[:, at[int(c)]]
+                    if d < 0
+                    else self.derived[d].compute([physical[:, at[i]] for i in self.derived[d].inputs])
+                )
             return out
         out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
         start += self._offset
@@ -155,7 +166,7 @@ class Sources:
             mine = np.flatnonzero((wanted >= first) & (wanted < first + count))
             if mine.size:
                 picked = None if levels is None else levels[wanted[mine] - first]
-                out[:, mine] = self._read_variable(segments, start, stop, picked)   # (steps, levels, *space)
+                out[:, mine] = self._read_variable(segments, start, stop, picked)  # (steps, levels, *space)
             first += count
         return out
 
@@ -174,10 +185,7 @@ class Sources:
 
     def time_label(self, step: int) -> str:
         """Step `step` as a readable time for messages (minutes resolution for dates, finer when needed)."""
-        t = self.time[step]
-        if isinstance(t, np.datetime64):
-            return str(np.datetime_as_string(t, unit="m" if t == t.astype("datetime64[m]") else "ms"))
-        return str(t)
+        return time_label(self.time[step])
 
     def coverage(self) -> str:
         """Which variables and files set the time axis, for errors about what it covers."""
@@ -186,16 +194,18 @@ class Sources:
             files = [s.path.name for s in segments]
             shown = ", ".join(files) if len(files) <= 3 else f"{files[0]} .. {files[-1]} ({len(files)} files)"
             parts.append(f"'{variable}' from {shown}")
-        return f"the time axis {_span(self.time)} ({self.time.size} steps) comes from " + "; ".join(parts)
+        return f"the time axis {span(self.time)} ({self.time.size} steps) comes from " + "; ".join(parts)
 
     def years(self) -> np.ndarray:
         self.require_dates("split by year")
         return xr.DataArray(self.time, dims="t").dt.year.values
 
     def require_dates(self, what: str) -> None:
-        if not _is_datetime(self.time):
-            raise SourceError(f"time axis '{self.time_dim}' holds {self.time.dtype} values, not dates: "
-                              f"{what} is impossible; use `splits: {{by: index, ...}}` or `{{by: blocks, block: N}}`")
+        if not is_dates(self.time):
+            raise SourceError(
+                f"time axis '{self.time_dim}' holds {self.time.dtype} values, not dates: "
+                f"{what} is impossible; use `splits: {{by: index, ...}}` or `{{by: blocks, block: N}}`"
+            )
 
     # -- steps of __init__ ----------------------------------------------------------------
     def _select_variables(self) -> list[str]:
@@ -207,16 +217,22 @@ class Sources:
                     present.setdefault(name, []).append((path, ds))
         wanted = list(self.recipe.variables) if self.recipe.variables else sorted(present)
         if not wanted:
-            raise SourceError(f"no data variable with a '{tdim}' dimension in {[str(p) for p in self.files]}; "
-                              "name the variables (and `time_dim`) in the recipe")
+            raise SourceError(
+                f"no data variable with a '{tdim}' dimension in {[str(p) for p in self.files]}; "
+                "name the variables (and `time_dim`) in the recipe"
+            )
         everywhere = {name for _, ds in self._parts for name in ds.variables}
         for name in wanted:
             if name not in everywhere:
-                raise SourceError(f"variable '{name}' (recipe 'variables') is in none of the sources; found "
-                                  f"{sorted(present)} in {[str(p) for p in self.files]}")
+                raise SourceError(
+                    f"variable '{name}' (recipe 'variables') is in none of the sources; found "
+                    f"{sorted(present)} in {[str(p) for p in self.files]}"
+                )
             if name not in present:
-                raise SourceError(f"variable '{name}' (recipe 'variables') has no '{tdim}' dimension in any source; "
-                                  f"found {sorted(present)} in {[str(p) for p in self.files]}")
+                raise SourceError(
+                    f"variable '{name}' (recipe 'variables') has no '{tdim}' dimension in any source; "
+                    f"found {sorted(present)} in {[str(p) for p in self.files]}"
+                )
         for name in self.recipe.levels:
             if name not in wanted:
                 raise SourceError(f"recipe 'levels' names '{name}', which is not a selected variable {wanted}")
@@ -229,8 +245,9 @@ class Sources:
         held: dict[Path, set[str]] = {p: set() for p in self.files}
         for path, ds in self._parts:
             held[path] |= set(map(str, ds.data_vars))
-        self.unused_files = [{"path": str(path), "variables": sorted(names)}
-                             for path, names in held.items() if not used & names]
+        self.unused_files = [
+            {"path": str(path), "variables": sorted(names)} for path, names in held.items() if not used & names
+        ]
         return wanted
 
     def _check_calendar(self) -> str | None:
@@ -256,8 +273,10 @@ class Sources:
                 if times.size and not _strictly_increasing(times):
                     i = int(np.flatnonzero(~_increasing_pairs(times))[0])
                     problem = "is duplicated" if times[i] == times[i + 1] else "is not sorted"
-                    raise SourceError(f"{path}: variable '{name}': time {problem} at steps {i} and {i + 1} "
-                                      f"({times[i]} then {times[i + 1]})")
+                    raise SourceError(
+                        f"{path}: variable '{name}': time {problem} at steps {i} and {i + 1} "
+                        f"({times[i]} then {times[i + 1]})"
+                    )
                 parts.append((times, path, array, ds.attrs.get("canonstore_session")))
             parts.sort(key=lambda p: p[0][0] if p[0].size else 0)
             joined, name_segments, last, last_path = [], [], None, None
@@ -266,11 +285,15 @@ class Sources:
                 if last is not None and times.size and times[0] <= last:
                     dup = times[times <= last]
                     if not np.all(np.isin(dup, np.concatenate(joined))):
-                        raise SourceError(f"variable '{name}': {path} starts at {times[0]}, before {last_path} ends "
-                                          f"({last}), without repeating its steps: the files overlap")
+                        raise SourceError(
+                            f"variable '{name}': {path} starts at {times[0]}, before {last_path} ends "
+                            f"({last}), without repeating its steps: the files overlap"
+                        )
                     if self.recipe.on_duplicate_time == "error":
-                        raise SourceError(f"variable '{name}': time {dup[0]} appears in both {last_path} and {path}; "
-                                          "set `on_duplicate_time: keep_first` in the recipe to keep the first file's step")
+                        raise SourceError(
+                            f"variable '{name}': time {dup[0]} appears in both {last_path} and {path}; "
+                            "set `on_duplicate_time: keep_first` in the recipe to keep the first file's step"
+                        )
                     keep = keep[times > last]
                 if keep.size:
                     joined.append(times[keep])
@@ -280,9 +303,11 @@ class Sources:
             if reference is None:
                 reference, ref_name = axis, name
             elif axis.shape != reference.shape or not np.all(axis == reference):
-                raise SourceError(f"variable '{name}' has {axis.size} time steps ({_span(axis)}) but "
-                                  f"'{ref_name}' has {reference.size} ({_span(reference)}); "
-                                  "all variables must share one time axis")
+                raise SourceError(
+                    f"variable '{name}' has {axis.size} time steps ({span(axis)}) but "
+                    f"'{ref_name}' has {reference.size} ({span(reference)}); "
+                    "all variables must share one time axis"
+                )
             segments[name] = name_segments
         return reference, segments
 
@@ -296,8 +321,9 @@ class Sources:
         seen: dict[str, Path] = {}
         for seg, sid in zip(segments, ids):
             if sid in seen:
-                raise SourceError(f"{seg.path} and {seen[sid]} both hold session '{sid}'; "
-                                  "each session must come from one file")
+                raise SourceError(
+                    f"{seg.path} and {seen[sid]} both hold session '{sid}'; each session must come from one file"
+                )
             seen[sid] = seg.path
         session = np.concatenate([np.full(seg.keep.size, k, dtype=np.int32) for k, seg in enumerate(segments)])
         return ids, session
@@ -308,23 +334,30 @@ class Sources:
         for name in variables:
             for seg in self._segments[name]:
                 dims = tuple(d for d in seg.array.dims if d != tdim and d not in LEVEL_DIMS + CHANNEL_DIMS)
-                coords = {d: seg.array[d] if d in seg.array.coords else xr.DataArray(np.arange(seg.array.sizes[d]), dims=d)
-                          for d in dims}
+                coords = {
+                    d: seg.array[d] if d in seg.array.coords else xr.DataArray(np.arange(seg.array.sizes[d]), dims=d)
+                    for d in dims
+                }
                 if ref is None:
                     ref, ref_where = (dims, coords), f"{seg.path} '{name}'"
                     continue
                 if dims != ref[0] or any(coords[d].size != ref[1][d].size for d in dims):
-                    raise SourceError(f"{seg.path}: variable '{name}' is on grid "
-                                      f"{dict((d, coords[d].size) for d in dims)}, but {ref_where} is on "
-                                      f"{dict((d, ref[1][d].size) for d in ref[0])}")
+                    raise SourceError(
+                        f"{seg.path}: variable '{name}' is on grid "
+                        f"{ {d: coords[d].size for d in dims} }, but {ref_where} is on "
+                        f"{ {d: ref[1][d].size for d in ref[0]} }"
+                    )
                 for d in dims:
                     latitude = d in (find_axis({d: coords[d]}, "latitude"), find_axis({d: ref[1][d]}, "latitude"))
-                    _check_same_axis(d, coords[d].values, ref[1][d].values, f"{seg.path}: variable '{name}'", ref_where,
-                                     latitude)
+                    _check_same_axis(
+                        d, coords[d].values, ref[1][d].values, f"{seg.path}: variable '{name}'", ref_where, latitude
+                    )
                     if not np.array_equal(coords[d].values, ref[1][d].values):
-                        raise SourceError(f"{seg.path}: variable '{name}': coordinate '{d}' differs from {ref_where} "
-                                          f"{_first_difference(coords[d].values, ref[1][d].values)}; "
-                                          "regrid or reorder the inputs to one grid first")
+                        raise SourceError(
+                            f"{seg.path}: variable '{name}': coordinate '{d}' differs from {ref_where} "
+                            f"{_first_difference(coords[d].values, ref[1][d].values)}; "
+                            "regrid or reorder the inputs to one grid first"
+                        )
         dims, coords = ref
         # Keep non-dimension coordinates that live on the grid (e.g. lat/lon of a `location` dim).
         first = self._segments[variables[0]][0].array
@@ -341,8 +374,10 @@ class Sources:
             level_dims = [d for d in array.dims if d in LEVEL_DIMS + CHANNEL_DIMS]
             if not level_dims:
                 if name in self.recipe.levels:
-                    raise SourceError(f"recipe 'levels' selects levels of '{name}', but it has no level dimension "
-                                      f"in {self._segments[name][0].path}")
+                    raise SourceError(
+                        f"recipe 'levels' selects levels of '{name}', but it has no level dimension "
+                        f"in {self._segments[name][0].path}"
+                    )
                 level = self._scalar_level(name)
                 channels.append(Channel(name if level is None else channel_name(name, level), name, level, units))
                 level_index[name] = None
@@ -350,7 +385,8 @@ class Sources:
             ldim = level_dims[0]
             self._segments[name] = [
                 dataclasses.replace(s, array=s.array.transpose(self.time_dim, ldim, *self.space_dims))
-                for s in self._segments[name]]
+                for s in self._segments[name]
+            ]
             if ldim in CHANNEL_DIMS:
                 channels += self._labelled_channels(name, ldim, units)
                 level_index[name] = np.arange(array.sizes[ldim])
@@ -358,23 +394,30 @@ class Sources:
             values = _levels_in_hpa(array[ldim])
             for seg in self._segments[name][1:]:
                 if not np.array_equal(_levels_in_hpa(seg.array[ldim]), values):
-                    raise SourceError(f"{seg.path}: variable '{name}' has levels {list(_levels_in_hpa(seg.array[ldim]))}, "
-                                      f"but {self._segments[name][0].path} has {list(values)}")
+                    raise SourceError(
+                        f"{seg.path}: variable '{name}' has levels {list(_levels_in_hpa(seg.array[ldim]))}, "
+                        f"but {self._segments[name][0].path} has {list(values)}"
+                    )
             wanted = self.recipe.levels.get(name, list(values))
             idx = []
             for lev in wanted:
                 hit = np.flatnonzero(np.isclose(values, lev))
                 if not hit.size:
-                    raise SourceError(f"variable '{name}' has no level {lev:g} (recipe 'levels'); "
-                                      f"available in {self._segments[name][0].path}: {[float(v) for v in values]}")
+                    raise SourceError(
+                        f"variable '{name}' has no level {lev:g} (recipe 'levels'); "
+                        f"available in {self._segments[name][0].path}: {[float(v) for v in values]}"
+                    )
                 idx.append(int(hit[0]))
                 channels.append(Channel(channel_name(name, values[hit[0]]), name, float(values[hit[0]]), units))
             level_index[name] = np.array(idx)
         names = [c.name for c in channels]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
-            who = "; ".join(f"{c.name} = '{c.variable}'" + ("" if c.level is None else f" at {c.level:g} hPa")
-                            for c in channels if c.name in clash)
+            who = "; ".join(
+                f"{c.name} = '{c.variable}'" + ("" if c.level is None else f" at {c.level:g} hPa")
+                for c in channels
+                if c.name in clash
+            )
             raise SourceError(f"two channels would have the same name ({who}); rename a variable in the sources")
         return channels, level_index
 
@@ -383,15 +426,22 @@ class Sources:
         if not self.recipe.derived:
             return []
         try:
-            derived = plan_derived(list(self.recipe.derived), self.channels, channel_name, f"recipe {self.recipe.path}",
-                                   self._derived_input)
+            derived = plan_derived(
+                list(self.recipe.derived),
+                self.channels,
+                channel_name,
+                f"recipe {self.recipe.path}",
+                self._derived_input,
+            )
         except ValueError as exc:
             raise SourceError(str(exc)) from None
         taken = {c.name for c in self.channels}
         for d in derived:
             if d.name in taken:
-                raise SourceError(f"recipe {self.recipe.path}: derived channel '{d.name}' has the name of a channel "
-                                  "already in the store; rename it")
+                raise SourceError(
+                    f"recipe {self.recipe.path}: derived channel '{d.name}' has the name of a channel "
+                    "already in the store; rename it"
+                )
             taken.add(d.name)
         self.channels = self.channels + [Channel(d.name, d.variable, d.level, d.units) for d in derived]
         return derived
@@ -401,9 +451,15 @@ class Sources:
         first = self._segments[variable][0]
         found = [c for c in LEVEL_DIMS if c in first.array.coords]
         levels = tuple(c.level for c in self.channels if c.variable == variable and c.level is not None)
-        return Input(variable, self._units(variable), str(first.path),
-                     None if not found else _level_units(first.array[found[0]]), lambda: self._sample(variable), levels,
-                     str(first.array.attrs.get("standard_name", "")))
+        return Input(
+            variable,
+            self._units(variable),
+            str(first.path),
+            None if not found else _level_units(first.array[found[0]]),
+            lambda: self._sample(variable),
+            levels,
+            str(first.array.attrs.get("standard_name", "")),
+        )
 
     def _sample(self, variable: str) -> np.ndarray:
         """The least and greatest finite physical value of `variable` (none when it has none), every kept level,
@@ -424,6 +480,7 @@ class Sources:
     def _scalar_level(self, name: str) -> float | None:
         """The level of a variable stored at one level as a scalar coordinate (a GRIB file of t at
         500 hPa, a NetCDF `plev` of size 0-d), the same in every file; None for a surface variable."""
+
         def level_of(seg):
             found = [c for c in LEVEL_DIMS if c in seg.array.coords and seg.array[c].ndim == 0]
             return None if not found else float(_levels_in_hpa(seg.array[found[0]]))
@@ -432,8 +489,10 @@ class Sources:
         level = level_of(first)
         for seg in self._segments[name][1:]:
             if level_of(seg) != level:
-                raise SourceError(f"{seg.path}: variable '{name}' is at level {level_of(seg)}, but {first.path} "
-                                  f"has it at {level}; one variable, one level set")
+                raise SourceError(
+                    f"{seg.path}: variable '{name}' is at level {level_of(seg)}, but {first.path} "
+                    f"has it at {level}; one variable, one level set"
+                )
         return level
 
     def _labelled_channels(self, name: str, dim: str, units: str) -> list[Channel]:
@@ -442,13 +501,17 @@ class Sources:
         first = self._segments[name][0]
         labels = [str(v) for v in first.array[dim].values]
         if name in self.recipe.levels:
-            raise SourceError(f"recipe 'levels' selects levels of '{name}', but its channels are named "
-                              f"{labels[:4]}{' ...' if len(labels) > 4 else ''} in {first.path}, not levels")
+            raise SourceError(
+                f"recipe 'levels' selects levels of '{name}', but its channels are named "
+                f"{labels[:4]}{' ...' if len(labels) > 4 else ''} in {first.path}, not levels"
+            )
         for seg in self._segments[name][1:]:
             other = [str(v) for v in seg.array[dim].values]
             if other != labels:
-                raise SourceError(f"{seg.path}: '{name}' has {len(other)} channels {other[:6]}, but {first.path} has "
-                                  f"{len(labels)} {labels[:6]}; every file must have the same channels")
+                raise SourceError(
+                    f"{seg.path}: '{name}' has {len(other)} channels {other[:6]}, but {first.path} has "
+                    f"{len(labels)} {labels[:6]}; every file must have the same channels"
+                )
         return [Channel(label, name, None, units) for label in labels]
 
     def _units(self, name: str) -> str:
@@ -463,18 +526,23 @@ class Sources:
         for name in self.recipe.static:
             # A non-dimension coordinate is held too (xarray makes a variable one when another names it
             # in its `coordinates`, as tools that attach areacello to tos do).
-            hits = [(p, ds) for p, ds in self._parts if name in ds.data_vars or (name in ds.coords and name not in ds.dims)]
+            hits = [
+                (p, ds) for p, ds in self._parts if name in ds.data_vars or (name in ds.coords and name not in ds.dims)
+            ]
             if not hits:
                 raise SourceError(self._static_not_held(name))
             path, array = hits[0][0], hits[0][1][name]
             if self.time_dim in array.dims:
                 if array.sizes[self.time_dim] != 1:
-                    raise SourceError(f"{path}: static variable '{name}' has a time dimension of "
-                                      f"{array.sizes[self.time_dim]} steps; static fields must not vary")
+                    raise SourceError(
+                        f"{path}: static variable '{name}' has a time dimension of "
+                        f"{array.sizes[self.time_dim]} steps; static fields must not vary"
+                    )
                 array = array.isel({self.time_dim: 0})
             if set(array.dims) != set(self.space_dims):
-                raise SourceError(f"{path}: static variable '{name}' has dims {array.dims}, "
-                                  f"expected the grid {self.space_dims}")
+                raise SourceError(
+                    f"{path}: static variable '{name}' has dims {array.dims}, expected the grid {self.space_dims}"
+                )
             array = array.transpose(*self.space_dims)
             for d in self.space_dims:
                 if d in array.coords and not np.array_equal(array[d].values, self.coords[d].values):
@@ -489,35 +557,45 @@ class Sources:
         head = f"static variable '{name}' (recipe 'static') is in none of the sources"
         if name in measures:
             path, variable, elsewhere = measures[name]
-            return (f"{head}: {path} names it as a cell measure of '{variable}' but does not hold its values, which "
-                    f"CMIP keeps in {elsewhere}; add that file to 'sources'")
+            return (
+                f"{head}: {path} names it as a cell measure of '{variable}' but does not hold its values, which "
+                f"CMIP keeps in {elsewhere}; add that file to 'sources'"
+            )
         if measures:
             listing = ", ".join(f"'{m}' (of '{v}' in {p.name}, kept in {e})" for m, (p, v, e) in measures.items())
-            return (f"{head}; the sources name the cell measure(s) {listing}: name the one you mean in 'static' "
-                    "and add its file to 'sources'")
-        fixed = sorted({str(v) for _, ds in self._parts for v, a in ds.data_vars.items() if self.time_dim not in a.dims})
-        return (f"{head}; the variables without a time dimension there are {fixed or 'none'} "
-                f"(in {[str(p) for p in self.files]})")
+            return (
+                f"{head}; the sources name the cell measure(s) {listing}: name the one you mean in 'static' "
+                "and add its file to 'sources'"
+            )
+        fixed = sorted(
+            {str(v) for _, ds in self._parts for v, a in ds.data_vars.items() if self.time_dim not in a.dims}
+        )
+        return (
+            f"{head}; the variables without a time dimension there are {fixed or 'none'} "
+            f"(in {[str(p) for p in self.files]})"
+        )
 
     def _apply_time_range(self) -> None:
         self._offset = 0
         start, end = self.recipe.time_start, self.recipe.time_end
         if start is None and end is None:
             return
-        if not _is_datetime(self.time):
+        if not is_dates(self.time):
             raise SourceError(f"recipe 'time' selects dates, but '{self.time_dim}' holds {self.time.dtype} values")
         axis = xr.DataArray(np.arange(self.time.size), coords={"t": self.time}, dims="t")
         try:  # the dates are text (recipe.read_yaml): the data's calendar decides whether 2030-02-30 exists
             positions = axis.sel(t=slice(start, end))
         except (TypeError, ValueError, KeyError) as exc:
-            raise SourceError(f"recipe {self.recipe.path}: 'time' {start}..{end} is not a range of dates in the "
-                              f"sources' calendar ({self.calendar or 'standard'}): {exc}") from None
+            raise SourceError(
+                f"recipe {self.recipe.path}: 'time' {start}..{end} is not a range of dates in the "
+                f"sources' calendar ({self.calendar or 'standard'}): {exc}"
+            ) from None
         if positions.size == 0:
-            raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {_span(self.time)}")
+            raise SourceError(f"recipe 'time' {start}..{end} selects no step; the sources cover {span(self.time)}")
         self._offset = int(positions.values[0])
-        self.time = self.time[self._offset:int(positions.values[-1]) + 1]
+        self.time = self.time[self._offset : int(positions.values[-1]) + 1]
         if self.session is not None:
-            self.session = self.session[self._offset:self._offset + self.time.size]
+            self.session = self.session[self._offset : self._offset + self.time.size]
 
     def _find_gaps(self) -> list[int]:
         """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
@@ -525,8 +603,11 @@ class Sources:
         A step shorter than the usual one is always an error (`_refuse_finer_steps`)."""
         # Sessions (NWB) are recorded apart: each one ends a run of steps whatever the jump, and the
         # usual step is each session's own (rates may differ between sessions).
-        runs = [0, self.time.size] if self.session is None else \
-            [0, *(np.flatnonzero(np.diff(self.session)) + 1), self.time.size]
+        runs = (
+            [0, self.time.size]
+            if self.session is None
+            else [0, *(np.flatnonzero(np.diff(self.session)) + 1), self.time.size]
+        )
         gaps, usual = [], None
         for lo, hi in zip(runs[:-1], runs[1:]):
             days = as_days(self.time[lo:hi])
@@ -542,9 +623,11 @@ class Sources:
             i, variable = gaps[0], next(iter(self._segments))
             first, after = self.file_of(variable, i), self.file_of(variable, i + 1)
             files = str(first) if first == after else f"{first} and {after}"
-            raise SourceError(f"time axis has {len(gaps)} gap(s) longer than the usual step of {_days(usual)}: first "
-                              f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
-                              "set `time_gaps: allow` in the recipe if the gaps are expected")
+            raise SourceError(
+                f"time axis has {len(gaps)} gap(s) longer than the usual step of {duration_label(usual)}: first "
+                f"between {self.time_label(i)} and {self.time_label(i + 1)} ({files}); "
+                "set `time_gaps: allow` in the recipe if the gaps are expected"
+            )
         return sorted(gaps + [int(r) - 1 for r in runs[1:-1]])
 
     def _refuse_finer_steps(self, lo: int, steps: np.ndarray, usual: float) -> None:
@@ -560,10 +643,12 @@ class Sources:
         files = [str(segments[k].path) for k in which]
         named = ", ".join(files[:4]) + (f" (and {len(files) - 4} more)" if len(files) > 4 else "")
         i = int(short[0])
-        raise SourceError(f"time step of {_days(float(steps[i - lo]))} between {self.time_label(i)} and "
-                          f"{self.time_label(i + 1)}, shorter than the usual {_days(usual)} ({short.size} such "
-                          f"step(s), in {named}): a store has one regular time step; resample the finer data to "
-                          f"{_days(usual)} or leave those files out of `sources`")
+        raise SourceError(
+            f"time step of {duration_label(float(steps[i - lo]))} between {self.time_label(i)} and "
+            f"{self.time_label(i + 1)}, shorter than the usual {duration_label(usual)} ({short.size} such "
+            f"step(s), in {named}): a store has one regular time step; resample the finer data to "
+            f"{duration_label(usual)} or leave those files out of `sources`"
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def _read_variable(self, segments: list[_Segment], start: int, stop: int, levels=None) -> np.ndarray:
@@ -571,15 +656,20 @@ class Sources:
         for seg in segments:
             lo, hi = max(start, pos), min(stop, pos + seg.keep.size)
             if lo < hi:
-                local = seg.keep[lo - pos:hi - pos]
-                sel = {self.time_dim: slice(int(local[0]), int(local[-1]) + 1)
-                       if local[-1] - local[0] + 1 == local.size else local}
+                local = seg.keep[lo - pos : hi - pos]
+                sel = {
+                    self.time_dim: slice(int(local[0]), int(local[-1]) + 1)
+                    if local[-1] - local[0] + 1 == local.size
+                    else local
+                }
                 if levels is not None:  # the level dimension follows time (see _make_channels)
                     sel[seg.array.dims[1]] = _as_slice(levels)
                 try:
                     values = seg.array.isel(sel).values
                 except Exception as exc:  # netCDF4/HDF5 raise many types for damaged files
-                    raise SourceError(f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {exc}") from exc
+                    raise SourceError(
+                        f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {exc}"
+                    ) from exc
                 blocks.append(values)
             pos += seg.keep.size
             if pos >= stop:
@@ -610,16 +700,20 @@ def cell_measures(parts: list[tuple[Path, xr.Dataset]]) -> dict[str, tuple[Path,
         for variable, array in ds.data_vars.items():
             words = str(array.attrs.get("cell_measures") or array.encoding.get("cell_measures") or "").split()
             files = str(array.attrs.get("associated_files", "")).split()
-            kept = {key[:-1]: file for key, file in zip(files, files[1:])
-                    if key.endswith(":") and key not in ("baseURL:", "gridspecFile:")}
+            kept = {
+                key[:-1]: file
+                for key, file in zip(files, files[1:])
+                if key.endswith(":") and key not in ("baseURL:", "gridspecFile:")
+            }
             for measure in dict.fromkeys(words[1::2] + list(kept) + external):
                 if measure not in ds.variables and measure not in found:
                     found[measure] = (path, str(variable), kept.get(measure, "a separate fx file of the same run"))
     return found
 
 
-def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where: str, ref_where: str,
-                     latitude: bool = False) -> None:
+def _check_same_axis(
+    dim: str, values: np.ndarray, reference: np.ndarray, where: str, ref_where: str, latitude: bool = False
+) -> None:
     """Name the two grid mismatches that look alike but are not: flipped order and 0..360 vs -180..180.
 
     Both are refused rather than silently reordered: the user decides which convention the store uses.
@@ -630,12 +724,16 @@ def _check_same_axis(dim: str, values: np.ndarray, reference: np.ndarray, where:
         return
     if _nearly_equal(values[::-1], reference) and not _nearly_equal(values, reference):
         order = "descending" if values[0] > values[-1] else "ascending"
-        raise SourceError(f"{where}: coordinate '{dim}' is {order} but {ref_where} has it the other way round; "
-                          f"canonstore does not reorder silently: flip one of them (e.g. `ds.sortby('{dim}')`) first")
+        raise SourceError(
+            f"{where}: coordinate '{dim}' is {order} but {ref_where} has it the other way round; "
+            f"canonstore does not reorder silently: flip one of them (e.g. `ds.sortby('{dim}')`) first"
+        )
     if not latitude and np.allclose(np.sort(values % 360), np.sort(reference % 360)):
-        raise SourceError(f"{where}: coordinate '{dim}' runs {values.min():g}..{values.max():g} but {ref_where} runs "
-                          f"{reference.min():g}..{reference.max():g} (the same longitudes, another convention); convert "
-                          f"one first, e.g. `ds.assign_coords({dim}=(ds.{dim} + 180) % 360 - 180).sortby('{dim}')`")
+        raise SourceError(
+            f"{where}: coordinate '{dim}' runs {values.min():g}..{values.max():g} but {ref_where} runs "
+            f"{reference.min():g}..{reference.max():g} (the same longitudes, another convention); convert "
+            f"one first, e.g. `ds.assign_coords({dim}=(ds.{dim} + 180) % 360 - 180).sortby('{dim}')`"
+        )
 
 
 def _nearly_equal(values: np.ndarray, reference: np.ndarray) -> bool:
@@ -660,12 +758,6 @@ def _as_slice(index: np.ndarray):
     if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
         return slice(int(index[0]), int(index[0]) + index.size)
     return index
-
-
-def _days(days: float) -> str:
-    if days * 24 * 60 < 1:
-        return f"{days * 86400:g} seconds"
-    return f"{days * 24:g} hours" if days < 1 else f"{days:g} days"
 
 
 def _levels_in_hpa(coord: xr.DataArray) -> np.ndarray:
@@ -694,11 +786,6 @@ def channel_name(variable: str, level: float) -> str:
     return f"{variable}_{text}" if variable[-1:].isdigit() else f"{variable}{text}"
 
 
-def _is_datetime(values: np.ndarray) -> bool:
-    return np.issubdtype(values.dtype, np.datetime64) or (values.dtype == object and values.size > 0
-                                                         and hasattr(values[0], "calendar"))
-
-
 def _increasing_pairs(times: np.ndarray) -> np.ndarray:
     return np.array([a < b for a, b in zip(times[:-1], times[1:])], dtype=bool)
 
@@ -707,7 +794,3 @@ def _strictly_increasing(times: np.ndarray) -> bool:
     if times.dtype != object:
         return bool(np.all(times[1:] > times[:-1]))
     return bool(_increasing_pairs(times).all())
-
-
-def _span(times: np.ndarray) -> str:
-    return f"{times[0]} .. {times[-1]}" if len(times) else "no steps"

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonstore.formats.store import STAT_NAMES as FIELDS
-
 MOMENTS = ("count", "sum", "sum_sq", "m2", "min", "max")  # per (step, channel), float64
 ROWS_PER_CHUNK_BYTES = 1 << 20  # float64 working set per chunk of fields: stays in the CPU cache
 
@@ -36,14 +34,14 @@ def step_moments(block: np.ndarray) -> np.ndarray:
     buf, sq = np.empty((step, size)), np.empty((step, size))
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives inf, refused by name afterwards
         for r in range(0, n * c, step):
-            d, s = buf[:min(step, n * c - r)], sq[:min(step, n * c - r)]
-            d[...] = rows[r:r + len(d)]
+            d, s = buf[: min(step, n * c - r)], sq[: min(step, n * c - r)]
+            d[...] = rows[r : r + len(d)]
             total = d.sum(axis=1)
             np.square(d, out=s)
-            out[2, r:r + len(d)] = s.sum(axis=1)
+            out[2, r : r + len(d)] = s.sum(axis=1)
             d -= (total / size)[:, None]
             np.square(d, out=s)
-            out[1, r:r + len(d)], out[3, r:r + len(d)] = total, s.sum(axis=1)
+            out[1, r : r + len(d)], out[3, r : r + len(d)] = total, s.sum(axis=1)
         out[0] = size
         for r in np.flatnonzero(~clean):  # fields with NaNs (masked seas, gaps): NaN-aware, field by field
             x = rows[r].astype(np.float64)
@@ -51,8 +49,14 @@ def step_moments(block: np.ndarray) -> np.ndarray:
             count = int(valid.sum())
             x = x[valid]
             total = x.sum()
-            out[:, r] = (count, total, np.square(x).sum(), np.square(x - total / max(count, 1)).sum(),
-                         x.min() if count else np.inf, x.max() if count else -np.inf)
+            out[:, r] = (
+                count,
+                total,
+                np.square(x).sum(),
+                np.square(x - total / max(count, 1)).sum(),
+                x.min() if count else np.inf,
+                x.max() if count else -np.inf,
+            )
     return out.reshape(len(MOMENTS), n, c)
 
 
@@ -91,7 +95,7 @@ class RunningStats:
                 step_mean = total / np.maximum(n, 1)
                 delta = step_mean - self.mean[c]
                 share = np.where(new > 0, n / np.maximum(new, 1), 0.0)
-                self.m2[c] += m2 + delta ** 2 * self.count[c] * share
+                self.m2[c] += m2 + delta**2 * self.count[c] * share
                 self.mean[c] += delta * share
                 self.count[c] = new.astype(np.int64)
                 self.sum[c] += total
@@ -108,8 +112,12 @@ class RunningStats:
     def as_dict(self) -> dict[str, np.ndarray]:
         empty = self.count == 0
         return {
-            "mean": np.where(empty, np.nan, self.mean), "std": self.std,
-            "min": np.where(empty, np.nan, self.min), "max": np.where(empty, np.nan, self.max),
-            "count": self.count.copy(), "nan_count": self.nan_count.copy(),
-            "sum": self.sum.copy(), "sum_sq": self.sum_sq.copy(),
+            "mean": np.where(empty, np.nan, self.mean),
+            "std": self.std,
+            "min": np.where(empty, np.nan, self.min),
+            "max": np.where(empty, np.nan, self.max),
+            "count": self.count.copy(),
+            "nan_count": self.nan_count.copy(),
+            "sum": self.sum.copy(),
+            "sum_sq": self.sum_sq.copy(),
         }

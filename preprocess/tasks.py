@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 import zlib
 from dataclasses import dataclass, field
@@ -26,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.atomic import fsync, write_file_atomic
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.formats.manifest import file_sha256
-from canonstore.formats.store import normalise_to
-from canonstore.formats.zarr_ import ShardWriter, shard_file
-from canonstore.preprocess import writer
-from canonstore.preprocess.sources import Sources, open_sources
+from canonstore.formats.spec import normalise_to
+from canonstore.formats.zarr_ import ShardLayout, ShardWriter, shard_file
 from canonstore.preprocess.recipe import load_recipe
+from canonstore.preprocess.sources import Sources, open_sources
 from canonstore.preprocess.stats import step_moments
 
 MARKERS = ".build"  # per-shard markers inside the staging store; removed before the manifest
@@ -42,26 +41,29 @@ MARKERS = ".build"  # per-shard markers inside the staging store; removed before
 class ShardJob:
     """What every shard task of one build needs; plain values only, so it travels to any worker."""
 
-    recipe: str                # absolute path: workers open the sources from it
-    recipe_sha256: str         # a worker refuses a recipe that changed since the build started
+    recipe: str  # absolute path: workers open the sources from it
+    recipe_sha256: str  # a worker refuses a recipe that changed since the build started
     staging: str
-    shape: tuple               # the store's (time, channel, *space)
+    shape: tuple  # the store's (time, channel, *space)
     dtype: str
     compression: str
-    layout: dict               # shard_steps, block_steps, block_channels (see build.data_layout)
+    layout: dict  # shard_steps, block_steps, block_channels (see build.data_layout)
     train: np.ndarray = field(repr=False)  # bool per step: which steps the statistics use
-    in_place: bool = False     # the scan writes raw float32 values that the write task normalises in place
-    reread: tuple = ()         # in place: channels float32 cannot hold exactly, read again from the sources
-    first: int = 0             # first step to scan (an append scans only its new steps)
+    in_place: bool = False  # the scan writes raw float32 values that the write task normalises in place
+    reread: tuple = ()  # in place: channels float32 cannot hold exactly, read again from the sources
+    first: int = 0  # first step to scan (an append scans only its new steps)
+
+    @property
+    def shard_layout(self) -> ShardLayout:
+        return ShardLayout(self.shape[0], self.layout["shard_steps"])
 
     def steps(self, k: int) -> tuple[int, int]:
         """Steps [start, stop) of shard `k` that this job scans."""
-        s = self.layout["shard_steps"]
-        return max(self.first, k * s), min(self.shape[0], (k + 1) * s)
+        first, stop = self.shard_layout.range(k)
+        return max(self.first, first), stop
 
     def shards(self) -> list[int]:
-        return list(range(self.first // self.layout["shard_steps"],
-                          -(-self.shape[0] // self.layout["shard_steps"])))
+        return list(self.shard_layout.shards_from(self.first))
 
     def marker(self, name: str) -> Path:
         return Path(self.staging, MARKERS, name)
@@ -95,8 +97,8 @@ def pieces(first: int, stop: int, layout: dict, nchan: int):
 
     Blocks never cross a shard; a step larger than a block comes in channel ranges.
     """
-    for shard_start in range(first - first % layout["shard_steps"], stop, layout["shard_steps"]):
-        shard_stop = min(stop, shard_start + layout["shard_steps"])
+    shards = ShardLayout(stop, layout["shard_steps"])  # the shards' steps, cut at `stop`
+    for shard_start, shard_stop in map(shards.range, shards.shards_from(first)):
         for start in range(max(first, shard_start), shard_stop, layout["block_steps"]):
             end = min(shard_stop, start + layout["block_steps"])
             group = layout["block_channels"] or nchan
@@ -107,8 +109,10 @@ def pieces(first: int, stop: int, layout: dict, nchan: int):
 def where(sources: Sources, channels: list, step: int, c: int) -> str:
     """`<file>: variable 'z' (channel z500) at time 2000-01-01T00:00`, for errors about one value."""
     ch = channels[c]
-    return (f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
-            f"at time {sources.time_label(step)}")
+    return (
+        f"{sources.file_of(ch.variable, step)}: variable '{ch.variable}' (channel {ch.name}) "
+        f"at time {sources.time_label(step)}"
+    )
 
 
 def scan_shard(job: ShardJob, k: int, moments: bool = True) -> dict:
@@ -122,9 +126,15 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> dict:
     nchan = len(sources.channels)
     start, stop = job.steps(k)
     train = job.train[start:stop]
-    result = {"k": k, "moments": np.zeros((6, int(train.sum()) if moments else 0, nchan)),
-              "nan_count": np.zeros(nchan, np.int64), "first_nan": np.full(nchan, -1, np.int64),
-              "varies": np.zeros(nchan, bool), "pattern": None, "raw_crc32": 0 if job.in_place else None}
+    result = {
+        "k": k,
+        "moments": np.zeros((6, int(train.sum()) if moments else 0, nchan)),
+        "nan_count": np.zeros(nchan, np.int64),
+        "first_nan": np.full(nchan, -1, np.int64),
+        "varies": np.zeros(nchan, bool),
+        "pattern": None,
+        "raw_crc32": 0 if job.in_place else None,
+    }
     reference = np.zeros(sources.sample_shape, bool)  # NaNs of the shard's first step
     raw = ShardWriter(Path(job.staging), job.shape, np.float32, job.layout["shard_steps"]) if job.in_place else None
     row_of_step = np.cumsum(train) - 1  # position of a train step among the shard's train steps
@@ -132,9 +142,9 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> dict:
         for a, b, c0, c1 in pieces(start, stop, job.layout, nchan):
             values = sources.read(a, b, np.arange(c0, c1), np.float32 if job.in_place else np.float64)
             _nan_facts(values, a, a == start, c0, reference, result, sources)
-            mine = train[a - start:b - start]
+            mine = train[a - start : b - start]
             if moments and mine.any():
-                rows = row_of_step[a - start:b - start][mine]
+                rows = row_of_step[a - start : b - start][mine]
                 picked = values[mine] if not mine.all() else values
                 result["moments"][:, rows, c0:c1] = step_moments(picked)
                 again = [c for c in job.reread if c0 <= c < c1] if job.in_place else []
@@ -154,8 +164,9 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> dict:
     return result
 
 
-def _nan_facts(values: np.ndarray, start: int, first: bool, c0: int, reference: np.ndarray, result: dict,
-               sources: Sources) -> None:
+def _nan_facts(
+    values: np.ndarray, start: int, first: bool, c0: int, reference: np.ndarray, result: dict, sources: Sources
+) -> None:
     """Count NaNs per channel, note where the NaN layout varies, and refuse ±inf by name."""
     n, c = values.shape[:2]
     rows = values.reshape(n, c, -1)
@@ -173,15 +184,17 @@ def _nan_facts(values: np.ndarray, start: int, first: bool, c0: int, reference: 
         if (isnan != reference[c0 + i].reshape(1, -1)).any():
             result["varies"][c0 + i] = True
     clean = ~np.isnan(lo).any(axis=0)  # no NaN in this block: varies if the reference step had some
-    result["varies"][c0:c0 + c] |= clean & reference[c0:c0 + c].reshape(c, -1).any(axis=1)
+    result["varies"][c0 : c0 + c] |= clean & reference[c0 : c0 + c].reshape(c, -1).any(axis=1)
     if infinite.any():
         step, i = (int(v) for v in np.argwhere(infinite)[0])
         field_values = rows[step, i]
         count = int(np.isinf(rows[:, i]).sum())
-        raise SourceError(f"{where(sources, sources.channels, start + step, c0 + i)}: holds "
-                          f"{field_values[np.isinf(field_values)][0]} ({count} infinite value(s) in steps {start}.."
-                          f"{start + n - 1}); infinite values are neither data nor fill values: fix or mask them in "
-                          "the source")
+        raise SourceError(
+            f"{where(sources, sources.channels, start + step, c0 + i)}: holds "
+            f"{field_values[np.isinf(field_values)][0]} ({count} infinite value(s) in steps {start}.."
+            f"{start + n - 1}); infinite values are neither data nor fill values: fix or mask them in "
+            "the source"
+        )
 
 
 def store_values(sources: Sources, mask_channels: list[int], start: int, stop: int, c0: int, c1: int) -> np.ndarray:
@@ -189,8 +202,9 @@ def store_values(sources: Sources, mask_channels: list[int], start: int, stop: i
     `<channel>_valid` channels (1 observed, 0 NaN) that the plan added for time-varying NaN patterns."""
     nsrc = len(sources.channels)
     wanted = np.arange(c0, c1)
-    source_of = np.where(wanted < nsrc, wanted,
-                         np.asarray(list(mask_channels) + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)])
+    source_of = np.where(
+        wanted < nsrc, wanted, np.asarray(list(mask_channels) + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)]
+    )
     needed = np.unique(source_of)
     raw = sources.read(start, stop, needed)
     if not np.array_equal(needed, source_of):  # a `_valid` channel repeats its source channel
@@ -220,15 +234,17 @@ def write_shard(job: ShardJob, item: tuple[int, int | None], plan: dict) -> dict
         started = job.marker(f"normalising-{k}")
         if started.exists() or raw_crc is None:
             raw_crc = scan_shard(job, k, moments=False)["raw_crc32"]
-        writer.write_durably(started, "")
+        write_file_atomic(started, "")
         entry, crc = _write_uncompressed(job, k, plan, sources)
         if crc != raw_crc:
             raw_crc = scan_shard(job, k, moments=False)["raw_crc32"]
             entry, crc = _write_uncompressed(job, k, plan, sources)
             if crc != raw_crc:
-                raise StoreError(f"{Path(job.staging, entry['rel'])}: raw values changed between writing and "
-                                 "reading them back twice; is the filesystem shared coherently by all workers?")
-    writer.write_durably(job.marker(f"shard-{k}.json"), json.dumps(entry))
+                raise StoreError(
+                    f"{Path(job.staging, entry['rel'])}: raw values changed between writing and "
+                    "reading them back twice; is the filesystem shared coherently by all workers?"
+                )
+    write_file_atomic(job.marker(f"shard-{k}.json"), json.dumps(entry))
     return entry
 
 
@@ -236,7 +252,7 @@ def _write_uncompressed(job: ShardJob, k: int, plan: dict, sources: Sources) -> 
     """Normalise shard `k` (in place, or from the sources) block by block; the file's sha256 is taken
     as the blocks go by (they come in file order). Returns the entry and the crc32 of the raw values read."""
     mean, std = np.asarray(plan["mean"]), np.asarray(plan["std"])
-    start, stop = k * job.layout["shard_steps"], min(job.shape[0], (k + 1) * job.layout["shard_steps"])
+    start, stop = job.shard_layout.range(k)
     shards = ShardWriter(Path(job.staging), job.shape, job.dtype, job.layout["shard_steps"], resume=job.in_place)
     digest, size, crc = hashlib.sha256(), 0, 0
     try:
@@ -272,32 +288,35 @@ def _writing(sources: Sources, start: int, stop: int, job: ShardJob, k: int):
         yield
     except OSError as exc:
         path = exc.filename or shard_file(Path(job.staging), len(job.shape), k)
-        raise StoreError(f"cannot write steps {start}..{stop - 1} (from {sources.time_label(start)}) into {path}: "
-                         f"{exc.strerror or exc}") from exc
+        raise StoreError(
+            f"cannot write steps {start}..{stop - 1} (from {sources.time_label(start)}) into {path}: "
+            f"{exc.strerror or exc}"
+        ) from exc
 
 
 def _write_compressed(job: ShardJob, k: int, plan: dict, sources: Sources) -> dict:
     import zarr
 
     mean, std = np.asarray(plan["mean"]), np.asarray(plan["std"])
-    start, stop = k * job.layout["shard_steps"], min(job.shape[0], (k + 1) * job.layout["shard_steps"])
+    start, stop = job.shard_layout.range(k)
     array = zarr.open_array(Path(job.staging, "data"), mode="r+")
     for a, b, c0, c1 in pieces(start, stop, job.layout, job.shape[1]):
         values = store_values(sources, plan["mask_channels"], a, b, c0, c1)
         array[a:b, c0:c1] = _normalised(values, mean, std, job.dtype, a, c0, sources, plan["channels"])
     rel = shard_file(Path(), len(job.shape), k).as_posix()
     path = Path(job.staging, rel)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+    fsync(path)
     return {"rel": rel, "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _normalised(values, mean, std, dtype, start, c0, sources, names) -> np.ndarray:
-    out = normalise_to(values, mean[c0:c0 + values.shape[1]], std[c0:c0 + values.shape[1]], dtype)
+    out = normalise_to(values, mean[c0 : c0 + values.shape[1]], std[c0 : c0 + values.shape[1]], dtype)
     if np.dtype(dtype) == np.float16 and np.isinf(out).any():
         step, chan = (int(i) for i in np.argwhere(np.isinf(out))[0][:2])
-        raise SourceError(f"{where(sources, names, start + step, c0 + chan)}: a normalised value overflows "
-                          f"float16 (max {float(np.finfo(np.float16).max):g}); use storage.dtype float32")
+        raise SourceError(
+            f"{where(sources, names, start + step, c0 + chan)}: a normalised value overflows "
+            f"float16 (max {float(np.finfo(np.float16).max):g}); use storage.dtype float32"
+        )
     return out
 
 
@@ -305,7 +324,7 @@ def save_scan(job: ShardJob, result: dict) -> None:
     """Keep a shard's scan in the staging (plain .npz arrays, never pickles) for a resumed build."""
     buffer = io.BytesIO()
     np.savez(buffer, **{k: v for k, v in result.items() if v is not None})
-    writer.write_durably(job.marker(f"scan-{result['k']}.npz"), buffer.getvalue())
+    write_file_atomic(job.marker(f"scan-{result['k']}.npz"), buffer.getvalue())
 
 
 def load_scan(job: ShardJob, k: int) -> dict | None:

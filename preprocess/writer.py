@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from canonstore.atomic import fsync_dir, has_marker, leftovers, make_staging, remove_tree, replace_folder
+from canonstore.atomic import has_marker, leftovers, make_staging, remove_tree, replace_folder, write_file_atomic
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import MANIFEST, listed_files, store_entries
 from canonstore.formats.zarr_ import create_data_array
@@ -48,9 +48,11 @@ def check_output(out: Path) -> None:
         files, others = store_entries(out)
         extra = [rel for rel in files if rel not in listed] + [rel for rel, _ in others]
         if extra:
-            raise StoreError(f"output {out} holds files that are not the store's ({', '.join(extra[:3])}"
-                             f"{' ...' if len(extra) > 3 else ''}); canonstore replaces only what it made: move "
-                             "them out of the store, then build again")
+            raise StoreError(
+                f"output {out} holds files that are not the store's ({', '.join(extra[:3])}"
+                f"{' ...' if len(extra) > 3 else ''}); canonstore replaces only what it made: move "
+                "them out of the store, then build again"
+            )
         return
     try:
         attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {})
@@ -100,15 +102,19 @@ def build_lock(out: Path, log=print):
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            log(f"warning: {path.parent} does not support flock ({exc.strerror}); using the lock file "
-                f"{path}.excl instead: if a build is killed, delete that file before the next build")
+            log(
+                f"warning: {path.parent} does not support flock ({exc.strerror}); using the lock file "
+                f"{path}.excl instead: if a build is killed, delete that file before the next build"
+            )
             with _exclusive_file(Path(f"{path}.excl"), out, holder):
                 yield
             return
         previous = os.pread(fd, 4096, 0).decode(errors="replace")
         if previous and not HOLDER.match(previous):  # a file of the user's that happens to bear the name
-            raise StoreError(f"{path} exists and is not canonstore's lock file; canonstore overwrites only "
-                             "what it made: move it away")
+            raise StoreError(
+                f"{path} exists and is not canonstore's lock file; canonstore overwrites only "
+                "what it made: move it away"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         yield
@@ -128,8 +134,10 @@ def _exclusive_file(path: Path, out: Path, holder: str):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise StoreError(f"another build of {out} is running ({path.read_text(errors='replace').strip()}); "
-                         f"if none is, a killed build left {path}: delete it") from None
+        raise StoreError(
+            f"another build of {out} is running ({path.read_text(errors='replace').strip()}); "
+            f"if none is, a killed build left {path}: delete it"
+        ) from None
     try:
         os.write(fd, holder.encode())
         os.close(fd)
@@ -142,21 +150,8 @@ PROGRESS = "progress.json"
 
 
 def save_progress(staging: Path, state: dict) -> None:
-    """Record resumable state (JSON); see `write_durably`."""
-    write_durably(staging / PROGRESS, json.dumps(state))
-
-
-def write_durably(path: Path, data: str | bytes) -> None:
-    """Write a small file atomically and durably: a kill or a power loss leaves the old or the new
-    file, never half (the caller has flushed the data the file describes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Record resumable state (JSON), atomically and durably: the caller has flushed the data it describes."""
+    write_file_atomic(staging / PROGRESS, json.dumps(state))
 
 
 def load_progress(staging: Path) -> dict | None:
@@ -174,12 +169,22 @@ def write_metadata(staging: Path, meta: xr.Dataset) -> None:
         meta.to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
 
 
-def create_data(staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str, compression: str,
-                shard_steps: int) -> None:
+def create_data(
+    staging: Path, shape: tuple[int, ...], dims: tuple[str, ...], dtype: str, compression: str, shard_steps: int
+) -> None:
     """Create `data`'s metadata (its shard files are written by `preprocess.tasks`)."""
-    create_data_array(zarr.open_group(staging, mode="r+"), shape, dtype, dims, compression, shard_steps,
-                      attributes={"long_name": "normalised data: (x - stats_mean) / scale",
-                                  "coordinates": "channel_variable channel_level channel_units"})
+    create_data_array(
+        zarr.open_group(staging, mode="r+"),
+        shape,
+        dtype,
+        dims,
+        compression,
+        shard_steps,
+        attributes={
+            "long_name": "normalised data: (x - stats_mean) / scale",
+            "coordinates": "channel_variable channel_level channel_units",
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -219,14 +224,21 @@ def set_data_labels(staging: Path) -> None:
     time = group["time"].attrs.asdict()
     group["data"].attrs["labels"] = {
         "dims": list(group["data"].metadata.dimension_names),
-        "channel": strings("channel"), "channel_units": strings("channel_units"),
+        "channel": strings("channel"),
+        "channel_units": strings("channel_units"),
         "channel_variable": strings("channel_variable"),
         "channel_level": [None if np.isnan(v) else float(v) for v in group["channel_level"][...]],
-        "static_channel": strings("static_channel"), "static_units": strings("static_units"),
-        "latitude": info.get("latitude"), "longitude": info.get("longitude"),
+        "static_channel": strings("static_channel"),
+        "static_units": strings("static_units"),
+        "latitude": info.get("latitude"),
+        "longitude": info.get("longitude"),
         "longitude_periodic": info.get("longitude_periodic"),
-        "time": {"array": "time", "units": time.get("units"), "calendar": time.get("calendar"),
-                 "dtype": str(group["time"].dtype)},
+        "time": {
+            "array": "time",
+            "units": time.get("units"),
+            "calendar": time.get("calendar"),
+            "dtype": str(group["time"].dtype),
+        },
     }
 
 

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def as_days(times: np.ndarray) -> np.ndarray | None:
-    """Times as float days (datetime64 or cftime), or None for an axis that holds no dates."""
-    if times.dtype.kind == "M":
-        return (times - times[0]) / np.timedelta64(1, "D")
-    if times.dtype == object and times.size and hasattr(times[0], "calendar"):
-        import cftime
-
-        return np.asarray(cftime.date2num(list(times), "days since 1970-01-01", calendar=times[0].calendar))
-    return None
+from canonstore._time import as_days
 
 
 def find_gaps(times: np.ndarray) -> tuple[list[int], float | None]:

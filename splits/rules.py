@@ -24,13 +24,15 @@ import re
 
 import numpy as np
 
+from canonstore._time import is_dates
 from canonstore.errors import RecipeError
+from canonstore.splits.names import SPLIT_CODES, SPLIT_NAMES, SPLITS
 
-SPLIT_NAMES = ("train", "val", "test", "excluded")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
 RULES = ("year", "index", "dates", "sessions", "blocks")
-_NAMED = ("train", "val", "test")
-_RULE_KEYS = {"year": {"train", "val", "test", "embargo", "by"}, "blocks": {"by", "block", "fractions", "seed", "embargo"}}
+_RULE_KEYS = {
+    "year": {*SPLITS, "embargo", "by"},
+    "blocks": {"by", "block", "fractions", "seed", "embargo"},
+}
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2})?)?)?)?)?")
 
 
@@ -44,7 +46,9 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
     allowed = _RULE_KEYS.get(by, _RULE_KEYS["year"])
     unknown = set(rule) - allowed
     if unknown:
-        raise RecipeError(f"{where}: unknown key(s) in 'splits' (by: {by}): {sorted(unknown)}; expected {sorted(allowed)}")
+        raise RecipeError(
+            f"{where}: unknown key(s) in 'splits' (by: {by}): {sorted(unknown)}; expected {sorted(allowed)}"
+        )
     embargo = rule.get("embargo", 0)
     if not isinstance(embargo, int) or isinstance(embargo, bool) or embargo < 0:
         raise RecipeError(f"{where}: splits.embargo must be a whole number of steps >= 0, got {embargo!r}")
@@ -55,7 +59,7 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
         raise RecipeError(f"{where}: 'splits' needs a 'train' {'list' if by == 'sessions' else 'range'}")
     if by == "sessions":
         seen: dict[str, str] = {}
-        for name in (n for n in _NAMED if n in rule):
+        for name in (n for n in SPLITS if n in rule):
             ids = rule[name]
             if not isinstance(ids, list) or not ids or not all(isinstance(i, (str, int)) for i in ids):
                 raise RecipeError(f"{where}: splits.{name} must be a list of session ids, got {ids!r}")
@@ -66,14 +70,17 @@ def parse_split_rule(rule: object, where: str = "recipe") -> dict:
             out[name] = [str(i) for i in ids]
         return out
     previous = None
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         first, last = _bounds(rule[name], by, f"{where}: splits.{name}")
-        if (first > last) if by != "dates" else (first[:len(last)] > last):
+        if (first > last) if by != "dates" else (first[: len(last)] > last):
             raise RecipeError(f"{where}: splits.{name} starts after it ends: {rule[name]!r}")
-        if previous is not None and ((first <= previous[2]) if by != "dates" else (first[:len(previous[2])] <= previous[2])):
+        if previous is not None and (
+            (first <= previous[2]) if by != "dates" else (first[: len(previous[2])] <= previous[2])
+        ):
             raise RecipeError(
                 f"{where}: splits.{name} {[first, last]} overlaps or precedes splits.{previous[0]} "
-                f"{list(previous[1:])}; splits must be disjoint and in order train < val < test")
+                f"{list(previous[1:])}; splits must be disjoint and in order train < val < test"
+            )
         previous = (name, first, last)
         out[name] = [first, last]
     return out
@@ -111,24 +118,33 @@ def without_utc(text: str, where: str) -> str:
     if marked is None:
         return text
     if marked[2].upper() != "Z" and int(marked[2][1:].replace(":", "") or 0):
-        raise RecipeError(f"{where}: {text!r} is not in UTC (offset {marked[2]}); write the time in UTC, as the "
-                          "sources' times are, e.g. 2005-06-30T12:00 or 2005-06-30T12:00Z")
+        raise RecipeError(
+            f"{where}: {text!r} is not in UTC (offset {marked[2]}); write the time in UTC, as the "
+            "sources' times are, e.g. 2005-06-30T12:00 or 2005-06-30T12:00Z"
+        )
     return marked[1]
 
 
 def _parse_blocks(rule: dict, where: str) -> dict:
     block = rule.get("block")
     if isinstance(block, bool) or not (isinstance(block, int) and block > 0 or isinstance(block, str)):
-        raise RecipeError(f"{where}: splits.block must be a duration like '30D', '6h', '10s' or a number of steps, "
-                          f"got {block!r}")
+        raise RecipeError(
+            f"{where}: splits.block must be a duration like '30D', '6h', '10s' or a number of steps, got {block!r}"
+        )
     if isinstance(block, str):
         block_seconds(block, where)
     fractions = rule.get("fractions")
-    if (not isinstance(fractions, list) or len(fractions) not in (2, 3)
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0 for f in fractions)
-            or abs(sum(fractions) - 1) > 1e-9 or fractions[0] <= 0):
-        raise RecipeError(f"{where}: splits.fractions must be [train, val] or [train, val, test], >= 0, "
-                          f"summing to 1, train > 0; got {fractions!r}")
+    if (
+        not isinstance(fractions, list)
+        or len(fractions) not in (2, 3)
+        or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-9
+        or fractions[0] <= 0
+    ):
+        raise RecipeError(
+            f"{where}: splits.fractions must be [train, val] or [train, val, test], >= 0, "
+            f"summing to 1, train > 0; got {fractions!r}"
+        )
     seed = rule.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise RecipeError(f"{where}: splits.seed must be a whole number >= 0, got {seed!r}")
@@ -162,14 +178,21 @@ def split_keys(rule: dict, time: np.ndarray, sessions: np.ndarray | None = None)
         return np.asarray(sessions, dtype=object)
     if by == "blocks" and isinstance(rule["block"], int):
         return np.arange(len(time)) // rule["block"]
-    if not _is_dates(time):
-        raise RecipeError(f"splits.by: {by} needs a time axis of dates, but it holds {np.asarray(time).dtype} "
-                          "values; use `by: index` or `by: blocks` with a number of steps")
+    if not is_dates(time):
+        raise RecipeError(
+            f"splits.by: {by} needs a time axis of dates, but it holds {np.asarray(time).dtype} "
+            "values; use `by: index` or `by: blocks` with a number of steps"
+        )
     if by == "year":
         return np.array([t.year for t in _as_cftime_or_datetime(time)])
     if by == "dates":
-        return np.array([f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-                         for t in _as_cftime_or_datetime(time)], dtype=object)
+        return np.array(
+            [
+                f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+                for t in _as_cftime_or_datetime(time)
+            ],
+            dtype=object,
+        )
     seconds = _seconds_since_first(time)
     return np.floor(seconds / block_seconds(rule["block"])).astype(np.int64)
 
@@ -185,12 +208,12 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
     by = rule.get("by", "year")
     if by == "blocks":
         labels = _block_labels(keys, rule)
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         if by == "sessions":
             labels[np.isin(keys, rule[name])] = SPLIT_CODES[name]
         elif by == "dates":
             first, last = rule[name]
-            inside = [k[:len(first)] >= first and k[:len(last)] <= last for k in keys]
+            inside = [k[: len(first)] >= first and k[: len(last)] <= last for k in keys]
             labels[np.array(inside, dtype=bool)] = SPLIT_CODES[name]
         else:
             first, last = rule[name]
@@ -198,18 +221,21 @@ def split_labels(keys: np.ndarray, rule: dict) -> np.ndarray:
     embargo = rule.get("embargo", 0)
     if embargo:
         _apply_embargo(labels, embargo)
-    for name in (n for n in _NAMED if n in rule):
+    for name in (n for n in SPLITS if n in rule):
         if not np.any(labels == SPLIT_CODES[name]):
             unit = {"year": "years", "index": "positions", "dates": "dates", "sessions": "sessions"}[by]
             span = f"{keys.min()}..{keys.max()}" if keys.size and by != "sessions" else sorted(set(keys.tolist()))
             raise RecipeError(
                 f"splits.{name} {rule[name]} selects no time step after the embargo of "
-                f"{embargo} step(s) (the data covers {unit} {span})")
+                f"{embargo} step(s) (the data covers {unit} {span})"
+            )
     if by == "blocks":
         for code, fraction in zip(range(3), rule["fractions"]):
             if fraction > 0 and not np.any(labels == code):
-                raise RecipeError(f"splits.fractions gives {SPLIT_NAMES[code]} {fraction:g}, but no step of it is "
-                                  f"left after the embargo of {embargo} step(s); use smaller blocks or a smaller embargo")
+                raise RecipeError(
+                    f"splits.fractions gives {SPLIT_NAMES[code]} {fraction:g}, but no step of it is "
+                    f"left after the embargo of {embargo} step(s); use smaller blocks or a smaller embargo"
+                )
     return labels
 
 
@@ -227,7 +253,7 @@ def _apply_embargo(labels: np.ndarray, embargo: int) -> None:
             continue
         if last_split is not None and code != last_split:
             first_kept = max(start, last_step + embargo + 1)
-            labels[start:min(first_kept, stop)] = excluded
+            labels[start : min(first_kept, stop)] = excluded
             if first_kept >= stop:
                 continue
         last_step, last_split = stop - 1, code
@@ -240,19 +266,16 @@ def _block_labels(blocks: np.ndarray, rule: dict) -> np.ndarray:
     fractions = np.asarray(rule["fractions"], dtype=np.float64)
     want = fractions * ids.size
     counts = np.floor(want).astype(np.int64)
-    counts[np.argsort(-(want - counts), kind="stable")[:ids.size - counts.sum()]] += 1  # largest remainders
+    counts[np.argsort(-(want - counts), kind="stable")[: ids.size - counts.sum()]] += 1  # largest remainders
     if np.any((fractions > 0) & (counts == 0)):
-        raise RecipeError(f"splits: {ids.size} block(s) of {rule['block']} cannot be shared as {rule['fractions']}; "
-                          "use smaller blocks")
+        raise RecipeError(
+            f"splits: {ids.size} block(s) of {rule['block']} cannot be shared as {rule['fractions']}; "
+            "use smaller blocks"
+        )
     order = np.random.default_rng(rule["seed"]).permutation(ids.size)
     code_of_block = np.empty(ids.size, dtype=np.int8)
     code_of_block[order] = np.repeat(np.arange(counts.size, dtype=np.int8), counts)
     return code_of_block[which]
-
-
-def _is_dates(time: np.ndarray) -> bool:
-    time = np.asarray(time)
-    return time.dtype.kind == "M" or (time.dtype == object and time.size > 0 and hasattr(time[0], "calendar"))
 
 
 def _as_cftime_or_datetime(time: np.ndarray):

@@ -33,9 +33,13 @@ def write_recipe(folder: Path, **keys) -> Path:
 
 
 def demo_recipe(folder: Path, raw: Path, **overrides) -> Path:
-    keys = {"name": "demo", "sources": [str(raw / "*.nc")], "static": ["lsm", "orography"],
-            "splits": {"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002], "embargo": 2},
-            "storage": {"shard_mb": 1}}
+    keys = {
+        "name": "demo",
+        "sources": [str(raw / "*.nc")],
+        "static": ["lsm", "orography"],
+        "splits": {"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002], "embargo": 2},
+        "storage": {"shard_mb": 1},
+    }
     keys.update(overrides)
     return write_recipe(folder, **keys)
 
@@ -90,12 +94,25 @@ def gappy_store(tmp_path_factory) -> Path:
     times = pd.date_range("2000-01-01", "2002-12-31", freq="D")
     times = times[(times < "2000-07-01") | (times >= "2000-08-01")]
     values = gappy_values(times.size)
-    xr.Dataset({"x": (("time", "lat", "lon"), values[:, 0], {"units": "K"}),
-                "y": (("time", "lat", "lon"), values[:, 1], {"units": "m s-1"})},
-               coords={"time": times, "lat": ("lat", [10.0, 60.0], {"units": "degrees_north"}),
-                       "lon": ("lon", [0.0, 120.0, 240.0], {"units": "degrees_east"})}).to_netcdf(folder / "xy.nc")
-    recipe = write_recipe(folder, name="gappy", sources=["xy.nc"], time_gaps="allow", nan_policy="fill",
-                          splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]})
+    xr.Dataset(
+        {
+            "x": (("time", "lat", "lon"), values[:, 0], {"units": "K"}),
+            "y": (("time", "lat", "lon"), values[:, 1], {"units": "m s-1"}),
+        },
+        coords={
+            "time": times,
+            "lat": ("lat", [10.0, 60.0], {"units": "degrees_north"}),
+            "lon": ("lon", [0.0, 120.0, 240.0], {"units": "degrees_east"}),
+        },
+    ).to_netcdf(folder / "xy.nc")
+    recipe = write_recipe(
+        folder,
+        name="gappy",
+        sources=["xy.nc"],
+        time_gaps="allow",
+        nan_policy="fill",
+        splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]},
+    )
     return build(recipe, folder / "gappy.zarr", progress=False, log=lambda *_: None).path
 
 
@@ -107,13 +124,25 @@ def short_hourly_store(tmp_path_factory) -> Path:
     times = pd.date_range("2020-01-01", periods=20 * 24, freq="h")
     cycle = 3 * np.cos(2 * np.pi * (times.hour.to_numpy() - 14) / 24)[:, None, None]
     t2m = 280 + cycle + np.random.default_rng(3).normal(size=(times.size, 4, 8))
-    xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32), {"units": "K"})},
-               coords={"time": times, "latitude": ("latitude", [45.0, 15.0, -15.0, -45.0], {"units": "degrees_north"}),
-                       "longitude": ("longitude", np.arange(8) * 45.0, {"units": "degrees_east"})}
-               ).to_netcdf(folder / "t2m.nc")
-    recipe = write_recipe(folder, name="short", sources=["t2m.nc"],
-                          splits={"by": "dates", "train": ["2020-01-01", "2020-01-12"],
-                                  "val": ["2020-01-13", "2020-01-16"], "test": ["2020-01-17", "2020-01-20"]})
+    xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32), {"units": "K"})},
+        coords={
+            "time": times,
+            "latitude": ("latitude", [45.0, 15.0, -15.0, -45.0], {"units": "degrees_north"}),
+            "longitude": ("longitude", np.arange(8) * 45.0, {"units": "degrees_east"}),
+        },
+    ).to_netcdf(folder / "t2m.nc")
+    recipe = write_recipe(
+        folder,
+        name="short",
+        sources=["t2m.nc"],
+        splits={
+            "by": "dates",
+            "train": ["2020-01-01", "2020-01-12"],
+            "val": ["2020-01-13", "2020-01-16"],
+            "test": ["2020-01-17", "2020-01-20"],
+        },
+    )
     return build(recipe, folder / "short.zarr", progress=False, log=lambda *_: None).path
 
 
@@ -124,6 +153,11 @@ def nrcan_store(tmp_path_factory) -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real NetCDF samples not found at {REAL} (they live in ../shared/data/real)")
     folder = tmp_path_factory.mktemp("nrcan")
-    recipe = write_recipe(folder, name="nrcan", sources=[str(REAL / "NRCAN_SECan_1981-2010.nc")], nan_policy="fill",
-                          splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]})
+    recipe = write_recipe(
+        folder,
+        name="nrcan",
+        sources=[str(REAL / "NRCAN_SECan_1981-2010.nc")],
+        nan_policy="fill",
+        splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]},
+    )
     return build(recipe, folder / "nrcan.zarr", progress=False, log=lambda *_: None).path

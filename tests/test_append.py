@@ -47,11 +47,14 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
 
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, storage=storage)  # the same recipe, a later end
     logs = []
-    result = build(recipe, out, progress=False, log=logs.append)          # what `make intermediate` runs
+    result = build(recipe, out, progress=False, log=logs.append)  # what `make intermediate` runs
     assert result.built and any(line.startswith("appending ") for line in logs), logs
     (tmp_path / "full").mkdir()
-    full = build(demo_recipe(tmp_path / "full", tiny_raw, time={"end": "2002-12-31"}, storage=storage),
-                 tmp_path / "full.zarr", **quiet)
+    full = build(
+        demo_recipe(tmp_path / "full", tiny_raw, time={"end": "2002-12-31"}, storage=storage),
+        tmp_path / "full.zarr",
+        **quiet,
+    )
 
     appended, rebuilt = open_store(out), open_store(full.path)
     assert appended.shape == rebuilt.shape and appended.shape[0] > old_steps
@@ -63,7 +66,7 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     for name, values in old_stats.items():
         np.testing.assert_array_equal(appended.stats[name], values)
-    assert (appended.splits[old_steps:] == 2).all()        # new steps: the recipe's rule (test year 2002)
+    assert (appended.splits[old_steps:] == 2).all()  # new steps: the recipe's rule (test year 2002)
     assert verify_store(out) == []
     history = appended.attrs["history"]
     assert [h["kind"] for h in history] == ["build", "append"] and history[1]["steps"] == [old_steps, appended.shape[0]]
@@ -72,7 +75,7 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
         first = sorted(k for k in old_files if k.startswith("data/c/"))[0]
         assert new_files[first] == old_files[first] and os.stat(out / first).st_nlink == 1
     with pytest.raises(StoreError, match="rebuilt after this dataset was created"):
-        dataset.array
+        _ = dataset.array
 
 
 def test_append_into_the_train_range_is_refused_saying_to_rebuild(tiny_raw, tmp_path):
@@ -107,8 +110,11 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
     before = read_manifest(out)
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, splits=splits, storage={"shard_mb": 0.25})
     old_shards = open_store(out).attrs["layout"]["shards"]
-    proc = subprocess.Popen([sys.executable, "-m", "canonstore", "append", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canonstore", "append", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     staging = out.with_name(out.name + ".partial")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:  # kill once new shards are being written
@@ -119,8 +125,12 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the append finished before it could be killed"
     assert read_manifest(out) == before and verify_store(out) == []
-    assert json.loads((out / "zarr.json").read_text())["attributes"]["canonstore"].get("history", [{}])[-1].get(
-        "kind", "build") == "build"
+    assert (
+        json.loads((out / "zarr.json").read_text())["attributes"]["canonstore"]
+        .get("history", [{}])[-1]
+        .get("kind", "build")
+        == "build"
+    )
     build(recipe, out, **quiet)  # the next build appends over the leftover partial
     assert open_store(out).attrs["history"][-1]["kind"] == "append" and verify_store(out) == []
 
@@ -145,8 +155,13 @@ def test_appended_steps_finer_than_the_stores_step_are_an_error(tmp_path):
     from tests.test_sources import t2m_file
 
     t2m_file(tmp_path / "a.nc", pd.date_range("2020-01-01", periods=40, freq="6h"))
-    recipe = write_recipe(tmp_path, name="six", sources=["*.nc"], time_gaps="allow",
-                          splits={"by": "index", "train": [0, 29], "test": [30, 999]})
+    recipe = write_recipe(
+        tmp_path,
+        name="six",
+        sources=["*.nc"],
+        time_gaps="allow",
+        splits={"by": "index", "train": [0, 29], "test": [30, 999]},
+    )
     out = build(recipe, tmp_path / "six.zarr", **quiet).path
     before = read_manifest(out)
     t2m_file(tmp_path / "b.nc", pd.date_range("2020-01-11", periods=100, freq="3h"))

@@ -40,6 +40,7 @@ def truncated(raw):
 def truncated_netcdf3(raw):
     path = two_years(raw)
     import xarray as xr
+
     with xr.open_dataset(path) as ds:
         ds.load().to_netcdf(raw / "b3.nc", format="NETCDF3_64BIT")
     path.unlink()
@@ -93,21 +94,28 @@ def minus_inf_in_test_year(raw):
 def squares_overflow(raw):
     """float64 values whose squares overflow: finite data, non-finite sum of squares."""
     import xarray as xr
+
     nc(raw / "b.nc", days("2001-01-01", 365))
     big = values(366, scale=1e160)
-    xr.Dataset({"x": (("time", "lat", "lon"), big, {"units": "K"})},
-               coords={"time": days("2000-01-01", 366), "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(raw / "a.nc")
+    xr.Dataset(
+        {"x": (("time", "lat", "lon"), big, {"units": "K"})},
+        coords={"time": days("2000-01-01", 366), "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]},
+    ).to_netcdf(raw / "a.nc")
 
 
 def channel_names_clash(raw):
     """a surface variable 'z500' next to z at 500 hPa: two channels would be called z500."""
     import xarray as xr
+
     t = days("2000-01-01", 731)
     rng = np.random.default_rng(0)
-    xr.Dataset({"z": (("time", "level", "lat", "lon"), rng.normal(size=(731, 1, 2, 3)), {"units": "m"}),
-                "z500": (("time", "lat", "lon"), rng.normal(size=(731, 2, 3)), {"units": "m"})},
-               coords={"time": t, "level": ("level", [500.0], {"units": "hPa"}), "lat": [0.0, 1.0],
-                       "lon": [0.0, 1.0, 2.0]}).to_netcdf(raw / "a.nc")
+    xr.Dataset(
+        {
+            "z": (("time", "level", "lat", "lon"), rng.normal(size=(731, 1, 2, 3)), {"units": "m"}),
+            "z500": (("time", "lat", "lon"), rng.normal(size=(731, 2, 3)), {"units": "m"}),
+        },
+        coords={"time": t, "level": ("level", [500.0], {"units": "hPa"}), "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]},
+    ).to_netcdf(raw / "a.nc")
 
 
 def float16_overflow(raw):
@@ -128,40 +136,77 @@ CASES = {
     "not NetCDF at all": (not_netcdf, {}, ["b.nc", "cannot open as NetCDF"]),
     "missing variable": (two_years, {"variables": ["x", "tas"]}, ["variable 'tas'", "a.nc", "b.nc"]),
     "grid of another shape": (lambda r: two_years(r, lat=(0.0, 1.0, 2.0)), {}, ["b.nc", "variable 'x'", "is on grid"]),
-    "grid of other values": (lambda r: two_years(r, lat=(0.0, 1.5)), {}, ["b.nc", "variable 'x'", "'lat' differs",
-                                                                         "1.5 vs 1.0"]),
-    "lat descending in one file": (lambda r: two_years(r, lat=(1.0, 0.0)), {},
-                                   ["b.nc", "variable 'x'", "'lat' is descending", "a.nc"]),
-    "lon 0..360 vs -180..180": (lambda r: nc(r / "a.nc", days("2000-01-01", 366), lon=(0.0, 120.0, 240.0))
-                                and two_years_lon(r), {}, ["b.nc", "'lon' runs -120..120", "0..240"]),
+    "grid of other values": (
+        lambda r: two_years(r, lat=(0.0, 1.5)),
+        {},
+        ["b.nc", "variable 'x'", "'lat' differs", "1.5 vs 1.0"],
+    ),
+    "lat descending in one file": (
+        lambda r: two_years(r, lat=(1.0, 0.0)),
+        {},
+        ["b.nc", "variable 'x'", "'lat' is descending", "a.nc"],
+    ),
+    "lon 0..360 vs -180..180": (
+        lambda r: nc(r / "a.nc", days("2000-01-01", 366), lon=(0.0, 120.0, 240.0)) and two_years_lon(r),
+        {},
+        ["b.nc", "'lon' runs -120..120", "0..240"],
+    ),
     "unsorted time": (unsorted, {}, ["b.nc", "variable 'x'", "not sorted", "steps 1 and 2"]),
     "duplicated time in a file": (duplicated_inside, {}, ["b.nc", "variable 'x'", "duplicated", "steps 1 and 2"]),
-    "duplicated time across files": (lambda r: two_years(r, times=days("2000-12-31", 366)), {},
-                                     ["time 2000-12-31", "a.nc", "b.nc", "keep_first"]),
-    "gap in time": (lambda r: two_years(r, times=days("2001-02-01", 334)), {},
-                    ["gap", "2000-12-31T00:00", "2001-02-01T00:00", "a.nc and", "b.nc", "time_gaps: allow"]),
-    "mixed calendars": (lambda r: nc(r / "a.nc", days("2000-01-01", 366), calendar="standard")
-                        and nc(r / "b.nc", days("2001-01-01", 365), calendar="julian"), {},
-                        ["mix calendars", "a.nc: standard", "b.nc: julian"]),
+    "duplicated time across files": (
+        lambda r: two_years(r, times=days("2000-12-31", 366)),
+        {},
+        ["time 2000-12-31", "a.nc", "b.nc", "keep_first"],
+    ),
+    "gap in time": (
+        lambda r: two_years(r, times=days("2001-02-01", 334)),
+        {},
+        ["gap", "2000-12-31T00:00", "2001-02-01T00:00", "a.nc and", "b.nc", "time_gaps: allow"],
+    ),
+    "mixed calendars": (
+        lambda r: (
+            nc(r / "a.nc", days("2000-01-01", 366), calendar="standard")
+            and nc(r / "b.nc", days("2001-01-01", 365), calendar="julian")
+        ),
+        {},
+        ["mix calendars", "a.nc: standard", "b.nc: julian"],
+    ),
     "mixed units": (lambda r: two_years(r, units="degC"), {}, ["variable 'x'", "degC", "K"]),
     "NaN with nan_policy error": (nan_in_test_year, {}, ["b.nc", "variable 'x'", "1 NaN", "2001-02-10"]),
     "all-NaN train channel": (all_nan_train, {"nan_policy": "fill"}, ["a.nc", "variable 'x'", "no valid value"]),
     "constant train channel": (constant_train, {}, ["a.nc", "variable 'x'", "is constant", "std 0"]),
-    "float16 overflow": (float16_overflow, {"storage": {"dtype": "float16"}},
-                         ["b.nc", "variable 'x'", "2001-04-11", "overflows float16"]),
+    "float16 overflow": (
+        float16_overflow,
+        {"storage": {"dtype": "float16"}},
+        ["b.nc", "variable 'x'", "2001-04-11", "overflows float16"],
+    ),
     "bfloat16 asked for": (two_years, {"storage": {"dtype": "bfloat16"}}, ["storage.dtype", "bfloat16"]),
-    "split with no steps": (two_years, {"splits": {"train": [2000, 2000], "val": [2005, 2005]}},
-                            ["splits.val [2005, 2005] selects no time step", "time axis 2000-01-01", "2001-12-31",
-                             "'x' from a.nc, b.nc"]),
-    "+inf in the train year": (inf_in_train_year, {}, ["a.nc", "variable 'x' (channel x)", "2000-02-10", "inf",
-                                                       "infinite"]),
-    "-inf in the test year": (minus_inf_in_test_year, {"nan_policy": "fill"},
-                              ["b.nc", "variable 'x' (channel x)", "2001-01-11", "-inf"]),
-    "squares overflow float64": (squares_overflow, {}, ["a.nc", "variable 'x' (channel x)", "sum_sq=inf",
-                                                        "not finite"]),
+    "split with no steps": (
+        two_years,
+        {"splits": {"train": [2000, 2000], "val": [2005, 2005]}},
+        ["splits.val [2005, 2005] selects no time step", "time axis 2000-01-01", "2001-12-31", "'x' from a.nc, b.nc"],
+    ),
+    "+inf in the train year": (
+        inf_in_train_year,
+        {},
+        ["a.nc", "variable 'x' (channel x)", "2000-02-10", "inf", "infinite"],
+    ),
+    "-inf in the test year": (
+        minus_inf_in_test_year,
+        {"nan_policy": "fill"},
+        ["b.nc", "variable 'x' (channel x)", "2001-01-11", "-inf"],
+    ),
+    "squares overflow float64": (
+        squares_overflow,
+        {},
+        ["a.nc", "variable 'x' (channel x)", "sum_sq=inf", "not finite"],
+    ),
     "two channels of one name": (channel_names_clash, {}, ["same name", "z500 = 'z' at 500 hPa", "z500 = 'z500'"]),
-    "embargo larger than a split": (two_years, {"splits": {"train": [2000, 2000], "test": [2001, 2001], "embargo": 400}},
-                                    ["splits.test", "embargo of 400"]),
+    "embargo larger than a split": (
+        two_years,
+        {"splits": {"train": [2000, 2000], "test": [2001, 2001], "embargo": 400}},
+        ["splits.test", "embargo of 400"],
+    ),
     "unknown recipe key": (two_years, {"normalise": True}, ["unknown key(s) ['normalise']"]),
     "wrong type in recipe": (two_years, {"storage": {"shard_mb": "big"}}, ["storage.shard_mb"]),
 }
@@ -204,6 +249,7 @@ def test_output_that_is_not_a_store_is_left_alone(tmp_path):
 def test_full_disk_names_the_file_and_steps_and_leaves_nothing(tmp_path, monkeypatch):
     def full(self, start, block, channel=0):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(shard_file(self.store, len(self.shape), 0)))
+
     monkeypatch.setattr(ShardWriter, "write", full)
     result, out = _build(tmp_path, two_years, {})
     print(f"\n[disk full] {result.output.strip()}")
@@ -220,6 +266,7 @@ def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
         if "readonly" in str(self):
             raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(self))
         return real_mkdir(self, *args, **kwargs)
+
     monkeypatch.setattr(type(tmp_path), "mkdir", read_only)
     result, out = _build(tmp_path, two_years, {}, tmp_path / "readonly" / "store.zarr")
     print(f"\n[read-only output] {result.output.strip()}")

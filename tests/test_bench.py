@@ -16,15 +16,42 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "loader.py"
 
 
 def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
-    one = build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 1024}), tmp_path / "one.zarr", progress=False,
-                log=lambda *_: None).path
-    done = subprocess.run([sys.executable, str(BENCH), str(tiny_store), "--one-shard", str(one), "--seconds", "0.3",
-                           "--workers", "1", "--batch-size", "8", "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    one = build(
+        demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 1024}),
+        tmp_path / "one.zarr",
+        progress=False,
+        log=lambda *_: None,
+    ).path
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            str(tiny_store),
+            "--one-shard",
+            str(one),
+            "--seconds",
+            "0.3",
+            "--workers",
+            "1",
+            "--batch-size",
+            "8",
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "loader.json").read_text())
-    assert [r["loader"] for r in rows] == ["netcdf", "store-dataloader", "store-batch", "store-batch-1shard",
-                                           "zarr-python", "memcpy"]
+    assert [r["loader"] for r in rows] == [
+        "netcdf",
+        "store-dataloader",
+        "store-batch",
+        "store-batch-1shard",
+        "zarr-python",
+        "memcpy",
+    ]
     shards = re.search(r"store-batch over (\d+) shards / over one shard:", done.stdout)
     assert shards and int(shards.group(1)) == len(list((tiny_store / "data" / "c").iterdir())) > 1
     for row in rows:
@@ -44,10 +71,20 @@ def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch)
     import rows
     import run
 
-    monkeypatch.setitem(data.SIZES, "t", {"levels": (500, 850), "pressure": ("z", "t"), "surface": ("t2m", "msl"),
-                                          "grid": (8, 16), "steps": 60, "batch": 4})
+    monkeypatch.setitem(
+        data.SIZES,
+        "t",
+        {
+            "levels": (500, 850),
+            "pressure": ("z", "t"),
+            "surface": ("t2m", "msl"),
+            "grid": (8, 16),
+            "steps": 60,
+            "batch": 4,
+        },
+    )
     where = data.write_size(tmp_path, "t")
-    assert "train: [0, 47], val: [52, 59]" in (where / "canonstore.yaml").read_text()        # 80% train, then the embargo
+    assert "train: [0, 47], val: [52, 59]" in (where / "canonstore.yaml").read_text()  # 80% train, then the embargo
     assert "end: 2000-01-12T18:00:00}" in (where / "anemoi.yaml").read_text()  # statistics over train: step 47
     build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False, log=lambda *_: None)
     plan_path = run.write_plan(where, "t", argparse.Namespace(workers=1, seconds=0.2))
@@ -64,8 +101,9 @@ def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch)
     assert diffs["netcdf4-batch"] < 1e-4, diffs  # float32 normalisation: z ~ 5e4 with a std of ~400
     store = open_store(where / "canonstore.zarr")  # the reference is canonstore's own: x at the plan's steps
     np.testing.assert_array_equal(np.load(where / "first-canonstore-batch-x.npy"), store.array[plan["batches"][0]])
-    np.testing.assert_array_equal(np.load(where / "first-canonstore-batch-y.npy"),
-                                  store.array[np.add(plan["batches"][0], 1)])
+    np.testing.assert_array_equal(
+        np.load(where / "first-canonstore-batch-y.npy"), store.array[np.add(plan["batches"][0], 1)]
+    )
     run.evict([where / "canonstore.zarr"])
     cold = rows.measure(plan, "canonstore-batch", "cold", None)
     assert cold["samples"] == plan["batch"] * len(plan["batches"])  # cold: exactly one pass

@@ -22,32 +22,49 @@ def test_train_split_is_normalised_per_channel(tiny_store):
     per_channel = np.moveaxis(train, 1, 0).reshape(len(store.channels), -1)
     np.testing.assert_allclose(per_channel.mean(axis=1), 0, atol=0.01)
     np.testing.assert_allclose(per_channel.std(axis=1), 1, atol=0.01)
-    assert store.channels == ["msl", "q250", "q500", "q850", "t250", "t500", "t850", "t2m", "u250", "u500", "u850",
-                              "v250", "v500", "v850", "z250", "z500", "z850"]
+    assert store.channels == [
+        "msl",
+        "q250",
+        "q500",
+        "q850",
+        "t250",
+        "t500",
+        "t850",
+        "t2m",
+        "u250",
+        "u500",
+        "u850",
+        "v250",
+        "v500",
+        "v850",
+        "z250",
+        "z500",
+        "z850",
+    ]
 
 
 def test_stored_values_denormalise_to_the_raw_values(tiny_store, tiny_raw):
     store = open_store(tiny_store)
-    raw = xr.open_dataset(tiny_raw / "z_2001.nc")["z"].sel(level=500).values      # 2001 = val split
+    raw = xr.open_dataset(tiny_raw / "z_2001.nc")["z"].sel(level=500).values  # 2001 = val split
     i = int(np.searchsorted(store.time, np.datetime64("2001-01-01")))
     z500 = store.channels.index("z500")
-    physical = store.denormalise(np.asarray(store.array[i:i + 10], dtype=np.float64))[:, z500]
+    physical = store.denormalise(np.asarray(store.array[i : i + 10], dtype=np.float64))[:, z500]
     np.testing.assert_allclose(physical, raw[:10], rtol=1e-6)
     # msl is packed int16 in the raw files: the store holds xarray's decoded values
     msl = xr.open_dataset(tiny_raw / "msl_2001.nc")["msl"].values[:10]
-    np.testing.assert_allclose(store.denormalise(np.asarray(store.array[i:i + 10], float))[:, 0], msl, rtol=1e-6)
+    np.testing.assert_allclose(store.denormalise(np.asarray(store.array[i : i + 10], float))[:, 0], msl, rtol=1e-6)
 
 
 def test_changing_val_and_test_raw_values_changes_no_statistic(tmp_path, tiny_raw, tiny_store):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)
-    for year in (2001, 2002):                      # val and test years of the demo recipe
+    for year in (2001, 2002):  # val and test years of the demo recipe
         for path in raw.glob(f"*_{year}.nc"):
             ds = xr.load_dataset(path)
             name = next(iter(ds.data_vars))
             ds[name] = ds[name] * 3 + 7
             encoding = {k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue")}
-            encoding.pop("dtype", None)              # unpacked float32 is fine for this test
+            encoding.pop("dtype", None)  # unpacked float32 is fine for this test
             ds.to_netcdf(path, encoding={name: encoding})
     out = build(demo_recipe(tmp_path, raw), tmp_path / "changed.zarr", **quiet).path
     before, after = open_store(tiny_store), open_store(out)
@@ -153,15 +170,21 @@ def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_
     recipe = demo_recipe(tmp_path, tiny_raw)
     out = build(recipe, tmp_path / "demo.zarr", **quiet).path
     text = (out / "zarr.json").read_text()
-    (out / "zarr.json").write_text(text[:len(text) // 2])
+    (out / "zarr.json").write_text(text[: len(text) // 2])
     result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--force", "--quiet"])
     assert result.exit_code == 0, result.output
     assert verify_store(out) == [] and open_store(out).shape[0] > 0
 
 
 def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
-    recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t2m"], levels={"z": [850]}, static=[],
-                         time={"start": "2000-03-01", "end": "2002-06-30"})
+    recipe = demo_recipe(
+        tmp_path,
+        tiny_raw,
+        variables=["z", "t2m"],
+        levels={"z": [850]},
+        static=[],
+        time={"start": "2000-03-01", "end": "2002-06-30"},
+    )
     messages = []
     store = open_store(build(recipe, tmp_path / "sel.zarr", progress=False, log=messages.append).path)
     assert store.channels == ["z850", "t2m"]
@@ -182,12 +205,19 @@ def test_float16_store_round_trips_within_float16_precision(tmp_path, tiny_raw, 
 def test_float16_refuses_a_channel_that_overflows_by_name(tmp_path):
     time = pd.date_range("2000-01-01", periods=4 * 365 * 2, freq="6h")
     values = np.random.default_rng(0).normal(0, 1e-4, size=(time.size, 2, 3)).astype(np.float32)
-    values[time.year == 2001] += 1000.0            # far outside the train range once normalised
-    xr.Dataset({"spike": (("time", "lat", "lon"), values)},
-               coords={"time": time, "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(tmp_path / "spike.nc")
-    recipe = write_recipe(tmp_path, sources=["spike.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]},
-                          storage={"dtype": "float16"})
-    with pytest.raises(SourceError, match=r"spike.nc: variable 'spike' \(channel spike\) at time 2001-01-01T00:00: .*overflows float16"):
+    values[time.year == 2001] += 1000.0  # far outside the train range once normalised
+    xr.Dataset(
+        {"spike": (("time", "lat", "lon"), values)}, coords={"time": time, "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}
+    ).to_netcdf(tmp_path / "spike.nc")
+    recipe = write_recipe(
+        tmp_path,
+        sources=["spike.nc"],
+        splits={"train": [2000, 2000], "test": [2001, 2001]},
+        storage={"dtype": "float16"},
+    )
+    with pytest.raises(
+        SourceError, match=r"spike.nc: variable 'spike' \(channel spike\) at time 2001-01-01T00:00: .*overflows float16"
+    ):
         build(recipe, tmp_path / "spike.zarr", **quiet)
     assert not (tmp_path / "spike.zarr").exists() and not (tmp_path / "spike.zarr.partial").exists()
 
@@ -204,7 +234,7 @@ def test_unchanged_inputs_are_not_hashed_again_touched_ones_are(tmp_path, tiny_r
     original = inputs_module.file_sha256
     monkeypatch.setattr(inputs_module, "file_sha256", lambda p: hashed.append(p.name) or original(p))
     assert not build(recipe, out, **quiet).built and hashed == []  # a no-op build reads no input byte
-    (raw / "z_2001.nc").touch()                                      # same bytes, new mtime: hashed, still up to date
+    (raw / "z_2001.nc").touch()  # same bytes, new mtime: hashed, still up to date
     assert not build(recipe, out, **quiet).built and hashed == ["z_2001.nc"]
     record = next(i for i in open_store(out).attrs["inputs"] if i["path"].endswith("z_2001.nc"))
     assert {"size", "mtime_ns", "inode", "sha256"} <= set(record)
@@ -225,12 +255,15 @@ def test_only_the_selected_levels_are_read_from_the_files(tmp_path, tiny_raw, mo
     recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t"], levels={"z": [850, 250], "t": [500]}, static=[])
     store = open_store(build(recipe, tmp_path / "sel.zarr", **quiet).path)
     assert store.channels == ["z850", "z250", "t500"]
-    assert shapes and {s[1] for s in shapes} <= {1, 2}          # 2 levels of z, 1 of t; the files hold 4 each
-    every = open_store(build(demo_recipe(tmp_path / "..", tiny_raw, static=[], name="all"), tmp_path / "all.zarr",
-                             **quiet).path)
+    assert shapes and {s[1] for s in shapes} <= {1, 2}  # 2 levels of z, 1 of t; the files hold 4 each
+    every = open_store(
+        build(demo_recipe(tmp_path / "..", tiny_raw, static=[], name="all"), tmp_path / "all.zarr", **quiet).path
+    )
     for name in store.channels:
-        np.testing.assert_array_equal(store.denormalise(store.array[:50])[:, store.channels.index(name)],
-                                      every.denormalise(every.array[:50])[:, every.channels.index(name)])
+        np.testing.assert_array_equal(
+            store.denormalise(store.array[:50])[:, store.channels.index(name)],
+            every.denormalise(every.array[:50])[:, every.channels.index(name)],
+        )
 
 
 def test_a_step_larger_than_a_block_is_split_across_channels_with_the_same_result(tmp_path, tiny_raw, tiny_store):
@@ -250,20 +283,22 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
     raw = shutil.copytree(tiny_raw, tmp_path / "raw")
     (tmp_path / "link").symlink_to(raw)
     (raw / "more").mkdir()
-    shutil.copy(raw / "static.nc", raw / "more")                            # for raw/*/* to match a file
+    shutil.copy(raw / "static.nc", raw / "more")  # for raw/*/* to match a file
     before = sorted(p.name for p in raw.iterdir())
-    for sources, reaching, names in ((["raw/*"], "raw/*", "x.zarr.lock, x.zarr.lock.excl, x.zarr.log"),
-                                     (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.old-<pid>, x.zarr.partial"),
-                                     (["link/*.nc", "link/*"], "link/*", "x.zarr.lock")):            # via a link
+    for sources, reaching, names in (
+        (["raw/*"], "raw/*", "x.zarr.lock, x.zarr.lock.excl, x.zarr.log"),
+        (["raw/*.nc", "raw/*/*"], "raw/*/*", "x.zarr, x.zarr.old-<pid>, x.zarr.partial"),
+        (["link/*.nc", "link/*"], "link/*", "x.zarr.lock"),
+    ):  # via a link
         with pytest.raises(RecipeError) as error:
             build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **quiet)
         assert f"source '{reaching}' reaches the build's own files for --out {raw / 'x.zarr'}" in str(error.value)
         assert names in str(error.value) and "they would be read as inputs" in str(error.value)
-        assert sorted(p.name for p in raw.iterdir()) == before             # no lock, log or staging left there
-    narrow = demo_recipe(tmp_path, raw, sources=["raw/*.nc"])               # the same folder, a narrower glob
+        assert sorted(p.name for p in raw.iterdir()) == before  # no lock, log or staging left there
+    narrow = demo_recipe(tmp_path, raw, sources=["raw/*.nc"])  # the same folder, a narrower glob
     assert build(narrow, raw / "x.zarr", **quiet).built
     assert (raw / "x.zarr.lock").exists() and (raw / "x.zarr.log").exists()
-    assert not build(narrow, raw / "x.zarr", **quiet).built                 # its own files are not inputs
+    assert not build(narrow, raw / "x.zarr", **quiet).built  # its own files are not inputs
 
 
 def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of_the_build(tmp_path, tiny_raw):
@@ -274,7 +309,7 @@ def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of
     for sources in (["raw/*/*.nc"], ["raw/*/static.nc", "raw/*/[a-z]*[0-9].nc"]):
         recipe = demo_recipe(tmp_path, raw, sources=sources)
         assert build(recipe, raw / "x.zarr", force=True, **quiet).built
-        assert not build(recipe, raw / "x.zarr", **quiet).built             # the store now there is not an input
+        assert not build(recipe, raw / "x.zarr", **quiet).built  # the store now there is not an input
     for reaching in ("raw/*/*/*", "raw/*/time/c/*"):
         with pytest.raises(RecipeError, match=f"source '{re.escape(reaching)}' reaches the build's own files"):
             build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **quiet)

@@ -20,9 +20,19 @@ def test_build_inspect_verify(tmp_path, tiny_raw):
     shown = runner.invoke(main, ["inspect", str(out)])
     assert shown.exit_code == 0
     layout = open_store(out).attrs["layout"]
-    for expected in ("z500", "m**2 s**-2", "train", "2000-01-01", "excluded", "static  lsm, orography",
-                     f"{layout['shards']} shard file(s) of {layout['shard_steps']} steps", "recipe", "inputs  22 files",
-                     "latitude: latitude", "0 gap(s)"):
+    for expected in (
+        "z500",
+        "m**2 s**-2",
+        "train",
+        "2000-01-01",
+        "excluded",
+        "static  lsm, orography",
+        f"{layout['shards']} shard file(s) of {layout['shard_steps']} steps",
+        "recipe",
+        "inputs  22 files",
+        "latitude: latitude",
+        "0 gap(s)",
+    ):
         assert expected in shown.output, expected
 
     ok = runner.invoke(main, ["verify", str(out)])
@@ -58,8 +68,9 @@ def test_train_and_evaluate(tmp_path, tiny_store):
     assert scored.exit_code == 0, scored.output
     (run,) = (tmp_path / "runs").iterdir()
     assert (tmp_path / "scores" / f"{run.name}.json").is_file() and "RMSE" in scored.output
-    by_folder = runner.invoke(main, ["evaluate", "--run", str(run), "--split", "val",
-                                     "--scores", str(tmp_path / "scores")])
+    by_folder = runner.invoke(
+        main, ["evaluate", "--run", str(run), "--split", "val", "--scores", str(tmp_path / "scores")]
+    )
     assert by_folder.exit_code == 0 and (tmp_path / "scores" / f"{run.name}-val.json").is_file()
 
 

@@ -35,9 +35,13 @@ def _files(store: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def dask_cluster():
-    with cluster.environ_kept(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                              dashboard_address=None, silence_logs=40) as local, \
-            Client(local) as client:
+    with (
+        cluster.environ_kept(),
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        ) as local,
+        Client(local) as client,
+    ):
         yield local, client
 
 
@@ -97,8 +101,9 @@ def test_a_killed_worker_is_retried_and_the_store_is_the_same(reference, tmp_pat
     out = tmp_path / "killed.zarr"
     staging = writer.staging_path(out)
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("r", build(
-        recipe, out, scheduler=local_cluster.scheduler_address, **quiet)))
+    thread = threading.Thread(
+        target=lambda: result.setdefault("r", build(recipe, out, scheduler=local_cluster.scheduler_address, **quiet))
+    )
     thread.start()
     deadline = time.monotonic() + 60
     while len(tasks.written_shards(staging)) < 3 and time.monotonic() < deadline and thread.is_alive():
@@ -118,8 +123,22 @@ def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, 
     out = tmp_path / "driver.zarr"
     staging = writer.staging_path(out)
     address = dask_cluster[0].scheduler_address
-    proc = subprocess.Popen([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                             "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "canonstore",
+            "build",
+            str(recipe),
+            "--out",
+            str(out),
+            "--quiet",
+            "--scheduler",
+            address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while len(tasks.written_shards(staging)) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -165,9 +184,11 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp
 
 
 def test_only_one_way_to_run_may_be_given(tiny_raw, tmp_path):
-    with pytest.raises(StoreError, match="one of --scheduler, --scheduler-file and --workers"):
-        with cluster.runner(scheduler="tcp://127.0.0.1:1", workers=2):
-            pass
+    with (
+        pytest.raises(StoreError, match="one of --scheduler, --scheduler-file and --workers"),
+        cluster.runner(scheduler="tcp://127.0.0.1:1", workers=2),
+    ):
+        pass
 
 
 def test_a_scheduler_file_is_read_as_dask_jobqueue_writes_it(reference, tmp_path, dask_cluster):
@@ -271,11 +292,10 @@ def test_a_pass_given_up_midway_is_cancelled_before_its_client_closes(tmp_path, 
     after the `error:` line: the pass was cleaned up at exit, after the local cluster had closed."""
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(OSError, match="No space left"):
-        with cluster.runner(workers=1, log=lambda *_: None) as run:
-            results = run.map(_times, 3, range(10))  # held, as build.scan's frame holds it in the error's traceback
-            for _ in results:
-                raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan
+    with pytest.raises(OSError, match="No space left"), cluster.runner(workers=1, log=lambda *_: None) as run:
+        results = run.map(_times, 3, range(10))  # held, as build.scan's frame holds it in the error's traceback
+        for _ in results:
+            raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan
     del results
     gc.collect()
     assert [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable] == []
@@ -288,8 +308,12 @@ def test_a_task_error_on_local_workers_is_one_line_on_the_terminal_and_in_full_i
     make(raw)
     recipe = write_recipe(tmp_path, name="bad", sources=["raw/*.nc"], **{"splits": SPLITS, **keys})
     out = tmp_path / "bad.zarr"
-    done = subprocess.run([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                           "--workers", "2"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr  # no "Compute Failed"
     assert all(part in done.stderr for part in expected) and "Compute Failed" not in done.stdout
@@ -305,18 +329,27 @@ def test_a_build_on_two_local_workers_survives_kills_at_the_start_of_each_pass_a
     recipe, local = reference
     out = tmp_path / "killed.zarr"
     staging = writer.staging_path(out)
-    moments = [lambda: any(Path(staging, tasks.MARKERS).glob("scan-*")),          # the statistics pass began
-               lambda: Path(staging, "data", "zarr.json").is_file(),               # the write pass begins
-               lambda: len(tasks.written_shards(staging)) >= 25]                   # halfway through it
-    proc = subprocess.Popen([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    moments = [
+        lambda: any(Path(staging, tasks.MARKERS).glob("scan-*")),  # the statistics pass began
+        lambda: Path(staging, "data", "zarr.json").is_file(),  # the write pass begins
+        lambda: len(tasks.written_shards(staging)) >= 25,
+    ]  # halfway through it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, killed = time.monotonic() + 150, []
     try:
         for i, moment in enumerate(moments):
             while proc.poll() is None and time.monotonic() < deadline and not moment():
                 time.sleep(0.002)
-            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())
-                       and c.status() != psutil.STATUS_ZOMBIE]
+            workers = [
+                c
+                for c in psutil.Process(proc.pid).children()
+                if "spawn_main" in " ".join(c.cmdline()) and c.status() != psutil.STATUS_ZOMBIE
+            ]
             if proc.poll() is None and workers:
                 os.kill(workers[i % len(workers)].pid, signal.SIGKILL)
                 killed.append(i)

@@ -5,8 +5,15 @@ import pytest
 from canonstore.errors import ConfigError, StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
-from canonstore.training.config import (DEFAULTS, config_hash, lead_times, load_config, parse_overrides, resolve,
-                                       run_name)
+from canonstore.training.config import (
+    DEFAULTS,
+    config_hash,
+    lead_times,
+    load_config,
+    parse_overrides,
+    resolve,
+    run_name,
+)
 from tests.conftest import linked_copy, replace_build
 
 ROOT_CONFIG = "configs/default.yaml"
@@ -17,8 +24,8 @@ def test_file_then_overrides_win(tmp_path):
     path.write_text("model: mlp\nepochs: 9\nlr: 1e-3\nunet: {width: 8}\n")
     config = load_config(path, parse_overrides(["epochs=2", "unet.depth=2", "channels=[t2m, msl]"]))
     assert config["model"] == "mlp" and config["epochs"] == 2
-    assert config["lr"] == 1e-3 and isinstance(config["lr"], float)   # YAML reads 1e-3 as text
-    assert config["unet"] == {"width": 8, "depth": 2}                   # sections merge key by key
+    assert config["lr"] == 1e-3 and isinstance(config["lr"], float)  # YAML reads 1e-3 as text
+    assert config["unet"] == {"width": 8, "depth": 2}  # sections merge key by key
     assert config["channels"] == ["t2m", "msl"]
     assert config["batch_size"] == DEFAULTS["batch_size"]
 
@@ -30,20 +37,23 @@ def test_repository_config_loads():
     assert config["model"] == "unet" and config["epochs"] >= 1
 
 
-@pytest.mark.parametrize("text, message", [
-    ("lrr: 1\n", "unknown key 'lrr'"),
-    ("epochs: many\n", "key 'epochs': expected a whole number"),
-    ("epochs: -1\n", "key 'epochs': expected a whole number"),
-    ("lr: true\n", "key 'lr': expected a number"),
-    ("model: resnet\n", "key 'model': expected one of"),
-    ("unet: {widht: 3}\n", "unknown key(s) ['widht'] in 'unet'"),
-    ("static: maybe\n", "key 'static': expected true, false or a list"),
-    ("lead: [2, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
-    ("lead: [1, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
-    ("rollout: 0\n", "key 'rollout': expected a whole number >= 1"),
-    ("- a list\n", "expected a mapping"),
-    ("epochs: [1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lrr: 1\n", "unknown key 'lrr'"),
+        ("epochs: many\n", "key 'epochs': expected a whole number"),
+        ("epochs: -1\n", "key 'epochs': expected a whole number"),
+        ("lr: true\n", "key 'lr': expected a number"),
+        ("model: resnet\n", "key 'model': expected one of"),
+        ("unet: {widht: 3}\n", "unknown key(s) ['widht'] in 'unet'"),
+        ("static: maybe\n", "key 'static': expected true, false or a list"),
+        ("lead: [2, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
+        ("lead: [1, 1]\n", "key 'lead': expected a step count >= 0, or a list of distinct ascending"),
+        ("rollout: 0\n", "key 'rollout': expected a whole number >= 1"),
+        ("- a list\n", "expected a mapping"),
+        ("epochs: [1\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_is_a_clear_error_naming_the_file(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -68,10 +78,10 @@ def test_run_name_follows_what_decides_the_result(tiny_store):
         return run_name(resolve(load_config(None, overrides), store, device))
 
     assert name(lr=0.5) != run_name(base)
-    assert name(loader="netcdf") != run_name(base)        # the speed comparison never overwrites a run
+    assert name(loader="netcdf") != run_name(base)  # the speed comparison never overwrites a run
     assert name(device="cuda") != run_name(base)
-    assert name(workers=7) == run_name(base)              # speed only: resuming with other workers is fine
-    assert name(mlp={"width": 3}) == run_name(base)       # another model's section is not part of the run
+    assert name(workers=7) == run_name(base)  # speed only: resuming with other workers is fine
+    assert name(mlp={"width": 3}) == run_name(base)  # another model's section is not part of the run
     # the baselines do not train: optimisation keys do not make new runs of them
     assert name(model="persistence", epochs=3) == name(model="persistence", epochs=4)
     assert name(model="persistence") != name(model="climatology")
@@ -89,27 +99,33 @@ def test_hash_depends_on_the_store_build_not_its_path(tiny_store):
 def test_a_run_records_the_build_it_opened_never_the_one_its_path_holds_after_a_rebuild(tiny_store, tmp_path):
     """A rebuild landing between opening the store and resolving the config: the run trains on the
     opened build, so that is the one recorded (or the rebuild is an error), never the new one."""
-    config = load_config(None, {"lat_weighted": False})   # nothing else in resolve reads the store again
+    config = load_config(None, {"lat_weighted": False})  # nothing else in resolve reads the store again
     path = linked_copy(tiny_store, tmp_path / "a.zarr")
     opened = open_store(path)
-    build = opened.build_id                                # read already (a dataset made first reads it)
+    build = opened.build_id  # read already (a dataset made first reads it)
     replace_build(path)
     assert store_identity(path) != build
     assert resolve(config, opened, "cpu")["store"]["build"] == build
-    unread = open_store(path)                              # its build not read before the next rebuild
+    unread = open_store(path)  # its build not read before the next rebuild
     replace_build(path)
     with pytest.raises(StoreError, match="rebuilt or replaced after it was opened"):
         resolve(config, unread, "cpu")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"rollout": 4, "lead": [1, 2]}, "set lead to one step count >= 1"),
-    ({"rollout": 4, "lead": 0}, "set lead to one step count >= 1"),
-    ({"rollout": 4, "blocks": {"size": [4, 8]}}, "cannot train on random blocks"),
-    ({"rollout": 2, "task": "downscaling", "coarse": 2}, "no next step to feed"),
-    ({"rollout": 2, "history": 1, "lead": 2}, r"rollout: 2 with history: 1 and lead: 2 would feed the model inputs 2 "
-                                              r"steps apart.*set lead=1 or history=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rollout": 4, "lead": [1, 2]}, "set lead to one step count >= 1"),
+        ({"rollout": 4, "lead": 0}, "set lead to one step count >= 1"),
+        ({"rollout": 4, "blocks": {"size": [4, 8]}}, "cannot train on random blocks"),
+        ({"rollout": 2, "task": "downscaling", "coarse": 2}, "no next step to feed"),
+        (
+            {"rollout": 2, "history": 1, "lead": 2},
+            r"rollout: 2 with history: 1 and lead: 2 would feed the model inputs 2 "
+            r"steps apart.*set lead=1 or history=0",
+        ),
+    ],
+)
 def test_rollout_needs_one_lead_whole_fields_and_a_forecast(tiny_store, overrides, message):
     with pytest.raises(ConfigError, match=message):
         resolve(load_config(None, overrides), open_store(tiny_store), "cpu")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
 from canonstore.loaders import sample_times, seeded_generator, worker_init_fn
 from canonstore.preprocess import build
@@ -26,7 +26,7 @@ def test_windows_never_leave_their_split():
 
 def test_sample_is_the_window_from_the_store(tiny_store):
     store = open_store(tiny_store)
-    ds = store.dataset("val", lead=2, history=1, channels=["z500", "t2m"], targets=["t2m"])
+    ds = open_dataset(store, "val", lead=2, history=1, channels=["z500", "t2m"], targets=["t2m"])
     assert ds.input_channels == ["z500@t-1", "t2m@t-1", "z500", "t2m", "lsm", "orography"]
     assert ds.target_channels == ["t2m"]
     val = store.split_indices("val")
@@ -40,27 +40,27 @@ def test_sample_is_the_window_from_the_store(tiny_store):
         np.testing.assert_array_equal(x[2:4], store.array[t, c])
         np.testing.assert_array_equal(x[4], store.static["lsm"])
         np.testing.assert_array_equal(y[0], store.array[t + 2, c[1]])
-        assert (store.splits[t - 1:t + 3] == SPLIT_CODES["val"]).all()
+        assert (store.splits[t - 1 : t + 3] == SPLIT_CODES["val"]).all()
 
 
 def test_defaults_all_channels_and_bad_arguments(tiny_store):
     store = open_store(tiny_store)
-    ds = store.dataset("train", static=False)
+    ds = open_dataset(store, "train", static=False)
     x, y = ds[0]
     assert x.shape == y.shape == store.shape[1:]
     with pytest.raises(ValueError, match=r"unknown channel\(s\) \['z501'\]"):
-        store.dataset("train", channels=["z500", "z501"])
+        open_dataset(store, "train", channels=["z500", "z501"])
     with pytest.raises(ValueError, match="unknown static"):
-        store.dataset("train", static=["sea_ice"])
+        open_dataset(store, "train", static=["sea_ice"])
     with pytest.raises(ValueError, match="unknown split"):
-        store.dataset("training")
+        open_dataset(store, "training")
     with pytest.raises(StoreError, match="split 'val' has no window"):
-        store.dataset("val", lead=5000)
+        open_dataset(store, "val", lead=5000)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"history": 2, "lead": 3}, {"channels": ["t2m", "z500"], "targets": ["msl"]}])
 def test_gather_equals_samples_stacked(tiny_store, kwargs):
-    ds = open_store(tiny_store).dataset("train", **kwargs)
+    ds = open_dataset(tiny_store, "train", **kwargs)
     positions = [0, 5, 6, 400, len(ds) - 1]
     x, y = ds.gather(positions)
     assert x.dtype == np.float32 and x.flags.c_contiguous
@@ -69,17 +69,17 @@ def test_gather_equals_samples_stacked(tiny_store, kwargs):
         np.testing.assert_array_equal(x[k], xi.numpy())
         np.testing.assert_array_equal(y[k], yi.numpy())
     out_x, out_y = np.full_like(x, np.nan), np.full_like(y, np.nan)
-    ds.gather(positions, out_x, out_y)                       # in place, every element written
+    ds.gather(positions, out_x, out_y)  # in place, every element written
     np.testing.assert_array_equal(out_x, x)
     np.testing.assert_array_equal(out_y, y)
 
 
 def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_store, tmp_path):
-    plain = open_store(tiny_store).dataset("test", history=1, channels=["u850", "msl"])
+    plain = open_dataset(tiny_store, "test", history=1, channels=["u850", "msl"])
     for storage, atol in (({"compression": "zstd", "shard_mb": 1}, 0), ({"dtype": "float16"}, 2e-3)):
         recipe = demo_recipe(tmp_path, tiny_raw, name=f"demo-{len(storage)}-{atol}", storage=storage)
         other = open_store(build(recipe, tmp_path / f"{recipe.stem}.zarr", progress=False, log=lambda *_: None).path)
-        ds = other.dataset("test", history=1, channels=["u850", "msl"])
+        ds = open_dataset(other, "test", history=1, channels=["u850", "msl"])
         x, y = ds.gather([3, 1, 200])
         px, py = plain.gather([3, 1, 200])
         np.testing.assert_allclose(x.astype(np.float32), px, atol=atol * 8, rtol=atol)
@@ -88,8 +88,8 @@ def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_stor
 
 
 def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
-    ds = open_store(tiny_store).dataset("train")
-    ds[0]                                                      # maps the array in this process
+    ds = open_dataset(tiny_store, "train")
+    ds[0]  # maps the array in this process
     blob = pickle.dumps(ds)
     assert len(blob) < 100_000 < open_store(tiny_store).array.nbytes
     again = pickle.loads(blob)
@@ -98,14 +98,20 @@ def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
 
 
 def _epoch(ds, workers, seed, context=None):
-    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers,
-                                         generator=seeded_generator(seed), worker_init_fn=worker_init_fn,
-                                         multiprocessing_context=context if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=True,
+        num_workers=workers,
+        generator=seeded_generator(seed),
+        worker_init_fn=worker_init_fn,
+        multiprocessing_context=context if workers else None,
+    )
     return [(x, y) for _, (x, y) in zip(range(6), loader)]
 
 
 def test_dataloader_is_reproducible_with_0_and_2_workers(tiny_store):
-    ds = open_store(tiny_store).dataset("train", history=1, channels=["z500", "t850"])
+    ds = open_dataset(tiny_store, "train", history=1, channels=["z500", "t850"])
     serial = _epoch(ds, 0, seed=7)
     for workers, context in ((2, "fork"), (2, "spawn")):
         parallel = _epoch(ds, workers, seed=7, context=context)
@@ -115,7 +121,7 @@ def test_dataloader_is_reproducible_with_0_and_2_workers(tiny_store):
 
 
 def test_gather_without_static_is_the_dynamic_part(tiny_store):
-    ds = open_store(tiny_store).dataset("train", history=1, channels=["z500", "t2m"])
+    ds = open_dataset(tiny_store, "train", history=1, channels=["z500", "t2m"])
     with_static, y = ds.gather([1, 50, 51])
     without, y2 = ds.gather([1, 50, 51], static=False)
     assert without.shape[1] == with_static.shape[1] - 2 == 4
@@ -128,7 +134,8 @@ def test_transform_hook_on_samples_and_batches(tiny_store):
 
     def scale(x, y):
         return x * 2, y - 1
-    plain, scaled = open_store(tiny_store).dataset("val"), open_store(tiny_store).dataset("val", transform=scale)
+
+    plain, scaled = open_dataset(tiny_store, "val"), open_dataset(tiny_store, "val", transform=scale)
     torch.testing.assert_close(scaled[4][0], plain[4][0] * 2)
     torch.testing.assert_close(scaled[4][1], plain[4][1] - 1)
     batches = BatchLoader(plain, 8, shuffle=False, device="cpu", transform=scale)
@@ -148,29 +155,29 @@ def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_st
     from canonstore.loaders import NetCDFDataset
 
     store = open_store(gappy_store)
-    assert store.gaps.tolist() == [181]                                   # 2000-06-30 -> 2000-08-01
+    assert store.gaps.tolist() == [181]  # 2000-06-30 -> 2000-08-01
     for lead, history in ((1, 0), (4, 2)):
-        ds = store.dataset("train", lead=lead, history=history)
+        ds = open_dataset(store, "train", lead=lead, history=history)
         span = (store.time[ds.times + lead] - store.time[ds.times - history]) / np.timedelta64(1, "D")
         assert np.all(span == lead + history) and ds.times.size == 366 - 31 - 2 * (lead + history)
         raw = NetCDFDataset(store, "train", lead=lead, history=history, target_masks=True)
         assert np.array_equal(raw.times, ds.times)
-    mapped = store.dataset("train", lead=4, history=2, target_masks=True)
-    for i in (0, 150, len(mapped) - 1):                                   # the same windows, masks included
+    mapped = open_dataset(store, "train", lead=4, history=2, target_masks=True)
+    for i in (0, 150, len(mapped) - 1):  # the same windows, masks included
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(raw[i], mapped[i]))
 
 
 def test_valid_channels_are_inputs_only_unless_named_as_targets(gappy_store):
     store = open_store(gappy_store)
     assert store.channels == ["x", "y", "x_valid"]
-    ds = store.dataset("train")
+    ds = open_dataset(store, "train")
     assert ds.input_channels == ["x", "y", "x_valid"] and ds.target_channels == ["x", "y"]
-    assert store.dataset("train", targets=["x", "x_valid"]).target_channels == ["x", "x_valid"]
+    assert open_dataset(store, "train", targets=["x", "x_valid"]).target_channels == ["x", "x_valid"]
 
 
 def test_target_masks_travel_with_the_targets_in_one_gather(gappy_store):
     store = open_store(gappy_store)
-    ds = store.dataset("test", lead=1, target_masks=True)
+    ds = open_dataset(store, "test", lead=1, target_masks=True)
     assert ds.masked_targets == ["x"] and ds.y_channels.tolist() == [0, 1, 2]
     x, y = ds.gather(np.arange(5))
     assert y.shape == (5, 3, 2, 3)
@@ -180,10 +187,10 @@ def test_target_masks_travel_with_the_targets_in_one_gather(gappy_store):
 
 def test_several_leads_stack_the_targets_nearest_first(tiny_store):
     store = open_store(tiny_store)
-    ds = store.dataset("val", lead=[1, 2, 4], history=1, targets=["t2m", "z500"])
+    ds = open_dataset(store, "val", lead=[1, 2, 4], history=1, targets=["t2m", "z500"])
     assert ds.leads == (1, 2, 4) and ds.target_channels == ["t2m", "z500"]
     assert ds.lead_channels == ["t2m@t+1", "z500@t+1", "t2m@t+2", "z500@t+2", "t2m@t+4", "z500@t+4"]
-    assert np.array_equal(ds.times, store.dataset("val", lead=4, history=1).times)  # the window reaches lead 4
+    assert np.array_equal(ds.times, open_dataset(store, "val", lead=4, history=1).times)  # the window reaches lead 4
     c = [store.channels.index("t2m"), store.channels.index("z500")]
     positions = [0, 9, len(ds) - 1]
     x, y = ds.gather(positions)
@@ -191,48 +198,51 @@ def test_several_leads_stack_the_targets_nearest_first(tiny_store):
     for k, i in enumerate(positions):
         t = int(ds.times[i])
         for j, lead in enumerate((1, 2, 4)):
-            np.testing.assert_array_equal(y[k, 2 * j:2 * j + 2], store.array[t + lead, c])
-        np.testing.assert_array_equal(ds[i][1].numpy(), y[k])                     # the per-sample path agrees
+            np.testing.assert_array_equal(y[k, 2 * j : 2 * j + 2], store.array[t + lead, c])
+        np.testing.assert_array_equal(ds[i][1].numpy(), y[k])  # the per-sample path agrees
     with pytest.raises(ValueError, match="distinct ascending"):
-        store.dataset("val", lead=[2, 1])
+        open_dataset(store, "val", lead=[2, 1])
 
 
 def test_target_masks_travel_with_each_lead(gappy_store):
     from canonstore.training.metrics import TargetMasks
 
     store = open_store(gappy_store)
-    ds = store.dataset("test", lead=[1, 3], target_masks=True)
+    ds = open_dataset(store, "test", lead=[1, 3], target_masks=True)
     x, y = ds.gather(np.arange(6))
-    assert y.shape == (6, 6, 2, 3)                                   # per lead: x, y, x_valid
+    assert y.shape == (6, 6, 2, 3)  # per lead: x, y, x_valid
     targets, valid = TargetMasks(store, ds).split(torch.from_numpy(y))
-    assert targets.shape == valid.shape == (6, 4, 2, 3)               # x@t+1, y@t+1, x@t+3, y@t+3
+    assert targets.shape == valid.shape == (6, 4, 2, 3)  # x@t+1, y@t+1, x@t+3, y@t+3
     for j, lead in enumerate((1, 3)):
         truth = store.array[ds.times[:6] + lead]
-        np.testing.assert_array_equal(targets[:, 2 * j:2 * j + 2].numpy(), truth[:, :2])
+        np.testing.assert_array_equal(targets[:, 2 * j : 2 * j + 2].numpy(), truth[:, :2])
         observed = store.denormalise(truth.astype(np.float64))[:, 2] > 0.5
         assert torch.equal(valid[:, 2 * j], torch.from_numpy(observed).float())
-        assert bool((valid[:, 2 * j + 1] == 1).all())                  # y was never filled
+        assert bool((valid[:, 2 * j + 1] == 1).all())  # y was never filled
     assert not bool(valid.all())
 
 
 def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
     """rollout K at lead L: every target t + L .. t + K L lies in the split and run of steps of t - history
     (a rollout's leads, `lead_times`; a training config refuses history with L > 1, the windows are the same)."""
-    from canonstore.training.config import lead_times
     from canonstore.splits import segment_ids
+    from canonstore.training.config import lead_times
 
     store = open_store(gappy_store)
     segment = segment_ids(store.time.size, store.gaps)
     for split in ("train", "val", "test"):
-        dataset = store.dataset(split, lead=lead_times({"rollout": 4, "lead": 2}), history=1)
+        dataset = open_dataset(store, split, lead=lead_times({"rollout": 4, "lead": 2}), history=1)
         times = dataset.times
         assert dataset.leads == (2, 4, 6, 8)
         window = times[:, None] + np.arange(-1, 9)[None, :]
         assert (store.splits[window] == SPLIT_CODES[split]).all()
         assert (segment[window] == segment[window[:, :1]]).all()
         # and no window that fits is left out: brute force over every step
-        fits = [t for t in range(1, store.time.size - 8)
-                if (store.splits[t - 1:t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1:t + 9])) == 1]
+        fits = [
+            t
+            for t in range(1, store.time.size - 8)
+            if (store.splits[t - 1 : t + 9] == SPLIT_CODES[split]).all() and len(set(segment[t - 1 : t + 9])) == 1
+        ]
         assert times.tolist() == fits
 
 
@@ -240,7 +250,7 @@ def test_a_dataset_made_from_a_store_opened_before_a_rebuild_never_reads_the_new
     quiet = {"progress": False, "log": lambda *_: None}
     out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
     store = open_store(out)
-    store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build
+    _ = store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
     with pytest.raises(StoreError, match="rebuilt"):
-        store.dataset("train")[0]             # its data must not come from the new build
+        open_dataset(store, "train")[0]  # its data must not come from the new build

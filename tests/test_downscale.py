@@ -44,13 +44,13 @@ def test_a_constant_and_the_coarse_means_are_kept():
 
 def test_longitude_is_periodic_at_the_dateline():
     lat, lon = grid()
-    field = torch.exp(-((lon - 0.05) ** 2) / 0.05) * torch.ones_like(lat)   # a bump astride the dateline
+    field = torch.exp(-((lon - 0.05) ** 2) / 0.05) * torch.ones_like(lat)  # a bump astride the dateline
     field = field[None, None].double()
     back = coarse_up(field, (4, 4), periodic=True)
-    for shift in (4, 8, 20):                                           # shifting by whole coarse cells commutes
+    for shift in (4, 8, 20):  # shifting by whole coarse cells commutes
         rolled = coarse_up(field.roll(shift, dims=-1), (4, 4), periodic=True)
         assert torch.allclose(rolled, back.roll(shift, dims=-1), atol=1e-12)
-    assert back[..., 0].mean() > 0.3 and back[..., -1].mean() > 0.1   # both sides of the dateline see the bump
+    assert back[..., 0].mean() > 0.3 and back[..., -1].mean() > 0.1  # both sides of the dateline see the bump
     assert math.isclose(back[..., LON // 2].abs().max().item(), 0.0, abs_tol=1e-6)
 
 
@@ -71,8 +71,10 @@ def test_a_block_s_coarse_up_is_the_whole_field_s_coarse_up_cut_bit_for_bit(peri
     grid = (24, 60)
     for size in ((8, 8), (5, 7), (1, 1), (24, 60)):
         rows, cols = block_indices(6, grid, size, generator, periodic=periodic)
-        edges = [(torch.arange(size[0]), torch.arange(size[1])),                            # north-west corner
-                 (grid[0] - size[0] + torch.arange(size[0]), grid[1] - size[1] + torch.arange(size[1]))]
+        edges = [
+            (torch.arange(size[0]), torch.arange(size[1])),  # north-west corner
+            (grid[0] - size[0] + torch.arange(size[0]), grid[1] - size[1] + torch.arange(size[1])),
+        ]
         if periodic:
             edges.append((torch.arange(size[0]), (grid[1] - 2 + torch.arange(size[1])) % grid[1]))  # the dateline
         rows = torch.cat([rows, *[r[None] for r, _ in edges]])
@@ -104,9 +106,18 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     from canonstore.training import evaluate, load_config, train
     from canonstore.training.data import make_loader
 
-    base = {"task": "downscaling", "coarse": [4, 8], "unet": {"width": 4, "depth": 1}, "epochs": 1,
-            "batch_size": 64, "device": "cpu", "workers": 1, "patience": 0, "checkpoint_steps": 0,
-            "targets": ["t850", "z500"]}
+    base = {
+        "task": "downscaling",
+        "coarse": [4, 8],
+        "unet": {"width": 4, "depth": 1},
+        "epochs": 1,
+        "batch_size": 64,
+        "device": "cpu",
+        "workers": 1,
+        "patience": 0,
+        "checkpoint_steps": 0,
+        "targets": ["t850", "z500"],
+    }
     config = load_config(None, base)
     store = open_store(tiny_store)
     from canonstore.training.config import resolve
@@ -116,17 +127,23 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     loader = make_loader(run, store, "val", torch.device("cpu"), train=False)
     x, y = next(iter(loader))
     t850 = loader.dataset.input_channels.index("t850")
-    assert torch.allclose(x[:, t850], coarse_up(y[:, :1], (2, 2), periodic=True)[:, 0], atol=1e-6)   # never the HR field
+    assert torch.allclose(x[:, t850], coarse_up(y[:, :1], (2, 2), periodic=True)[:, 0], atol=1e-6)  # never the HR field
     assert not torch.allclose(x[:, t850], y[:, 0])
-    static = loader.dataset.input_channels.index("lsm")                               # conditioning stays HR
+    static = loader.dataset.input_channels.index("lsm")  # conditioning stays HR
     assert torch.equal(x[0, static], torch.from_numpy(loader.dataset.static[0]))
     scores = {}
     for model in ("unet", "coarse-up"):
-        folder = train(load_config(None, {**base, "model": model}), tiny_store, tmp_path / "runs", progress=False,
-                       log=lambda *_: None)
-        scores[model] = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc",
-                                            log=lambda *_: None).read_text())["leads"]["0"]
-    for model, s in scores.items():  # the same errors: only r2 and ACC see the difference between R and y
+        folder = train(
+            load_config(None, {**base, "model": model}),
+            tiny_store,
+            tmp_path / "runs",
+            progress=False,
+            log=lambda *_: None,
+        )
+        scores[model] = json.loads(
+            evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=lambda *_: None).read_text()
+        )["leads"]["0"]
+    for s in scores.values():  # the same errors: only r2 and ACC see the difference between R and y
         for name in ("t850", "z500"):
             assert s["channels"][name]["rmse"] == pytest.approx(s["residual"]["channels"][name]["rmse"], rel=1e-6)
     assert scores["coarse-up"]["residual"]["channels"]["t850"]["r2"] == pytest.approx(0.0, abs=0.05)  # R_pred = 0
@@ -151,14 +168,14 @@ def test_a_regional_grid_gets_nothing_from_across_the_globe_on_the_real_nrcan_fi
     loader = _downscaling_loader(nrcan_store, coarse=4)
     assert not loader.dataset.longitude_periodic
     x, y = next(iter(loader))
-    dynamic = loader.dataset.channels.size                          # y[:, :dynamic]: the HR fields x came from
+    dynamic = loader.dataset.channels.size  # y[:, :dynamic]: the HR fields x came from
     # west of the first coarse cell's centre lies only that cell (its edge repeated), and so in the east
     assert torch.equal(x[:, :dynamic, :, 0], x[:, :dynamic, :, 1])
     assert torch.equal(x[:, :dynamic, :, -1], x[:, :dynamic, :, -2])
     changed = y[:, :dynamic].clone()
-    changed[..., -4:] += 100.0                                      # the easternmost coarse cell
+    changed[..., -4:] += 100.0  # the easternmost coarse cell
     before, after = (loader.transform(f, y)[0][:, :dynamic] for f in (y[:, :dynamic], changed))
-    assert torch.equal(before[..., :-8], after[..., :-8])            # reaches no further than one coarse cell
+    assert torch.equal(before[..., :-8], after[..., :-8])  # reaches no further than one coarse cell
     assert not torch.equal(before[..., -4:], after[..., -4:])
 
 
@@ -173,6 +190,6 @@ def test_random_blocks_for_downscaling_are_cut_from_the_whole_fields_coarse_up(t
     samples, rows, cols = loader.last_blocks
     whole = _downscaling_loader(tiny_store, "train", coarse=[4, 8], batch_size=len(loader.dataset))
     positions = torch.from_numpy(np.searchsorted(whole.dataset.times, loader.last_steps))
-    full_x = next(iter(whole))[0][positions]                         # whole fields, coarse-upped as in validation
+    full_x = next(iter(whole))[0][positions]  # whole fields, coarse-upped as in validation
     assert x.shape[-2:] == (4, 6)
     assert torch.equal(x, crop(full_x, rows, cols, samples))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
@@ -36,8 +36,12 @@ def _data_sha(store: Path) -> str:
 
 
 def _start_build(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> bool:
@@ -69,14 +73,15 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
     rng = random.Random(1234)
     # Random moments: some in start-up or the statistics pass (a delay), some inside the write pass
     # (once a random number of shards is on disk); each kill resumes the previous one's partial.
-    moments = [("seconds", rng.uniform(0.2, 2.0)) for _ in range(2)] + \
-              [("shards", rng.randrange(5, 180)) for _ in range(3)]
+    moments = [("seconds", rng.uniform(0.2, 2.0)) for _ in range(2)] + [
+        ("shards", rng.randrange(5, 180)) for _ in range(3)
+    ]
     rng.shuffle(moments)
     for kind, when in moments:
         proc = _start_build(recipe, out, "--resume")
         start = time.monotonic()
 
-        def now() -> bool:
+        def now(kind=kind, when=when, start=start) -> bool:
             if kind == "seconds":
                 return time.monotonic() - start > when
             return len(tasks.written_shards(staging)) >= when
@@ -87,8 +92,11 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
         if finished or out.exists():
             assert verify_store(out) == [] and _data_sha(out) == reference
             shutil.rmtree(out)
-    done = subprocess.run([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet",
-                           "--resume"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", "--resume"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert verify_store(out) == [] and _data_sha(out) == reference
     assert not out.with_name("demo.zarr.partial").exists()
@@ -141,11 +149,13 @@ def test_two_builds_of_the_same_inputs_are_identical(many_blocks, tmp_path):
 
 def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path):
     out = tmp_path / "demo.zarr"
-    with writer.build_lock(out):
-        with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+ on .*, started"):
-            build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    with (
+        writer.build_lock(out),
+        pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+ on .*, started"),
+    ):
+        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
     assert not out.exists()
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)       # the lock goes with its holder
+    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)  # the lock goes with its holder
     assert verify_store(out) == []
 
 
@@ -167,9 +177,10 @@ def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, mon
     events = []
     finish = ShardWriter.finish_shard  # ends in fsync of the shard file
     monkeypatch.setattr(ShardWriter, "finish_shard", lambda self, k: events.append(("synced", k)) or finish(self, k))
-    durably = writer.write_durably
-    monkeypatch.setattr(writer, "write_durably", lambda path, data: events.append(("marker", path.name)) or
-                        durably(path, data))
+    durably = tasks.write_file_atomic
+    monkeypatch.setattr(
+        tasks, "write_file_atomic", lambda path, data: events.append(("marker", path.name)) or durably(path, data)
+    )
     build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
     written = [i for i, (kind, name) in enumerate(events) if kind == "marker" and name.startswith("shard-")]
     assert len(written) > 20
@@ -184,7 +195,7 @@ def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_pa
     old = open_store(out)
     array, copy = old.array, np.array(old.array[:50])
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
-    np.testing.assert_array_equal(array[:50], copy)                # the old mapping still reads the old data
+    np.testing.assert_array_equal(array[:50], copy)  # the old mapping still reads the old data
     new = open_store(out)
     assert new.shape[0] < old.shape[0] and verify_store(out) == []
     assert not list(tmp_path.glob("demo.zarr.old-*")) and not (tmp_path / "demo.zarr.partial").exists()
@@ -195,14 +206,14 @@ def test_a_dataset_never_mixes_two_builds(tiny_raw, tmp_path):
 
     out = tmp_path / "demo.zarr"
     build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
-    mapped = open_store(out).dataset("train")
+    mapped = open_dataset(out, "train")
     before = mapped[10][0].clone()
-    worker_copy = pickle.dumps(mapped)                          # what a DataLoader worker receives
+    worker_copy = pickle.dumps(mapped)  # what a DataLoader worker receives
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-02-01", "end": "2002-12-31"}), out, **quiet)
-    assert torch.equal(mapped[10][0], before)                   # already mapped: keeps the old build
+    assert torch.equal(mapped[10][0], before)  # already mapped: keeps the old build
     with pytest.raises(StoreError, match="was rebuilt after this dataset was created"):
-        pickle.loads(worker_copy)[10]                           # maps later: refuses to mix builds
-    assert len(open_store(out).dataset("train")) < len(mapped)
+        pickle.loads(worker_copy)[10]  # maps later: refuses to mix builds
+    assert len(open_dataset(out, "train")) < len(mapped)
 
 
 @pytest.mark.parametrize("target", ["data", "stats_mean", "stats_std", "split", "zarr.json"])
@@ -232,7 +243,7 @@ def test_verify_inputs_names_a_raw_file_changed_after_the_build(tiny_raw, tmp_pa
     assert any("msl_2002.nc: missing" in p for p in problems)
     result = CliRunner().invoke(main, ["verify", str(out), "--inputs"])
     assert result.exit_code == 1 and "t2m_2001.nc" in result.output
-    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0      # the store itself is intact
+    assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0  # the store itself is intact
 
 
 def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
@@ -241,9 +252,12 @@ def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
     first = _start_build(recipe, out)
     deadline = time.monotonic() + 60
     while not (out.with_name("demo.zarr.partial") / writer.PROGRESS).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)                                     # the first build is writing
-    second = subprocess.run([sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet"],
-                            capture_output=True, text=True)
+        time.sleep(0.01)  # the first build is writing
+    second = subprocess.run(
+        [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert f"error: another build of {out} is running (pid {first.pid} on " in second.stderr
     assert first.wait() == 0
@@ -297,15 +311,31 @@ main()
 def test_a_kill_right_after_the_publishing_swap_is_cleaned_up_by_the_next_build(tiny_store, tmp_path, swap):
     out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
     recipe = open_store(out).attrs["recipe_path"]
-    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_REMOVING_THE_OLD_STORE, "build", recipe, "--out",
-                             str(out), "--force", "--quiet"], capture_output=True, text=True,
-                            env={**os.environ, "SWAP": swap})
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_WHILE_REMOVING_THE_OLD_STORE,
+            "build",
+            recipe,
+            "--out",
+            str(out),
+            "--force",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SWAP": swap},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     [left] = tmp_path.glob("demo.zarr.partial" if swap == "exchange" else "demo.zarr.old-*")
-    assert 0 < len(store_files(left)) < len(read_manifest(left)["files"])   # part of the old store
+    assert 0 < len(store_files(left)) < len(read_manifest(left)["files"])  # part of the old store
     assert verify_store(out) == []
-    done = subprocess.run([sys.executable, "-m", "canonstore", "build", recipe, "--out", str(out), "--quiet"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "canonstore", "build", recipe, "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0 and f"removing {left}: left by an interrupted build" in done.stdout, done.stderr
     assert not left.exists() and verify_store(out) == []
 

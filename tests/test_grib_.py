@@ -29,13 +29,19 @@ def write_grib(path, fields, edition=2):
     with open(path, "wb") as f:
         for short, level, when, step, values in fields:
             h = eccodes.codes_grib_new_from_samples(f"regular_ll_{'pl' if level else 'sfc'}_grib{edition}")
-            for key, value in [("Ni", NI), ("Nj", NJ), ("latitudeOfFirstGridPointInDegrees", 60.0),
-                               ("latitudeOfLastGridPointInDegrees", 60.0 - 2.5 * (NJ - 1)),
-                               ("longitudeOfFirstGridPointInDegrees", 0.0),
-                               ("longitudeOfLastGridPointInDegrees", 2.5 * (NI - 1)),
-                               ("iDirectionIncrementInDegrees", 2.5), ("jDirectionIncrementInDegrees", 2.5),
-                               ("shortName", short), ("dataDate", int(when.strftime("%Y%m%d"))),
-                               ("dataTime", int(when.strftime("%H%M")))]:
+            for key, value in [
+                ("Ni", NI),
+                ("Nj", NJ),
+                ("latitudeOfFirstGridPointInDegrees", 60.0),
+                ("latitudeOfLastGridPointInDegrees", 60.0 - 2.5 * (NJ - 1)),
+                ("longitudeOfFirstGridPointInDegrees", 0.0),
+                ("longitudeOfLastGridPointInDegrees", 2.5 * (NI - 1)),
+                ("iDirectionIncrementInDegrees", 2.5),
+                ("jDirectionIncrementInDegrees", 2.5),
+                ("shortName", short),
+                ("dataDate", int(when.strftime("%Y%m%d"))),
+                ("dataTime", int(when.strftime("%H%M"))),
+            ]:
                 eccodes.codes_set(h, key, value)
             if level:
                 eccodes.codes_set(h, "level", level)
@@ -60,16 +66,24 @@ def era5(tmp_path, monkeypatch):
     t2m = [("2t", None, t, 0, 270 + 10 * rng.random((NJ, NI))) for t in HOURS]
     write_grib(raw / "t2m_a.grib", t2m[:18])
     write_grib(raw / "t2m_b.grib", t2m[18:])
-    write_grib(raw / "t_pl.grib1", [("t", lev, t, 0, 230 + 20 * rng.random((NJ, NI)))
-                                    for t in HOURS for lev in (850, 500)], edition=1)
-    write_grib(raw / "tp.grib", [("tp", None, run, s, 1e-3 * rng.random((NJ, NI)))
-                                 for run in RUNS for s in range(1, 13)])
+    write_grib(
+        raw / "t_pl.grib1",
+        [("t", lev, t, 0, 230 + 20 * rng.random((NJ, NI))) for t in HOURS for lev in (850, 500)],
+        edition=1,
+    )
+    write_grib(
+        raw / "tp.grib", [("tp", None, run, s, 1e-3 * rng.random((NJ, NI))) for run in RUNS for s in range(1, 13)]
+    )
     return raw
 
 
 def recipe_for(tmp_path, raw, **keys):
-    keys = {"name": "era5", "sources": [str(raw / "*")],
-            "splits": {"by": "index", "train": [0, 23], "val": [24, 29], "test": [30, 35]}, **keys}
+    keys = {
+        "name": "era5",
+        "sources": [str(raw / "*")],
+        "splits": {"by": "index", "train": [0, 23], "val": [24, 29], "test": [30, 35]},
+        **keys,
+    }
     return write_recipe(tmp_path, **keys)
 
 
@@ -154,8 +168,9 @@ def test_keep_first_keeps_the_earlier_runs_field_at_each_valid_time(tmp_path, mo
     monkeypatch.setenv("CANONSTORE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "raw").mkdir()
     path = overlapping_runs(tmp_path / "raw")
-    recipe = recipe_for(tmp_path, tmp_path / "raw", on_duplicate_time="keep_first",
-                        splits={"by": "index", "train": [0, 9]})
+    recipe = recipe_for(
+        tmp_path, tmp_path / "raw", on_duplicate_time="keep_first", splits={"by": "index", "train": [0, 9]}
+    )
     sources = open_sources(load_recipe(recipe))
     try:
         values = sources.read(0, sources.time.size)[:, 0]
@@ -174,8 +189,9 @@ def test_the_index_cache_is_created_for_its_user_alone(tmp_path, era5):
     assert list(folder.glob("*.idx")) and stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
 
 
-@pytest.mark.parametrize("case", ["writable by others", "writable by the group", "another user's",
-                                  "in a folder others can write to"])
+@pytest.mark.parametrize(
+    "case", ["writable by others", "writable by the group", "another user's", "in a folder others can write to"]
+)
 def test_an_index_cache_others_could_write_to_is_refused_in_one_line(tmp_path, era5, monkeypatch, case):
     cache = tmp_path / "cache"
     folder = cache / "grib-index"
@@ -190,16 +206,21 @@ def test_an_index_cache_others_could_write_to_is_refused_in_one_line(tmp_path, e
         monkeypatch.setattr(os, "getuid", lambda: uid + 1)
     else:
         folder.chmod(0o700)
-        cache.chmod(0o777)                       # anyone may rename grib-index and put theirs in its place
-    expected = {"writable by others": r"it is writable by group or others \(mode 777\)",
-                "writable by the group": r"it is writable by group or others \(mode 770\)",
-                "another user's": r"it belongs to another user \(uid \d+\)",
-                "in a folder others can write to": r"its folder .*cache is writable by group or others without the "
-                                                   r"sticky bit"}[case]
-    with pytest.raises(SourceError, match=rf"cfgrib's GRIB index cache .*grib-index: {expected}.*; its index files are "
-                                          r"pickles, which run code when loaded: set CANONSTORE_CACHE to a folder only"):
+        cache.chmod(0o777)  # anyone may rename grib-index and put theirs in its place
+    expected = {
+        "writable by others": r"it is writable by group or others \(mode 777\)",
+        "writable by the group": r"it is writable by group or others \(mode 770\)",
+        "another user's": r"it belongs to another user \(uid \d+\)",
+        "in a folder others can write to": r"its folder .*cache is writable by group or others without the "
+        r"sticky bit",
+    }[case]
+    with pytest.raises(
+        SourceError,
+        match=rf"cfgrib's GRIB index cache .*grib-index: {expected}.*; its index files are "
+        r"pickles, which run code when loaded: set CANONSTORE_CACHE to a folder only",
+    ):
         open_sources(load_recipe(recipe_for(tmp_path, era5)))
     assert not list(folder.glob("*.idx"))
     if case == "in a folder others can write to":
-        cache.chmod(0o1777)                      # the sticky bit (/tmp): others cannot rename what is ours
+        cache.chmod(0o1777)  # the sticky bit (/tmp): others cannot rename what is ours
         open_sources(load_recipe(recipe_for(tmp_path, era5))).close()

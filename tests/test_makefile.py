@@ -15,8 +15,9 @@ VENV = Path(sys.prefix)
 
 
 def make(*args: str) -> str:
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"VENV={VENV}", *args],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), f"VENV={VENV}", *args], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -29,7 +30,20 @@ def installed():
 
 def test_help_is_the_default_and_lists_every_target(installed):
     out = make()
-    for target in ("help", "env", "data", "intermediate", "export", "verify", "train", "forecast", "evaluate", "bench", "test", "clean"):
+    for target in (
+        "help",
+        "env",
+        "data",
+        "intermediate",
+        "export",
+        "verify",
+        "train",
+        "forecast",
+        "evaluate",
+        "bench",
+        "test",
+        "clean",
+    ):
         assert f"  {target} " in out
 
 
@@ -37,11 +51,30 @@ def test_train_passes_the_variables_to_the_cli(installed, tiny_store):
     store = f"STORE={tiny_store}"
     plain = make("-n", "train", store)
     assert "train --config configs/default.yaml --model unet" in plain and "--set" not in plain
-    given = make("-n", "evaluate", store, "MODEL=mlp", "EPOCHS=3", "LR=1e-4", "LEAD=[1,2,4]", "LOADER=netcdf",
-                 "WORKERS=4", "SCHEDULER=constant", "ROLLOUT=4")
-    for part in ("--model mlp", "--set epochs=3", "--set lr=1e-4", "--set 'lead=[1,2,4]'", "--set rollout=4",
-                 "--set loader=netcdf",
-                 "--set workers=4", "--set scheduler=constant", "canonstore evaluate"):
+    given = make(
+        "-n",
+        "evaluate",
+        store,
+        "MODEL=mlp",
+        "EPOCHS=3",
+        "LR=1e-4",
+        "LEAD=[1,2,4]",
+        "LOADER=netcdf",
+        "WORKERS=4",
+        "SCHEDULER=constant",
+        "ROLLOUT=4",
+    )
+    for part in (
+        "--model mlp",
+        "--set epochs=3",
+        "--set lr=1e-4",
+        "--set 'lead=[1,2,4]'",
+        "--set rollout=4",
+        "--set loader=netcdf",
+        "--set workers=4",
+        "--set scheduler=constant",
+        "canonstore evaluate",
+    ):
         assert part in given, part
     assert "torchrun --standalone --nproc_per_node=2 -m canonstore train" in make("-n", "train", store, "NPROC=2")
     assert "canonstore forecast --config configs/default.yaml --model unet" in make("-n", "forecast", store)
@@ -56,8 +89,8 @@ def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_
     assert "wrote" in make("intermediate", *args)
     assert "Nothing to be done for 'intermediate'" in make("intermediate", *args)
 
-    past = (raw / "t2m_2001.nc").stat().st_mtime - 100       # as if the input were touched after the build:
-    os.utime(store / "manifest.json", (past, past))          # make runs the build, which finds nothing changed
+    past = (raw / "t2m_2001.nc").stat().st_mtime - 100  # as if the input were touched after the build:
+    os.utime(store / "manifest.json", (past, past))  # make runs the build, which finds nothing changed
     assert "up to date" in make("intermediate", *args)
     assert "Nothing to be done" in make("intermediate", *args)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
+from canonstore import open_dataset
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.metrics import Scores, TargetMasks, area_weights, weighted_mse
@@ -23,7 +24,7 @@ def physical_reference(pred, target, weights, mean, std):
     w = np.broadcast_to(weights, p.shape)
     avg = lambda v: (v * w).sum(axis=(0, 2, 3)) / w.sum(axis=(0, 2, 3))  # noqa: E731
     mae, mse = avg(np.abs(p - t)), avg((p - t) ** 2)
-    variance = avg(t ** 2) - avg(t) ** 2
+    variance = avg(t**2) - avg(t) ** 2
     return mae, np.sqrt(mse), 1 - mse / variance
 
 
@@ -38,8 +39,9 @@ def test_scores_match_the_physical_computation_in_any_batching():
         scores.update(torch.from_numpy(pred[part]).float(), torch.from_numpy(target[part]).float())
     result = scores.result(["t", "u", "p"], std, ["K", "m s-1", "Pa"])
     weights32 = torch.from_numpy(weights).float().double().numpy()
-    mae, rmse, r2 = physical_reference(pred.astype(np.float32).astype(np.float64),
-                                       target.astype(np.float32).astype(np.float64), weights32, mean, std)
+    mae, rmse, r2 = physical_reference(
+        pred.astype(np.float32).astype(np.float64), target.astype(np.float32).astype(np.float64), weights32, mean, std
+    )
     got = result["channels"]
     assert np.allclose([got[c]["mae"] for c in "tup"], mae, rtol=1e-9)
     assert np.allclose([got[c]["rmse_pooled"] for c in "tup"], rmse, rtol=1e-9)
@@ -93,10 +95,10 @@ def test_weatherbench2_scores_per_time_then_averaged():
     w = weights[None]
     mean_space = lambda v: (v * w).sum(axis=(2, 3)) / w.sum(axis=(2, 3))  # noqa: E731  (time, channel)
     error = pred - target
-    rmse = np.sqrt(mean_space(error ** 2)).mean(axis=0) * std
+    rmse = np.sqrt(mean_space(error**2)).mean(axis=0) * std
     bias = mean_space(error).mean(axis=0) * std
     f, o = pred - clim, target - clim
-    acc = (mean_space(f * o) / np.sqrt(mean_space(f ** 2) * mean_space(o ** 2))).mean(axis=0)
+    acc = (mean_space(f * o) / np.sqrt(mean_space(f**2) * mean_space(o**2))).mean(axis=0)
     assert np.allclose([got[c]["rmse"] for c in "ab"], rmse, rtol=1e-9)
     assert np.allclose([got[c]["bias"] for c in "ab"], bias, rtol=1e-9)
     assert np.allclose([got[c]["acc"] for c in "ab"], acc, rtol=1e-9)
@@ -111,17 +113,17 @@ def test_the_acc_of_the_climatology_itself_is_undefined_even_through_float32():
     scores = Scores(torch.ones(1, 3, 4, dtype=torch.float64))
     scores.update(clim.float(), target, climatology=clim)
     assert np.isnan(scores.result(["t"], np.ones(1), ["K"])["channels"]["t"]["acc"])
-    scores.update(clim.float() + 0.01, target, climatology=clim)     # a forecast: its ACC counts
+    scores.update(clim.float() + 0.01, target, climatology=clim)  # a forecast: its ACC counts
     assert np.isfinite(scores.result(["t"], np.ones(1), ["K"])["channels"]["t"]["acc"])
 
 
 def test_filled_points_weigh_nothing_in_loss_and_scores(gappy_store):
     store = open_store(gappy_store)
-    ds = store.dataset("test", lead=1, target_masks=True)
+    ds = open_dataset(store, "test", lead=1, target_masks=True)
     masks = TargetMasks(store, ds)
     x, y = (torch.from_numpy(a) for a in ds.gather(np.arange(len(ds))))
     target, valid = masks.split(y)
-    raw = gappy_values(store.shape[0])[ds.times + 1]                        # the raw values, NaN where filled
+    raw = gappy_values(store.shape[0])[ds.times + 1]  # the raw values, NaN where filled
     assert target.shape == (len(ds), 2, 2, 3) and valid.shape == target.shape
     assert torch.equal(valid[:, 0].bool(), torch.from_numpy(~np.isnan(raw[:, 0]))) and bool(valid[:, 1].all())
     weights = torch.ones(2, 2, 3)
@@ -138,20 +140,25 @@ def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path)
     import json
 
     from canonstore.training import evaluate, load_config, train
+
     config = load_config(None, {"model": "persistence", "device": "cpu", "lat_weighted": False, "workers": 1})
     folder = train(config, gappy_store, tmp_path, progress=False, log=lambda *_: None)
     scores = json.loads(evaluate(folder, tmp_path / "scores", log=lambda *_: None).read_text())["scores"]
     store = open_store(gappy_store)
-    t = store.dataset("test").times
+    t = open_dataset(store, "test").times
     raw = gappy_values(store.shape[0])[:, 0]
     error = raw[t + 1] - np.where(np.isnan(raw[t]), store.stats["mean"][0], raw[t])  # a filled input is the mean
-    assert scores["channels"]["x"]["rmse_pooled"] == pytest.approx(np.sqrt(np.nanmean(error ** 2)), rel=1e-4)
-    assert set(scores["channels"]) == {"x", "y"}                                   # x_valid is no target
+    assert scores["channels"]["x"]["rmse_pooled"] == pytest.approx(np.sqrt(np.nanmean(error**2)), rel=1e-4)
+    assert set(scores["channels"]) == {"x", "y"}  # x_valid is no target
 
 
 def test_cmip_lat_named_lat_is_area_weighted(tmp_path, real):
-    recipe = write_recipe(tmp_path, name="canesm5", sources=[str(real / "prsn_day_*.nc")],
-                          splits={"train": [1991, 2004], "test": [2005, 2010]})
+    recipe = write_recipe(
+        tmp_path,
+        name="canesm5",
+        sources=[str(real / "prsn_day_*.nc")],
+        splits={"train": [1991, 2004], "test": [2005, 2010]},
+    )
     store = open_store(build(recipe, tmp_path / "canesm5.zarr", **quiet).path)
     assert store.latitude == "lat" and store.longitude == "lon" and store.attrs["latitude"] == "lat"
     lat = store.to_xarray()["lat"].values
@@ -162,11 +169,17 @@ def test_cmip_lat_named_lat_is_area_weighted(tmp_path, real):
 def test_curvilinear_latitude_weighs_each_cell(tmp_path):
     lat2d = np.array([[0.0, 10.0, 20.0], [40.0, 50.0, 60.0]])
     times = pd.date_range("2000-01-01", periods=731, freq="D")
-    xr.Dataset({"tos": (("time", "y", "x"), np.random.default_rng(0).normal(size=(731, 2, 3)), {"units": "K"})},
-               coords={"time": times, "nav_lat": (("y", "x"), lat2d, {"standard_name": "latitude"}),
-                       "nav_lon": (("y", "x"), lat2d * 2, {"standard_name": "longitude"})}
-               ).to_netcdf(tmp_path / "curvi.nc")
-    recipe = write_recipe(tmp_path, name="curvi", sources=["curvi.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]})
+    xr.Dataset(
+        {"tos": (("time", "y", "x"), np.random.default_rng(0).normal(size=(731, 2, 3)), {"units": "K"})},
+        coords={
+            "time": times,
+            "nav_lat": (("y", "x"), lat2d, {"standard_name": "latitude"}),
+            "nav_lon": (("y", "x"), lat2d * 2, {"standard_name": "longitude"}),
+        },
+    ).to_netcdf(tmp_path / "curvi.nc")
+    recipe = write_recipe(
+        tmp_path, name="curvi", sources=["curvi.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]}
+    )
     store = open_store(build(recipe, tmp_path / "curvi.zarr", **quiet).path)
     assert store.latitude == "nav_lat" and store.longitude == "nav_lon"
     weights = area_weights(store, np.array([0]))[0].numpy()
@@ -176,10 +189,16 @@ def test_curvilinear_latitude_weighs_each_cell(tmp_path):
 
 def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real):
     from canonstore.training import load_config, train
-    recipe = write_recipe(tmp_path, name="cities", sources=[str(real / "daily_surface_cancities_1990-1993.nc")],
-                          variables=["tas", "pr"], splits={"train": [1990, 1991], "val": [1992, 1992], "test": [1993, 1993]})
+
+    recipe = write_recipe(
+        tmp_path,
+        name="cities",
+        sources=[str(real / "daily_surface_cancities_1990-1993.nc")],
+        variables=["tas", "pr"],
+        splits={"train": [1990, 1991], "val": [1992, 1992], "test": [1993, 1993]},
+    )
     store = open_store(build(recipe, tmp_path / "cities.zarr", **quiet).path)
-    assert store.latitude == "lat"                                    # recorded, but lat(location) has no cells
+    assert store.latitude == "lat"  # recorded, but lat(location) has no cells
     assert torch.equal(area_weights(store, np.array([0, 1])), torch.ones(2, 5))
     log = []
     config = load_config(None, {"model": "persistence", "device": "cpu", "workers": 1})

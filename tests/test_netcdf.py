@@ -1,9 +1,11 @@
 """The NetCDF baseline loader returns what the store dataset returns, read the slow way."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
 from canonstore.loaders import NetCDFDataset
 from canonstore.preprocess import build
@@ -14,7 +16,7 @@ from tests.conftest import write_recipe
 def test_same_tensors_as_the_store_dataset(tiny_store, kwargs):
     store = open_store(tiny_store)
     for split in ("train", "test"):
-        fast, slow = store.dataset(split, **kwargs), NetCDFDataset(store, split, **kwargs)
+        fast, slow = open_dataset(store, split, **kwargs), NetCDFDataset(store, split, **kwargs)
         assert len(fast) == len(slow) and fast.input_channels == slow.input_channels
         for i in (0, 1, len(fast) // 2, len(fast) - 1):
             (fx, fy), (sx, sy) = fast[i], slow[i]
@@ -24,10 +26,16 @@ def test_same_tensors_as_the_store_dataset(tiny_store, kwargs):
 
 
 def test_packed_real_file_matches_too(tmp_path, real):
-    recipe = write_recipe(tmp_path, name="era", sources=[str(real / "eraint_uvz.nc")], variables=["z", "u"],
-                          time_dim="month", splits={"by": "index", "train": [0, 1]})
+    recipe = write_recipe(
+        tmp_path,
+        name="era",
+        sources=[str(real / "eraint_uvz.nc")],
+        variables=["z", "u"],
+        time_dim="month",
+        splits={"by": "index", "train": [0, 1]},
+    )
     store = open_store(build(recipe, tmp_path / "era.zarr", progress=False, log=lambda *_: None).path)
-    fast, slow = store.dataset("train", lead=1), NetCDFDataset(store, "train", lead=1)
+    fast, slow = open_dataset(store, "train", lead=1), NetCDFDataset(store, "train", lead=1)
     torch.testing.assert_close(slow[0][0], fast[0][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(slow[0][1], fast[0][1], rtol=0, atol=1e-6)
 
@@ -35,6 +43,6 @@ def test_packed_real_file_matches_too(tmp_path, real):
 def test_refuses_a_recipe_the_store_was_not_built_from(tiny_store, tmp_path):
     store = open_store(tiny_store)
     changed = tmp_path / "changed.yaml"
-    changed.write_text(open(store.attrs["recipe_path"]).read() + "\n# edited\n")
+    changed.write_text(Path(store.attrs["recipe_path"]).read_text() + "\n# edited\n")
     with pytest.raises(StoreError, match="differs from the one the store was built from"):
         NetCDFDataset(store, "train", recipe=changed)

@@ -64,7 +64,7 @@ def test_overlapping_files_without_identical_steps_are_refused(tmp_path):
 
 def test_grid_values_must_match_across_files(tmp_path):
     nc(tmp_path / "a.nc", days("2000-01-01", 366))
-    nc(tmp_path / "b.nc", days("2001-01-01", 365), lat=(0.0, 1.5))       # another grid
+    nc(tmp_path / "b.nc", days("2001-01-01", 365), lat=(0.0, 1.5))  # another grid
     with pytest.raises(SourceError, match=r"b.nc: variable 'x': coordinate 'lat' differs from .*a.nc"):
         sources_of(tmp_path, sources=["*.nc"])
 
@@ -91,7 +91,7 @@ def test_levels_in_pa_name_channels_in_hpa_and_select(tmp_path):
 
 def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
     values = np.random.default_rng(0).normal(size=(731, 2, 3))
-    values[::7, 0, 1] = np.nan                                            # a station that reports irregularly
+    values[::7, 0, 1] = np.nan  # a station that reports irregularly
     nc(tmp_path / "gappy.nc", days("2000-01-01", 731), values=values)
     recipe = write_recipe(tmp_path, sources=["gappy.nc"], splits=SPLITS, nan_policy="fill")
     store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False, log=lambda *_: None).path)
@@ -104,31 +104,43 @@ def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
 
 def test_a_constant_train_channel_is_refused_by_name(tmp_path):
     values = np.random.default_rng(0).normal(size=(731, 2, 3))
-    values[:366] = 4.0                                                   # constant over the train year
+    values[:366] = 4.0  # constant over the train year
     nc(tmp_path / "flat.nc", days("2000-01-01", 731), values=values)
     recipe = write_recipe(tmp_path, sources=["flat.nc"], splits=SPLITS)
-    with pytest.raises(SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"):
+    with pytest.raises(
+        SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"
+    ):
         build(recipe, tmp_path / "flat.zarr", progress=False, log=lambda *_: None)
     assert not (tmp_path / "flat.zarr").exists()
 
 
 def test_allowed_time_gaps_are_reported_and_recorded(tmp_path):
     nc(tmp_path / "a.nc", days("2000-01-01", 366))
-    nc(tmp_path / "b.nc", days("2001-02-01", 334))                 # January 2001 is missing
+    nc(tmp_path / "b.nc", days("2001-02-01", 334))  # January 2001 is missing
     recipe = write_recipe(tmp_path, sources=["*.nc"], splits=SPLITS, time_gaps="allow")
     log = []
     store = open_store(build(recipe, tmp_path / "gaps.zarr", progress=False, log=log.append).path)
     assert any("1 gap(s)" in line and "2000-12-31T00:00" in line for line in log)
     assert store.attrs["time_gaps"] == [["2000-12-31T00:00", "2001-02-01T00:00"]]
-    assert store.shape[0] == 366 + 334                              # nothing filled in
+    assert store.shape[0] == 366 + 334  # nothing filled in
 
 
 def test_levels_of_a_variable_ending_in_a_digit_get_a_separator(tmp_path):
     """CMIP6 ozone: `o3` at 1000, 10 and 1 hPa must not become o31000, o310, o31 (o3 at 1 or o31?)."""
-    nc(tmp_path / "o3.nc", days("2000-01-01", 731), var="o3", level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
-       values=np.random.default_rng(0).normal(size=(731, 3, 2, 3)))
-    nc(tmp_path / "t.nc", days("2000-01-01", 731), var="t", level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
-       values=np.random.default_rng(1).normal(size=(731, 3, 2, 3)))
+    nc(
+        tmp_path / "o3.nc",
+        days("2000-01-01", 731),
+        var="o3",
+        level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
+        values=np.random.default_rng(0).normal(size=(731, 3, 2, 3)),
+    )
+    nc(
+        tmp_path / "t.nc",
+        days("2000-01-01", 731),
+        var="t",
+        level=("plev", [100000.0, 1000.0, 100.0], "Pa"),
+        values=np.random.default_rng(1).normal(size=(731, 3, 2, 3)),
+    )
     sources = sources_of(tmp_path, sources=["o3.nc", "t.nc"])
     assert [c.name for c in sources.channels] == ["o3_1000", "o3_10", "o3_1", "t1000", "t10", "t1"]
     assert [(c.variable, c.level) for c in sources.channels[:3]] == [("o3", 1000.0), ("o3", 10.0), ("o3", 1.0)]
@@ -137,11 +149,24 @@ def test_levels_of_a_variable_ending_in_a_digit_get_a_separator(tmp_path):
 def test_standard_calendar_across_2262_builds_with_one_time_type(tmp_path):
     """CMIP6 extensions to 2300: a file past 2262 decodes to cftime by default, the others to datetime64."""
     for name, years in (("a", range(2255, 2262)), ("b", range(2262, 2268))):
-        xr.Dataset({"x": (("time", "lat", "lon"), np.random.default_rng(len(years)).normal(size=(len(years), 2, 3)),
-                          {"units": "K"})},
-                   coords={"time": ("time", [365.25 * (y - 1990) for y in years],
-                                    {"units": "days since 1990-01-01", "calendar": "standard"}),
-                           "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}).to_netcdf(tmp_path / f"{name}.nc")
+        xr.Dataset(
+            {
+                "x": (
+                    ("time", "lat", "lon"),
+                    np.random.default_rng(len(years)).normal(size=(len(years), 2, 3)),
+                    {"units": "K"},
+                )
+            },
+            coords={
+                "time": (
+                    "time",
+                    [365.25 * (y - 1990) for y in years],
+                    {"units": "days since 1990-01-01", "calendar": "standard"},
+                ),
+                "lat": [0.0, 1.0],
+                "lon": [0.0, 1.0, 2.0],
+            },
+        ).to_netcdf(tmp_path / f"{name}.nc")
     recipe = write_recipe(tmp_path, sources=["*.nc"], splits={"train": [2255, 2262], "test": [2263, 2267]})
     store = open_store(build(recipe, tmp_path / "far.zarr", progress=False, log=lambda *_: None).path)
     years = [t.year for t in store.time]
@@ -179,11 +204,13 @@ def test_two_thousand_files_build_within_a_small_file_handle_limit(tmp_path):
             t[:] = [day]
             nc.createVariable("lat", "f4", ("lat",))[:] = [10, 20]
             nc.createVariable("lon", "f4", ("lon",))[:] = [0, 90, 180]
-            nc.createVariable("x", "f4", ("time", "lat", "lon"))[:] = values[day:day + 1]
+            nc.createVariable("x", "f4", ("time", "lat", "lon"))[:] = values[day : day + 1]
     recipe = write_recipe(tmp_path, name="many", sources=[str(folder / "x_*.nc")], splits={"train": [2000, 2003]})
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
-            "from canonstore.preprocess import build; "
-            f"build({str(recipe)!r}, {str(tmp_path / 'many.zarr')!r}, progress=False)")
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+        "from canonstore.preprocess import build; "
+        f"build({str(recipe)!r}, {str(tmp_path / 'many.zarr')!r}, progress=False)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     store = open_store(tmp_path / "many.zarr")

@@ -37,8 +37,10 @@ def test_exported_splits_match_the_store_bit_for_bit(tiny_store, tmp_path):
     assert meta["provenance"]["store_attrs"]["recipe_sha256"] == store.attrs["recipe_sha256"]
     assert sorted(meta["static"]["channels"]) == sorted(store.static)
     assert np.load(out / "static.npy").shape == (len(store.static),) + store.shape[2:]
-    physical = loaded[:2].astype(np.float64) * np.array(meta["stats"]["std"])[:, None, None] \
+    physical = (
+        loaded[:2].astype(np.float64) * np.array(meta["stats"]["std"])[:, None, None]
         + np.array(meta["stats"]["mean"])[:, None, None]
+    )
     np.testing.assert_allclose(physical, store.denormalise(expected[:2].astype(np.float64)))
 
 
@@ -90,12 +92,12 @@ def test_overwrite_replaces_only_a_previous_export(tiny_store, tmp_path):
 
     out = tmp_path / "npy"
     assert _export(tiny_store, "--to", "npy", out).exit_code == 0
-    (out / "notes.txt").write_text("my notes")                 # a user's file put into an export
+    (out / "notes.txt").write_text("my notes")  # a user's file put into an export
     line = _one_error_line(_export(tiny_store, "--to", "npy", out, "--overwrite"))
     assert "holds notes.txt, which the export did not write" in line
     assert (out / "notes.txt").read_text() == "my notes"
     (out / "notes.txt").unlink()
-    assert _export(tiny_store, "--to", "npy", out, "--overwrite").exit_code == 0   # a previous export: replaced
+    assert _export(tiny_store, "--to", "npy", out, "--overwrite").exit_code == 0  # a previous export: replaced
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "static.npy", "test.npy", "train.npy", "val.npy"]
 
 
@@ -106,8 +108,9 @@ def test_export_never_goes_into_over_or_around_the_store(tiny_store, tmp_path, w
     from canonstore.formats import verify_store
 
     store = shutil.copytree(tiny_store, tmp_path / "holder" / "demo.zarr")
-    target = {"the store": store, "the folder holding the store": store.parent,
-              "inside the store": store / "export"}[where]
+    target = {"the store": store, "the folder holding the store": store.parent, "inside the store": store / "export"}[
+        where
+    ]
     line = _one_error_line(_export(store, "--to", "npy", target, "--overwrite"))
     assert "export to a folder outside it" in line
     assert verify_store(store) == [] and not (store / "export").exists()
@@ -164,10 +167,12 @@ def test_an_export_while_a_rebuild_publishes_fails_instead_of_mixing_builds(tiny
 
         def then_rebuild(a, b):
             if len(blocks) == 1:  # a shorter train year: other statistics, other normalised values
-                build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), store,
-                      **quiet)
+                build(
+                    demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), store, **quiet
+                )
             blocks.append((a, b))
             return read(a, b)
+
         return then_rebuild
 
     monkeypatch.setattr(npy, "block_reader", rebuilt_after_the_first_block)

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from canonstore import open_store
+from canonstore import open_loader, open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
 from tests.conftest import write_recipe
@@ -18,14 +18,28 @@ RATE = 100.0  # Hz
 CHANNELS = 4
 
 
-def write_nwb(path, session_id, start, raw, *, rate=RATE, timestamps=None, conversion=2e-6, offset=0.0,
-              channel_conversion=None, labels=True, series="ElectricalSeries", starting_time=0.0):
+def write_nwb(
+    path,
+    session_id,
+    start,
+    raw,
+    *,
+    rate=RATE,
+    timestamps=None,
+    conversion=2e-6,
+    offset=0.0,
+    channel_conversion=None,
+    labels=True,
+    series="ElectricalSeries",
+    starting_time=0.0,
+):
     """An NWB file with one ElectricalSeries of int16 `raw` (steps, CHANNELS) on CHANNELS electrodes."""
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ecephys import ElectricalSeries
 
-    nwb = NWBFile(session_description="test", identifier=f"id-{session_id}", session_id=session_id,
-                  session_start_time=start)
+    nwb = NWBFile(
+        session_description="test", identifier=f"id-{session_id}", session_id=session_id, session_start_time=start
+    )
     device = nwb.create_device(name="probe")
     group = nwb.create_electrode_group("shank0", description="shank", location="CA1", device=device)
     if labels:
@@ -34,8 +48,17 @@ def write_nwb(path, session_id, start, raw, *, rate=RATE, timestamps=None, conve
         nwb.add_electrode(group=group, location="CA1", **({"label": f"ch{i}"} if labels else {}))
     region = nwb.create_electrode_table_region(list(range(raw.shape[1])), "all electrodes")
     timing = {"timestamps": timestamps} if timestamps is not None else {"rate": rate, "starting_time": starting_time}
-    nwb.add_acquisition(ElectricalSeries(name=series, data=raw, electrodes=region, conversion=conversion,
-                                         offset=offset, channel_conversion=channel_conversion, **timing))
+    nwb.add_acquisition(
+        ElectricalSeries(
+            name=series,
+            data=raw,
+            electrodes=region,
+            conversion=conversion,
+            offset=offset,
+            channel_conversion=channel_conversion,
+            **timing,
+        )
+    )
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
@@ -60,8 +83,13 @@ def sessions(tmp_path):
 
 
 def recipe(tmp_path, folder, **keys):
-    keys = {"name": "ephys", "sources": [str(folder / "*.nwb")], "series": "acquisition/ElectricalSeries",
-            "splits": {"by": "sessions", "train": ["s1", "s3"], "test": ["s2"]}, **keys}
+    keys = {
+        "name": "ephys",
+        "sources": [str(folder / "*.nwb")],
+        "series": "acquisition/ElectricalSeries",
+        "splits": {"by": "sessions", "train": ["s1", "s3"], "test": ["s2"]},
+        **keys,
+    }
     return write_recipe(tmp_path, **keys)
 
 
@@ -101,7 +129,7 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     from canonstore.formats.summary import describe
 
     assert verify_store(out) == [] and "sessions 3: s1, s2, s3" in describe(store)
-    x, y = next(iter(store.loader("train", batch_size=8, lead=1, device="cpu")))[:2]
+    x, y = next(iter(open_loader(store, "train", batch_size=8, lead=1, device="cpu")))[:2]
     assert x.shape == (8, CHANNELS) and y.shape == (8, CHANNELS) and x.dtype == torch.float32
 
 
@@ -126,8 +154,9 @@ def test_a_series_in_a_processing_module_is_found_by_its_path(tmp_path):
     from pynwb.ecephys import LFP, ElectricalSeries
 
     nwb = NWBFile(session_description="lfp", identifier="lfp-1", session_start_time=day(1))
-    group = nwb.create_electrode_group("shank0", description="shank", location="CA1",
-                                       device=nwb.create_device(name="probe"))
+    group = nwb.create_electrode_group(
+        "shank0", description="shank", location="CA1", device=nwb.create_device(name="probe")
+    )
     for _ in range(3):
         nwb.add_electrode(group=group, location="CA1")
     region = nwb.create_electrode_table_region([0, 1, 2], "all")
@@ -155,12 +184,15 @@ def test_a_second_zarr_implementation_reads_the_sessions(tmp_path, sessions):
     ts = pytest.importorskip("tensorstore")
     out = tmp_path / "ephys.zarr"
     build(recipe(tmp_path, sessions[0]), out, progress=False, log=lambda *_: None)
-    codes = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "session")}},
-                    read=True).result().read().result()
+    codes = (
+        ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "session")}}, read=True)
+        .result()
+        .read()
+        .result()
+    )
     ids = json.loads((out / "session" / "zarr.json").read_text())["attributes"]["session_ids"]
     assert [ids[c] for c in codes[[0, 299, 300, 749]]] == ["s1", "s1", "s2", "s3"]
-    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "data")}},
-                   read=True).result()
+    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "data")}}, read=True).result()
     assert tuple(data.shape) == (750, CHANNELS)
 
 
@@ -186,10 +218,12 @@ def test_bad_nwb_input_gets_one_clear_line(tmp_path, sessions, case):
         open_sources(load_recipe(recipe(tmp_path, folder, series=series)))
     message = str(err.value)
     assert "\n" not in message
-    expected = {"missing series": ["a.nwb", "no series 'acquisition/LFP'", "acquisition/ElectricalSeries"],
-                "ragged timestamps": ["c.nwb", "245 timestamps for 250 rows"],
-                "unsorted timestamps": ["c.nwb", "not sorted at steps 10 and 11"],
-                "channel counts": ["c.nwb", "3 channels", "4"]}[case]
+    expected = {
+        "missing series": ["a.nwb", "no series 'acquisition/LFP'", "acquisition/ElectricalSeries"],
+        "ragged timestamps": ["c.nwb", "245 timestamps for 250 rows"],
+        "unsorted timestamps": ["c.nwb", "not sorted at steps 10 and 11"],
+        "channel counts": ["c.nwb", "3 channels", "4"],
+    }[case]
     for part in expected:
         assert part in message, (part, message)
 
@@ -198,11 +232,13 @@ def write_plain_series(path, session_id, start, data, *, rate=None, timestamps=N
     """An NWB file with a plain TimeSeries (not an ElectricalSeries): no electrodes, no channel_conversion."""
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 
-    nwb = NWBFile(session_description="behaviour", identifier=f"id-{session_id}", session_id=session_id,
-                  session_start_time=start)
+    nwb = NWBFile(
+        session_description="behaviour", identifier=f"id-{session_id}", session_id=session_id, session_start_time=start
+    )
     timing = {"timestamps": timestamps} if timestamps is not None else {"rate": rate, "starting_time": 0.0}
-    nwb.add_acquisition(TimeSeries(name="position", data=data, unit="m", conversion=conversion, offset=offset,
-                                   **timing))
+    nwb.add_acquisition(
+        TimeSeries(name="position", data=data, unit="m", conversion=conversion, offset=offset, **timing)
+    )
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
@@ -216,8 +252,12 @@ def test_plain_timeseries_files_build_with_physical_values(tmp_path):
     raw = [rng.integers(0, 1000, size=(40, 2), dtype=np.int16), rng.integers(0, 1000, size=(30, 2), dtype=np.int16)]
     write_plain_series(folder / "a.nwb", "s1", day(1), raw[0], rate=20.0, conversion=1e-3, offset=0.5)
     write_plain_series(folder / "b.nwb", "s2", day(2), raw[1], timestamps=np.arange(30) / 20.0, conversion=1e-3)
-    keys = {"name": "behaviour", "sources": [str(folder / "*.nwb")], "series": "acquisition/position",
-            "splits": {"by": "sessions", "train": ["s1"], "test": ["s2"]}}
+    keys = {
+        "name": "behaviour",
+        "sources": [str(folder / "*.nwb")],
+        "series": "acquisition/position",
+        "splits": {"by": "sessions", "train": ["s1"], "test": ["s2"]},
+    }
     out = tmp_path / "behaviour.zarr"
     build(write_recipe(tmp_path, **keys), out, progress=False, log=lambda *_: None)
     store = open_store(out)
@@ -227,8 +267,9 @@ def test_plain_timeseries_files_build_with_physical_values(tmp_path):
     physical = np.asarray(store.array[:], dtype=np.float64) * store.stats["std"] + store.stats["mean"]
     np.testing.assert_allclose(physical, np.concatenate([raw[0] * 1e-3 + 0.5, raw[1] * 1e-3]), rtol=1e-5, atol=1e-6)
     one = write_plain_series(tmp_path / "speed.nwb", "s3", day(3), raw[0][:, 0], rate=20.0, conversion=1e-3)
-    src = open_sources(load_recipe(write_recipe(tmp_path, name="speed", sources=[str(one)],
-                                                splits={"by": "index", "train": [0, 39]})))
+    src = open_sources(
+        load_recipe(write_recipe(tmp_path, name="speed", sources=[str(one)], splits={"by": "index", "train": [0, 39]}))
+    )
     try:  # the only series in acquisition, found without `series`; 1-D data is one channel
         assert [c.name for c in src.channels] == ["position"]
         np.testing.assert_allclose(src.read(0, 40)[:, 0], raw[0][:, 0] * 1e-3, rtol=1e-12)

@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore import open_store
+from canonstore import open_dataset
 from canonstore.loaders import BatchLoader
 
 
 def _run(loader):
-    positions = list(loader.sampler)          # epoch 0's batches ...
+    positions = list(loader.sampler)  # epoch 0's batches ...
     loader.set_epoch(0)
-    return positions, list(loader)            # ... and what the loader yields for epoch 0
+    return positions, list(loader)  # ... and what the loader yields for epoch 0
 
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_batches_are_the_sampled_samples(tiny_store, workers):
-    ds = open_store(tiny_store).dataset("val", history=1, channels=["z500", "t2m"])
+    ds = open_dataset(tiny_store, "val", history=1, channels=["z500", "t2m"])
     loader = BatchLoader(ds, batch_size=64, seed=5, device="cpu", workers=workers)
     positions, batches = _run(loader)
     assert len(batches) == len(loader) == -(-len(ds) // 64)
@@ -29,31 +29,33 @@ def test_batches_are_the_sampled_samples(tiny_store, workers):
 
 
 def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, blocks=(4, 8))) for w in (1, 2, 1)]
     for other in runs[1:]:
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
     assert runs[0][0][0].shape == (32, 17 + 2, 4, 8)  # channels and the two static fields
     loader = BatchLoader(ds, 32, seed=9, device="cpu")
-    first, second = next(iter(loader)), next(iter(loader))                  # the epoch advances
+    first, second = next(iter(loader)), next(iter(loader))  # the epoch advances
     assert not torch.equal(first[0], second[0])
 
 
 def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_store, monkeypatch):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     allocations = []
     host_buffers = BatchLoader._host_buffers
-    monkeypatch.setattr(BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin))
+    monkeypatch.setattr(
+        BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin)
+    )
     loader = BatchLoader(ds, 16, device="cpu", workers=1, shuffle=False)
-    for _ in loader:                                          # one epoch fills the ring ...
+    for _ in loader:  # one epoch fills the ring ...
         pass
     first_epoch = len(allocations)
-    for _ in range(2):                                        # ... later epochs take their buffers from it
+    for _ in range(2):  # ... later epochs take their buffers from it
         for _ in loader:
             pass
-    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch   # the ring's size, not per epoch
-    held = list(loader)                                       # every batch of an epoch kept ...
-    list(loader)                                              # ... while the next epoch runs
+    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch  # the ring's size, not per epoch
+    held = list(loader)  # every batch of an epoch kept ...
+    list(loader)  # ... while the next epoch runs
     for k, (x, y) in enumerate(held):
         ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in range(16 * k, min(16 * k + 16, len(ds))))))
         np.testing.assert_array_equal(x.numpy(), ex)
@@ -61,13 +63,15 @@ def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_
 
 
 def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
-    ds = open_store(tiny_store).dataset("train")
+    ds = open_dataset(tiny_store, "train")
     loader = BatchLoader(ds, 16, device="cpu", prefetch=1)
     for k, _ in enumerate(loader):
         if k == 2:
             break
+
     def broken(*args):
-        raise OSError("disk went away")                       # raised in the filler thread
+        raise OSError("disk went away")  # raised in the filler thread
+
     ds.gather = broken
     with pytest.raises(OSError, match="disk went away"):
         list(loader)
@@ -75,7 +79,7 @@ def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_match_the_cpu_ones(tiny_store):
-    ds = open_store(tiny_store).dataset("train", history=1)
+    ds = open_dataset(tiny_store, "train", history=1)
     gpu = list(BatchLoader(ds, 32, seed=2, device="cuda", workers=2, prefetch=2))
     cpu = list(BatchLoader(ds, 32, seed=2, device="cpu"))
     assert len(gpu) == len(cpu) and gpu[0][0].device.type == "cuda"

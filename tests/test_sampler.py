@@ -38,8 +38,8 @@ def test_ddp_ranks_are_disjoint_and_equal_in_length(world):
         r.set_epoch(2)
     seen = [_flat(r) for r in ranks]
     assert len({len(s) for s in seen}) == 1 and len(seen[0]) == 103 // world
-    assert len(set().union(*map(set, seen))) == sum(map(len, seen))        # no sample on two ranks
-    assert len({len(r) for r in ranks}) == 1                                # same number of steps
+    assert len(set().union(*map(set, seen))) == sum(map(len, seen))  # no sample on two ranks
+    assert len({len(r) for r in ranks}) == 1  # same number of steps
     with pytest.raises(ValueError, match="rank 3 outside world of size 3"):
         BatchSampler(10, 2, rank=3, world_size=3)
 
@@ -49,7 +49,7 @@ def _rank_positions(rank, world, path):
 
     dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank, world_size=world)
     try:
-        sampler = BatchSampler(101, 4, seed=5)             # rank and world come from the process group
+        sampler = BatchSampler(101, 4, seed=5)  # rank and world come from the process group
         sampler.set_epoch(1)
         Path(path, f"rank{rank}.json").write_text(json.dumps([sampler.rank, sampler.world_size, _flat(sampler)]))
     finally:
@@ -80,8 +80,12 @@ def test_uneven_shares_score_every_sample_exactly_once(world):
 def test_random_streams_are_independent():
     from canonstore.loaders.sampler import epoch_seed
 
-    seeds = {(seed, epoch, stream): epoch_seed(seed, epoch, stream)
-             for seed in range(3) for epoch in (0, 1, 1_000_003) for stream in ("order", "blocks", "model")}
-    assert len(set(seeds.values())) == len(seeds)          # no two (seed, epoch, stream) share a generator state
+    seeds = {
+        (seed, epoch, stream): epoch_seed(seed, epoch, stream)
+        for seed in range(3)
+        for epoch in (0, 1, 1_000_003)
+        for stream in ("order", "blocks", "model")
+    }
+    assert len(set(seeds.values())) == len(seeds)  # no two (seed, epoch, stream) share a generator state
     with pytest.raises(ValueError, match="unknown random stream"):
         epoch_seed(0, 0, "noise")

@@ -27,8 +27,9 @@ def layouts(tiny_raw, tiny_store, tmp_path_factory) -> dict:
     stores = {"many": tiny_store}
     for name, shard_mb in (("one", 1024), ("two", 20)):
         (folder / name).mkdir()
-        stores[name] = build(demo_recipe(folder / name, tiny_raw, storage={"shard_mb": shard_mb}),
-                             folder / name / "demo.zarr", **quiet).path
+        stores[name] = build(
+            demo_recipe(folder / name, tiny_raw, storage={"shard_mb": shard_mb}), folder / name / "demo.zarr", **quiet
+        ).path
     return stores
 
 
@@ -46,7 +47,7 @@ def test_memmap_zarr_xarray_and_tensorstore_read_the_same_bits(layouts, name, sh
     if shards == 2:  # the partial last shard marks the chunks past the end missing, per the sharding spec
         steps = store.attrs["layout"]["shard_steps"]
         raw = (path / "data" / "c" / "1" / "0" / "0" / "0").read_bytes()
-        index = np.frombuffer(raw[-(16 * steps + 4):-4], "<u8").reshape(steps, 2)
+        index = np.frombuffer(raw[-(16 * steps + 4) : -4], "<u8").reshape(steps, 2)
         present = store.shape[0] - steps
         assert (index[present:] == 2**64 - 1).all() and (index[:present, 1] == mapped[0].nbytes).all()
 
@@ -62,7 +63,7 @@ def test_sharded_array_indexes_like_numpy(layouts):
         np.testing.assert_array_equal(array[i], whole[i])
     for key in (slice(3, 9), slice(s - 2, s + 3), slice(None, None, 50), slice(-5, None), slice(10, 3)):
         np.testing.assert_array_equal(array[key], whole[key])
-    assert np.shares_memory(array[3:9], array.shard(0))              # inside one shard: a view
+    assert np.shares_memory(array[3:9], array.shard(0))  # inside one shard: a view
     rows = np.array([0, 5, s - 1, s, 3 * s + 2, len(whole) - 1])
     np.testing.assert_array_equal(array[rows], whole[rows])
     np.testing.assert_array_equal(array[list(rows[::-1])], whole[rows[::-1]])
@@ -82,9 +83,9 @@ def test_sharded_array_indexes_like_numpy(layouts):
 def test_take_rows_fills_out_and_refuses_rows_out_of_range(layouts):
     """take_rows runs np.take with mode="clip" (no temporary): a row out of range must still be an error."""
     n_channels = open_store(layouts["one"]).shape[1]
-    for name in ("one", "many"):                                       # a memmap, a ShardedArray
+    for name in ("one", "many"):  # a memmap, a ShardedArray
         array = open_store(layouts[name]).array
-        whole = np.asarray(array).reshape(-1, int(np.prod(array.shape[2:])))     # (step x channel) rows
+        whole = np.asarray(array).reshape(-1, int(np.prod(array.shape[2:])))  # (step x channel) rows
         rows = np.array([0, 3, 40, len(whole) - 1])
         out = np.full((rows.size, whole.shape[1]), np.nan, np.float32)
         take_rows(array, rows, out, n_channels)
@@ -133,13 +134,23 @@ def small_layouts(tmp_path_factory) -> dict:
 
     folder = tmp_path_factory.mktemp("small")
     values = np.random.default_rng(3).normal(size=(23, 2, 3, 4))
-    xr.Dataset({v: (("time", "lat", "lon"), values[:, k], {"units": "K"}) for k, v in enumerate("ab")},
-               coords={"time": pd.date_range("2000-01-01", periods=23), "lat": [0.0, 10.0, 20.0],
-                       "lon": [0.0, 10.0, 20.0, 30.0]}).to_netcdf(folder / "ab.nc")
+    xr.Dataset(
+        {v: (("time", "lat", "lon"), values[:, k], {"units": "K"}) for k, v in enumerate("ab")},
+        coords={
+            "time": pd.date_range("2000-01-01", periods=23),
+            "lat": [0.0, 10.0, 20.0],
+            "lon": [0.0, 10.0, 20.0, 30.0],
+        },
+    ).to_netcdf(folder / "ab.nc")
     stores = {}
     for name, shard_mb in (("five", 5 * 96 / 2**20), ("one", 1024)):
-        recipe = write_recipe(folder, name=name, sources=[str(folder / "ab.nc")], storage={"shard_mb": shard_mb},
-                              splits={"by": "index", "train": [0, 15], "test": [16, 22]})
+        recipe = write_recipe(
+            folder,
+            name=name,
+            sources=[str(folder / "ab.nc")],
+            storage={"shard_mb": shard_mb},
+            splits={"by": "index", "train": [0, 15], "test": [16, 22]},
+        )
         stores[name] = open_store(build(recipe, folder / f"{name}.zarr", **quiet).path)
     assert stores["five"].attrs["layout"]["shards"] == 5 and stores["one"].attrs["layout"]["shards"] == 1
     return stores
@@ -164,13 +175,13 @@ def _random_index(rng, length: int, second: int):
     if kind == 8:
         return rng.integers(-length, length, size=[(), (3,), (0,), (2, 3)][rng.integers(4)])
     if kind == 9:
-        return np.array([0, length]) if rng.integers(2) else np.array([-length - 1])      # out of bounds
+        return np.array([0, length]) if rng.integers(2) else np.array([-length - 1])  # out of bounds
     if kind == 10:
         return rng.random(length) < 0.4
     if kind == 11:
         return rng.random((length, second)) < 0.3
     if kind == 12:
-        return rng.random(length + 1) < 0.5                                                    # wrong length
+        return rng.random(length + 1) < 0.5  # wrong length
     if kind == 13:  # empty: NumPy checks no boolean axis of length 0 (legacy), only the others
         return np.zeros([(0,), (0, second), (0, second + 1), (length, 0), (0, 0)][rng.integers(5)], bool)
     return np.array(bool(rng.integers(2)))
@@ -205,13 +216,40 @@ def test_sharded_array_corner_cases_match_numpy(small_layouts):
     array = small_layouts["five"].array
     whole = np.asarray(small_layouts["one"].array).copy()
     assert isinstance(array, ShardedArray) and array.shards == 5
-    for key in (True, False, [], (), np.array(True), np.array([], int), (None,), (None, 3), (Ellipsis, 1),
-                (1, Ellipsis, 2), slice(None, None, -1), slice(-2, 3, -3), (slice(19, 2, -4), [0, 1]),
-                (Ellipsis, None), (None, Ellipsis, 0), np.array([[0, 22], [5, 6]]), (np.array([[0, 22], [5, 6]]), 1),
-                (whole[:, :, 0, 0] > 0), ([3, 7], slice(None), [1, 2]), (slice(2, 12), [1, 0], 2),
-                (slice(None), True), ([4, 9, 13], True), (slice(None), None, [[1], [0]]), ([[1, 2]], [[0], [1]]),
-                np.array([], bool), (np.array([], bool),), (np.array([], bool), 1), (1, np.array([], bool)),
-                np.zeros((0, 2), bool), np.zeros((23, 0), bool), np.zeros((0, 3), bool), (np.array([], bool), [0])):
+    for key in (
+        True,
+        False,
+        [],
+        (),
+        np.array(True),
+        np.array([], int),
+        (None,),
+        (None, 3),
+        (Ellipsis, 1),
+        (1, Ellipsis, 2),
+        slice(None, None, -1),
+        slice(-2, 3, -3),
+        (slice(19, 2, -4), [0, 1]),
+        (Ellipsis, None),
+        (None, Ellipsis, 0),
+        np.array([[0, 22], [5, 6]]),
+        (np.array([[0, 22], [5, 6]]), 1),
+        (whole[:, :, 0, 0] > 0),
+        ([3, 7], slice(None), [1, 2]),
+        (slice(2, 12), [1, 0], 2),
+        (slice(None), True),
+        ([4, 9, 13], True),
+        (slice(None), None, [[1], [0]]),
+        ([[1, 2]], [[0], [1]]),
+        np.array([], bool),
+        (np.array([], bool),),
+        (np.array([], bool), 1),
+        (1, np.array([], bool)),
+        np.zeros((0, 2), bool),
+        np.zeros((23, 0), bool),
+        np.zeros((0, 3), bool),
+        (np.array([], bool), [0]),
+    ):
         _same_as_numpy(array, whole, key)
 
 

@@ -9,9 +9,18 @@ import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
-from canonstore.splits import SPLIT_CODES, parse_split_rule, split_keys, split_labels
+from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, SPLITS, check_split, parse_split_rule, split_keys, split_labels
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
+
+
+def test_the_split_names_are_one_constant_and_a_wrong_one_is_told_the_valid_ones():
+    assert SPLITS == ("train", "val", "test") and (*SPLITS, "excluded") == SPLIT_NAMES
+    assert [SPLIT_CODES[n] for n in SPLIT_NAMES] == [0, 1, 2, 3]  # the int8 codes stores hold
+    assert check_split("val") == "val"
+    for wrong in ("validation", "excluded", "Train", None):
+        with pytest.raises(ValueError, match=r"unknown split .*; valid names are \['train', 'val', 'test'\]$"):
+            check_split(wrong)
 
 
 def test_year_ranges_with_embargo_exclude_the_first_steps_after_each_boundary():
@@ -57,8 +66,15 @@ def labels_of(rule, time, sessions=None):
 
 def test_by_dates_bounds_cover_everything_they_name():
     time = pd.date_range("2004-06-29", "2004-07-02T18:00", freq="6h").values
-    labels = labels_of({"by": "dates", "train": ["2004-06-29", "2004-06-30"], "val": ["2004-07", "2004-07-01T12"],
-                        "test": [dt.date(2004, 7, 2), "2004-07-02"]}, time)
+    labels = labels_of(
+        {
+            "by": "dates",
+            "train": ["2004-06-29", "2004-06-30"],
+            "val": ["2004-07", "2004-07-01T12"],
+            "test": [dt.date(2004, 7, 2), "2004-07-02"],
+        },
+        time,
+    )
     days = pd.DatetimeIndex(time)
     assert (labels[days < "2004-07-01"] == TRAIN).all()
     assert (labels[(days >= "2004-07-01") & (days <= "2004-07-01T12:00")] == VAL).all()
@@ -99,7 +115,7 @@ def test_blocks_go_whole_to_one_split_with_the_embargo_at_every_change():
     for b in range(1, block.max() + 1):  # at an edge where the split changes, the first 2 steps are embargoed
         first = np.flatnonzero(block == b)[0]
         before, after = set(labels[block == b - 1].tolist()) - {EXCL}, set(labels[block == b].tolist()) - {EXCL}
-        assert (labels[first:first + 2] == EXCL).all() == (before != after)
+        assert (labels[first : first + 2] == EXCL).all() == (before != after)
     counts = [len(set(block[labels == c].tolist())) for c in (TRAIN, VAL, TEST)]
     assert counts == [8, 3, 3]  # 14 blocks: 8.4, 2.8, 2.8 by largest remainder
     assert not np.array_equal(labels, labels_of({**rule, "seed": 4}, time))
@@ -112,12 +128,15 @@ def test_blocks_of_steps_need_no_dates():
 
 def test_the_same_rule_gives_the_same_labels_in_another_process():
     rule = {"by": "blocks", "block": "7D", "fractions": [0.8, 0.1, 0.1], "seed": 11, "embargo": 1}
-    code = ("import json, sys, numpy as np, pandas as pd; from canonstore.splits import parse_split_rule, split_keys, "
-            "split_labels; r = parse_split_rule(json.loads(sys.argv[1])); t = pd.date_range('2000-01-01', "
-            "periods=3000, freq='D').values; print(split_labels(split_keys(r, t), r).tobytes().hex())")
+    code = (
+        "import json, sys, numpy as np, pandas as pd; from canonstore.splits import parse_split_rule, split_keys, "
+        "split_labels; r = parse_split_rule(json.loads(sys.argv[1])); t = pd.date_range('2000-01-01', "
+        "periods=3000, freq='D').values; print(split_labels(split_keys(r, t), r).tobytes().hex())"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(rule)], capture_output=True, text=True, env=env,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(rule)], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     here = labels_of(rule, pd.date_range("2000-01-01", periods=3000, freq="D").values)
     assert bytes.fromhex(out) == here.tobytes()
 
@@ -150,8 +169,9 @@ def test_the_embargo_keeps_every_pair_of_steps_of_two_splits_more_than_embargo_a
     for seed in range(40):
         for block in (1, 2, 3, 5):
             for embargo in (1, 2, 3, 4, 6):
-                rule = parse_split_rule({"by": "blocks", "block": block, "fractions": [0.5, 0.3, 0.2], "seed": seed,
-                                         "embargo": embargo})
+                rule = parse_split_rule(
+                    {"by": "blocks", "block": block, "fractions": [0.5, 0.3, 0.2], "seed": seed, "embargo": embargo}
+                )
                 try:
                     labels = labels_of(rule, np.arange(60))
                 except RecipeError:  # a split emptied by the embargo: refused, fine
@@ -162,7 +182,7 @@ def test_the_embargo_keeps_every_pair_of_steps_of_two_splits_more_than_embargo_a
                 # nothing is excluded without a reason: each embargoed step is within `embargo` steps after a
                 # kept step of another split
                 for i in np.flatnonzero(labels == EXCL):
-                    before = labels[max(0, i - embargo):i]
+                    before = labels[max(0, i - embargo) : i]
                     kept = before[before != EXCL]
                     assert kept.size, (seed, block, embargo, i)
                     assert (kept != unembargoed[i]).any(), (seed, block, embargo, i)

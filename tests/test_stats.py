@@ -1,17 +1,16 @@
 import numpy as np
 
-from canonstore.formats.store import normalisation_scale
 from canonstore.preprocess.stats import RunningStats, step_moments
 
 
 def test_blockwise_stats_equal_numpy_in_float64_with_nans():
     rng = np.random.default_rng(1)
-    data = rng.normal(5e4, 300, size=(50, 3, 4, 5))       # geopotential-like: large mean, small spread
+    data = rng.normal(5e4, 300, size=(50, 3, 4, 5))  # geopotential-like: large mean, small spread
     data[3, 1, 2, 2] = np.nan
     data[7:9, 2] = np.nan
     stats = RunningStats(3)
     for start in range(0, 50, 7):
-        stats.update(data[start:start + 7])
+        stats.update(data[start : start + 7])
     per_channel = np.moveaxis(data, 1, 0).reshape(3, -1)
     result = stats.as_dict()
     np.testing.assert_allclose(result["mean"], np.nanmean(per_channel, axis=1), rtol=1e-13)
@@ -21,7 +20,7 @@ def test_blockwise_stats_equal_numpy_in_float64_with_nans():
     assert result["nan_count"].tolist() == [0, 1, 2 * 20]
     assert result["count"].tolist() == [1000, 999, 960]
     np.testing.assert_allclose(result["sum"], np.nansum(per_channel, axis=1), rtol=1e-12)
-    np.testing.assert_allclose(result["sum_sq"], np.nansum(per_channel ** 2, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(result["sum_sq"], np.nansum(per_channel**2, axis=1), rtol=1e-12)
 
 
 def test_a_channel_without_values_has_nan_stats():
@@ -33,18 +32,19 @@ def test_a_channel_without_values_has_nan_stats():
     assert result["mean"][0] == 1 and np.isnan(result["mean"][1]) and np.isnan(result["std"][1])
 
 
-def test_normalisation_scale_never_divides_by_zero():
-    assert normalisation_scale(np.array([2.0, 0.0, np.nan])).tolist() == [2.0, 1.0, 1.0]
-
-
 def test_step_moments_of_a_field_do_not_depend_on_its_block_or_dtype():
     """What makes a distributed build bit-identical: a field's moments are its own, however it is cut."""
     rng = np.random.default_rng(2)
     block = rng.normal(5e4, 300, size=(9, 4, 30, 50)).astype(np.float32)
     block[2, 1, 3, :7] = np.nan
     whole = step_moments(block)
-    parts = np.concatenate([np.concatenate([step_moments(block[a:a + 2, 0:3]), step_moments(block[a:a + 2, 3:4])],
-                                           axis=2) for a in range(0, 9, 2)], axis=1)
+    parts = np.concatenate(
+        [
+            np.concatenate([step_moments(block[a : a + 2, 0:3]), step_moments(block[a : a + 2, 3:4])], axis=2)
+            for a in range(0, 9, 2)
+        ],
+        axis=1,
+    )
     assert whole.tobytes() == parts.tobytes()
     assert whole.tobytes() == step_moments(block.astype(np.float64)).tobytes()
     assert whole[0, 2, 1] == 30 * 50 - 7 and whole[0, 2, 0] == 30 * 50
@@ -57,5 +57,5 @@ def test_merging_moments_step_by_step_equals_update_in_any_grouping():
     one.update(data)
     merged = RunningStats(3)
     for start in (0, 13, 29):  # shards of uneven length, merged in order
-        merged.merge(step_moments(data[start:{0: 13, 13: 29, 29: 40}[start]]), 42)
+        merged.merge(step_moments(data[start : {0: 13, 13: 29, 29: 40}[start]]), 42)
     assert all(np.array_equal(a, b) for a, b in zip(one.as_dict().values(), merged.as_dict().values()))

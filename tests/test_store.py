@@ -32,7 +32,7 @@ def test_array_is_a_zero_copy_memmap_equal_to_zarr_bit_for_bit(tiny_store):
 
 def test_plain_xarray_gives_the_same_labelled_values(tiny_store):
     store = open_store(tiny_store)
-    ds = xr.open_zarr(tiny_store)                      # no canonstore involved
+    ds = xr.open_zarr(tiny_store)  # no canonstore involved
     assert ds["data"].dims == ("time", "channel", "latitude", "longitude")
     assert list(ds["channel"].values) == store.channels
     np.testing.assert_array_equal(ds["data"].isel(time=slice(100, 110)).values, store.array[100:110])
@@ -50,7 +50,7 @@ def test_stats_splits_and_provenance(tiny_store):
     assert store.stats["mean"].dtype == np.float64
     train, val, test = (store.split_indices(n) for n in ("train", "val", "test"))
     assert train.max() < val.min() and val.max() < test.min()
-    assert val.min() - train.max() == 3                # embargo of 2 steps
+    assert val.min() - train.max() == 3  # embargo of 2 steps
     assert store.stats["count"][0] == train.size * 8 * 16
     attrs = store.attrs
     assert attrs["recipe"].startswith("name: demo") and len(attrs["recipe_sha256"]) == 64
@@ -68,7 +68,8 @@ def test_to_xarray_is_lazy_and_labelled(tiny_store):
     ds = open_store(tiny_store).to_xarray()
     assert ds["data"].chunks is not None
     assert float(ds["data"].sel(channel="z500").isel(time=0).mean()) == pytest.approx(
-        float(open_store(tiny_store).array[0, open_store(tiny_store).channels.index("z500")].mean()), rel=1e-6)
+        float(open_store(tiny_store).array[0, open_store(tiny_store).channels.index("z500")].mean()), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("target", ["data/c/0/0/0/0", "stats_mean/c/0", "split/c/0", "zarr.json"])
@@ -99,7 +100,7 @@ def test_compressed_store_falls_back_to_decoding(tmp_path, tiny_raw, tiny_store)
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"compression": "zstd", "shard_mb": 1})
     packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False, log=lambda *_: None).path)
     plain = open_store(tiny_store)
-    assert not isinstance(packed.array, np.ndarray)              # a zarr array: decodes on read
+    assert not isinstance(packed.array, np.ndarray)  # a zarr array: decodes on read
     np.testing.assert_array_equal(packed.array[5:9], plain.array[5:9])
     np.testing.assert_array_equal(xr.open_zarr(packed.path)["data"][:3].values, plain.array[:3])
     assert verify_store(packed.path) == []
@@ -119,8 +120,9 @@ def test_a_second_zarr_implementation_reads_values_and_labels(tiny_store):
     which is why the labels are also in `data`'s attributes."""
     ts = pytest.importorskip("tensorstore")
     store = open_store(tiny_store)
-    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "data")}},
-                   read=True).result()
+    data = ts.open(
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "data")}}, read=True
+    ).result()
     assert tuple(data.shape) == store.shape and data.domain.labels == store.dims
     np.testing.assert_array_equal(data[5:9].read().result(), store.array[5:9])
     labels = json.loads((tiny_store / "data" / "zarr.json").read_text())["attributes"]["labels"]
@@ -128,8 +130,12 @@ def test_a_second_zarr_implementation_reads_values_and_labels(tiny_store):
     assert labels["static_channel"] == list(store.static) and labels["latitude"] == "latitude"
     assert labels["channel_units"][store.channels.index("z500")] == "m**2 s**-2"
     assert labels["channel_level"][store.channels.index("z500")] == 500.0
-    time = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "time")}},
-                   read=True).result().read().result()
+    time = (
+        ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tiny_store / "time")}}, read=True)
+        .result()
+        .read()
+        .result()
+    )
     decoded = xr.coding.times.decode_cf_datetime(time, labels["time"]["units"], labels["time"]["calendar"])
     assert np.array_equal(decoded, store.time)
 
@@ -139,7 +145,7 @@ def test_longitude_periodic_is_recorded_and_derived_for_older_stores(tiny_store,
     it was recorded derives it from the longitude's values."""
     import json
 
-    for path, periodic in ((tiny_store, True), (nrcan_store, False)):      # demo 0..360 global; NRCAN -83..-60
+    for path, periodic in ((tiny_store, True), (nrcan_store, False)):  # demo 0..360 global; NRCAN -83..-60
         store = open_store(path)
         labels = json.loads((path / "data" / "zarr.json").read_text())["attributes"]["labels"]
         assert store.attrs["longitude_periodic"] is periodic and labels["longitude_periodic"] is periodic
@@ -153,16 +159,20 @@ def test_a_store_opened_before_a_rebuild_reads_that_store_or_says_it_was_rebuilt
     quiet = {"progress": False, "log": lambda *_: None}
     out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
     old, mean_before = open_store(out), open_store(out).stats["mean"]
-    array, lazy = old.array, old.to_xarray()                      # several shards, the first one mapped
+    array, lazy = old.array, old.to_xarray()  # several shards, the first one mapped
     first = np.array(array[0])
-    worker_copy = pickle.dumps(array)                             # what a DataLoader worker receives
+    worker_copy = pickle.dumps(array)  # what a DataLoader worker receives
     # a shorter train year: other statistics, so other normalised values in every shard
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
     assert not np.array_equal(open_store(out).stats["mean"], mean_before)
-    np.testing.assert_array_equal(array[0], first)                # mapped before the rebuild: the old build's
-    reads = {"statistics": lambda: old.stats, "splits": lambda: old.splits, "a shard not mapped yet":
-             lambda: array[5 * array.shard_steps], "the xarray view": lambda: lazy["data"][-1].values,
-             "a copy in a worker": lambda: pickle.loads(worker_copy)[0]}
+    np.testing.assert_array_equal(array[0], first)  # mapped before the rebuild: the old build's
+    reads = {
+        "statistics": lambda: old.stats,
+        "splits": lambda: old.splits,
+        "a shard not mapped yet": lambda: array[5 * array.shard_steps],
+        "the xarray view": lambda: lazy["data"][-1].values,
+        "a copy in a worker": lambda: pickle.loads(worker_copy)[0],
+    }
     for what, read in reads.items():
         with pytest.raises(StoreError, match="was rebuilt or replaced after it was opened"):
             read()
@@ -172,7 +182,7 @@ def test_a_store_opened_before_a_rebuild_reads_that_store_or_says_it_was_rebuilt
 def test_a_damaged_zarr_json_is_one_line_naming_it_for_every_reader(tiny_store, tmp_path):
     store = shutil.copytree(tiny_store, tmp_path / "copy.zarr")
     text = (store / "zarr.json").read_text()
-    (store / "zarr.json").write_text(text[:len(text) // 2])
+    (store / "zarr.json").write_text(text[: len(text) // 2])
     damaged = f"{store / 'zarr.json'}: the store's metadata is damaged (not valid JSON"
     with pytest.raises(StoreError, match=r"copy.zarr/zarr.json: the store's metadata is damaged"):
         open_store(store)
@@ -189,7 +199,7 @@ def test_a_shard_replaced_by_a_link_is_reported_and_never_followed(tiny_store, t
     store = shutil.copytree(tiny_store, tmp_path / "copy.zarr")
     victim = store / "data" / "c" / "3"
     victim = victim if link == "shard folder" else victim / "0" / "0" / "0"
-    copy = shutil.move(victim, tmp_path / "elsewhere")            # the same bytes, outside the store
+    copy = shutil.move(victim, tmp_path / "elsewhere")  # the same bytes, outside the store
     victim.symlink_to(copy, target_is_directory=link == "shard folder")
     problems = verify_store(store)
     assert any(p.startswith(f"{victim.relative_to(store)}: a symbolic link") for p in problems), problems

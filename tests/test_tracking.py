@@ -20,10 +20,18 @@ def fake_mlflow(fail_on: str | None = None) -> types.ModuleType:
                 raise RuntimeError("tracking server unreachable")
             module.calls.append((name, args, kwargs))
             return types.SimpleNamespace(info=types.SimpleNamespace(run_id="run-123"))
+
         return call
 
-    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "log_artifact",
-                 "end_run"):
+    for name in (
+        "set_tracking_uri",
+        "set_experiment",
+        "start_run",
+        "log_params",
+        "log_metrics",
+        "log_artifact",
+        "end_run",
+    ):
         setattr(module, name, record(name))
     return module
 
@@ -48,7 +56,7 @@ def test_logs_params_metrics_and_files(tiny_store, tmp_path, monkeypatch):
     assert "end_run" in calls
     assert (folder / "mlflow_run_id").read_text().strip() == "run-123"
 
-    mlflow.calls.clear()   # a resumed run goes on in the same MLflow run
+    mlflow.calls.clear()  # a resumed run goes on in the same MLflow run
     RunLog(folder, folder.name, {}, log=lambda *_: None)
     assert ("start_run", (), {"run_id": "run-123"}) in mlflow.calls
 

@@ -4,13 +4,24 @@
     folder = train(load_config("configs/default.yaml", {"model": "unet"}), "data/intermediate/demo.zarr")
     evaluate(folder)      # -> scores/<run-name>.json
 
-Needs torch (`pip install 'canonstore[torch]'`).
+Needs torch (`pip install 'canonstore[torch]'`). Imported eagerly: `train` and `evaluate` are functions and
+submodules at once (a lazy name would be replaced by its submodule), and nothing here works without torch.
 """
 
 from canonstore.training.config import load_config, parse_overrides
-from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
 from canonstore.training.evaluate import evaluate
+from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
 from canonstore.training.train import run_folder, train
 
-__all__ = ["MLP", "Climatology", "Persistence", "UNet", "build_model", "evaluate", "load_config", "parse_overrides",
-           "run_folder", "train"]
+__all__ = [
+    "MLP",
+    "Climatology",
+    "Persistence",
+    "UNet",
+    "build_model",
+    "evaluate",
+    "load_config",
+    "parse_overrides",
+    "run_folder",
+    "train",
+]

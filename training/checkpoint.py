@@ -9,22 +9,19 @@ one never runs code (torch >= 2.10: older releases had `weights_only` bypasses).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
+from canonstore.atomic import write_file_atomic_with
 from canonstore.errors import RunError
 
 FORMAT = 1
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to `path` via a temporary file and a rename: a kill mid-write leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    """Write `state` to `path` atomically and durably: a kill mid-write leaves the old one."""
+    write_file_atomic_with(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from canonstore._time import is_dates
 from canonstore.errors import ConfigError
 
 MODELS = ("unet", "mlp", "persistence", "climatology", "coarse-up")
@@ -24,35 +25,35 @@ TRAINED = ("unet", "mlp")  # the others are fitted in one pass (climatology) or 
 
 DEFAULTS: dict = {
     "model": "unet",
-    "task": "forecast",            # forecast | downscaling (inputs: coarse-up fields; target: the residual)
-    "coarse": None,                # downscaling: the coarse grid [h, w], or one factor for both axes
-    "loader": "store",             # store | netcdf (the raw-file baseline, for speed comparisons)
-    "lead": 1,                     # target = step t + lead; a list [1, 2, 4] stacks the targets at each lead
-    "rollout": 1,                  # K > 1: the model's forecast is fed back K times (targets t + lead .. t + K lead)
-    "history": 0,                  # extra past steps stacked as input channels
-    "channels": None,              # input channel names (None: all)
-    "targets": None,               # target channel names (None: the input channels)
-    "static": True,                # append the store's static fields to the inputs (or a list of names)
-    "encodings": [],               # latlon, doy, hod, toa: positional and temporal inputs (loaders.encodings)
-    "blocks": None,                # train on random blocks: {size: [h, w], per_epoch: s} (s = 0: one per sample per batch)
-    "lat_weighted": True,          # weight loss and metrics by cell area (cos latitude)
+    "task": "forecast",  # forecast | downscaling (inputs: coarse-up fields; target: the residual)
+    "coarse": None,  # downscaling: the coarse grid [h, w], or one factor for both axes
+    "loader": "store",  # store | netcdf (the raw-file baseline, for speed comparisons)
+    "lead": 1,  # target = step t + lead; a list [1, 2, 4] stacks the targets at each lead
+    "rollout": 1,  # K > 1: the model's forecast is fed back K times (targets t + lead .. t + K lead)
+    "history": 0,  # extra past steps stacked as input channels
+    "channels": None,  # input channel names (None: all)
+    "targets": None,  # target channel names (None: the input channels)
+    "static": True,  # append the store's static fields to the inputs (or a list of names)
+    "encodings": [],  # latlon, doy, hod, toa: positional and temporal inputs (loaders.encodings)
+    "blocks": None,  # train on random blocks: {size: [h, w], per_epoch: s} (s = 0: one per sample per batch)
+    "lat_weighted": True,  # weight loss and metrics by cell area (cos latitude)
     "batch_size": 32,
     "seed": 0,
-    "workers": 2,                  # gather threads (store) or DataLoader workers (netcdf)
-    "device": "auto",              # auto | cpu | cuda
+    "workers": 2,  # gather threads (store) or DataLoader workers (netcdf)
+    "device": "auto",  # auto | cpu | cuda
     # training (unet, mlp)
-    "residual": True,              # predict the change from the input at t (targets must be inputs)
-    "init": None,                  # start from another run's weights: its folder (best.pt) or a checkpoint file
+    "residual": True,  # predict the change from the input at t (targets must be inputs)
+    "init": None,  # start from another run's weights: its folder (best.pt) or a checkpoint file
     "epochs": 5,
     "lr": 1.0e-3,
     "weight_decay": 0.01,
-    "scheduler": "cosine",         # cosine | linear | constant, after a linear warm-up
-    "warmup": 0.05,                # fraction of all steps spent warming up
-    "grad_clip": 1.0,              # max gradient norm (0: off)
-    "patience": 3,                 # epochs without a better validation loss before stopping
-    "min_delta": 0.0,              # improvement smaller than this does not count
-    "checkpoint_every": 1,         # keep epoch-<n>.pt every N epochs (0: only best and last)
-    "checkpoint_steps": 200,       # also save last.pt every N steps, for resuming mid-epoch (0: off)
+    "scheduler": "cosine",  # cosine | linear | constant, after a linear warm-up
+    "warmup": 0.05,  # fraction of all steps spent warming up
+    "grad_clip": 1.0,  # max gradient norm (0: off)
+    "patience": 3,  # epochs without a better validation loss before stopping
+    "min_delta": 0.0,  # improvement smaller than this does not count
+    "checkpoint_every": 1,  # keep epoch-<n>.pt every N epochs (0: only best and last)
+    "checkpoint_steps": 200,  # also save last.pt every N steps, for resuming mid-epoch (0: off)
     # per-model settings: only the chosen model's section is part of the run
     "unet": {"width": 16, "depth": 3},
     "mlp": {"width": 128, "layers": 2},
@@ -60,11 +61,27 @@ DEFAULTS: dict = {
     "coarse-up": {},
     "climatology": {"annual_harmonics": 3, "diurnal_harmonics": 2},
 }
-CHOICES = {"task": ("forecast", "downscaling"), "model": MODELS, "loader": ("store", "netcdf"),
-           "scheduler": ("cosine", "linear", "constant"),
-           "device": ("auto", "cpu", "cuda")}
-TRAINING_KEYS = ("residual", "init", "epochs", "lr", "weight_decay", "scheduler", "warmup", "grad_clip", "patience",
-                 "min_delta", "checkpoint_every", "checkpoint_steps")
+CHOICES = {
+    "task": ("forecast", "downscaling"),
+    "model": MODELS,
+    "loader": ("store", "netcdf"),
+    "scheduler": ("cosine", "linear", "constant"),
+    "device": ("auto", "cpu", "cuda"),
+}
+TRAINING_KEYS = (
+    "residual",
+    "init",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "scheduler",
+    "warmup",
+    "grad_clip",
+    "patience",
+    "min_delta",
+    "checkpoint_every",
+    "checkpoint_steps",
+)
 # Change how fast a run goes, never what it computes: left out of the run's hash, so that a run
 # can be resumed with other values.
 EXECUTION_KEYS = ("workers", "checkpoint_every", "checkpoint_steps")
@@ -72,6 +89,7 @@ EXECUTION_KEYS = ("workers", "checkpoint_every", "checkpoint_steps")
 
 def _check(key: str, value, default, source: str):
     """`value` converted to the type of `default`, or a ConfigError saying what was expected."""
+
     def fail(expected: str):
         raise ConfigError(f"{source}: key '{key}': expected {expected}, got {value!r}")
 
@@ -109,8 +127,11 @@ def _check(key: str, value, default, source: str):
             fail("null or the path of a run folder or checkpoint")
         return value
     if key == "coarse":
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or (
-            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value))
+        ok = (
+            value is None
+            or (isinstance(value, int) and not isinstance(value, bool) and value > 1)
+            or (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value))
+        )
         if not ok:
             fail("null, a whole factor > 1, or a coarse grid [h, w]")
         return value
@@ -119,9 +140,16 @@ def _check(key: str, value, default, source: str):
             return None
         size = value.get("size") if isinstance(value, dict) else None
         per_epoch = value.get("per_epoch", 0) if isinstance(value, dict) else None
-        if (not isinstance(value, dict) or set(value) - {"size", "per_epoch"} or not isinstance(size, list)
-                or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-                or not isinstance(per_epoch, int) or isinstance(per_epoch, bool) or per_epoch < 0):
+        if (
+            not isinstance(value, dict)
+            or set(value) - {"size", "per_epoch"}
+            or not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            or not isinstance(per_epoch, int)
+            or isinstance(per_epoch, bool)
+            or per_epoch < 0
+        ):
             fail("null or {size: [h, w], per_epoch: s} with whole h, w > 0 and s >= 0")
         return {"size": size, "per_epoch": per_epoch}
     if key == "static":
@@ -220,20 +248,25 @@ def resolve(config: dict, store, device: str, world_size: int = 1) -> dict:
             raise ConfigError("task: downscaling needs `coarse`: the coarse grid [h, w] or a factor, e.g. coarse=4")
         if config["rollout"] > 1:
             raise ConfigError("rollout feeds forecasts back as inputs; task: downscaling has no next step to feed")
-        run["lead"], run["history"] = 0, 0   # the target is the high-resolution field at the input time
+        run["lead"], run["history"] = 0, 0  # the target is the high-resolution field at the input time
     elif model == "coarse-up":
         raise ConfigError("model coarse-up is the downscaling baseline (predict R = 0): set task=downscaling")
     if config["rollout"] > 1:
         if not isinstance(config["lead"], int) or config["lead"] < 1:
-            raise ConfigError(f"rollout: {config['rollout']} steps the model by one lead at a time; set lead to "
-                              f"one step count >= 1, not {config['lead']!r}")
+            raise ConfigError(
+                f"rollout: {config['rollout']} steps the model by one lead at a time; set lead to "
+                f"one step count >= 1, not {config['lead']!r}"
+            )
         if config["blocks"]:
-            raise ConfigError("rollout feeds whole forecast fields back as inputs; it cannot train on random "
-                              "blocks: set blocks=null")
+            raise ConfigError(
+                "rollout feeds whole forecast fields back as inputs; it cannot train on random blocks: set blocks=null"
+            )
         check_rollout_history(f"rollout: {config['rollout']}", config["history"], config["lead"])
     if config["task"] == "forecast" and 0 in ([config["lead"]] if isinstance(config["lead"], int) else config["lead"]):
-        raise ConfigError(f"lead: {config['lead']!r} with task: forecast trains the identity map (the target at "
-                          "lead 0 is the input at t): set lead to step counts >= 1 (lead 0 is for task: downscaling)")
+        raise ConfigError(
+            f"lead: {config['lead']!r} with task: forecast trains the identity map (the target at "
+            "lead 0 is the input at t): set lead to step counts >= 1 (lead 0 is for task: downscaling)"
+        )
     if run.get("init"):
         from canonstore.training.checkpoint import initial_weights
 
@@ -263,10 +296,11 @@ def _supported_climatology(run: dict, store) -> None:
 
     args = run["model_args"]
     train = store.time[store.split_indices("train")]
-    if not (args["annual_harmonics"] or args["diurnal_harmonics"]) or train.dtype.kind not in "MO":
+    if not (args["annual_harmonics"] or args["diurnal_harmonics"]) or not is_dates(train):
         return  # no dates: the fit says what to set (training.models.time_phases)
     args["annual_harmonics"], args["diurnal_harmonics"], why = supported_harmonics(
-        train, args["annual_harmonics"], args["diurnal_harmonics"])
+        train, args["annual_harmonics"], args["diurnal_harmonics"]
+    )
     run["warnings"] += [f"climatology: {reason}" for reason in why]
 
 
@@ -274,9 +308,11 @@ def check_rollout_history(what: str, history: int, lead) -> None:
     """Refuse a rollout whose history steps would be spaced unlike training: after its first step the
     model's inputs are its forecasts, `lead` steps apart, where it learned from consecutive steps."""
     if history > 0 and isinstance(lead, int) and lead > 1:
-        raise ConfigError(f"{what} with history: {history} and lead: {lead} would feed the model inputs {lead} "
-                          "steps apart after its first step, though it was trained on consecutive history steps: "
-                          "set lead=1 or history=0, or forecast one lead at a time (rollout=1, --steps 1)")
+        raise ConfigError(
+            f"{what} with history: {history} and lead: {lead} would feed the model inputs {lead} "
+            "steps apart after its first step, though it was trained on consecutive history steps: "
+            "set lead=1 or history=0, or forecast one lead at a time (rollout=1, --steps 1)"
+        )
 
 
 def lead_times(run: dict) -> list[int]:

@@ -30,13 +30,26 @@ def pick_device(choice: str = "auto") -> torch.device:
 class RawLoader:
     """The NetCDF baseline the way most projects load: per-sample reads in a standard DataLoader."""
 
-    def __init__(self, dataset: NetCDFDataset, sampler: BatchSampler, device: torch.device, workers: int, seed: int,
-                 transform=None):
+    def __init__(
+        self,
+        dataset: NetCDFDataset,
+        sampler: BatchSampler,
+        device: torch.device,
+        workers: int,
+        seed: int,
+        transform=None,
+    ):
         self.dataset, self.sampler, self.device, self.transform = dataset, sampler, device, transform
         self.last_steps = None  # the store step t of each sample of the batch just yielded, as BatchLoader
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=worker_init_fn,
-            generator=seeded_generator(seed), pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=worker_init_fn,
+            generator=seeded_generator(seed),
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -56,8 +69,7 @@ class RawLoader:
             yield (x, y) if self.transform is None else self.transform(x, y)
 
 
-def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
-                rank: int = 0, world_size: int = 1):
+def make_loader(run: dict, store, split: str, device: torch.device, train: bool, rank: int = 0, world_size: int = 1):
     """Batches of `split` on `device`: this process's share, shuffled per epoch (and the last partial
     batch dropped) when `train`, else in order, with every sample scored by exactly one process.
 
@@ -66,8 +78,9 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
     window = {key: run[key] for key in ("history", "channels", "targets", "static", "encodings")}
     window["lead"] = lead_times(run)
     try:
-        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(store, split, target_masks=True,
-                                                                                **window)
+        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(
+            store, split, target_masks=True, **window
+        )
     except ValueError as exc:  # e.g. a channel name the store does not have
         raise ConfigError(f"config for {store.path}: {exc}") from exc
     transform = None
@@ -81,10 +94,27 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
     if blocks and run["loader"] != "store":
         raise ConfigError("blocks: random blocks are cut by the store's batch loader; use loader: store")
     if run["loader"] == "store":
-        return BatchLoader(dataset, run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
-                           device=device, workers=run["workers"], rank=rank, world_size=world_size,
-                           blocks=None if blocks is None else tuple(blocks["size"]),
-                           blocks_per_epoch=0 if blocks is None else blocks["per_epoch"], transform=transform)
-    sampler = BatchSampler(len(dataset), run["batch_size"], shuffle=train, seed=run["seed"], drop_last=train,
-                           rank=rank, world_size=world_size)
+        return BatchLoader(
+            dataset,
+            run["batch_size"],
+            shuffle=train,
+            seed=run["seed"],
+            drop_last=train,
+            device=device,
+            workers=run["workers"],
+            rank=rank,
+            world_size=world_size,
+            blocks=None if blocks is None else tuple(blocks["size"]),
+            blocks_per_epoch=0 if blocks is None else blocks["per_epoch"],
+            transform=transform,
+        )
+    sampler = BatchSampler(
+        len(dataset),
+        run["batch_size"],
+        shuffle=train,
+        seed=run["seed"],
+        drop_last=train,
+        rank=rank,
+        world_size=world_size,
+    )
     return RawLoader(dataset, sampler, device, run["workers"], run["seed"], transform)

@@ -1,6 +1,6 @@
 """Scoring: a model's forecasts over every sample of a split, in physical units (`make evaluate`).
 
-    evaluate("runs/unet-demo-7a080bb3")      # -> scores/unet-demo-7a080bb3.json (best checkpoint, test split)
+evaluate("runs/unet-demo-7a080bb3")      # -> scores/unet-demo-7a080bb3.json (best checkpoint, test split)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import normalisation_scale
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.metrics import Scores, TargetMasks
@@ -26,8 +26,9 @@ def to_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.ndim == 4 else x
 
 
-def forecast(model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None,
-             steps: np.ndarray | None = None) -> torch.Tensor:
+def forecast(
+    model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None, steps: np.ndarray | None = None
+) -> torch.Tensor:
     """The model's prediction, in bf16 autocast on CUDA; the climatology also gets the time basis, a
     rollout with encodings the store step t of each sample (`steps`)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
@@ -46,8 +47,15 @@ def valid_basis(store, steps: np.ndarray, leads, model) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def score(model: torch.nn.Module, loader, store, weights: torch.Tensor, masks: TargetMasks | None = None,
-          climatology=None, distributed: bool = False) -> dict:
+def score(
+    model: torch.nn.Module,
+    loader,
+    store,
+    weights: torch.Tensor,
+    masks: TargetMasks | None = None,
+    climatology=None,
+    distributed: bool = False,
+) -> dict:
     """Scores of `model` on every sample of `loader` (in order): see training.metrics and `lead_scores`.
 
     `masks` weighs filled points 0, `climatology` (a fitted Climatology) is the ACC's reference, and
@@ -81,8 +89,10 @@ def lead_scores(scores: Scores, dataset, store) -> dict:
     n, leads = len(dataset.targets), dataset.leads
     result = scores.result(dataset.lead_channels, np.tile(scale, len(leads)), units * len(leads))
     if len(leads) > 1:
-        result["leads"] = {lead: scores.part(slice(k * n, (k + 1) * n)).result(dataset.target_channels, scale, units)
-                           for k, lead in enumerate(leads)}
+        result["leads"] = {
+            lead: scores.part(slice(k * n, (k + 1) * n)).result(dataset.target_channels, scale, units)
+            for k, lead in enumerate(leads)
+        }
     return result
 
 
@@ -112,9 +122,11 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
         raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
     if steps and steps != run.get("rollout", 1):
         if run["model"] not in TRAINED or not isinstance(run["lead"], int) or run["lead"] < 1:
-            raise ConfigError(f"steps={steps}: only a trained model with one lead >= 1 is run autoregressively; "
-                              f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
-                              "climatology: train them with rollout=K)")
+            raise ConfigError(
+                f"steps={steps}: only a trained model with one lead >= 1 is run autoregressively; "
+                f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
+                "climatology: train them with rollout=K)"
+            )
         run = {**run, "rollout": steps}
     if run.get("rollout", 1) > 1:  # also a run trained so before rollouts with history were refused
         check_rollout_history(f"steps={run['rollout']}", run["history"], run["lead"])
@@ -126,9 +138,16 @@ def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, ste
     return run, store, model, loader, saved
 
 
-def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str = "test",
-             checkpoint: str = "best", store=None, forecasts_dir: str | Path = "forecasts", log=print,
-             steps: int | None = None) -> Path:
+def evaluate(
+    folder: str | Path,
+    scores_dir: str | Path = "scores",
+    split: str = "test",
+    checkpoint: str = "best",
+    store=None,
+    forecasts_dir: str | Path = "forecasts",
+    log=print,
+    steps: int | None = None,
+) -> Path:
     """Forecast + score: write run `folder`'s `checkpoint` forecasts of `split` to
     forecasts/<run-name>/<split>.zarr, score that file, and write scores/<run-name>.json (test) or
     scores/<run-name>-<split>.json; returns the scores' path.
@@ -151,13 +170,28 @@ def evaluate(folder: str | Path, scores_dir: str | Path = "scores", split: str =
         run = {**run, "rollout": steps}
     out.parent.mkdir(parents=True, exist_ok=True)
     result = scored["scores"]
-    write_json(out, {"run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
-                     "epoch": saved["epoch"], "store": run["store"], "forecast": str(path), "scores": result,
-                     "leads": {str(k): v for k, v in scored["leads"].items()},
-                     "acc_climatology": scored["climatology"], "config": run,
-                     "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    write_json(
+        out,
+        {
+            "run": folder.name,
+            "model": run["model"],
+            "split": split,
+            "checkpoint": checkpoint,
+            "epoch": saved["epoch"],
+            "store": run["store"],
+            "forecast": str(path),
+            "scores": result,
+            "leads": {str(k): v for k, v in scored["leads"].items()},
+            "acc_climatology": scored["climatology"],
+            "config": run,
+            "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     overall = result["overall"]
     first = "" if len(scored["leads"]) < 2 else f" at lead {next(iter(scored['leads']))}"
-    log(f"{out}: {run['model']} on {split}{first}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
-        f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)" + rmse_by_lead(scored["leads"]))
+    log(
+        f"{out}: {run['model']} on {split}{first}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+        f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)"
+        + rmse_by_lead(scored["leads"])
+    )
     return out

@@ -25,7 +25,7 @@ import xarray as xr
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
 from canonstore.formats import open_store
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_factor, coarse_up
 from canonstore.training.alignment import check_plausible, grid_coords, onto_grid, truth_steps, units_of
 from canonstore.training.metrics import Scores, area_weights, validity
@@ -47,9 +47,11 @@ def check_replaceable(out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         attrs = {}
     if not all(key in attrs for key in RECORDED):
-        raise RunError(f"{out} exists and is not a forecast file canonstore wrote (no {', '.join(RECORDED)} "
-                       "attributes); canonstore replaces only its own files: move it away or pass another "
-                       "--forecasts folder")
+        raise RunError(
+            f"{out} exists and is not a forecast file canonstore wrote (no {', '.join(RECORDED)} "
+            "attributes); canonstore replaces only its own files: move it away or pass another "
+            "--forecasts folder"
+        )
 
 
 def forecast_path(run_name: str, split: str, out_dir: str | Path = "forecasts", steps: int | None = None) -> Path:
@@ -63,8 +65,15 @@ def other_steps(run: dict, steps: int | None) -> int | None:
     return steps if steps and steps != run.get("rollout", 1) else None
 
 
-def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "best", store=None,
-                   out_dir: str | Path = "forecasts", log=print, steps: int | None = None) -> Path:
+def write_forecast(
+    folder: str | Path,
+    split: str = "test",
+    checkpoint: str = "best",
+    store=None,
+    out_dir: str | Path = "forecasts",
+    log=print,
+    steps: int | None = None,
+) -> Path:
     """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file;
     `steps` K: run the model autoregressively for K steps of its lead (see `evaluate.load_run`)."""
     from canonstore.training.evaluate import forecast, load_run, to_layout, valid_basis
@@ -81,16 +90,33 @@ def write_forecast(folder: str | Path, split: str = "test", checkpoint: str = "b
     check_replaceable(out)
     staging = make_staging(out.with_name(out.name + ".partial"), KIND)  # a user's folder there is refused
     leads = list(dataset.leads)
-    template = _template(store, names, init, leads, {
-        "run": folder.name, "model": run["model"], "split": split, "checkpoint": checkpoint,
-        "epoch": saved.get("epoch"), "store": run["store"]["name"], "store_build": run["store"]["build"],
-        "lat_weighted": int(run["lat_weighted"]), "task": run.get("task", "forecast"), "rollout": run.get("rollout", 1),
-        **({"coarse_factor": list(coarse_factor(dataset.sample_space, run["coarse"]))}
-           if run.get("task") == "downscaling" else {})})
+    template = _template(
+        store,
+        names,
+        init,
+        leads,
+        {
+            "run": folder.name,
+            "model": run["model"],
+            "split": split,
+            "checkpoint": checkpoint,
+            "epoch": saved.get("epoch"),
+            "store": run["store"]["name"],
+            "store_build": run["store"]["build"],
+            "lat_weighted": int(run["lat_weighted"]),
+            "task": run.get("task", "forecast"),
+            "rollout": run.get("rollout", 1),
+            **(
+                {"coarse_factor": list(coarse_factor(dataset.sample_space, run["coarse"]))}
+                if run.get("task") == "downscaling"
+                else {}
+            ),
+        },
+    )
     with warnings.catch_warnings():  # the staging marker beside the arrays is not a Zarr node, on purpose
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
         template.to_zarr(staging, mode="a", compute=False, consolidated=True)  # "w" would delete the marker
-    view = (1, 1, -1) + (1,) * len(dataset.sample_space)   # (time, lead, channel, *space)
+    view = (1, 1, -1) + (1,) * len(dataset.sample_space)  # (time, lead, channel, *space)
     mean, scale = mean.view(view), scale.view(view)
     # the climatology baseline is a function of the valid time
     basis = valid_basis(store, init, leads, model) if getattr(model, "needs_time", False) else None
@@ -119,12 +145,24 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
     ds = store.to_xarray()
     grid = {c: xr.Variable(ds[c].dims, ds[c].values, ds[c].attrs) for c in grid_coords(ds, space_dims)}
     valid = np.stack([store.time[init + lead] for lead in leads], axis=1)
-    data = {n: (("time", "lead") + space_dims,
-                da.zeros((init.size, len(leads)) + space, dtype=np.float32, chunks=(BATCH, 1) + space),
-                {"units": str(ds["channel_units"].values[store.channels.index(n)])}) for n in names}
-    return xr.Dataset(data, coords={"time": store.time[init], "lead": ("lead", np.asarray(leads, np.int64),
-                                                                      {"units": "store steps"}),
-                                    "valid_time": (("time", "lead"), valid), **grid}, attrs=attrs)
+    data = {
+        n: (
+            ("time", "lead") + space_dims,
+            da.zeros((init.size, len(leads)) + space, dtype=np.float32, chunks=(BATCH, 1) + space),
+            {"units": str(ds["channel_units"].values[store.channels.index(n)])},
+        )
+        for n in names
+    }
+    return xr.Dataset(
+        data,
+        coords={
+            "time": store.time[init],
+            "lead": ("lead", np.asarray(leads, np.int64), {"units": "store steps"}),
+            "valid_time": (("time", "lead"), valid),
+            **grid,
+        },
+        attrs=attrs,
+    )
 
 
 def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
@@ -167,7 +205,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         scores = Scores(weights)
         residual = Scores(weights) if "coarse_factor" in fc.attrs else None
         for a in range(0, steps.size, BATCH):
-            rows = steps[a:a + BATCH]
+            rows = steps[a : a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
             y = torch.from_numpy(stored[:, targets].astype(np.float32))
             physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
@@ -183,15 +221,19 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    return {"leads": leads, "scores": leads[int(steps_ahead[0])],
-            "climatology": describe_climatology(climatology)}
+    return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
 
 
 def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
     """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
     store's units."""
-    return np.stack([fc[n][rows, lead].values.astype(np.float64) * factor + offset
-                     for n, (factor, offset) in zip(names, conversions)], axis=1)
+    return np.stack(
+        [
+            fc[n][rows, lead].values.astype(np.float64) * factor + offset
+            for n, (factor, offset) in zip(names, conversions)
+        ],
+        axis=1,
+    )
 
 
 def _open(path: Path) -> xr.Dataset:
@@ -216,5 +258,7 @@ def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:
 
 def check_same_build(store, run: dict, folder: Path) -> None:
     if store.build_id != run["store"]["build"]:  # the build `store` reads, not whatever its path holds now
-        raise RunError(f"{store.path} is not the build run {folder.name} was trained on "
-                       f"(it was rebuilt since?): train again with `make train`")
+        raise RunError(
+            f"{store.path} is not the build run {folder.name} was trained on "
+            f"(it was rebuilt since?): train again with `make train`"
+        )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from canonstore.formats.coords import latitude_field
-from canonstore.formats.store import normalisation_scale
+from canonstore.formats.spec import mask_channel_of, normalisation_scale
 
 # A forecast anomaly this small against the truth's is the climatology itself, up to float32 rounding (a
 # forecast file's values): its ACC would correlate rounding errors, so it is undefined, as for exact zeros.
@@ -61,8 +61,6 @@ def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch
 
 def validity(store, targets: np.ndarray) -> list:
     """Per target: None, or (its `<channel>_valid` channel, the stored value above which it means observed)."""
-    from canonstore.loaders.dataset import mask_channel_of  # loaders need torch; metrics do anyway
-
     masks, scale = mask_channel_of(store.channels), normalisation_scale(store.stats["std"])
 
     def of(name: str) -> tuple[int, float]:  # stored = (v - mean) / scale with v in {0, 1}: observed above 0.5's image
@@ -91,7 +89,7 @@ class TargetMasks:
             return y, None
         b, space = y.shape[0], y.shape[2:]
         per_lead = y.reshape(b, self.leads, -1, *space)
-        targets, extra = per_lead[:, :, :self.n], per_lead[:, :, self.n:]
+        targets, extra = per_lead[:, :, : self.n], per_lead[:, :, self.n :]
         shape = (1, 1, -1) + (1,) * len(space)
         observed = (extra > self.threshold.to(y.device).view(shape)).to(torch.float32)
         valid = torch.ones_like(targets, dtype=torch.float32)
@@ -99,8 +97,9 @@ class TargetMasks:
         return targets.reshape(b, -1, *space), valid.reshape(b, -1, *space)
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                 valid: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_mse(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """The training loss: area-weighted mean squared error in normalised units (float32); points with
     `valid` 0 (filled) weigh nothing. When prediction and target stack several leads (or rollout steps)
     along channels, `weights` given for one lead, the loss is the mean over leads of each lead's loss."""
@@ -109,7 +108,9 @@ def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.
     for k in range(target.shape[1] // n):
         part = slice(k * n, (k + 1) * n)
         w = (weights if valid is None else weights * valid[:, part]).expand_as(target[:, part])
-        losses.append(((prediction[:, part].float() - target[:, part].float()) ** 2 * w).sum() / w.sum().clamp_min(1e-12))
+        losses.append(
+            ((prediction[:, part].float() - target[:, part].float()) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
+        )
     return torch.stack(losses).mean()
 
 
@@ -121,33 +122,48 @@ class Scores:
         self.sums = torch.zeros((len(_SUMS), weights.shape[0]), dtype=torch.float64, device=weights.device)
         self.samples = 0
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-               climatology: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        climatology: torch.Tensor | None = None,
+    ) -> None:
         """Add a batch; `valid` (0/1 per point) from TargetMasks, `climatology` the train climatology
         at each sample's valid time (normalised units) for the ACC."""
         target = target.double()
         error = prediction.double() - target
         w = self.weights.expand_as(target) if valid is None else self.weights * valid.double()
         space = list(range(2, target.ndim))
-        per_time = w.sum(space)                                        # (batch, channel)
+        per_time = w.sum(space)  # (batch, channel)
         has = per_time > 0
-        rmse_t = torch.sqrt((w * error ** 2).sum(space) / per_time.clamp_min(1e-300))
+        rmse_t = torch.sqrt((w * error**2).sum(space) / per_time.clamp_min(1e-300))
         acc_t = torch.zeros_like(per_time)
         acc_n = torch.zeros_like(per_time)
         if climatology is not None:
             f, o = prediction.double() - climatology.double(), target - climatology.double()
-            ff, oo = (w * f ** 2).sum(space), (w * o ** 2).sum(space)
+            ff, oo = (w * f**2).sum(space), (w * o**2).sum(space)
             denominator = torch.sqrt(ff * oo)
-            ok = has & (oo > 0) & (ff > ANOMALY_FLOOR ** 2 * oo)
+            ok = has & (oo > 0) & (ff > ANOMALY_FLOOR**2 * oo)
             acc_t = torch.where(ok, (w * f * o).sum(space) / denominator.clamp_min(1e-300), acc_t)
             acc_n = ok.double()
-        self.sums += torch.stack([
-            w.sum([0] + space), (w * error.abs()).sum([0] + space), (w * error ** 2).sum([0] + space),
-            (w * error).sum([0] + space), (w * target).sum([0] + space), (w * target ** 2).sum([0] + space),
-            torch.where(has, rmse_t, 0).sum(0), acc_t.sum(0), acc_n.sum(0), has.double().sum(0)])
+        self.sums += torch.stack(
+            [
+                w.sum([0] + space),
+                (w * error.abs()).sum([0] + space),
+                (w * error**2).sum([0] + space),
+                (w * error).sum([0] + space),
+                (w * target).sum([0] + space),
+                (w * target**2).sum([0] + space),
+                torch.where(has, rmse_t, 0).sum(0),
+                acc_t.sum(0),
+                acc_n.sum(0),
+                has.double().sum(0),
+            ]
+        )
         self.samples += target.shape[0]
 
-    def part(self, channels: slice) -> "Scores":
+    def part(self, channels: slice) -> Scores:
         """The sums of `channels` only (e.g. one lead of several stacked along channels)."""
         part = Scores(self.weights[channels])
         part.sums, part.samples = self.sums[:, channels].clone(), self.samples
@@ -174,12 +190,24 @@ class Scores:
             variance = s["target_sq"] / weight - (s["target"] / weight) ** 2
             rmse_t = s["rmse_t"] / np.where(s["times"] > 0, s["times"], np.nan)
             acc = s["acc_t"] / np.where(s["acc_n"] > 0, s["acc_n"], np.nan)
-        channels = {name: {"mae": float(mae[c] * scale[c]), "rmse_pooled": float(np.sqrt(mse[c]) * scale[c]),
-                           "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
-                           "bias": float(bias[c] * scale[c]), "rmse": float(rmse_t[c] * scale[c]),
-                           "acc": float(acc[c]), "units": units[c]}
-                    for c, name in enumerate(names)}
-        overall = {"mae": float(np.nanmean(mae)), "rmse_pooled": float(np.sqrt(np.nanmean(mse))),
-                   "r2": float(1 - np.nansum(mse) / np.nansum(variance)), "rmse": float(np.nanmean(rmse_t)),
-                   "acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"), "units": "train std"}
+        channels = {
+            name: {
+                "mae": float(mae[c] * scale[c]),
+                "rmse_pooled": float(np.sqrt(mse[c]) * scale[c]),
+                "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
+                "bias": float(bias[c] * scale[c]),
+                "rmse": float(rmse_t[c] * scale[c]),
+                "acc": float(acc[c]),
+                "units": units[c],
+            }
+            for c, name in enumerate(names)
+        }
+        overall = {
+            "mae": float(np.nanmean(mae)),
+            "rmse_pooled": float(np.sqrt(np.nanmean(mse))),
+            "r2": float(1 - np.nansum(mse) / np.nansum(variance)),
+            "rmse": float(np.nanmean(rmse_t)),
+            "acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
+            "units": "train std",
+        }
         return {"loss": float(np.nanmean(mse)), "samples": self.samples, "overall": overall, "channels": channels}

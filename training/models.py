@@ -24,6 +24,7 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
+from canonstore._time import as_days
 from canonstore.errors import ConfigError
 from canonstore.formats.shards import take_fields
 
@@ -64,21 +65,27 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, width: int = 32, depth: int = 3, *, periodic: bool):
         super().__init__()
-        widths = [width * 2 ** k for k in range(depth + 1)]
+        widths = [width * 2**k for k in range(depth + 1)]
         self.depth, self.periodic = depth, periodic
-        self.down = nn.ModuleList([_block(in_channels, widths[0], periodic)] +
-                                  [_block(widths[k], widths[k + 1], periodic) for k in range(depth)])
-        self.up = nn.ModuleList([_block(widths[k + 1] + widths[k], widths[k], periodic)
-                                 for k in reversed(range(depth))])
+        self.down = nn.ModuleList(
+            [_block(in_channels, widths[0], periodic)]
+            + [_block(widths[k], widths[k + 1], periodic) for k in range(depth)]
+        )
+        self.up = nn.ModuleList(
+            [_block(widths[k + 1] + widths[k], widths[k], periodic) for k in reversed(range(depth))]
+        )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_lat, n_lon = x.shape[-2:]
-        m = 2 ** self.depth
+        m = 2**self.depth
         pad_lat, pad_lon = (-n_lat) % m, (-n_lon) % m
         if pad_lat or pad_lon:
-            x = F.pad(F.pad(x, (0, pad_lon, 0, 0), mode="circular" if self.periodic else "replicate"),
-                      (0, 0, 0, pad_lat), mode="replicate")
+            x = F.pad(
+                F.pad(x, (0, pad_lon, 0, 0), mode="circular" if self.periodic else "replicate"),
+                (0, 0, 0, pad_lat),
+                mode="replicate",
+            )
         skips = []
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
@@ -140,9 +147,11 @@ def time_phases(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hours = t.hour.values + t.minute.values / 60
         year = (t.dayofyear.values - 1 + hours / 24) / t.days_in_year.values
     except (AttributeError, TypeError) as exc:
-        raise ConfigError("climatology: the store's time axis holds no dates, so there is no day of year; "
-                          "set climatology.annual_harmonics=0 and climatology.diurnal_harmonics=0 for "
-                          "the plain train mean") from exc
+        raise ConfigError(
+            "climatology: the store's time axis holds no dates, so there is no day of year; "
+            "set climatology.annual_harmonics=0 and climatology.diurnal_harmonics=0 for "
+            "the plain train mean"
+        ) from exc
     return year, hours / 24
 
 
@@ -155,7 +164,7 @@ def time_basis(times: np.ndarray, annual: int, diurnal: int) -> np.ndarray:
             for k in range(1, harmonics + 1):
                 columns += [np.cos(2 * np.pi * k * period), np.sin(2 * np.pi * k * period)]
         if annual and diurnal:  # the diurnal cycle's amplitude changes with the season
-            columns += [a * d for a in columns[1:3] for d in columns[1 + 2 * annual:3 + 2 * annual]]
+            columns += [a * d for a in columns[1:3] for d in columns[1 + 2 * annual : 3 + 2 * annual]]
     return np.stack(columns, axis=1)
 
 
@@ -180,8 +189,10 @@ def supported_harmonics(times: np.ndarray, annual: int, diurnal: int) -> tuple[i
     while kept and gap >= 1 / (2 * kept):
         kept -= 1
     if kept < annual:
-        why.append(f"annual harmonics {annual} -> {kept}: the train steps leave {gap:.1%} of the year unseen "
-                   f"(harmonic k needs no gap of 1/2k year or more)")
+        why.append(
+            f"annual harmonics {annual} -> {kept}: the train steps leave {gap:.1%} of the year unseen "
+            f"(harmonic k needs no gap of 1/2k year or more)"
+        )
     if diurnal and _days(times) < 1 - 1e-9:
         why.append(f"diurnal harmonics {diurnal} -> 0: the train steps cover less than a day")
         diurnal = 0
@@ -196,8 +207,6 @@ def _largest_gap(phases: np.ndarray) -> float:
 
 def _days(times: np.ndarray) -> float:
     """Days from the first to the last of `times`, plus one usual step (the last step's own span)."""
-    from canonstore.splits.gaps import as_days
-
     days = as_days(np.asarray(times))
     return float(days.max() - days.min() + (np.median(np.diff(days)) if days.size > 1 else 0.0))
 
@@ -221,7 +230,9 @@ class Rollout(nn.Module):
 
     def forward(self, x: torch.Tensor, steps: np.ndarray | None = None) -> torch.Tensor:
         if self.encodings is not None and steps is None:
-            raise ValueError("this rollout model has encodings: call it as model(x, steps=<store step t of each sample>)")
+            raise ValueError(
+                "this rollout model has encodings: call it as model(x, steps=<store step t of each sample>)"
+            )
         outputs = []
         for k in range(1, self.steps + 1):
             outputs.append(self.net(x))
@@ -233,7 +244,7 @@ class Rollout(nn.Module):
         n = self.feed.numel()
         dynamic = (self.history + 1) * n
         encoded = len(self.encodings) if self.encodings is not None else 0
-        parts = [x[:, n:dynamic], forecast[:, self.feed].to(x.dtype), x[:, dynamic:x.shape[1] - encoded]]
+        parts = [x[:, n:dynamic], forecast[:, self.feed].to(x.dtype), x[:, dynamic : x.shape[1] - encoded]]
         if encoded:
             parts.append(self.encodings.fields(steps, x.device).to(x.dtype))
         return torch.cat(parts, dim=1)
@@ -256,8 +267,15 @@ class Climatology(nn.Module):
             out = torch.einsum("blk,k...->bl...", basis.to(self.coef), self.coef)  # per lead, stacked
             return out.reshape(out.shape[0], -1, *out.shape[3:])
 
-    def fit(self, array: np.ndarray, steps: np.ndarray, times: np.ndarray, targets: np.ndarray,
-            valid: list | None = None, memory: int = 256 * 2**20) -> None:
+    def fit(
+        self,
+        array: np.ndarray,
+        steps: np.ndarray,
+        times: np.ndarray,
+        targets: np.ndarray,
+        valid: list | None = None,
+        memory: int = 256 * 2**20,
+    ) -> None:
         """Least squares on the train `steps` of `array` (time, channel, *space), in one streaming pass.
 
         `valid` (from `training.metrics.validity`): per target, None or (its `_valid` channel, threshold in stored
@@ -269,8 +287,8 @@ class Climatology(nn.Module):
         # Steps per read: the target fields of a block fit in `memory` as float64; no other channel is read.
         block = max(1, memory // (8 * xty.shape[1]))
         for start in range(0, steps.size, block):
-            values = take_fields(array, steps[start:start + block], targets)
-            xty += basis[start:start + block].T @ values.reshape(values.shape[0], -1).astype(np.float64)
+            values = take_fields(array, steps[start : start + block], targets)
+            xty += basis[start : start + block].T @ values.reshape(values.shape[0], -1).astype(np.float64)
         # lstsq, not solve: harmonics a sampling rate cannot see (e.g. 12 h at 6-hourly) make xtx singular
         coef = np.linalg.lstsq(xtx, xty, rcond=None)[0].reshape(self.coef.shape)
         for c, mask in enumerate(valid or []):
@@ -279,8 +297,9 @@ class Climatology(nn.Module):
         self.coef.copy_(torch.from_numpy(coef))
 
 
-def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold: float,
-                memory: int = 256 * 2**20) -> np.ndarray:
+def _masked_fit(
+    array, steps, basis, channel: int, valid_channel: int, threshold: float, memory: int = 256 * 2**20
+) -> np.ndarray:
     """(basis, points) least squares per grid point, each over the steps where it was observed.
 
     Each point has its own normal equations (basis x basis), so the points are taken in groups that
@@ -295,10 +314,10 @@ def _masked_fit(array, steps, basis, channel: int, valid_channel: int, threshold
         part = slice(first, min(points, first + group))
         xtx, xty = np.zeros((part.stop - first, k, k)), np.zeros((part.stop - first, k))
         for start in range(0, steps.size, block):
-            rows = take_fields(array, steps[start:start + block], [channel, valid_channel])
+            rows = take_fields(array, steps[start : start + block], [channel, valid_channel])
             observed = (rows[:, 1].reshape(len(rows), -1)[:, part] > threshold).astype(np.float64)
             values = rows[:, 0].reshape(len(rows), -1)[:, part].astype(np.float64)
-            b = basis[start:start + block]
+            b = basis[start : start + block]
             xtx += np.einsum("tk,tl,tp->pkl", b, b, observed)
             xty += np.einsum("tk,tp->pk", b, observed * values)
         coef[:, part] = (np.linalg.pinv(xtx) @ xty[..., None])[..., 0].T  # min-norm, as lstsq above
@@ -328,8 +347,12 @@ def reference_climatology(store, targets: np.ndarray) -> Climatology:
 
 def describe_climatology(model: Climatology) -> dict:
     """What a fitted climatology is, for a scores file: its harmonics and what was left out, and why."""
-    return {"fitted_on": "train split", "annual_harmonics": model.annual, "diurnal_harmonics": model.diurnal,
-            "left_out": list(getattr(model, "notes", []))}
+    return {
+        "fitted_on": "train split",
+        "annual_harmonics": model.annual,
+        "diurnal_harmonics": model.diurnal,
+        "left_out": list(getattr(model, "notes", [])),
+    }
 
 
 def _sources(dataset) -> list[int]:
@@ -337,8 +360,10 @@ def _sources(dataset) -> list[int]:
     inputs = dataset.input_channels
     missing = [name for name in dataset.target_channels if name not in inputs]
     if missing:
-        raise ConfigError(f"persistence and residual models need every target among the inputs at t; "
-                          f"{missing} are not (inputs: {inputs})")
+        raise ConfigError(
+            f"persistence and residual models need every target among the inputs at t; "
+            f"{missing} are not (inputs: {inputs})"
+        )
     return [inputs.index(name) for name in dataset.target_channels]
 
 
@@ -356,9 +381,11 @@ def feed_of(dataset) -> list[int]:
     inputs = [dataset.store_channels[c] for c in dataset.channels]
     missing = [name for name in inputs if name not in targets]
     if missing:
-        raise ConfigError(f"rollout feeds the model's forecast back as its next input, so every input channel must be "
-                          f"a target; {missing} are not (targets: {targets}): add them to `targets` or leave them "
-                          f"out of `channels`")
+        raise ConfigError(
+            f"rollout feeds the model's forecast back as its next input, so every input channel must be "
+            f"a target; {missing} are not (targets: {targets}): add them to `targets` or leave them "
+            f"out of `channels`"
+        )
     return [targets.index(name) for name in inputs]
 
 
@@ -382,8 +409,10 @@ def build_model(run: dict, dataset) -> nn.Module:
         if min(space) < smallest:
             fits = int(np.log2(min(space)))
             hint = f"set unet.depth={fits} or less, or use mlp" if fits >= 1 else "use mlp"
-            raise ConfigError(f"unet.depth={args['depth']} halves the grid {args['depth']} times and needs at least "
-                              f"{smallest} x {smallest} cells; this store's grid is {space[0]} x {space[1]}: {hint}")
+            raise ConfigError(
+                f"unet.depth={args['depth']} halves the grid {args['depth']} times and needs at least "
+                f"{smallest} x {smallest} cells; this store's grid is {space[0]} x {space[1]}: {hint}"
+            )
         net = UNet(n_in, n_out * leads, width=args["width"], depth=args["depth"], periodic=dataset.longitude_periodic)
     elif name == "mlp":
         net = MLP(n_in, n_out * leads, width=args["width"], layers=args["layers"])

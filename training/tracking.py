@@ -24,18 +24,13 @@ from pathlib import Path
 
 import torch
 
+from canonstore.atomic import write_file_atomic, write_json_atomic
 from canonstore.provenance import git_commit, git_dirty
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, value) -> None:
     """Strict JSON: an undefined score (NaN, e.g. the ACC of the climatology itself) is written as null."""
-    _write_atomic(path, json.dumps(_finite_or_null(value), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_json_atomic(path, _finite_or_null(value), indent=2, sort_keys=False, allow_nan=False)
 
 
 def _finite_or_null(value):
@@ -55,7 +50,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, text.getvalue())
+    write_file_atomic(path, text.getvalue())
 
 
 def read_config(folder: Path) -> dict:
@@ -92,10 +87,20 @@ class RunLog:
             return
         from canonstore import __version__
 
-        write_json(path, {"name": self.name, "config": self.run, "git_commit": git_commit(), "git_dirty": git_dirty(),
-                          "canonstore_version": __version__, "torch_version": torch.__version__,
-                          "python": platform.python_version(), "host": platform.node(),
-                          "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        write_json(
+            path,
+            {
+                "name": self.name,
+                "config": self.run,
+                "git_commit": git_commit(),
+                "git_dirty": git_dirty(),
+                "canonstore_version": __version__,
+                "torch_version": torch.__version__,
+                "python": platform.python_version(),
+                "host": platform.node(),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
 
     def epoch(self, history: list[dict], throughput: list[dict]) -> None:
         write_csv(self.folder / "metrics.csv", history)

@@ -96,8 +96,7 @@ class _Processes:
         return bool(value.item())
 
 
-def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = True, log=print,
-          on_step=None) -> Path:
+def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = True, log=print, on_step=None) -> Path:
     """Train (or fit) `config["model"]` on `store`, resuming the run if it was interrupted.
 
     Returns the run's folder. A finished run is not trained again. `on_step(state)` is called after
@@ -120,8 +119,10 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     try:
         val_loader = make_loader(run, store, "val", device, train=False, rank=procs.rank, world_size=procs.world)
     except StoreError as exc:
-        raise StoreError(f"{exc}: training picks its best epoch on the val split and needs a window there; give "
-                         "the recipe's `splits` a (longer) val range, or use a shorter history or lead") from None
+        raise StoreError(
+            f"{exc}: training picks its best epoch on the val split and needs a window there; give "
+            "the recipe's `splits` a (longer) val range, or use a shorter history or lead"
+        ) from None
     model = build_model(run, train_loader.dataset).to(device)
     if run.get("init") and not last.exists():  # before anything is written: weights that do not fit leave no run
         start_from(model, run["init"], log if procs.main else (lambda *_: None))
@@ -133,8 +134,10 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         for warning in run["warnings"]:
             log(f"warning: {warning}")
         runlog.write_config()
-        log(f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
-            f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)")
+        log(
+            f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
+            f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)"
+        )
     if run["model"] not in TRAINED:
         _fit_baseline(model, run, store, val_loader, weights, masks, climatology, folder, runlog, procs)
         return folder
@@ -149,10 +152,12 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         if procs.main:
             stop = trainer.record_epoch(epoch, train_loss, val, timing)
             state = trainer.state
-            log(f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
+            log(
+                f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
                 f"val RMSE {val['overall']['rmse']:.4f} std{rmse_by_lead(val.get('leads'))}, "
                 f"{state['throughput'][-1]['samples_per_s']} samples/s, "
-                f"data wait {100 * timing['data_wait_frac']:.1f}%" + (" (best)" * (state["best_epoch"] == epoch + 1)))
+                f"data wait {100 * timing['data_wait_frac']:.1f}%" + (" (best)" * (state["best_epoch"] == epoch + 1))
+            )
         stop = procs.agree(stop)
         if procs.main:
             trainer.end_epoch(epoch, finished=stop or epoch + 1 == run["epochs"])
@@ -173,9 +178,11 @@ def check_full_batch(loader, run: dict, store, world: int) -> None:
     if len(loader) == 0:
         n = len(loader.dataset)
         share = f" ({n // world} per process, {world} processes)" if world > 1 else ""
-        raise ConfigError(f"{store.path}: the train split has {n} samples{share}, fewer than batch_size "
-                          f"{run['batch_size']}: no full batch, so no training step; set batch_size to "
-                          f"{max(1, n // world)} or less, or give the train split more steps")
+        raise ConfigError(
+            f"{store.path}: the train split has {n} samples{share}, fewer than batch_size "
+            f"{run['batch_size']}: no full batch, so no training step; set batch_size to "
+            f"{max(1, n // world)} or less, or give the train split more steps"
+        )
 
 
 def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
@@ -185,16 +192,19 @@ def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
         load_weights(model, load_checkpoint(Path(init["path"]))["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ConfigError(f"init: the weights in {init['path']} do not fit this run's model (other channels, "
-                          f"leads or model settings?): {' '.join(line.strip() for line in first[:3])}") from None
+        raise ConfigError(
+            f"init: the weights in {init['path']} do not fit this run's model (other channels, "
+            f"leads or model settings?): {' '.join(line.strip() for line in first[:3])}"
+        ) from None
     log(f"starting from the weights of {init['run']} ({init['path']})")
 
 
 class _Trainer:
     """A trained model's optimizer, schedule and progress (`state`), one epoch at a time, and its checkpoints."""
 
-    def __init__(self, run: dict, folder: Path, model: torch.nn.Module, loader, weights: torch.Tensor,
-                 masks: TargetMasks, procs):
+    def __init__(
+        self, run: dict, folder: Path, model: torch.nn.Module, loader, weights: torch.Tensor, masks: TargetMasks, procs
+    ):
         self.run, self.folder, self.model, self.loader, self.weights = run, folder, model, loader, weights
         self.masks = masks
         self.procs = procs
@@ -204,13 +214,24 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"], weight_decay=run["weight_decay"])
         total = run["epochs"] * len(loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, total, run["warmup"], run["scheduler"]))
-        self.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_val": math.inf, "best_epoch": 0,
-                      "bad_epochs": 0, "history": [], "throughput": []}
+            self.optimizer, lambda step: lr_factor(step, total, run["warmup"], run["scheduler"])
+        )
+        self.state = {
+            "epoch": 0,
+            "batch": 0,
+            "step": 0,
+            "loss_sum": 0.0,
+            "best_val": math.inf,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "history": [],
+            "throughput": [],
+        }
         self.trainable = model
         if procs.world > 1:
             self.trainable = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=None if self.device.index is None else [self.device.index])
+                model, device_ids=None if self.device.index is None else [self.device.index]
+            )
 
     def resume(self, path: Path, log) -> None:
         saved = load_checkpoint(path, self.device)
@@ -220,13 +241,25 @@ class _Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state.update({k: saved[k] for k in self.state})
-        log(f"{self.folder.name}: resuming at epoch {self.state['epoch'] + 1}, batch {self.state['batch']} "
-            f"(step {self.state['step']})")
+        log(
+            f"{self.folder.name}: resuming at epoch {self.state['epoch'] + 1}, batch {self.state['batch']} "
+            f"(step {self.state['step']})"
+        )
 
     def save(self, name: str, **extra) -> None:
-        save_checkpoint(self.folder / "checkpoints" / name, {
-            "name": self.folder.name, "config": self.run, "finished": False, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), **self.state, **extra})
+        save_checkpoint(
+            self.folder / "checkpoints" / name,
+            {
+                "name": self.folder.name,
+                "config": self.run,
+                "finished": False,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                **self.state,
+                **extra,
+            },
+        )
 
     def train_epoch(self, epoch: int, progress: bool, on_step) -> tuple[float, dict]:
         """One pass over the train split (from `state["batch"]` on); returns the mean loss and timings."""
@@ -239,8 +272,14 @@ class _Trainer:
         loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=self.device)
         seen, wait, began = 0, 0.0, time.perf_counter()
         # disable=None: no bar when stderr is not a terminal (a log gets the line per epoch instead)
-        bar = tqdm(total=len(self.loader), initial=state["batch"], disable=None if progress else True,
-                   desc=f"epoch {epoch + 1}/{run['epochs']}", unit="batch", leave=False)
+        bar = tqdm(
+            total=len(self.loader),
+            initial=state["batch"],
+            disable=None if progress else True,
+            desc=f"epoch {epoch + 1}/{run['epochs']}",
+            unit="batch",
+            leave=False,
+        )
         batches = iter(self.loader)
         while True:
             waited = time.perf_counter()
@@ -270,9 +309,13 @@ class _Trainer:
         train_loss = self.procs.mean(loss_sum) / max(1, state["batch"])
         _check_finite(train_loss, epoch, self.folder)
         samples = seen * self.procs.world
-        return train_loss, {"samples": samples, "seconds": round(seconds, 3),
-                            "samples_per_s": round(samples / seconds, 1), "data_wait_frac": round(wait / seconds, 4),
-                            "resumed_mid_epoch": seen < len(self.loader) * self.loader.sampler.batch_size}
+        return train_loss, {
+            "samples": samples,
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(samples / seconds, 1),
+            "data_wait_frac": round(wait / seconds, 4),
+            "resumed_mid_epoch": seen < len(self.loader) * self.loader.sampler.batch_size,
+        }
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y, valid = self.masks.split(y)  # filled points weigh 0
@@ -294,12 +337,28 @@ class _Trainer:
         run, state = self.run, self.state
         lr = self.scheduler.get_last_lr()[0]
         state["history"].append({"epoch": epoch + 1, "step": state["step"], "lr": lr, **epoch_scores(train_loss, val)})
-        state["throughput"].append({"epoch": epoch + 1, **timing, "loader": run["loader"], "workers": run["workers"],
-                                    "device": str(self.device), "processes": self.procs.world})
+        state["throughput"].append(
+            {
+                "epoch": epoch + 1,
+                **timing,
+                "loader": run["loader"],
+                "workers": run["workers"],
+                "device": str(self.device),
+                "processes": self.procs.world,
+            }
+        )
         if val["loss"] < state["best_val"] - run["min_delta"]:
             state.update(best_val=val["loss"], best_epoch=epoch + 1, bad_epochs=0)
-            save_checkpoint(self.folder / "checkpoints" / "best.pt", {"name": self.folder.name, "config": run,
-                            "model": self.model.state_dict(), "epoch": epoch + 1, "val": val})
+            save_checkpoint(
+                self.folder / "checkpoints" / "best.pt",
+                {
+                    "name": self.folder.name,
+                    "config": run,
+                    "model": self.model.state_dict(),
+                    "epoch": epoch + 1,
+                    "val": val,
+                },
+            )
         else:
             state["bad_epochs"] += 1
         return bool(run["patience"]) and state["bad_epochs"] >= run["patience"]
@@ -326,12 +385,24 @@ def epoch_scores(train_loss: float | None, val: dict) -> dict:
 def _check_finite(loss: float, epoch: int, folder: Path) -> None:
     """Stop before a diverged model is checkpointed: resuming would only go on from NaN weights."""
     if not math.isfinite(loss):
-        raise RunError(f"{folder.name}: the training loss became {loss} in epoch {epoch + 1} (learning rate too "
-                       f"high?); {folder / 'checkpoints' / 'last.pt'} still holds the last finite state")
+        raise RunError(
+            f"{folder.name}: the training loss became {loss} in epoch {epoch + 1} (learning rate too "
+            f"high?); {folder / 'checkpoints' / 'last.pt'} still holds the last finite state"
+        )
 
 
-def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, masks: TargetMasks,
-                  climatology, folder: Path, runlog: RunLog | None, procs: _Processes) -> None:
+def _fit_baseline(
+    model,
+    run: dict,
+    store,
+    val_loader,
+    weights: torch.Tensor,
+    masks: TargetMasks,
+    climatology,
+    folder: Path,
+    runlog: RunLog | None,
+    procs: _Processes,
+) -> None:
     """Persistence needs nothing; climatology is fitted on the train split. Both are scored like a trained model."""
     if hasattr(model, "fit"):
         if (model.annual, model.diurnal) == (climatology.annual, climatology.diurnal):
@@ -347,5 +418,7 @@ def _fit_baseline(model, run: dict, store, val_loader, weights: torch.Tensor, ma
     save_checkpoint(folder / "checkpoints" / "last.pt", {**state, "finished": True})
     runlog.epoch([{"epoch": 0, "step": 0, "lr": 0.0, **epoch_scores(None, val)}], [])
     runlog.finish()
-    runlog.log(f"{folder}: {run['model']} val loss {val['loss']:.5f}, val RMSE {val['overall']['rmse']:.4f} std"
-               + rmse_by_lead(val.get("leads")))
+    runlog.log(
+        f"{folder}: {run['model']} val loss {val['loss']:.5f}, val RMSE {val['overall']['rmse']:.4f} std"
+        + rmse_by_lead(val.get("leads"))
+    )

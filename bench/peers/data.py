@@ -22,21 +22,48 @@ from canonstore.preprocess.demo import _field, _write_var  # the demo's fields a
 
 # size: channels x lat x lon, time steps (fewer at larger sizes: each store stays a few GB), batch size
 SIZES = {
-    "s": {"levels": (250, 500, 850), "pressure": ("z", "t", "u", "v"), "surface": ("t2m", "msl"),
-          "grid": (64, 128), "steps": 1464, "batch": 32},
-    "m": {"levels": (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
-          "pressure": ("z", "t", "u", "v", "q"), "surface": ("t2m", "msl", "u10", "v10", "sp"),
-          "grid": (121, 240), "steps": 240, "batch": 8},
-    "l": {"levels": (), "pressure": (), "surface": ("t2m", "msl", "u10", "v10", "sp", "tcwv", "skt", "d2m"),
-          "grid": (721, 1440), "steps": 120, "batch": 2},
+    "s": {
+        "levels": (250, 500, 850),
+        "pressure": ("z", "t", "u", "v"),
+        "surface": ("t2m", "msl"),
+        "grid": (64, 128),
+        "steps": 1464,
+        "batch": 32,
+    },
+    "m": {
+        "levels": (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
+        "pressure": ("z", "t", "u", "v", "q"),
+        "surface": ("t2m", "msl", "u10", "v10", "sp"),
+        "grid": (121, 240),
+        "steps": 240,
+        "batch": 8,
+    },
+    "l": {
+        "levels": (),
+        "pressure": (),
+        "surface": ("t2m", "msl", "u10", "v10", "sp", "tcwv", "skt", "d2m"),
+        "grid": (721, 1440),
+        "steps": 120,
+        "batch": 2,
+    },
 }
 TRAIN_FRACTION, EMBARGO = 0.8, 4
 # name: (units, value, wave amplitude); pressure variables scale with the level
-UNITS = {"z": ("m**2 s**-2", 55000.0, 900.0), "t": ("K", 250.0, 4.0), "u": ("m s**-1", 10.0, 8.0),
-         "v": ("m s**-1", 0.0, 6.0), "q": ("kg kg**-1", 2e-3, 1e-3), "t2m": ("K", 285.0, 3.0),
-         "msl": ("Pa", 101325.0, 900.0), "u10": ("m s**-1", 2.0, 4.0), "v10": ("m s**-1", 0.0, 4.0),
-         "sp": ("Pa", 98000.0, 1500.0), "tcwv": ("kg m**-2", 25.0, 10.0), "skt": ("K", 286.0, 5.0),
-         "d2m": ("K", 280.0, 3.0)}
+UNITS = {
+    "z": ("m**2 s**-2", 55000.0, 900.0),
+    "t": ("K", 250.0, 4.0),
+    "u": ("m s**-1", 10.0, 8.0),
+    "v": ("m s**-1", 0.0, 6.0),
+    "q": ("kg kg**-1", 2e-3, 1e-3),
+    "t2m": ("K", 285.0, 3.0),
+    "msl": ("Pa", 101325.0, 900.0),
+    "u10": ("m s**-1", 2.0, 4.0),
+    "v10": ("m s**-1", 0.0, 4.0),
+    "sp": ("Pa", 98000.0, 1500.0),
+    "tcwv": ("kg m**-2", 25.0, 10.0),
+    "skt": ("K", 286.0, 5.0),
+    "d2m": ("K", 280.0, 3.0),
+}
 
 
 def layout(size: str) -> dict:
@@ -46,8 +73,13 @@ def layout(size: str) -> dict:
     train_end = int(steps * TRAIN_FRACTION) - 1
     dates = pd.date_range("2000-01-01", periods=steps, freq="6h")
     channels = len(spec["pressure"]) * len(spec["levels"]) + len(spec["surface"])
-    return {**spec, "channels": channels, "dates": dates, "train": (0, train_end),
-            "val": (train_end + 1 + EMBARGO, steps - 1)}
+    return {
+        **spec,
+        "channels": channels,
+        "dates": dates,
+        "train": (0, train_end),
+        "val": (train_end + 1 + EMBARGO, steps - 1),
+    }
 
 
 def write_size(out: Path, size: str) -> Path:
@@ -64,12 +96,17 @@ def write_size(out: Path, size: str) -> Path:
     time = spec["dates"]
     hours = ((time - time[0]) / pd.Timedelta("1h")).to_numpy()
     rng = np.random.default_rng(0)
-    for k, name in enumerate(spec["pressure"] + spec["surface"]):
+    for name in spec["pressure"] + spec["surface"]:
         units, value, amp = UNITS[name]
         phase = rng.uniform(0, 2 * np.pi, 3)
         if name in spec["pressure"]:
-            values = np.stack([_field(hours, lat, lon, value * (1 + j / 10), amp, phase, rng, 0.0)
-                               for j, _ in enumerate(spec["levels"])], axis=1).astype(np.float32)
+            values = np.stack(
+                [
+                    _field(hours, lat, lon, value * (1 + j / 10), amp, phase, rng, 0.0)
+                    for j, _ in enumerate(spec["levels"])
+                ],
+                axis=1,
+            ).astype(np.float32)
             _write_var(where / "raw" / f"{name}.nc", name, name, units, values, time, lat, lon, levels=spec["levels"])
         else:
             values = _field(hours, lat, lon, value, amp, phase, rng, 1.0).astype(np.float32)
@@ -88,13 +125,15 @@ def write_recipes(where: Path, size: str) -> None:
     (where / "canonstore.yaml").write_text(
         f"name: peers-{size}\nsources: [{raw}/*.nc]\nvariables: {json.dumps(names)}\nstatic: []\n"
         f"splits: {{by: index, train: {list(spec['train'])}, val: {list(spec['val'])}}}\n"
-        "storage: {dtype: float32, compression: none}\n")
+        "storage: {dtype: float32, compression: none}\n"
+    )
     first, last = spec["dates"][0], spec["dates"][-1]
     stats_end = spec["dates"][spec["train"][1]]
     (where / "anemoi.yaml").write_text(
         f"dates: {{start: {first:%Y-%m-%dT%H:%M:%S}, end: {last:%Y-%m-%dT%H:%M:%S}, frequency: 6h}}\n"
         f"input:\n  netcdf:\n    path: {raw}/*.nc\n"
-        f"statistics: {{start: {first:%Y-%m-%dT%H:%M:%S}, end: {stats_end:%Y-%m-%dT%H:%M:%S}}}\n")
+        f"statistics: {{start: {first:%Y-%m-%dT%H:%M:%S}, end: {stats_end:%Y-%m-%dT%H:%M:%S}}}\n"
+    )
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ def canonstore_batch(plan):
                 if epoch == 0 and k < 3 and loader.last_steps.tolist() != expected[k]:
                     raise RuntimeError(f"batch path order differs from the plan at batch {k}")
                 yield x, y
+
     return batches()
 
 
@@ -72,12 +73,16 @@ def memcpy(plan):
     parts = [p for p in np.array_split(np.arange(steps), plan["workers"]) if p.size]
     rng = np.random.default_rng(0)
 
+    def copy(part, start):
+        np.copyto(out[part[0] : part[-1] + 1], flat[start + part[0] : start + part[-1] + 1])
+
     def batches():
         with ThreadPoolExecutor(len(parts)) as pool:
             for _ in plan["batches"]:
                 start = int(rng.integers(0, len(flat) - steps))
-                list(pool.map(lambda p: np.copyto(out[p[0]:p[-1] + 1], flat[start + p[0]:start + p[-1] + 1]), parts))
-                yield out[:plan["batch"]], out[plan["batch"]:]
+                list(pool.map(copy, parts, [start] * len(parts)))
+                yield out[: plan["batch"]], out[plan["batch"] :]
+
     return batches()
 
 
@@ -106,9 +111,9 @@ class ZarrSamples:
         if self.array is None:
             self.array = self.open()
         if self.reader == "tensorstore":
-            window = self.array[t:t + 2].read().result()
+            window = self.array[t : t + 2].read().result()
         else:
-            window = self.array[t:t + 2]
+            window = self.array[t : t + 2]
         return window[0], window[1]
 
 
@@ -129,7 +134,7 @@ class AnemoiSamples:
         self.stdev = stats["stdev"][self.order, None, None].astype(np.float32)
 
     def __getitem__(self, t: int):
-        window = self.ds[t:t + 2]                          # (2 dates, variables, ensemble, grid points)
+        window = self.ds[t : t + 2]  # (2 dates, variables, ensemble, grid points)
         window = window[:, self.order, 0].reshape(2, len(self.order), *self.grid)
         window = (window - self.mean) / self.stdev
         return window[0], window[1]
@@ -155,16 +160,21 @@ def xbatcher_rows(plan, chunks):
     data = ((data - mean) / std).astype(np.float32)
     steps = np.concatenate(plan["epoch"])  # one epoch: a long fancy index makes every batch's dask graph slow
     dims = {"channel": data.sizes["channel"], "latitude": data.sizes["latitude"], "longitude": data.sizes["longitude"]}
-    generators = [xbatcher.BatchGenerator(data.isel(time=steps + k), input_dims=dims,
-                                          batch_dims={"time": plan["batch"]}, preload_batch=False)
-                  for k in (0, 1)]
-    loader = torch.utils.data.DataLoader(MapDataset(*generators), batch_size=None, num_workers=plan["workers"],
-                                         persistent_workers=plan["workers"] > 0)
+    generators = [
+        xbatcher.BatchGenerator(
+            data.isel(time=steps + k), input_dims=dims, batch_dims={"time": plan["batch"]}, preload_batch=False
+        )
+        for k in (0, 1)
+    ]
+    loader = torch.utils.data.DataLoader(
+        MapDataset(*generators), batch_size=None, num_workers=plan["workers"], persistent_workers=plan["workers"] > 0
+    )
 
     def batches():
         for _ in range(plan["passes"]):
             for x, y in loader:
                 yield x.reshape(-1, *x.shape[-3:]), y.reshape(-1, *y.shape[-3:])
+
     return batches()
 
 
@@ -220,16 +230,18 @@ def dataloader(dataset, batches, plan):
     """A standard DataLoader over `batches` (lists of dataset indices), in the plan's order."""
     import torch
 
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=plan["workers"],
-                                       persistent_workers=plan["workers"] > 0)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=plan["workers"], persistent_workers=plan["workers"] > 0
+    )
 
 
 def batch_dataloader(dataset, plan):
     """Each item is a whole batch; the workers take turns, one batch each."""
     import torch
 
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=plan["workers"],
-                                       persistent_workers=plan["workers"] > 0)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=plan["workers"], persistent_workers=plan["workers"] > 0
+    )
 
 
 ROWS = {
@@ -273,8 +285,15 @@ def measure(plan: dict, row: str, mode: str, out: Path | None) -> dict:
         if time.perf_counter() - start > cap:
             break
     elapsed = time.perf_counter() - start
-    return {"row": row, "mode": mode, "samples": n, "seconds": round(elapsed, 3), "setup_s": round(setup, 2),
-            "samples_per_s": round(n / elapsed, 2), "mb_per_s": round(nbytes / elapsed / 1e6, 1)}
+    return {
+        "row": row,
+        "mode": mode,
+        "samples": n,
+        "seconds": round(elapsed, 3),
+        "setup_s": round(setup, 2),
+        "samples_per_s": round(n / elapsed, 2),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+    }
 
 
 def main() -> None:

@@ -1,18 +1,21 @@
 """`make bench-peers`: canonstore side by side with the tools users already have, in one run.
 
-    python bench/peers/run.py [--sizes s m l] [--workers 2] [--seconds 8] [--data data/peers] [--results bench/results/peers]
+    python bench/peers/run.py [--sizes s m l] [--workers 2] [--seconds 8] [--data data/peers] \
+        [--results bench/results/peers]
 
 For each sample size (bench/peers/data.py): writes the raw NetCDF, builds it with `canonstore build` and
 with `anemoi-datasets create` (wall time, peak RSS, bytes on disk), lists one epoch of train batches
 (canonstore's seeded order: the plan), then runs every row of rows.py over the plan in its own process
 and venv, warm (files read once first) and cold (every file's pages evicted with posix_fadvise
 DONTNEED first; the median of 3 such runs), next to sequential and O_DIRECT reads of the same files from
-cold cache. Each row's first batch is compared with canonstore's, and anemoi's statistics with canonstore's. Writes peers.json, one chart per size, and prints the tables.
+cold cache. Each row's first batch is compared with canonstore's, and anemoi's statistics with canonstore's.
+Writes peers.json, one chart per size, and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -31,14 +34,21 @@ sys.path.insert(0, str(HERE))
 from data import SIZES, layout, write_size  # noqa: E402
 
 CANON = Path(sys.executable)
-ANEMOI = HERE.parent / ".venv-peers" / "bin" / "python"        # anemoi-datasets, xbatcher (zarr 2)
-ZARR3 = HERE.parent / ".venv-peers-zarr3" / "bin" / "python"   # zarr-python 3, zarrs, tensorstore
+ANEMOI = HERE.parent / ".venv-peers" / "bin" / "python"  # anemoi-datasets, xbatcher (zarr 2)
+ZARR3 = HERE.parent / ".venv-peers-zarr3" / "bin" / "python"  # zarr-python 3, zarrs, tensorstore
 # row: (python, which files it reads)
 ROWS = {
-    "canonstore-batch": (CANON, "store"), "canonstore-dataloader": (CANON, "store"),
-    "anemoi": (ANEMOI, "anemoi"), "xbatcher": (ANEMOI, "raw"), "xbatcher-chunked": (ANEMOI, "raw"),
-    "zarr-python": (ZARR3, "store"), "zarrs": (ZARR3, "store"), "tensorstore": (ZARR3, "store"),
-    "netcdf-xarray": (CANON, "raw"), "netcdf4-batch": (CANON, "raw"), "memcpy": (CANON, "store"),
+    "canonstore-batch": (CANON, "store"),
+    "canonstore-dataloader": (CANON, "store"),
+    "anemoi": (ANEMOI, "anemoi"),
+    "xbatcher": (ANEMOI, "raw"),
+    "xbatcher-chunked": (ANEMOI, "raw"),
+    "zarr-python": (ZARR3, "store"),
+    "zarrs": (ZARR3, "store"),
+    "tensorstore": (ZARR3, "store"),
+    "netcdf-xarray": (CANON, "raw"),
+    "netcdf4-batch": (CANON, "raw"),
+    "memcpy": (CANON, "store"),
 }
 
 
@@ -83,8 +93,14 @@ def read_all(paths, direct: bool = False) -> dict:
 def run_measured(cmd: list, cwd=None) -> dict:
     """Run `cmd`: wall time and the peak RSS of its process tree (sampled every 50 ms)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     peak = [0]
 
     def sample():
@@ -95,10 +111,8 @@ def run_measured(cmd: list, cwd=None) -> dict:
         while proc.poll() is None:
             rss = 0
             for p in [root] + root.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
             peak[0] = max(peak[0], rss)
             time.sleep(0.05)
 
@@ -106,8 +120,13 @@ def run_measured(cmd: list, cwd=None) -> dict:
     thread.start()
     out, err = proc.communicate()
     thread.join()
-    return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 2),
-            "peak_rss_mb": round(peak[0] / 1e6, 1), "stdout": out, "stderr": err}
+    return {
+        "rc": proc.returncode,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "peak_rss_mb": round(peak[0] / 1e6, 1),
+        "stdout": out,
+        "stderr": err,
+    }
 
 
 def build(where: Path) -> dict:
@@ -116,8 +135,10 @@ def build(where: Path) -> dict:
     if done.exists() and (where / "canonstore.zarr").exists() and (where / "anemoi.zarr").exists():
         return json.loads(done.read_text())
     results = {}
-    tools = {"canonstore": [CANON.parent / "canonstore", "build", "canonstore.yaml", "--out", "canonstore.zarr"],
-             "anemoi": [ANEMOI.parent / "anemoi-datasets", "create", "anemoi.yaml", "anemoi.zarr"]}
+    tools = {
+        "canonstore": [CANON.parent / "canonstore", "build", "canonstore.yaml", "--out", "canonstore.zarr"],
+        "anemoi": [ANEMOI.parent / "anemoi-datasets", "create", "anemoi.yaml", "anemoi.zarr"],
+    }
     for tool, cmd in tools.items():
         shutil.rmtree(where / f"{tool}.zarr", ignore_errors=True)
         read_all([where / "raw"])  # both start from a warm page cache
@@ -125,8 +146,11 @@ def build(where: Path) -> dict:
         got = run_measured(cmd, cwd=where)
         if got["rc"]:
             raise SystemExit(f"{tool} build of {where} failed:\n{got['stderr'][-3000:]}")
-        results[tool] = {"wall_s": got["wall_s"], "peak_rss_mb": got["peak_rss_mb"],
-                         "disk_mb": round(disk_bytes(where / f"{tool}.zarr") / 1e6, 1)}
+        results[tool] = {
+            "wall_s": got["wall_s"],
+            "peak_rss_mb": got["peak_rss_mb"],
+            "disk_mb": round(disk_bytes(where / f"{tool}.zarr") / 1e6, 1),
+        }
     results["raw_mb"] = round(disk_bytes(where / "raw") / 1e6, 1)
     done.write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -146,12 +170,23 @@ def write_plan(where: Path, size: str, args) -> Path:
     variables = store._group["channel_variable"][:].tolist()
     levels = store._group["channel_level"][:].tolist()
     fields = [(v, None if np.isnan(lev) else int(lev)) for v, lev in zip(variables, levels)]
-    plan = {"size": size, "store": str((where / "canonstore.zarr").resolve()),
-            "anemoi": str((where / "anemoi.zarr").resolve()), "raw": [str(p.resolve()) for p in files_of(where / "raw")],
-            "fields": fields, "anemoi_channels": [v if lev is None else f"{v}_{lev}" for v, lev in fields],
-            "grid": list(store.shape[2:]), "mean": store.stats["mean"].tolist(), "std": store.stats["std"].tolist(),
-            "batch": spec["batch"], "workers": args.workers, "seconds": args.seconds, "passes": 50,
-            "batches": batches, "sample_mb": round(int(np.prod(store.shape[1:])) * 4 / 1e6, 3)}
+    plan = {
+        "size": size,
+        "store": str((where / "canonstore.zarr").resolve()),
+        "anemoi": str((where / "anemoi.zarr").resolve()),
+        "raw": [str(p.resolve()) for p in files_of(where / "raw")],
+        "fields": fields,
+        "anemoi_channels": [v if lev is None else f"{v}_{lev}" for v, lev in fields],
+        "grid": list(store.shape[2:]),
+        "mean": store.stats["mean"].tolist(),
+        "std": store.stats["std"].tolist(),
+        "batch": spec["batch"],
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "passes": 50,
+        "batches": batches,
+        "sample_mb": round(int(np.prod(store.shape[1:])) * 4 / 1e6, 3),
+    }
     path = where / "plan.json"
     path.write_text(json.dumps(plan))
     return path
@@ -160,12 +195,24 @@ def write_plan(where: Path, size: str, args) -> Path:
 def run_row(plan: Path, row: str, mode: str) -> dict:
     python, _ = ROWS[row]
     if not python.exists():
-        return {"row": row, "mode": mode, "error": f"{python} not found: run `make bench-peers` (it installs the peers)"}
-    done = subprocess.run([python, HERE / "rows.py", plan, row, mode], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        return {
+            "row": row,
+            "mode": mode,
+            "error": f"{python} not found: run `make bench-peers` (it installs the peers)",
+        }
+    done = subprocess.run(
+        [python, HERE / "rows.py", plan, row, mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if done.returncode:
-        return {"row": row, "mode": mode, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                f"exit {done.returncode}", "stderr": done.stderr[-4000:]}
+        return {
+            "row": row,
+            "mode": mode,
+            "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+            "stderr": done.stderr[-4000:],
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -206,8 +253,10 @@ def compare_stats(where: Path, plan: dict) -> dict:
     order = [group.attrs["variables"].index(name) for name in plan["anemoi_channels"]]
     mean, stdev = group["mean"][:][order], group["stdev"][:][order]
     ours_mean, ours_std = np.asarray(plan["mean"]), np.asarray(plan["std"])
-    return {"mean_max_rel_diff": float(np.max(np.abs(mean - ours_mean) / ours_std)),   # in units of the std
-            "std_max_rel_diff": float(np.max(np.abs(stdev / ours_std - 1)))}
+    return {
+        "mean_max_rel_diff": float(np.max(np.abs(mean - ours_mean) / ours_std)),  # in units of the std
+        "std_max_rel_diff": float(np.max(np.abs(stdev / ours_std - 1))),
+    }
 
 
 def bench_size(size: str, args) -> dict:
@@ -243,10 +292,19 @@ def bench_size(size: str, args) -> dict:
                 runs.append(read_all([path], direct=kind == "direct"))
             cold_reads[name][kind] = median_run(runs, "mb_per_s")
     spec = layout(size)
-    return {"size": size, "shape": [spec["channels"], *spec["grid"]], "steps": spec["steps"], "batch": spec["batch"],
-            "workers": args.workers, "sample_mb": json.loads(plan.read_text())["sample_mb"], "builds": builds,
-            "rows": rows, "cold_reads": cold_reads, "first_batch_max_abs_diff": compare_first_batches(where),
-            "anemoi_stats_vs_canonstore": compare_stats(where, json.loads(plan.read_text()))}
+    return {
+        "size": size,
+        "shape": [spec["channels"], *spec["grid"]],
+        "steps": spec["steps"],
+        "batch": spec["batch"],
+        "workers": args.workers,
+        "sample_mb": json.loads(plan.read_text())["sample_mb"],
+        "builds": builds,
+        "rows": rows,
+        "cold_reads": cold_reads,
+        "first_batch_max_abs_diff": compare_first_batches(where),
+        "anemoi_stats_vs_canonstore": compare_stats(where, json.loads(plan.read_text())),
+    }
 
 
 # -- ratios and tables ----------------------------------------------------------------------------------
@@ -254,19 +312,24 @@ def add_ratios(result: dict) -> None:
     rows = {(r["row"], r["mode"]): r for r in result["rows"] if "error" not in r}
     ours = {mode: rows.get(("canonstore-batch", mode)) for mode in ("warm", "cold")}
     memcpy = rows.get(("memcpy", "warm"))
-    for (row, mode), r in rows.items():
+    for (_row, mode), r in rows.items():
         if ours[mode]:
             r["canonstore_x"] = round(ours[mode]["samples_per_s"] / r["samples_per_s"], 2)
         if mode == "warm" and memcpy:
             r["of_memcpy"] = round(r["mb_per_s"] / memcpy["mb_per_s"], 3)
         if mode == "cold":
-            r["of_sequential_cold"] = round(r["mb_per_s"] / result["cold_reads"][r["reads"]]["sequential"]["mb_per_s"], 3)
+            r["of_sequential_cold"] = round(
+                r["mb_per_s"] / result["cold_reads"][r["reads"]]["sequential"]["mb_per_s"], 3
+            )
 
 
 def print_tables(result: dict) -> None:
     shape = "x".join(map(str, result["shape"]))
     print(f"\n### {shape} ({result['sample_mb']} MB a sample), batch {result['batch']}, {result['workers']} workers\n")
-    print("| row | warm samples/s | warm MB/s | of memcpy | cold samples/s | of sequential cold read | canonstore x (warm / cold) |")
+    print(
+        "| row | warm samples/s | warm MB/s | of memcpy | cold samples/s | of sequential cold read "
+        "| canonstore x (warm / cold) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     by = {}
     for r in result["rows"]:
@@ -276,18 +339,31 @@ def print_tables(result: dict) -> None:
         if "error" in w:
             print(f"| {row} | failed: {w['error'][:120]} | | | | | |")
             continue
-        cold = ("", "") if not c else ((f"failed: {c['error'][:60]}", "") if "error" in c else
-                                       (f"{c['samples_per_s']:.1f}", f"{c['of_sequential_cold']:.0%}"))
+        cold = (
+            ("", "")
+            if not c
+            else (
+                (f"failed: {c['error'][:60]}", "")
+                if "error" in c
+                else (f"{c['samples_per_s']:.1f}", f"{c['of_sequential_cold']:.0%}")
+            )
+        )
         ratios = f"{w.get('canonstore_x', '')} / {c.get('canonstore_x', '')}" if c else f"{w.get('canonstore_x', '')}"
-        print(f"| {row} | {w['samples_per_s']:.1f} | {w['mb_per_s']:.0f} | {w.get('of_memcpy', 0):.0%} | {cold[0]} | "
-              f"{cold[1]} | {ratios} |")
+        print(
+            f"| {row} | {w['samples_per_s']:.1f} | {w['mb_per_s']:.0f} | {w.get('of_memcpy', 0):.0%} | {cold[0]} | "
+            f"{cold[1]} | {ratios} |"
+        )
     reads = result["cold_reads"]
-    print("\ncold reads of the files, MB/s (sequential through the page cache / O_DIRECT): " +
-          ", ".join(f"{k} {v['sequential']['mb_per_s']:.0f} / {v['direct']['mb_per_s']:.0f}" for k, v in reads.items()))
+    print(
+        "\ncold reads of the files, MB/s (sequential through the page cache / O_DIRECT): "
+        + ", ".join(f"{k} {v['sequential']['mb_per_s']:.0f} / {v['direct']['mb_per_s']:.0f}" for k, v in reads.items())
+    )
     b = result["builds"]
-    print(f"\nbuild: canonstore {b['canonstore']['wall_s']} s, {b['canonstore']['peak_rss_mb']} MB peak RSS, "
-          f"{b['canonstore']['disk_mb']} MB | anemoi-datasets create {b['anemoi']['wall_s']} s, "
-          f"{b['anemoi']['peak_rss_mb']} MB, {b['anemoi']['disk_mb']} MB | raw {b['raw_mb']} MB")
+    print(
+        f"\nbuild: canonstore {b['canonstore']['wall_s']} s, {b['canonstore']['peak_rss_mb']} MB peak RSS, "
+        f"{b['canonstore']['disk_mb']} MB | anemoi-datasets create {b['anemoi']['wall_s']} s, "
+        f"{b['anemoi']['peak_rss_mb']} MB, {b['anemoi']['disk_mb']} MB | raw {b['raw_mb']} MB"
+    )
     print(f"first batch, max |row - canonstore-batch|: {result['first_batch_max_abs_diff']}")
     print(f"anemoi's statistics vs canonstore's (same period): {result['anemoi_stats_vs_canonstore']}")
 
@@ -302,8 +378,17 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
     y = np.arange(len(names))
     for k, (mode, color) in enumerate((("warm", "tab:orange"), ("cold", "tab:blue"))):
-        values = [next((r["samples_per_s"] for r in result["rows"] if r["row"] == n and r["mode"] == mode
-                        and "error" not in r), 0) for n in names]
+        values = [
+            next(
+                (
+                    r["samples_per_s"]
+                    for r in result["rows"]
+                    if r["row"] == n and r["mode"] == mode and "error" not in r
+                ),
+                0,
+            )
+            for n in names
+        ]
         ax.barh(y + (k - 0.5) * 0.4, values, height=0.4, color=color, label=mode)
     ax.set_yticks(y, names)
     ax.set_xscale("log")
