@@ -49,7 +49,7 @@ class NetCDFDataset(WindowDataset):
     @property
     def sources(self):
         if self._sources is None:
-            from canonstore.preprocess.sources import open_sources
+            from canonstore.preprocess.sources import open_sources, store_values
 
             self._sources = open_sources(self.recipe)
             raw = [c.name for c in self._sources.channels]
@@ -62,8 +62,6 @@ class NetCDFDataset(WindowDataset):
         return self._sources
 
     def _read_steps(self, start: int, stop: int) -> np.ndarray:
-        from canonstore.preprocess.tasks import store_values
-
         sources = self.sources  # opened on first use; sets _valid_of
         # The store's `_valid` channels, computed as the build does.
         values = store_values(sources, self._valid_of, start, stop, 0, len(self.store_channels))  # float64

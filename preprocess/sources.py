@@ -794,3 +794,21 @@ def _strictly_increasing(times: np.ndarray) -> bool:
     if times.dtype != object:
         return bool(np.all(times[1:] > times[:-1]))
     return bool(_increasing_pairs(times).all())
+
+
+def store_values(sources: Sources, mask_channels: list[int], start: int, stop: int, c0: int, c1: int) -> np.ndarray:
+    """Physical values of store channels [c0, c1) for steps [start, stop): source channels, then the
+    `<channel>_valid` channels (1 observed, 0 NaN) that the plan added for time-varying NaN patterns."""
+    nsrc = len(sources.channels)
+    wanted = np.arange(c0, c1)
+    source_of = np.where(
+        wanted < nsrc, wanted, np.asarray(list(mask_channels) + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)]
+    )
+    needed = np.unique(source_of)
+    raw = sources.read(start, stop, needed)
+    if not np.array_equal(needed, source_of):  # a `_valid` channel repeats its source channel
+        raw = raw[:, np.searchsorted(needed, source_of)]
+    valid = wanted >= nsrc
+    if valid.any():
+        raw[:, valid] = ~np.isnan(raw[:, valid])
+    return raw

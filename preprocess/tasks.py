@@ -31,7 +31,7 @@ from canonstore.formats.manifest import file_sha256
 from canonstore.formats.spec import normalise_to
 from canonstore.formats.zarr_ import ShardLayout, ShardWriter, shard_file
 from canonstore.preprocess.recipe import load_recipe
-from canonstore.preprocess.sources import Sources, open_sources
+from canonstore.preprocess.sources import Sources, open_sources, store_values
 from canonstore.preprocess.stats import step_moments
 
 MARKERS = ".build"  # per-shard markers inside the staging store; removed before the manifest
@@ -195,24 +195,6 @@ def _nan_facts(
             f"{start + n - 1}); infinite values are neither data nor fill values: fix or mask them in "
             "the source"
         )
-
-
-def store_values(sources: Sources, mask_channels: list[int], start: int, stop: int, c0: int, c1: int) -> np.ndarray:
-    """Physical values of store channels [c0, c1) for steps [start, stop): source channels, then the
-    `<channel>_valid` channels (1 observed, 0 NaN) that the plan added for time-varying NaN patterns."""
-    nsrc = len(sources.channels)
-    wanted = np.arange(c0, c1)
-    source_of = np.where(
-        wanted < nsrc, wanted, np.asarray(list(mask_channels) + [0], dtype=np.int64)[np.maximum(wanted - nsrc, 0)]
-    )
-    needed = np.unique(source_of)
-    raw = sources.read(start, stop, needed)
-    if not np.array_equal(needed, source_of):  # a `_valid` channel repeats its source channel
-        raw = raw[:, np.searchsorted(needed, source_of)]
-    valid = wanted >= nsrc
-    if valid.any():
-        raw[:, valid] = ~np.isnan(raw[:, valid])
-    return raw
 
 
 def write_shard(job: ShardJob, item: tuple[int, int | None], plan: dict) -> dict:
