@@ -15,6 +15,7 @@ import numpy as np
 from canonstore.errors import StoreError
 from canonstore.formats.spec import masked_channel, normalise
 from canonstore.loaders.dataset import WindowDataset
+from canonstore.preprocess.sources import open_sources, store_values
 
 
 class NetCDFDataset(WindowDataset):
@@ -49,8 +50,6 @@ class NetCDFDataset(WindowDataset):
     @property
     def sources(self):
         if self._sources is None:
-            from canonstore.preprocess.sources import open_sources, store_values
-
             self._sources = open_sources(self.recipe)
             raw = [c.name for c in self._sources.channels]
             valid = [masked_channel(c) for c in self.store_channels[len(raw) :]]
