@@ -20,7 +20,7 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.formats.spec import FORMAT_VERSION, masked_channel
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import ShardLayout, shard_file
-from canonstore.preprocess import cluster, tasks, writer
+from canonstore.preprocess import tasks, writer
 from canonstore.preprocess.build import (
     BLOCK_MB,
     BuildResult,
@@ -34,6 +34,7 @@ from canonstore.preprocess.build import (
     store_metadata,
     up_to_date,
 )
+from canonstore.preprocess.executor import InProcessExecutor
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
 from canonstore.preprocess.sources import Channel, Sources, open_sources
@@ -123,8 +124,8 @@ def try_append(
             first=old_steps,
         )
         tasks.share_sources(recipe.path.resolve(), recipe.sha256, sources)
-        run = cluster.InProcess()
-        _, nans = scan(run, job, progress, resumable=False)
+        executor = InProcessExecutor()
+        _, nans = scan(executor, job, progress, resumable=False)
         reason = _nan_change(recipe, sources, plan, nans, old_steps)
         if reason:
             return reason
@@ -165,7 +166,7 @@ def try_append(
                 layout,
                 progress,
                 log,
-                run,
+                executor,
                 job,
                 first_shard,
                 linked,

@@ -3,7 +3,7 @@
     canonstore build recipes/demo.yaml          # -> data/intermediate/demo.zarr
 
 Two passes of one task per shard (`preprocess.tasks`), run here or on dask.distributed
-(`preprocess.cluster`): the first gathers train-split statistics (float64 per-step moments,
+(`preprocess.executor`): the first gathers train-split statistics (float64 per-step moments,
 merged in time order) and NaN facts, and stages raw float32 values where it can; the second
 normalises and writes each shard and returns its checksum. Tasks stream blocks of at most
 `BLOCK_MB` (a block never crosses a shard; a step larger than a block is split across channels),
@@ -39,7 +39,8 @@ from canonstore.formats.manifest import MANIFEST, write_manifest
 from canonstore.formats.spec import FORMAT_VERSION, STAT_NAMES, normalise, valid_name
 from canonstore.formats.verify import verify_store
 from canonstore.formats.zarr_ import ShardLayout
-from canonstore.preprocess import buildlog, cluster, tasks, writer
+from canonstore.preprocess import buildlog, tasks, writer
+from canonstore.preprocess.executor import executor_for
 from canonstore.preprocess.inputs import content, input_records
 from canonstore.preprocess.recipe import Recipe, load_recipe, source_patterns
 from canonstore.preprocess.sources import Channel, Sources, open_sources
@@ -80,7 +81,7 @@ def build(
     completed (its `<out>.partial`); otherwise any partial is discarded. With `append` (the
     default), a store that the recipe only extends in time gets the new steps appended instead of a
     rebuild (`preprocess.append`). `scheduler` (address), `scheduler_file` or `workers` (a local
-    cluster of that many processes) run the shard tasks on dask.distributed (`preprocess.cluster`);
+    cluster of that many processes) run the shard tasks on dask.distributed (`preprocess.executor`);
     the store is the same, bit for bit.
     """
     recipe = load_recipe(recipe_path)
@@ -286,17 +287,19 @@ def _build_locked(
             in_place=recipe.compression == "none" and recipe.dtype == "float32" and sources.float32_exact.any(),
             reread=tuple(int(c) for c in np.flatnonzero(~sources.float32_exact)),
         )
-        with writer.cleanup_on_failure(staging, log), cluster.runner(**where_to_run, log=log) as run:
-            run.check_shared([recipe.path, *recipe.sources[:1], staging])
+        with writer.cleanup_on_failure(staging, log), executor_for(**where_to_run, log=log) as executor:
+            executor.check_shared([recipe.path, *recipe.sources[:1], staging])
             if "plan" in state:
                 plan = _plan_from_json(state["plan"])
             else:
-                stats, nans = scan(run, job, progress)
+                stats, nans = scan(executor, job, progress)
                 plan = _plan(recipe, sources, stats, nans, labels)
                 writer.write_metadata(staging, store_metadata(recipe, sources, labels, plan))
                 state = {**state, "plan": _plan_to_json(plan)}
                 writer.save_progress(staging, state)
-            nbytes = publish_new(recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, run, job)
+            nbytes = publish_new(
+                recipe, sources, labels, plan, inputs, staging, out, layout, progress, log, executor, job
+            )
     finally:
         tasks.share_sources(recipe.path.resolve(), recipe.sha256, None)
         sources.close()
@@ -349,7 +352,7 @@ def publish_new(
     layout: dict,
     progress: bool,
     log,
-    run,
+    executor,
     job: tasks.ShardJob,
     first_shard: int = 0,
     linked: dict | None = None,
@@ -361,7 +364,7 @@ def publish_new(
     old store: relative path -> (path, manifest entry)) and the store's `history`.
     """
     nbytes = _write(
-        recipe, sources, labels, plan, inputs, staging, layout, progress, run, job, first_shard, linked, history
+        recipe, sources, labels, plan, inputs, staging, layout, progress, executor, job, first_shard, linked, history
     )
     problems = verify_store(staging, checksums=False)
     if problems:
@@ -424,7 +427,7 @@ def data_layout(recipe: Recipe, sources: Sources, block_mb: float = BLOCK_MB) ->
     }
 
 
-def scan(run, job: tasks.ShardJob, progress: bool, resumable: bool = True):
+def scan(executor, job: tasks.ShardJob, progress: bool, resumable: bool = True):
     """Pass 1, one task per shard: train statistics and NaN facts, merged in time order.
 
     Shards finish in any order on a cluster; their per-step moments are merged strictly by shard, so
@@ -444,7 +447,7 @@ def scan(run, job: tasks.ShardJob, progress: bool, resumable: bool = True):
     known = {k: r for k, r in known.items() if r is not None}
     order, pending, size = list(shards), {}, int(np.prod(job.shape[2:]))
     with tqdm(total=job.shape[0] - job.first, unit="step", desc="statistics", disable=not progress) as bar:
-        fresh = run.map(tasks.scan_shard, job, [k for k in shards if k not in known])
+        fresh = executor.map(tasks.scan_shard, job, [k for k in shards if k not in known])
         for k, result in itertools.chain(known.items(), fresh):
             if resumable and k not in known:
                 tasks.save_scan(job, result)
@@ -543,7 +546,7 @@ def _write(
     staging: Path,
     layout: dict,
     progress: bool,
-    run,
+    executor,
     job: tasks.ShardJob,
     first_shard: int = 0,
     linked: dict | None = None,
@@ -588,7 +591,7 @@ def _write(
     todo = [(k, raw_crcs.get(k)) for k in shards if written[k] is None]
     done_steps = sum(job.shard_layout.steps_in(k) for k in shards if written[k] is not None)
     with tqdm(total=shape[0] - job.first, initial=done_steps, unit="step", desc="write", disable=not progress) as bar:
-        for (k, _), entry in run.map(tasks.write_shard, job, todo, norm):
+        for (k, _), entry in executor.map(tasks.write_shard, job, todo, norm):
             entries[entry["rel"]] = entry
             bar.update(job.shard_layout.steps_in(k))
     tasks.clear_markers(staging)

@@ -20,7 +20,7 @@ from distributed import Client, LocalCluster
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats import verify_store
 from canonstore.formats.manifest import read_manifest
-from canonstore.preprocess import build, cluster, tasks, writer
+from canonstore.preprocess import build, executor, tasks, writer
 from canonstore.preprocess.sources import Sources
 from tests.conftest import demo_recipe, write_recipe
 from tests.test_bad_input import CASES, SPLITS
@@ -36,7 +36,7 @@ def _files(store: Path) -> dict:
 @pytest.fixture(scope="module")
 def dask_cluster():
     with (
-        cluster.environ_kept(),
+        executor.environ_kept(),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
         ) as local,
@@ -170,15 +170,15 @@ def test_a_failing_task_gives_the_local_error_and_leaves_nothing(tmp_path, dask_
 
 
 def test_workers_that_cannot_see_the_files_are_refused_before_any_task(dask_cluster, tmp_path):
-    runner = cluster.Distributed(dask_cluster[1])
-    runner.check_shared([tmp_path])  # this machine's workers see this machine's files
+    distributed = executor.DistributedExecutor(dask_cluster[1])
+    distributed.check_shared([tmp_path])  # this machine's workers see this machine's files
     with pytest.raises(StoreError, match=r"dask worker .* cannot see .*nowhere.*filesystem that every worker mounts"):
-        runner.check_shared([tmp_path / "nowhere"])
+        distributed.check_shared([tmp_path / "nowhere"])
 
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp_path):
     before = dict(os.environ)
-    with cluster.runner(workers=1, log=lambda *_: None):
+    with executor.executor_for(workers=1, log=lambda *_: None):
         assert os.environ.get("OMP_NUM_THREADS") == "1"  # what dask's nannies set in the process starting them
     assert dict(os.environ) == before
 
@@ -186,7 +186,7 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp
 def test_only_one_way_to_run_may_be_given(tiny_raw, tmp_path):
     with (
         pytest.raises(StoreError, match="one of --scheduler, --scheduler-file and --workers"),
-        cluster.runner(scheduler="tcp://127.0.0.1:1", workers=2),
+        executor.executor_for(scheduler="tcp://127.0.0.1:1", workers=2),
     ):
         pass
 
@@ -210,7 +210,7 @@ def _map_in_a_thread(client, items, limit: float = 90.0) -> dict:
 
     def run():
         try:
-            box["results"] = dict(cluster.Distributed(client).map(_times, 3, items))
+            box["results"] = dict(executor.DistributedExecutor(client).map(_times, 3, items))
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             box["error"] = exc
 
@@ -246,7 +246,7 @@ def test_a_worker_dying_while_data_is_copied_to_it_does_not_hang_a_pass(dask_clu
 def test_a_task_the_scheduler_drops_without_a_word_is_submitted_again(dask_cluster, monkeypatch):
     """Whatever dask loses track of, a pass ends: a task the client hears nothing of is looked up on the
     scheduler after `poll` seconds and submitted again if the scheduler no longer knows it."""
-    monkeypatch.setattr(cluster.Distributed, "poll", 0.5)
+    monkeypatch.setattr(executor.DistributedExecutor, "poll", 0.5)
     local, client = dask_cluster
 
     def drop_quietly(dask_scheduler, prefix):
@@ -292,8 +292,8 @@ def test_a_pass_given_up_midway_is_cancelled_before_its_client_closes(tmp_path, 
     after the `error:` line: the pass was cleaned up at exit, after the local cluster had closed."""
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(OSError, match="No space left"), cluster.runner(workers=1, log=lambda *_: None) as run:
-        results = run.map(_times, 3, range(10))  # held, as build.scan's frame holds it in the error's traceback
+    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1, log=lambda *_: None) as local:
+        results = local.map(_times, 3, range(10))  # held, as build.scan's frame holds it in the error's traceback
         for _ in results:
             raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan
     del results
