@@ -1,9 +1,9 @@
 """The recipe's inputs as one lazy (time, channel, *space) dataset, whatever their file format.
 
 Sources are a small registry in the spirit of xarray's backends: one module per kind
-(`netcdf_`, `grib_`, `nwb_`) opens one file lazily as xarray Datasets in CF terms (a time
-coordinate, grid coordinates, `units`), chosen by file signature or suffix. Everything that is
-not format-specific is written once, here: the time dimension found the CF way, time order and
+(`netcdf_`, `grib_`, `nwb_`) implements `registry.SourceModule`: it opens one file lazily as xarray
+Datasets in CF terms (a time coordinate, grid coordinates, `units`), chosen by file signature or suffix.
+Everything that is not format-specific is written once, here: the time dimension found the CF way, time order and
 duplicates across files, calendars, grids, levels and channels, units, gaps and sessions.
 Nothing is read beyond coordinates: `Sources.read(t0, t1)` pulls one block of steps on demand.
 """
@@ -20,13 +20,21 @@ import xarray as xr
 from canonstore._time import as_days, duration_label, is_dates, span, time_label
 from canonstore.errors import SourceError
 from canonstore.formats.coords import find_axis
-from canonstore.preprocess import grib_, netcdf_, nwb_
 from canonstore.preprocess.derived import MAX_HPA, Input, plan_derived
 from canonstore.preprocess.recipe import Recipe
+from canonstore.preprocess.registry import kind_of, module_of
 from canonstore.splits.gaps import find_gaps
 from canonstore.units import scale_to
 
-KINDS = {"netcdf": netcdf_, "grib": grib_, "nwb": nwb_}
+# isort: off
+# The one place the format modules are imported: each registers itself (registry.register). In this order, as
+# `kind_of` asks them in the order registered: NWB files are HDF5 too, so NWB is asked first; NetCDF, the
+# fallback, reads what no other kind claims.
+import canonstore.preprocess.nwb_  # noqa: F401
+import canonstore.preprocess.grib_  # noqa: F401
+import canonstore.preprocess.netcdf_  # noqa: F401
+# isort: on
+
 CHANNEL_DIMS = ("channel",)  # a dimension whose labels are the channels' names (see _labelled_channels)
 LEVEL_DIMS = ("level", "lev", "plev", "pressure_level", "pressure", "isobaricInhPa")
 _CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
@@ -50,21 +58,6 @@ class _Segment:
     array: xr.DataArray
     keep: np.ndarray
     session: str | None = None  # the session id a source module gives the file (NWB), else None
-
-
-def kind_of(path: Path) -> str:
-    """Which source module reads `path`: by signature first, then suffix; NetCDF when nothing else claims it."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    for kind in ("nwb", "grib"):  # NWB files are HDF5 too, so they are asked before NetCDF
-        if KINDS[kind].recognises(path, head):
-            return kind
-    return "netcdf"
-
-
-def open_parts(path: Path, recipe: Recipe) -> list[xr.Dataset]:
-    """One file as lazy Datasets (a GRIB file can hold several hypercubes), by the module that reads its kind."""
-    return KINDS[kind_of(path)].open_parts(path, recipe)
 
 
 def find_time_dim(parts: list[tuple[Path, xr.Dataset]]) -> str:
@@ -102,7 +95,7 @@ class Sources:
         self._step_days = step_days
         self.files = list(recipe.sources)
         self.kinds = {p: kind_of(p) for p in self.files}
-        self._parts = [(p, ds) for p in self.files for ds in KINDS[self.kinds[p]].open_parts(p, recipe)]
+        self._parts = [(p, ds) for p in self.files for ds in module_of(self.kinds[p]).open_parts(p, recipe)]
         self.time_dim = recipe.time_dim or find_time_dim(self._parts)
         variables = self._select_variables()
         self.calendar = self._check_calendar()
