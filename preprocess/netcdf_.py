@@ -1,7 +1,7 @@
 """NetCDF (classic and NetCDF4/HDF5) sources, opened lazily by xarray, each file with its own decoding.
 
 Each file is decoded on its own, so packing (`scale_factor`/`add_offset`) and fill values may
-differ per file. CDS's newer ERA5 NetCDF names time `valid_time`; `sources.find_time_dim` finds it.
+differ per file. CDS's newer ERA5 NetCDF names time `valid_time`; `timeaxis.find_time_dim` finds it.
 """
 
 from __future__ import annotations

@@ -52,24 +52,25 @@ class SourceModule(Protocol):
 
 
 _MODULES: dict[str, SourceModule] = {}
-_FALLBACK: list[str] = []  # the kind that reads what no other kind recognises (NetCDF: xarray's own error)
+_fallback: str | None = None  # the kind that reads what no other kind recognises (NetCDF: xarray's own error)
 
 
 def register(kind: str, module: SourceModule, *, fallback: bool = False) -> None:
     """Make `module` the reader of `kind`. Kinds are asked in the order registered; a `fallback` kind
     last, and it reads any file no other kind recognises (its own open then says what is wrong)."""
+    global _fallback
     if kind in _MODULES and _MODULES[kind] is not module:
         raise ValueError(f"source kind '{kind}' is registered already, by {_MODULES[kind]!r}")
-    if fallback and _FALLBACK and _FALLBACK[0] != kind:
-        raise ValueError(f"source kind '{_FALLBACK[0]}' is the fallback already; '{kind}' cannot be one too")
+    if fallback and _fallback not in (None, kind):
+        raise ValueError(f"source kind '{_fallback}' is the fallback already; '{kind}' cannot be one too")
     _MODULES[kind] = module
     if fallback:
-        _FALLBACK[:] = [kind]
+        _fallback = kind
 
 
 def registered() -> dict[str, SourceModule]:
     """Every registered kind and its module, in the order `kind_of` asks them (the fallback last)."""
-    order = [k for k in _MODULES if k not in _FALLBACK] + _FALLBACK
+    order = [k for k in _MODULES if k != _fallback] + ([] if _fallback is None else [_fallback])
     return {kind: _MODULES[kind] for kind in order}
 
 
@@ -78,11 +79,11 @@ def kind_of(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
     for kind, module in _MODULES.items():
-        if kind not in _FALLBACK and module.recognises(path, head):
+        if kind != _fallback and module.recognises(path, head):
             return kind
-    if not _FALLBACK:
+    if _fallback is None:
         raise SourceError(f"{path}: no source format recognises it (registered: {sorted(_MODULES)})")
-    return _FALLBACK[0]
+    return _fallback
 
 
 def module_of(kind: str) -> SourceModule:
