@@ -1,8 +1,8 @@
 """The recipe's inputs as one lazy (time, channel, *space) dataset, whatever their file format.
 
 `Sources` composes the steps, each written once for every format: the files opened by their kind's module
-(`registry`: `netcdf_`, `grib_`, `nwb_`), the variables and the time axis joined across files (`timeaxis`),
-the grid and static fields (`grids`), the levels, channels and derived channels (`channels`).
+(`registry`: `netcdf_`, `grib_`, `nwb_`), the recipe's variables, their levels and channels (`channels`),
+the time axis joined across files (`timeaxis`), the grid and static fields (`grids`), the derived channels.
 Nothing is read beyond coordinates: `Sources.read(t0, t1)` pulls one block of steps on demand, and
 `store_values` gives a store's physical channel values from it (the build and the raw loader read through it).
 
