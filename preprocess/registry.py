@@ -30,7 +30,7 @@ class SourceModule(Protocol):
     Each Dataset of `open_parts` must be lazy (nothing read beyond coordinates; `Sources.read` slices it per
     block) and say, in CF terms, what the rest of canonstore reads:
     - a time dimension: a coordinate with `standard_name: time`, `axis: T` or a datetime dtype (or the
-      dimension the recipe names in `time_dim`), dates in seconds (datetime64[s]) or cftime;
+      dimension the recipe names in `time_dim`), as datetime64 (NetCDF and GRIB: seconds) or cftime dates;
     - grid dimensions with their coordinates (latitude/longitude found by `formats.coords.find_axis`);
     - levels on a dimension of `channels.LEVEL_DIMS` (pressure levels with `units`), or a scalar level
       coordinate; channels with their own names on a `channel` dimension (`channels.CHANNEL_DIMS`);
