@@ -105,13 +105,13 @@ def _check(key: str, value, default, source: str):
             fail("a list of channel names, or null for all")
         return value
     if key == "encodings":
-        from canonstore.loaders.encodings import KINDS
+        from canonstore.loaders.windows import ENCODINGS
 
-        if not isinstance(value, list) or not all(v in KINDS for v in value) or len(set(value)) != len(value):
-            fail(f"a list of distinct encodings from {list(KINDS)}")
+        if not isinstance(value, list) or not all(v in ENCODINGS for v in value) or len(set(value)) != len(value):
+            fail(f"a list of distinct encodings from {list(ENCODINGS)}")
         return value
     if key == "lead":
-        from canonstore.loaders.dataset import as_leads
+        from canonstore.loaders.windows import as_leads
 
         try:
             as_leads(value)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from canonstore.errors import ConfigError, RunError, StoreError
 from canonstore.formats import open_store
-from canonstore.loaders.blocks import crop
+from canonstore.loaders.patches import crop
 from canonstore.loaders.sampler import epoch_seed
 from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.config import TRAINED, resolve, run_name
@@ -320,8 +320,8 @@ class _Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y, valid = self.masks.split(y)  # filled points weigh 0
         weights = self.weights
-        if getattr(self.loader, "blocks", None) is not None:  # the area weights of the blocks just cut
-            _, rows, cols = self.loader.last_blocks
+        if getattr(self.loader, "patch_size", None) is not None:  # the area weights of the patches just cut
+            _, rows, cols = self.loader.last_patches
             weights = crop(weights[None], rows, cols, torch.zeros(rows.shape[0], dtype=torch.long))
         loss = weighted_mse(forecast(self.trainable, to_layout(x), steps=self.loader.last_steps), y, weights, valid)
         self.optimizer.zero_grad(set_to_none=True)
