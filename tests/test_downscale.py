@@ -120,7 +120,7 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     }
     config = load_config(None, base)
     store = open_store(tiny_store)
-    from canonstore.training.config import resolve
+    from canonstore.training.runs import resolve
 
     run = resolve(config, store, "cpu")
     assert run["lead"] == 0 and run["history"] == 0
@@ -155,8 +155,8 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
 def _downscaling_loader(store_path, split="val", train=False, **config):
     from canonstore.formats import open_store
     from canonstore.training import load_config
-    from canonstore.training.config import resolve
     from canonstore.training.data import make_loader
+    from canonstore.training.runs import resolve
 
     store = open_store(store_path)
     keys = {"task": "downscaling", "device": "cpu", "workers": 1, "batch_size": 4, **config}

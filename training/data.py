@@ -1,7 +1,8 @@
-"""Where batches go and where they come from: the store (the batch path) or the raw NetCDF files.
+"""Where batches go and where they come from: the store (the batch path) or the raw source files.
 
-Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` only
-changes where the values are read from, so the two can be timed against each other.
+Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` (the config's name
+for the raw sources: NetCDF, GRIB or NWB) only changes where the values are read from, so the two can be
+timed against each other.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def pick_device(choice: str = "auto") -> torch.device:
 
 
 class RawLoader:
-    """The NetCDF baseline the way most projects load: per-sample reads in a standard DataLoader."""
+    """The raw-source baseline the way most projects load: per-sample reads in a standard DataLoader."""
 
     def __init__(
         self,
