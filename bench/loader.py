@@ -4,7 +4,7 @@
 
 Rows, all reading the train split of STORE in the same shuffled order with the same workers and
 delivering the same (x, y) tensors:
-  netcdf            raw NetCDF via xarray, normalised per sample (NetCDFDataset) in a DataLoader
+  netcdf            raw NetCDF via xarray, normalised per sample (RawSourceDataset) in a DataLoader
   store-dataloader  StoreDataset (memmap, per sample) in a standard DataLoader
   store-batch       BatchLoader: whole-batch gathers from the memmap, prefetched (pinned on CUDA)
   store-batch-1shard  the same over --one-shard, the same data as ONE shard file (format 2 layout check)
@@ -33,7 +33,7 @@ import psutil
 import torch
 
 from canonstore import open_store
-from canonstore.loaders import BatchLoader, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
+from canonstore.loaders import BatchLoader, RawSourceDataset, StoreDataset, seeded_generator, worker_init_fn
 
 LOADERS = ("netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy")
 
@@ -97,7 +97,7 @@ def make_loader(name: str, store, args, device: str):
             workers=args.workers,
             drop_last=True,
         )
-    dataset = {"netcdf": NetCDFDataset, "store-dataloader": StoreDataset, "zarr-python": ZarrDataset}[name]
+    dataset = {"netcdf": RawSourceDataset, "store-dataloader": StoreDataset, "zarr-python": ZarrDataset}[name]
     return torch.utils.data.DataLoader(
         dataset(store, "train", **kwargs),
         batch_size=args.batch_size,

@@ -277,30 +277,6 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def score(forecast_file, store, out, lat_weighted, debug):
     """Score FORECAST_FILE (any project's: one variable per channel, dims time, lead, *space) against STORE."""
-    from pathlib import Path
+    from canonstore.training.evaluate import score_to_file
 
-    from canonstore.training.forecasts import score_forecast
-    from canonstore.training.tracking import write_json
-
-    def go():
-        scored = score_forecast(forecast_file, store, lat_weighted)
-        path = Path(forecast_file)
-        target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(
-            target,
-            {
-                "forecast": str(path),
-                "store": str(store),
-                "scores": scored["scores"],
-                "leads": {str(k): v for k, v in scored["leads"].items()},
-                "acc_climatology": scored["climatology"],
-            },
-        )
-        overall = scored["scores"]["overall"]
-        click.echo(
-            f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
-            f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)"
-        )
-
-    _run(go, debug)
+    _run(lambda: score_to_file(forecast_file, store, out, lat_weighted, log=click.echo), debug)

@@ -1,6 +1,6 @@
 """Units: spellings read, and values converted only where the conversion is certain.
 
-The one table for the whole package: `preprocess.derived` converts a derived channel's inputs with it,
+The one table for the whole package: `preprocess.derived_units` converts a derived channel's inputs with it,
 `training.alignment` a forecast file's variables to the store's units.
 
     conversion("degC", "K")              # -> (1.0, 273.15): kelvin = degC * 1 + 273.15

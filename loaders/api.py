@@ -38,6 +38,6 @@ def open_loader(
 ) -> BatchLoader:
     """Batches of `split` of `store` prefetched onto `device`: the windows are chosen by the StoreDataset
     keywords (lead, history, channels, targets, static); `kwargs` go to BatchLoader (device, shuffle, seed,
-    workers, blocks, transform, ...)."""
+    workers, patch_size, transform, ...)."""
     dataset = open_dataset(store, split, lead=lead, history=history, channels=channels, targets=targets, static=static)
     return BatchLoader(dataset, batch_size, **kwargs)

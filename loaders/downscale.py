@@ -2,13 +2,13 @@
 
     y_CU = coarse_up(y_HR, factor)        # the model learns R = y_HR - y_CU (IPSL-AID's set-up)
 
-Coarsening is the plain mean over each block of `factor` cells; interpolation back is bilinear
+Coarsening is the plain mean over the `factor` fine cells of each coarse cell; interpolation back is bilinear
 between coarse cell centres. On a global grid (`periodic`: the store's `longitude_periodic`) longitude,
 the last dimension, wraps: the cells east of the last column are the first ones, so nothing changes at
 the dateline. On a regional grid its edge columns are repeated instead, as latitude's edge rows always
 are (nothing lies beyond a pole, or beyond a region's edge). Runs on whatever device the batch is on.
-With random blocks, `coarse_up_blocks` computes a block's coarse-up from the block and the coarse cells
-around it only: the same numbers as cutting the block from the whole field's coarse-up, at a fraction of the cost.
+With random patches, `coarse_up_patches` computes a patch's coarse-up from the patch and the coarse cells
+around it only: the same numbers as cutting the patch from the whole field's coarse-up, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from canonstore.loaders.blocks import crop
+from canonstore.loaders.patches import crop
 
 
 def coarse_factor(space: tuple[int, ...], coarse) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def coarse_factor(space: tuple[int, ...], coarse) -> tuple[int, int]:
 
 
 def coarsen(x: torch.Tensor, factor: tuple[int, int]) -> torch.Tensor:
-    """(batch, channel, lat, lon) -> (batch, channel, lat / f_lat, lon / f_lon): block means."""
+    """(batch, channel, lat, lon) -> (batch, channel, lat / f_lat, lon / f_lon): coarse-cell means."""
     return F.avg_pool2d(x, kernel_size=factor, stride=factor)
 
 
@@ -55,7 +55,7 @@ def coarse_up(x: torch.Tensor, factor: tuple[int, int], *, periodic: bool) -> to
     return upsample(coarsen(work, factor), factor, periodic=periodic).to(x.dtype)
 
 
-def coarse_up_blocks(
+def coarse_up_patches(
     x: torch.Tensor,
     factor: tuple[int, int],
     rows: torch.Tensor,
@@ -64,12 +64,12 @@ def coarse_up_blocks(
     *,
     periodic: bool,
 ) -> torch.Tensor:
-    """`crop(coarse_up(x, factor), rows, cols, samples)`, bit for bit, from the coarse cells the blocks read.
+    """`crop(coarse_up(x, factor), rows, cols, samples)`, bit for bit, from the coarse cells the patches read.
 
-    rows (n, h) and cols (n, w) are blocks of consecutive cells as `blocks.block_indices` draws them (the
-    columns may wrap around a periodic grid). Each block's window of coarse cells (those it lies in and one
+    rows (n, h) and cols (n, w) are patches of consecutive cells as `patches.patch_indices` draws them (the
+    columns may wrap around a periodic grid). Each patch's window of coarse cells (those it lies in and one
     more on each side, wrapped or repeated beyond the grid as `upsample` pads it) is coarsened and
-    interpolated as `upsample` does the whole grid, then the block is cut from it.
+    interpolated as `upsample` does the whole grid, then the patch is cut from it.
     """
     (fy, fx), (n_lat, n_lon) = factor, x.shape[-2:]
     rows, cols = rows.cpu(), cols.cpu()  # indices are worked out on the CPU, the values stay where they are
@@ -90,11 +90,11 @@ def coarse_up_blocks(
 
 
 def _window(start: torch.Tensor, size: int, f: int, cell) -> tuple[torch.Tensor, torch.Tensor]:
-    """For blocks of `size` consecutive fine cells from `start` (n,): where each begins in its window's
-    interpolated cells (n,), and the window's coarse cells (n, m): those the block lies in, with one more on
-    each side; `cell` maps a coarse index (-1 ... n, or more for a block that wraps) to the grid's cell."""
+    """For patches of `size` consecutive fine cells from `start` (n,): where each begins in its window's
+    interpolated cells (n,), and the window's coarse cells (n, m): those the patch lies in, with one more on
+    each side; `cell` maps a coarse index (-1 ... n, or more for a patch that wraps) to the grid's cell."""
     first = torch.div(start, f, rounding_mode="floor")
-    window = first[:, None] - 1 + torch.arange((size + f - 2) // f + 3)  # the most cells a block can lie in, + 2
+    window = first[:, None] - 1 + torch.arange((size + f - 2) // f + 3)  # the most cells a patch can lie in, + 2
     return start - first * f, cell(window)
 
 
@@ -123,7 +123,7 @@ def _linear(padded: torch.Tensor, dim: int, f: int) -> torch.Tensor:
 class CoarseUp:
     """A batch transform: the first `dynamic` input channels become their coarse-up (the model never
     sees them at high resolution); static fields and encodings after them stay as they are. Apply it to
-    whole fields: random blocks are cut from its result, so they hold what validation sees."""
+    whole fields: random patches are cut from its result, so they hold what validation sees."""
 
     def __init__(self, factor: tuple[int, int], dynamic: int, *, periodic: bool):
         self.factor, self.dynamic, self.periodic = factor, dynamic, periodic
@@ -140,7 +140,7 @@ class CoarseUp:
         cols: torch.Tensor,
         samples: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The blocks `blocks.crop(*self(x, y), rows, cols, samples)` cuts, without a coarse-up of whole fields."""
-        coarse = coarse_up_blocks(x[:, : self.dynamic], self.factor, rows, cols, samples, periodic=self.periodic)
+        """The patches `patches.crop(*self(x, y), rows, cols, samples)` cuts, without a coarse-up of whole fields."""
+        coarse = coarse_up_patches(x[:, : self.dynamic], self.factor, rows, cols, samples, periodic=self.periodic)
         rest = crop(x[:, self.dynamic :], rows, cols, samples)
         return torch.cat([coarse, rest], dim=1), crop(y, rows, cols, samples)

@@ -20,21 +20,9 @@ import torch
 
 from canonstore._time import is_dates
 from canonstore.formats.coords import latitude_field
+from canonstore.loaders.windows import encoding_names  # the channels each kind adds: loaders.windows.ENCODINGS
 
-KINDS = {
-    "latlon": ("sin_lat", "cos_lat", "sin_lon", "cos_lon"),
-    "doy": ("cos_doy", "sin_doy"),
-    "hod": ("cos_hod", "sin_hod"),
-    "toa": ("toa",),
-}
 _YEAR_DAYS = {"noleap": 365, "365_day": 365, "all_leap": 366, "366_day": 366, "360_day": 360}
-
-
-def encoding_names(kinds) -> list[str]:
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown encoding(s) {unknown}; choose from {list(KINDS)}")
-    return [name for k in kinds for name in KINDS[k]]
 
 
 def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ One background thread fills host buffers (each batch split over `workers` gather
 releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
 side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
 copies: memmap -> pinned buffer -> GPU. Static fields and encodings are appended, the dtype converted and
-random blocks cropped on the device; on the CPU the batch is assembled in place instead.
+random patches cropped on the device; on the CPU the batch is assembled in place instead.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from canonstore.loaders.blocks import block_indices, crop, epoch_blocks
 from canonstore.loaders.dataset import StoreDataset
+from canonstore.loaders.patches import crop, epoch_patches, patch_indices
 from canonstore.loaders.sampler import BatchSampler, epoch_seed
 
 _DONE = object()
@@ -42,17 +42,18 @@ class BatchLoader:
         thread competes with the training loop for the GIL (on an H100, a UNet trained at 97% of its
         model-alone speed with 2 threads and at 79% with 8; bench/loader.py measures it).
     prefetch : batches gathered ahead of the one being used.
-    blocks : (lat, lon) size of random blocks to crop per sample, or None for whole fields; they wrap
-        around in longitude only where the store's longitude is periodic (`Store.longitude_periodic`).
-    blocks_per_epoch : 0 (default): one random block per sample, drawn per batch. s > 0: s block
+    patch_size : (lat, lon) size of random patches to crop per sample (`loaders.patches`), or None for whole
+        fields; they wrap around in longitude only where the store's longitude is periodic
+        (`Store.longitude_periodic`).
+    patches_per_epoch : 0 (default): one random patch per sample, drawn per batch. s > 0: s patch
         centres drawn per epoch from (seed, epoch), and every sample of the epoch is cut at all s of
-        them, so a batch of B samples yields B x s blocks (sample-major). `last_blocks` holds the
+        them, so a batch of B samples yields B x s patches (sample-major). `last_patches` holds the
         (samples, rows, cols) of the batch just yielded, to cut loss weights the same way.
         `last_steps` holds the store step t of each of its samples (what a rollout needs for its encodings).
     dtype : dtype of the yielded tensors (a float16 store is sent as float16, converted on device).
     transform : called as `transform(x, y)` on each batch on the device, on whole fields (before random
-        blocks are cut from its result); returns (x, y). With blocks, a transform that has a method
-        `cut(x, y, rows, cols, samples)` returning those blocks of its result (`CoarseUp` has) is called
+        patches are cut from its result); returns (x, y). With patches, a transform that has a method
+        `cut(x, y, rows, cols, samples)` returning those patches of its result (`CoarseUp` has) is called
         that way instead. The dataset's own per-sample `transform` is not used on this path.
     """
 
@@ -66,22 +67,22 @@ class BatchLoader:
         device=None,
         workers: int = 2,
         prefetch: int = 2,
-        blocks: tuple[int, int] | None = None,
+        patch_size: tuple[int, int] | None = None,
         dtype: torch.dtype = torch.float32,
         rank: int | None = None,
         world_size: int | None = None,
         transform=None,
         even: bool | None = None,
-        blocks_per_epoch: int = 0,
+        patches_per_epoch: int = 0,
     ):
         self.dataset = dataset
         self.sampler = BatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, even)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.workers, self.prefetch, self.blocks, self.dtype = max(1, workers), max(1, prefetch), blocks, dtype
-        self.seed, self.transform, self.blocks_per_epoch = seed, transform, blocks_per_epoch
-        self.last_blocks = self.last_steps = None
-        if blocks is not None and len(dataset.sample_space) != 2:
-            raise ValueError(f"random blocks need (lat, lon) samples; this store's samples are {dataset.sample_space}")
+        self.workers, self.prefetch, self.patch_size, self.dtype = max(1, workers), max(1, prefetch), patch_size, dtype
+        self.seed, self.transform, self.patches_per_epoch = seed, transform, patches_per_epoch
+        self.last_patches = self.last_steps = None
+        if patch_size is not None and len(dataset.sample_space) != 2:
+            raise ValueError(f"random patches need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
         self._cpu_ring: list = []  # (buffer pair, idle storage-user counts), see _unused_cpu_buffers
 
@@ -105,23 +106,23 @@ class BatchLoader:
         stop = threading.Event()
         filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
         filler.start()
-        blocks_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "blocks"))
-        self._epoch_blocks = None
-        if self.blocks is not None and self.blocks_per_epoch:  # one draw per epoch: resuming redraws the same
-            self._epoch_blocks = block_indices(
-                self.blocks_per_epoch,
+        patches_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "patches"))
+        self._epoch_patches = None
+        if self.patch_size is not None and self.patches_per_epoch:  # one draw per epoch: resuming redraws the same
+            self._epoch_patches = patch_indices(
+                self.patches_per_epoch,
                 self.dataset.sample_space,
-                self.blocks,
-                blocks_rng,
+                self.patch_size,
+                patches_rng,
                 periodic=self.dataset.longitude_periodic,
             )
-        elif self.blocks is not None:  # the skipped batches' draws, so later batches get the same blocks
+        elif self.patch_size is not None:  # the skipped batches' draws, so later batches get the same patches
             for _ in range(skipped):
-                block_indices(
+                patch_indices(
                     self.sampler.batch_size,
                     self.dataset.sample_space,
-                    self.blocks,
-                    blocks_rng,
+                    self.patch_size,
+                    patches_rng,
                     periodic=self.dataset.longitude_periodic,
                 )
         stream = torch.cuda.Stream(self.device) if cuda else None
@@ -134,7 +135,7 @@ class BatchLoader:
                     torch.cuda.current_stream(self.device).wait_event(event)
                     x.record_stream(torch.cuda.current_stream(self.device))
                     y.record_stream(torch.cuda.current_stream(self.device))
-                yield self._finish(x, y, blocks_rng, positions)
+                yield self._finish(x, y, patches_rng, positions)
                 pending = following
         finally:
             stop.set()
@@ -235,7 +236,7 @@ class BatchLoader:
         free.put((full, event))  # reusable once `event` has passed
         return x, y, event, positions
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, blocks_rng: torch.Generator, positions):
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, patches_rng: torch.Generator, positions):
         x, y = x.to(self.dtype), y.to(self.dtype)
         steps = self.last_steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
         if x.is_cuda and self.dataset.static.shape[0]:  # static fields are sent to the GPU once
@@ -244,24 +245,24 @@ class BatchLoader:
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)
         if self.dataset.encodings is not None:  # computed here, on the batch's device
             x = torch.cat([x, self.dataset.encodings.fields(steps, x.device).to(self.dtype)], dim=1)
-        # A transform runs on whole fields: a block is then cut from what validation sees. One that can cut
-        # blocks itself (`CoarseUp.cut`: the same numbers) is spared the work on the whole fields.
-        cut = getattr(self.transform, "cut", None) if self.blocks is not None else None
+        # A transform runs on whole fields: a patch is then cut from what validation sees. One that can cut
+        # patches itself (`CoarseUp.cut`: the same numbers) is spared the work on the whole fields.
+        cut = getattr(self.transform, "cut", None) if self.patch_size is not None else None
         if self.transform is not None and cut is None:
             x, y = self.transform(x, y)
-        if self.blocks is not None:
-            if self._epoch_blocks is not None:
-                samples, rows, cols = epoch_blocks(x.shape[0], *self._epoch_blocks)
+        if self.patch_size is not None:
+            if self._epoch_patches is not None:
+                samples, rows, cols = epoch_patches(x.shape[0], *self._epoch_patches)
             else:
-                rows, cols = block_indices(
+                rows, cols = patch_indices(
                     x.shape[0],
                     tuple(x.shape[-2:]),
-                    tuple(self.blocks),
-                    blocks_rng,
+                    tuple(self.patch_size),
+                    patches_rng,
                     periodic=self.dataset.longitude_periodic,
                 )
                 samples = None
-            self.last_blocks = (samples, rows, cols)
+            self.last_patches = (samples, rows, cols)
             x, y = (cut or _crop_both)(x, y, rows, cols, samples)
         return x, y
 

@@ -1,4 +1,4 @@
-"""Seeded, epoch-aware, DDP-aware batches of sample positions.
+"""Seeded, epoch-aware, DDP-aware batches of sample positions, and the seeds of a DataLoader's workers.
 
 Each epoch's order is a function of (seed, epoch) alone, so it is the same with any number of
 workers and after a restart. Under DDP every rank takes its own slice of that permutation, so
@@ -7,18 +7,20 @@ ranks never see the same sample in an epoch.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-STREAMS = ("order", "blocks", "model")  # independent random streams of one epoch
+# Independent random streams of one epoch; a stream's seed follows its position, so names may change, never order.
+STREAMS = ("order", "patches", "model")
 
 
 def epoch_seed(seed: int, epoch: int, stream: str = "order") -> int:
     """The seed of one random stream (`STREAMS`) of epoch `epoch` of a run seeded `seed`.
 
-    Streams are drawn through numpy's SeedSequence, so the sample order, the random blocks and the
+    Streams are drawn through numpy's SeedSequence, so the sample order, the random patches and the
     model's own randomness never share a generator state (the same seed for two of them makes their
     draws correlated), and no two (seed, epoch) pairs share one either.
     """
@@ -104,3 +106,21 @@ class BatchSampler(torch.utils.data.Sampler):
             if len(batch) < self.batch_size and self.drop_last:
                 return
             yield sorted(batch.tolist())
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed python and numpy in a DataLoader worker from torch's per-worker seed (base seed + id).
+
+    With a seeded DataLoader `generator`, any randomness in a worker is then reproducible for any
+    number of workers; torch itself is already seeded by the DataLoader.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU torch.Generator for DataLoader(generator=...) and samplers."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

@@ -19,12 +19,14 @@ import contextlib
 import hashlib
 import os
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
+from canonstore.preprocess.registry import first_line, register
 
 SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb1", ".grb2")
 # Scalar coordinates that say which level type or ensemble member a hypercube is; they differ
@@ -110,7 +112,7 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
     except SourceError:
         raise
     except Exception as exc:  # ecCodes and cfgrib raise many types for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SourceError(f"{path}: cannot open as GRIB (damaged, truncated or another format): {first}") from exc
     if not parts:
         raise SourceError(f"{path}: holds no GRIB field cfgrib can read")
@@ -200,3 +202,6 @@ def _on_one_axis(ds: xr.Dataset) -> xr.Dataset:
     for name in ds.data_vars:  # cfgrib's `GRIB_*` attributes stay; CF `units` is what the store keeps
         ds[name].attrs.setdefault("units", ds[name].attrs.get("GRIB_units", ""))
     return ds
+
+
+register("grib", sys.modules[__name__])

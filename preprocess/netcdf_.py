@@ -1,11 +1,12 @@
 """NetCDF (classic and NetCDF4/HDF5) sources, opened lazily by xarray, each file with its own decoding.
 
 Each file is decoded on its own, so packing (`scale_factor`/`add_offset`) and fill values may
-differ per file. CDS's newer ERA5 NetCDF names time `valid_time`; `sources.find_time_dim` finds it.
+differ per file. CDS's newer ERA5 NetCDF names time `valid_time`; `timeaxis.find_time_dim` finds it.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
+from canonstore.preprocess.registry import first_line, register
 
 SUFFIXES = (".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5")
 
@@ -42,7 +44,7 @@ def _open(path: Path) -> xr.Dataset:
                 path, cache=False, decode_coords="all", decode_times=xr.coders.CFDatetimeCoder(time_unit="s")
             )
     except Exception as exc:  # the libraries' messages run over several lines; the first says it
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "did not find a match" in first:
             first = "no NetCDF or HDF5 signature (no installed xarray backend recognises it)"
         raise SourceError(f"{path}: cannot open as NetCDF (damaged, truncated or another format): {first}") from exc
@@ -78,3 +80,6 @@ def _check_netcdf3_size(path: Path) -> None:
             f"{path}: truncated NetCDF3 file: {size} bytes, but its header describes {needed} bytes "
             "of data (the library would read the missing part as zeros)"
         )
+
+
+register("netcdf", sys.modules[__name__], fallback=True)

@@ -10,6 +10,7 @@ one time axis; electrodes (or columns) are channels.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from canonstore.errors import SourceError
+from canonstore.preprocess.registry import first_line, register
 
 SUFFIXES = (".nwb",)
 
@@ -45,7 +47,7 @@ def open_parts(path: Path, recipe) -> list[xr.Dataset]:
         io = NWBHDF5IO(str(path), "r")
         nwb = io.read()
     except Exception as exc:  # pynwb/hdmf/h5py raise many types for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SourceError(f"{where}: cannot open as NWB (damaged, truncated or another format): {first}") from exc
     try:
         series = _series(nwb, recipe.series, where)
@@ -187,3 +189,6 @@ def _utc():
     import datetime as dt
 
     return dt.timezone.utc
+
+
+register("nwb", sys.modules[__name__])

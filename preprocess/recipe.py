@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from canonstore.errors import RecipeError
+from canonstore.preprocess.derived import KINDS
 from canonstore.splits import parse_split_rule
 from canonstore.splits.rules import without_utc
 
@@ -77,7 +78,7 @@ class Recipe:
     derived: tuple[dict, ...] = ()  # channels computed at build time (preprocess.derived)
     time_start: str | None = None
     time_end: str | None = None
-    time_dim: str | None = None  # None: found the CF way (sources.find_time_dim)
+    time_dim: str | None = None  # None: found the CF way (timeaxis.find_time_dim)
     series: str | None = None  # NWB: the TimeSeries to store, e.g. acquisition/ElectricalSeries
     nan_policy: str = "error"
     on_duplicate_time: str = "error"
@@ -161,8 +162,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def _parse_derived(value: object, where: str) -> tuple[dict, ...]:
     """`derived:` entries: {name, kind, the kind's inputs, optional levels}; checked before any data is read."""
-    from canonstore.preprocess.derived import KINDS
-
     if value is None:
         return ()
     if not isinstance(value, list):

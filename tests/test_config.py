@@ -1,19 +1,15 @@
 """Training configs: defaults <- file <- overrides, checked with errors that name the key; run names."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from canonstore.errors import ConfigError, StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
-from canonstore.training.config import (
-    DEFAULTS,
-    config_hash,
-    lead_times,
-    load_config,
-    parse_overrides,
-    resolve,
-    run_name,
-)
+from canonstore.training.config import DEFAULTS, lead_times, load_config, parse_overrides
+from canonstore.training.runs import config_hash, resolve, run_name
 from tests.conftest import linked_copy, replace_build
 
 ROOT_CONFIG = "configs/default.yaml"
@@ -85,6 +81,27 @@ def test_run_name_follows_what_decides_the_result(tiny_store):
     # the baselines do not train: optimisation keys do not make new runs of them
     assert name(model="persistence", epochs=3) == name(model="persistence", epochs=4)
     assert name(model="persistence") != name(model="climatology")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({}, "unet-demo-5b637536"),
+        ({"blocks": {"size": [4, 8], "per_epoch": 2}, "lead": [1, 2]}, "unet-demo-986ccf05"),
+    ],
+)
+def test_run_names_never_change_between_versions(overrides, name):
+    """A run's folder is found again by its name: code that moves or renames (the config's `blocks` are
+    patches in the code) must hash the same keys and values. The names are those 0.1 gave."""
+    store = SimpleNamespace(
+        attrs={"name": "demo"},
+        path=Path("data/intermediate/demo.zarr"),
+        build_id="0" * 64,
+        latitude=None,
+        shape=(100, 4, 8, 16),
+        dims=("time", "channel", "lat", "lon"),
+    )
+    assert run_name(resolve(load_config(ROOT_CONFIG, {"model": "unet", **overrides}), store, "cpu")) == name
 
 
 def test_hash_depends_on_the_store_build_not_its_path(tiny_store):

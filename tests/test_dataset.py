@@ -152,7 +152,7 @@ def test_gaps_end_windows_as_split_boundaries_do():
 
 
 def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_store):
-    from canonstore.loaders import NetCDFDataset
+    from canonstore.loaders import RawSourceDataset
 
     store = open_store(gappy_store)
     assert store.gaps.tolist() == [181]  # 2000-06-30 -> 2000-08-01
@@ -160,7 +160,7 @@ def test_no_window_spans_a_time_gap_in_the_store_or_the_netcdf_baseline(gappy_st
         ds = open_dataset(store, "train", lead=lead, history=history)
         span = (store.time[ds.times + lead] - store.time[ds.times - history]) / np.timedelta64(1, "D")
         assert np.all(span == lead + history) and ds.times.size == 366 - 31 - 2 * (lead + history)
-        raw = NetCDFDataset(store, "train", lead=lead, history=history, target_masks=True)
+        raw = RawSourceDataset(store, "train", lead=lead, history=history, target_masks=True)
         assert np.array_equal(raw.times, ds.times)
     mapped = open_dataset(store, "train", lead=4, history=2, target_masks=True)
     for i in (0, 150, len(mapped) - 1):  # the same windows, masks included

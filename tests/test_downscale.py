@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from canonstore.loaders.blocks import block_indices, crop, epoch_blocks
-from canonstore.loaders.downscale import CoarseUp, coarse_factor, coarse_up, coarse_up_blocks, upsample
+from canonstore.loaders.downscale import CoarseUp, coarse_factor, coarse_up, coarse_up_patches, upsample
+from canonstore.loaders.patches import crop, epoch_patches, patch_indices
 
 LAT, LON = 32, 64
 
@@ -23,7 +23,7 @@ def grid():
 
 def test_a_smooth_field_survives_the_round_trip():
     lat, lon = grid()
-    # linear in latitude: block means are the values at the coarse centres, and bilinear between
+    # linear in latitude: coarse-cell means are the values at the coarse centres, and bilinear between
     # centres is exact; only the half coarse cell next to each pole (clamped, nothing beyond) differs
     ramp = (lat * torch.ones_like(lon))[None, None].double()
     error = (coarse_up(ramp, (4, 4), periodic=True) - ramp).abs()[0, 0].amax(dim=1)
@@ -63,14 +63,14 @@ def test_the_coarse_grid_must_divide_the_grid():
 
 @pytest.mark.parametrize("periodic", [True, False])
 @pytest.mark.parametrize("factor", [(4, 4), (2, 3), (3, 5)])
-def test_a_block_s_coarse_up_is_the_whole_field_s_coarse_up_cut_bit_for_bit(periodic, factor):
-    """The coarse-up of whole fields before a block is cut cost 30x the block's own (184 x 360, 32 x 32 blocks,
-    3 whole-field copies): a block's coarse-up from the coarse cells around it is the same, to the bit, at the
+def test_a_patch_s_coarse_up_is_the_whole_field_s_coarse_up_cut_bit_for_bit(periodic, factor):
+    """The coarse-up of whole fields before a patch is cut cost 30x the patch's own (184 x 360, 32 x 32 patches,
+    3 whole-field copies): a patch's coarse-up from the coarse cells around it is the same, to the bit, at the
     poles, a regional grid's edges and across the dateline, for float64, float32 and float16 batches."""
     generator = torch.Generator().manual_seed(0)
     grid = (24, 60)
     for size in ((8, 8), (5, 7), (1, 1), (24, 60)):
-        rows, cols = block_indices(6, grid, size, generator, periodic=periodic)
+        rows, cols = patch_indices(6, grid, size, generator, periodic=periodic)
         edges = [
             (torch.arange(size[0]), torch.arange(size[1])),  # north-west corner
             (grid[0] - size[0] + torch.arange(size[0]), grid[1] - size[1] + torch.arange(size[1])),
@@ -83,17 +83,17 @@ def test_a_block_s_coarse_up_is_the_whole_field_s_coarse_up_cut_bit_for_bit(peri
         for dtype in (torch.float64, torch.float32, torch.float16):
             x = torch.randn(4, 3, *grid, generator=generator, dtype=torch.float64).to(dtype)
             whole = crop(coarse_up(x, factor, periodic=periodic), rows, cols, samples)
-            assert torch.equal(coarse_up_blocks(x, factor, rows, cols, samples, periodic=periodic), whole)
+            assert torch.equal(coarse_up_patches(x, factor, rows, cols, samples, periodic=periodic), whole)
 
 
-def test_coarse_up_cuts_blocks_as_the_whole_fields_would_give_them():
-    """`CoarseUp.cut` (what the batch loader calls with blocks): the coarse-upped dynamic inputs, the static and
-    encoding channels after them as they are, and the targets, all cut alike; per-epoch blocks too."""
+def test_coarse_up_cuts_patches_as_the_whole_fields_would_give_them():
+    """`CoarseUp.cut` (what the batch loader calls with patches): the coarse-upped dynamic inputs, the static and
+    encoding channels after them as they are, and the targets, all cut alike; per-epoch patches too."""
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(3, 5, 24, 48, generator=generator), torch.randn(3, 2, 24, 48, generator=generator)
     transform = CoarseUp((4, 4), 3, periodic=True)
-    rows, cols = block_indices(3, (24, 48), (9, 10), generator, periodic=True)
-    for cut in ((rows, cols, None), epoch_blocks(3, rows, cols)[1:] + epoch_blocks(3, rows, cols)[:1]):
+    rows, cols = patch_indices(3, (24, 48), (9, 10), generator, periodic=True)
+    for cut in ((rows, cols, None), epoch_patches(3, rows, cols)[1:] + epoch_patches(3, rows, cols)[:1]):
         whole_x, whole_y = transform(x, y)
         got_x, got_y = transform.cut(x, y, *cut)
         assert torch.equal(got_x, crop(whole_x, *cut)) and torch.equal(got_y, crop(whole_y, *cut))
@@ -120,7 +120,7 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
     }
     config = load_config(None, base)
     store = open_store(tiny_store)
-    from canonstore.training.config import resolve
+    from canonstore.training.runs import resolve
 
     run = resolve(config, store, "cpu")
     assert run["lead"] == 0 and run["history"] == 0
@@ -155,8 +155,8 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
 def _downscaling_loader(store_path, split="val", train=False, **config):
     from canonstore.formats import open_store
     from canonstore.training import load_config
-    from canonstore.training.config import resolve
     from canonstore.training.data import make_loader
+    from canonstore.training.runs import resolve
 
     store = open_store(store_path)
     keys = {"task": "downscaling", "device": "cpu", "workers": 1, "batch_size": 4, **config}
@@ -179,15 +179,15 @@ def test_a_regional_grid_gets_nothing_from_across_the_globe_on_the_real_nrcan_fi
     assert not torch.equal(before[..., -4:], after[..., -4:])
 
 
-def test_random_blocks_for_downscaling_are_cut_from_the_whole_fields_coarse_up(tiny_store, monkeypatch):
-    """The coarse-up of a cut block differed from what validation sees by up to 0.64 std: the block now holds
+def test_random_patches_for_downscaling_are_cut_from_the_whole_fields_coarse_up(tiny_store, monkeypatch):
+    """The coarse-up of a cut patch differed from what validation sees by up to 0.64 std: the patch now holds
     the whole field's coarse-up (the same inputs as whole-field validation), without coarse-upping whole fields."""
     loader = _downscaling_loader(tiny_store, "train", train=True, coarse=[4, 8], blocks={"size": [4, 6]})
     loader.set_epoch(0)
     with monkeypatch.context() as patch:
-        patch.setattr(CoarseUp, "__call__", lambda *_: pytest.fail("whole fields coarse-upped to cut blocks"))
+        patch.setattr(CoarseUp, "__call__", lambda *_: pytest.fail("whole fields coarse-upped to cut patches"))
         x, y = next(iter(loader))
-    samples, rows, cols = loader.last_blocks
+    samples, rows, cols = loader.last_patches
     whole = _downscaling_loader(tiny_store, "train", coarse=[4, 8], batch_size=len(loader.dataset))
     positions = torch.from_numpy(np.searchsorted(whole.dataset.times, loader.last_steps))
     full_x = next(iter(whole))[0][positions]  # whole fields, coarse-upped as in validation

@@ -15,10 +15,12 @@ from canonstore.errors import CanonstoreError, ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
-from canonstore.training.evaluate import load_run, score
-from canonstore.training.forecasts import check_same_build, forecast_path, score_forecast, write_forecast
+from canonstore.training.baselines import reference_climatology
+from canonstore.training.evaluate import score_forecast
+from canonstore.training.forecasts import forecast_path, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
-from canonstore.training.models import reference_climatology
+from canonstore.training.runs import check_same_build, load_run
+from canonstore.training.scoring import score
 from canonstore.units import G
 from tests.conftest import linked_copy, replace_build, write_recipe
 
@@ -373,7 +375,7 @@ def test_a_lead_in_hours_must_be_that_long_after_each_init_time():
     """Sessions at other rates (NWB): 6 hours is one usual step, but in a 3-hourly session one step is 3 hours."""
     from types import SimpleNamespace
 
-    from canonstore.training.alignment import truth_steps
+    from canonstore.training.valid_times import truth_steps
 
     six_hourly = np.datetime64("2020-01-01T00") + np.arange(8) * np.timedelta64(6, "h")
     three_hourly = np.datetime64("2020-02-01T00") + np.arange(4) * np.timedelta64(3, "h")

@@ -9,18 +9,16 @@ import torch
 from canonstore.errors import ConfigError
 from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
-from canonstore.training.models import (
-    MLP,
+from canonstore.training.baselines import (
     Climatology,
     Persistence,
-    Rollout,
-    UNet,
     basis_size,
-    build_model,
     reference_climatology,
     supported_harmonics,
     time_basis,
 )
+from canonstore.training.models import Rollout, build_model
+from canonstore.training.nets import MLP, UNet
 
 
 class FakeDataset:

@@ -30,7 +30,7 @@ def test_batches_are_the_sampled_samples(tiny_store, workers):
 
 def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
     ds = open_dataset(tiny_store, "train")
-    runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, blocks=(4, 8))) for w in (1, 2, 1)]
+    runs = [list(BatchLoader(ds, 32, seed=9, device="cpu", workers=w, patch_size=(4, 8))) for w in (1, 2, 1)]
     for other in runs[1:]:
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], other))
     assert runs[0][0][0].shape == (32, 17 + 2, 4, 8)  # channels and the two static fields
@@ -85,6 +85,6 @@ def test_cuda_batches_match_the_cpu_ones(tiny_store):
     assert len(gpu) == len(cpu) and gpu[0][0].device.type == "cuda"
     for (gx, gy), (cx, cy) in zip(gpu, cpu):
         assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy)
-    blocks = list(BatchLoader(ds, 32, seed=2, device="cuda", blocks=(4, 8)))
-    blocks_cpu = list(BatchLoader(ds, 32, seed=2, device="cpu", blocks=(4, 8)))
-    assert all(torch.equal(a[0].cpu(), b[0]) for a, b in zip(blocks, blocks_cpu))
+    patches = list(BatchLoader(ds, 32, seed=2, device="cuda", patch_size=(4, 8)))
+    patches_cpu = list(BatchLoader(ds, 32, seed=2, device="cpu", patch_size=(4, 8)))
+    assert all(torch.equal(a[0].cpu(), b[0]) for a, b in zip(patches, patches_cpu))

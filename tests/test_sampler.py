@@ -84,8 +84,16 @@ def test_random_streams_are_independent():
         (seed, epoch, stream): epoch_seed(seed, epoch, stream)
         for seed in range(3)
         for epoch in (0, 1, 1_000_003)
-        for stream in ("order", "blocks", "model")
+        for stream in ("order", "patches", "model")
     }
     assert len(set(seeds.values())) == len(seeds)  # no two (seed, epoch, stream) share a generator state
     with pytest.raises(ValueError, match="unknown random stream"):
         epoch_seed(0, 0, "noise")
+
+
+def test_the_patches_stream_draws_what_the_blocks_stream_drew():
+    """Renamed from "blocks" in 0.1: a run resumed or repeated after the rename cuts the same patches."""
+    from canonstore.loaders.sampler import epoch_seed
+
+    assert epoch_seed(0, 0, "patches") == 4324601099084218337  # epoch_seed(0, 0, "blocks") before the rename
+    assert epoch_seed(7, 3, "patches") == 6665335680343557524

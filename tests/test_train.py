@@ -18,8 +18,8 @@ from canonstore import open_dataset
 from canonstore.errors import ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, run_folder, train
-from canonstore.training.config import resolve
 from canonstore.training.data import make_loader
+from canonstore.training.runs import resolve
 
 TINY = {
     "model": "unet",
@@ -291,10 +291,11 @@ def test_a_diverged_run_stops_with_a_clear_error(tiny_store, tmp_path):
 def _score_share(rank, world, folder, store):
     import torch.distributed as dist
 
-    from canonstore.training.config import resolve
-    from canonstore.training.evaluate import score
+    from canonstore.training.baselines import reference_climatology
     from canonstore.training.metrics import TargetMasks, area_weights
-    from canonstore.training.models import build_model, reference_climatology
+    from canonstore.training.models import build_model
+    from canonstore.training.runs import resolve
+    from canonstore.training.scoring import score
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)

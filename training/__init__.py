@@ -8,10 +8,13 @@ Needs torch (`pip install 'canonstore[torch]'`). Imported eagerly: `train` and `
 submodules at once (a lazy name would be replaced by its submodule), and nothing here works without torch.
 """
 
+from canonstore.training.baselines import Climatology, Persistence
 from canonstore.training.config import load_config, parse_overrides
 from canonstore.training.evaluate import evaluate
-from canonstore.training.models import MLP, Climatology, Persistence, UNet, build_model
-from canonstore.training.train import run_folder, train
+from canonstore.training.models import build_model
+from canonstore.training.nets import MLP, UNet
+from canonstore.training.runs import run_folder
+from canonstore.training.train import train
 
 __all__ = [
     "MLP",

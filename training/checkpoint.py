@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from canonstore.atomic import write_file_atomic_with
-from canonstore.errors import RunError
+from canonstore.errors import ConfigError, RunError
 
 FORMAT = 1
 
@@ -42,8 +42,6 @@ def initial_weights(path: str | Path) -> dict:
 
     Returns {"path", "run", "sha256"}: the run's name and the file's sha256 identify the weights
     (a run hash built from them changes when they do; the path does not count)."""
-    from canonstore.errors import ConfigError
-
     path = Path(path)
     file = path / "checkpoints" / "best.pt" if path.is_dir() else path
     if not file.is_file():

@@ -1,7 +1,8 @@
-"""Where batches go and where they come from: the store (the batch path) or the raw NetCDF files.
+"""Where batches go and where they come from: the store (the batch path) or the raw source files.
 
-Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` only
-changes where the values are read from, so the two can be timed against each other.
+Both yield the same (x, y) batches in the same order for the same run: `loader: netcdf` (the config's name
+for the raw sources: NetCDF, GRIB or NWB) only changes where the values are read from, so the two can be
+timed against each other.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import numpy as np
 import torch
 
 from canonstore.errors import ConfigError
-from canonstore.loaders import BatchLoader, BatchSampler, NetCDFDataset, StoreDataset, seeded_generator, worker_init_fn
+from canonstore.loaders.dataset import StoreDataset
 from canonstore.loaders.downscale import CoarseUp, coarse_factor
+from canonstore.loaders.prefetch import BatchLoader
+from canonstore.loaders.raw import RawSourceDataset
+from canonstore.loaders.sampler import BatchSampler, seeded_generator, worker_init_fn
 from canonstore.training.config import lead_times
 
 
@@ -28,11 +32,11 @@ def pick_device(choice: str = "auto") -> torch.device:
 
 
 class RawLoader:
-    """The NetCDF baseline the way most projects load: per-sample reads in a standard DataLoader."""
+    """The raw-source baseline the way most projects load: per-sample reads in a standard DataLoader."""
 
     def __init__(
         self,
-        dataset: NetCDFDataset,
+        dataset: RawSourceDataset,
         sampler: BatchSampler,
         device: torch.device,
         workers: int,
@@ -78,7 +82,7 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
     window = {key: run[key] for key in ("history", "channels", "targets", "static", "encodings")}
     window["lead"] = lead_times(run)
     try:
-        dataset = (StoreDataset if run["loader"] == "store" else NetCDFDataset)(
+        dataset = (StoreDataset if run["loader"] == "store" else RawSourceDataset)(
             store, split, target_masks=True, **window
         )
     except ValueError as exc:  # e.g. a channel name the store does not have
@@ -90,8 +94,8 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
         except ValueError as exc:
             raise ConfigError(f"config for {store.path}: {exc}") from None
         transform = CoarseUp(factor, (dataset.history + 1) * dataset.channels.size, periodic=dataset.longitude_periodic)
-    blocks = run["blocks"] if train else None  # validation and scores see whole fields
-    if blocks and run["loader"] != "store":
+    patches = run["blocks"] if train else None  # the config's `blocks`: validation and scores see whole fields
+    if patches and run["loader"] != "store":
         raise ConfigError("blocks: random blocks are cut by the store's batch loader; use loader: store")
     if run["loader"] == "store":
         return BatchLoader(
@@ -104,8 +108,8 @@ def make_loader(run: dict, store, split: str, device: torch.device, train: bool,
             workers=run["workers"],
             rank=rank,
             world_size=world_size,
-            blocks=None if blocks is None else tuple(blocks["size"]),
-            blocks_per_epoch=0 if blocks is None else blocks["per_epoch"],
+            patch_size=None if patches is None else tuple(patches["size"]),
+            patches_per_epoch=0 if patches is None else patches["per_epoch"],
             transform=transform,
         )
     sampler = BatchSampler(

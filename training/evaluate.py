@@ -1,6 +1,11 @@
-"""Scoring: a model's forecasts over every sample of a split, in physical units (`make evaluate`).
+"""Scoring forecast files against a store, into scores JSON: any project's file, or a run's (`make evaluate`).
 
-evaluate("runs/unet-demo-7a080bb3")      # -> scores/unet-demo-7a080bb3.json (best checkpoint, test split)
+    evaluate("runs/unet-demo-7a080bb3")      # -> scores/unet-demo-7a080bb3.json (best checkpoint, test split)
+    score_to_file("forecasts/unet-demo-7a080bb3/test.zarr", "data/intermediate/demo.zarr")   # `canonstore score`
+
+`evaluate` is `forecasts.write_forecast` + `score_forecast`: a run is scored from its forecast file, so
+its numbers are those any other project's file gets. The file is matched to the store by values
+(`training.alignment`: grid, units; `training.valid_times`: times), never by position.
 """
 
 from __future__ import annotations
@@ -10,132 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
-from canonstore.errors import ConfigError, RunError
+from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
+from canonstore.loaders.downscale import coarse_up
+from canonstore.training.alignment import check_plausible, onto_grid, units_of
+from canonstore.training.baselines import describe_climatology, reference_climatology, time_basis
 from canonstore.training.checkpoint import load_checkpoint
-from canonstore.training.data import make_loader, pick_device
-from canonstore.training.metrics import Scores, TargetMasks
-from canonstore.training.models import build_model, load_weights, time_basis
+from canonstore.training.forecasts import BATCH, other_steps, write_forecast
+from canonstore.training.metrics import Scores, area_weights, validity
+from canonstore.training.scoring import rmse_by_lead
 from canonstore.training.tracking import read_config, write_json
-
-
-def to_layout(x: torch.Tensor) -> torch.Tensor:
-    """channels_last on CUDA: the layout tensor cores want for convolutions (nothing on the CPU)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.ndim == 4 else x
-
-
-def forecast(
-    model: torch.nn.Module, x: torch.Tensor, basis: torch.Tensor | None = None, steps: np.ndarray | None = None
-) -> torch.Tensor:
-    """The model's prediction, in bf16 autocast on CUDA; the climatology also gets the time basis, a
-    rollout with encodings the store step t of each sample (`steps`)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-        if basis is not None:
-            return model(x, basis)
-        if getattr(getattr(model, "module", model), "needs_steps", False):  # DDP wraps the model as .module
-            return model(x, steps=steps)
-        return model(x)
-
-
-def valid_basis(store, steps: np.ndarray, leads, model) -> torch.Tensor:
-    """(sample, lead, basis) time basis of each sample's valid times t + lead, for a climatology `model`."""
-    valid = store.time[np.asarray(steps)[:, None] + np.asarray(leads)[None, :]]
-    basis = time_basis(valid.ravel(), model.annual, model.diurnal)
-    return torch.from_numpy(basis.reshape(valid.shape + (-1,)))
-
-
-@torch.inference_mode()
-def score(
-    model: torch.nn.Module,
-    loader,
-    store,
-    weights: torch.Tensor,
-    masks: TargetMasks | None = None,
-    climatology=None,
-    distributed: bool = False,
-) -> dict:
-    """Scores of `model` on every sample of `loader` (in order): see training.metrics and `lead_scores`.
-
-    `masks` weighs filled points 0, `climatology` (a fitted Climatology) is the ACC's reference, and
-    `distributed` sums the scores of all processes, each of which scored its own share of the split.
-    """
-    model.eval()
-    dataset = loader.dataset
-    loader.set_epoch(0)
-    steps = dataset.times[loader.sampler.positions().numpy()]
-    basis = valid_basis(store, steps, dataset.leads, model) if getattr(model, "needs_time", False) else None
-    reference = None if climatology is None else valid_basis(store, steps, dataset.leads, climatology)
-    scores, start = Scores(weights.repeat(len(dataset.leads), *[1] * (weights.ndim - 1))), 0
-    for x, y in loader:
-        rows = slice(start, start + x.shape[0])
-        y, valid = masks.split(y) if masks is not None else (y, None)
-        b = None if basis is None else basis[rows].to(x.device)
-        clim = None if climatology is None else climatology(x, reference[rows].to(x.device))
-        scores.update(forecast(model, to_layout(x), b, steps[rows]).float(), y, valid, clim)
-        start += x.shape[0]
-    if distributed:
-        scores.all_reduce()
-    return lead_scores(scores, dataset, store)
-
-
-def lead_scores(scores: Scores, dataset, store) -> dict:
-    """`scores.result` for the dataset's targets at every lead; with several leads, "overall" and the loss
-    average over leads too (the training objective), channels are named `<channel>@t+<lead>`, and
-    "leads" holds each lead's own result."""
-    scale = normalisation_scale(store.stats["std"])[dataset.targets]
-    units = [str(u) for u in store.to_xarray()["channel_units"].values[dataset.targets]]
-    n, leads = len(dataset.targets), dataset.leads
-    result = scores.result(dataset.lead_channels, np.tile(scale, len(leads)), units * len(leads))
-    if len(leads) > 1:
-        result["leads"] = {
-            lead: scores.part(slice(k * n, (k + 1) * n)).result(dataset.target_channels, scale, units)
-            for k, lead in enumerate(leads)
-        }
-    return result
-
-
-def rmse_by_lead(leads: dict | None) -> str:
-    """' (RMSE by lead: 1: 0.1234, 2: 0.2345 std)' for a result with several leads, else ''."""
-    if not leads or len(leads) < 2:
-        return ""
-    return " (RMSE by lead: " + ", ".join(f"{k}: {v['overall']['rmse']:.4f}" for k, v in leads.items()) + " std)"
-
-
-def load_run(folder: Path, split: str, checkpoint: str = "best", store=None, steps: int | None = None):
-    """(run config, store, model with the checkpoint's weights, ordered loader of `split`, checkpoint).
-
-    `steps` K runs a trained model autoregressively for K steps of its lead (a one-step run, or a
-    rollout run for more or fewer steps than it was trained on): the loader's targets are then at
-    lead, 2 lead, ..., K lead, and the returned config says `rollout: K`.
-    """
-    from canonstore.training.config import TRAINED, check_rollout_history
-    from canonstore.training.forecasts import check_same_build
-
-    run = read_config(folder)
-    if store is None or isinstance(store, (str, Path)):
-        store = open_store(store or run["store"]["path"])
-    check_same_build(store, run, folder)
-    path = folder / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        raise RunError(f"{path} does not exist: train the run first (make train MODEL={run['model']})")
-    if steps and steps != run.get("rollout", 1):
-        if run["model"] not in TRAINED or not isinstance(run["lead"], int) or run["lead"] < 1:
-            raise ConfigError(
-                f"steps={steps}: only a trained model with one lead >= 1 is run autoregressively; "
-                f"run {folder.name} is {run['model']} at lead {run['lead']} (persistence and "
-                "climatology: train them with rollout=K)"
-            )
-        run = {**run, "rollout": steps}
-    if run.get("rollout", 1) > 1:  # also a run trained so before rollouts with history were refused
-        check_rollout_history(f"steps={run['rollout']}", run["history"], run["lead"])
-    device = pick_device("cpu" if run["device"] == "cpu" else "auto")
-    saved = load_checkpoint(path, device)
-    loader = make_loader(run, store, split, device, train=False)
-    model = build_model(run, loader.dataset).to(device)
-    load_weights(model, saved["model"])
-    return run, store, model, loader, saved
+from canonstore.training.valid_times import truth_steps
 
 
 def evaluate(
@@ -153,11 +46,9 @@ def evaluate(
     scores/<run-name>-<split>.json; returns the scores' path.
 
     `store` (a path or Store) defaults to the one the run was trained on; it must be the same build.
-    `steps` K runs the model autoregressively for K steps of its lead (`load_run`); its files get
+    `steps` K runs the model autoregressively for K steps of its lead (`runs.load_run`); its files get
     `-steps<K>` in their names unless the run was trained for K steps.
     """
-    from canonstore.training.forecasts import other_steps, score_forecast, write_forecast
-
     folder = Path(folder)
     run = read_config(folder)
     store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
@@ -180,9 +71,7 @@ def evaluate(
             "epoch": saved["epoch"],
             "store": run["store"],
             "forecast": str(path),
-            "scores": result,
-            "leads": {str(k): v for k, v in scored["leads"].items()},
-            "acc_climatology": scored["climatology"],
+            **_scores_record(scored),
             "config": run,
             "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
@@ -195,3 +84,121 @@ def evaluate(
         + rmse_by_lead(scored["leads"])
     )
     return out
+
+
+def score_to_file(
+    forecast_file: str | Path, store, out: str | Path | None = None, lat_weighted: bool | None = None, log=print
+) -> Path:
+    """Score the forecast file at `forecast_file` against `store` (`score_forecast`) into the scores JSON `out`
+    (default scores/<folder>-<file>-scored.json); returns its path."""
+    path = Path(forecast_file)
+    scored = score_forecast(path, store, lat_weighted)
+    target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, {"forecast": str(path), "store": str(getattr(store, "path", store)), **_scores_record(scored)})
+    overall = scored["scores"]["overall"]
+    log(
+        f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
+        f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)"
+    )
+    return target
+
+
+def _scores_record(scored: dict) -> dict:
+    """A scores JSON's scores: the first lead's, each lead's, and what the ACC was computed against."""
+    return {
+        "scores": scored["scores"],
+        "leads": {str(k): v for k, v in scored["leads"].items()},
+        "acc_climatology": scored["climatology"],
+    }
+
+
+def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
+    """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
+
+    Returns {"leads": {lead: scores}, "scores": the first lead's scores, "climatology": the ACC's
+    reference (`describe_climatology`)}; a downscaling file (its `coarse_factor` attribute) also gets
+    "residual": the scores of R_pred = forecast - y_CU against R = y_HR - y_CU (y_CU: the coarse-up of
+    the truth), next to the reconstructed field's. Each variable must be a store channel; the file is
+    matched to the store by values (`training.alignment`: grid, units, valid times), never by position.
+    `lat_weighted` defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
+    """
+    path = Path(path)
+    store = open_store(store) if isinstance(store, (str, Path)) else store
+    fc = _open(path)
+    names = list(map(str, fc.data_vars))
+    unknown = [n for n in names if n not in store.channels]
+    if unknown:
+        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
+    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
+    fc = onto_grid(fc, store, names, path)
+    truth, steps_ahead = truth_steps(fc, store, path)
+    targets = np.array([store.channels.index(n) for n in names])
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
+    if lat_weighted is None:
+        lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
+    weights = area_weights(store, targets, lat_weighted)
+    climatology = reference_climatology(store, targets)
+    masks = validity(store, targets)
+    mean = store.stats["mean"][targets]
+    scale = normalisation_scale(store.stats["std"])[targets]
+    view = (1, -1) + (1,) * (store.array.ndim - 2)
+    first = _in_store_units(fc, names, to_store_units, 0, slice(0, BATCH))  # tells other units from a bad forecast
+    for c, n in enumerate(names):
+        check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
+    leads = {}
+    for k, lead in enumerate(steps_ahead.tolist()):
+        steps = truth[:, k]
+        scores = Scores(weights)
+        residual = Scores(weights) if "coarse_factor" in fc.attrs else None
+        for a in range(0, steps.size, BATCH):
+            rows = steps[a : a + BATCH]
+            stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
+            y = torch.from_numpy(stored[:, targets].astype(np.float32))
+            physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
+            prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
+            valid = _validity(stored, masks)
+            basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
+            with torch.inference_mode():
+                clim = climatology(y, basis)
+            scores.update(prediction, y, valid, clim)
+            if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
+                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
+                residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
+        leads[int(lead)] = scores.result(names, scale, units)
+        if residual is not None:
+            leads[int(lead)]["residual"] = residual.result(names, scale, units)
+    return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
+
+
+def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
+    """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
+    store's units."""
+    return np.stack(
+        [
+            fc[n][rows, lead].values.astype(np.float64) * factor + offset
+            for n, (factor, offset) in zip(names, conversions)
+        ],
+        axis=1,
+    )
+
+
+def _open(path: Path) -> xr.Dataset:
+    if not path.exists():
+        raise RunError(f"{path}: no such forecast file")
+    try:
+        return xr.open_zarr(path, consolidated=None, chunks=None)
+    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
+        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
+
+
+def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:
+    """0/1 per point from each target's `_valid` channel (filled points weigh 0), or None."""
+    if all(m is None for m in masks):
+        return None
+    valid = np.ones((stored.shape[0], len(masks)) + stored.shape[2:], dtype=np.float32)
+    for c, mask in enumerate(masks):
+        if mask is not None:
+            valid[:, c] = stored[:, mask[0]] > mask[1]
+    return torch.from_numpy(valid)

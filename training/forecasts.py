@@ -1,15 +1,13 @@
-"""Forecasts as files, and scoring any forecast file against a store.
+"""Forecast files: a run's forecasts of every sample of a split, written as a Zarr store xarray opens.
 
     write_forecast("runs/unet-demo-7a080bb3")          # -> forecasts/unet-demo-7a080bb3/test.zarr
-    score_forecast("forecasts/unet-demo-7a080bb3/test.zarr", "data/intermediate/demo.zarr")
 
-A forecast file is a Zarr store that xarray opens: one variable per target channel, named as in the
-store (`z500`, `t2m`), dims (time, lead, *space), in physical units (`units` attribute), with the
-store's spatial coordinates. `time` is the initialisation time (the last input step), `lead` the
-number of store steps ahead (or a time: `alignment.lead_steps`), and `valid_time(time, lead)` the
-time forecast. Any project can write one; `score_forecast` finds each valid time in the store and
-scores it with the metrics of `training.metrics`, the same numbers as `make evaluate` (which is
-forecast + score).
+A forecast file holds one variable per target channel, named as in the store (`z500`, `t2m`), dims
+(time, lead, *space), in physical units (`units` attribute), with the store's spatial coordinates.
+`time` is the initialisation time (the last input step), `lead` the number of store steps ahead (or a
+time: `valid_times.lead_steps`), and `valid_time(time, lead)` the time forecast. Any project can write
+one; `evaluate.score_forecast` scores it against a store, the same numbers as `make evaluate` (which
+is forecast + score).
 """
 
 from __future__ import annotations
@@ -24,15 +22,14 @@ import xarray as xr
 
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
-from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
-from canonstore.loaders.downscale import coarse_factor, coarse_up
-from canonstore.training.alignment import check_plausible, grid_coords, onto_grid, truth_steps, units_of
-from canonstore.training.metrics import Scores, area_weights, validity
-from canonstore.training.models import describe_climatology, reference_climatology, time_basis
+from canonstore.loaders.downscale import coarse_factor
+from canonstore.training.alignment import grid_coords
+from canonstore.training.runs import load_run
+from canonstore.training.scoring import forecast, to_layout, valid_basis
 from canonstore.training.tracking import read_config
 
-BATCH = 64  # times scored at once
+BATCH = 64  # times per chunk of the file, and scored at once
 KIND = "forecast file"  # the staging marker's kind (canonstore.atomic)
 RECORDED = ("run", "model", "split", "checkpoint", "store_build")  # attributes every forecast file of ours has
 
@@ -75,9 +72,7 @@ def write_forecast(
     steps: int | None = None,
 ) -> Path:
     """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file;
-    `steps` K: run the model autoregressively for K steps of its lead (see `evaluate.load_run`)."""
-    from canonstore.training.evaluate import forecast, load_run, to_layout, valid_basis
-
+    `steps` K: run the model autoregressively for K steps of its lead (see `runs.load_run`)."""
     folder = Path(folder)
     run, store, model, loader, saved = load_run(folder, split, checkpoint, store, steps)
     dataset = loader.dataset
@@ -163,102 +158,3 @@ def _template(store, names: list[str], init: np.ndarray, leads: list[int], attrs
         },
         attrs=attrs,
     )
-
-
-def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
-    """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
-
-    Returns {"leads": {lead: scores}, "scores": the first lead's scores, "climatology": the ACC's
-    reference (`describe_climatology`)}; a downscaling file (its `coarse_factor` attribute) also gets
-    "residual": the scores of R_pred = forecast - y_CU against R = y_HR - y_CU (y_CU: the coarse-up of
-    the truth), next to the reconstructed field's. Each variable must be a store channel; the file is
-    matched to the store by values (`training.alignment`: grid, units, valid times), never by position.
-    `lat_weighted` defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
-    """
-    path = Path(path)
-    store = open_store(store) if isinstance(store, (str, Path)) else store
-    fc = _open(path)
-    names = list(map(str, fc.data_vars))
-    unknown = [n for n in names if n not in store.channels]
-    if unknown:
-        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
-    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
-    fc = onto_grid(fc, store, names, path)
-    truth, steps_ahead = truth_steps(fc, store, path)
-    targets = np.array([store.channels.index(n) for n in names])
-    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
-    to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
-    if lat_weighted is None:
-        lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
-    weights = area_weights(store, targets, lat_weighted)
-    climatology = reference_climatology(store, targets)
-    masks = validity(store, targets)
-    mean = store.stats["mean"][targets]
-    scale = normalisation_scale(store.stats["std"])[targets]
-    view = (1, -1) + (1,) * (store.array.ndim - 2)
-    first = _in_store_units(fc, names, to_store_units, 0, slice(0, BATCH))  # tells other units from a bad forecast
-    for c, n in enumerate(names):
-        check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
-    leads = {}
-    for k, lead in enumerate(steps_ahead.tolist()):
-        steps = truth[:, k]
-        scores = Scores(weights)
-        residual = Scores(weights) if "coarse_factor" in fc.attrs else None
-        for a in range(0, steps.size, BATCH):
-            rows = steps[a : a + BATCH]
-            stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
-            y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
-            prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
-            valid = _validity(stored, masks)
-            basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
-            with torch.inference_mode():
-                clim = climatology(y, basis)
-            scores.update(prediction, y, valid, clim)
-            if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
-                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
-                residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
-        leads[int(lead)] = scores.result(names, scale, units)
-        if residual is not None:
-            leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
-
-
-def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
-    """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
-    store's units."""
-    return np.stack(
-        [
-            fc[n][rows, lead].values.astype(np.float64) * factor + offset
-            for n, (factor, offset) in zip(names, conversions)
-        ],
-        axis=1,
-    )
-
-
-def _open(path: Path) -> xr.Dataset:
-    if not path.exists():
-        raise RunError(f"{path}: no such forecast file")
-    try:
-        return xr.open_zarr(path, consolidated=None, chunks=None)
-    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
-        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
-
-
-def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:
-    """0/1 per point from each target's `_valid` channel (filled points weigh 0), or None."""
-    if all(m is None for m in masks):
-        return None
-    valid = np.ones((stored.shape[0], len(masks)) + stored.shape[2:], dtype=np.float32)
-    for c, mask in enumerate(masks):
-        if mask is not None:
-            valid[:, c] = stored[:, mask[0]] > mask[1]
-    return torch.from_numpy(valid)
-
-
-def check_same_build(store, run: dict, folder: Path) -> None:
-    if store.build_id != run["store"]["build"]:  # the build `store` reads, not whatever its path holds now
-        raise RunError(
-            f"{store.path} is not the build run {folder.name} was trained on "
-            f"(it was rebuilt since?): train again with `make train`"
-        )

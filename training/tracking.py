@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from canonstore.atomic import write_file_atomic, write_json_atomic
+from canonstore.errors import RunError
 from canonstore.provenance import git_commit, git_dirty
 
 
@@ -55,8 +56,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def read_config(folder: Path) -> dict:
     """The resolved config a run was trained with (its config.json)."""
-    from canonstore.errors import RunError
-
     path = Path(folder) / "config.json"
     try:
         return json.loads(path.read_text())["config"]

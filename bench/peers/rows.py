@@ -50,11 +50,11 @@ def store_dataloader(plan):
 
 
 def netcdf_xarray(plan):
-    """Today's baseline: canonstore's NetCDFDataset (xarray reads of the raw files, normalised per sample)."""
+    """Today's baseline: canonstore's RawSourceDataset (xarray reads of the raw files, normalised per sample)."""
     from canonstore import open_store
-    from canonstore.loaders import NetCDFDataset
+    from canonstore.loaders import RawSourceDataset
 
-    dataset = NetCDFDataset(open_store(plan["store"]), "train", lead=1)
+    dataset = RawSourceDataset(open_store(plan["store"]), "train", lead=1)
     positions = [np.searchsorted(dataset.times, b).tolist() for b in plan["batches"]]
     return dataloader(dataset, positions, plan)
 

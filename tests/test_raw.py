@@ -1,4 +1,4 @@
-"""The NetCDF baseline loader returns what the store dataset returns, read the slow way."""
+"""The raw-source baseline loader (RawSourceDataset) returns what the store dataset returns, read the slow way."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 
 from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
-from canonstore.loaders import NetCDFDataset
+from canonstore.loaders import RawSourceDataset
 from canonstore.preprocess import build
 from tests.conftest import write_recipe
 
@@ -16,7 +16,7 @@ from tests.conftest import write_recipe
 def test_same_tensors_as_the_store_dataset(tiny_store, kwargs):
     store = open_store(tiny_store)
     for split in ("train", "test"):
-        fast, slow = open_dataset(store, split, **kwargs), NetCDFDataset(store, split, **kwargs)
+        fast, slow = open_dataset(store, split, **kwargs), RawSourceDataset(store, split, **kwargs)
         assert len(fast) == len(slow) and fast.input_channels == slow.input_channels
         for i in (0, 1, len(fast) // 2, len(fast) - 1):
             (fx, fy), (sx, sy) = fast[i], slow[i]
@@ -35,7 +35,7 @@ def test_packed_real_file_matches_too(tmp_path, real):
         splits={"by": "index", "train": [0, 1]},
     )
     store = open_store(build(recipe, tmp_path / "era.zarr", progress=False, log=lambda *_: None).path)
-    fast, slow = open_dataset(store, "train", lead=1), NetCDFDataset(store, "train", lead=1)
+    fast, slow = open_dataset(store, "train", lead=1), RawSourceDataset(store, "train", lead=1)
     torch.testing.assert_close(slow[0][0], fast[0][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(slow[0][1], fast[0][1], rtol=0, atol=1e-6)
 
@@ -45,4 +45,14 @@ def test_refuses_a_recipe_the_store_was_not_built_from(tiny_store, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(Path(store.attrs["recipe_path"]).read_text() + "\n# edited\n")
     with pytest.raises(StoreError, match="differs from the one the store was built from"):
-        NetCDFDataset(store, "train", recipe=changed)
+        RawSourceDataset(store, "train", recipe=changed)
+
+
+def test_netcdf_dataset_is_the_deprecated_name_of_the_raw_source_dataset():
+    import canonstore.loaders
+
+    for _ in range(2):  # every use says so, not only the first
+        with pytest.warns(DeprecationWarning, match="use RawSourceDataset") as caught:
+            assert canonstore.loaders.NetCDFDataset is RawSourceDataset
+        assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert "NetCDFDataset" not in canonstore.loaders.__all__

@@ -1,8 +1,9 @@
-"""The "before" loader: raw NetCDF read with xarray and normalised on the fly, sample by sample.
+"""The "before" loader: the raw source files read sample by sample and normalised on the fly.
 
-This is what most projects do today, kept as the baseline that `make bench` compares against.
-It opens the store's own recipe (so it reads exactly the files, variables and time range the
-store was built from) and normalises with the store's train statistics, so for the same split
+`RawSourceDataset` reads the store's own raw files (NetCDF, GRIB or NWB) through the sources' public
+reading API (`preprocess.sources`), as most projects load today; it is the baseline `make bench`
+compares against. It opens the store's own recipe (so it reads exactly the files, variables and time
+range the store was built from) and normalises with the store's train statistics, so for the same split
 and index it returns the same tensors as `StoreDataset` (to float32 rounding).
 """
 
@@ -13,13 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from canonstore.errors import StoreError
+from canonstore.formats import open_store
 from canonstore.formats.spec import masked_channel, normalise
 from canonstore.loaders.dataset import WindowDataset
+from canonstore.preprocess.recipe import load_recipe
 from canonstore.preprocess.sources import open_sources, store_values
 
 
-class NetCDFDataset(WindowDataset):
-    """Windows read from the raw NetCDF sources of a store; same arguments as StoreDataset.
+class RawSourceDataset(WindowDataset):
+    """Windows read from the raw sources of a store; same arguments as StoreDataset.
 
     `recipe` defaults to the recipe file the store records (`attrs["recipe_path"]`); it must be the
     same recipe (sha256) the store was built from. Each process opens the files on first use.
@@ -28,9 +31,6 @@ class NetCDFDataset(WindowDataset):
     _sources = None
 
     def __init__(self, store, split: str = "train", recipe: str | Path | None = None, **kwargs):
-        from canonstore.formats import open_store
-        from canonstore.preprocess.recipe import load_recipe
-
         store = open_store(store) if isinstance(store, (str, Path)) else store
         super().__init__(store, split, **kwargs)
         recipe = load_recipe(recipe or store.attrs["recipe_path"])
