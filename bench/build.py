@@ -68,7 +68,7 @@ if __name__ == "__main__":  # dask workers start by importing this script
     if workers:
         import dask
         from distributed import Client, LocalCluster
-        from canonstore.preprocess.cluster import UNTRIMMED
+        from canonstore.preprocess.executor import UNTRIMMED
         local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
         with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
             began = time.perf_counter()  # the cluster is up: what a cluster user pays per build

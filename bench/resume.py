@@ -20,7 +20,7 @@ from pathlib import Path
 
 from canonstore import open_store
 from canonstore.formats.manifest import data_checksums, read_manifest
-from canonstore.preprocess import tasks, writer
+from canonstore.preprocess.staging import staging_path, written_shards
 
 
 def run_build(recipe: Path, out: Path, *extra: str, kill_at: float | None = None, shards: int = 0) -> float:
@@ -29,9 +29,9 @@ def run_build(recipe: Path, out: Path, *extra: str, kill_at: float | None = None
         [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", *extra],
         stdout=subprocess.DEVNULL,
     )
-    staging = writer.staging_path(out)
+    staging = staging_path(out)
     while proc.poll() is None:
-        if kill_at is not None and len(tasks.written_shards(staging)) >= kill_at * shards:
+        if kill_at is not None and len(written_shards(staging)) >= kill_at * shards:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)

@@ -2,10 +2,11 @@
 
 Imported eagerly (unlike canonstore and canonstore.loaders): `build` is both a function and a submodule, so a
 lazy name would be replaced by the module once `canonstore.preprocess.build` is imported; and nothing here
-works without xarray anyway.
+works without xarray anyway. The submodules never import this package itself, only each other.
 """
 
-from canonstore.preprocess.build import BuildResult, build
+from canonstore.preprocess.build import build
+from canonstore.preprocess.publish import BuildResult
 from canonstore.preprocess.recipe import Recipe, load_recipe
 from canonstore.preprocess.sources import open_sources
 

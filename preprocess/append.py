@@ -10,6 +10,7 @@ moment leaves it intact. Anything that would change train statistics is refused:
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,26 +18,36 @@ import numpy as np
 
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import read_manifest
-from canonstore.formats.spec import FORMAT_VERSION, masked_channel
+from canonstore.formats.spec import FORMAT_VERSION
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import ShardLayout, shard_file
-from canonstore.preprocess import cluster, tasks, writer
-from canonstore.preprocess.build import (
-    BLOCK_MB,
-    BuildResult,
-    data_layout,
-    publish_new,
-    recorded_attrs,
-    refuse_output_among_sources,
+from canonstore.preprocess.executor import InProcessExecutor
+from canonstore.preprocess.inputs import content, input_records, recorded_attrs, up_to_date
+from canonstore.preprocess.lock import build_lock
+from canonstore.preprocess.metadata import (
+    create_data,
+    provenance,
     report_sources,
-    scan,
     store_labels,
     store_metadata,
-    up_to_date,
+    write_metadata,
 )
-from canonstore.preprocess.inputs import content, input_records
+from canonstore.preprocess.own_files import refuse_output_among_sources
+from canonstore.preprocess.plan import Plan
+from canonstore.preprocess.publish import BuildResult, publish
 from canonstore.preprocess.recipe import Recipe, load_recipe, read_yaml
-from canonstore.preprocess.sources import Channel, Sources, open_sources
+from canonstore.preprocess.scan import NanFacts, scan
+from canonstore.preprocess.shard_jobs import BLOCK_MB, BlockLayout, ShardJob, open_shared_sources
+from canonstore.preprocess.sources import Sources
+from canonstore.preprocess.staging import (
+    check_output,
+    cleanup_on_failure,
+    clear_leftovers,
+    new_staging,
+    save_progress,
+    staging_path,
+)
+from canonstore.preprocess.write import write_pass
 from canonstore.splits import SPLIT_CODES, find_gaps
 
 MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
@@ -59,9 +70,9 @@ def append(
         raise StoreError(f"{out}: no complete canonstore store there to append to")
     recipe = load_recipe(recipe_path or previous["recipe_path"])
     refuse_output_among_sources(recipe, out)
-    with writer.build_lock(out, log):
-        writer.check_output(out)
-        writer.clear_leftovers(out, log)
+    with build_lock(out, log):
+        check_output(out)
+        clear_leftovers(out, log)
         previous = recorded_attrs(out)  # as it is now that no other build runs
         inputs = input_records(recipe.sources, previous.get("inputs", []))
         if up_to_date(previous, recipe, inputs):
@@ -90,42 +101,31 @@ def try_append(
         return reason
     began = time.perf_counter()
     store = open_store(out)
+    old_steps = store.shape[0]
     # New steps keep the store's regular step (a longer append of finer data must not redefine it)
-    sources = open_sources(recipe, step_days=None if store.session is not None else find_gaps(store.time)[1])
-    try:
-        old_steps = store.shape[0]
+    step_days = None if store.session is not None else find_gaps(store.time)[1]
+    with open_shared_sources(recipe, step_days=step_days) as sources:
         reason = _extends(store, sources)
         if reason:
             return reason
         labels = store_labels(recipe, sources)
-        if not np.array_equal(labels[:old_steps], store.splits):
-            return "the split rule labels the stored steps differently now"
-        if (labels[old_steps:] == SPLIT_CODES["train"]).any():
-            first = old_steps + int(np.argmax(labels[old_steps:] == SPLIT_CODES["train"]))
-            return (
-                f"new step {sources.time_label(first)} falls in the train split, which would change the train "
-                "statistics"
-            )
-        layout, old_shard = data_layout(recipe, sources, block_mb), previous["layout"]["shard_steps"]
-        if layout["shard_steps"] != old_shard and old_shard < old_steps:
-            return f"shards of {layout['shard_steps']} steps now, {old_shard} in the store"
-        plan = _plan_of(store, sources)
-        staging = writer.staging_path(out)
-        job = tasks.ShardJob(
-            recipe=str(recipe.path.resolve()),
-            recipe_sha256=recipe.sha256,
-            staging=str(staging.resolve()),
-            shape=(sources.time.size,) + sources.sample_shape,
+        blocks = BlockLayout.for_store(sources.time.size, sources.sample_shape, recipe.dtype, recipe.shard_mb, block_mb)
+        reason = _split_change(store, sources, labels) or _layout_change(previous, blocks, old_steps)
+        if reason:
+            return reason
+        plan = Plan.of_store(store, sources)
+        job = ShardJob.of(
+            recipe,
+            sources,
+            staging_path(out),
+            blocks,
             dtype=recipe.dtype,
             compression="none",
-            layout=layout,
-            train=np.zeros(sources.time.size, bool),
+            train=np.zeros(sources.time.size, bool),  # the train statistics stay the store's
             first=old_steps,
         )
-        tasks.share_sources(recipe.path.resolve(), recipe.sha256, sources)
-        run = cluster.InProcess()
-        _, nans = scan(run, job, progress, resumable=False)
-        reason = _nan_change(recipe, sources, plan, nans, old_steps)
+        executor = InProcessExecutor()
+        reason = _nan_change(recipe, sources, plan, scan(executor, job, progress, resumable=False).nans, old_steps)
         if reason:
             return reason
         log(
@@ -134,50 +134,44 @@ def try_append(
         )
         report_sources(sources, log)
         # The partial last shard is rewritten; so is a one-shard store's shard, which was cut to its steps.
-        first_shard = (
-            ShardLayout(sources.time.size, old_shard).shard_of(old_steps) if old_shard == layout["shard_steps"] else 0
-        )
-        files = read_manifest(out)["files"]
-        linked = {}
-        for k in range(first_shard):
-            rel = shard_file(Path(), len(store.shape), k).as_posix()
-            linked[rel] = (out / rel, files[rel])
-        history = previous.get("history") or [
-            {
-                "kind": "build",
-                "created": previous["created"],
-                "steps": [0, old_steps],
-                "inputs": [i["path"] for i in previous["inputs"]],
-            }
-        ]
-        staging = writer.start(out)
-        writer.save_progress(staging, {"fingerprint": "append", "inputs": inputs})  # never resumed as a build
-        with writer.cleanup_on_failure(staging, log):
-            writer.write_metadata(staging, store_metadata(recipe, sources, labels, plan))
-            nbytes = publish_new(
-                recipe,
-                sources,
-                labels,
-                plan,
-                inputs,
-                staging,
-                out,
-                layout,
-                progress,
-                log,
-                run,
-                job,
-                first_shard,
-                linked,
-                history,
-            )
-    finally:
-        tasks.share_sources(recipe.path.resolve(), recipe.sha256, None)
-        sources.close()
+        same_shards = previous["layout"]["shard_steps"] == blocks.shard_steps
+        first_shard = ShardLayout(sources.time.size, blocks.shard_steps).shard_of(old_steps) if same_shards else 0
+        linked = _unchanged_shards(out, first_shard, len(store.shape))
+        staging = new_staging(out)
+        save_progress(staging, {"fingerprint": "append", "inputs": inputs})  # never resumed as a build
+        with cleanup_on_failure(staging, log):
+            write_metadata(staging, store_metadata(recipe, sources, labels, plan))
+            job = job.for_write(len(plan.channels), recipe.dtype, first_shard)
+            create_data(staging, job, sources.space_dims)
+            for rel, (path, _) in linked.items():
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, staging / rel)
+            files = {rel: entry for rel, (_, entry) in linked.items()} | write_pass(executor, job, plan, progress)
+            publish(staging, out, provenance(recipe, sources, inputs, job, _history(previous, old_steps)), files)
     seconds = time.perf_counter() - began
-    result = BuildResult(out, True, sources.time.size, len(plan["channels"]), nbytes, seconds)
+    result = BuildResult(out, True, sources.time.size, len(plan.channels), job.nbytes, seconds)
     log(f"appended to {out}: now {result.steps} steps, {result.steps - old_steps} new, in {seconds:.1f} s")
     return result
+
+
+def _unchanged_shards(out: Path, first_shard: int, ndim: int) -> dict[str, tuple[Path, dict]]:
+    """The old store's shards before `first_shard`, linked into the new one: relative path -> (path, manifest
+    entry)."""
+    files = read_manifest(out)["files"]
+    rels = [shard_file(Path(), ndim, k).as_posix() for k in range(first_shard)]
+    return {rel: (out / rel, files[rel]) for rel in rels}
+
+
+def _history(previous: dict, old_steps: int) -> list[dict]:
+    """The builds and appends that made the store so far (a store from before `history` was kept: its build)."""
+    return previous.get("history") or [
+        {
+            "kind": "build",
+            "created": previous["created"],
+            "steps": [0, old_steps],
+            "inputs": [i["path"] for i in previous["inputs"]],
+        }
+    ]
 
 
 def _recipe_change(previous: dict, recipe: Recipe) -> str | None:
@@ -226,42 +220,39 @@ def _extends(store, sources: Sources) -> str | None:
     return None
 
 
-def _plan_of(store, sources: Sources) -> dict:
-    """The store's own channels, statistics and mask layout, as the build's plan (bit for bit)."""
-    labels = store._group["data"].attrs["labels"]
-    channels = [
-        Channel(n, v, lev, u)
-        for n, v, lev, u in zip(
-            labels["channel"], labels["channel_variable"], labels["channel_level"], labels["channel_units"]
-        )
-    ]
-    names = [c.name for c in sources.channels]
-    mask_channels = [names.index(masked_channel(c.name)) for c in channels[len(names) :]]
-    mask = store.mask
-    return {
-        "channels": channels,
-        "stats": {k: np.asarray(v) for k, v in store.stats.items()},
-        "mask_channels": mask_channels,
-        "static_mask": None if mask is None else mask[: len(names)],
-    }
+def _split_change(store, sources: Sources, labels: np.ndarray) -> str | None:
+    old_steps = store.shape[0]
+    if not np.array_equal(labels[:old_steps], store.splits):
+        return "the split rule labels the stored steps differently now"
+    if (labels[old_steps:] == SPLIT_CODES["train"]).any():
+        first = old_steps + int(np.argmax(labels[old_steps:] == SPLIT_CODES["train"]))
+        return f"new step {sources.time_label(first)} falls in the train split, which would change the train statistics"
+    return None
 
 
-def _nan_change(recipe: Recipe, sources: Sources, plan: dict, nans: dict, first: int) -> str | None:
+def _layout_change(previous: dict, blocks: BlockLayout, old_steps: int) -> str | None:
+    old_shard = previous["layout"]["shard_steps"]
+    if blocks.shard_steps != old_shard and old_shard < old_steps:
+        return f"shards of {blocks.shard_steps} steps now, {old_shard} in the store"
+    return None
+
+
+def _nan_change(recipe: Recipe, sources: Sources, plan: Plan, nans: NanFacts, first: int) -> str | None:
     """Refuse NaNs the store's layout cannot hold; an error when the recipe refuses NaNs at all."""
-    has_nan = nans["count"] > 0
+    has_nan = nans.count > 0
     if has_nan.any() and recipe.nan_policy == "error":
         i = int(np.flatnonzero(has_nan)[0])
         ch = sources.channels[i]
         raise SourceError(
-            f"{sources.file_of(ch.variable, nans['first_step'][i])}: variable '{ch.variable}' (channel "
-            f"{ch.name}) has {nans['count'][i]} NaN or fill values, first at "
-            f"{sources.time_label(nans['first_step'][i])} (recipe nan_policy: error)"
+            f"{sources.file_of(ch.variable, nans.first_step[i])}: variable '{ch.variable}' (channel "
+            f"{ch.name}) has {nans.count[i]} NaN or fill values, first at "
+            f"{sources.time_label(nans.first_step[i])} (recipe nan_policy: error)"
         )
     for i, ch in enumerate(sources.channels):
-        if i in plan["mask_channels"]:
+        if i in plan.mask_channels:
             continue  # its `_valid` channel records any pattern
-        expected = np.zeros(nans["pattern"][i].shape, bool) if plan["static_mask"] is None else ~plan["static_mask"][i]
-        if nans["varies"][i] or not np.array_equal(nans["pattern"][i], expected):
+        expected = np.zeros(nans.pattern[i].shape, bool) if plan.static_mask is None else ~plan.static_mask[i]
+        if nans.varies[i] or not np.array_equal(nans.pattern[i], expected):
             return (
                 f"channel {ch.name} has missing values where the store has none (or the other way round) from "
                 f"{sources.time_label(first)} on: its mask layout would change"

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import stat
+import sys
 import traceback
 from pathlib import Path
 
@@ -101,3 +102,26 @@ class _ToLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self._write(self.format(record))
+
+
+SILENT = logging.CRITICAL + 1  # above every level: dask writes nothing to the terminal
+
+
+@contextlib.contextmanager
+def quiet_dask():
+    """Dask's handlers that write to the terminal write nothing meanwhile; others (the build log) still do."""
+    terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)}
+    handlers = [
+        h
+        for name in DASK_LOGGERS
+        for h in logging.getLogger(name).handlers
+        if id(getattr(h, "stream", None)) in terminal
+    ]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(SILENT)
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels):
+            h.setLevel(level)

@@ -1,18 +1,22 @@
-"""What a store was built from: one record per raw input, hashed only when it may have changed.
+"""Whether a store is up to date with its recipe and raw inputs: one record per input, hashed only if it changed.
 
 A record is `{path, size, mtime_ns, inode, sha256}`. Hashing 100 TB takes about 18 hours at
 1.5 GB/s, so a file whose size, mtime and inode match an earlier record keeps that record's
 sha256 unread (what make, rsync and git do); only new or touched files are hashed, in parallel.
-`canonstore verify --inputs` still hashes everything.
+`canonstore verify --inputs` still hashes everything. A store is up to date when its format version,
+recipe and input contents (path, size, sha256) are those of the build asked for.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from canonstore.formats.manifest import file_sha256
+from canonstore.formats.manifest import MANIFEST, file_sha256
+from canonstore.formats.spec import FORMAT_VERSION
+from canonstore.preprocess.recipe import Recipe
 
 
 def _stat(path: Path) -> dict:
@@ -38,3 +42,23 @@ def input_records(paths, known: list[dict] = (), threads: int = 8) -> list[dict]
 def content(records: list[dict]) -> list[tuple]:
     """What decides whether two builds read the same data: path, size and sha256 (not mtime or inode)."""
     return [(r["path"], r["size"], r["sha256"]) for r in records]
+
+
+def recorded_attrs(out: Path) -> dict | None:
+    """The root attrs of a complete store at `out` (None when there is none), read as plain JSON."""
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        return json.loads((out / "zarr.json").read_text())["attributes"]["canonstore"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def up_to_date(attrs: dict | None, recipe: Recipe, inputs: list[dict]) -> bool:
+    """Whether the store whose root `attrs` these are was built by this format from `recipe` and `inputs`."""
+    return (
+        attrs is not None
+        and attrs.get("format_version") == FORMAT_VERSION
+        and attrs.get("recipe_sha256") == recipe.sha256
+        and content(attrs.get("inputs", [])) == content(inputs)
+    )

@@ -20,8 +20,9 @@ from distributed import Client, LocalCluster
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats import verify_store
 from canonstore.formats.manifest import read_manifest
-from canonstore.preprocess import build, cluster, tasks, writer
+from canonstore.preprocess import build, executor, scan
 from canonstore.preprocess.sources import Sources
+from canonstore.preprocess.staging import MARKERS, staging_path, written_shards
 from tests.conftest import demo_recipe, write_recipe
 from tests.test_bad_input import CASES, SPLITS
 
@@ -36,7 +37,7 @@ def _files(store: Path) -> dict:
 @pytest.fixture(scope="module")
 def dask_cluster():
     with (
-        cluster.environ_kept(),
+        executor.environ_kept(),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
         ) as local,
@@ -80,17 +81,17 @@ def test_in_place_normalisation_equals_reading_the_sources_twice(reference, tmp_
 def test_raw_values_lost_before_normalising_are_staged_again(reference, tmp_path, monkeypatch):
     """What a crashed node's unflushed pages look like: the write task sees another crc32 and reads again."""
     recipe, local = reference
-    scan = tasks.scan_shard
+    original = scan.scan_shard
 
     def scan_then_lose(job, k, moments=True):
-        result = scan(job, k, moments)
+        result = original(job, k, moments)
         if moments and k == 3:
             path = Path(job.staging, "data", "c", "3", "0", "0", "0")
             with open(path, "r+b") as f:
                 f.write(b"\0" * 4096)
         return result
 
-    monkeypatch.setattr(tasks, "scan_shard", scan_then_lose)
+    monkeypatch.setattr(scan, "scan_shard", scan_then_lose)
     out = build(recipe, tmp_path / "lost.zarr", **quiet).path
     assert _files(out) == _files(local)
 
@@ -99,17 +100,17 @@ def test_a_killed_worker_is_retried_and_the_store_is_the_same(reference, tmp_pat
     recipe, local = reference
     local_cluster, client = dask_cluster
     out = tmp_path / "killed.zarr"
-    staging = writer.staging_path(out)
+    staging = staging_path(out)
     result = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("r", build(recipe, out, scheduler=local_cluster.scheduler_address, **quiet))
     )
     thread.start()
     deadline = time.monotonic() + 60
-    while len(tasks.written_shards(staging)) < 3 and time.monotonic() < deadline and thread.is_alive():
+    while len(written_shards(staging)) < 3 and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.005)
     victim = next(iter(client.run(os.getpid).values()))
-    written = len(tasks.written_shards(staging))
+    written = len(written_shards(staging))
     os.kill(victim, signal.SIGKILL)  # the nanny starts a new worker; dask runs its tasks elsewhere
     thread.join(120)
     assert 3 <= written < 45, "the worker was not killed during the write pass"
@@ -121,7 +122,7 @@ def test_a_killed_worker_is_retried_and_the_store_is_the_same(reference, tmp_pat
 def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, dask_cluster):
     recipe, local = reference
     out = tmp_path / "driver.zarr"
-    staging = writer.staging_path(out)
+    staging = staging_path(out)
     address = dask_cluster[0].scheduler_address
     proc = subprocess.Popen(
         [
@@ -140,13 +141,13 @@ def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, 
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while len(tasks.written_shards(staging)) < 5 and proc.poll() is None and time.monotonic() < deadline:
+    while len(written_shards(staging)) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if out.exists():
         pytest.skip("the build finished before it could be killed")
-    done = len(tasks.written_shards(staging))
+    done = len(written_shards(staging))
     log = []
     build(recipe, out, resume=True, scheduler=address, progress=False, log=log.append)
     resumed = [line for line in log if line.startswith("resuming")]
@@ -166,19 +167,19 @@ def test_a_failing_task_gives_the_local_error_and_leaves_nothing(tmp_path, dask_
     with pytest.raises(SourceError) as there:
         build(recipe, out, scheduler=dask_cluster[0].scheduler_address, **quiet)
     assert str(there.value) == str(here.value) and all(part in str(there.value) for part in expected)
-    assert not out.exists() and not writer.staging_path(out).exists()
+    assert not out.exists() and not staging_path(out).exists()
 
 
 def test_workers_that_cannot_see_the_files_are_refused_before_any_task(dask_cluster, tmp_path):
-    runner = cluster.Distributed(dask_cluster[1])
-    runner.check_shared([tmp_path])  # this machine's workers see this machine's files
+    distributed = executor.DistributedExecutor(dask_cluster[1])
+    distributed.check_shared([tmp_path])  # this machine's workers see this machine's files
     with pytest.raises(StoreError, match=r"dask worker .* cannot see .*nowhere.*filesystem that every worker mounts"):
-        runner.check_shared([tmp_path / "nowhere"])
+        distributed.check_shared([tmp_path / "nowhere"])
 
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp_path):
     before = dict(os.environ)
-    with cluster.runner(workers=1, log=lambda *_: None):
+    with executor.executor_for(workers=1, log=lambda *_: None):
         assert os.environ.get("OMP_NUM_THREADS") == "1"  # what dask's nannies set in the process starting them
     assert dict(os.environ) == before
 
@@ -186,7 +187,7 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp
 def test_only_one_way_to_run_may_be_given(tiny_raw, tmp_path):
     with (
         pytest.raises(StoreError, match="one of --scheduler, --scheduler-file and --workers"),
-        cluster.runner(scheduler="tcp://127.0.0.1:1", workers=2),
+        executor.executor_for(scheduler="tcp://127.0.0.1:1", workers=2),
     ):
         pass
 
@@ -210,7 +211,7 @@ def _map_in_a_thread(client, items, limit: float = 90.0) -> dict:
 
     def run():
         try:
-            box["results"] = dict(cluster.Distributed(client).map(_times, 3, items))
+            box["results"] = dict(executor.DistributedExecutor(client).map(_times, 3, items))
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             box["error"] = exc
 
@@ -246,7 +247,7 @@ def test_a_worker_dying_while_data_is_copied_to_it_does_not_hang_a_pass(dask_clu
 def test_a_task_the_scheduler_drops_without_a_word_is_submitted_again(dask_cluster, monkeypatch):
     """Whatever dask loses track of, a pass ends: a task the client hears nothing of is looked up on the
     scheduler after `poll` seconds and submitted again if the scheduler no longer knows it."""
-    monkeypatch.setattr(cluster.Distributed, "poll", 0.5)
+    monkeypatch.setattr(executor.DistributedExecutor, "poll", 0.5)
     local, client = dask_cluster
 
     def drop_quietly(dask_scheduler, prefix):
@@ -292,8 +293,8 @@ def test_a_pass_given_up_midway_is_cancelled_before_its_client_closes(tmp_path, 
     after the `error:` line: the pass was cleaned up at exit, after the local cluster had closed."""
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(OSError, match="No space left"), cluster.runner(workers=1, log=lambda *_: None) as run:
-        results = run.map(_times, 3, range(10))  # held, as build.scan's frame holds it in the error's traceback
+    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1, log=lambda *_: None) as local:
+        results = local.map(_times, 3, range(10))  # held, as scan.scan's frame holds it in the error's traceback
         for _ in results:
             raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan
     del results
@@ -319,7 +320,7 @@ def test_a_task_error_on_local_workers_is_one_line_on_the_terminal_and_in_full_i
     assert all(part in done.stderr for part in expected) and "Compute Failed" not in done.stdout
     log = Path(f"{out}.log").read_text()
     assert "Traceback" in log and "in scan_shard" in log and "infinite values are neither data" in log
-    assert not out.exists() and not writer.staging_path(out).exists()
+    assert not out.exists() and not staging_path(out).exists()
 
 
 def test_a_build_on_two_local_workers_survives_kills_at_the_start_of_each_pass_and_midway(reference, tmp_path):
@@ -328,11 +329,11 @@ def test_a_build_on_two_local_workers_survives_kills_at_the_start_of_each_pass_a
     psutil = pytest.importorskip("psutil")
     recipe, local = reference
     out = tmp_path / "killed.zarr"
-    staging = writer.staging_path(out)
+    staging = staging_path(out)
     moments = [
-        lambda: any(Path(staging, tasks.MARKERS).glob("scan-*")),  # the statistics pass began
+        lambda: any(Path(staging, MARKERS).glob("scan-*")),  # the statistics pass began
         lambda: Path(staging, "data", "zarr.json").is_file(),  # the write pass begins
-        lambda: len(tasks.written_shards(staging)) >= 25,
+        lambda: len(written_shards(staging)) >= 25,
     ]  # halfway through it
     proc = subprocess.Popen(
         [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet", "--workers", "2"],

@@ -25,7 +25,9 @@ from canonstore.formats import verify_store
 from canonstore.formats.manifest import data_checksums, read_manifest, store_files
 from canonstore.formats.verify import verify_inputs
 from canonstore.formats.zarr_ import ShardWriter
-from canonstore.preprocess import build, tasks, writer
+from canonstore.preprocess import build, lock
+from canonstore.preprocess import staging as staging_files
+from canonstore.preprocess.staging import PROGRESS, written_shards
 from tests.conftest import demo_recipe
 
 quiet = {"progress": False, "log": lambda *_: None}
@@ -84,7 +86,7 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
         def now(kind=kind, when=when, start=start) -> bool:
             if kind == "seconds":
                 return time.monotonic() - start > when
-            return len(tasks.written_shards(staging)) >= when
+            return len(written_shards(staging)) >= when
 
         finished = not _kill_when(proc, now)
         # The final path holds nothing or a whole store, never a partial one. A whole one also after
@@ -109,7 +111,7 @@ def test_a_killed_rebuild_leaves_the_previous_store_intact(many_blocks, tmp_path
     before = (out / "manifest.json").read_text()
     staging = out.with_name("demo.zarr.partial")
     proc = _start_build(recipe, out, "--force")
-    assert _kill_when(proc, lambda: (staging / writer.PROGRESS).exists())
+    assert _kill_when(proc, lambda: (staging / PROGRESS).exists())
     assert (out / "manifest.json").read_text() == before and verify_store(out) == []
 
 
@@ -117,9 +119,9 @@ def test_resume_goes_on_from_the_last_shard(many_blocks, tmp_path):
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
     staging = out.with_name("demo.zarr.partial")
-    assert _kill_when(_start_build(recipe, out), lambda: len(tasks.written_shards(staging)) > 50)
+    assert _kill_when(_start_build(recipe, out), lambda: len(written_shards(staging)) > 50)
     assert not out.exists() and staging.exists()
-    done_before = len(tasks.written_shards(staging))
+    done_before = len(written_shards(staging))
     log = []
     build(recipe, out, resume=True, progress=False, log=log.append)
     resumed = [line for line in log if line.startswith("resuming")]
@@ -131,7 +133,7 @@ def test_without_resume_a_partial_is_discarded_and_the_result_is_the_same(many_b
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
     staging = out.with_name("demo.zarr.partial")
-    assert _kill_when(_start_build(recipe, out), lambda: (staging / writer.PROGRESS).exists())
+    assert _kill_when(_start_build(recipe, out), lambda: (staging / PROGRESS).exists())
     log = []
     build(recipe, out, progress=False, log=log.append)
     assert any(line.startswith(f"discarding {staging}") for line in log)
@@ -150,7 +152,7 @@ def test_two_builds_of_the_same_inputs_are_identical(many_blocks, tmp_path):
 def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path):
     out = tmp_path / "demo.zarr"
     with (
-        writer.build_lock(out),
+        lock.build_lock(out),
         pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+ on .*, started"),
     ):
         build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
@@ -163,9 +165,9 @@ def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_ra
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(writer.fcntl, "flock", no_flock)  # what some Lustre mounts answer
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)  # what some Lustre mounts answer
     out, logs = tmp_path / "demo.zarr", []
-    with writer.build_lock(out, logs.append):
+    with lock.build_lock(out, logs.append):
         assert "does not support flock" in logs[0] and Path(f"{out}.lock.excl").is_file()
         with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running .*delete it"):
             build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
@@ -177,10 +179,13 @@ def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, mon
     events = []
     finish = ShardWriter.finish_shard  # ends in fsync of the shard file
     monkeypatch.setattr(ShardWriter, "finish_shard", lambda self, k: events.append(("synced", k)) or finish(self, k))
-    durably = tasks.write_file_atomic
-    monkeypatch.setattr(
-        tasks, "write_file_atomic", lambda path, data: events.append(("marker", path.name)) or durably(path, data)
-    )
+    durably = staging_files.write_file_atomic  # writes the markers
+
+    def marker(path, data):
+        events.append(("marker", path.name))
+        durably(path, data)
+
+    monkeypatch.setattr(staging_files, "write_file_atomic", marker)
     build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
     written = [i for i, (kind, name) in enumerate(events) if kind == "marker" and name.startswith("shard-")]
     assert len(written) > 20
@@ -251,7 +256,7 @@ def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
     out = tmp_path / "demo.zarr"
     first = _start_build(recipe, out)
     deadline = time.monotonic() + 60
-    while not (out.with_name("demo.zarr.partial") / writer.PROGRESS).exists() and time.monotonic() < deadline:
+    while not (out.with_name("demo.zarr.partial") / PROGRESS).exists() and time.monotonic() < deadline:
         time.sleep(0.01)  # the first build is writing
     second = subprocess.run(
         [sys.executable, "-m", "canonstore", "build", str(recipe), "--out", str(out), "--quiet"],

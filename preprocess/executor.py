@@ -1,4 +1,4 @@
-"""Where the build's shard tasks run: in this process, or on a dask.distributed cluster.
+"""The build's task executor: shard tasks run in this process, or on a dask.distributed cluster.
 
     canonstore build R                                  # in this process
     canonstore build R --workers 4                      # a LocalCluster of 4 processes on this machine
@@ -13,16 +13,16 @@ every worker before any task runs and stops with a clear error otherwise.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import sys
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from canonstore.errors import StoreError
-from canonstore.preprocess.buildlog import DASK_LOGGERS
+from canonstore.preprocess.buildlog import SILENT, quiet_dask
 
 UNTRIMMED = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
@@ -33,7 +33,16 @@ class WorkersLost(StoreError):
     keep_staging = True
 
 
-class InProcess:
+class Executor(Protocol):
+    """What runs a pass of shard tasks: `map` yields (item, result) pairs; `check_shared` stops early when a
+    worker cannot see the files."""
+
+    def map(self, fn, job, items, *args) -> Iterator[tuple]: ...
+
+    def check_shared(self, paths) -> None: ...
+
+
+class InProcessExecutor:
     """Run tasks one after another here (the default build)."""
 
     def map(self, fn, job, items, *args):
@@ -45,7 +54,7 @@ class InProcess:
         pass
 
 
-class Distributed:
+class DistributedExecutor:
     """Run tasks on a dask.distributed cluster through `client`; results come back as tasks finish.
 
     Every wait is bounded. Tasks are per shard and idempotent, so a task the cluster loses is submitted
@@ -219,11 +228,13 @@ def _missing(paths: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def runner(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None, log=print):
-    """The runner for these options: a client of a running cluster, a LocalCluster of `workers`
+def executor_for(
+    scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None, log=print
+):
+    """The executor for these options: a client of a running cluster, a LocalCluster of `workers`
     processes (one thread each), or this process when none is given."""
     if not (scheduler or scheduler_file or workers):
-        yield InProcess()
+        yield InProcessExecutor()
         return
     if sum(bool(x) for x in (scheduler, scheduler_file, workers)) > 1:
         raise StoreError("give one of --scheduler, --scheduler-file and --workers")
@@ -275,33 +286,10 @@ def runner(scheduler: str | None = None, scheduler_file: str | None = None, work
 
 
 def _distributed(client):
-    """The runner of `client`; the passes it leaves open are cancelled while the client still runs (else
+    """The executor of `client`; the passes it leaves open are cancelled while the client still runs (else
     their cleanup would run at exit, on a closed event loop: `RuntimeError: IOLoop is closed`)."""
-    run = Distributed(client)
+    executor = DistributedExecutor(client)
     try:
-        yield run
+        yield executor
     finally:
-        run.close()
-
-
-SILENT = logging.CRITICAL + 1  # above every level: dask writes nothing to the terminal
-
-
-@contextlib.contextmanager
-def quiet_dask():
-    """Dask's handlers that write to the terminal write nothing meanwhile; others (the build log) still do."""
-    terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)}
-    handlers = [
-        h
-        for name in DASK_LOGGERS
-        for h in logging.getLogger(name).handlers
-        if id(getattr(h, "stream", None)) in terminal
-    ]
-    levels = [h.level for h in handlers]
-    for h in handlers:
-        h.setLevel(SILENT)
-    try:
-        yield
-    finally:
-        for h, level in zip(handlers, levels):
-            h.setLevel(level)
+        executor.close()
