@@ -53,7 +53,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers lint test clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers lint test test-fast clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -145,8 +145,11 @@ lint: $(ENV_STAMP) ## ruff: lint and check the formatting (fix with: ruff check 
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(ENV_STAMP) ## run the test suite
+test: $(ENV_STAMP) ## run the test suite (all of it: CI runs this)
 	$(PY) -m pytest -q
+
+test-fast: $(ENV_STAMP) ## the edit loop: every test but the slow ones (kills, clusters, torchrun, packaging, make, bench)
+	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove generated data and stores (keeps .venv)
 	rm -rf data/intermediate data/export data/raw/demo data/raw/bench .pytest_cache build dist

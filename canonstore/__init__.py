@@ -9,14 +9,10 @@ The names load their modules on first use, so `import canonstore` and `import ca
 stay light: xarray, zarr and torch load when a store is opened.
 """
 
-from importlib import metadata as _metadata
-
 from canonstore._lazy import lazy_names
+from canonstore.provenance import package_version
 
-try:
-    __version__ = _metadata.version("canonstore")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+__version__ = package_version("canonstore") or "0+unknown"  # "0+unknown": a source tree that is not installed
 
 _API = {"open_store": "canonstore.formats", "open_dataset": "canonstore.loaders", "open_loader": "canonstore.loaders"}
 __all__ = ["__version__", *_API]

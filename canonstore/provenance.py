@@ -1,8 +1,9 @@
-"""Which code made a thing: the git commit of the canonstore checkout (for stores and training runs)."""
+"""Which code made a thing: package versions and the git commit of the canonstore checkout (stores, runs)."""
 
 from __future__ import annotations
 
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 _CHECKOUT = Path(__file__).resolve().parents[1]
@@ -28,3 +29,11 @@ def git_dirty() -> bool | None:
     """Whether tracked files differ from that commit (results may then not be reproducible from it)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return None if status is None else bool(status)
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of `package`; None when it is not installed (a source tree, a missing tool)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -17,8 +17,7 @@ from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.spec import masked_channel, normalise
 from canonstore.loaders.dataset import WindowDataset
-from canonstore.preprocess.recipe import load_recipe
-from canonstore.preprocess.sources import open_sources, store_values
+from canonstore.preprocess.sources import load_recipe, open_sources, store_values
 
 
 class RawSourceDataset(WindowDataset):

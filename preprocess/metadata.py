@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import platform
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from canonstore.preprocess.plan import Plan
 from canonstore.preprocess.recipe import Recipe
 from canonstore.preprocess.shard_jobs import ShardJob
 from canonstore.preprocess.sources import Sources
-from canonstore.provenance import git_commit
+from canonstore.provenance import git_commit, package_version
 from canonstore.splits import SPLIT_NAMES, split_keys, split_labels
 
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
@@ -198,13 +197,6 @@ def provenance(recipe: Recipe, sources: Sources, inputs: list[dict], job: ShardJ
             "data_files": "data/c/{k}/" + "/".join(["0"] * (len(shape) - 1)),
         },
     }
-
-
-def package_version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def finish_metadata(staging: Path, attrs: dict) -> None:

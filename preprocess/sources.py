@@ -23,7 +23,7 @@ from canonstore.formats.coords import find_axis
 from canonstore.preprocess.channels import Channel, add_derived, derived_input, make_channels, select_variables
 from canonstore.preprocess.derived_units import Input
 from canonstore.preprocess.grids import check_grid, read_static
-from canonstore.preprocess.recipe import Recipe
+from canonstore.preprocess.recipe import Recipe, load_recipe
 from canonstore.preprocess.registry import kind_of, module_of
 from canonstore.preprocess.timeaxis import (
     Segment,
@@ -45,7 +45,7 @@ import canonstore.preprocess.grib_  # noqa: F401
 import canonstore.preprocess.netcdf_  # noqa: F401
 # isort: on
 
-__all__ = ["Channel", "Sources", "kind_of", "open_sources", "store_values"]
+__all__ = ["Channel", "Sources", "kind_of", "load_recipe", "open_sources", "store_values"]
 
 
 class Sources:

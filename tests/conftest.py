@@ -1,47 +1,24 @@
-"""Shared fixtures: a tiny demo raw dataset, recipe writing, and the real files in ../shared."""
+"""Shared fixtures: the tiny demo raw files and stores built once per session, and the real files in
+../shared. Plain helper functions live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-import yaml
 
 from canonstore.preprocess import build
 from canonstore.preprocess.demo import write_demo
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+from tests.helpers import REAL, demo_recipe, gappy_values, write_recipe
 
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
     """Demo raw files on an 8x16 grid, 3 years (2000-2002), written once per session."""
     return write_demo(tmp_path_factory.mktemp("raw") / "demo", size=1 / 16, years=(2000, 2001, 2002))
-
-
-def write_recipe(folder: Path, **keys) -> Path:
-    """Write a recipe YAML into `folder`; keys are recipe keys (see README)."""
-    keys.setdefault("name", "test")
-    path = folder / f"{keys['name']}.yaml"
-    path.write_text(yaml.safe_dump(keys, sort_keys=False))
-    return path
-
-
-def demo_recipe(folder: Path, raw: Path, **overrides) -> Path:
-    keys = {
-        "name": "demo",
-        "sources": [str(raw / "*.nc")],
-        "static": ["lsm", "orography"],
-        "splits": {"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002], "embargo": 2},
-        "storage": {"shard_mb": 1},
-    }
-    keys.update(overrides)
-    return write_recipe(folder, **keys)
 
 
 @pytest.fixture(scope="session")
@@ -53,37 +30,11 @@ def tiny_store(tiny_raw, tmp_path_factory) -> Path:
     return out
 
 
-def linked_copy(store: Path, to: Path) -> Path:
-    """A copy of `store` at `to` made of hard links (cheap; never written to, see `replace_build`)."""
-    shutil.copytree(store, to, copy_function=os.link)
-    return to
-
-
-def replace_build(path: Path) -> None:
-    """Stand-in for a rebuild landing at `path` after a reader opened it: the opened directory moves away
-    (a reader's handle keeps it) and another build takes the path (the same data, another manifest)."""
-    old = path.with_name(f"{path.name}.replaced{len(list(path.parent.glob(path.name + '.replaced*')))}")
-    path.rename(old)
-    linked_copy(old, path)
-    manifest = path / "manifest.json"
-    text = manifest.read_text()
-    manifest.unlink()  # a link to the original's: write a new file, never through the link
-    manifest.write_text(text + "\n")
-
-
 @pytest.fixture
 def real() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real NetCDF samples not found at {REAL} (they live in ../shared/data/real)")
     return REAL
-
-
-def gappy_values(n: int) -> np.ndarray:
-    """(n, 2 variables, 2, 3) daily values; variable 0 has NaNs at a pattern that changes in time."""
-    values = np.random.default_rng(7).normal(size=(n, 2, 2, 3))
-    values[::7, 0, 0, 1] = np.nan
-    values[3::5, 0, 1, 2] = np.nan
-    return values
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,17 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
 
 from canonstore import open_store
 from canonstore.preprocess import build
-from tests.conftest import demo_recipe
+from tests.helpers import ROOT, demo_recipe, quiet
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "loader.py"
+pytestmark = pytest.mark.slow  # runs the benchmarks on a tiny store
+
+BENCH = ROOT / "bench" / "loader.py"
 
 
 def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
@@ -20,7 +22,7 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
         demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 1024}),
         tmp_path / "one.zarr",
         progress=False,
-        log=lambda *_: None,
+        log=quiet,
     ).path
     done = subprocess.run(
         [
@@ -86,7 +88,7 @@ def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch)
     where = data.write_size(tmp_path, "t")
     assert "train: [0, 47], val: [52, 59]" in (where / "canonstore.yaml").read_text()  # 80% train, then the embargo
     assert "end: 2000-01-12T18:00:00}" in (where / "anemoi.yaml").read_text()  # statistics over train: step 47
-    build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False, log=lambda *_: None)
+    build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False, log=quiet)
     plan_path = run.write_plan(where, "t", argparse.Namespace(workers=1, seconds=0.2))
     plan = json.loads(plan_path.read_text())
     assert plan["anemoi_channels"] == ["z_500", "z_850", "t_500", "t_850", "t2m", "msl"]

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from canonstore.cli import main
 from canonstore.formats import open_store
-from tests.conftest import demo_recipe
+from tests.helpers import demo_recipe
 
 
 def test_build_inspect_verify(tmp_path, tiny_raw):

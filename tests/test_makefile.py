@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import demo_recipe
+from tests.helpers import ROOT, demo_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs make, which starts the CLI several times
+
 VENV = Path(sys.prefix)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from canonstore.atomic import write_file_atomic, write_json_atomic
 from canonstore.errors import RunError
-from canonstore.provenance import git_commit, git_dirty
+from canonstore.provenance import git_commit, git_dirty, package_version
 
 
 def write_json(path: Path, value) -> None:
@@ -84,7 +84,6 @@ class RunLog:
         path = self.folder / "config.json"
         if path.exists():
             return
-        from canonstore import __version__
 
         write_json(
             path,
@@ -93,7 +92,7 @@ class RunLog:
                 "config": self.run,
                 "git_commit": git_commit(),
                 "git_dirty": git_dirty(),
-                "canonstore_version": __version__,
+                "canonstore_version": package_version("canonstore") or "0+unknown",
                 "torch_version": torch.__version__,
                 "python": platform.python_version(),
                 "host": platform.node(),

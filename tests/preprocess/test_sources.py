@@ -13,7 +13,7 @@ from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
 from canonstore.preprocess.sources import kind_of
-from tests.conftest import write_recipe
+from tests.helpers import quiet, t2m_file, write_recipe
 
 SPLITS = {"by": "index", "train": [0, 5], "test": [6, 9]}
 
@@ -42,7 +42,7 @@ def recipe(tmp_path, path, **keys):
 def test_valid_time_is_found_without_time_dim_in_the_recipe(tmp_path):
     path = cds_netcdf(tmp_path / "era5.nc")
     out = tmp_path / "cf.zarr"
-    build(recipe(tmp_path, path), out, progress=False, log=lambda *_: None)
+    build(recipe(tmp_path, path), out, progress=False, log=quiet)
     store = open_store(out)
     assert store.attrs["source_time_dim"] == "valid_time"
     np.testing.assert_array_equal(store.time, xr.open_dataset(path).valid_time.values)
@@ -69,8 +69,7 @@ def test_several_time_like_dimensions_are_an_error_naming_them(tmp_path):
 
 
 def test_the_registry_goes_by_signature_before_suffix(tmp_path):
-    from tests.test_grib_ import write_grib
-    from tests.test_nwb_ import write_nwb
+    from tests.helpers import write_grib, write_nwb
 
     pytest.importorskip("eccodes")
     pytest.importorskip("pynwb")
@@ -83,15 +82,6 @@ def test_the_registry_goes_by_signature_before_suffix(tmp_path):
     )
     netcdf4 = cds_netcdf(tmp_path / "era5.h5")  # HDF5 too, but no nwb_version
     assert [kind_of(p) for p in (grib, nwb, netcdf4)] == ["grib", "nwb", "netcdf"]
-
-
-def t2m_file(path, times):
-    values = np.random.default_rng(len(times)).normal(size=(len(times), 2, 3)).astype(np.float32)
-    xr.Dataset(
-        {"t2m": (("time", "lat", "lon"), values, {"units": "K"})},
-        coords={"time": times, "lat": [10.0, 0.0], "lon": [0.0, 1.0, 2.0]},
-    ).to_netcdf(path)
-    return path
 
 
 def test_a_finer_time_step_is_an_error_naming_the_files_and_times(tmp_path):
@@ -213,7 +203,7 @@ def test_a_cell_measure_the_file_holds_is_found_for_static(tmp_path):
         coords={"time": times, "lat": [0.0, 10.0], "lon": [0.0, 1.0, 2.0]},
     ).to_netcdf(tmp_path / "tos.nc")
     path = write_recipe(tmp_path, name="tos", sources=["tos.nc"], static=["areacello"], splits=SPLITS)
-    store = open_store(build(path, tmp_path / "tos.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(path, tmp_path / "tos.zarr", progress=False, log=quiet).path)
     assert list(store.static) == ["areacello"]
     normalised = (area - area.mean()) / area.std()
     np.testing.assert_allclose(store.static["areacello"], normalised, rtol=1e-5)

@@ -10,7 +10,7 @@ from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.training.config import DEFAULTS, lead_times, load_config, parse_overrides
 from canonstore.training.runs import config_hash, resolve, run_name
-from tests.conftest import linked_copy, replace_build
+from tests.helpers import ROOT, linked_copy, replace_build
 
 ROOT_CONFIG = "configs/default.yaml"
 
@@ -27,9 +27,8 @@ def test_file_then_overrides_win(tmp_path):
 
 
 def test_repository_config_loads():
-    from pathlib import Path
 
-    config = load_config(Path(__file__).resolve().parents[1] / ROOT_CONFIG)
+    config = load_config(ROOT / ROOT_CONFIG)
     assert config["model"] == "unet" and config["epochs"] >= 1
 
 

@@ -11,9 +11,9 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.preprocess import build
-from tests.conftest import demo_recipe, write_recipe
+from tests.helpers import demo_recipe, quiet, write_recipe
 
-quiet = {"progress": False, "log": lambda *_: None}
+silent = {"progress": False, "log": quiet}
 
 
 def test_train_split_is_normalised_per_channel(tiny_store):
@@ -66,7 +66,7 @@ def test_changing_val_and_test_raw_values_changes_no_statistic(tmp_path, tiny_ra
             encoding = {k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue")}
             encoding.pop("dtype", None)  # unpacked float32 is fine for this test
             ds.to_netcdf(path, encoding={name: encoding})
-    out = build(demo_recipe(tmp_path, raw), tmp_path / "changed.zarr", **quiet).path
+    out = build(demo_recipe(tmp_path, raw), tmp_path / "changed.zarr", **silent).path
     before, after = open_store(tiny_store), open_store(out)
     for name, values in before.stats.items():
         np.testing.assert_array_equal(values, after.stats[name], err_msg=name)
@@ -86,16 +86,16 @@ def test_rebuild_is_a_no_op_until_recipe_or_input_changes(tmp_path, tiny_raw):
     assert not again.built and "up to date" in messages[-1]
     assert (out / "manifest.json").stat().st_mtime_ns == manifest_mtime
     recipe.write_text(recipe.read_text().replace("embargo: 2", "embargo: 3"))
-    assert build(recipe, out, **quiet).built
+    assert build(recipe, out, **silent).built
     assert open_store(out).attrs["split_rule"]["embargo"] == 3
 
 
 def test_a_failing_build_leaves_the_previous_store_and_no_partial(tmp_path, tiny_raw):
     out = tmp_path / "demo.zarr"
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     checksum = (out / "manifest.json").read_text()
     with pytest.raises(SourceError):
-        build(demo_recipe(tmp_path, tiny_raw, variables=["nope"]), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw, variables=["nope"]), out, **silent)
     assert (out / "manifest.json").read_text() == checksum
     assert not out.with_name("demo.zarr.partial").exists()
 
@@ -105,15 +105,15 @@ def test_refuses_to_replace_something_that_is_not_a_store(tmp_path, tiny_raw):
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
     with pytest.raises(StoreError, match="exists and is not a canonstore store"):
-        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
 def test_a_store_holding_a_users_file_is_not_replaced(tmp_path, tiny_raw):
-    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     (out / "notes.txt").write_text("my notes")
     with pytest.raises(StoreError, match=r"holds files that are not the store's \(notes.txt\)"):
-        build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, force=True, **silent)
     assert (out / "notes.txt").read_text() == "my notes"
 
 
@@ -128,7 +128,7 @@ def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_r
         shutil.copytree(tiny_store, mine)
     before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
     with pytest.raises(StoreError, match=f"{mine} exists and is not canonstore's"):
-        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before and not out.exists()
 
 
@@ -137,11 +137,11 @@ def test_a_users_file_named_like_the_lock_is_never_overwritten(tmp_path, tiny_ra
     mine = tmp_path / "demo.zarr.lock"
     mine.write_text("my lock-free notes\n")
     with pytest.raises(StoreError, match=f"{mine} exists and is not canonstore's lock file"):
-        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert mine.read_text() == "my lock-free notes\n" and not out.exists()
     mine.unlink()
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)  # its own lock file, left by a build, is reused
-    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)  # its own lock file, left by a build, is reused
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **silent).built
 
 
 @pytest.mark.parametrize("mine", ["file", "link", "folder"])
@@ -152,12 +152,12 @@ def test_a_users_file_or_link_named_like_the_log_is_never_written_to(tmp_path, t
     {"file": lambda: log.write_text("my notes\n"), "link": lambda: log.symlink_to(notes), "folder": log.mkdir}[mine]()
     why = "does not begin with '== canonstore'" if mine == "file" else "a link, or not a file"
     with pytest.raises(StoreError, match=f"{log} exists and is not canonstore's build log .*{re.escape(why)}"):
-        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert notes.read_text() == "my notes\n" and not out.exists()
     assert log.read_text() == "my notes\n" if mine == "file" else log.is_symlink() or log.is_dir()
     log.rmdir() if mine == "folder" else log.unlink()
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
-    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **quiet).built  # its own log: appended to
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **silent).built  # its own log: appended to
     assert log.read_text().startswith("== canonstore build of") and log.read_text().count("== canonstore build") == 2
 
 
@@ -168,7 +168,7 @@ def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_
     from canonstore.formats import verify_store
 
     recipe = demo_recipe(tmp_path, tiny_raw)
-    out = build(recipe, tmp_path / "demo.zarr", **quiet).path
+    out = build(recipe, tmp_path / "demo.zarr", **silent).path
     text = (out / "zarr.json").read_text()
     (out / "zarr.json").write_text(text[: len(text) // 2])
     result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--force", "--quiet"])
@@ -196,7 +196,7 @@ def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
 
 def test_float16_store_round_trips_within_float16_precision(tmp_path, tiny_raw, tiny_store):
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"dtype": "float16", "shard_mb": 1})
-    half = open_store(build(recipe, tmp_path / "half.zarr", **quiet).path)
+    half = open_store(build(recipe, tmp_path / "half.zarr", **silent).path)
     full = open_store(tiny_store)
     assert half.array.dtype == np.float16
     np.testing.assert_allclose(half.array[:50].astype(np.float32), full.array[:50], atol=5e-3)
@@ -218,7 +218,7 @@ def test_float16_refuses_a_channel_that_overflows_by_name(tmp_path):
     with pytest.raises(
         SourceError, match=r"spike.nc: variable 'spike' \(channel spike\) at time 2001-01-01T00:00: .*overflows float16"
     ):
-        build(recipe, tmp_path / "spike.zarr", **quiet)
+        build(recipe, tmp_path / "spike.zarr", **silent)
     assert not (tmp_path / "spike.zarr").exists() and not (tmp_path / "spike.zarr.partial").exists()
 
 
@@ -229,13 +229,13 @@ def test_unchanged_inputs_are_not_hashed_again_touched_ones_are(tmp_path, tiny_r
     shutil.copytree(tiny_raw, raw)
     recipe = demo_recipe(tmp_path, raw)
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     hashed = []
     original = inputs_module.file_sha256
     monkeypatch.setattr(inputs_module, "file_sha256", lambda p: hashed.append(p.name) or original(p))
-    assert not build(recipe, out, **quiet).built and hashed == []  # a no-op build reads no input byte
+    assert not build(recipe, out, **silent).built and hashed == []  # a no-op build reads no input byte
     (raw / "z_2001.nc").touch()  # same bytes, new mtime: hashed, still up to date
-    assert not build(recipe, out, **quiet).built and hashed == ["z_2001.nc"]
+    assert not build(recipe, out, **silent).built and hashed == ["z_2001.nc"]
     record = next(i for i in open_store(out).attrs["inputs"] if i["path"].endswith("z_2001.nc"))
     assert {"size", "mtime_ns", "inode", "sha256"} <= set(record)
 
@@ -253,11 +253,11 @@ def test_only_the_selected_levels_are_read_from_the_files(tmp_path, tiny_raw, mo
 
     monkeypatch.setattr(Sources, "_read_variable", recorded)
     recipe = demo_recipe(tmp_path, tiny_raw, variables=["z", "t"], levels={"z": [850, 250], "t": [500]}, static=[])
-    store = open_store(build(recipe, tmp_path / "sel.zarr", **quiet).path)
+    store = open_store(build(recipe, tmp_path / "sel.zarr", **silent).path)
     assert store.channels == ["z850", "z250", "t500"]
     assert shapes and {s[1] for s in shapes} <= {1, 2}  # 2 levels of z, 1 of t; the files hold 4 each
     every = open_store(
-        build(demo_recipe(tmp_path / "..", tiny_raw, static=[], name="all"), tmp_path / "all.zarr", **quiet).path
+        build(demo_recipe(tmp_path / "..", tiny_raw, static=[], name="all"), tmp_path / "all.zarr", **silent).path
     )
     for name in store.channels:
         np.testing.assert_array_equal(
@@ -269,8 +269,8 @@ def test_only_the_selected_levels_are_read_from_the_files(tmp_path, tiny_raw, mo
 def test_a_step_larger_than_a_block_is_split_across_channels_with_the_same_result(tmp_path, tiny_raw, tiny_store):
     sample_mb = np.prod(open_store(tiny_store).shape[1:]) * 4 / 2**20
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2000-01-31"}, splits={"train": [2000, 2000]})
-    whole = open_store(build(recipe, tmp_path / "whole.zarr", **quiet).path)
-    split = open_store(build(recipe, tmp_path / "split.zarr", block_mb=sample_mb / 5, **quiet).path)
+    whole = open_store(build(recipe, tmp_path / "whole.zarr", **silent).path)
+    split = open_store(build(recipe, tmp_path / "split.zarr", block_mb=sample_mb / 5, **silent).path)
     nchan = len(whole.channels)
     assert split.attrs["layout"]["block_channels"] == nchan // 5  # each block: one step, a fifth of its channels
     assert np.asarray(split.array).tobytes() == np.asarray(whole.array).tobytes()
@@ -291,14 +291,14 @@ def test_an_output_that_a_source_glob_reaches_is_refused_before_anything_is_writ
         (["link/*.nc", "link/*"], "link/*", "x.zarr.lock"),
     ):  # via a link
         with pytest.raises(RecipeError) as error:
-            build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **quiet)
+            build(demo_recipe(tmp_path, raw, sources=sources), raw / "x.zarr", **silent)
         assert f"source '{reaching}' reaches the build's own files for --out {raw / 'x.zarr'}" in str(error.value)
         assert names in str(error.value) and "they would be read as inputs" in str(error.value)
         assert sorted(p.name for p in raw.iterdir()) == before  # no lock, log or staging left there
     narrow = demo_recipe(tmp_path, raw, sources=["raw/*.nc"])  # the same folder, a narrower glob
-    assert build(narrow, raw / "x.zarr", **quiet).built
+    assert build(narrow, raw / "x.zarr", **silent).built
     assert (raw / "x.zarr.lock").exists() and (raw / "x.zarr.log").exists()
-    assert not build(narrow, raw / "x.zarr", **quiet).built  # its own files are not inputs
+    assert not build(narrow, raw / "x.zarr", **silent).built  # its own files are not inputs
 
 
 def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of_the_build(tmp_path, tiny_raw):
@@ -308,8 +308,8 @@ def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of
     shutil.copytree(tiny_raw, raw / "a")
     for sources in (["raw/*/*.nc"], ["raw/*/static.nc", "raw/*/[a-z]*[0-9].nc"]):
         recipe = demo_recipe(tmp_path, raw, sources=sources)
-        assert build(recipe, raw / "x.zarr", force=True, **quiet).built
-        assert not build(recipe, raw / "x.zarr", **quiet).built  # the store now there is not an input
+        assert build(recipe, raw / "x.zarr", force=True, **silent).built
+        assert not build(recipe, raw / "x.zarr", **silent).built  # the store now there is not an input
     for reaching in ("raw/*/*/*", "raw/*/time/c/*"):
         with pytest.raises(RecipeError, match=f"source '{re.escape(reaching)}' reaches the build's own files"):
-            build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **quiet)
+            build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **silent)

@@ -23,10 +23,12 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.preprocess import build, executor, scan
 from canonstore.preprocess.sources import Sources
 from canonstore.preprocess.staging import MARKERS, staging_path, written_shards
-from tests.conftest import demo_recipe, write_recipe
-from tests.test_bad_input import CASES, SPLITS
+from tests.helpers import demo_recipe, quiet, write_recipe
+from tests.preprocess.test_bad_input import CASES, SPLITS
 
-quiet = {"progress": False, "log": lambda *_: None}
+pytestmark = pytest.mark.slow  # starts dask.distributed clusters
+
+silent = {"progress": False, "log": quiet}
 
 
 def _files(store: Path) -> dict:
@@ -51,14 +53,14 @@ def reference(tiny_raw, tmp_path_factory):
     """An in-process build of many shards (~50), for comparison."""
     folder = tmp_path_factory.mktemp("cluster")
     recipe = demo_recipe(folder, tiny_raw, storage={"shard_mb": 0.6})
-    out = build(recipe, folder / "local.zarr", **quiet).path
+    out = build(recipe, folder / "local.zarr", **silent).path
     return recipe, out
 
 
 def test_a_local_cluster_of_two_workers_builds_the_same_store_bit_for_bit(reference, tmp_path):
     recipe, local = reference
     assert read_manifest(local)["files"]["data/c/40/0/0/0"]  # many shards, so both workers write some
-    out = build(recipe, tmp_path / "cluster.zarr", workers=2, **quiet).path
+    out = build(recipe, tmp_path / "cluster.zarr", workers=2, **silent).path
     assert verify_store(out) == []
     assert _files(out) == _files(local)  # data shards, statistics, splits, coordinates, static, masks
 
@@ -66,15 +68,15 @@ def test_a_local_cluster_of_two_workers_builds_the_same_store_bit_for_bit(refere
 def test_the_general_path_on_a_cluster_equals_the_local_one(tiny_raw, tmp_path, dask_cluster):
     """float16 is written from a second read of the sources (no raw values staged in place)."""
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.3, "dtype": "float16"})
-    local = build(recipe, tmp_path / "local.zarr", **quiet).path
-    out = build(recipe, tmp_path / "cluster.zarr", scheduler=dask_cluster[0].scheduler_address, **quiet).path
+    local = build(recipe, tmp_path / "local.zarr", **silent).path
+    out = build(recipe, tmp_path / "cluster.zarr", scheduler=dask_cluster[0].scheduler_address, **silent).path
     assert _files(out) == _files(local)
 
 
 def test_in_place_normalisation_equals_reading_the_sources_twice(reference, tmp_path, monkeypatch):
     recipe, local = reference
     monkeypatch.setattr(Sources, "float32_exact", property(lambda self: np.zeros(len(self.channels), bool)))
-    out = build(recipe, tmp_path / "two-reads.zarr", **quiet).path
+    out = build(recipe, tmp_path / "two-reads.zarr", **silent).path
     assert _files(out) == _files(local)
 
 
@@ -92,7 +94,7 @@ def test_raw_values_lost_before_normalising_are_staged_again(reference, tmp_path
         return result
 
     monkeypatch.setattr(scan, "scan_shard", scan_then_lose)
-    out = build(recipe, tmp_path / "lost.zarr", **quiet).path
+    out = build(recipe, tmp_path / "lost.zarr", **silent).path
     assert _files(out) == _files(local)
 
 
@@ -103,7 +105,7 @@ def test_a_killed_worker_is_retried_and_the_store_is_the_same(reference, tmp_pat
     staging = staging_path(out)
     result = {}
     thread = threading.Thread(
-        target=lambda: result.setdefault("r", build(recipe, out, scheduler=local_cluster.scheduler_address, **quiet))
+        target=lambda: result.setdefault("r", build(recipe, out, scheduler=local_cluster.scheduler_address, **silent))
     )
     thread.start()
     deadline = time.monotonic() + 60
@@ -162,10 +164,10 @@ def test_a_failing_task_gives_the_local_error_and_leaves_nothing(tmp_path, dask_
     make(raw)
     recipe = write_recipe(tmp_path, name="bad", sources=["raw/*.nc"], **{"splits": SPLITS, **keys})
     with pytest.raises(SourceError) as here:
-        build(recipe, tmp_path / "local.zarr", **quiet)
+        build(recipe, tmp_path / "local.zarr", **silent)
     out = tmp_path / "cluster.zarr"
     with pytest.raises(SourceError) as there:
-        build(recipe, out, scheduler=dask_cluster[0].scheduler_address, **quiet)
+        build(recipe, out, scheduler=dask_cluster[0].scheduler_address, **silent)
     assert str(there.value) == str(here.value) and all(part in str(there.value) for part in expected)
     assert not out.exists() and not staging_path(out).exists()
 
@@ -179,7 +181,7 @@ def test_workers_that_cannot_see_the_files_are_refused_before_any_task(dask_clus
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp_path):
     before = dict(os.environ)
-    with executor.executor_for(workers=1, log=lambda *_: None):
+    with executor.executor_for(workers=1, log=quiet):
         assert os.environ.get("OMP_NUM_THREADS") == "1"  # what dask's nannies set in the process starting them
     assert dict(os.environ) == before
 
@@ -196,7 +198,7 @@ def test_a_scheduler_file_is_read_as_dask_jobqueue_writes_it(reference, tmp_path
     recipe, local = reference
     info = tmp_path / "scheduler.json"
     info.write_text(json.dumps({"address": dask_cluster[0].scheduler_address, "type": "Scheduler"}))
-    out = build(recipe, tmp_path / "file.zarr", scheduler_file=str(info), **quiet).path
+    out = build(recipe, tmp_path / "file.zarr", scheduler_file=str(info), **silent).path
     assert _files(out) == _files(local)
 
 
@@ -293,7 +295,7 @@ def test_a_pass_given_up_midway_is_cancelled_before_its_client_closes(tmp_path, 
     after the `error:` line: the pass was cleaned up at exit, after the local cluster had closed."""
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1, log=lambda *_: None) as local:
+    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1, log=quiet) as local:
         results = local.map(_times, 3, range(10))  # held, as scan.scan's frame holds it in the error's traceback
         for _ in results:
             raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan

@@ -15,7 +15,7 @@ from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
 from canonstore.preprocess import build
-from tests.conftest import demo_recipe
+from tests.helpers import demo_recipe, quiet
 
 
 def test_array_is_a_zero_copy_memmap_equal_to_zarr_bit_for_bit(tiny_store):
@@ -98,7 +98,7 @@ def test_verify_counts_missing_files(tmp_path, tiny_store):
 
 def test_compressed_store_falls_back_to_decoding(tmp_path, tiny_raw, tiny_store):
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"compression": "zstd", "shard_mb": 1})
-    packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False, log=lambda *_: None).path)
+    packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False, log=quiet).path)
     plain = open_store(tiny_store)
     assert not isinstance(packed.array, np.ndarray)  # a zarr array: decodes on read
     np.testing.assert_array_equal(packed.array[5:9], plain.array[5:9])
@@ -156,14 +156,14 @@ def test_longitude_periodic_is_recorded_and_derived_for_older_stores(tiny_store,
 
 
 def test_a_store_opened_before_a_rebuild_reads_that_store_or_says_it_was_rebuilt(tiny_raw, tmp_path):
-    quiet = {"progress": False, "log": lambda *_: None}
-    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    silent = {"progress": False, "log": quiet}
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     old, mean_before = open_store(out), open_store(out).stats["mean"]
     array, lazy = old.array, old.to_xarray()  # several shards, the first one mapped
     first = np.array(array[0])
     worker_copy = pickle.dumps(array)  # what a DataLoader worker receives
     # a shorter train year: other statistics, so other normalised values in every shard
-    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **silent)
     assert not np.array_equal(open_store(out).stats["mean"], mean_before)
     np.testing.assert_array_equal(array[0], first)  # mapped before the rebuild: the old build's
     reads = {

@@ -12,9 +12,9 @@ from canonstore import open_dataset
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.metrics import Scores, TargetMasks, area_weights, weighted_mse
-from tests.conftest import gappy_values, write_recipe
+from tests.helpers import gappy_values, quiet, write_recipe
 
-quiet = {"progress": False, "log": lambda *_: None}
+silent = {"progress": False, "log": quiet}
 
 
 def physical_reference(pred, target, weights, mean, std):
@@ -142,8 +142,8 @@ def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path)
     from canonstore.training import evaluate, load_config, train
 
     config = load_config(None, {"model": "persistence", "device": "cpu", "lat_weighted": False, "workers": 1})
-    folder = train(config, gappy_store, tmp_path, progress=False, log=lambda *_: None)
-    scores = json.loads(evaluate(folder, tmp_path / "scores", log=lambda *_: None).read_text())["scores"]
+    folder = train(config, gappy_store, tmp_path, progress=False, log=quiet)
+    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
     store = open_store(gappy_store)
     t = open_dataset(store, "test").times
     raw = gappy_values(store.shape[0])[:, 0]
@@ -159,7 +159,7 @@ def test_cmip_lat_named_lat_is_area_weighted(tmp_path, real):
         sources=[str(real / "prsn_day_*.nc")],
         splits={"train": [1991, 2004], "test": [2005, 2010]},
     )
-    store = open_store(build(recipe, tmp_path / "canesm5.zarr", **quiet).path)
+    store = open_store(build(recipe, tmp_path / "canesm5.zarr", **silent).path)
     assert store.latitude == "lat" and store.longitude == "lon" and store.attrs["latitude"] == "lat"
     lat = store.to_xarray()["lat"].values
     column = area_weights(store, np.array([0]))[0, :, 0].numpy()
@@ -180,7 +180,7 @@ def test_curvilinear_latitude_weighs_each_cell(tmp_path):
     recipe = write_recipe(
         tmp_path, name="curvi", sources=["curvi.nc"], splits={"train": [2000, 2000], "test": [2001, 2001]}
     )
-    store = open_store(build(recipe, tmp_path / "curvi.zarr", **quiet).path)
+    store = open_store(build(recipe, tmp_path / "curvi.zarr", **silent).path)
     assert store.latitude == "nav_lat" and store.longitude == "nav_lon"
     weights = area_weights(store, np.array([0]))[0].numpy()
     expected = np.cos(np.deg2rad(lat2d))
@@ -197,7 +197,7 @@ def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real):
         variables=["tas", "pr"],
         splits={"train": [1990, 1991], "val": [1992, 1992], "test": [1993, 1993]},
     )
-    store = open_store(build(recipe, tmp_path / "cities.zarr", **quiet).path)
+    store = open_store(build(recipe, tmp_path / "cities.zarr", **silent).path)
     assert store.latitude == "lat"  # recorded, but lat(location) has no cells
     assert torch.equal(area_weights(store, np.array([0, 1])), torch.ones(2, 5))
     log = []

@@ -6,6 +6,7 @@ import types
 
 from canonstore.training import load_config, train
 from canonstore.training.tracking import RunLog
+from tests.helpers import quiet
 
 TINY = {"unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu", "workers": 1}
 
@@ -41,7 +42,7 @@ def test_logs_params_metrics_and_files(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", mlflow)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    folder = train(load_config(None, TINY), tiny_store, tmp_path / "runs", progress=False, log=lambda *_: None)
+    folder = train(load_config(None, TINY), tiny_store, tmp_path / "runs", progress=False, log=quiet)
     calls = {}
     for name, args, kwargs in mlflow.calls:
         calls.setdefault(name, []).append((args, kwargs))
@@ -57,7 +58,7 @@ def test_logs_params_metrics_and_files(tiny_store, tmp_path, monkeypatch):
     assert (folder / "mlflow_run_id").read_text().strip() == "run-123"
 
     mlflow.calls.clear()  # a resumed run goes on in the same MLflow run
-    RunLog(folder, folder.name, {}, log=lambda *_: None)
+    RunLog(folder, folder.name, {}, log=quiet)
     assert ("start_run", (), {"run_id": "run-123"}) in mlflow.calls
 
 

@@ -15,9 +15,9 @@ from canonstore.errors import StoreError
 from canonstore.formats.shards import ShardedArray, take_rows
 from canonstore.preprocess import build
 from canonstore.preprocess.append import append
-from tests.conftest import demo_recipe
+from tests.helpers import demo_recipe, quiet
 
-quiet = {"progress": False, "log": lambda *_: None}
+silent = {"progress": False, "log": quiet}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def layouts(tiny_raw, tiny_store, tmp_path_factory) -> dict:
     for name, shard_mb in (("one", 1024), ("two", 20)):
         (folder / name).mkdir()
         stores[name] = build(
-            demo_recipe(folder / name, tiny_raw, storage={"shard_mb": shard_mb}), folder / name / "demo.zarr", **quiet
+            demo_recipe(folder / name, tiny_raw, storage={"shard_mb": shard_mb}), folder / name / "demo.zarr", **silent
         ).path
     return stores
 
@@ -119,7 +119,7 @@ def test_format_1_stores_open_read_only_and_are_rebuilt_not_appended(layouts, tm
     np.testing.assert_array_equal(store.array[5], open_store(layouts["one"]).array[5])
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 1024})
     with pytest.raises(StoreError, match="format version 1, appends need 2"):
-        append(out, recipe, **quiet)
+        append(out, recipe, **silent)
     logs = []
     assert build(recipe, out, progress=False, log=logs.append).built  # not up to date: a full rebuild to version 2
     assert open_store(out).attrs["format_version"] == 2
@@ -130,7 +130,7 @@ def small_layouts(tmp_path_factory) -> dict:
     """23 daily steps of two variables on a 3x4 grid, as 5 shards of 5 steps (the last partial) and as one."""
     import pandas as pd
 
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     folder = tmp_path_factory.mktemp("small")
     values = np.random.default_rng(3).normal(size=(23, 2, 3, 4))
@@ -151,7 +151,7 @@ def small_layouts(tmp_path_factory) -> dict:
             storage={"shard_mb": shard_mb},
             splits={"by": "index", "train": [0, 15], "test": [16, 22]},
         )
-        stores[name] = open_store(build(recipe, folder / f"{name}.zarr", **quiet).path)
+        stores[name] = open_store(build(recipe, folder / f"{name}.zarr", **silent).path)
     assert stores["five"].attrs["layout"]["shards"] == 5 and stores["one"].attrs["layout"]["shards"] == 1
     return stores
 

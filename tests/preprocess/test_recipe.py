@@ -1,16 +1,14 @@
 import re
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
 from canonstore.preprocess import load_recipe
-from tests.conftest import demo_recipe, write_recipe
+from tests.helpers import ROOT, UNQUOTED, demo_recipe, monthly_360_day, quiet, write_recipe
 
 
 def test_the_repository_demo_recipe_parses():
-    demo = Path(__file__).parents[1] / "recipes" / "demo.yaml"
+    demo = ROOT / "recipes" / "demo.yaml"
     if not (demo.parent.parent / "data" / "raw" / "demo").is_dir():
         pytest.skip("demo raw data not generated yet (make data)")
     recipe = load_recipe(demo)
@@ -64,28 +62,6 @@ def test_missing_required_key(tmp_path):
         load_recipe(path)
 
 
-def monthly_360_day(path):
-    """tas on a 2x2 grid, monthly on the 16th, 2005-01 .. 2031-12 in the 360_day calendar (HadGEM2's)."""
-    import numpy as np
-    import xarray as xr
-
-    times = xr.date_range("2005-01-01", periods=27 * 12, freq="MS", calendar="360_day", use_cftime=True)
-    times = times + pd.Timedelta(days=15)
-    values = 280 + np.random.default_rng(0).normal(size=(times.size, 2, 2))
-    xr.Dataset(
-        {"tas": (("time", "lat", "lon"), values, {"units": "K"})},
-        coords={"time": times, "lat": [10.0, 20.0], "lon": [0.0, 5.0]},
-    ).to_netcdf(path)
-    return path
-
-
-UNQUOTED = """name: hadgem
-sources: [tas.nc]
-time: {start: 2005-01-01, end: 2031-02-30}
-splits: {by: dates, train: [2005-01-01, 2030-02-30], test: [2030-03-01, 2031-02-30]}
-"""
-
-
 def test_unquoted_360_day_dates_are_text_and_the_data_calendar_reads_them(tmp_path):
     from canonstore import open_store
     from canonstore.preprocess import build
@@ -95,7 +71,7 @@ def test_unquoted_360_day_dates_are_text_and_the_data_calendar_reads_them(tmp_pa
     recipe = load_recipe(tmp_path / "hadgem.yaml")
     assert (recipe.time_start, recipe.time_end) == ("2005-01-01", "2031-02-30")
     assert recipe.splits["train"] == ["2005-01-01", "2030-02-30"]
-    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=quiet).path)
     assert store.time[-1].strftime("%Y-%m-%d") == "2031-02-16" and store.time[0].calendar == "360_day"
     train, test = store.split_indices("train"), store.split_indices("test")
     assert store.time[train[-1]].strftime("%Y-%m") == "2030-02" and store.time[test[0]].strftime("%Y-%m") == "2030-03"
@@ -130,7 +106,7 @@ def test_utc_times_with_their_mark_select_what_they_name_and_other_offsets_are_r
     recipe = load_recipe(tmp_path / "hadgem.yaml")
     assert recipe.time_start == "2005-03-16T00:00:00"
     assert recipe.splits["test"] == ["2030-03-16T00:00", "2031-02-30T00:00"]
-    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=quiet).path)
     assert store.time[0].strftime("%Y-%m-%d %H") == "2005-03-16 00"  # from March: 00:00Z is the step's 00:00
     assert store.time[store.split_indices("test")[0]].strftime("%Y-%m") == "2030-03"
     for utc_text, offset in (

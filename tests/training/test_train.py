@@ -20,6 +20,7 @@ from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, run_folder, train
 from canonstore.training.data import make_loader
 from canonstore.training.runs import resolve
+from tests.helpers import quiet
 
 TINY = {
     "model": "unet",
@@ -37,10 +38,6 @@ TINY = {
 
 def tiny(**overrides) -> dict:
     return load_config(None, {**TINY, **overrides})
-
-
-def quiet(*_):
-    pass
 
 
 def lines(path: Path) -> list[str]:
@@ -96,6 +93,7 @@ def test_interrupted_mid_epoch_resumes_to_the_same_result(tiny_store, tmp_path):
     assert same_weights(runs / whole.name / "checkpoints" / "last.pt", whole / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow  # a training process killed and started again
 def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
     """SIGKILL (no cleanup at all) as soon as the first mid-epoch checkpoint exists, then run again."""
     config = tmp_path / "tiny.yaml"
@@ -239,6 +237,7 @@ def test_evaluate_refuses_another_build_or_a_missing_run(tiny_store, tmp_path):
         evaluate(tmp_path / "nothing", tmp_path / "scores", log=quiet)
 
 
+@pytest.mark.slow  # subprocesses (torchrun)
 def test_two_processes_under_torchrun(tiny_store, tmp_path):
     """NPROC=2: DistributedDataParallel on the CPU (gloo); each process trains on half of every epoch."""
     config = tmp_path / "tiny.yaml"
@@ -318,6 +317,7 @@ def _score_share(rank, world, folder, store):
             dist.destroy_process_group()
 
 
+@pytest.mark.slow  # subprocesses (torchrun)
 @pytest.mark.parametrize("world", [2, 3])
 def test_validation_under_ddp_scores_every_sample_once(gappy_store, tmp_path, world):
     """361 val samples (not divisible by 2 or 3): each process scores its share, sums are all-reduced,
@@ -450,7 +450,7 @@ def test_a_train_split_smaller_than_a_batch_is_refused_naming_both_numbers(tiny_
 def test_an_empty_val_split_is_one_clear_error(tiny_raw, tmp_path):
     from canonstore.errors import StoreError
     from canonstore.preprocess import build
-    from tests.conftest import demo_recipe
+    from tests.helpers import demo_recipe
 
     out = tmp_path / "noval.zarr"
     build(

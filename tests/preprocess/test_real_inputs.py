@@ -7,14 +7,14 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build
-from tests.conftest import write_recipe
+from tests.helpers import quiet, write_recipe
 
-quiet = {"progress": False, "log": lambda *_: None}
+silent = {"progress": False, "log": quiet}
 
 
 def _build(tmp_path, **keys):
     recipe = write_recipe(tmp_path, **keys)
-    return open_store(build(recipe, tmp_path / f"{keys['name']}.zarr", **quiet).path)
+    return open_store(build(recipe, tmp_path / f"{keys['name']}.zarr", **silent).path)
 
 
 def test_eraint_packed_levels_become_nine_channels_matching_xarray(tmp_path, real):

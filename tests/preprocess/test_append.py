@@ -24,9 +24,9 @@ from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.loaders import StoreDataset
 from canonstore.preprocess import build
 from canonstore.preprocess.append import append
-from tests.conftest import demo_recipe, write_recipe
+from tests.helpers import demo_recipe, quiet, write_recipe
 
-quiet = {"progress": False, "log": lambda *_: None}
+silent = {"progress": False, "log": quiet}
 
 
 def _arrays(path) -> dict:
@@ -39,7 +39,7 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
     storage = {"shard_mb": shard_mb}
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2002-03-31"}, storage=storage)
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     before = open_store(out)
     old_steps, old_stats = before.shape[0], before.stats
     old_files = read_manifest(out)["files"]
@@ -53,7 +53,7 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
     full = build(
         demo_recipe(tmp_path / "full", tiny_raw, time={"end": "2002-12-31"}, storage=storage),
         tmp_path / "full.zarr",
-        **quiet,
+        **silent,
     )
 
     appended, rebuilt = open_store(out), open_store(full.path)
@@ -81,18 +81,18 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
 def test_append_into_the_train_range_is_refused_saying_to_rebuild(tiny_raw, tmp_path):
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2000-06-30"}, splits={"train": [2000, 2001]})
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     before = read_manifest(out)
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, splits={"train": [2000, 2001]})
     with pytest.raises(StoreError, match=r"cannot append .*falls in the train split.*rebuild it"):
-        append(out, **quiet)
+        append(out, **silent)
     assert read_manifest(out) == before and verify_store(out) == []
 
 
 def test_append_with_a_changed_recipe_is_refused_and_the_build_rebuilds(tiny_raw, tmp_path):
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2002-06-30"})
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, variables=["z", "t"])
     result = CliRunner().invoke(main, ["append", str(out), "--quiet"])
     assert result.exit_code == 1 and "the recipe changed in variables" in result.output
@@ -106,7 +106,7 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
     splits = {"train": [2000, 2000], "val": [2001, 2002]}
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2001-06-30"}, splits=splits, storage={"shard_mb": 0.25})
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     before = read_manifest(out)
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, splits=splits, storage={"shard_mb": 0.25})
     old_shards = open_store(out).attrs["layout"]["shards"]
@@ -131,19 +131,19 @@ def test_kill_during_an_append_leaves_the_previous_store_intact(tiny_raw, tmp_pa
         .get("kind", "build")
         == "build"
     )
-    build(recipe, out, **quiet)  # the next build appends over the leftover partial
+    build(recipe, out, **silent)  # the next build appends over the leftover partial
     assert open_store(out).attrs["history"][-1]["kind"] == "append" and verify_store(out) == []
 
 
 def test_append_reads_unquoted_360_day_dates_in_both_recipes(tmp_path):
-    from tests.test_recipe import UNQUOTED, monthly_360_day
+    from tests.helpers import UNQUOTED, monthly_360_day
 
     monthly_360_day(tmp_path / "tas.nc")
     recipe = tmp_path / "hadgem.yaml"
     recipe.write_text(UNQUOTED.replace("end: 2031-02-30", "end: 2030-12-30"))  # the store's recipe text, verbatim
-    out = build(recipe, tmp_path / "hadgem.zarr", **quiet).path
+    out = build(recipe, tmp_path / "hadgem.zarr", **silent).path
     recipe.write_text(UNQUOTED)
-    append(out, **quiet)
+    append(out, **silent)
     store = open_store(out)
     assert store.attrs["history"][-1]["kind"] == "append"
     assert [t.strftime("%Y-%m-%d") for t in store.time[-3:]] == ["2030-12-16", "2031-01-16", "2031-02-16"]
@@ -152,7 +152,7 @@ def test_append_reads_unquoted_360_day_dates_in_both_recipes(tmp_path):
 def test_appended_steps_finer_than_the_stores_step_are_an_error(tmp_path):
     """A 6-hourly store, then more 3-hourly data than it holds: the store's step decides, not the new median."""
     from canonstore.errors import SourceError
-    from tests.test_sources import t2m_file
+    from tests.helpers import t2m_file
 
     t2m_file(tmp_path / "a.nc", pd.date_range("2020-01-01", periods=40, freq="6h"))
     recipe = write_recipe(
@@ -162,11 +162,11 @@ def test_appended_steps_finer_than_the_stores_step_are_an_error(tmp_path):
         time_gaps="allow",
         splits={"by": "index", "train": [0, 29], "test": [30, 999]},
     )
-    out = build(recipe, tmp_path / "six.zarr", **quiet).path
+    out = build(recipe, tmp_path / "six.zarr", **silent).path
     before = read_manifest(out)
     t2m_file(tmp_path / "b.nc", pd.date_range("2020-01-11", periods=100, freq="3h"))
     with pytest.raises(SourceError) as err:
-        append(out, **quiet)
+        append(out, **silent)
     for part in ("3 hours", "usual 6 hours", "2020-01-11T00:00", "2020-01-11T03:00", "b.nc"):
         assert part in str(err.value), (part, str(err.value))
     assert read_manifest(out) == before and open_store(out).gaps.size == 0

@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from canonstore.cli import main
 from canonstore.formats.zarr_ import ShardWriter, shard_file
-from tests.conftest import write_recipe
-from tests.test_netcdf_ import days, nc
+from tests.helpers import days, nc, write_recipe
 
 SPLITS = {"train": [2000, 2000], "test": [2001, 2001]}
 

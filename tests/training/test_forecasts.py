@@ -22,7 +22,7 @@ from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.runs import check_same_build, load_run
 from canonstore.training.scoring import score
 from canonstore.units import G
-from tests.conftest import linked_copy, replace_build, write_recipe
+from tests.helpers import linked_copy, quiet, replace_build, write_recipe
 
 TINY = {
     "model": "unet",
@@ -34,10 +34,6 @@ TINY = {
     "patience": 0,
     "checkpoint_steps": 0,
 }
-
-
-def quiet(*_):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +317,7 @@ def unitless_store(tmp_path_factory):
     recipe = write_recipe(
         folder, name="nu", sources=["q.nc"], splits={"train": [2001, 2001], "val": [2002, 2002], "test": [2003, 2003]}
     )
-    return build(recipe, folder / "nu.zarr", progress=False, log=lambda *_: None).path
+    return build(recipe, folder / "nu.zarr", progress=False, log=quiet).path
 
 
 @pytest.mark.parametrize("units", ["g kg-1", "%", "1"])
@@ -461,7 +457,7 @@ def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
     recipe = write_recipe(
         tmp_path, name="nl", sources=["t.nc"], splits={"train": [2001, 2001], "val": [2002, 2002], "test": [2003, 2003]}
     )
-    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=quiet).path)
     init = store.split_indices("test")[:10]
     truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
     fc = xr.Dataset(

@@ -10,58 +10,9 @@ import pytest
 from canonstore import open_loader, open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.conftest import write_recipe
+from tests.helpers import CHANNELS, RATE, quiet, write_nwb, write_recipe
 
 pynwb = pytest.importorskip("pynwb")
-
-RATE = 100.0  # Hz
-CHANNELS = 4
-
-
-def write_nwb(
-    path,
-    session_id,
-    start,
-    raw,
-    *,
-    rate=RATE,
-    timestamps=None,
-    conversion=2e-6,
-    offset=0.0,
-    channel_conversion=None,
-    labels=True,
-    series="ElectricalSeries",
-    starting_time=0.0,
-):
-    """An NWB file with one ElectricalSeries of int16 `raw` (steps, CHANNELS) on CHANNELS electrodes."""
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.ecephys import ElectricalSeries
-
-    nwb = NWBFile(
-        session_description="test", identifier=f"id-{session_id}", session_id=session_id, session_start_time=start
-    )
-    device = nwb.create_device(name="probe")
-    group = nwb.create_electrode_group("shank0", description="shank", location="CA1", device=device)
-    if labels:
-        nwb.add_electrode_column(name="label", description="channel label")
-    for i in range(raw.shape[1]):
-        nwb.add_electrode(group=group, location="CA1", **({"label": f"ch{i}"} if labels else {}))
-    region = nwb.create_electrode_table_region(list(range(raw.shape[1])), "all electrodes")
-    timing = {"timestamps": timestamps} if timestamps is not None else {"rate": rate, "starting_time": starting_time}
-    nwb.add_acquisition(
-        ElectricalSeries(
-            name=series,
-            data=raw,
-            electrodes=region,
-            conversion=conversion,
-            offset=offset,
-            channel_conversion=channel_conversion,
-            **timing,
-        )
-    )
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
-    return path
 
 
 def day(d):
@@ -118,7 +69,7 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     torch = pytest.importorskip("torch")
     folder, raw, _ = sessions
     out = tmp_path / "ephys.zarr"
-    build(recipe(tmp_path, folder), out, progress=False, log=lambda *_: None)
+    build(recipe(tmp_path, folder), out, progress=False, log=quiet)
     store = open_store(out)
     assert store.sessions == ["s1", "s2", "s3"]
     np.testing.assert_array_equal(store.session, np.repeat([0, 1, 2], [300, 200, 250]))
@@ -183,7 +134,7 @@ def test_a_second_zarr_implementation_reads_the_sessions(tmp_path, sessions):
 
     ts = pytest.importorskip("tensorstore")
     out = tmp_path / "ephys.zarr"
-    build(recipe(tmp_path, sessions[0]), out, progress=False, log=lambda *_: None)
+    build(recipe(tmp_path, sessions[0]), out, progress=False, log=quiet)
     codes = (
         ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "session")}}, read=True)
         .result()
@@ -259,7 +210,7 @@ def test_plain_timeseries_files_build_with_physical_values(tmp_path):
         "splits": {"by": "sessions", "train": ["s1"], "test": ["s2"]},
     }
     out = tmp_path / "behaviour.zarr"
-    build(write_recipe(tmp_path, **keys), out, progress=False, log=lambda *_: None)
+    build(write_recipe(tmp_path, **keys), out, progress=False, log=quiet)
     store = open_store(out)
     assert store.channels == ["position_0", "position_1"] and store.sessions == ["s1", "s2"]
     assert list(store.to_xarray()["channel_units"].values) == ["m", "m"]

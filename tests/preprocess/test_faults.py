@@ -28,9 +28,11 @@ from canonstore.formats.zarr_ import ShardWriter
 from canonstore.preprocess import build, lock
 from canonstore.preprocess import staging as staging_files
 from canonstore.preprocess.staging import PROGRESS, written_shards
-from tests.conftest import demo_recipe
+from tests.helpers import demo_recipe, quiet
 
-quiet = {"progress": False, "log": lambda *_: None}
+pytestmark = pytest.mark.slow  # kills builds at random moments, subprocesses
+
+silent = {"progress": False, "log": quiet}
 
 
 def _data_sha(store: Path) -> str:
@@ -64,7 +66,7 @@ def many_blocks(tiny_raw, tmp_path_factory):
     """A recipe whose build writes ~200 blocks (shards), and the data checksum of an uninterrupted build."""
     folder = tmp_path_factory.mktemp("faults")
     recipe = demo_recipe(folder, tiny_raw, storage={"shard_mb": 0.15})
-    reference = build(recipe, folder / "reference.zarr", **quiet).path
+    reference = build(recipe, folder / "reference.zarr", **silent).path
     return recipe, _data_sha(reference)
 
 
@@ -107,7 +109,7 @@ def test_kill_9_at_random_moments_never_leaves_a_partial_store(many_blocks, tmp_
 def test_a_killed_rebuild_leaves_the_previous_store_intact(many_blocks, tmp_path):
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
-    build(recipe, out, **quiet)
+    build(recipe, out, **silent)
     before = (out / "manifest.json").read_text()
     staging = out.with_name("demo.zarr.partial")
     proc = _start_build(recipe, out, "--force")
@@ -142,7 +144,7 @@ def test_without_resume_a_partial_is_discarded_and_the_result_is_the_same(many_b
 
 def test_two_builds_of_the_same_inputs_are_identical(many_blocks, tmp_path):
     recipe, reference = many_blocks
-    out = build(recipe, tmp_path / "again.zarr", **quiet).path
+    out = build(recipe, tmp_path / "again.zarr", **silent).path
     mine, theirs = read_manifest(out)["files"], read_manifest(Path(recipe).parent / "reference.zarr")["files"]
     assert _data_sha(out) == reference
     for name in ("stats_mean/c/0", "stats_std/c/0", "split/c/0", "static/c/0/0/0"):
@@ -155,9 +157,9 @@ def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path)
         lock.build_lock(out),
         pytest.raises(StoreError, match=r"another build of .*demo.zarr is running \(pid \d+ on .*, started"),
     ):
-        build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert not out.exists()
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)  # the lock goes with its holder
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)  # the lock goes with its holder
     assert verify_store(out) == []
 
 
@@ -170,9 +172,9 @@ def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_ra
     with lock.build_lock(out, logs.append):
         assert "does not support flock" in logs[0] and Path(f"{out}.lock.excl").is_file()
         with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running .*delete it"):
-            build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+            build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert not Path(f"{out}.lock.excl").exists()  # removed when the build ends
-    assert build(demo_recipe(tmp_path, tiny_raw), out, **quiet).built
+    assert build(demo_recipe(tmp_path, tiny_raw), out, **silent).built
 
 
 def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, monkeypatch):
@@ -186,7 +188,7 @@ def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, mon
         durably(path, data)
 
     monkeypatch.setattr(staging_files, "write_file_atomic", marker)
-    build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.25}), tmp_path / "demo.zarr", block_mb=0.1, **silent)
     written = [i for i, (kind, name) in enumerate(events) if kind == "marker" and name.startswith("shard-")]
     assert len(written) > 20
     for i in written:  # every "shard k is written" marker follows the fsync of shard k
@@ -196,10 +198,10 @@ def test_markers_only_claim_shards_that_reached_the_disk(tiny_raw, tmp_path, mon
 
 def test_readers_of_the_old_store_keep_working_during_a_rebuild(tiny_raw, tmp_path):
     out = tmp_path / "demo.zarr"
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     old = open_store(out)
     array, copy = old.array, np.array(old.array[:50])
-    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **silent)
     np.testing.assert_array_equal(array[:50], copy)  # the old mapping still reads the old data
     new = open_store(out)
     assert new.shape[0] < old.shape[0] and verify_store(out) == []
@@ -210,11 +212,11 @@ def test_a_dataset_never_mixes_two_builds(tiny_raw, tmp_path):
     import pickle
 
     out = tmp_path / "demo.zarr"
-    build(demo_recipe(tmp_path, tiny_raw), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     mapped = open_dataset(out, "train")
     before = mapped[10][0].clone()
     worker_copy = pickle.dumps(mapped)  # what a DataLoader worker receives
-    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-02-01", "end": "2002-12-31"}), out, **quiet)
+    build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-02-01", "end": "2002-12-31"}), out, **silent)
     assert torch.equal(mapped[10][0], before)  # already mapped: keeps the old build
     with pytest.raises(StoreError, match="was rebuilt after this dataset was created"):
         pickle.loads(worker_copy)[10]  # maps later: refuses to mix builds
@@ -237,7 +239,7 @@ def test_verify_detects_one_flipped_byte(tiny_store, tmp_path, target):
 
 def test_verify_inputs_names_a_raw_file_changed_after_the_build(tiny_raw, tmp_path):
     raw = shutil.copytree(tiny_raw, tmp_path / "raw")
-    out = build(demo_recipe(tmp_path, raw), tmp_path / "demo.zarr", **quiet).path
+    out = build(demo_recipe(tmp_path, raw), tmp_path / "demo.zarr", **silent).path
     assert verify_inputs(out) == []
     with netCDF4.Dataset(raw / "t2m_2001.nc", "r+") as ds:
         ds["t2m"][3, 0, 0] = ds["t2m"][3, 0, 0] + 1.0
@@ -348,13 +350,13 @@ def test_a_kill_right_after_the_publishing_swap_is_cleaned_up_by_the_next_build(
 def test_verify_during_a_rebuild_says_so_instead_of_reporting_damage(tiny_raw, tmp_path, monkeypatch):
     from canonstore.formats import manifest
 
-    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **quiet).path
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     real, started = manifest.file_sha256, []
 
     def rebuild_once_hashing_started(path, *args):
         if not started:
             started.append(path)  # a shorter train year: every shard and statistic changes
-            build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **quiet)
+            build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **silent)
         return real(path, *args)
 
     monkeypatch.setattr(manifest, "file_sha256", rebuild_once_hashing_started)
@@ -375,5 +377,5 @@ def test_a_full_disk_during_a_build_names_the_shard_file(tiny_raw, tmp_path, mon
     monkeypatch.setattr(os, "pwrite", full)
     out = tmp_path / "demo.zarr"
     with pytest.raises(StoreError, match=r"demo\.zarr\.partial/data/c/0(/0)+: No space left on device"):
-        build(demo_recipe(tmp_path, tiny_raw), out, progress=False, log=lambda *_: None)
+        build(demo_recipe(tmp_path, tiny_raw), out, progress=False, log=quiet)
     assert not out.exists() and not out.with_name("demo.zarr.partial").exists()

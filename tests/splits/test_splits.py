@@ -10,6 +10,7 @@ import pytest
 
 from canonstore.errors import RecipeError
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, SPLITS, check_split, parse_split_rule, split_keys, split_labels
+from tests.helpers import quiet
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
 
@@ -144,11 +145,11 @@ def test_the_same_rule_gives_the_same_labels_in_another_process():
 def test_a_blocks_rule_is_stored_with_its_seed(tmp_path, tiny_raw):
     from canonstore import open_store
     from canonstore.preprocess import build
-    from tests.conftest import demo_recipe
+    from tests.helpers import demo_recipe
 
     rule = {"by": "blocks", "block": "60D", "fractions": [0.7, 0.3], "embargo": 2}
     out = tmp_path / "blocks.zarr"
-    build(demo_recipe(tmp_path, tiny_raw, splits=rule), out, progress=False, log=lambda *_: None)
+    build(demo_recipe(tmp_path, tiny_raw, splits=rule), out, progress=False, log=quiet)
     store = open_store(out)
     stored = json.loads(store._ds["split"].attrs["rule"])
     assert stored == {**rule, "seed": 0, "fractions": [0.7, 0.3]} == store.attrs["split_rule"]

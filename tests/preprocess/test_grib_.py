@@ -14,45 +14,13 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.conftest import write_recipe
+from tests.helpers import NI, NJ, quiet, write_grib, write_recipe
 
 eccodes = pytest.importorskip("eccodes")
 pytest.importorskip("cfgrib")
 
-NI, NJ = 8, 5
 HOURS = pd.date_range("2019-12-31T19:00", "2020-01-02T06:00", freq="h")  # 36 valid times
 RUNS = pd.DatetimeIndex(["2019-12-31T18:00", "2020-01-01T06:00", "2020-01-01T18:00"])  # ERA5's 06/18 runs
-
-
-def write_grib(path, fields, edition=2):
-    """fields: (shortName, level or None, reference time, forecast step in hours, (NJ, NI) values)."""
-    with open(path, "wb") as f:
-        for short, level, when, step, values in fields:
-            h = eccodes.codes_grib_new_from_samples(f"regular_ll_{'pl' if level else 'sfc'}_grib{edition}")
-            for key, value in [
-                ("Ni", NI),
-                ("Nj", NJ),
-                ("latitudeOfFirstGridPointInDegrees", 60.0),
-                ("latitudeOfLastGridPointInDegrees", 60.0 - 2.5 * (NJ - 1)),
-                ("longitudeOfFirstGridPointInDegrees", 0.0),
-                ("longitudeOfLastGridPointInDegrees", 2.5 * (NI - 1)),
-                ("iDirectionIncrementInDegrees", 2.5),
-                ("jDirectionIncrementInDegrees", 2.5),
-                ("shortName", short),
-                ("dataDate", int(when.strftime("%Y%m%d"))),
-                ("dataTime", int(when.strftime("%H%M"))),
-            ]:
-                eccodes.codes_set(h, key, value)
-            if level:
-                eccodes.codes_set(h, "level", level)
-            if step:  # an accumulation from the run's start to `step` hours
-                eccodes.codes_set(h, "stepType", "accum")
-                eccodes.codes_set(h, "startStep", 0)
-                eccodes.codes_set(h, "endStep", step)
-            eccodes.codes_set_values(h, np.asarray(values, dtype=np.float64).ravel())
-            eccodes.codes_write(h, f)
-            eccodes.codes_release(h)
-    return path
 
 
 @pytest.fixture
@@ -114,7 +82,7 @@ def test_analyses_and_forecast_steps_share_one_valid_time_axis_matching_cfgrib(t
 
 def test_a_grib_store_normalises_what_cfgrib_decodes(tmp_path, era5):
     out = tmp_path / "era5.zarr"
-    build(recipe_for(tmp_path, era5), out, progress=False, log=lambda *_: None)
+    build(recipe_for(tmp_path, era5), out, progress=False, log=quiet)
     store = open_store(out)
     t2m = xr.concat([by_cfgrib(era5 / "t2m_a.grib").t2m, by_cfgrib(era5 / "t2m_b.grib").t2m], "time").values
     train = t2m[:24].astype(np.float64)

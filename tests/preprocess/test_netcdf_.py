@@ -8,28 +8,9 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.conftest import write_recipe
+from tests.helpers import days, nc, quiet, write_recipe
 
 SPLITS = {"train": [2000, 2000], "test": [2001, 2001]}
-
-
-def nc(path, times, values=None, lat=(0.0, 1.0), var="x", units="K", calendar=None, level=None, lon=(0.0, 1.0, 2.0)):
-    times = pd.DatetimeIndex(times) if not isinstance(times, pd.DatetimeIndex) else times
-    shape = (len(times), len(lat), len(lon)) if level is None else (len(times), len(level[1]), len(lat), len(lon))
-    if values is None:
-        values = np.random.default_rng(len(times)).normal(size=shape)
-    dims = ("time", "lat", "lon") if level is None else ("time", level[0], "lat", "lon")
-    coords = {"time": times, "lat": list(lat), "lon": list(lon)}
-    if level is not None:
-        coords[level[0]] = (level[0], np.array(level[1], float), {"units": level[2]})
-    ds = xr.Dataset({var: (dims, values.astype(np.float32), {"units": units})}, coords=coords)
-    encoding = {"time": {"units": "hours since 1990-01-01", **({"calendar": calendar} if calendar else {})}}
-    ds.to_netcdf(path, encoding=encoding)
-    return path
-
-
-def days(start, n):
-    return pd.date_range(start, periods=n, freq="D")
 
 
 def sources_of(tmp_path, **keys):
@@ -94,7 +75,7 @@ def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
     values[::7, 0, 1] = np.nan  # a station that reports irregularly
     nc(tmp_path / "gappy.nc", days("2000-01-01", 731), values=values)
     recipe = write_recipe(tmp_path, sources=["gappy.nc"], splits=SPLITS, nan_policy="fill")
-    store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False, log=quiet).path)
     assert store.channels == ["x", "x_valid"] and store.mask is None
     valid = store.array[:, 1, 0, 1] > 0
     np.testing.assert_array_equal(valid, ~np.isnan(values[:, 0, 1]))
@@ -110,7 +91,7 @@ def test_a_constant_train_channel_is_refused_by_name(tmp_path):
     with pytest.raises(
         SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"
     ):
-        build(recipe, tmp_path / "flat.zarr", progress=False, log=lambda *_: None)
+        build(recipe, tmp_path / "flat.zarr", progress=False, log=quiet)
     assert not (tmp_path / "flat.zarr").exists()
 
 
@@ -168,7 +149,7 @@ def test_standard_calendar_across_2262_builds_with_one_time_type(tmp_path):
             },
         ).to_netcdf(tmp_path / f"{name}.nc")
     recipe = write_recipe(tmp_path, sources=["*.nc"], splits={"train": [2255, 2262], "test": [2263, 2267]})
-    store = open_store(build(recipe, tmp_path / "far.zarr", progress=False, log=lambda *_: None).path)
+    store = open_store(build(recipe, tmp_path / "far.zarr", progress=False, log=quiet).path)
     years = [t.year for t in store.time]
     assert years == list(range(2255, 2268))
     assert [years[i] for i in store.split_indices("test")] == list(range(2263, 2268))
