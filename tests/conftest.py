@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ import xarray as xr
 from canonstore.preprocess import build
 from canonstore.preprocess.demo import write_demo
 from tests.helpers import REAL, demo_recipe, gappy_values, write_recipe
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` (make test) N workers share N cores: one thread each for torch, OpenMP and BLAS
+    # instead of N x N threads fighting. Nothing has imported torch yet; subprocesses inherit it.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 
 @pytest.fixture(scope="session")
