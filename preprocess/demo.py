@@ -13,6 +13,7 @@ scale_factor/add_offset, as ERA5 downloads often are.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from canonstore.atomic import MARKER, is_empty_folder, make_staging, replace_fol
 from canonstore.errors import StoreError
 
 STAMP = ".complete"  # written last: the folder is whole
+MAKE_STAMP = re.compile(r"\.size-[0-9.]+-years-[0-9]+")  # the Makefile's stamp of the demo it asked for: ours too
 LEVELS = (250, 500, 850)
 # name: (long name, units, level-dependent base value, amplitude of waves)
 PRESSURE_VARS = {
@@ -98,12 +100,15 @@ def write_demo(
 
 
 def _is_demo(folder: Path) -> bool:
-    """Demo data this function wrote: its stamp and .nc files (and the marker a replacement adds) only."""
+    """Demo data this function wrote: its stamp and .nc files (and the marker a replacement adds, the Makefile's
+    stamp) only."""
     if folder.is_symlink() or not (folder / STAMP).is_file():
         return False
     with os.scandir(folder) as entries:
         return all(
-            e.is_file(follow_symlinks=False) and (e.name.endswith(".nc") or e.name in (STAMP, MARKER)) for e in entries
+            e.is_file(follow_symlinks=False)
+            and (e.name.endswith(".nc") or e.name in (STAMP, MARKER) or MAKE_STAMP.fullmatch(e.name))
+            for e in entries
         )
 
 
