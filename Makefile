@@ -29,14 +29,16 @@ BENCH_STORE := data/intermediate/bench.zarr
 BENCH_ONE   := data/intermediate/bench-1shard.zarr
 WORKERS     ?= 2
 
-# Training: MODEL and CONFIG pick the run; the others override the config's keys when given.
+# Training: MODEL and CONFIG pick the run; the others override the config's keys when given, and
+# SET="unet.depth=1 epochs=2" any keys (the same SET for train, forecast and evaluate finds the same run).
 MODEL  ?= unet
 CONFIG ?= configs/default.yaml
 NPROC  ?= 1
 TRAIN_ARGS = --config $(CONFIG) --model $(MODEL) --store $(STORE) \
 	$(if $(EPOCHS),--set epochs=$(EPOCHS)) $(if $(LR),--set lr=$(LR)) $(if $(LEAD),--set 'lead=$(LEAD)') \
 	$(if $(ROLLOUT),--set rollout=$(ROLLOUT)) $(if $(INIT),--set init=$(INIT)) $(if $(SCHEDULER),--set scheduler=$(SCHEDULER)) $(if $(LOADER),--set loader=$(LOADER)) \
-	$(if $(filter command line environment,$(origin WORKERS)),--set workers=$(WORKERS))
+	$(if $(filter command line environment,$(origin WORKERS)),--set workers=$(WORKERS)) \
+	$(foreach s,$(SET),--set '$(s)')
 # NPROC > 1: one process per GPU (or CPU share) under torchrun, DistributedDataParallel.
 TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m canonstore,$(CANON))
 
@@ -94,7 +96,7 @@ $(EXPORT)/meta.json: $(STORE)/manifest.json
 
 # A run's folder is named by a hash of its config and store (the CLI works it out), so these two
 # are phony: `canonstore train` itself skips a finished run and resumes an interrupted one.
-train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD ROLLOUT INIT LOADER WORKERS SCHEDULER NPROC)
+train: $(STORE)/manifest.json ## train MODEL into runs/<run>/ (CONFIG EPOCHS LR LEAD ROLLOUT INIT LOADER WORKERS SCHEDULER NPROC SET)
 	$(TRAIN_CMD) train $(TRAIN_ARGS)
 
 forecast: train ## MODEL's best-checkpoint predictions of the test split, physical units: forecasts/<run>/test.zarr (STEPS)

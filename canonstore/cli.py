@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from canonstore import __version__
 from canonstore.errors import CanonstoreError
 from canonstore.splits.names import SPLITS
 
@@ -21,7 +22,26 @@ def _run(fn, debug: bool):
         sys.exit(1)
 
 
-@click.group()
+class _OneLineErrors(click.Group):
+    """click's own errors (unknown option, missing argument, bad value) as one `error:` line, exit status 2,
+    like every other failure (exit status 1): README's "Command line" lists the codes."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False  # click's errors come here instead of its `Error:` block
+        kwargs.setdefault("prog_name", "canonstore")  # also under `python -m canonstore` and torchrun
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            where = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_OneLineErrors, name="canonstore")
+@click.version_option(__version__, "--version", prog_name="canonstore", message="%(prog)s %(version)s")
 def main():
     """Raw NetCDF -> one canonical, pre-normalised Zarr store with fixed splits."""
 
@@ -140,9 +160,7 @@ def _training_options(fn):
             "--config",
             "config_path",
             type=click.Path(dir_okay=False),
-            default="configs/default.yaml",
-            show_default=True,
-            help="Training config (YAML).",
+            help="Training config (YAML; default: the code's defaults, which configs/default.yaml repeats).",
         ),
         click.option(
             "--model",

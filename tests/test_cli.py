@@ -80,3 +80,24 @@ def test_training_errors_are_one_line(tmp_path, tiny_store):
     assert bad.exit_code == 1 and "error: command line: key 'epochs': expected a whole number" in bad.output
     missing = runner.invoke(main, ["evaluate", "--store", str(tiny_store), "--runs", str(tmp_path)])
     assert missing.exit_code == 1 and "no such run" in missing.output and "Traceback" not in missing.output
+
+
+def test_version_and_usage_errors_are_one_line_with_their_exit_codes():
+    from canonstore import __version__
+
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--version"])
+    assert shown.exit_code == 0 and shown.output.strip() == f"canonstore {__version__}"
+    for args in (["build", "--nope"], ["build"], ["build", "r.yaml", "--workers", "zero"], ["nope"]):
+        result = runner.invoke(main, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.output)
+    assert "(see: canonstore build --help)" in runner.invoke(main, ["build", "--nope"]).output
+
+
+def test_train_works_from_any_folder_with_the_codes_defaults(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here
+    args = ["train", "--model", "persistence", "--store", str(tiny_store), "--runs", "runs"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert [p.name.split("-")[0] for p in (tmp_path / "runs").iterdir()] == ["persistence"]

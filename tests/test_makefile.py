@@ -78,6 +78,8 @@ def test_train_passes_the_variables_to_the_cli(installed, tiny_store):
     ):
         assert part in given, part
     assert "torchrun --standalone --nproc_per_node=2 -m canonstore train" in make("-n", "train", store, "NPROC=2")
+    for target in ("train", "forecast", "evaluate"):  # the same settings for each: the same run
+        assert "--set 'unet.depth=1' --set 'epochs=2'" in make("-n", target, store, "SET=unet.depth=1 epochs=2")
     assert "canonstore forecast --config configs/default.yaml --model unet" in make("-n", "forecast", store)
 
 

@@ -20,6 +20,8 @@ from canonstore.loaders.windows import ENCODINGS, as_leads
 MODELS = ("unet", "mlp", "persistence", "climatology", "coarse-up")
 TRAINED = ("unet", "mlp")  # the others are fitted in one pass (climatology) or not at all (persistence)
 
+# The defaults of every key; configs/default.yaml repeats them, to edit (a test keeps the two equal), and
+# README's "Training config" table is generated from them (training/config_reference.py).
 DEFAULTS: dict = {
     "model": "unet",
     "task": "forecast",  # forecast | downscaling (inputs: coarse-up fields; target: the residual)
@@ -42,16 +44,16 @@ DEFAULTS: dict = {
     # training (unet, mlp)
     "residual": True,  # predict the change from the input at t (targets must be inputs)
     "init": None,  # start from another run's weights: its folder (best.pt) or a checkpoint file
-    "epochs": 5,
-    "lr": 1.0e-3,
+    "epochs": 6,
+    "lr": 2.0e-3,
     "weight_decay": 0.01,
     "scheduler": "cosine",  # cosine | linear | constant, after a linear warm-up
     "warmup": 0.05,  # fraction of all steps spent warming up
     "grad_clip": 1.0,  # max gradient norm (0: off)
     "patience": 3,  # epochs without a better validation loss before stopping
     "min_delta": 0.0,  # improvement smaller than this does not count
-    "checkpoint_every": 1,  # keep epoch-<n>.pt every N epochs (0: only best and last)
-    "checkpoint_steps": 200,  # also save last.pt every N steps, for resuming mid-epoch (0: off)
+    "checkpoint_every": 2,  # keep epoch-<n>.pt every N epochs (0: only best and last)
+    "checkpoint_steps": 100,  # also save last.pt every N steps, for resuming mid-epoch (0: off)
     # per-model settings: only the chosen model's section is part of the run
     "unet": {"width": 16, "depth": 3},
     "mlp": {"width": 128, "layers": 2},
