@@ -34,15 +34,17 @@ def describe(store: Store) -> str:
         idx = np.flatnonzero(store.splits == SPLIT_CODES[name])
         lines.append(f"  {name:<9}{idx.size:>8} steps  {span(store.time[idx], empty='-')}")
     s = store.stats
+    units = [str(u) for u in ds["channel_units"].values]
+    # columns as wide as their longest entry plus two spaces: long names never run into their units
+    wn, wu = (max([14, *(len(x) + 2 for x in col)]) for col in (store.channels, units))
     lines += [
         "",
         f"channels ({len(store.channels)}), train statistics in physical units:",
-        f"  {'name':<14}{'units':<14}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}{'nan':>8}",
+        f"  {'name':<{wn}}{'units':<{wu}}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}{'nan':>8}",
     ]
-    units = ds["channel_units"].values
     for i, name in enumerate(store.channels):
         lines.append(
-            f"  {name:<14}{str(units[i]):<14}{s['mean'][i]:>12.4g}{s['std'][i]:>12.4g}"
+            f"  {name:<{wn}}{units[i]:<{wu}}{s['mean'][i]:>12.4g}{s['std'][i]:>12.4g}"
             f"{s['min'][i]:>12.4g}{s['max'][i]:>12.4g}{int(s['nan_count'][i]):>8}"
         )
     if store.static:
