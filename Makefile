@@ -14,7 +14,10 @@ TORCH  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 
 PY        := $(VENV)/bin/python
 CANON     := $(VENV)/bin/canonstore
-ENV_STAMP := $(VENV)/.installed
+EXTRAS    ?=
+comma     := ,
+# optional extras, comma-separated (make env EXTRAS=mlflow): an environment with other extras is another stamp
+ENV_STAMP := $(VENV)/.installed$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 NAME      := $(shell sed -n 's/^name:[[:space:]]*\([A-Za-z0-9._-]*\).*/\1/p' $(RECIPE) 2>/dev/null)
 STORE     ?= data/intermediate/$(NAME).zarr
 EXPORT    ?= data/export/$(NAME)
@@ -65,8 +68,9 @@ env: $(ENV_STAMP) ## create .venv and install canonstore (once; redone when pypr
 
 $(ENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@echo "installing $(TORCH), then canonstore[dev,torch$(if $(EXTRAS),$(comma)$(EXTRAS))] into $(VENV) (minutes the first time)"
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,torch]"
+	$(PY) -m pip install -q -e ".[dev,torch$(if $(EXTRAS),$(comma)$(EXTRAS))]"
 	touch $@
 
 data: $(DEMO_STAMP) ## generate the embedded demo raw NetCDF in data/raw/demo (SIZE scales the grid)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
+from canonstore._warnings import zarr_notes_silenced
 from canonstore.errors import RecipeError, SourceError
 from canonstore.formats.coords import longitude_is_periodic
 from canonstore.formats.spec import FORMAT_VERSION, STAT_NAMES, normalise
@@ -128,8 +128,7 @@ def _with_static_fields(ds: xr.Dataset, recipe: Recipe, sources: Sources) -> xr.
 
 def write_metadata(staging: Path, meta: xr.Dataset) -> None:
     """Everything but `data` (coordinates, stats, splits, static, mask) through xarray."""
-    with warnings.catch_warnings():  # our progress files beside the arrays are not Zarr nodes, on purpose
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+    with zarr_notes_silenced():  # our progress files beside the arrays are not Zarr nodes, on purpose
         # "a": the staging already holds progress files (and raw shards); again on a resume
         meta.to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
 
@@ -203,12 +202,9 @@ def finish_metadata(staging: Path, attrs: dict) -> None:
     """Set the root attributes, copy the labels into `data`'s attributes and consolidate the metadata."""
     zarr.open_group(staging, mode="r+").attrs.update({"canonstore": attrs})
     _set_data_labels(staging)
-    with warnings.catch_warnings():
-        # Consolidated metadata lets readers open the store without listing it (one read, no warning about
-        # our manifest.json); zarr-python supports it for v3 though the spec does not yet.
-        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-        # the staging marker beside the arrays is not a Zarr node, on purpose
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+    # Consolidated metadata lets readers open the store without listing it (one read, no warning about
+    # our manifest.json); zarr-python supports it for v3 though the spec does not yet.
+    with zarr_notes_silenced():
         zarr.consolidate_metadata(staging)
 
 

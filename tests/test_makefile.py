@@ -105,3 +105,10 @@ def test_intermediate_rebuilds_only_when_recipe_or_inputs_change(installed, tmp_
     assert "wrote" in make("intermediate", *args)
     assert "OK" in make("verify", *args)
     assert "train:" in make("export", *args, f"EXPORT={export}")  # a new store, a new export
+
+
+def test_env_installs_the_extras_asked_for(installed, tmp_path):
+    assert 'mlflow = ["mlflow>=' in (ROOT / "pyproject.toml").read_text()  # the extra pip installs
+    plan = make("-n", "-B", "env", "EXTRAS=mlflow", f"VENV={tmp_path / 'venv'}")  # -n: prints, runs nothing
+    assert '-e ".[dev,torch,mlflow]"' in plan and f"touch {tmp_path / 'venv'}/.installed-mlflow" in plan
+    assert not (tmp_path / "venv").exists()

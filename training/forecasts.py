@@ -13,13 +13,13 @@ is forecast + score).
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 
+from canonstore._warnings import zarr_notes_silenced
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
 from canonstore.formats.spec import normalisation_scale
@@ -108,8 +108,7 @@ def write_forecast(
             ),
         },
     )
-    with warnings.catch_warnings():  # the staging marker beside the arrays is not a Zarr node, on purpose
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+    with zarr_notes_silenced():  # consolidated metadata, our staging marker: both on purpose
         template.to_zarr(staging, mode="a", compute=False, consolidated=True)  # "w" would delete the marker
     view = (1, 1, -1) + (1,) * len(dataset.sample_space)  # (time, lead, channel, *space)
     mean, scale = mean.view(view), scale.view(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -42,7 +43,10 @@ def run(tiny_store, tmp_path_factory):
 
 
 def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_store, tmp_path):
-    path = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    assert [str(w.message) for w in caught if "zarr" in w.filename] == []  # nothing that carries no news
     assert path == forecast_path(run.name, "test", tmp_path / "forecasts")
     store = open_store(tiny_store)
     fc = xr.open_zarr(path)
