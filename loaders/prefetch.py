@@ -89,6 +89,11 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    @property
+    def batch_sampler(self) -> BatchSampler:
+        """The sampler, under the name a torch DataLoader gives its batch sampler (Lightning looks it up)."""
+        return self.sampler
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass is epoch `epoch`, from its batch `start` on (resuming mid-epoch)."""
         self.sampler.set_epoch(epoch, start)
