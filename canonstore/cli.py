@@ -7,8 +7,8 @@ import sys
 import click
 
 from canonstore import __version__
+from canonstore._cli_options import config_of, folder_of, forecast_options, training_options
 from canonstore.errors import CanonstoreError
-from canonstore.splits.names import SPLITS
 
 
 def _run(fn, debug: bool):
@@ -153,80 +153,22 @@ def demo_data(out, size, years):
     click.echo(f"wrote demo raw data to {path}")
 
 
-def _training_options(fn):
-    """The options `train` and `evaluate` share: which config, model and store make the run."""
-    options = [
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(dir_okay=False),
-            help="Training config (YAML; default: the code's defaults, which configs/default.yaml repeats).",
-        ),
-        click.option(
-            "--model",
-            type=click.Choice(["unet", "mlp", "persistence", "climatology", "coarse-up"]),
-            help="Overrides the config's model.",
-        ),
-        click.option(
-            "--store",
-            type=click.Path(file_okay=False),
-            default="data/intermediate/demo.zarr",
-            show_default=True,
-            help="The store to train on.",
-        ),
-        click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override a config key, e.g. --set epochs=5 --set unet.width=32 (repeatable).",
-        ),
-        click.option(
-            "--runs", default="runs", show_default=True, type=click.Path(file_okay=False), help="Folder of run folders."
-        ),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _config(config_path, model, overrides):
-    from canonstore.training import load_config, parse_overrides
-
-    extra = parse_overrides(list(overrides))
-    if model:
-        extra["model"] = model
-    return load_config(config_path, extra)
-
-
 @main.command()
-@_training_options
+@training_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(config_path, model, store, overrides, runs, debug, quiet):
     """Train (or fit) a model on STORE into runs/<model>-<store>-<hash>; resumes an interrupted run."""
     from canonstore.training import train as train_run
 
     try:
-        _run(lambda: train_run(_config(config_path, model, overrides), store, runs, progress=not quiet), debug)
+        _run(lambda: train_run(config_of(config_path, model, overrides), store, runs, progress=not quiet), debug)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run the same command again to resume from the last checkpoint", err=True)
         sys.exit(130)
 
 
-def _forecast_options(fn):
-    """--split and --steps: which samples a run forecasts, and how many steps it rolls out."""
-    fn = click.option(
-        "--steps",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Run the model autoregressively for this many steps of its lead (default: as trained).",
-    )(fn)
-    return click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)(fn)
-
-
 @main.command()
-@_training_options
+@training_options
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Score this run folder instead.")
 @click.option(
     "--scores",
@@ -235,28 +177,21 @@ def _forecast_options(fn):
     type=click.Path(file_okay=False),
     help="Where scores/<run-name>.json goes.",
 )
-@_forecast_options
+@forecast_options
 def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
 
     _run(
         lambda: evaluate_run(
-            _folder_of(folder, config_path, model, overrides, store, runs), scores, split=split, steps=steps
+            folder_of(folder, config_path, model, overrides, store, runs), scores, split=split, steps=steps
         ),
         debug,
     )
 
 
-def _folder_of(folder, config_path, model, overrides, store, runs):
-    """The run folder given (--run), else the one the config, model and store name."""
-    from canonstore.training import run_folder
-
-    return folder or run_folder(_config(config_path, model, overrides), store, runs)
-
-
 @main.command()
-@_training_options
+@training_options
 @click.option("--run", "folder", type=click.Path(file_okay=False), help="Forecast with this run folder instead.")
 @click.option(
     "--forecasts",
@@ -265,14 +200,14 @@ def _folder_of(folder, config_path, model, overrides, store, runs):
     type=click.Path(file_okay=False),
     help="Where forecasts/<run-name>/<split>.zarr goes.",
 )
-@_forecast_options
+@forecast_options
 def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast
 
     _run(
         lambda: write_forecast(
-            _folder_of(folder, config_path, model, overrides, store, runs),
+            folder_of(folder, config_path, model, overrides, store, runs),
             split,
             out_dir=forecasts,
             log=click.echo,
@@ -298,3 +233,22 @@ def score(forecast_file, store, out, lat_weighted, debug):
     from canonstore.training.evaluate import score_to_file
 
     _run(lambda: score_to_file(forecast_file, store, out, lat_weighted, log=click.echo), debug)
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, file_okay=False))
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="TARGET is a forecast file of STORE.")
+@click.option("--channel", "channels", multiple=True, help="A channel to map (repeatable; default: the first 4).")
+@click.option("--time", "when", help="The step to map: an index, or a time ('2001-03-01T06'; default: first test).")
+@click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False), help="Where PNGs go.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def plot(target, store, channels, when, out, debug):
+    """PNGs of a store (maps, train histograms, split timeline) or, with --store, of a forecast file's errors."""
+    from canonstore.training.plots import plot_forecast, plot_store
+
+    def go():
+        written = plot_forecast(target, store, out) if store else plot_store(target, out, list(channels), when)
+        for path in written:
+            click.echo(f"wrote {path}")
+
+    _run(go, debug)

@@ -11,11 +11,69 @@ Its times are matched in `training.valid_times`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
 from canonstore.errors import RunError
+from canonstore.training.valid_times import truth_steps
 from canonstore.units import conversion, is_unknown
+
+
+@dataclass(frozen=True)
+class AlignedForecast:
+    """A forecast file matched to a store by values: its variables are store channels (in the store's order),
+    on the store's grid, converted to the store's units, each (init time, lead) pointing at its store step."""
+
+    path: Path
+    fc: xr.Dataset  # on the store's grid (`onto_grid`)
+    names: list[str]  # its variables, in the store's channel order
+    targets: np.ndarray  # their positions among the store's channels
+    units: list[str]  # the store's units of each
+    conversions: list[tuple[float, float]]  # (factor, offset): the file's units -> the store's
+    truth: np.ndarray  # (init time, lead) -> the store step that forecast is of
+    steps_ahead: np.ndarray  # each lead, in store steps
+
+    def physical(self, lead: int, rows: slice) -> np.ndarray:
+        """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
+        store's units."""
+        return np.stack(
+            [
+                self.fc[n][rows, lead].values.astype(np.float64) * factor + offset
+                for n, (factor, offset) in zip(self.names, self.conversions)
+            ],
+            axis=1,
+        )
+
+
+def open_forecast(path: Path) -> xr.Dataset:
+    """The forecast file at `path` as xarray opens it, or one line saying why not."""
+    if not path.exists():
+        raise RunError(f"{path}: no such forecast file")
+    try:
+        return xr.open_zarr(path, consolidated=None, chunks=None)
+    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
+        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
+
+
+def align_forecast(path: str | Path, store) -> AlignedForecast:
+    """The file at `path` matched to `store` (a Store): grid, units and valid times by values, never by position."""
+    path = Path(path)
+    fc = open_forecast(path)
+    names = list(map(str, fc.data_vars))
+    unknown = [n for n in names if n not in store.channels]
+    if unknown:
+        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
+    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
+    fc = onto_grid(fc, store, names, path)
+    truth, steps_ahead = truth_steps(fc, store, path)
+    targets = np.array([store.channels.index(n) for n in names])
+    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
+    conversions = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
+    return AlignedForecast(path, fc, names, targets, units, conversions, truth, steps_ahead)
+
 
 TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)
 OUTLIER_STDS = 10  # a forecast's mean this many train stds from the store's: its values are in other units

@@ -15,20 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
-from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_up
-from canonstore.training.alignment import check_plausible, onto_grid, units_of
+from canonstore.training.alignment import align_forecast, check_plausible
 from canonstore.training.baselines import describe_climatology, reference_climatology, time_basis
 from canonstore.training.checkpoint import load_checkpoint
 from canonstore.training.forecasts import BATCH, other_steps, write_forecast
 from canonstore.training.metrics import Scores, area_weights, validity
 from canonstore.training.scoring import rmse_by_lead
 from canonstore.training.tracking import read_config, write_json
-from canonstore.training.valid_times import truth_steps
 
 
 def evaluate(
@@ -123,19 +120,10 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     matched to the store by values (`training.alignment`: grid, units, valid times), never by position.
     `lat_weighted` defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
     """
-    path = Path(path)
     store = open_store(store) if isinstance(store, (str, Path)) else store
-    fc = _open(path)
-    names = list(map(str, fc.data_vars))
-    unknown = [n for n in names if n not in store.channels]
-    if unknown:
-        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
-    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
-    fc = onto_grid(fc, store, names, path)
-    truth, steps_ahead = truth_steps(fc, store, path)
-    targets = np.array([store.channels.index(n) for n in names])
-    units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
-    to_store_units = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
+    aligned = align_forecast(path, store)
+    path, fc, names, targets, units = aligned.path, aligned.fc, aligned.names, aligned.targets, aligned.units
+    truth, steps_ahead = aligned.truth, aligned.steps_ahead
     if lat_weighted is None:
         lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
     weights = area_weights(store, targets, lat_weighted)
@@ -144,7 +132,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     mean = store.stats["mean"][targets]
     scale = normalisation_scale(store.stats["std"])[targets]
     view = (1, -1) + (1,) * (store.array.ndim - 2)
-    first = _in_store_units(fc, names, to_store_units, 0, slice(0, BATCH))  # tells other units from a bad forecast
+    first = aligned.physical(0, slice(0, BATCH))  # tells other units from a bad forecast
     for c, n in enumerate(names):
         check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
@@ -156,7 +144,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             rows = steps[a : a + BATCH]
             stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
             y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = _in_store_units(fc, names, to_store_units, k, slice(a, a + BATCH))
+            physical = aligned.physical(k, slice(a, a + BATCH))
             prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
             valid = _validity(stored, masks)
             basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
@@ -170,27 +158,6 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
     return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
-
-
-def _in_store_units(fc: xr.Dataset, names: list[str], conversions: list, lead: int, rows: slice) -> np.ndarray:
-    """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
-    store's units."""
-    return np.stack(
-        [
-            fc[n][rows, lead].values.astype(np.float64) * factor + offset
-            for n, (factor, offset) in zip(names, conversions)
-        ],
-        axis=1,
-    )
-
-
-def _open(path: Path) -> xr.Dataset:
-    if not path.exists():
-        raise RunError(f"{path}: no such forecast file")
-    try:
-        return xr.open_zarr(path, consolidated=None, chunks=None)
-    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
-        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
 
 
 def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:

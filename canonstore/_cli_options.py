@@ -1,0 +1,74 @@
+"""The click options `train`, `forecast` and `evaluate` share, and the run they name: the same options always
+reach the same run folder."""
+
+from __future__ import annotations
+
+import click
+
+from canonstore.splits.names import SPLITS
+
+
+def training_options(fn):
+    """The options `train` and `evaluate` share: which config, model and store make the run."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="Training config (YAML; default: the code's defaults, which configs/default.yaml repeats).",
+        ),
+        click.option(
+            "--model",
+            type=click.Choice(["unet", "mlp", "persistence", "climatology", "coarse-up"]),
+            help="Overrides the config's model.",
+        ),
+        click.option(
+            "--store",
+            type=click.Path(file_okay=False),
+            default="data/intermediate/demo.zarr",
+            show_default=True,
+            help="The store to train on.",
+        ),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. --set epochs=5 --set unet.width=32 (repeatable).",
+        ),
+        click.option(
+            "--runs", default="runs", show_default=True, type=click.Path(file_okay=False), help="Folder of run folders."
+        ),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def config_of(config_path, model, overrides):
+    """The config a command's --config, --model and --set options make (the same for train, forecast, evaluate)."""
+    from canonstore.training import load_config, parse_overrides
+
+    extra = parse_overrides(list(overrides))
+    if model:
+        extra["model"] = model
+    return load_config(config_path, extra)
+
+
+def forecast_options(fn):
+    """--split and --steps: which samples a run forecasts, and how many steps it rolls out."""
+    fn = click.option(
+        "--steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run the model autoregressively for this many steps of its lead (default: as trained).",
+    )(fn)
+    return click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)(fn)
+
+
+def folder_of(folder, config_path, model, overrides, store, runs):
+    """The run folder given (--run), else the one the config, model and store name."""
+    from canonstore.training import run_folder
+
+    return folder or run_folder(config_of(config_path, model, overrides), store, runs)
