@@ -151,11 +151,11 @@ lint: $(ENV_STAMP) ## ruff: lint and check the formatting (fix with: ruff check 
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(ENV_STAMP) ## run the test suite (all of it: CI runs this), one pytest worker per core
-	$(PY) -m pytest -q -n auto
+test: $(ENV_STAMP) ## run the test suite (all of it: CI runs this), one pytest worker per core, a file per worker
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-fast: $(ENV_STAMP) ## the edit loop: every test but the slow ones (kills, clusters, torchrun, packaging, make, bench)
-	$(PY) -m pytest -q -n auto -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 clean: ## remove generated data and stores (keeps .venv)
 	rm -rf data/intermediate data/export data/raw/demo data/raw/bench .pytest_cache build dist

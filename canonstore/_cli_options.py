@@ -57,7 +57,8 @@ def config_of(config_path, model, overrides):
 
 
 def forecast_options(fn):
-    """--split and --steps: which samples a run forecasts, and how many steps it rolls out."""
+    """--split and --steps: which samples a run forecasts, and how many steps it rolls out; --quiet: no progress."""
+    fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
     fn = click.option(
         "--steps",
         type=click.IntRange(min=1),

@@ -178,13 +178,17 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
     help="Where scores/<run-name>.json goes.",
 )
 @forecast_options
-def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps):
+def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps, quiet):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
 
     _run(
         lambda: evaluate_run(
-            folder_of(folder, config_path, model, overrides, store, runs), scores, split=split, steps=steps
+            folder_of(folder, config_path, model, overrides, store, runs),
+            scores,
+            split=split,
+            steps=steps,
+            progress=not quiet,
         ),
         debug,
     )
@@ -201,7 +205,7 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
     help="Where forecasts/<run-name>/<split>.zarr goes.",
 )
 @forecast_options
-def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps):
+def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps, quiet):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast
 
@@ -212,6 +216,7 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
             out_dir=forecasts,
             log=click.echo,
             steps=steps,
+            progress=not quiet,
         ),
         debug,
     )
@@ -227,12 +232,13 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
 )
 @click.option("--out", type=click.Path(dir_okay=False), help="Scores JSON (default scores/<forecast>.json).")
 @click.option("--lat-weighted/--no-lat-weighted", default=None, help="Default: the file's own setting, else on.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def score(forecast_file, store, out, lat_weighted, debug):
+def score(forecast_file, store, out, lat_weighted, quiet, debug):
     """Score FORECAST_FILE (any project's: one variable per channel, dims time, lead, *space) against STORE."""
     from canonstore.training.evaluate import score_to_file
 
-    _run(lambda: score_to_file(forecast_file, store, out, lat_weighted, log=click.echo), debug)
+    _run(lambda: score_to_file(forecast_file, store, out, lat_weighted, log=click.echo, progress=not quiet), debug)
 
 
 @main.command()

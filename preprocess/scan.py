@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from canonstore._progress import progress as progress_bar
 from canonstore.atomic import write_file_atomic
 from canonstore.errors import SourceError
 from canonstore.formats.zarr_ import ShardWriter
@@ -112,7 +112,7 @@ def scan(executor: Executor, job: ShardJob, progress: bool, resumable: bool = Tr
     known = {k: ShardScan.load(job, k) for k in shards} if resumable else {}
     known = {k: r for k, r in known.items() if r is not None}
     order, pending, size = list(shards), {}, int(np.prod(job.shape[2:]))
-    with tqdm(total=job.shape[0] - job.first, unit="step", desc="statistics", disable=not progress) as bar:
+    with progress_bar(job.shape[0] - job.first, "statistics", enabled=progress) as bar:
         fresh = executor.map(scan_shard, job, [k for k in shards if k not in known])
         for k, shard in itertools.chain(known.items(), fresh):
             if resumable and k not in known:

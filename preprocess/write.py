@@ -14,8 +14,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from canonstore._progress import progress as progress_bar
 from canonstore.atomic import fsync
 from canonstore.errors import SourceError, StoreError
 from canonstore.formats.manifest import file_sha256
@@ -39,7 +39,7 @@ def write_pass(executor: Executor, job: ShardJob, plan: Plan, progress: bool) ->
     todo = [(k, raw_crcs.get(k)) for k in shards if written[k] is None]
     done_steps = sum(job.shard_layout.steps_in(k) for k in shards if written[k] is not None)
     total = job.shape[0] - job.first
-    with tqdm(total=total, initial=done_steps, unit="step", desc="write", disable=not progress) as bar:
+    with progress_bar(total, "write", enabled=progress, initial=done_steps) as bar:
         for (k, _), entry in executor.map(write_shard, job, todo, plan.for_tasks()):
             entries[entry["rel"]] = entry
             bar.update(job.shard_layout.steps_in(k))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from canonstore._progress import progress as progress_bar
 from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_up
@@ -37,6 +38,7 @@ def evaluate(
     forecasts_dir: str | Path = "forecasts",
     log=print,
     steps: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Forecast + score: write run `folder`'s `checkpoint` forecasts of `split` to
     forecasts/<run-name>/<split>.zarr, score that file, and write scores/<run-name>.json (test) or
@@ -49,8 +51,8 @@ def evaluate(
     folder = Path(folder)
     run = read_config(folder)
     store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
-    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log, steps=steps)
-    scored = score_forecast(path, store, run["lat_weighted"])
+    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log, steps=steps, progress=progress)
+    scored = score_forecast(path, store, run["lat_weighted"], progress)
     saved = load_checkpoint(folder / "checkpoints" / f"{checkpoint}.pt", torch.device("cpu"))
     suffix = ("" if split == "test" else f"-{split}") + (f"-steps{steps}" if other_steps(run, steps) else "")
     out = Path(scores_dir) / f"{folder.name}{suffix}.json"
@@ -84,12 +86,17 @@ def evaluate(
 
 
 def score_to_file(
-    forecast_file: str | Path, store, out: str | Path | None = None, lat_weighted: bool | None = None, log=print
+    forecast_file: str | Path,
+    store,
+    out: str | Path | None = None,
+    lat_weighted: bool | None = None,
+    log=print,
+    progress: bool = False,
 ) -> Path:
     """Score the forecast file at `forecast_file` against `store` (`score_forecast`) into the scores JSON `out`
     (default scores/<folder>-<file>-scored.json); returns its path."""
     path = Path(forecast_file)
-    scored = score_forecast(path, store, lat_weighted)
+    scored = score_forecast(path, store, lat_weighted, progress)
     target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, {"forecast": str(path), "store": str(getattr(store, "path", store)), **_scores_record(scored)})
@@ -110,7 +117,7 @@ def _scores_record(scored: dict) -> dict:
     }
 
 
-def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) -> dict:
+def score_forecast(path: str | Path, store, lat_weighted: bool | None = None, progress: bool = False) -> dict:
     """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
 
     Returns {"leads": {lead: scores}, "scores": the first lead's scores, "climatology": the ACC's
@@ -136,6 +143,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
     for c, n in enumerate(names):
         check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
+    bar = progress_bar(truth.size, "score", "forecast", enabled=progress)
     for k, lead in enumerate(steps_ahead.tolist()):
         steps = truth[:, k]
         scores = Scores(weights)
@@ -147,6 +155,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
             physical = aligned.physical(k, slice(a, a + BATCH))
             prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
             valid = _validity(stored, masks)
+            bar.update(rows.size)
             basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
             with torch.inference_mode():
                 clim = climatology(y, basis)
@@ -157,6 +166,7 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None) ->
         leads[int(lead)] = scores.result(names, scale, units)
         if residual is not None:
             leads[int(lead)]["residual"] = residual.result(names, scale, units)
+    bar.close()
     return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from canonstore._progress import progress as progress_bar
 from canonstore._warnings import zarr_notes_silenced
 from canonstore.atomic import make_staging, replace_folder
 from canonstore.errors import RunError
@@ -70,9 +71,11 @@ def write_forecast(
     out_dir: str | Path = "forecasts",
     log=print,
     steps: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write run `folder`'s `checkpoint` predictions for every sample of `split` to its forecast file;
-    `steps` K: run the model autoregressively for K steps of its lead (see `runs.load_run`)."""
+    `steps` K: run the model autoregressively for K steps of its lead (see `runs.load_run`); `progress`: a bar
+    (`canonstore._progress`)."""
     folder = Path(folder)
     run, store, model, loader, saved = load_run(folder, split, checkpoint, store, steps)
     dataset = loader.dataset
@@ -115,7 +118,7 @@ def write_forecast(
     # the climatology baseline is a function of the valid time
     basis = valid_basis(store, init, leads, model) if getattr(model, "needs_time", False) else None
     start = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), progress_bar(len(init), f"forecast {split}", "time", enabled=progress) as bar:
         model.eval()
         for x, _ in loader:
             rows = slice(start, start + x.shape[0])
@@ -126,6 +129,7 @@ def write_forecast(
             part = xr.Dataset({n: (("time", "lead") + store.dims[2:], values[:, :, c]) for c, n in enumerate(names)})
             part.to_zarr(staging, region={"time": rows})
             start += x.shape[0]
+            bar.update(x.shape[0])
     replace_folder(staging, out, KIND)
     log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
     return out

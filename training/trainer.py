@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from canonstore._progress import progress as progress_bar
 from canonstore.errors import RunError
 from canonstore.loaders.patches import crop
 from canonstore.loaders.sampler import epoch_seed
@@ -117,12 +117,12 @@ class Trainer:
         loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=self.device)
         seen, wait, began = 0, 0.0, time.perf_counter()
         # disable=None: no bar when stderr is not a terminal (a log gets the line per epoch instead)
-        bar = tqdm(
-            total=len(self.loader),
-            initial=state["batch"],
-            disable=None if progress else True,
-            desc=f"epoch {epoch + 1}/{run['epochs']}",
+        bar = progress_bar(
+            len(self.loader),
+            f"epoch {epoch + 1}/{run['epochs']}",
             unit="batch",
+            enabled=progress,
+            initial=state["batch"],
             leave=False,
         )
         batches = iter(self.loader)
