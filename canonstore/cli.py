@@ -112,7 +112,7 @@ def verify(store, inputs):
 
     problems = verify_store(store) + (verify_inputs(store) if inputs else [])
     for problem in problems:
-        click.echo(f"FAIL {problem}", err=True)
+        click.echo(f"error: {problem}", err=True)
     if problems:
         sys.exit(1)
     click.echo(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")

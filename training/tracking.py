@@ -70,6 +70,23 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class LogFile:
+    """A `log` that also appends each message, with its UTC time, to the run folder's `train.log` (a batch
+    job's terminal output is easily lost; the run folder stays). Messages said before the folder exists (a
+    bad config leaves no folder) wait and go in with the first one after."""
+
+    def __init__(self, folder: Path, log=print):
+        self.path, self.log, self.waiting = Path(folder) / "train.log", log, []
+
+    def __call__(self, message: str) -> None:
+        self.log(message)
+        self.waiting.append(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {message}\n")
+        if self.path.parent.is_dir():
+            with open(self.path, "a") as f:
+                f.writelines(self.waiting)
+            self.waiting = []
+
+
 class RunLog:
     """Writes one run's folder; also logs to MLflow (local file store under runs/mlruns by default,
     or MLFLOW_TRACKING_URI) when mlflow can be imported. Tracking trouble never stops training."""

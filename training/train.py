@@ -31,7 +31,7 @@ from canonstore.training.metrics import TargetMasks, area_weights, validity
 from canonstore.training.models import build_model, load_weights
 from canonstore.training.runs import resolve, run_name
 from canonstore.training.scoring import rmse_by_lead, score
-from canonstore.training.tracking import RunLog
+from canonstore.training.tracking import LogFile, RunLog
 from canonstore.training.trainer import Trainer, epoch_scores
 
 
@@ -57,6 +57,8 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     if last.exists() and load_checkpoint(last)["finished"]:
         log(f"{folder}: already trained (remove the folder to train it again)")
         return folder
+    if context.main:  # every line of the run also in runs/<run>/train.log
+        log = LogFile(folder, log)
     seed_everything(run["seed"])
     torch.backends.cudnn.benchmark = device.type == "cuda"
     train_loader = make_loader(run, store, "train", device, train=True, rank=context.rank, world_size=context.world)

@@ -191,7 +191,7 @@ def test_a_damaged_zarr_json_is_one_line_naming_it_for_every_reader(tiny_store, 
         lines = result.output.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and damaged in lines[0], result.output
     result = CliRunner().invoke(main, ["verify", str(store)])
-    assert result.exit_code == 1 and "FAIL zarr.json: size" in result.output and damaged in result.output
+    assert result.exit_code == 1 and "error: zarr.json: size" in result.output and damaged in result.output
 
 
 @pytest.mark.parametrize("link", ["shard file", "shard folder"])

@@ -234,7 +234,8 @@ def test_verify_detects_one_flipped_byte(tiny_store, tmp_path, target):
     problems = verify_store(store)
     assert any(victim.relative_to(store).as_posix() in p and "sha256 differs" in p for p in problems), problems
     result = CliRunner().invoke(main, ["verify", str(store)])
-    assert result.exit_code == 1 and "FAIL" in result.output
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines and all(line.startswith("error: ") for line in lines), result.output
 
 
 def test_verify_inputs_names_a_raw_file_changed_after_the_build(tiny_raw, tmp_path):

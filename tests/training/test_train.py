@@ -128,7 +128,10 @@ def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
 
 
 def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
-    folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False, log=quiet)
+    messages = []
+    folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False, log=messages.append)
+    logged = [line.split(" ", 1)[1] for line in lines(folder / "train.log")]  # each after its UTC time
+    assert logged == messages and any(m.startswith("epoch 2/2: train loss") for m in logged)
     info = json.loads((folder / "config.json").read_text())
     assert info["name"] == folder.name and "git_commit" in info
     assert info["config"]["model_args"] == {"width": 4, "depth": 2}
