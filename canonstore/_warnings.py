@@ -21,3 +21,12 @@ def zarr_notes_silenced() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
         yield
+
+
+@contextmanager
+def cftime_notes_silenced() -> Iterator[None]:
+    """xarray's note that a 360_day, noleap or far-future time axis decodes to cftime dates: that is what such
+    a calendar needs (canonstore reads every calendar), not news, and it came once per opening."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Unable to decode time axis.*")
+        yield

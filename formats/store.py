@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from canonstore._warnings import cftime_notes_silenced
 from canonstore.errors import StoreError
 from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.handle import CheckedStore, StoreHandle
@@ -99,9 +99,7 @@ class Store:
 
     @cached_property
     def _ds(self) -> xr.Dataset:
-        with warnings.catch_warnings():
-            # 360_day / far-future times decode to cftime, as they should; xarray says so loudly.
-            warnings.filterwarnings("ignore", message=".*Unable to decode time axis.*")
+        with cftime_notes_silenced():  # 360_day / far-future times decode to cftime, as they should
             return xr.open_zarr(self._zarr, consolidated=True, chunks=None)
 
     @cached_property
@@ -191,7 +189,8 @@ class Store:
     def to_xarray(self) -> xr.Dataset:
         """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives (its reads, too,
         come from this store or raise once it has been rebuilt)."""
-        return xr.open_zarr(self._zarr, consolidated=True)
+        with cftime_notes_silenced():
+            return xr.open_zarr(self._zarr, consolidated=True)
 
 
 def damaged_metadata(path: Path, exc: Exception) -> StoreError:

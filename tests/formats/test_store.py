@@ -207,3 +207,26 @@ def test_a_shard_replaced_by_a_link_is_reported_and_never_followed(tiny_store, t
     opened = open_store(store)
     with pytest.raises(StoreError, match="a symbolic link in the store"):
         opened.array[3 * opened.array.shard_steps]
+
+
+def test_a_far_future_360_day_store_opens_without_xarrays_cftime_note(tmp_path):
+    import warnings
+
+    import xarray as xr
+
+    from tests.helpers import quiet, write_recipe
+
+    times = xr.date_range("2290-01-01", periods=120, freq="MS", calendar="360_day", use_cftime=True)
+    values = 280 + np.random.default_rng(0).normal(size=(times.size, 2, 3))
+    xr.Dataset(
+        {"tas": (("time", "lat", "lon"), values, {"units": "K"})},
+        coords={"time": times, "lat": [10.0, 20.0], "lon": [0.0, 5.0, 10.0]},
+    ).to_netcdf(tmp_path / "tas.nc")
+    splits = {"by": "dates", "train": ["2290-01-01", "2297-12-30"], "test": ["2298-01-01", "2299-12-30"]}
+    recipe = write_recipe(tmp_path, name="far", sources=["tas.nc"], splits=splits)
+    out = build(recipe, tmp_path / "far.zarr", progress=False, log=quiet).path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = open_store(out)
+        assert store.time[-1].calendar == "360_day" and store.to_xarray()["time"].size == 120
+    assert [str(w.message)[:60] for w in caught if "decode time" in str(w.message)] == []
