@@ -39,7 +39,7 @@ def progress(total: int | None, desc: str, unit: str = "step", enabled: bool = T
     when not `enabled`. `kwargs` go to tqdm (initial, leave, ...)."""
     stream = sys.stderr if stream is None else stream
     if not enabled:
-        return tqdm(total=total, disable=True)
+        return tqdm(kwargs.get("iterable"), total=total, disable=True)
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(total=total, desc=desc, unit=unit, file=stream, **kwargs)
     seconds = float(os.environ.get("CANONSTORE_PROGRESS_SECONDS", DEFAULT_SECONDS))

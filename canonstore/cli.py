@@ -105,12 +105,13 @@ def inspect(store, debug):
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--inputs", is_flag=True, help="Also check that the raw inputs are unchanged since the build.")
-def verify(store, inputs):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(store, inputs, quiet):
     """Recompute STORE's checksums and check its schema; exit 1 on any problem."""
     from canonstore.formats import verify_store
     from canonstore.formats.verify import verify_inputs
 
-    problems = verify_store(store) + (verify_inputs(store) if inputs else [])
+    problems = verify_store(store, progress=not quiet) + (verify_inputs(store) if inputs else [])
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
@@ -123,12 +124,13 @@ def verify(store, inputs):
 @click.option("--to", "kind", type=click.Choice(["npy"]), required=True, help="Output kind: plain NumPy files.")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (the new export appears by one rename).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def export(store, kind, out, overwrite, debug):
+def export(store, kind, out, overwrite, quiet, debug):
     """Export STORE's train/val/test steps to OUT as .npy files plus meta.json."""
     from canonstore.formats.npy import export_npy
 
-    _run(lambda: export_npy(store, out, overwrite=overwrite, log=click.echo), debug)
+    _run(lambda: export_npy(store, out, overwrite=overwrite, log=click.echo, progress=not quiet), debug)
 
 
 @main.command("sources")

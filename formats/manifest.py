@@ -14,6 +14,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from canonstore._progress import progress as progress_bar
 from canonstore.atomic import MARKER, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -100,10 +101,11 @@ def read_manifest(store: Path) -> dict:
     return json.loads((store / MANIFEST).read_text())
 
 
-def check_manifest(store: Path, checksums: bool = True) -> list[str]:
+def check_manifest(store: Path, checksums: bool = True, progress: bool = False) -> list[str]:
     """Problems found comparing `store`'s files with its manifest (empty when all match).
 
-    `checksums=False` compares the file list and sizes only (for a store whose manifest was just written).
+    `checksums=False` compares the file list and sizes only (for a store whose manifest was just written);
+    `progress`: a bar over the files (`canonstore._progress`).
     """
     try:
         files = read_manifest(store)["files"]
@@ -119,7 +121,8 @@ def check_manifest(store: Path, checksums: bool = True) -> list[str]:
     odd = {rel for rel, _ in others}
     problems += [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - present - odd)]
     problems += [f"{rel}: not listed in the manifest" for rel in sorted(present - set(files))]
-    for rel in sorted(set(files) & present):
+    checked = sorted(set(files) & present)
+    for rel in progress_bar(len(checked), "verify", "file", enabled=progress, iterable=checked):
         try:
             size = (store / rel).stat().st_size
             if size != files[rel]["size"]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore._progress import progress as progress_bar
 from canonstore.atomic import (
     MARKER,
     has_marker,
@@ -39,7 +40,12 @@ META = "meta.json"
 
 
 def export_npy(
-    store_path: str | Path, out: str | Path, overwrite: bool = False, block_mb: float = BLOCK_MB, log=print
+    store_path: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    block_mb: float = BLOCK_MB,
+    log=print,
+    progress: bool = False,
 ) -> Path:
     """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`.
 
@@ -66,12 +72,19 @@ def export_npy(
     try:
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
-        read = block_reader(store)
-        files = {}
+        read, files = block_reader(store), {}
+        bar = progress_bar(sum(store.split_indices(s).size for s in SPLITS), "export", enabled=progress)
+
+        def counted(a: int, b: int) -> np.ndarray:
+            values = read(a, b)
+            bar.update(b - a)
+            return values
+
         for split in SPLITS:
             steps = store.split_indices(split)
-            files[split] = _write_split(read, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block)
+            files[split] = _write_split(counted, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block)
             log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
+        bar.close()
         extras = {}
         if store.static:
             names = list(store.static)

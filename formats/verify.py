@@ -16,7 +16,7 @@ from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
 from canonstore.splits import SPLIT_NAMES
 
 
-def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
+def verify_store(path: str | Path, checksums: bool = True, progress: bool = False) -> list[str]:
     """Every problem found in the store at `path`; an empty list means it is intact.
 
     `checksums=False` skips re-hashing the files (the build just hashed them for the manifest). A store
@@ -27,7 +27,7 @@ def verify_store(path: str | Path, checksums: bool = True) -> list[str]:
         pinned = StoreHandle(path)
     except StoreError as exc:
         return [str(exc)]
-    problems = check_manifest(path, checksums)
+    problems = check_manifest(path, checksums, progress)
     try:
         store = Store(path)
     except StoreError as exc:

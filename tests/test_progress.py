@@ -32,3 +32,13 @@ def test_a_build_in_a_batch_job_logs_its_passes(tiny_raw, tmp_path):
     assert "\r" not in result.stderr
     done = [line for line in result.stderr.splitlines() if "100%" in line]
     assert [line.split(":")[0] for line in done] == ["statistics", "write"], result.stderr
+
+
+def test_verify_and_export_report_progress_off_a_terminal(tiny_store, tmp_path):
+    for args in (["verify", str(tiny_store)], ["export", str(tiny_store), "--to", "npy", str(tmp_path / "npy")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        done = [line for line in result.stderr.splitlines() if "100%" in line]
+        assert len(done) == 1 and done[0].startswith(args[0]) and "\r" not in result.stderr, result.stderr
+    quiet = CliRunner().invoke(main, ["verify", str(tiny_store), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

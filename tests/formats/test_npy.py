@@ -77,7 +77,7 @@ def _export(*args):
 
 
 def _one_error_line(result) -> str:
-    lines = result.output.strip().splitlines()
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("export: ")]  # progress
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]
 
