@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from canonstore.loaders import BatchSampler
+from tests.helpers import PROCESS_GROUPS
 
 
 def _flat(sampler):
@@ -56,6 +57,7 @@ def _rank_positions(rank, world, path):
         dist.destroy_process_group()
 
 
+@PROCESS_GROUPS
 def test_under_a_real_process_group_ranks_are_disjoint(tmp_path):
     import torch.multiprocessing as mp
 

@@ -23,10 +23,10 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.preprocess import build, executor, scan
 from canonstore.preprocess.sources import Sources
 from canonstore.preprocess.staging import MARKERS, staging_path, written_shards
-from tests.helpers import demo_recipe, quiet, write_recipe
+from tests.helpers import PROCESS_GROUPS, demo_recipe, quiet, write_recipe
 from tests.preprocess.test_bad_input import CASES, SPLITS
 
-pytestmark = pytest.mark.slow  # starts dask.distributed clusters
+pytestmark = [pytest.mark.slow, PROCESS_GROUPS]  # starts dask.distributed clusters
 
 silent = {"progress": False, "log": quiet}
 

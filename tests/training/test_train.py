@@ -20,7 +20,7 @@ from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, run_folder, train
 from canonstore.training.data import make_loader
 from canonstore.training.runs import resolve
-from tests.helpers import quiet
+from tests.helpers import PROCESS_GROUPS, quiet
 
 TINY = {
     "model": "unet",
@@ -243,6 +243,7 @@ def test_evaluate_refuses_another_build_or_a_missing_run(tiny_store, tmp_path):
 
 
 @pytest.mark.slow  # subprocesses (torchrun)
+@PROCESS_GROUPS
 def test_two_processes_under_torchrun(tiny_store, tmp_path):
     """NPROC=2: DistributedDataParallel on the CPU (gloo); each process trains on half of every epoch."""
     config = tmp_path / "tiny.yaml"
@@ -323,6 +324,7 @@ def _score_share(rank, world, folder, store):
 
 
 @pytest.mark.slow  # subprocesses (torchrun)
+@PROCESS_GROUPS
 @pytest.mark.parametrize("world", [2, 3])
 def test_validation_under_ddp_scores_every_sample_once(gappy_store, tmp_path, world):
     """361 val samples (not divisible by 2 or 3): each process scores its share, sums are all-reduced,
