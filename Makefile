@@ -33,7 +33,8 @@ BENCH_ONE   := data/intermediate/bench-1shard.zarr
 WORKERS     ?= 2
 
 # Training: MODEL and CONFIG pick the run; the others override the config's keys when given, and
-# SET="unet.depth=1 epochs=2" any keys (the same SET for train, forecast and evaluate finds the same run).
+# SET="unet.depth=1 epochs=2" any keys (the same SET for train, forecast and evaluate finds the same run;
+# settings are split at spaces, so write values without them: channels=[t2m,z500]).
 MODEL  ?= unet
 CONFIG ?= configs/default.yaml
 NPROC  ?= 1

@@ -42,7 +42,10 @@ def progress(total: int | None, desc: str, unit: str = "step", enabled: bool = T
         return tqdm(kwargs.get("iterable"), total=total, disable=True)
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(total=total, desc=desc, unit=unit, file=stream, **kwargs)
-    seconds = float(os.environ.get("CANONSTORE_PROGRESS_SECONDS", DEFAULT_SECONDS))
+    try:
+        seconds = float(os.environ.get("CANONSTORE_PROGRESS_SECONDS", DEFAULT_SECONDS))
+    except ValueError:  # "30s": the default rather than a traceback in every command
+        seconds = DEFAULT_SECONDS
     kwargs.pop("leave", None)  # a log keeps every line anyway
     return tqdm(
         total=total,

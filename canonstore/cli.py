@@ -22,6 +22,9 @@ def _run(fn, debug: bool):
         sys.exit(1)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2 raises it; older ones exit
+
+
 class _OneLineErrors(click.Group):
     """click's own errors (unknown option, missing argument, bad value) as one `error:` line, exit status 2,
     like every other failure (exit status 1): README's "Command line" lists the codes."""
@@ -34,6 +37,9 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)
+        except _NO_ARGS as exc:  # `canonstore` alone: its help, as click prints it
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as exc:
             where = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
             click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)

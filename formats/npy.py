@@ -73,18 +73,19 @@ def export_npy(
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
         read, files = block_reader(store), {}
-        bar = progress_bar(sum(store.split_indices(s).size for s in SPLITS), "export", enabled=progress)
+        with progress_bar(sum(store.split_indices(s).size for s in SPLITS), "export", enabled=progress) as bar:
 
-        def counted(a: int, b: int) -> np.ndarray:
-            values = read(a, b)
-            bar.update(b - a)
-            return values
+            def counted(a: int, b: int) -> np.ndarray:
+                values = read(a, b)
+                bar.update(b - a)
+                return values
 
-        for split in SPLITS:
-            steps = store.split_indices(split)
-            files[split] = _write_split(counted, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block)
-            log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
-        bar.close()
+            for split in SPLITS:
+                steps = store.split_indices(split)
+                files[split] = _write_split(
+                    counted, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block
+                )
+                log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
         extras = {}
         if store.static:
             names = list(store.static)

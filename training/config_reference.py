@@ -62,10 +62,10 @@ def flat_defaults() -> dict:
 
 
 def reference_table() -> str:
-    """The Markdown table of every key: its default (as YAML writes it) and what it means."""
+    """The Markdown table of every key: its default (as JSON writes it, which YAML reads) and what it means."""
     rows = ["| key | default | meaning |", "|-----|---------|---------|"]
     for key, value in flat_defaults().items():
-        rows.append(f"| `{key}`, `{json.dumps(value)}`, {MEANINGS[key]} |")
+        rows.append(f"| `{key}` | `{json.dumps(value)}` | {MEANINGS[key]} |")
     return "\n".join(rows) + "\n"
 
 

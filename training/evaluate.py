@@ -143,30 +143,31 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None, pr
     for c, n in enumerate(names):
         check_plausible(n, first[:, c], mean[c], scale[c], units[c], "units" in fc[n].attrs, path)
     leads = {}
-    bar = progress_bar(truth.size, "score", "forecast", enabled=progress)
-    for k, lead in enumerate(steps_ahead.tolist()):
-        steps = truth[:, k]
-        scores = Scores(weights)
-        residual = Scores(weights) if "coarse_factor" in fc.attrs else None
-        for a in range(0, steps.size, BATCH):
-            rows = steps[a : a + BATCH]
-            stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
-            y = torch.from_numpy(stored[:, targets].astype(np.float32))
-            physical = aligned.physical(k, slice(a, a + BATCH))
-            prediction = torch.from_numpy(((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32))
-            valid = _validity(stored, masks)
-            bar.update(rows.size)
-            basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
-            with torch.inference_mode():
-                clim = climatology(y, basis)
-            scores.update(prediction, y, valid, clim)
-            if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
-                coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
-                residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
-        leads[int(lead)] = scores.result(names, scale, units)
-        if residual is not None:
-            leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    bar.close()
+    with progress_bar(truth.size, "score", "forecast", enabled=progress) as bar:
+        for k, lead in enumerate(steps_ahead.tolist()):
+            steps = truth[:, k]
+            scores = Scores(weights)
+            residual = Scores(weights) if "coarse_factor" in fc.attrs else None
+            for a in range(0, steps.size, BATCH):
+                rows = steps[a : a + BATCH]
+                stored = np.stack([np.asarray(store.array[int(s)]) for s in rows])
+                y = torch.from_numpy(stored[:, targets].astype(np.float32))
+                physical = aligned.physical(k, slice(a, a + BATCH))
+                prediction = torch.from_numpy(
+                    ((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32)
+                )
+                valid = _validity(stored, masks)
+                bar.update(rows.size)
+                basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
+                with torch.inference_mode():
+                    clim = climatology(y, basis)
+                scores.update(prediction, y, valid, clim)
+                if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
+                    coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
+                    residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
+            leads[int(lead)] = scores.result(names, scale, units)
+            if residual is not None:
+                leads[int(lead)]["residual"] = residual.result(names, scale, units)
     return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
 
 

@@ -16,12 +16,14 @@ import numpy as np
 from canonstore._time import span, time_label
 from canonstore.errors import RunError, StoreError
 from canonstore.formats import open_store
+from canonstore.formats.spec import denormalise
 from canonstore.splits.names import SPLIT_NAMES
 from canonstore.training.alignment import align_forecast
 from canonstore.training.evaluate import score_forecast
 
 MAPS = 4  # channels mapped when none are named
 HISTOGRAM_STEPS = 200  # train steps sampled, evenly, for the histograms (enough for a distribution's shape)
+BLOCK_STEPS = 8  # steps of the forecast's target channels read at a time for its error maps
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green", "excluded": "lightgrey"}
 
 
@@ -44,28 +46,31 @@ def _save(fig, path: Path) -> Path:
 
 
 def _step(store, when: str | int | None) -> int:
-    """The store step `when` names: an index, or the first time whose label starts with it ('2001-03-01')."""
+    """The store step `when` names: the first time whose label starts with it ('2001', '2001-03-01T06', also
+    for cftime dates), else, if it is a whole number, that step's index."""
     if when is None:
         test = store.split_indices("test")
         return int(test[0]) if test.size else 0
-    if isinstance(when, int) or str(when).lstrip("-").isdigit():
-        step = int(when)
-        if not -len(store.time) <= step < len(store.time):
-            raise StoreError(f"{store.path}: no step {step} (it has {len(store.time)} steps)")
-        return step % len(store.time)
-    labels = [time_label(t) for t in store.time]
-    for step, label in enumerate(labels):
-        if label.startswith(str(when)):
+    wanted = str(when).replace(" ", "T")
+    for step, t in enumerate(store.time):
+        if time_label(t).replace(" ", "T").startswith(wanted):
             return step
-    raise StoreError(f"{store.path}: no time {when!r} ({span(store.time)})")
+    if wanted.lstrip("-").isdigit() and -len(store.time) <= int(wanted) < len(store.time):
+        return int(wanted) % len(store.time)
+    raise StoreError(f"{store.path}: no time or step {when!r} ({len(store.time)} steps, {span(store.time)})")
 
 
-def _grid(store) -> tuple[np.ndarray, np.ndarray]:
-    """The store's longitudes and latitudes for a map, or one line saying why there is no map to draw."""
-    ds = store.to_xarray()
+def _grid(store) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The store's longitudes and latitudes for maps, and whether its fields are (longitude, latitude) ordered
+    (then drawn transposed); None for a store without a (latitude, longitude) grid (NWB, stations)."""
     if len(store.dims) != 4 or store.latitude is None or store.longitude is None:
-        raise StoreError(f"{store.path}: maps need a (latitude, longitude) grid; it has dims {store.dims[2:]}")
-    return ds[store.longitude].values, ds[store.latitude].values
+        return None
+    ds = store.to_xarray()
+    lat, lon = ds[store.latitude], ds[store.longitude]
+    if lat.ndim == 1 and lon.ndim == 1:
+        return lon.values, lat.values, lat.dims[0] == store.dims[3]
+    space = store.dims[2:]  # 2-D coordinates: in the fields' own dim order
+    return lon.transpose(*space).values, lat.transpose(*space).values, False
 
 
 def _panels(plt, n: int, width: float = 5, height: float = 3.6):
@@ -78,8 +83,9 @@ def _panels(plt, n: int, width: float = 5, height: float = 3.6):
     return fig, axes.flat[:n]
 
 
-def _map(ax, fig, lon, lat, field, title, cmap="viridis"):
-    mesh = ax.pcolormesh(lon, lat, field, shading="auto", cmap=cmap)
+def _map(ax, fig, grid, field, title, cmap="viridis"):
+    lon, lat, transposed = grid
+    mesh = ax.pcolormesh(lon, lat, field.T if transposed else field, shading="auto", cmap=cmap)
     fig.colorbar(mesh, ax=ax, shrink=0.8)
     ax.set(title=title, xlabel="longitude", ylabel="latitude")
 
@@ -94,27 +100,20 @@ def plot_store(store, out: str | Path, channels: list[str] | None = None, when: 
     if unknown:
         raise StoreError(f"{store.path}: no channel(s) {unknown}; it has {store.channels}")
     picked = [store.channels.index(c) for c in channels] if channels else list(range(min(MAPS, len(store.channels))))
-    written = []
-    if len(store.dims) == 4:
-        lon, lat = _grid(store)
+    written, grid = [], _grid(store)
+    if grid is None and (channels or when is not None):
+        raise StoreError(f"{store.path}: maps need a (latitude, longitude) grid; it has dims {store.dims[2:]}")
+    if grid is not None:
         step = _step(store, when)
         values = store.denormalise(np.asarray(store.array[step : step + 1], dtype=np.float64))[0]
         fig, axes = _panels(plt, len(picked))
         for ax, c in zip(axes, picked):
-            _map(ax, fig, lon, lat, values[c], f"{store.channels[c]} [{units[c]}]")
+            _map(ax, fig, grid, values[c], f"{store.channels[c]} [{units[c]}]")
         fig.suptitle(f"{name} at {time_label(store.time[step])} (step {step})")
         written.append(_save(fig, out / f"{name}-maps.png"))
     train = store.split_indices("train")
-    sample = train[np.linspace(0, train.size - 1, min(HISTOGRAM_STEPS, train.size)).astype(int)] if train.size else []
-    fig, axes = _panels(plt, len(store.channels), width=3, height=2.4)
-    values = store.denormalise(np.stack([np.asarray(store.array[int(s)], dtype=np.float64) for s in sample]))
-    for c, ax in enumerate(axes):
-        finite = values[:, c][np.isfinite(values[:, c])]
-        ax.hist(finite.ravel(), bins=50, color="tab:blue")
-        ax.set_title(f"{store.channels[c]} [{units[c]}]", fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"{name}: train split, {sample.size} of {train.size} steps")
-    written.append(_save(fig, out / f"{name}-histograms.png"))
+    if train.size:
+        written.append(_histograms(plt, store, train, units, out / f"{name}-histograms.png"))
     fig, ax = plt.subplots(figsize=(10, 1.8))
     for code, label in enumerate(SPLIT_NAMES):
         steps = np.flatnonzero(store.splits == code)
@@ -127,6 +126,26 @@ def plot_store(store, out: str | Path, channels: list[str] | None = None, when: 
     return written
 
 
+def _histograms(plt, store, train: np.ndarray, units: list[str], path: Path) -> Path:
+    """Each channel's histogram over evenly spaced train steps, counted one step at a time into 50 bins between
+    the channel's train min and max (memory: one step, whatever the store's size)."""
+    sample = train[np.linspace(0, train.size - 1, min(HISTOGRAM_STEPS, train.size)).astype(int)]
+    low, high = store.stats["min"], store.stats["max"]
+    edges = [np.linspace(lo, hi if hi > lo else lo + 1, 51) for lo, hi in zip(low, high)]
+    counts = np.zeros((len(store.channels), 50))
+    for s in sample:
+        values = store.denormalise(np.asarray(store.array[int(s) : int(s) + 1], dtype=np.float64))[0]
+        for c in range(len(store.channels)):
+            counts[c] += np.histogram(values[c][np.isfinite(values[c])], bins=edges[c])[0]
+    fig, axes = _panels(plt, len(store.channels), width=3, height=2.4)
+    for c, ax in enumerate(axes):
+        ax.stairs(counts[c], edges[c], fill=True, color="tab:blue")
+        ax.set_title(f"{store.channels[c]} [{units[c]}]", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{store.attrs['name']}: train split, {sample.size} of {train.size} steps")
+    return _save(fig, path)
+
+
 def plot_forecast(path: str | Path, store, out: str | Path) -> list[Path]:
     """RMSE maps per channel at the first lead (over every init time), and RMSE by lead per channel, in the
     store's units; the file is matched to the store by values as `canonstore score` does. Returns the PNGs."""
@@ -134,19 +153,21 @@ def plot_forecast(path: str | Path, store, out: str | Path) -> list[Path]:
     plt, out = _pyplot(), Path(out)
     aligned = align_forecast(path, store)
     stem = f"{aligned.path.parent.name}-{aligned.path.stem}"
-    lon, lat = _grid(store)
-    steps = aligned.truth[:, 0]
-    squared = np.zeros((len(aligned.names), *store.shape[2:]))
-    for a in range(0, steps.size, 64):
-        rows = steps[a : a + 64]
-        truth = store.denormalise(np.stack([np.asarray(store.array[int(s)], dtype=np.float64) for s in rows]))
-        squared += ((aligned.physical(0, slice(a, a + 64)) - truth[:, aligned.targets]) ** 2).sum(axis=0)
-    rmse = np.sqrt(squared / max(1, steps.size))
-    fig, axes = _panels(plt, len(aligned.names))
-    for c, (ax, channel) in enumerate(zip(axes, aligned.names)):
-        _map(ax, fig, lon, lat, rmse[c], f"{channel} RMSE [{aligned.units[c]}]", cmap="magma")
-    fig.suptitle(f"{stem}: lead {int(aligned.steps_ahead[0])} step(s), {steps.size} init times")
-    written = [_save(fig, out / f"{stem}-errors.png")]
+    grid, steps, written = _grid(store), aligned.truth[:, 0], []
+    if grid is not None:  # maps of the first lead's RMSE; a store without a grid gets RMSE by lead only
+        mean, std = store.stats["mean"][aligned.targets], store.stats["std"][aligned.targets]
+        squared = np.zeros((len(aligned.names), *store.shape[2:]))
+        for a in range(0, steps.size, BLOCK_STEPS):  # the target channels of a few steps at a time
+            rows = steps[a : a + BLOCK_STEPS]
+            stored = np.stack([np.asarray(store.array[int(s)])[aligned.targets] for s in rows]).astype(np.float64)
+            truth = denormalise(stored, mean, std)
+            squared += ((aligned.physical(0, slice(a, a + BLOCK_STEPS)) - truth) ** 2).sum(axis=0)
+        rmse = np.sqrt(squared / max(1, steps.size))
+        fig, axes = _panels(plt, len(aligned.names))
+        for c, (ax, channel) in enumerate(zip(axes, aligned.names)):
+            _map(ax, fig, grid, rmse[c], f"{channel} RMSE [{aligned.units[c]}]", cmap="magma")
+        fig.suptitle(f"{stem}: lead {int(aligned.steps_ahead[0])} step(s), {steps.size} init times")
+        written.append(_save(fig, out / f"{stem}-errors.png"))
     leads = score_forecast(aligned.path, store)["leads"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for c, channel in enumerate(aligned.names):

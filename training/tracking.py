@@ -128,7 +128,7 @@ class RunLog:
     def finish(self) -> None:
         self.plot_loss()
         if self.mlflow:
-            for name in ("config.json", "metrics.csv", "throughput.csv", "loss.png"):
+            for name in ("config.json", "metrics.csv", "throughput.csv", "loss.png", "train.log"):
                 if (self.folder / name).exists():
                     self._call("log_artifact", str(self.folder / name))
             self._call("end_run")

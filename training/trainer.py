@@ -116,7 +116,7 @@ class Trainer:
         # same order, so a resumed run's train_loss is bit-identical to an uninterrupted one's.
         loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=self.device)
         seen, wait, began = 0, 0.0, time.perf_counter()
-        # disable=None: no bar when stderr is not a terminal (a log gets the line per epoch instead)
+        # off a terminal: a plain line now and then (canonstore._progress), never a redraw per batch
         bar = progress_bar(
             len(self.loader),
             f"epoch {epoch + 1}/{run['epochs']}",
@@ -138,7 +138,7 @@ class Trainer:
             state["step"] += 1
             bar.update()
             if state["batch"] % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / state['batch']:.4f}")
+                bar.set_postfix(loss=f"{loss_sum.item() / state['batch']:.4f}", refresh=False)  # shown at the next draw
             every = run["checkpoint_steps"]
             if every and state["step"] % every == 0 and state["batch"] < len(self.loader):
                 partial = self.context.mean(loss_sum)

@@ -11,6 +11,9 @@ def test_every_key_has_a_meaning_and_nothing_else_does():
 
 def test_readme_carries_the_table_generated_from_the_code():
     readme = (ROOT / "README.md").read_text()
+    header, _, *rows = reference_table().splitlines()
+    three_cells = [row.count(" | ") == 2 and row.startswith("| ") and row.endswith(" |") for row in [header, *rows]]
+    assert all(three_cells)
     assert reference_table() in readme, (
         "README's Training config table is stale: python -m canonstore.training.config_reference"
     )

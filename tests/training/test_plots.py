@@ -1,6 +1,5 @@
 """`canonstore plot`: PNGs of a store and of a forecast file, read back (size, not blank)."""
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -46,4 +45,18 @@ def test_a_forecast_plots_error_maps_and_rmse_by_lead(tiny_store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [f"{stem}-errors.png", f"{stem}-rmse-by-lead.png"]
     for p in (tmp_path / "png").iterdir():
         assert_a_picture(p)
-    assert np.isfinite(plt.imread(tmp_path / "png" / f"{stem}-errors.png")).all()
+
+
+def test_times_are_matched_by_their_labels_also_in_a_360_day_calendar(tmp_path):
+    from canonstore import open_store
+    from canonstore.preprocess import build
+    from canonstore.training.plots import _step
+    from tests.helpers import UNQUOTED, monthly_360_day
+
+    monthly_360_day(tmp_path / "tas.nc")
+    (tmp_path / "hadgem.yaml").write_text(UNQUOTED)
+    store = open_store(build(tmp_path / "hadgem.yaml", tmp_path / "h.zarr", progress=False, log=quiet).path)
+    labels = [str(t) for t in store.time]  # cftime: '2010-03-16 00:00:00'
+    assert _step(store, "2010-03-16T00") == labels.index("2010-03-16 00:00:00")
+    assert _step(store, "2010") == labels.index("2010-01-16 00:00:00")  # a year, not step 2010
+    assert _step(store, "7") == 7

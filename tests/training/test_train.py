@@ -111,7 +111,7 @@ def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
     ]
     # the uninterrupted run in a process of its own too: both sides start as fresh processes alike
     assert subprocess.run(command + ["--runs", str(tmp_path / "whole")], capture_output=True).returncode == 0
-    whole = next((tmp_path / "whole").iterdir())
+    whole = next(p for p in (tmp_path / "whole").iterdir() if (p / "config.json").exists())  # not mlruns/
     runs = tmp_path / "killed"
     job = subprocess.Popen(command + ["--runs", str(runs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = runs / whole.name / "checkpoints" / "last.pt"
