@@ -23,7 +23,7 @@ from canonstore.training.evaluate import score_forecast
 
 MAPS = 4  # channels mapped when none are named
 HISTOGRAM_STEPS = 200  # train steps sampled, evenly, for the histograms (enough for a distribution's shape)
-BLOCK_STEPS = 8  # steps of the forecast's target channels read at a time for its error maps
+BLOCK_BYTES = 256 * 2**20  # the forecast's target channels read at a time for its error maps (float64)
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green", "excluded": "lightgrey"}
 
 
@@ -157,11 +157,12 @@ def plot_forecast(path: str | Path, store, out: str | Path) -> list[Path]:
     if grid is not None:  # maps of the first lead's RMSE; a store without a grid gets RMSE by lead only
         mean, std = store.stats["mean"][aligned.targets], store.stats["std"][aligned.targets]
         squared = np.zeros((len(aligned.names), *store.shape[2:]))
-        for a in range(0, steps.size, BLOCK_STEPS):  # the target channels of a few steps at a time
-            rows = steps[a : a + BLOCK_STEPS]
+        block = int(np.clip(BLOCK_BYTES // squared.nbytes, 1, 64))  # steps at a time, within BLOCK_BYTES
+        for a in range(0, steps.size, block):
+            rows = steps[a : a + block]
             stored = np.stack([np.asarray(store.array[int(s)])[aligned.targets] for s in rows]).astype(np.float64)
             truth = denormalise(stored, mean, std)
-            squared += ((aligned.physical(0, slice(a, a + BLOCK_STEPS)) - truth) ** 2).sum(axis=0)
+            squared += ((aligned.physical(0, slice(a, a + block)) - truth) ** 2).sum(axis=0)
         rmse = np.sqrt(squared / max(1, steps.size))
         fig, axes = _panels(plt, len(aligned.names))
         for c, (ax, channel) in enumerate(zip(axes, aligned.names)):
