@@ -93,6 +93,8 @@ def remove_tree(folder: Path) -> None:
     if folder.is_symlink():  # deleting the link loses nothing; never what it points to
         folder.unlink()
         return
+    if not os.path.isfile(folder / MARKER) or os.path.islink(folder / MARKER):  # every caller marked it first
+        raise StoreError(f"{folder}: not removed: it has no {MARKER} marker (canonstore deletes only what it made)")
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name == MARKER:

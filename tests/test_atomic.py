@@ -48,3 +48,18 @@ def test_the_data_reaches_the_disk_before_the_rename_and_the_rename_after(tmp_pa
     write_file_atomic_with(path, lambda tmp: tmp.write_text("{}"))
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert events[0][1] == f"{path}.tmp-{os.getpid()}" and events[1][1] == str(path) and events[2][1] == str(tmp_path)
+
+
+def test_removing_a_tree_refuses_a_folder_without_our_marker(tmp_path):
+    from canonstore.atomic import mark, remove_tree
+    from canonstore.errors import StoreError
+
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "paper.txt").write_text("a user's file")
+    with pytest.raises(StoreError, match="no .canonstore-staging marker"):
+        remove_tree(theirs)
+    assert (theirs / "paper.txt").read_text() == "a user's file"
+    mark(theirs, "store")  # marked: ours to remove, the marker last
+    remove_tree(theirs)
+    assert not theirs.exists()
