@@ -27,7 +27,6 @@ from canonstore.preprocess.inputs import content, input_records, recorded_attrs,
 from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.metadata import (
     create_data,
-    package_version,
     provenance,
     report_sources,
     store_labels,
@@ -51,6 +50,7 @@ from canonstore.preprocess.staging import (
     written_shards,
 )
 from canonstore.preprocess.write import write_pass
+from canonstore.provenance import package_version
 from canonstore.splits import SPLIT_CODES
 
 

@@ -37,6 +37,13 @@ TINY = {
 }
 
 
+def in_memory_scores(model, loader, store) -> dict:
+    """What validation computes in memory for `model` on `loader`'s samples: what a forecast file must score."""
+    targets = loader.dataset.targets
+    masks = TargetMasks(store, loader.dataset)
+    return score(model, loader, store, area_weights(store, targets, True), masks, reference_climatology(store, targets))
+
+
 @pytest.fixture(scope="module")
 def run(tiny_store, tmp_path_factory):
     return train(load_config(None, TINY), tiny_store, tmp_path_factory.mktemp("runs"), progress=False, log=quiet)
@@ -69,15 +76,7 @@ def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_st
         fc["t850"].values[0, 0], first[i] * store.stats["std"][i] + store.stats["mean"][i], rtol=1e-6
     )
     # scoring the file gives what scoring in memory gives
-    targets = loader.dataset.targets
-    direct = score(
-        model,
-        loader,
-        store,
-        area_weights(store, targets, True),
-        TargetMasks(store, loader.dataset),
-        reference_climatology(store, targets),
-    )
+    direct = in_memory_scores(model, loader, store)
     scored = score_forecast(path, store)["scores"]
     assert scored["samples"] == direct["samples"]
     for key in ("rmse", "mae", "acc", "r2", "rmse_pooled"):
@@ -154,15 +153,7 @@ def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(t
     np.testing.assert_array_equal(fc["valid_time"].values[:, 2], fc["time"].values + np.timedelta64(18, "h"))
     store = open_store(tiny_store)
     _, _, model, loader, _ = load_run(folder, "val")
-    targets = loader.dataset.targets
-    direct = score(
-        model,
-        loader,
-        store,
-        area_weights(store, targets, True),
-        TargetMasks(store, loader.dataset),
-        reference_climatology(store, targets),
-    )
+    direct = in_memory_scores(model, loader, store)
     scored = score_forecast(path, store)["leads"]
     assert sorted(scored) == sorted(direct["leads"]) == [1, 2, 3]
     for lead in (1, 2, 3):
