@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning
 
+from canonstore.errors import StoreError
 from canonstore.formats import Store
 from canonstore.loaders import open_loader
 from canonstore.loaders.prefetch import BatchLoader
@@ -59,7 +60,7 @@ class StoreDataModule(lightning.LightningDataModule):
         trainer = self.trainer  # None outside a Trainer (then: one process, cpu unless `device` says)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         device = self.batch_device or (trainer.strategy.root_device if trainer is not None else "cpu")
-        return open_loader(
+        loader = open_loader(
             self.store,
             split,
             self.batch_size,
@@ -73,6 +74,13 @@ class StoreDataModule(lightning.LightningDataModule):
             patch_size=self.patch_size if train else None,
             **self.threads,
         )
+        if train and len(loader) == 0:  # the partial batch is dropped: Lightning would train nothing, silently
+            n = len(loader.dataset)
+            raise StoreError(
+                f"{loader.dataset.path}: the train split has {n} samples ({n // world} for each of {world} "
+                f"process(es)), fewer than batch_size {self.batch_size}: no full batch, so no training step"
+            )
+        return loader
 
     def train_dataloader(self) -> BatchLoader:
         return self.loader("train")

@@ -66,3 +66,13 @@ def test_each_rank_reads_its_share_from_the_trainers_rank_and_world(tiny_store):
     samples = len(data.loader("val").dataset)
     assert len(shares[0][0]) == len(shares[1][0]) and not set(shares[0][0]) & set(shares[1][0])  # even, apart
     assert np.array_equal(np.sort(np.concatenate([shares[0][1], shares[1][1]])), np.arange(samples))  # val: once
+
+
+def test_a_train_split_smaller_than_a_batch_is_refused_not_trained_on_silently(tiny_store):
+    from canonstore.errors import StoreError
+
+    samples = len(open_dataset(tiny_store, "train"))
+    data = StoreDataModule(tiny_store, batch_size=samples + 1, workers=1)  # drop_last: no full batch
+    with pytest.raises(StoreError, match=f"train split has {samples} samples .* fewer than batch_size {samples + 1}"):
+        data.train_dataloader()
+    assert len(data.val_dataloader()) == 1  # val keeps its partial batch: every sample is scored

@@ -146,6 +146,20 @@ def _histograms(plt, store, train: np.ndarray, units: list[str], path: Path) -> 
     return _save(fig, path)
 
 
+def rmse_maps(aligned, store) -> np.ndarray:
+    """(channel, *space) RMSE of the first lead over every init time, in the store's units, for an
+    `alignment.align_forecast` file (so on the store's grid order, in its units, at the right valid times)."""
+    steps = aligned.truth[:, 0]
+    mean, std = store.stats["mean"][aligned.targets], store.stats["std"][aligned.targets]
+    squared = np.zeros((len(aligned.names), *store.shape[2:]))
+    block = int(np.clip(BLOCK_BYTES // squared.nbytes, 1, 64))  # steps at a time, within BLOCK_BYTES
+    for a in range(0, steps.size, block):
+        stored = np.stack([np.asarray(store.array[int(s)])[aligned.targets] for s in steps[a : a + block]])
+        truth = denormalise(stored.astype(np.float64), mean, std)
+        squared += ((aligned.physical(0, slice(a, a + block)) - truth) ** 2).sum(axis=0)
+    return np.sqrt(squared / max(1, steps.size))
+
+
 def plot_forecast(path: str | Path, store, out: str | Path) -> list[Path]:
     """RMSE maps per channel at the first lead (over every init time), and RMSE by lead per channel, in the
     store's units; the file is matched to the store by values as `canonstore score` does. Returns the PNGs."""
@@ -155,15 +169,7 @@ def plot_forecast(path: str | Path, store, out: str | Path) -> list[Path]:
     stem = f"{aligned.path.parent.name}-{aligned.path.stem}"
     grid, steps, written = _grid(store), aligned.truth[:, 0], []
     if grid is not None:  # maps of the first lead's RMSE; a store without a grid gets RMSE by lead only
-        mean, std = store.stats["mean"][aligned.targets], store.stats["std"][aligned.targets]
-        squared = np.zeros((len(aligned.names), *store.shape[2:]))
-        block = int(np.clip(BLOCK_BYTES // squared.nbytes, 1, 64))  # steps at a time, within BLOCK_BYTES
-        for a in range(0, steps.size, block):
-            rows = steps[a : a + block]
-            stored = np.stack([np.asarray(store.array[int(s)])[aligned.targets] for s in rows]).astype(np.float64)
-            truth = denormalise(stored, mean, std)
-            squared += ((aligned.physical(0, slice(a, a + block)) - truth) ** 2).sum(axis=0)
-        rmse = np.sqrt(squared / max(1, steps.size))
+        rmse = rmse_maps(aligned, store)
         fig, axes = _panels(plt, len(aligned.names))
         for c, (ax, channel) in enumerate(zip(axes, aligned.names)):
             _map(ax, fig, grid, rmse[c], f"{channel} RMSE [{aligned.units[c]}]", cmap="magma")
