@@ -87,3 +87,25 @@ def longitude_is_periodic(coord, space_dims: tuple[str, ...]) -> bool:
         ):
             return True
     return False
+
+
+def latitude_cell_areas(latitude: np.ndarray) -> np.ndarray:
+    """Each row's share of the sphere, sin(upper edge) - sin(lower edge), as WeatherBench 2 weighs grid cells.
+
+    Edges are midway between rows; the outer edges are the poles on a grid that reaches within one row
+    spacing of them (WB2's `_latitude_cell_bounds`, so a global grid gets WB2's weights exactly), else half a
+    spacing beyond the outer rows (a regional grid's edge rows are not stretched to the poles). Rows in any
+    order (north to south included); weights come back in the rows' order. One row: cos(latitude).
+    """
+    lat = np.asarray(latitude, dtype=np.float64)
+    if lat.size < 2:
+        return np.cos(np.deg2rad(lat))
+    order = np.argsort(lat)
+    x = np.deg2rad(lat[order])
+    low, high = x[0] - (x[1] - x[0]) / 2, x[-1] + (x[-1] - x[-2]) / 2
+    low = -np.pi / 2 if x[0] - (x[1] - x[0]) <= -np.pi / 2 else max(low, -np.pi / 2)
+    high = np.pi / 2 if x[-1] + (x[-1] - x[-2]) >= np.pi / 2 else min(high, np.pi / 2)
+    edges = np.concatenate([[low], (x[:-1] + x[1:]) / 2, [high]])
+    areas = np.empty_like(x)
+    areas[order] = np.sin(edges[1:]) - np.sin(edges[:-1])
+    return areas

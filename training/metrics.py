@@ -2,16 +2,19 @@
 
 Errors are summed in normalised units, in float64, and scaled back by each channel's train std:
 de-normalising is `x * std + mean`, so the mean cancels in any error and `error * std` is the error
-in the channel's own units. Every sum is weighted by cos(latitude) (the store records which
-coordinate is latitude) times 0/1 validity: the store's constant `mask`, and per sample the
-`<channel>_valid` channel of targets whose NaNs were filled.
+in the channel's own units. Every sum is weighted by each cell's area (WeatherBench 2's normalised cell
+areas, `formats.coords.latitude_cell_areas`; the store records which coordinate is latitude) times 0/1
+validity: the store's constant `mask`, and per sample the `<channel>_valid` channel of targets whose NaNs
+were filled.
 
-Per channel:
-- pooled over samples and space: `mae`, `rmse_pooled` (sqrt of the mean squared error over all
-  samples), `r2` (1 - MSE / variance of the target over the scored set), `bias` (mean error);
-- WeatherBench 2's conventions, per forecast time then averaged over time: `rmse` (the area-weighted
-  RMSE of each sample's field, averaged over samples) and `acc` (anomaly correlation against the
-  train climatology: sum(w f' o') / sqrt(sum(w f'^2) sum(w o'^2)) per sample, uncentred, averaged).
+Per channel, as WeatherBench 2 defines them (https://github.com/google-research/weatherbench2,
+`metrics.py`): each forecast time's area-weighted mean first, then the mean over times:
+- `rmse`: the square root of the time-mean of each time's MSE (WB2's RMSE: MSE averaged, then the root);
+- `rmse_sqrt_before_time_avg`: the mean over times of each time's RMSE (WB2's RMSESqrtBeforeTimeAvg);
+- `mae`, `bias`: the time-mean of each time's mean absolute error and mean error (forecast - truth);
+- `acc`: anomaly correlation against the train climatology at the valid time (`training.climatology`):
+  sum(w f' o') / sqrt(sum(w f'^2) sum(w o'^2)) per time, uncentred, averaged over times;
+- `r2`: 1 - MSE / variance of the target, pooled over the scored set.
 "overall" averages channels in normalised units (each counts the same): errors in train stds.
 """
 
@@ -20,28 +23,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from canonstore.formats.coords import latitude_field
+from canonstore.formats.coords import latitude_cell_areas, latitude_field
 from canonstore.formats.spec import mask_channel_of, normalisation_scale
 
 # A forecast anomaly this small against the truth's is the climatology itself, up to float32 rounding (a
 # forecast file's values): its ACC would correlate rounding errors, so it is undefined, as for exact zeros.
 ANOMALY_FLOOR = 1e-4
-_SUMS = ("weight", "abs_err", "sq_err", "err", "target", "target_sq", "rmse_t", "acc_t", "acc_n", "times")
+_SUMS = ("weight", "sq_err", "target", "target_sq", "mse_t", "abs_t", "err_t", "rmse_t", "acc_t", "acc_n", "times")
 
 
 def lat_weighting(store) -> tuple[np.ndarray | None, str]:
-    """(cos-latitude of every grid cell, or None; what weighting that is, in words).
+    """(the relative area of every grid cell, or None; what weighting that is, in words).
 
-    Only a 2-D grid has cells with an area; samples on one dimension (stations, `location`) get no
-    area weighting even when they carry a latitude, and the words say so.
+    A 1-D latitude gets WeatherBench 2's cell areas (`latitude_cell_areas`); a 2-D (curvilinear) one,
+    whose cell edges the store does not record, cos(latitude). Only a 2-D grid has cells with an area;
+    samples on one dimension (stations, `location`) get no area weighting even when they carry a
+    latitude, and the words say so.
     """
     space, dims = store.shape[2:], store.dims[2:]
     if store.latitude is None:
         return None, f"none: the store records no latitude coordinate (dims {dims})"
     if len(space) != 2:
         return None, f"none: the samples are points along {dims}, not grid cells with an area"
-    lat = latitude_field(store.to_xarray()[store.latitude], dims, space)
-    return np.clip(np.cos(np.deg2rad(lat)), 0, None), f"cos({store.latitude})"
+    coord = store.to_xarray()[store.latitude]
+    if coord.ndim == 1 and coord.dims[0] in dims:
+        return latitude_field(coord.copy(data=latitude_cell_areas(coord.values)), dims, space), (
+            f"cell area from {store.latitude} (WeatherBench 2)"
+        )
+    lat = latitude_field(coord, dims, space)
+    return np.clip(np.cos(np.deg2rad(lat)), 0, None), f"cos({store.latitude}): a 2-D grid records no cell edges"
 
 
 def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch.Tensor:
@@ -137,7 +147,7 @@ class Scores:
         space = list(range(2, target.ndim))
         per_time = w.sum(space)  # (batch, channel)
         has = per_time > 0
-        rmse_t = torch.sqrt((w * error**2).sum(space) / per_time.clamp_min(1e-300))
+        mse_t = (w * error**2).sum(space) / per_time.clamp_min(1e-300)  # each time's area-weighted mean
         acc_t = torch.zeros_like(per_time)
         acc_n = torch.zeros_like(per_time)
         if climatology is not None:
@@ -150,12 +160,13 @@ class Scores:
         self.sums += torch.stack(
             [
                 w.sum([0] + space),
-                (w * error.abs()).sum([0] + space),
                 (w * error**2).sum([0] + space),
-                (w * error).sum([0] + space),
                 (w * target).sum([0] + space),
                 (w * target**2).sum([0] + space),
-                torch.where(has, rmse_t, 0).sum(0),
+                torch.where(has, mse_t, 0).sum(0),
+                torch.where(has, (w * error.abs()).sum(space) / per_time.clamp_min(1e-300), 0).sum(0),
+                torch.where(has, (w * error).sum(space) / per_time.clamp_min(1e-300), 0).sum(0),
+                torch.where(has, torch.sqrt(mse_t), 0).sum(0),
                 acc_t.sum(0),
                 acc_n.sum(0),
                 has.double().sum(0),
@@ -179,34 +190,37 @@ class Scores:
         self.samples = int(samples.item())
 
     def result(self, names: list[str], scale: np.ndarray, units: list[str]) -> dict:
-        """{"loss", "samples", "overall": {...}, "channels": {name: {mae, rmse_pooled, r2, bias, rmse, acc, units}}}.
+        """{"loss", "samples", "overall": {...}, "channels": {name: {rmse, rmse_sqrt_before_time_avg, mae, bias,
+        acc, r2, units}}}.
 
         `scale`: each channel's normalisation divisor (its train std), to turn errors into its `units`.
         """
         s = dict(zip(_SUMS, self.sums.cpu().numpy()))
         with np.errstate(invalid="ignore", divide="ignore"):
             weight = np.where(s["weight"] > 0, s["weight"], np.nan)
-            mae, mse, bias = s["abs_err"] / weight, s["sq_err"] / weight, s["err"] / weight
+            mse = s["sq_err"] / weight  # pooled: the training loss and R²
             variance = s["target_sq"] / weight - (s["target"] / weight) ** 2
-            rmse_t = s["rmse_t"] / np.where(s["times"] > 0, s["times"], np.nan)
+            times = np.where(s["times"] > 0, s["times"], np.nan)
+            rmse, mae, bias = np.sqrt(s["mse_t"] / times), s["abs_t"] / times, s["err_t"] / times
+            rmse_before = s["rmse_t"] / times
             acc = s["acc_t"] / np.where(s["acc_n"] > 0, s["acc_n"], np.nan)
         channels = {
             name: {
+                "rmse": float(rmse[c] * scale[c]),
+                "rmse_sqrt_before_time_avg": float(rmse_before[c] * scale[c]),
                 "mae": float(mae[c] * scale[c]),
-                "rmse_pooled": float(np.sqrt(mse[c]) * scale[c]),
-                "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
                 "bias": float(bias[c] * scale[c]),
-                "rmse": float(rmse_t[c] * scale[c]),
                 "acc": float(acc[c]),
+                "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
                 "units": units[c],
             }
             for c, name in enumerate(names)
         }
         overall = {
+            "rmse": float(np.nanmean(rmse)),
+            "rmse_sqrt_before_time_avg": float(np.nanmean(rmse_before)),
             "mae": float(np.nanmean(mae)),
-            "rmse_pooled": float(np.sqrt(np.nanmean(mse))),
             "r2": float(1 - np.nansum(mse) / np.nansum(variance)),
-            "rmse": float(np.nanmean(rmse_t)),
             "acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
             "units": "train std",
         }

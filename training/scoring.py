@@ -53,7 +53,7 @@ def score(
 ) -> dict:
     """Scores of `model` on every sample of `loader` (in order): see training.metrics and `lead_scores`.
 
-    `masks` weighs filled points 0, `climatology` (a fitted Climatology) is the ACC's reference, and
+    `masks` weighs filled points 0, `climatology` (`climatology.acc_reference`) is the ACC's reference, and
     `distributed` sums the scores of all processes, each of which scored its own share of the split.
     """
     model.eval()
@@ -61,13 +61,13 @@ def score(
     loader.set_epoch(0)
     steps = dataset.times[loader.sampler.positions().numpy()]
     basis = valid_basis(store, steps, dataset.leads, model) if getattr(model, "needs_time", False) else None
-    reference = None if climatology is None else valid_basis(store, steps, dataset.leads, climatology)
+    valid_times = store.time[steps[:, None] + np.asarray(dataset.leads)[None, :]]  # (sample, lead)
     scores, start = Scores(weights.repeat(len(dataset.leads), *[1] * (weights.ndim - 1))), 0
     for x, y in loader:
         rows = slice(start, start + x.shape[0])
         y, valid = masks.split(y) if masks is not None else (y, None)
         b = None if basis is None else basis[rows].to(x.device)
-        clim = None if climatology is None else climatology(x, reference[rows].to(x.device))
+        clim = None if climatology is None else climatology.fields(valid_times[rows]).to(x.device)
         scores.update(forecast(model, to_layout(x), b, steps[rows]).float(), y, valid, clim)
         start += x.shape[0]
     if distributed:

@@ -22,8 +22,8 @@ import torch
 
 from canonstore.errors import ConfigError, StoreError
 from canonstore.formats import open_store
-from canonstore.training.baselines import reference_climatology
 from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
+from canonstore.training.climatology import acc_reference
 from canonstore.training.config import TRAINED
 from canonstore.training.data import make_loader, pick_device
 from canonstore.training.distributed import DistributedContext
@@ -76,7 +76,7 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         start_from(model, run["init"], log if context.main else (lambda *_: None))
     weights = area_weights(store, train_loader.dataset.targets, run["lat_weighted"]).to(device)
     masks = TargetMasks(store, train_loader.dataset)
-    climatology = reference_climatology(store, train_loader.dataset.targets).to(device)
+    climatology = acc_reference(store, train_loader.dataset.targets)  # the ACC's, WB2's day x hour means
     runlog = RunLog(folder, folder.name, run, log) if context.main else None
     if runlog:
         for warning in run["warnings"]:
@@ -161,11 +161,8 @@ def fit_baseline(
 ) -> None:
     """Persistence needs nothing; climatology is fitted on the train split. Both are scored like a trained model."""
     if hasattr(model, "fit"):
-        if (model.annual, model.diurnal) == (climatology.annual, climatology.diurnal):
-            model.coef.copy_(climatology.coef)  # the ACC's reference is this very fit: no second pass
-        else:
-            targets = val_loader.dataset.targets
-            model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
+        targets = val_loader.dataset.targets
+        model.fit(store.array, store.split_indices("train"), store.time, targets, validity(store, targets))
     val = score(model, val_loader, store, weights, masks, climatology, context.world > 1)
     if runlog is None:
         return

@@ -215,7 +215,7 @@ class Trainer:
         self.save("last.pt", finished=finished)
 
 
-SCORE_COLUMNS = ("mae", "rmse", "rmse_pooled", "r2", "acc")
+SCORE_COLUMNS = ("rmse", "rmse_sqrt_before_time_avg", "mae", "r2", "acc")
 
 
 def epoch_scores(train_loss: float | None, val: dict) -> dict:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from canonstore.formats.coords import find_axis, latitude_field, longitude_is_periodic
+from canonstore.formats.coords import find_axis, latitude_cell_areas, latitude_field, longitude_is_periodic
 
 
 def coord(dims, values, **attrs):
@@ -64,3 +64,29 @@ def test_a_longitude_not_along_the_last_grid_dim_or_2d_is_not_periodic():
     assert not longitude_is_periodic(coord("lon", ring), ("lon", "lat"))  # the grid's first dim
     assert not longitude_is_periodic(xr.DataArray(np.tile(ring, (3, 1)), dims=("y", "x")), ("y", "x"))  # 2-D
     assert not longitude_is_periodic(None, ("lat", "lon"))
+
+
+def _wb2_cell_areas(lat):
+    """WeatherBench 2's _cell_area_from_latitude (metrics.py): edges midway and at the poles, increasing rows."""
+    x = np.deg2rad(lat)
+    bounds = np.concatenate([[-np.pi / 2], (x[:-1] + x[1:]) / 2, [np.pi / 2]])
+    return np.sin(bounds[1:]) - np.sin(bounds[:-1])
+
+
+@pytest.mark.parametrize(
+    "lat",
+    [np.linspace(-90, 90, 32), np.arange(-88.59375, 90, 2.8125), np.linspace(-87.86, 87.86, 64)],
+    ids=["with-poles-64x32", "without-poles-5.625", "gaussian-like"],
+)
+def test_global_grids_get_weatherbench2s_cell_areas_in_either_order(lat):
+    assert np.allclose(latitude_cell_areas(lat), _wb2_cell_areas(lat), rtol=1e-12)
+    assert np.allclose(latitude_cell_areas(lat[::-1]), _wb2_cell_areas(lat)[::-1], rtol=1e-12)  # north to south
+    assert latitude_cell_areas(lat).sum() == pytest.approx(2.0)  # the whole sphere, from pole to pole
+
+
+def test_a_regional_grid_is_not_stretched_to_the_poles():
+    lat = np.arange(40.0, 55.0, 1.0)
+    areas = latitude_cell_areas(lat)
+    expected = np.sin(np.deg2rad(lat + 0.5)) - np.sin(np.deg2rad(lat - 0.5))  # each row half a degree either side
+    assert np.allclose(areas, expected, rtol=1e-12)
+    assert areas[0] / areas[1] == pytest.approx(np.cos(np.deg2rad(40)) / np.cos(np.deg2rad(41)), rel=1e-3)
