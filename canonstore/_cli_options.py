@@ -57,8 +57,17 @@ def config_of(config_path, model, overrides):
 
 
 def forecast_options(fn):
-    """--split and --steps: which samples a run forecasts, and how many steps it rolls out; --quiet: no progress."""
+    """--split and --steps: which samples a run forecasts, and how many steps it rolls out; --format: Zarr or NetCDF;
+    --quiet: no progress."""
     fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
+    fn = click.option(
+        "--format",
+        "file_format",
+        type=click.Choice(["zarr", "netcdf"]),
+        default="zarr",
+        show_default=True,
+        help="The forecast file's format (WeatherBench 2's layout either way).",
+    )(fn)
     fn = click.option(
         "--steps",
         type=click.IntRange(min=1),

@@ -186,7 +186,7 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
     help="Where scores/<run-name>.json goes.",
 )
 @forecast_options
-def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps, quiet):
+def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, split, steps, file_format, quiet):
     """Forecast and score a run's best checkpoint on SPLIT, in physical units, into scores/<run-name>.json."""
     from canonstore.training import evaluate as evaluate_run
 
@@ -197,6 +197,7 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
             split=split,
             steps=steps,
             progress=not quiet,
+            file_format=file_format,
         ),
         debug,
     )
@@ -213,7 +214,7 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
     help="Where forecasts/<run-name>/<split>.zarr goes.",
 )
 @forecast_options
-def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps, quiet):
+def forecast(config_path, model, store, overrides, runs, debug, folder, forecasts, split, steps, file_format, quiet):
     """Write a run's best-checkpoint predictions of SPLIT to forecasts/<run-name>/<split>.zarr (physical units)."""
     from canonstore.training.forecasts import write_forecast
 
@@ -225,13 +226,14 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
             log=click.echo,
             steps=steps,
             progress=not quiet,
+            file_format=file_format,
         ),
         debug,
     )
 
 
 @main.command()
-@click.argument("forecast_file", type=click.Path(exists=True, file_okay=False))
+@click.argument("forecast_file", type=click.Path(exists=True))
 @click.option(
     "--store",
     type=click.Path(exists=True, file_okay=False),
@@ -240,13 +242,35 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
 )
 @click.option("--out", type=click.Path(dir_okay=False), help="Scores JSON (default scores/<forecast>.json).")
 @click.option("--lat-weighted/--no-lat-weighted", default=None, help="Default: the file's own setting, else on.")
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="FILE_VAR=STORE_VAR",
+    help="A file variable that is a store variable by another name (repeatable), beyond the built-in table.",
+)
+@click.option(
+    "--acc-reference",
+    type=click.Choice(["window", "harmonic"]),
+    default="window",
+    show_default=True,
+    help="The ACC's climatology: WeatherBench 2's day x hour means (window) or the harmonic fit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def score(forecast_file, store, out, lat_weighted, quiet, debug):
-    """Score FORECAST_FILE (any project's: one variable per channel, dims time, lead, *space) against STORE."""
+def score(forecast_file, store, out, lat_weighted, renames, acc_reference, quiet, debug):
+    """Score FORECAST_FILE (WeatherBench 2's layout, or one variable per channel; Zarr or NetCDF) against STORE."""
     from canonstore.training.evaluate import score_to_file
 
-    _run(lambda: score_to_file(forecast_file, store, out, lat_weighted, log=click.echo, progress=not quiet), debug)
+    pairs = dict(pair.split("=", 1) for pair in renames if "=" in pair)
+    if len(pairs) != len(renames):
+        raise click.BadParameter("expected FILE_VAR=STORE_VAR", param_hint="--rename")
+    _run(
+        lambda: score_to_file(
+            forecast_file, store, out, lat_weighted, click.echo, not quiet, reference=acc_reference, rename=pairs
+        ),
+        debug,
+    )
 
 
 @main.command()

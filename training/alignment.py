@@ -19,6 +19,7 @@ import xarray as xr
 
 from canonstore.errors import RunError
 from canonstore.training.valid_times import truth_steps
+from canonstore.training.wb2_layout import to_channels
 from canonstore.units import conversion, is_unknown
 
 
@@ -35,6 +36,7 @@ class AlignedForecast:
     conversions: list[tuple[float, float]]  # (factor, offset): the file's units -> the store's
     truth: np.ndarray  # (init time, lead) -> the store step that forecast is of
     steps_ahead: np.ndarray  # each lead, in store steps
+    not_scored: tuple[str, ...] = ()  # the file's variables (`name@level`) that are no store channel
 
     def physical(self, lead: int, rows: slice) -> np.ndarray:
         """(time, channel, *space) float64: the forecasts of init times `rows` at the `lead`-th lead, in the
@@ -53,26 +55,25 @@ def open_forecast(path: Path) -> xr.Dataset:
     if not path.exists():
         raise RunError(f"{path}: no such forecast file")
     try:
+        if path.is_file():  # NetCDF (`--format netcdf`, or any project's)
+            return xr.open_dataset(path, chunks=None)
         return xr.open_zarr(path, consolidated=None, chunks=None)
-    except (ValueError, KeyError, OSError) as exc:  # zarr says why in its own words
-        raise RunError(f"{path}: not a forecast file xarray can open as Zarr ({exc})") from exc
+    except (ValueError, KeyError, OSError) as exc:  # zarr and netCDF4 say why in their own words
+        raise RunError(f"{path}: not a forecast file xarray can open as Zarr or NetCDF ({exc})") from exc
 
 
-def align_forecast(path: str | Path, store) -> AlignedForecast:
-    """The file at `path` matched to `store` (a Store): grid, units and valid times by values, never by position."""
+def align_forecast(path: str | Path, store, rename: dict[str, str] | None = None) -> AlignedForecast:
+    """The file at `path` matched to `store` (a Store): variables and levels to channels (`wb2_layout.to_channels`,
+    `rename`: {file variable: store variable}), grid, units and valid times by values, never by position."""
     path = Path(path)
-    fc = open_forecast(path)
-    names = list(map(str, fc.data_vars))
-    unknown = [n for n in names if n not in store.channels]
-    if unknown:
-        raise RunError(f"{path}: variable(s) {unknown} are not channels of {store.path} ({store.channels})")
-    names.sort(key=store.channels.index)  # the store's channel order (Zarr lists arrays alphabetically)
+    fc, not_scored = to_channels(open_forecast(path), store, path, rename)
+    names = sorted(map(str, fc.data_vars), key=store.channels.index)  # the store's order, not the file's
     fc = onto_grid(fc, store, names, path)
     truth, steps_ahead = truth_steps(fc, store, path)
     targets = np.array([store.channels.index(n) for n in names])
     units = [str(u) for u in store.to_xarray()["channel_units"].values[targets]]
     conversions = [units_of(fc[n], u, n, path) for n, u in zip(names, units)]
-    return AlignedForecast(path, fc, names, targets, units, conversions, truth, steps_ahead)
+    return AlignedForecast(path, fc, names, targets, units, conversions, truth, steps_ahead, tuple(not_scored))
 
 
 TOLERANCE = 1e-3  # coordinate values closer than this are the same point (WeatherBench 2's choice, degrees)

@@ -21,8 +21,8 @@ from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_up
 from canonstore.training.alignment import align_forecast, check_plausible
-from canonstore.training.baselines import describe_climatology, reference_climatology, time_basis
 from canonstore.training.checkpoint import load_checkpoint
+from canonstore.training.climatology import acc_reference
 from canonstore.training.forecasts import BATCH, other_steps, write_forecast
 from canonstore.training.metrics import Scores, area_weights, validity
 from canonstore.training.scoring import rmse_by_lead
@@ -39,6 +39,7 @@ def evaluate(
     log=print,
     steps: int | None = None,
     progress: bool = False,
+    file_format: str = "zarr",
 ) -> Path:
     """Forecast + score: write run `folder`'s `checkpoint` forecasts of `split` to
     forecasts/<run-name>/<split>.zarr, score that file, and write scores/<run-name>.json (test) or
@@ -51,7 +52,7 @@ def evaluate(
     folder = Path(folder)
     run = read_config(folder)
     store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
-    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log=log, steps=steps, progress=progress)
+    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log, steps, progress, file_format)
     scored = score_forecast(path, store, run["lat_weighted"], progress)
     saved = load_checkpoint(folder / "checkpoints" / f"{checkpoint}.pt", torch.device("cpu"))
     suffix = ("" if split == "test" else f"-{split}") + (f"-steps{steps}" if other_steps(run, steps) else "")
@@ -92,11 +93,15 @@ def score_to_file(
     lat_weighted: bool | None = None,
     log=print,
     progress: bool = False,
+    reference: str = "window",
+    rename: dict[str, str] | None = None,
 ) -> Path:
     """Score the forecast file at `forecast_file` against `store` (`score_forecast`) into the scores JSON `out`
     (default scores/<folder>-<file>-scored.json); returns its path."""
     path = Path(forecast_file)
-    scored = score_forecast(path, store, lat_weighted, progress)
+    scored = score_forecast(path, store, lat_weighted, progress, reference, rename)
+    if scored["not_scored"]:
+        log(f"not scored (no channel of the store): {', '.join(scored['not_scored'])}")
     target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, {"forecast": str(path), "store": str(getattr(store, "path", store)), **_scores_record(scored)})
@@ -114,10 +119,18 @@ def _scores_record(scored: dict) -> dict:
         "scores": scored["scores"],
         "leads": {str(k): v for k, v in scored["leads"].items()},
         "acc_climatology": scored["climatology"],
+        "not_scored": scored["not_scored"],
     }
 
 
-def score_forecast(path: str | Path, store, lat_weighted: bool | None = None, progress: bool = False) -> dict:
+def score_forecast(
+    path: str | Path,
+    store,
+    lat_weighted: bool | None = None,
+    progress: bool = False,
+    reference: str = "window",
+    rename: dict[str, str] | None = None,
+) -> dict:
     """Scores of the forecast file at `path` against `store` (a path or Store): see `training.metrics`.
 
     Returns {"leads": {lead: scores}, "scores": the first lead's scores, "climatology": the ACC's
@@ -126,15 +139,18 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None, pr
     the truth), next to the reconstructed field's. Each variable must be a store channel; the file is
     matched to the store by values (`training.alignment`: grid, units, valid times), never by position.
     `lat_weighted` defaults to the file's `lat_weighted` attribute (written by `write_forecast`), else True.
+    `reference`: the ACC's climatology (`climatology.acc_reference`: `window`, WB2's, or `harmonic`); `rename`:
+    {file variable: store variable} beyond `canonstore.names`' table. "not_scored" lists the file's variables
+    (`name@level`) that are no store channel.
     """
     store = open_store(store) if isinstance(store, (str, Path)) else store
-    aligned = align_forecast(path, store)
+    aligned = align_forecast(path, store, rename)
     path, fc, names, targets, units = aligned.path, aligned.fc, aligned.names, aligned.targets, aligned.units
     truth, steps_ahead = aligned.truth, aligned.steps_ahead
     if lat_weighted is None:
         lat_weighted = bool(fc.attrs.get("lat_weighted", 1))
     weights = area_weights(store, targets, lat_weighted)
-    climatology = reference_climatology(store, targets)
+    climatology = acc_reference(store, targets, reference)
     masks = validity(store, targets)
     mean = store.stats["mean"][targets]
     scale = normalisation_scale(store.stats["std"])[targets]
@@ -158,17 +174,19 @@ def score_forecast(path: str | Path, store, lat_weighted: bool | None = None, pr
                 )
                 valid = _validity(stored, masks)
                 bar.update(rows.size)
-                basis = torch.from_numpy(time_basis(store.time[rows], climatology.annual, climatology.diurnal))
-                with torch.inference_mode():
-                    clim = climatology(y, basis)
-                scores.update(prediction, y, valid, clim)
+                scores.update(prediction, y, valid, climatology.fields(store.time[rows]))
                 if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
                     coarse = coarse_up(y.double(), tuple(fc.attrs["coarse_factor"]), periodic=store.longitude_periodic)
                     residual.update(prediction.double() - coarse, y.double() - coarse, valid, torch.zeros_like(coarse))
             leads[int(lead)] = scores.result(names, scale, units)
             if residual is not None:
                 leads[int(lead)]["residual"] = residual.result(names, scale, units)
-    return {"leads": leads, "scores": leads[int(steps_ahead[0])], "climatology": describe_climatology(climatology)}
+    return {
+        "leads": leads,
+        "scores": leads[int(steps_ahead[0])],
+        "climatology": climatology.describe(),
+        "not_scored": list(aligned.not_scored),
+    }
 
 
 def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ from canonstore.errors import CanonstoreError, ConfigError, RunError
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training import evaluate, load_config, train
-from canonstore.training.baselines import reference_climatology
+from canonstore.training.climatology import acc_reference
 from canonstore.training.evaluate import score_forecast
 from canonstore.training.forecasts import forecast_path, write_forecast
 from canonstore.training.metrics import TargetMasks, area_weights
@@ -41,7 +41,7 @@ def in_memory_scores(model, loader, store) -> dict:
     """What validation computes in memory for `model` on `loader`'s samples: what a forecast file must score."""
     targets = loader.dataset.targets
     masks = TargetMasks(store, loader.dataset)
-    return score(model, loader, store, area_weights(store, targets, True), masks, reference_climatology(store, targets))
+    return score(model, loader, store, area_weights(store, targets, True), masks, acc_reference(store, targets))
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,16 @@ def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_st
     assert path == forecast_path(run.name, "test", tmp_path / "forecasts")
     store = open_store(tiny_store)
     fc = xr.open_zarr(path)
-    assert sorted(fc.data_vars) == sorted(store.channels) and fc["z500"].dims == (
-        "time",
-        "lead",
-        "latitude",
-        "longitude",
-    )
-    assert fc["z500"].attrs["units"] == "m**2 s**-2" and fc.attrs["run"] == run.name
+    # WeatherBench 2's layout: variables as in the sources, levels along `level`, latitude increasing
+    assert sorted(fc.data_vars) == ["msl", "q", "t", "t2m", "u", "v", "z"]
+    assert fc["z"].dims == ("time", "prediction_timedelta", "level", "latitude", "longitude")
+    assert fc["t2m"].dims == ("time", "prediction_timedelta", "latitude", "longitude")
+    assert fc["prediction_timedelta"].values.tolist() == [np.timedelta64(6, "h").astype("timedelta64[ns]")]
+    assert fc["level"].values.tolist() == [250.0, 500.0, 850.0] and fc["level"].attrs["units"] == "hPa"
+    assert fc["z"].attrs["units"] == "m**2 s**-2" and fc.attrs["run"] == run.name
     np.testing.assert_array_equal(fc["valid_time"].values[:, 0], fc["time"].values + np.timedelta64(6, "h"))
-    np.testing.assert_array_equal(fc["latitude"].values, store.to_xarray()["latitude"].values)
+    np.testing.assert_array_equal(fc["latitude"].values, store.to_xarray()["latitude"].values[::-1])
+    assert np.all(np.diff(fc["latitude"].values) > 0)
     # the file holds the model's output in physical units
     cfg, _, model, loader, _ = load_run(run, "test")
     x, y = next(iter(loader))
@@ -73,13 +74,13 @@ def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_st
         first = model(x[:1]).double().numpy()[0]
     i = store.channels.index("t850")
     np.testing.assert_allclose(
-        fc["t850"].values[0, 0], first[i] * store.stats["std"][i] + store.stats["mean"][i], rtol=1e-6
+        fc["t"].sel(level=850).values[0, 0], first[i, ::-1] * store.stats["std"][i] + store.stats["mean"][i], rtol=1e-6
     )
     # scoring the file gives what scoring in memory gives
     direct = in_memory_scores(model, loader, store)
     scored = score_forecast(path, store)["scores"]
     assert scored["samples"] == direct["samples"]
-    for key in ("rmse", "mae", "acc", "r2", "rmse_pooled"):
+    for key in ("rmse", "mae", "acc", "r2", "rmse_sqrt_before_time_avg"):
         assert scored["overall"][key] == pytest.approx(direct["overall"][key], rel=1e-5), key
         assert scored["channels"]["z500"][key] == pytest.approx(direct["channels"]["z500"][key], rel=1e-5), key
 
@@ -101,9 +102,9 @@ def test_evaluate_is_forecast_plus_score_and_another_project_file_scores_the_sam
         coords={
             "time": fc["time"].values,
             "lead": [1],
-            "valid_time": fc["valid_time"],
-            "latitude": fc["latitude"],
-            "longitude": fc["longitude"],
+            "valid_time": (("time", "lead"), fc["valid_time"].values),
+            "latitude": store.to_xarray()["latitude"].values,  # the store's order (north to south)
+            "longitude": store.to_xarray()["longitude"].values,
         },
     )
     theirs.to_zarr(tmp_path / "persistence.zarr")
@@ -140,7 +141,7 @@ def test_a_forecast_of_other_times_or_channels_is_refused(tiny_store, tmp_path):
         {"sst": (dims, zeros)},
         coords={"time": store.time[:2], "lead": [1], "valid_time": (("time", "lead"), store.time[:2, None])},
     ).to_zarr(tmp_path / "sst.zarr")
-    with pytest.raises(RunError, match=r"variable\(s\) \['sst'\] are not channels"):
+    with pytest.raises(RunError, match=r"none of its variables \['sst'\] is a channel"):
         score_forecast(tmp_path / "sst.zarr", store)
 
 
@@ -149,7 +150,8 @@ def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(t
     folder = train(config, tiny_store, tmp_path / "runs", progress=False, log=quiet)
     path = write_forecast(folder, "val", out_dir=tmp_path / "forecasts", log=quiet)
     fc = xr.open_zarr(path)
-    assert fc["lead"].values.tolist() == [1, 2, 3] and fc.attrs["rollout"] == 3
+    hours = (fc["prediction_timedelta"].values / np.timedelta64(1, "h")).tolist()
+    assert hours == [6, 12, 18] and fc.attrs["rollout"] == 3
     np.testing.assert_array_equal(fc["valid_time"].values[:, 2], fc["time"].values + np.timedelta64(18, "h"))
     store = open_store(tiny_store)
     _, _, model, loader, _ = load_run(folder, "val")
@@ -169,11 +171,10 @@ def test_a_one_step_run_forecasts_k_steps_autoregressively(run, tiny_store, tmp_
     assert saved["forecast"] == str(forecast_path(run.name, "test", tmp_path / "forecasts", steps=3))
     assert list(saved["leads"]) == ["1", "2", "3"]
     rolled, single = xr.open_zarr(saved["forecast"]), xr.open_zarr(one)
-    assert rolled["lead"].values.tolist() == [1, 2, 3] and rolled.sizes["time"] == single.sizes["time"] - 2
+    assert rolled.sizes["prediction_timedelta"] == 3 and rolled.sizes["time"] == single.sizes["time"] - 2
     # its first step is the one-step forecast from the same initial time
-    np.testing.assert_allclose(
-        rolled["z500"].isel(lead=0).values, single["z500"].sel(time=rolled["time"]).isel(lead=0).values, rtol=1e-6
-    )
+    first, one_step = (f["z"].sel(level=500).isel(prediction_timedelta=0) for f in (rolled, single))
+    np.testing.assert_allclose(first.values, one_step.sel(time=rolled["time"]).values, rtol=1e-6)
     persistence = train(
         load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False, log=quiet
     )
@@ -434,8 +435,8 @@ def test_acc_on_a_store_shorter_than_a_year_is_against_the_climatology_it_suppor
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert abs(saved["scores"]["channels"]["t2m"]["acc"]) < 0.3  # it was 0.98 against an extrapolated fit
-    assert saved["acc_climatology"]["annual_harmonics"] == 0 and saved["acc_climatology"]["diurnal_harmonics"] == 2
-    assert "annual harmonics 3 -> 0" in saved["acc_climatology"]["left_out"][0]
+    reference = saved["acc_climatology"]
+    assert reference["window_days"] == 61 and len(reference["hours_of_day"]) == 24  # WB2's day x hour means
 
 
 def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):

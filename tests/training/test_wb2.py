@@ -1,0 +1,168 @@
+"""WeatherBench 2 interop: a WB2-layout forecast written with xarray alone scores as canonstore's own layout does, and
+as an independent implementation (the `scores` package, WB2's formulas in xarray) computes, to 1e-6."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from canonstore.cli import main
+from canonstore.formats import open_store
+from canonstore.preprocess import build
+from canonstore.training.evaluate import score_forecast
+from tests.helpers import quiet, write_recipe
+from tests.training.test_climatology import wb2_hourly_climatology
+
+scores_continuous = pytest.importorskip("scores.continuous")
+
+LEVELS = [500.0, 850.0]
+LAT = [60.0, 20.0, -20.0, -60.0]  # north to south, as ERA5 NetCDF; WB2's files go south to north
+LON = np.arange(0.0, 360.0, 45.0)
+LEADS = [1, 2]  # store steps: 6 and 12 hours
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """6-hourly t2m and z at 500/850 hPa, 2000-2001 train and 20 days of 2002 test, a seasonal and daily cycle."""
+    folder = tmp_path_factory.mktemp("wb2")
+    times = pd.date_range("2000-01-01", "2002-01-20T18", freq="6h")
+    rng = np.random.default_rng(0)
+    doy, hour = times.day_of_year.values, times.hour.values
+    cycle = (np.sin(2 * np.pi * doy / 366) + 0.5 * np.cos(2 * np.pi * hour / 24))[:, None, None]
+    t2m = 280 + 10 * cycle + rng.normal(size=(times.size, len(LAT), LON.size))
+    z = np.stack([50000 + 800 * cycle, 14000 + 400 * cycle], axis=1) + 100 * rng.normal(
+        size=(times.size, len(LEVELS), len(LAT), LON.size)
+    )
+    xr.Dataset(
+        {
+            "t2m": (("time", "latitude", "longitude"), t2m, {"units": "K", "standard_name": "air_temperature"}),
+            "z": (("time", "level", "latitude", "longitude"), z, {"units": "m**2 s**-2", "long_name": "Geopotential"}),
+        },
+        coords={
+            "time": times,
+            "level": ("level", LEVELS, {"units": "hPa"}),
+            "latitude": ("latitude", LAT, {"units": "degrees_north"}),
+            "longitude": ("longitude", LON, {"units": "degrees_east"}),
+        },
+    ).to_netcdf(folder / "era5.nc")
+    recipe = write_recipe(
+        folder, name="wb2", sources=["era5.nc"], splits={"train": [2000, 2001], "test": [2002, 2002]}
+    )
+    return open_store(build(recipe, folder / "wb2.zarr", progress=False, log=quiet).path)
+
+
+def truth_and_forecast(store, rows: int = 16):
+    """(init steps, physical truth (time, lead, channel, lat, lon), a forecast: truth + noise), store order."""
+    init = store.split_indices("test")[:rows]
+    steps = init[:, None] + np.asarray(LEADS)[None, :]
+    truth = store.denormalise(np.asarray(store.array[:])[steps].astype(np.float64), channel_axis=2)
+    noise = np.random.default_rng(1).normal(size=truth.shape) * store.stats["std"][None, None, :, None, None] * 0.3
+    return init, truth, (truth + noise).astype(np.float32)
+
+
+def wb2_file(store, init, forecast) -> xr.Dataset:
+    """The forecast in WB2's layout, written with xarray alone: long names, timedelta leads, latitude increasing,
+    geopotential on a `level` dim (with a level the store lacks), longitude before latitude."""
+    c = store.channels
+    geopotential = np.stack([forecast[:, :, c.index("z500")], forecast[:, :, c.index("z850")]], axis=2)
+    geopotential = np.concatenate([geopotential, geopotential[:, :, :1]], axis=2)[..., ::-1, :]  # + 1000 hPa
+    return xr.Dataset(
+        {
+            "2m_temperature": (
+                ("time", "prediction_timedelta", "latitude", "longitude"),
+                forecast[:, :, c.index("t2m"), ::-1],
+                {"units": "K"},
+            ),
+            "geopotential": (
+                ("time", "prediction_timedelta", "level", "latitude", "longitude"),
+                geopotential,
+                {"units": "m**2 s**-2"},
+            ),
+        },
+        coords={
+            "time": store.time[init],
+            "prediction_timedelta": np.array([6, 12], dtype="timedelta64[h]").astype("timedelta64[ns]"),
+            "level": [500, 850, 1000],
+            "latitude": LAT[::-1],
+            "longitude": LON,
+        },
+    ).transpose("time", "prediction_timedelta", "level", "longitude", "latitude")
+
+
+def canonstore_file(store, init, forecast) -> xr.Dataset:
+    """The same values in canonstore's older layout: one variable per channel, lead in store steps, store order."""
+    dims = ("time", "lead", "latitude", "longitude")
+    return xr.Dataset(
+        {n: (dims, forecast[:, :, k], {"units": str(u)}) for k, (n, u) in enumerate(zip(store.channels, units(store)))},
+        coords={"time": store.time[init], "lead": LEADS, "latitude": LAT, "longitude": LON},
+    )
+
+
+def units(store):
+    return store.to_xarray()["channel_units"].values
+
+
+def test_a_wb2_file_scores_as_canonstores_own_layout(store, tmp_path):
+    init, _, forecast = truth_and_forecast(store)
+    wb2_file(store, init, forecast).to_zarr(tmp_path / "wb2.zarr")
+    canonstore_file(store, init, forecast).to_zarr(tmp_path / "ours.zarr")
+    theirs, ours = score_forecast(tmp_path / "wb2.zarr", store), score_forecast(tmp_path / "ours.zarr", store)
+    assert theirs["not_scored"] == ["geopotential@1000hPa"] and ours["not_scored"] == []
+    for lead in (1, 2):
+        for name in store.channels:
+            for key in ("rmse", "mae", "bias", "acc", "rmse_sqrt_before_time_avg"):
+                got, expected = theirs["leads"][lead]["channels"][name][key], ours["leads"][lead]["channels"][name][key]
+                assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (lead, name, key)
+
+
+def test_scores_agree_with_the_scores_package_and_wb2s_acc(store, tmp_path):
+    init, truth, forecast = truth_and_forecast(store)
+    wb2_file(store, init, forecast).to_zarr(tmp_path / "wb2.zarr")
+    got = score_forecast(tmp_path / "wb2.zarr", store)["leads"]
+    lat = np.deg2rad(np.asarray(LAT[::-1]))
+    bounds = np.concatenate([[-np.pi / 2], (lat[:-1] + lat[1:]) / 2, [np.pi / 2]])
+    weights = np.sin(bounds[1:]) - np.sin(bounds[:-1])
+    weights = xr.DataArray((weights / weights.mean())[::-1], dims="latitude", coords={"latitude": LAT})
+    train = store.split_indices("train")
+    obs_train = store.to_xarray()["data"].isel(time=train).load()
+    for k, lead in enumerate(LEADS):
+        valid = store.time[init + lead]
+        for c, name in enumerate(store.channels):
+            dims, coords = ("time", "latitude", "longitude"), {"time": valid, "latitude": LAT, "longitude": LON}
+            fc = xr.DataArray(forecast[:, k, c].astype(np.float64), dims=dims, coords=coords)
+            obs = xr.DataArray(truth[:, k, c], dims=dims, coords=coords)
+            space = ["latitude", "longitude"]
+            mse = scores_continuous.mse(fc, obs, reduce_dims=space, weights=weights)
+            mae = scores_continuous.mae(fc, obs, reduce_dims=space, weights=weights)
+            bias = scores_continuous.mean_error(fc, obs, reduce_dims=space, weights=weights)
+            mine = got[lead]["channels"][name]
+            assert mine["rmse"] == pytest.approx(float(np.sqrt(mse.mean("time"))), rel=1e-6), name
+            assert mine["mae"] == pytest.approx(float(mae.mean("time")), rel=1e-6), name
+            assert mine["bias"] == pytest.approx(float(bias.mean("time")), rel=1e-6, abs=1e-9), name
+            # ACC as WB2's metrics.ACC computes it, against WB2's hourly climatology of the train split
+            clim = wb2_hourly_climatology(obs_train.isel(channel=c)) * store.stats["std"][c] + store.stats["mean"][c]
+            at = np.stack([clim.sel(hour=t.hour, dayofyear=t.day_of_year).values for t in pd.DatetimeIndex(valid)])
+            f, o = fc - at, obs - at
+            mean = lambda v: v.weighted(weights).mean(["latitude", "longitude"])  # noqa: E731
+            acc = mean(f * o) / np.sqrt(mean(f**2) * mean(o**2))
+            assert mine["acc"] == pytest.approx(float(acc.mean("time")), rel=1e-6), name
+
+
+def test_score_reads_a_netcdf_wb2_file_and_renames_on_request(store, tmp_path):
+    """`score` on the command line, with a NetCDF WB2 file and --rename for a name outside the table."""
+    init, _, forecast = truth_and_forecast(store)
+    theirs = wb2_file(store, init, forecast).rename({"2m_temperature": "tas"})
+    theirs.to_netcdf(tmp_path / "wb2.nc")
+    out = tmp_path / "scores.json"
+    args = ["score", str(tmp_path / "wb2.nc"), "--store", str(store.path), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["not_scored"] == ["tas", "geopotential@1000hPa"]  # said, never guessed
+    result = CliRunner().invoke(main, [*args, "--rename", "tas=t2m"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert set(saved["scores"]["channels"]) == {"t2m", "z500", "z850"}
+    assert saved["not_scored"] == ["geopotential@1000hPa"] and "not scored" in result.output
