@@ -21,6 +21,7 @@ from canonstore.errors import StoreError
 from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.handle import CheckedStore, StoreHandle
 from canonstore.formats.manifest import MANIFEST
+from canonstore.formats.physical import as_netcdf_ready, physical_view
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.spec import READABLE_VERSIONS, denormalise
 from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
@@ -186,11 +187,14 @@ class Store:
         """Back to physical units: values * scale + mean, channels along `channel_axis`."""
         return denormalise(values, self.stats["mean"], self.stats["std"], channel_axis)
 
-    def to_xarray(self) -> xr.Dataset:
-        """The whole store as a lazy (dask) xarray Dataset, exactly what `xr.open_zarr` gives (its reads, too,
-        come from this store or raise once it has been rebuilt)."""
+    def to_xarray(self, physical: bool = False) -> xr.Dataset:
+        """The whole store as a lazy (dask) xarray Dataset: what `xr.open_zarr` gives, with the two nested JSON
+        attributes as text so that `to_netcdf` works (`formats.physical`); its reads come from this store or raise
+        once it has been rebuilt. `physical`: one variable per channel in physical units, with the sources'
+        units, long_name, standard_name and global attributes."""
         with cftime_notes_silenced():
-            return xr.open_zarr(self._zarr, consolidated=True)
+            ds = as_netcdf_ready(xr.open_zarr(self._zarr, consolidated=True))
+        return physical_view(ds, self.stats["mean"], self.stats["std"]) if physical else ds
 
 
 def damaged_metadata(path: Path, exc: Exception) -> StoreError:

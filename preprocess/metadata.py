@@ -22,6 +22,7 @@ from canonstore.errors import RecipeError, SourceError
 from canonstore.formats.coords import longitude_is_periodic
 from canonstore.formats.spec import FORMAT_VERSION, STAT_NAMES, normalise
 from canonstore.formats.zarr_ import create_data_array
+from canonstore.preprocess.attributes import as_root_attributes, channel_names, source_attributes
 from canonstore.preprocess.plan import Plan
 from canonstore.preprocess.recipe import Recipe
 from canonstore.preprocess.shard_jobs import ShardJob
@@ -64,12 +65,15 @@ def report_sources(sources: Sources, log) -> None:
 def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: Plan) -> xr.Dataset:
     """Everything but `data`: coordinates, channel labels, train statistics, split labels, masks, static fields."""
     channels = plan.channels
+    long_names, standard_names = channel_names(sources, channels)
     coords = {
         "time": ("time", sources.time),
         "channel": ("channel", np.array([c.name for c in channels], dtype=object)),
         "channel_variable": ("channel", np.array([c.variable for c in channels], dtype=object)),
         "channel_level": ("channel", np.array([np.nan if c.level is None else c.level for c in channels])),
         "channel_units": ("channel", np.array([c.units for c in channels], dtype=object)),
+        "channel_long_name": ("channel", np.array(long_names, dtype=object)),
+        "channel_standard_name": ("channel", np.array(standard_names, dtype=object)),
     }
     for name, coord in sources.coords.items():
         # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width '<U'.
@@ -146,7 +150,7 @@ def create_data(staging: Path, job: ShardJob, dims: tuple[str, ...]) -> None:
         job.blocks.shard_steps,
         attributes={
             "long_name": "normalised data: (x - stats_mean) / scale",
-            "coordinates": "channel_variable channel_level channel_units",
+            "coordinates": "channel_variable channel_level channel_units channel_long_name channel_standard_name",
         },
     )
 
@@ -187,6 +191,7 @@ def provenance(recipe: Recipe, sources: Sources, inputs: list[dict], job: ShardJ
         "longitude": sources.longitude,
         "longitude_periodic": longitude_is_periodic(sources.coords.get(sources.longitude), sources.space_dims),
         "normalisation": "data = (x - stats_mean) / (stats_std if stats_std > 0 else 1), train split only",
+        "source_attributes": source_attributes(sources),
         "layout": {
             "dtype": recipe.dtype,
             "compression": recipe.compression,
@@ -200,7 +205,10 @@ def provenance(recipe: Recipe, sources: Sources, inputs: list[dict], job: ShardJ
 
 def finish_metadata(staging: Path, attrs: dict) -> None:
     """Set the root attributes, copy the labels into `data`'s attributes and consolidate the metadata."""
-    zarr.open_group(staging, mode="r+").attrs.update({"canonstore": attrs})
+    # the sources' own attributes also as plain root attributes, which xarray shows on the Dataset
+    zarr.open_group(staging, mode="r+").attrs.update(
+        {**as_root_attributes(attrs.get("source_attributes", {})), "canonstore": attrs}
+    )
     _set_data_labels(staging)
     # Consolidated metadata lets readers open the store without listing it (one read, no warning about
     # our manifest.json); zarr-python supports it for v3 though the spec does not yet.
@@ -227,6 +235,8 @@ def _set_data_labels(staging: Path) -> None:
         "channel_units": strings("channel_units"),
         "channel_variable": strings("channel_variable"),
         "channel_level": [None if np.isnan(v) else float(v) for v in group["channel_level"][...]],
+        "channel_long_name": strings("channel_long_name"),
+        "channel_standard_name": strings("channel_standard_name"),
         "static_channel": strings("static_channel"),
         "static_units": strings("static_units"),
         "latitude": info.get("latitude"),

@@ -80,6 +80,11 @@ class Sources:
 
     # -- public -------------------------------------------------------------------------
     @property
+    def parts(self) -> list[tuple[Path, xr.Dataset]]:
+        """Every (file, lazy Dataset) the recipe's sources opened to, in input order."""
+        return self._parts
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
         return (len(self.channels),) + tuple(self.coords[d].size for d in self.space_dims)
 

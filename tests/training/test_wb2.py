@@ -48,9 +48,7 @@ def store(tmp_path_factory):
             "longitude": ("longitude", LON, {"units": "degrees_east"}),
         },
     ).to_netcdf(folder / "era5.nc")
-    recipe = write_recipe(
-        folder, name="wb2", sources=["era5.nc"], splits={"train": [2000, 2001], "test": [2002, 2002]}
-    )
+    recipe = write_recipe(folder, name="wb2", sources=["era5.nc"], splits={"train": [2000, 2001], "test": [2002, 2002]})
     return open_store(build(recipe, folder / "wb2.zarr", progress=False, log=quiet).path)
 
 
