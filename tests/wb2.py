@@ -19,14 +19,16 @@ LEVELS = [50, 100, 250, 500, 850]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
-def wb2_dataset(steps: int = 48, nlat: int = 4, nlon: int = 8, start: str = "2000-01-01", seed: int = 0) -> xr.Dataset:
+def wb2_dataset(
+    steps: int = 48, nlat: int = 4, nlon: int = 8, start: str = "2000-01-01", seed: int = 0, levels=LEVELS
+) -> xr.Dataset:
     """`2m_temperature(time, latitude, longitude)` and `geopotential(time, level, longitude, latitude)`."""
     rng = np.random.default_rng(seed)
     time = pd.date_range(start, periods=steps, freq="6h")
     lat = np.linspace(-67.5, 67.5, nlat)  # ascending, as WB2's
     lon = np.arange(nlon) * 360.0 / nlon
     t2m = (280 + 10 * rng.standard_normal((steps, nlat, nlon))).astype(np.float32)
-    z = (np.array(LEVELS)[None, :, None, None] * 100 + rng.standard_normal((steps, len(LEVELS), nlon, nlat))).astype(
+    z = (np.array(levels)[None, :, None, None] * 100 + rng.standard_normal((steps, len(levels), nlon, nlat))).astype(
         np.float32
     )
     return xr.Dataset(
@@ -36,7 +38,7 @@ def wb2_dataset(steps: int = 48, nlat: int = 4, nlon: int = 8, start: str = "200
         },
         coords={
             "time": time,
-            "level": ("level", np.array(LEVELS, dtype=np.int64), {"units": "hPa"}),
+            "level": ("level", np.array(levels, dtype=np.int64), {"units": "hPa"}),
             "latitude": ("latitude", lat, {"units": "degrees_north"}),
             "longitude": ("longitude", lon, {"units": "degrees_east"}),
         },
