@@ -59,7 +59,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-peers lint test test-fast clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-remote bench-peers lint test test-fast clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -115,6 +115,9 @@ bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchma
 
 bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
 	$(PY) bench/build.py --results bench/results
+
+bench-remote: | $(ENV_STAMP) ## Zarr sources: build from local Zarr vs NetCDF vs moto's S3 server, bytes fetched for a level/time subset: bench/results/remote.json
+	$(PY) bench/remote.py --results bench/results
 
 # The peers live in their own venvs, never in canonstore's: anemoi-datasets pins zarr-python 2, zarrs needs 3.
 PEERS_ENVS := bench/.venv-peers/.installed bench/.venv-peers-zarr3/.installed

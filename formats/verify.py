@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from canonstore.errors import StoreError
+from canonstore.errors import CanonstoreError, StoreError
 from canonstore.formats.handle import StoreHandle
 from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.spec import STAT_NAMES
 from canonstore.formats.store import Store
 from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
+from canonstore.remote import zarr_identity
 from canonstore.splits import SPLIT_NAMES
 
 
@@ -51,6 +52,18 @@ def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
         return [f"{path}: cannot read the recorded inputs: {exc}"]
 
     def check(item: dict) -> str | None:
+        if "objects" in item:  # a Zarr source, local or on object storage: its metadata and listing
+            try:
+                now = zarr_identity(item["path"])
+            except (CanonstoreError, OSError) as exc:
+                return f"input {item['path']}: cannot be read now: {exc}"
+            if now["sha256"] != item["sha256"]:
+                return (
+                    f"input {item['path']}: changed since the build (metadata or chunk listing: "
+                    f"{item['objects']} -> {now['objects']} objects, {item['size']} -> {now['size']} bytes); "
+                    "rebuild the store"
+                )
+            return None
         source = Path(item["path"])
         if not source.is_file():
             return f"input {source}: missing (the store was built from it)"

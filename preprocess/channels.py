@@ -1,7 +1,9 @@
 """The store's channels: which variables, their levels (in hPa), names and units, then the derived channels.
 
 A variable gives one channel per kept level (`z` at 500 hPa -> `z500`), one named by its scalar level
-coordinate, one per label of a `channel` dimension (NWB electrodes), or one channel of its own name.
+coordinate, one per label of a `channel` dimension (NWB electrodes), or one channel of its own name. Channels
+are named from the variable's short name (`canonstore.names`: `geopotential` at 500 hPa -> `z500`, as `z`
+would be) or the recipe's `rename:`; names not in the table stay as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from canonstore.errors import SourceError
+from canonstore.names import short_name
 from canonstore.preprocess.derived import Derived, plan_derived
 from canonstore.preprocess.derived_units import Input
 from canonstore.preprocess.recipe import Recipe
@@ -71,9 +74,12 @@ def select_variables(parts: list[tuple[Path, xr.Dataset]], recipe: Recipe, time_
                 f"variable '{name}' (recipe 'variables') has no '{time_dim}' dimension in any source; "
                 f"found {sorted(present)} in {[str(p) for p in files]}"
             )
-    for name in recipe.levels:
-        if name not in wanted:
-            raise SourceError(f"recipe 'levels' names '{name}', which is not a selected variable {wanted}")
+    for key, names in (("levels", recipe.levels), ("rename", recipe.rename)):
+        for name in names:
+            if name not in wanted:
+                raise SourceError(
+                    f"recipe {recipe.path}: '{key}' names '{name}', which is not a selected variable {wanted}"
+                )
     # Nothing is dropped silently: the build reports what the recipe leaves out, and which files
     # the globs matched without contributing anything (with what they hold instead).
     every = {name for _, ds in parts for name in ds.data_vars}
@@ -98,6 +104,7 @@ def make_channels(
     for name in segments:
         array = segments[name][0].array
         units = _units(name, segments[name])
+        stem = short_name(name, recipe.rename)
         level_dims = [d for d in array.dims if d in LEVEL_DIMS + CHANNEL_DIMS]
         if not level_dims:
             if name in recipe.levels:
@@ -106,7 +113,11 @@ def make_channels(
                     f"in {segments[name][0].path}"
                 )
             level = _scalar_level(name, segments[name])
-            channels.append(Channel(name if level is None else channel_name(name, level), name, level, units))
+            # the grid in the store's order, whatever the source's (WB2 may put longitude first)
+            segments[name] = [
+                dataclasses.replace(s, array=s.array.transpose(time_dim, *space_dims)) for s in segments[name]
+            ]
+            channels.append(Channel(stem if level is None else channel_name(stem, level), name, level, units))
             level_index[name] = None
             continue
         ldim = level_dims[0]
@@ -134,7 +145,7 @@ def make_channels(
                     f"available in {first.path}: {[float(v) for v in values]}"
                 )
             idx.append(int(hit[0]))
-            channels.append(Channel(channel_name(name, values[hit[0]]), name, float(values[hit[0]]), units))
+            channels.append(Channel(channel_name(stem, values[hit[0]]), name, float(values[hit[0]]), units))
         level_index[name] = np.array(idx)
     _refuse_clashes(channels)
     return channels, level_index, segments
@@ -149,7 +160,7 @@ def _refuse_clashes(channels: list[Channel]) -> None:
             for c in channels
             if c.name in clash
         )
-        raise SourceError(f"two channels would have the same name ({who}); rename a variable in the sources")
+        raise SourceError(f"two channels would have the same name ({who}); name them apart with the recipe's `rename:`")
 
 
 def channel_name(variable: str, level: float) -> str:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from canonstore.errors import StoreError
 from canonstore.preprocess.buildlog import SILENT, quiet_dask
+from canonstore.remote import is_url
 
 UNTRIMMED = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
@@ -189,8 +190,9 @@ class DistributedExecutor:
         return since
 
     def check_shared(self, paths) -> None:
-        """Every worker must see `paths` (the recipe, the first input, the staging store): else stop here."""
-        wanted = [str(Path(p).resolve()) for p in paths]
+        """Every worker must see `paths` (the recipe, the first input, the staging store): else stop here.
+        Object-storage sources (`s3://`) are not paths: each worker reaches them with its own AWS_* variables."""
+        wanted = [str(Path(p).resolve()) for p in paths if not is_url(p)]
         seen = self.client.run(_missing, wanted)
         blind = {worker: missing for worker, missing in seen.items() if missing}
         if blind:

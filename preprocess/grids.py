@@ -1,7 +1,9 @@
 """The sources' one grid: the same dimensions and coordinates in every file, and the static fields on it.
 
 Grids that differ are refused, never regridded or reordered: a flipped axis and 0..360 against -180..180
-longitudes are named as such, anything else by its first differing coordinate value.
+longitudes are named as such, anything else by its first differing coordinate value. The same dimensions in
+another order (WeatherBench 2's `geopotential(time, level, longitude, latitude)` beside `2m_temperature(time,
+latitude, longitude)`) are one grid: the store takes the first variable's order and reads the others transposed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def check_grid(segments: dict[str, list[Segment]], time_dim: str) -> tuple[tuple
             if ref is None:
                 ref, ref_where = (dims, coords), f"{seg.path} '{name}'"
                 continue
-            if dims != ref[0] or any(coords[d].size != ref[1][d].size for d in dims):
+            if sorted(dims) != sorted(ref[0]) or any(coords[d].size != ref[1][d].size for d in dims):
                 raise SourceError(
                     f"{seg.path}: variable '{name}' is on grid "
                     f"{ {d: coords[d].size for d in dims} }, but {ref_where} is on "

@@ -4,7 +4,9 @@ A record is `{path, size, mtime_ns, inode, sha256}`. Hashing 100 TB takes about 
 1.5 GB/s, so a file whose size, mtime and inode match an earlier record keeps that record's
 sha256 unread (what make, rsync and git do); only new or touched files are hashed, in parallel.
 `canonstore verify --inputs` still hashes everything. A store is up to date when its format version,
-recipe and input contents (path, size, sha256) are those of the build asked for.
+recipe and input contents (path, size, sha256) are those of the build asked for. A Zarr source (a folder or
+an `s3://` URL) is recorded by its cheap identity (`canonstore.remote.zarr_identity`: its metadata and listing,
+re-read at every build), so a chunk added, removed or rewritten to another size rebuilds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from canonstore.formats.manifest import MANIFEST, file_sha256
 from canonstore.formats.spec import FORMAT_VERSION
 from canonstore.preprocess.recipe import Recipe
+from canonstore.remote import is_url, is_zarr_dir, zarr_identity
 
 
 def _stat(path: Path) -> dict:
@@ -29,6 +32,8 @@ def input_records(paths, known: list[dict] = (), threads: int = 8) -> list[dict]
     by_path = {k["path"]: k for k in known if "mtime_ns" in k and "inode" in k}
 
     def record(path: Path) -> dict:
+        if is_url(path) or is_zarr_dir(path):
+            return zarr_identity(path)
         now = _stat(path)
         old = by_path.get(now["path"])
         if old is not None and all(old[k] == now[k] for k in ("size", "mtime_ns", "inode")):

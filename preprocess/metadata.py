@@ -62,6 +62,9 @@ def report_sources(sources: Sources, log) -> None:
         log(f"time axis has {len(gaps)} gap(s) (recipe time_gaps: allow), first after {sources.time_label(gaps[0])}")
 
 
+_SOURCE_STORAGE = ("chunks", "preferred_chunks", "compressor", "compressors", "filters", "serializer", "shards")
+
+
 def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: Plan) -> xr.Dataset:
     """Everything but `data`: coordinates, channel labels, train statistics, split labels, masks, static fields."""
     channels = plan.channels
@@ -77,7 +80,10 @@ def store_metadata(recipe: Recipe, sources: Sources, labels: np.ndarray, plan: P
     }
     for name, coord in sources.coords.items():
         # Variable-length strings: zarr v3 has no stable spec for numpy's fixed-width '<U'.
-        coords[name] = coord.variable.astype(object) if coord.dtype.kind == "U" else coord.variable
+        variable = coord.variable.astype(object) if coord.dtype.kind == "U" else coord.variable.copy(deep=False)
+        # A Zarr source's chunking and codecs (a v2 store's numcodecs compressor) are not the store's
+        variable.encoding = {k: v for k, v in variable.encoding.items() if k not in _SOURCE_STORAGE}
+        coords[name] = variable
     ds = xr.Dataset(coords=coords)
     for name in STAT_NAMES:
         ds[f"stats_{name}"] = (

@@ -22,6 +22,7 @@ import yaml
 
 from canonstore.errors import RecipeError
 from canonstore.preprocess.derived import KINDS
+from canonstore.remote import URL, is_url, is_zarr_dir
 from canonstore.splits import parse_split_rule
 from canonstore.splits.rules import without_utc
 
@@ -40,6 +41,7 @@ KEYS = {
     "on_duplicate_time",
     "time_gaps",
     "storage",
+    "rename",
 }
 STORAGE_KEYS = {"dtype", "shard_mb", "compression"}
 DTYPES = ("float32", "float16")
@@ -70,7 +72,7 @@ class Recipe:
     path: Path
     text: str
     name: str
-    sources: tuple[Path, ...]
+    sources: tuple[Path | URL, ...]  # files, Zarr folders, and Zarr stores on object storage (`URL`, text)
     splits: dict
     variables: tuple[str, ...] | None = None
     levels: dict = field(default_factory=dict)
@@ -86,6 +88,7 @@ class Recipe:
     dtype: str = "float32"
     shard_mb: float = 1024.0
     compression: str = "none"
+    rename: dict = field(default_factory=dict)  # source variable -> channel name stem (`canonstore.names`)
 
     @property
     def sha256(self) -> str:
@@ -157,7 +160,20 @@ def load_recipe(path: str | Path) -> Recipe:
         compression=_parse_choice(
             str(storage.get("compression", "none")).lower(), COMPRESSIONS, "storage.compression", where
         ),
+        rename=_parse_rename(raw.get("rename"), where),
     )
+
+
+def _parse_rename(value: object, where: str) -> dict[str, str]:
+    """`rename: {2m_temperature: t2m}`: the name a source variable's channels take (before their level)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: 'rename' must map source variable -> channel name, got {value!r}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or not isinstance(v, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", v):
+            raise RecipeError(f"{where}: 'rename' {k!r}: expected a channel name of letters, digits and '_', got {v!r}")
+    return dict(value)
 
 
 def _parse_derived(value: object, where: str) -> tuple[dict, ...]:
@@ -234,20 +250,42 @@ def source_patterns(recipe: Recipe) -> list[tuple[str, Path]]:
     return [
         (entry, Path(os.path.abspath(recipe.path.parent / entry)))
         for entry in ([value] if isinstance(value, str) else value)
+        if not is_url(entry)  # object storage: no local file of the build's can be among them
     ]
 
 
-def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path, ...]:
-    """Expand globs relative to the recipe's folder; every entry must match at least one file."""
+# File formats that are not read from object storage (Zarr is: a store is many small objects, read by range).
+FILE_SUFFIXES = (".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5", ".grib", ".grib2", ".grb", ".grb2", ".nwb")
+
+
+def _resolve_url(entry: str, where: str) -> URL:
+    """An object-storage source: one Zarr store, never a glob or a NetCDF/GRIB/NWB file."""
+    url = URL(entry.rstrip("/"))
+    if re.search(r"[*?[]", entry) or url.suffix.lower() in FILE_SUFFIXES:
+        raise RecipeError(
+            f"{where}: source {entry!r}: NetCDF, GRIB and NWB files are not read from object storage; "
+            "use a Zarr source (s3://bucket/path/name.zarr) or copy the files locally"
+        )
+    return url
+
+
+def _resolve_sources(value: object, base: Path, where: str) -> tuple[Path | URL, ...]:
+    """Expand globs relative to the recipe's folder; every entry must match at least one file or Zarr folder.
+    `s3://` entries are Zarr stores on object storage, kept as text (`URL`)."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise RecipeError(f"{where}: 'sources' must be a list of paths or globs, got {value!r}")
     found: dict[Path, None] = {}  # ordered and O(1) membership: thousands of files are common
     for entry in value:
+        if is_url(entry):
+            found[_resolve_url(entry, where)] = None
+            continue
         pattern = Path(entry) if Path(entry).is_absolute() else base / entry
-        matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
+        matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file() or is_zarr_dir(p))
         if not matches:
-            raise RecipeError(f"{where}: source {entry!r} matches no file (looked for {pattern})")
+            folder = [p for p in glob.glob(str(pattern)) if Path(p).is_dir()]
+            hint = f"; {folder[0]} is a folder without Zarr metadata (zarr.json, .zgroup)" if folder else ""
+            raise RecipeError(f"{where}: source {entry!r} matches no file or Zarr store (looked for {pattern}){hint}")
         found.update(dict.fromkeys(matches))
     return tuple(found)

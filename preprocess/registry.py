@@ -1,6 +1,6 @@
 """The source interface every raw file format implements, and the registry that picks a format for a file.
 
-In the spirit of xarray's backends: one small module per format (`netcdf_`, `grib_`, `nwb_`) implements
+In the spirit of xarray's backends: one small module per format (`netcdf_`, `grib_`, `nwb_`, `zarr_source`) implements
 `SourceModule` and registers itself at import (`register("grib", sys.modules[__name__])`); `sources`
 imports each once, so that every kind is registered before a file is opened. Everything that is not
 format-specific (the time axis, grids, channels) is written once, above this interface.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from canonstore.errors import SourceError
+from canonstore.remote import is_url
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -75,9 +76,13 @@ def registered() -> dict[str, SourceModule]:
 
 
 def kind_of(path: Path) -> str:
-    """Which source module reads `path`: by signature first, then suffix; the fallback when nothing else claims it."""
-    with open(path, "rb") as f:
-        head = f.read(HEAD_BYTES)
+    """Which source module reads `path`: by signature first, then suffix; the fallback when nothing else claims it.
+    A folder or an object-storage URL (a Zarr store) has no signature to read: its `head` is empty."""
+    if is_url(path) or Path(path).is_dir():
+        head = b""
+    else:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
     for kind, module in _MODULES.items():
         if kind != _fallback and module.recognises(path, head):
             return kind

@@ -38,8 +38,9 @@ from canonstore.preprocess.timeaxis import (
 
 # isort: off
 # The one place the format modules are imported: each registers itself (registry.register). In this order, as
-# `kind_of` asks them in the order registered: NWB files are HDF5 too, so NWB is asked first; NetCDF, the
-# fallback, reads what no other kind claims.
+# `kind_of` asks them in the order registered: Zarr claims folders and URLs only; NWB files are HDF5 too, so NWB
+# is asked before NetCDF, the fallback, which reads what no other kind claims.
+import canonstore.preprocess.zarr_source  # noqa: F401
 import canonstore.preprocess.nwb_  # noqa: F401
 import canonstore.preprocess.grib_  # noqa: F401
 import canonstore.preprocess.netcdf_  # noqa: F401

@@ -119,3 +119,27 @@ def nrcan_store(tmp_path_factory) -> Path:
         splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]},
     )
     return build(recipe, folder / "nrcan.zarr", progress=False, log=lambda *_: None).path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto's, over HTTP on 127.0.0.1), started once per session."""
+    pytest.importorskip("moto.server")
+    from tests.wb2 import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """The AWS_* variables pointed at the server and a fresh bucket; gives its name."""
+    from tests.wb2 import make_bucket
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    bucket = f"b{os.urandom(4).hex()}"
+    make_bucket(bucket)
+    return bucket

@@ -111,3 +111,21 @@ def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch)
     assert cold["samples"] == plan["batch"] * len(plan["batches"])  # cold: exactly one pass
     missing = run.run_row(plan_path, "anemoi", "warm") if not run.ANEMOI.exists() else {"error": "make bench-peers"}
     assert "make bench-peers" in missing["error"]
+
+
+def test_remote_bench_writes_its_rows(tmp_path):
+    """`bench/remote.py` on a tiny WB2-shaped set: every row, and the subset fetched only its chunks, once."""
+    pytest.importorskip("moto.server")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "remote.py"), "--days", "8", "--nlat", "4", "--nlon", "8"]
+        + ["--repeats", "1", "--work", str(tmp_path / "work"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "remote.json").read_text())
+    assert set(rows["median_seconds"]) == {"netcdf", "zarr-local", "zarr-s3"}
+    subset = rows["subset"]
+    assert subset["bytes_fetched_data_chunks"] == subset["bytes_selected_chunks"] < subset["bytes_source"]
+    assert subset["chunks_fetched_twice"] == subset["chunks_outside_selection"] == 0

@@ -4,7 +4,7 @@ a damaged file is one line naming it.
 
 A new format registers itself in `preprocess/registry.py` and adds its tiny file to `TINY` below: the first
 test fails until it does. Each format's own reader is the library its users would reach for: xarray for
-NetCDF, ecCodes for GRIB, pynwb for NWB.
+NetCDF, ecCodes for GRIB, pynwb for NWB, zarr-python for Zarr.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class TinySource:
     time: np.ndarray  # datetime64
     values: np.ndarray  # (time, channel, *space), physical units, float64
     train_steps: int = 8  # the recipe's train split: the first steps
+    damage: Path | None = None  # the file a damaged source is cut in (default `path`; a Zarr store: its zarr.json)
 
 
 def tiny_netcdf(folder: Path) -> TinySource:
@@ -87,7 +88,22 @@ def tiny_nwb(folder: Path) -> TinySource:
     return TinySource(path, keys, ["ch0", "ch1", "ch2"], time, values, train_steps=12)
 
 
-TINY = {"netcdf": tiny_netcdf, "grib": tiny_grib, "nwb": tiny_nwb}
+def tiny_zarr(folder: Path) -> TinySource:
+    import zarr
+
+    times = pd.date_range("2020-01-01", periods=12, freq="6h")
+    rng = np.random.default_rng(3)
+    path = folder / "tiny.zarr"
+    xr.Dataset(
+        {"2m_temperature": (("time", "longitude", "latitude"), 280 + rng.normal(size=(12, 4, 3)), {"units": "K"})},
+        coords={"time": times, "latitude": [0.0, 10.0, 20.0], "longitude": [0.0, 90.0, 180.0, 270.0]},
+    ).to_zarr(path, zarr_format=3, encoding={"2m_temperature": {"chunks": (5, 4, 3)}})
+    group = zarr.open_group(path, mode="r")  # zarr-python: the array as stored, (time, longitude, latitude)
+    values = np.asarray(group["2m_temperature"][:], dtype=np.float64)[:, None]
+    return TinySource(path, {}, ["t2m"], times.values, values, damage=path / "zarr.json")
+
+
+TINY = {"netcdf": tiny_netcdf, "grib": tiny_grib, "nwb": tiny_nwb, "zarr": tiny_zarr}
 NEEDS = {"grib": "cfgrib", "nwb": "pynwb"}  # the optional reader a format's test skips without
 
 
@@ -135,8 +151,9 @@ class TestSourceContract:
 
     def test_a_damaged_file_is_one_line_naming_it(self, tiny):
         _, source, recipe = tiny
-        data = source.path.read_bytes()
-        source.path.write_bytes(data[: len(data) // 3 + 50])  # inside a GRIB message, an HDF5 structure
+        damaged = source.damage or source.path
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[: len(data) // 3 + 50])  # inside a GRIB message, an HDF5 structure, a JSON document
         with pytest.raises(SourceError) as err:
             open_sources(load_recipe(recipe)).close()
         assert source.path.name in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,162 @@
+"""Zarr sources, local and on S3: build times against NetCDF, and bytes fetched for a subset against bytes selected.
+
+    python bench/remote.py [--days 120] [--nlat 32 --nlon 64] [--repeats 3] [--work /tmp/canonstore-bench-remote]
+
+Writes WeatherBench 2-shaped data (2m_temperature and geopotential on 13 levels, 6-hourly, chunks of 16 steps x
+1 level) as Zarr v3 and as NetCDF, starts moto's S3 server in its own process on 127.0.0.1 and uploads the Zarr
+store to it, then builds the same recipe from each, interleaved, `--repeats` times (the median is reported);
+and builds a subset (3 of 13 levels, the middle quarter of the days) from S3, counting every byte fetched
+against the bytes of the chunks the subset selects. Results: bench/results/remote.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from canonstore.preprocess import build  # noqa: E402
+from canonstore.preprocess.zarr_source import READS  # noqa: E402
+from canonstore.remote import listing  # noqa: E402
+from tests.helpers import write_recipe  # noqa: E402
+from tests.wb2 import CREDENTIALS, as_netcdf, free_port, upload, wb2_dataset, write_zarr  # noqa: E402
+
+LEVELS13 = [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
+CHUNK = 16
+WB2 = ["2m_temperature", "geopotential"]
+
+
+def _splits(days: int) -> dict:
+    import pandas as pd
+
+    day = pd.Timestamp("2000-01-01")
+    edges = [day + pd.Timedelta(days=int(days * f)) for f in (0, 0.7, 0.85, 1.0)]
+    fmt = [e.strftime("%Y-%m-%d") for e in edges]
+    after = [(e - pd.Timedelta(days=1)).strftime("%Y-%m-%d") for e in edges]
+    return {"by": "dates", "train": [fmt[0], after[1]], "val": [fmt[1], after[2]], "test": [fmt[2], after[3]]}
+
+
+def _timed(recipe: Path, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    build(recipe, out, progress=False, log=lambda *_: None, force=True)
+    return time.perf_counter() - began
+
+
+def _start_s3(work: Path) -> subprocess.Popen:
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "moto.log").open("w"),
+    )
+    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true")
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/").close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT")).close()
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--nlat", type=int, default=32)
+    parser.add_argument("--nlon", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-remote"))
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    ds = wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13)
+    local = write_zarr(ds, args.work / "era5.zarr", time_chunk=CHUNK)
+    as_netcdf(wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13), args.work / "era5.nc")
+    server = _start_s3(args.work)
+    try:
+        url = upload(local, "s3://bench/wb2/era5.zarr")
+        splits = _splits(args.days)
+        recipes = {
+            "netcdf": write_recipe(args.work, name="nc", sources=["era5.nc"], variables=["t2m", "z"], splits=splits),
+            "zarr-local": write_recipe(args.work, name="zl", sources=[str(local)], variables=WB2, splits=splits),
+            "zarr-s3": write_recipe(args.work, name="zs", sources=[url], variables=WB2, splits=splits),
+        }
+        times: dict[str, list[float]] = {k: [] for k in recipes}
+        for _ in range(args.repeats):  # interleaved: each kind sees the same machine load
+            for kind, recipe in recipes.items():
+                times[kind].append(_timed(recipe, args.work / f"{kind}.zarr"))
+        subset = _subset(args, local, url)
+    finally:
+        server.terminate()
+        server.wait()
+    median = {k: statistics.median(v) for k, v in times.items()}
+    nbytes = sum(size for _, size in listing(local))
+    rows = {
+        "data": f"{4 * args.days} steps x (1 + 13 levels) x {args.nlat}x{args.nlon} float32, chunks of {CHUNK} steps",
+        "source_mb": round(nbytes / 1e6, 1),
+        "repeats": args.repeats,
+        "seconds": {k: [round(s, 3) for s in v] for k, v in times.items()},
+        "median_seconds": {k: round(v, 3) for k, v in median.items()},
+        "zarr_local_over_netcdf": round(median["zarr-local"] / median["netcdf"], 2),
+        "zarr_s3_over_zarr_local": round(median["zarr-s3"] / median["zarr-local"], 2),
+        "subset": subset,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "remote.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(json.dumps(rows, indent=1))
+
+
+def _subset(args, local: Path, url: str) -> dict:
+    """3 of 13 levels and the middle quarter of the days, from S3: bytes fetched vs the selected chunks' bytes."""
+    import pandas as pd
+
+    levels = [250, 500, 850]
+    first = pd.Timestamp("2000-01-01") + pd.Timedelta(days=args.days * 3 // 8)
+    last = first + pd.Timedelta(days=args.days // 4) - pd.Timedelta(hours=6)
+    steps = range(4 * args.days * 3 // 8 * 1, 4 * args.days * 3 // 8 + 4 * (args.days // 4))
+    recipe = write_recipe(
+        args.work,
+        name="sub",
+        sources=[url],
+        variables=WB2,
+        levels={"geopotential": levels},
+        time={"start": first.strftime("%Y-%m-%dT%H:%M"), "end": last.strftime("%Y-%m-%dT%H:%M")},
+        splits={"by": "index", "train": [0, len(steps) // 2], "test": [len(steps) // 2 + 1, len(steps) - 1]},
+    )
+    chunks = sorted({s // CHUNK for s in steps})
+    sizes = dict(listing(local))
+    selected = {f"2m_temperature/c/{t}/0/0" for t in chunks}
+    selected |= {f"geopotential/c/{t}/{LEVELS13.index(v)}/0/0" for t in chunks for v in levels}
+    READS.reset()
+    seconds = _timed(recipe, args.work / "sub.zarr")
+    fetched_chunks = {k for k in READS.per_key if "/c/" in k and k.split("/")[0] in WB2}
+    return {
+        "selection": f"3 of 13 levels, {len(steps)} of {4 * args.days} steps",
+        "bytes_selected_chunks": sum(sizes[k] for k in selected),
+        "bytes_fetched": READS.bytes,
+        "bytes_fetched_data_chunks": sum(sizes[k] for k in fetched_chunks),
+        "bytes_source": sum(sizes.values()),
+        "requests": READS.requests,
+        "chunks_fetched_twice": sum(1 for k in fetched_chunks if READS.per_key[k] > 1),
+        "chunks_outside_selection": len(fetched_chunks - selected),
+        "seconds": round(seconds, 3),
+    }
+
+
+if __name__ == "__main__":
+    main()

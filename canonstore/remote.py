@@ -1,0 +1,147 @@
+"""Zarr stores as sources, local or on S3-compatible object storage: their locations, client and cheap identity.
+
+An `s3://bucket/prefix` source stays text (`URL`): a `Path` would fold its `//` into `s3:/bucket`. Object storage
+is reached through obstore (Rust's `object_store`, as zarr's own `zarr.storage.ObjectStore` wraps it), configured
+only by the standard environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...), so AWS, MinIO, Ceph and any S3 clone work alike.
+
+A Zarr store's identity is cheap: the sha256 of its metadata documents and of its listing (every object's name
+and size), never of every chunk's bytes: a chunk added, removed or rewritten to another size changes it; one
+rewritten in place to exactly the same size does not (compressed chunks of new values rarely keep their size).
+
+    zarr_identity(Path("era5.zarr"))     # -> {'path': '/abs/era5.zarr', 'size': ..., 'objects': ..., 'sha256': ...}
+    zarr_identity(URL("s3://bucket/era5.zarr"))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+
+from canonstore.errors import SourceError
+
+SCHEMES = ("s3://",)
+METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")  # v3 and v2 documents
+RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=20)}  # a wrong endpoint fails in seconds
+
+
+class URL(str):
+    """An object-storage location kept as text; `name` and `suffix` as a Path's, for messages and `kind_of`."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rindex(".") :] if "." in name.lstrip(".") else ""
+
+    @property
+    def bucket(self) -> str:
+        return self.split("://", 1)[1].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.split("://", 1)[1]
+        return rest.split("/", 1)[1].strip("/") if "/" in rest else ""
+
+
+def is_url(location) -> bool:
+    """Whether `location` names object storage (`s3://...`, or any `scheme://`) rather than a local path."""
+    return isinstance(location, str) and "://" in location
+
+
+def is_zarr_dir(path) -> bool:
+    """Whether local `path` is a Zarr store (v3 `zarr.json`, v2 `.zgroup`/`.zmetadata`/`.zarray`)."""
+    return not is_url(path) and Path(path).is_dir() and any((Path(path) / m).is_file() for m in METADATA)
+
+
+def s3_store(url: URL):
+    """An obstore S3 store at `url`'s bucket and prefix, configured by the AWS_* environment variables."""
+    from obstore.store import S3Store
+
+    if not url.startswith(SCHEMES):
+        raise SourceError(
+            f"{url}: only s3:// object storage is supported (any S3-compatible service: set AWS_ENDPOINT_URL; "
+            "Google Cloud Storage has one at https://storage.googleapis.com with HMAC keys)"
+        )
+    # obstore reads every AWS_* variable itself (endpoint, region, keys, session token); AWS_ALLOW_HTTP is
+    # repeated as a client option, where plain-http endpoints (MinIO, moto on 127.0.0.1) need it.
+    client = {"allow_http": True} if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true") else {}
+    try:
+        return S3Store(url.bucket, prefix=url.prefix or None, client_options=client, retry_config=RETRY)
+    except Exception as exc:  # a malformed endpoint or region
+        raise SourceError(f"{url}: cannot configure the S3 client from AWS_* variables: {_first(exc)}") from None
+
+
+def listing(location) -> list[tuple[str, int]]:
+    """(name relative to the store, size in bytes) of every object of the Zarr store at `location`, sorted."""
+    if not is_url(location):
+        root = Path(location)
+        found = []
+        for folder, _, files in os.walk(root):
+            for f in files:
+                p = Path(folder, f)
+                found.append((p.relative_to(root).as_posix(), p.stat().st_size))
+        return sorted(found)
+    import obstore
+
+    store = s3_store(URL(location))
+    try:
+        return sorted((o["path"], int(o["size"])) for batch in obstore.list(store) for o in batch)
+    except Exception as exc:
+        raise SourceError(remote_error(location, exc)) from None
+
+
+def read_object(location, name: str) -> bytes:
+    """The bytes of object `name` of the store at `location`."""
+    if not is_url(location):
+        return Path(location, name).read_bytes()
+    import obstore
+
+    try:
+        return bytes(obstore.get(s3_store(URL(location)), name).bytes())
+    except Exception as exc:
+        raise SourceError(remote_error(location, exc)) from None
+
+
+def zarr_identity(location) -> dict:
+    """The record of a Zarr source: `{path, size, objects, sha256}`, sha256 of its metadata documents (the
+    consolidated ones included) and of its listing. An empty or metadata-less location is refused."""
+    found = listing(location)
+    docs = [name for name, _ in found if name.rsplit("/", 1)[-1] in METADATA]
+    if not docs:
+        raise SourceError(
+            f"{location}: not a Zarr store (no zarr.json, .zgroup or .zmetadata among its {len(found)} objects)"
+        )
+    digest = hashlib.sha256()
+    for name, size in found:
+        digest.update(f"{name}\t{size}\n".encode())
+    for name in docs:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(read_object(location, name)).digest())
+    where = str(location) if is_url(location) else str(Path(location).resolve())
+    return {"path": where, "size": sum(s for _, s in found), "objects": len(found), "sha256": digest.hexdigest()}
+
+
+def remote_error(location, exc: BaseException) -> str:
+    """One line for a failed object-storage request: what went wrong, in words, and the URL."""
+    text = _first(exc)
+    low = f"{type(exc).__name__} {exc}".lower()
+    if "nosuchbucket" in low or "bucket does not exist" in low:
+        return f"{location}: bucket '{URL(location).bucket}' does not exist (or is not visible with these credentials)"
+    if any(k in low for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "forbidden", "403")):
+        return (
+            f"{location}: access denied: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL ({text})"
+        )
+    if any(k in low for k in ("connect", "dns", "timed out", "timeout")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS's default")
+        return f"{location}: cannot reach the object store (AWS_ENDPOINT_URL={endpoint}): {text}"
+    return f"{location}: object storage request failed: {text}"
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -1,0 +1,193 @@
+"""Zarr sources, local (v2, v3) and on a real S3 server: the same store as from NetCDF, chunks read once."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from canonstore import open_store
+from canonstore.cli import main
+from canonstore.errors import RecipeError, SourceError
+from canonstore.preprocess import build, load_recipe
+from canonstore.preprocess.zarr_source import READS
+from canonstore.remote import listing
+from tests.helpers import quiet, write_recipe
+from tests.wb2 import CREDENTIALS, LEVELS, as_netcdf, upload, wb2_dataset, write_zarr
+
+SPLITS = {
+    "by": "dates",
+    "train": ["2000-01-01", "2000-01-06"],
+    "val": ["2000-01-07", "2000-01-09"],
+    "test": ["2000-01-10", "2000-01-12"],
+}
+WB2 = ["2m_temperature", "geopotential"]
+
+
+def _build(folder, source, name="z", **keys):
+    keys.setdefault("variables", WB2)
+    recipe = write_recipe(folder, name=name, sources=[str(source)], splits=SPLITS, **keys)
+    return build(recipe, folder / f"{name}.zarr", progress=False, log=quiet)
+
+
+def _same_store(a, b) -> None:
+    a, b = open_store(a), open_store(b)
+    assert a.channels == b.channels == ["t2m"] + [f"z{lev}" for lev in LEVELS]
+    assert a.dims == b.dims and np.array_equal(a.time, b.time)
+    assert np.array_equal(a.array, b.array)
+    for k in a.stats:
+        assert np.array_equal(a.stats[k], b.stats[k]), k
+    ds_a, ds_b = a.to_xarray(), b.to_xarray()
+    for coord in ("latitude", "longitude"):
+        assert np.array_equal(ds_a[coord].values, ds_b[coord].values)
+
+
+@pytest.fixture(scope="module")
+def wb2(tmp_path_factory):
+    """The WB2-layout data as Zarr v3, Zarr v2 and NetCDF, and the store built from the NetCDF."""
+    folder = tmp_path_factory.mktemp("wb2")
+    write_zarr(wb2_dataset(), folder / "v3.zarr", 3)
+    write_zarr(wb2_dataset(), folder / "v2.zarr", 2)
+    as_netcdf(wb2_dataset(), folder / "era5.nc")
+    _build(folder, folder / "era5.nc", name="from-nc", variables=["t2m", "z"])
+    return folder
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+def test_zarr_source_builds_the_netcdf_store(wb2, tmp_path, version):
+    result = _build(tmp_path, wb2 / f"{version}.zarr")
+    _same_store(result.path, wb2 / "from-nc.zarr")
+    store = open_store(result.path)
+    labels = store._group["data"].attrs["labels"]
+    assert labels["channel_variable"] == ["2m_temperature"] + ["geopotential"] * len(LEVELS)  # the source's spelling
+    (record,) = store.attrs["inputs"]
+    assert record["path"] == str((wb2 / f"{version}.zarr").resolve()) and record["objects"] > 10
+    assert record["size"] == sum(size for _, size in listing(wb2 / f"{version}.zarr"))
+
+
+def test_subset_reads_each_selected_chunk_once(wb2, tmp_path):
+    """3 of 5 levels and 5 of 12 days, in blocks of 3 steps across chunks of 4: only the selected chunks."""
+    store = wb2 / "v3.zarr"
+    recipe = write_recipe(
+        tmp_path,
+        name="sub",
+        sources=[str(store)],
+        variables=WB2,
+        levels={"geopotential": [250, 500, 850]},
+        time={"start": "2000-01-03", "end": "2000-01-07"},
+        splits={"by": "dates", "train": ["2000-01-03", "2000-01-05"], "test": ["2000-01-06", "2000-01-07"]},
+    )
+    READS.reset()
+    build(recipe, tmp_path / "sub.zarr", progress=False, log=quiet, block_mb=3 * 4 * 32 * 4 / 2**20)
+    steps = np.arange(8, 28)  # 2000-01-03T00 .. 2000-01-07T18 at 6 h
+    time_chunks = sorted(set(steps // 4))
+    level_chunks = [LEVELS.index(v) for v in (250, 500, 850)]
+    data = {f"2m_temperature/c/{t}/0/0" for t in time_chunks}
+    data |= {f"geopotential/c/{t}/{lev}/0/0" for t in time_chunks for lev in level_chunks}
+    coords = {name for name, _ in listing(store) if name.split("/")[0] in ("time", "level", "latitude", "longitude")}
+    read = set(READS.per_key)
+    chunks_read = {k for k in read if re.search(r"/c/", k) and k.split("/")[0] in WB2}
+    assert chunks_read == data  # nothing outside the selection, nothing of the selection missed
+    assert all(READS.per_key[k] == 1 for k in data)  # each chunk once, though blocks of 3 cut chunks of 4
+    sizes = dict(listing(store))
+    metadata = sum(size for name, size in sizes.items() if name.rsplit("/", 1)[-1] in ("zarr.json",))
+    assert READS.bytes <= sum(sizes[k] for k in data | coords) + metadata
+    assert READS.bytes >= sum(sizes[k] for k in data)
+    assert open_store(tmp_path / "sub.zarr").channels == ["t2m", "z250", "z500", "z850"]
+
+
+def test_changed_listing_rebuilds(wb2, tmp_path):
+    source = shutil.copytree(wb2 / "v3.zarr", tmp_path / "src.zarr")
+    first = _build(tmp_path, source)
+    assert first.built and not _build(tmp_path, source).built  # same metadata and listing: up to date
+    later = wb2_dataset(steps=8, start="2000-01-13", seed=1)
+    later.to_zarr(source, append_dim="time", consolidated=True)
+    again = _build(tmp_path, source)
+    assert again.built and open_store(again.path).shape[0] == 56
+
+
+def test_recipe_rename(wb2, tmp_path):
+    result = _build(tmp_path, wb2 / "v3.zarr", rename={"2m_temperature": "tas", "geopotential": "zg"})
+    assert open_store(result.path).channels == ["tas"] + [f"zg{lev}" for lev in LEVELS]
+    bad = write_recipe(tmp_path, name="bad", sources=[str(wb2 / "v3.zarr")], splits=SPLITS, rename={"x": "1a"})
+    with pytest.raises(RecipeError, match=r"bad\.yaml: 'rename' 'x': expected a channel name"):
+        load_recipe(bad)
+    with pytest.raises(SourceError, match="'rename' names 'msl', which is not a selected variable"):
+        _build(tmp_path, wb2 / "v3.zarr", name="other", rename={"msl": "p"})
+
+
+def test_folder_without_zarr_metadata_is_named(tmp_path):
+    (tmp_path / "empty.zarr").mkdir()
+    recipe = write_recipe(tmp_path, sources=["empty.zarr"], splits=SPLITS)
+    with pytest.raises(RecipeError, match="empty.zarr is a folder without Zarr metadata"):
+        load_recipe(recipe)
+
+
+def test_demo_channels_unchanged(tiny_store):
+    """Short names apply only to names in canonstore.names' table: the demo's channels are as before."""
+    levels = [250, 500, 850]
+    expected = ["msl"] + [f"{v}{lev}" for v in "qt" for lev in levels] + ["t2m"]
+    expected += [f"{v}{lev}" for v in "uvz" for lev in levels]
+    assert open_store(tiny_store).channels == expected  # as built before canonstore.names named channels
+
+
+# --- object storage: moto's S3 server on 127.0.0.1
+
+
+def test_s3_source_builds_the_local_store(wb2, tmp_path, s3):
+    url = upload(wb2 / "v3.zarr", f"s3://{s3}/wb2/era5.zarr")
+    result = _build(tmp_path, url)
+    _same_store(result.path, wb2 / "from-nc.zarr")
+    (record,) = open_store(result.path).attrs["inputs"]
+    local = json.loads(json.dumps(open_store(_build(tmp_path, wb2 / "v3.zarr", name="local").path).attrs["inputs"]))
+    assert record["path"] == url and record["sha256"] == local[0]["sha256"]  # the same store, the same identity
+    assert not _build(tmp_path, url).built  # up to date, by listing the bucket again
+
+
+def _one_line(tmp_path, source, *extra) -> str:
+    recipe = write_recipe(tmp_path, name="r", sources=[source], variables=WB2, splits=SPLITS)
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(tmp_path / "r.zarr"), "--quiet", *extra])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_missing_bucket_is_one_line(tmp_path, s3):
+    line = _one_line(tmp_path, "s3://no-such-bucket/wb2/era5.zarr")
+    assert "s3://no-such-bucket/wb2/era5.zarr" in line and "does not exist" in line
+
+
+def test_empty_prefix_is_one_line(tmp_path, s3):
+    line = _one_line(tmp_path, f"s3://{s3}/nothing.zarr")
+    assert f"s3://{s3}/nothing.zarr" in line and "not a Zarr store" in line
+
+
+def test_wrong_credentials_are_one_line(wb2, tmp_path, s3, monkeypatch):
+    import moto.settings
+
+    url = upload(wb2 / "v3.zarr", f"s3://{s3}/era5.zarr")
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks keys from now on
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["AWS_SECRET_ACCESS_KEY"] + "-wrong")
+    line = _one_line(tmp_path, url)
+    assert url in line and "access denied" in line
+
+
+def test_files_on_object_storage_are_refused(tmp_path):
+    for source in ("s3://some-bucket/era5/*.nc", "s3://some-bucket/era5/2020.grib"):
+        line = _one_line(tmp_path, source)
+        assert f"'{source}'" in line and "use a Zarr source" in line and "copy the files locally" in line
+
+
+def test_verify_inputs_sees_a_changed_zarr_source(wb2, tmp_path):
+    from canonstore.formats.verify import verify_inputs
+
+    source = shutil.copytree(wb2 / "v3.zarr", tmp_path / "src.zarr")
+    store = _build(tmp_path, source).path
+    assert verify_inputs(store) == []
+    shutil.rmtree(source / "geopotential" / "c" / "0" / "4")  # the chunks of one level at the first steps
+    (problem,) = verify_inputs(store)
+    assert str(source.resolve()) in problem and "chunk listing" in problem
