@@ -30,3 +30,12 @@ def cftime_notes_silenced() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Unable to decode time axis.*")
         yield
+
+
+@contextmanager
+def chunk_notes_silenced() -> Iterator[None]:
+    """xarray's note that dask chunks of a shard's steps split the small 1-D arrays (`split`, `time`) that are
+    stored in one chunk: reading those whole is cheap, and `data`'s chunks are aligned with its shards."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*The specified chunks separate the stored chunks.*")
+        yield

@@ -127,16 +127,24 @@ def verify(store, inputs, quiet):
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--to", "kind", type=click.Choice(["npy"]), required=True, help="Output kind: plain NumPy files.")
+@click.option(
+    "--to",
+    "kind",
+    type=click.Choice(["npy", "netcdf"]),
+    required=True,
+    help="npy: the stored (normalised) values as plain NumPy files; netcdf: physical units, one file per split.",
+)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (the new export appears by one rename).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export(store, kind, out, overwrite, quiet, debug):
-    """Export STORE's train/val/test steps to OUT as .npy files plus meta.json."""
+    """Export STORE's train/val/test steps to OUT as .npy or NetCDF files, plus meta.json."""
+    from canonstore.formats.netcdf_export import export_netcdf
     from canonstore.formats.npy import export_npy
 
-    _run(lambda: export_npy(store, out, overwrite=overwrite, log=click.echo, progress=not quiet), debug)
+    export_to = export_netcdf if kind == "netcdf" else export_npy
+    _run(lambda: export_to(store, out, overwrite=overwrite, log=click.echo, progress=not quiet), debug)
 
 
 @main.command("sources")

@@ -35,7 +35,7 @@ from canonstore.formats.zarr_ import ShardLayout, mappable_layout, open_shard, s
 from canonstore.splits import SPLITS
 
 BLOCK_MB = 64
-KIND = "npy export"  # the kind of the staging marker
+KIND = "npy export"  # the kind of the staging marker, of NetCDF exports too (`netcdf_export`)
 META = "meta.json"
 
 
@@ -54,21 +54,7 @@ def export_npy(
     fails the export (`formats.handle`) rather than mixing two builds.
     """
     store, out = open_store(store_path), Path(out)
-    staging = out.with_name(out.name + ".partial")
-    _check_target(store.path, out, staging)
-    if os.path.lexists(out):
-        if not overwrite:
-            raise StoreError(f"{out} exists; remove it or export with --overwrite")
-        reason = _not_an_export(out)
-        if reason and not is_empty_folder(out):
-            raise StoreError(
-                f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
-                "another folder, or move it away yourself"
-            )
-    for old in leftovers(out):  # a previous export that a kill left while it was being removed
-        if has_marker(old, KIND):
-            remove_tree(old)
-    make_staging(staging, KIND)
+    staging = begin_export(store, out, overwrite)
     try:
         step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
         block = max(1, int(block_mb * 2**20 // step_bytes))
@@ -94,14 +80,39 @@ def export_npy(
         if store.mask is not None:
             _write_durably(staging / "mask.npy", store.mask.astype(np.uint8))
             extras["mask"] = {"file": "mask.npy", "meaning": "1 where the raw value was observed, 0 where filled"}
-        with _naming(staging / META):
-            write_json_atomic(staging / META, export_meta(store, files, extras), indent=1, allow_nan=False)
-        replace_folder(staging, out, KIND)
+        finish_export(staging, out, export_meta(store, files, extras))
     except BaseException:
         if staging.is_dir():
             remove_tree(staging)
         raise
     return out
+
+
+def begin_export(store, out: Path, overwrite: bool) -> Path:
+    """The staging folder of an export of `store` to `out` (`<out>.partial`, marked), after checking that `out`
+    is outside the store and, if it exists, is a previous export of canonstore's that `overwrite` may replace."""
+    staging = out.with_name(out.name + ".partial")
+    _check_target(store.path, out, staging)
+    if os.path.lexists(out):
+        if not overwrite:
+            raise StoreError(f"{out} exists; remove it or export with --overwrite")
+        reason = _not_an_export(out)
+        if reason and not is_empty_folder(out):
+            raise StoreError(
+                f"{out} {reason}; --overwrite replaces only a previous canonstore export: choose "
+                "another folder, or move it away yourself"
+            )
+    for old in leftovers(out):  # a previous export that a kill left while it was being removed
+        if has_marker(old, KIND):
+            remove_tree(old)
+    return make_staging(staging, KIND)
+
+
+def finish_export(staging: Path, out: Path, meta: dict) -> None:
+    """Write `meta.json` into the complete `staging` and put it at `out` by one swap."""
+    with _naming(staging / META):
+        write_json_atomic(staging / META, meta, indent=1, allow_nan=False)
+    replace_folder(staging, out, KIND)
 
 
 def _check_target(store: Path, out: Path, staging: Path) -> None:
@@ -121,7 +132,7 @@ def _not_an_export(folder: Path) -> str | None:
         return "is not a folder"
     try:
         meta = json.loads((folder / META).read_text())
-        ours = str(meta["format"]).startswith("canonstore npy export")
+        ours = str(meta["format"]).startswith(("canonstore npy export", "canonstore netcdf export"))
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
     if not ours:
@@ -213,8 +224,8 @@ def _write_durably(path: Path, values: np.ndarray) -> None:
         write_file_atomic_with(path, save)
 
 
-def export_meta(store, files: dict, extras: dict) -> dict:
-    """What the .npy files hold, in JSON: enough to use them without canonstore or the store."""
+def export_meta(store, files: dict, extras: dict, kind: str = "npy") -> dict:
+    """What the exported files hold, in JSON: enough to use them without canonstore or the store."""
     ds = store._ds
     coords = {
         str(name): _plain(ds[name].values)
@@ -231,7 +242,7 @@ def export_meta(store, files: dict, extras: dict) -> dict:
             entry["session"] = [store.sessions[i] for i in store.session[steps]]
         split_info[split] = entry
     return {
-        "format": "canonstore npy export 1",
+        "format": f"canonstore {kind} export 1",
         "dims": list(store.dims),
         "dtype": str(store.dtype),
         "order": "C",

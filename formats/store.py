@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from canonstore._warnings import cftime_notes_silenced
+from canonstore._warnings import cftime_notes_silenced, chunk_notes_silenced
 from canonstore.errors import StoreError
 from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.handle import CheckedStore, StoreHandle
@@ -187,13 +187,13 @@ class Store:
         """Back to physical units: values * scale + mean, channels along `channel_axis`."""
         return denormalise(values, self.stats["mean"], self.stats["std"], channel_axis)
 
-    def to_xarray(self, physical: bool = False) -> xr.Dataset:
+    def to_xarray(self, physical: bool = False, chunks: dict | None = None) -> xr.Dataset:
         """The whole store as a lazy (dask) xarray Dataset: what `xr.open_zarr` gives, with the two nested JSON
         attributes as text so that `to_netcdf` works (`formats.physical`); its reads come from this store or raise
         once it has been rebuilt. `physical`: one variable per channel in physical units, with the sources'
-        units, long_name, standard_name and global attributes."""
-        with cftime_notes_silenced():
-            ds = as_netcdf_ready(xr.open_zarr(self._zarr, consolidated=True))
+        units, long_name, standard_name and global attributes. `chunks`: dask chunks, as `xr.open_zarr`'s."""
+        with cftime_notes_silenced(), chunk_notes_silenced():
+            ds = as_netcdf_ready(xr.open_zarr(self._zarr, consolidated=True, **({"chunks": chunks} if chunks else {})))
         return physical_view(ds, self.stats["mean"], self.stats["std"]) if physical else ds
 
 
