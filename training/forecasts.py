@@ -13,6 +13,7 @@ is forecast + score).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from canonstore.training.alignment import grid_coords
 from canonstore.training.runs import load_run
 from canonstore.training.scoring import forecast, to_layout, valid_basis
 from canonstore.training.tracking import read_config
+
+logger = logging.getLogger(__name__)
 
 BATCH = 64  # times per chunk of the file, and scored at once
 KIND = "forecast file"  # the staging marker's kind (canonstore.atomic)
@@ -69,7 +72,6 @@ def write_forecast(
     checkpoint: str = "best",
     store=None,
     out_dir: str | Path = "forecasts",
-    log=print,
     steps: int | None = None,
     progress: bool = False,
 ) -> Path:
@@ -131,7 +133,7 @@ def write_forecast(
             start += x.shape[0]
             bar.update(x.shape[0])
     replace_folder(staging, out, KIND)
-    log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
+    logger.info(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
     return out
 
 
