@@ -72,13 +72,13 @@ if __name__ == "__main__":  # dask workers start by importing this script
         local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
         with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
             began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
-            result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None,
+            result = build(sys.argv[1], sys.argv[2], force=True, progress=False,
                            scheduler=cluster.scheduler_address)
             seconds = time.perf_counter() - began
             worker_kb = max(client.run(peak_kb).values())
     else:
         began = time.perf_counter()
-        result = build(sys.argv[1], sys.argv[2], force=True, progress=False, log=lambda *_: None)
+        result = build(sys.argv[1], sys.argv[2], force=True, progress=False)
         seconds, worker_kb = time.perf_counter() - began, 0
     print(result.bytes, seconds, peak_kb(), worker_kb)
 """

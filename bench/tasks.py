@@ -68,9 +68,9 @@ def main() -> None:
             },
         )
         began = time.perf_counter()
-        folders[label] = train(config, args.store, args.runs, progress=False, log=lambda *_: None)
+        folders[label] = train(config, args.store, args.runs, progress=False)
         seconds = time.perf_counter() - began
-        scores = json.loads(evaluate(folders[label], args.scores, steps=steps, log=lambda *_: None).read_text())
+        scores = json.loads(evaluate(folders[label], args.scores, steps=steps).read_text())
         leads = {
             int(k): {"overall": v["overall"]["rmse"], **{c: v["channels"][c]["rmse"] for c in CHANNELS}}
             for k, v in scores["leads"].items()

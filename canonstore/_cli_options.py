@@ -56,6 +56,11 @@ def config_of(config_path, model, overrides):
     return load_config(config_path, extra)
 
 
+def bars(quiet: bool) -> bool:
+    """Progress bars unless the command's `--quiet` or the global `canonstore -q` says none."""
+    return not (quiet or click.get_current_context().find_root().params.get("quiet"))
+
+
 def forecast_options(fn):
     """--split and --steps: which samples a run forecasts, and how many steps it rolls out; --format: Zarr or NetCDF;
     --quiet: no progress."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from canonstore import __version__
-from canonstore._cli_options import config_of, folder_of, forecast_options, training_options
+from canonstore._cli_options import bars, config_of, folder_of, forecast_options, training_options
+from canonstore._logging import on_terminal
 from canonstore.errors import CanonstoreError
+
+logger = logging.getLogger(__name__)
 
 
 def _run(fn, debug: bool):
@@ -48,8 +52,15 @@ class _OneLineErrors(click.Group):
 
 @click.group(cls=_OneLineErrors, name="canonstore")
 @click.version_option(__version__, "--version", prog_name="canonstore", message="%(prog)s %(version)s")
-def main():
+@click.option("--verbose", "-v", is_flag=True, help="Also the debug lines (the build log gets them too).")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars. Log files keep all.")
+@click.pass_context
+def main(ctx, verbose, quiet):
     """Raw NetCDF -> one canonical, pre-normalised Zarr store with fixed splits."""
+    if verbose and quiet:
+        raise click.UsageError("give --verbose or --quiet, not both")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    ctx.with_resource(on_terminal(level))  # for this command only: a Python caller's logging stays its own
 
 
 @main.command()
@@ -75,7 +86,7 @@ def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet,
             recipe,
             out,
             force=force,
-            progress=not quiet,
+            progress=bars(quiet),
             resume=resume,
             workers=workers,
             scheduler=scheduler,
@@ -94,7 +105,7 @@ def append(store, recipe, quiet, debug):
     """Add the steps that follow STORE's last one (a later time.end, new raw files); train statistics stay."""
     from canonstore.preprocess.append import append as append_steps
 
-    _run(lambda: append_steps(store, recipe, progress=not quiet), debug)
+    _run(lambda: append_steps(store, recipe, progress=bars(quiet)), debug)
 
 
 @main.command()
@@ -117,12 +128,12 @@ def verify(store, inputs, quiet):
     from canonstore.formats import verify_store
     from canonstore.formats.verify import verify_inputs
 
-    problems = verify_store(store, progress=not quiet) + (verify_inputs(store) if inputs else [])
+    problems = verify_store(store, progress=bars(quiet)) + (verify_inputs(store) if inputs else [])
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
         sys.exit(1)
-    click.echo(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
+    logger.info(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
 
 
 @main.command()
@@ -144,7 +155,7 @@ def export(store, kind, out, overwrite, quiet, debug):
     from canonstore.formats.npy import export_npy
 
     export_to = export_netcdf if kind == "netcdf" else export_npy
-    _run(lambda: export_to(store, out, overwrite=overwrite, log=click.echo, progress=not quiet), debug)
+    _run(lambda: export_to(store, out, overwrite=overwrite, progress=bars(quiet)), debug)
 
 
 @main.command("sources")
@@ -166,7 +177,7 @@ def demo_data(out, size, years):
     from canonstore.preprocess.demo import write_demo
 
     path = _run(lambda: write_demo(out, size=size, years=tuple(range(2000, 2000 + years))), False)
-    click.echo(f"wrote demo raw data to {path}")
+    logger.info(f"wrote demo raw data to {path}")
 
 
 @main.command()
@@ -177,7 +188,7 @@ def train(config_path, model, store, overrides, runs, debug, quiet):
     from canonstore.training import train as train_run
 
     try:
-        _run(lambda: train_run(config_of(config_path, model, overrides), store, runs, progress=not quiet), debug)
+        _run(lambda: train_run(config_of(config_path, model, overrides), store, runs, progress=bars(quiet)), debug)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run the same command again to resume from the last checkpoint", err=True)
         sys.exit(130)
@@ -204,7 +215,7 @@ def evaluate(config_path, model, store, overrides, runs, debug, folder, scores, 
             scores,
             split=split,
             steps=steps,
-            progress=not quiet,
+            progress=bars(quiet),
             file_format=file_format,
         ),
         debug,
@@ -231,9 +242,8 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
             folder_of(folder, config_path, model, overrides, store, runs),
             split,
             out_dir=forecasts,
-            log=click.echo,
             steps=steps,
-            progress=not quiet,
+            progress=bars(quiet),
             file_format=file_format,
         ),
         debug,
@@ -275,7 +285,7 @@ def score(forecast_file, store, out, lat_weighted, renames, acc_reference, quiet
         raise click.BadParameter("expected FILE_VAR=STORE_VAR", param_hint="--rename")
     _run(
         lambda: score_to_file(
-            forecast_file, store, out, lat_weighted, click.echo, not quiet, reference=acc_reference, rename=pairs
+            forecast_file, store, out, lat_weighted, progress=bars(quiet), reference=acc_reference, rename=pairs
         ),
         debug,
     )
@@ -295,6 +305,6 @@ def plot(target, store, channels, when, out, debug):
     def go():
         written = plot_forecast(target, store, out) if store else plot_store(target, out, list(channels), when)
         for path in written:
-            click.echo(f"wrote {path}")
+            logger.info(f"wrote {path}")
 
     _run(go, debug)

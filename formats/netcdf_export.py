@@ -11,6 +11,7 @@ folder appears by one rename when complete, and `--overwrite` replaces only an e
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from canonstore._progress import progress as progress_bar
@@ -19,8 +20,10 @@ from canonstore.formats.npy import begin_export, export_meta, finish_export
 from canonstore.formats.store import open_store
 from canonstore.splits import SPLITS
 
+logger = logging.getLogger(__name__)
 
-def export_netcdf(store_path: str | Path, out: str | Path, overwrite: bool = False, log=print, progress: bool = False):
+
+def export_netcdf(store_path: str | Path, out: str | Path, overwrite: bool = False, progress: bool = False) -> Path:
     """Write STORE's train/val/test steps to `out`/<split>.nc (physical units) plus `out`/meta.json; return `out`."""
     store, out = open_store(store_path), Path(out)
     staging = begin_export(store, out, overwrite)
@@ -38,7 +41,7 @@ def export_netcdf(store_path: str | Path, out: str | Path, overwrite: bool = Fal
                     "shape": [int(steps.size), *store.shape[2:]],
                     "steps": steps.tolist(),
                 }
-                log(f"{split}: {steps.size} steps -> {out / path.name} (physical units)")
+                logger.info(f"{split}: {steps.size} steps -> {out / path.name} (physical units)")
                 bar.update(1)
         meta = export_meta(store, files, {"values": "physical units: one variable per channel, as channel_units say"})
         finish_export(staging, out, {**meta, "format": "canonstore netcdf export 1"})

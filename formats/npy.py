@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -34,6 +35,8 @@ from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import ShardLayout, mappable_layout, open_shard, shard_file
 from canonstore.splits import SPLITS
 
+logger = logging.getLogger(__name__)
+
 BLOCK_MB = 64
 KIND = "npy export"  # the kind of the staging marker, of NetCDF exports too (`netcdf_export`)
 META = "meta.json"
@@ -44,7 +47,6 @@ def export_npy(
     out: str | Path,
     overwrite: bool = False,
     block_mb: float = BLOCK_MB,
-    log=print,
     progress: bool = False,
 ) -> Path:
     """Write STORE's train/val/test steps to `out`/<split>.npy plus `out`/meta.json; return `out`.
@@ -71,7 +73,7 @@ def export_npy(
                 files[split] = _write_split(
                     counted, steps, staging / f"{split}.npy", store.dtype, store.shape[1:], block
                 )
-                log(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
+                logger.info(f"{split}: {steps.size} steps -> {out / f'{split}.npy'}")
         extras = {}
         if store.static:
             names = list(store.static)

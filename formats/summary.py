@@ -16,7 +16,8 @@ def describe(store: Store) -> str:
         f"{store.path}  (canonstore format {a['format_version']}, '{a['name']}')",
         f"data    {ds['data'].dims} {store.shape} {store.dtype}, "
         f"{np.prod(store.shape) * store.dtype.itemsize / 1e6:.1f} MB",
-        f"time    {len(store.time)} steps, {span(store.time, empty='-')}, calendar {a.get('calendar')}, "
+        f"time    {len(store.time)} steps, {span(store.time, empty='-')}, "
+        f"calendar {a.get('calendar') or 'standard (the sources state none)'}, "
         f"{len(store.gaps)} gap(s) (windows end at each)",
         f"grid    {store.dims[2:]}, latitude: {store.latitude}, longitude: {store.longitude}",
         *(

@@ -10,6 +10,7 @@ moment leaves it intact. Anything that would change train statistics is refused:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.formats.spec import FORMAT_VERSION
 from canonstore.formats.store import open_store
 from canonstore.formats.zarr_ import ShardLayout, shard_file
+from canonstore.preprocess.buildlog import build_log
 from canonstore.preprocess.executor import InProcessExecutor
 from canonstore.preprocess.inputs import content, input_records, recorded_attrs, up_to_date
 from canonstore.preprocess.lock import build_lock
@@ -50,6 +52,8 @@ from canonstore.preprocess.staging import (
 from canonstore.preprocess.write import write_pass
 from canonstore.splits import SPLIT_CODES, find_gaps
 
+logger = logging.getLogger(__name__)
+
 MAY_CHANGE = ("sources", "time")  # recipe keys an append may differ in (time: only `end`, only later)
 
 
@@ -57,7 +61,6 @@ def append(
     store_path: str | Path,
     recipe_path: str | Path | None = None,
     progress: bool = True,
-    log=print,
     block_mb: float = BLOCK_MB,
 ) -> BuildResult:
     """Append the new steps of the store's recipe (or `recipe_path`) to the store at `store_path`.
@@ -70,15 +73,15 @@ def append(
         raise StoreError(f"{out}: no complete canonstore store there to append to")
     recipe = load_recipe(recipe_path or previous["recipe_path"])
     refuse_output_among_sources(recipe, out)
-    with build_lock(out, log):
+    with build_lock(out), build_log(out, "append"):
         check_output(out)
-        clear_leftovers(out, log)
+        clear_leftovers(out)
         previous = recorded_attrs(out)  # as it is now that no other build runs
         inputs = input_records(recipe.sources, previous.get("inputs", []))
         if up_to_date(previous, recipe, inputs):
-            log(f"{out} is up to date (same recipe and inputs); nothing to append")
+            logger.info(f"{out} is up to date (same recipe and inputs); nothing to append")
             return BuildResult(out, built=False)
-        result = try_append(out, recipe, inputs, previous, progress, log, block_mb)
+        result = try_append(out, recipe, inputs, previous, progress, block_mb)
     if isinstance(result, str):
         raise StoreError(
             f"cannot append to {out}: {result}; rebuild it: canonstore build {recipe.path} --out {out} --force"
@@ -92,7 +95,6 @@ def try_append(
     inputs: list[dict],
     previous: dict,
     progress: bool = True,
-    log=print,
     block_mb: float = BLOCK_MB,
 ) -> BuildResult | str:
     """Append if the recipe and inputs only extend the store in time; else say why not (a reason string)."""
@@ -128,18 +130,18 @@ def try_append(
         reason = _nan_change(recipe, sources, plan, scan(executor, job, progress, resumable=False).nans, old_steps)
         if reason:
             return reason
-        log(
+        logger.info(
             f"appending {sources.time.size - old_steps} steps to {out} ({sources.time_label(old_steps)} .. "
             f"{sources.time_label(sources.time.size - 1)})"
         )
-        report_sources(sources, log)
+        report_sources(sources)
         # The partial last shard is rewritten; so is a one-shard store's shard, which was cut to its steps.
         same_shards = previous["layout"]["shard_steps"] == blocks.shard_steps
         first_shard = ShardLayout(sources.time.size, blocks.shard_steps).shard_of(old_steps) if same_shards else 0
         linked = _unchanged_shards(out, first_shard, len(store.shape))
         staging = new_staging(out)
         save_progress(staging, {"fingerprint": "append", "inputs": inputs})  # never resumed as a build
-        with cleanup_on_failure(staging, log):
+        with cleanup_on_failure(staging):
             write_metadata(staging, store_metadata(recipe, sources, labels, plan))
             job = job.for_write(len(plan.channels), recipe.dtype, first_shard)
             create_data(staging, job, sources.space_dims)
@@ -150,7 +152,7 @@ def try_append(
             publish(staging, out, provenance(recipe, sources, inputs, job, _history(previous, old_steps)), files)
     seconds = time.perf_counter() - began
     result = BuildResult(out, True, sources.time.size, len(plan.channels), job.nbytes, seconds)
-    log(f"appended to {out}: now {result.steps} steps, {result.steps - old_steps} new, in {seconds:.1f} s")
+    logger.info(f"appended to {out}: now {result.steps} steps, {result.steps - old_steps} new, in {seconds:.1f} s")
     return result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ from canonstore.preprocess.write import write_pass
 from canonstore.provenance import package_version
 from canonstore.splits import SPLIT_CODES
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -78,7 +81,6 @@ def build(
     out: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
-    log=print,
     resume: bool = False,
     block_mb: float = BLOCK_MB,
     append: bool = True,
@@ -99,48 +101,51 @@ def build(
     recipe = load_recipe(recipe_path)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     refuse_output_among_sources(recipe, out)
-    with build_lock(out, log), build_log(out, log) as log:
+    with build_lock(out), build_log(out):
         check_output(out)
-        clear_leftovers(out, log)
+        clear_leftovers(out)
         state = load_progress(staging_path(out)) if resume else None
         previous = recorded_attrs(out)
         # Only files whose size, mtime or inode changed since the store (or the partial build) are hashed.
         inputs = input_records(recipe.sources, (previous or {}).get("inputs", []) + (state or {}).get("inputs", []))
+        logger.debug(f"{recipe.path}: {len(inputs)} input files, {sum(r['size'] for r in inputs) / 1e6:.1f} MB")
         if not force and up_to_date(previous, recipe, inputs):
-            log(f"{out} is up to date (same recipe and inputs); nothing to do")
+            logger.info(f"{out} is up to date (same recipe and inputs); nothing to do")
             return BuildResult(out, built=False)
         if append and not force and previous is not None:
-            result = try_append(out, recipe, inputs, previous, progress=progress, log=log, block_mb=block_mb)
+            result = try_append(out, recipe, inputs, previous, progress=progress, block_mb=block_mb)
             if isinstance(result, BuildResult):
                 return result
-            log(f"rebuilding {out} (not an append: {result})")
-        return _build_new(recipe, out, inputs, state, options, log)
+            logger.info(f"rebuilding {out} (not an append: {result})")
+        return _build_new(recipe, out, inputs, state, options)
 
 
-def _build_new(
-    recipe: Recipe, out: Path, inputs: list[dict], state: dict | None, options: BuildOptions, log
-) -> BuildResult:
+def _build_new(recipe: Recipe, out: Path, inputs: list[dict], state: dict | None, options: BuildOptions) -> BuildResult:
     """Sources -> scan -> plan -> write -> verify -> publish; going on from the staging's `state` (its
     progress.json) when that was built from the same recipe and inputs."""
     began = time.perf_counter()
     with open_shared_sources(recipe) as sources:
-        report_sources(sources, log)
+        report_sources(sources)
         labels = store_labels(recipe, sources)
         blocks = BlockLayout.for_store(
             sources.time.size, sources.sample_shape, recipe.dtype, recipe.shard_mb, options.block_mb
         )
         fingerprint = _fingerprint(recipe, inputs, blocks)
+        logger.debug(
+            f"{sources.time.size} steps x {sources.sample_shape} a step: shards of {blocks.shard_steps} steps, "
+            f"read and written in blocks of {blocks.block_steps} steps"
+        )
         staging = staging_path(out)
         if state is not None and state.get("fingerprint") == fingerprint:
             shards = ShardLayout(sources.time.size, blocks.shard_steps).count
-            log(f"resuming {staging}: {len(written_shards(staging))} of {shards} shards already written")
+            logger.info(f"resuming {staging}: {len(written_shards(staging))} of {shards} shards already written")
         else:
-            _say_discarded(staging, state, options.resume, log)
+            _say_discarded(staging, state, options.resume)
             staging = new_staging(out)
             state = {"fingerprint": fingerprint, "inputs": inputs}
             save_progress(staging, state)
         job = ShardJob.for_build(recipe, sources, staging, blocks, train=labels == SPLIT_CODES["train"])
-        with cleanup_on_failure(staging, log), executor_for(**options.executor, log=log) as executor:
+        with cleanup_on_failure(staging), executor_for(**options.executor) as executor:
             executor.check_shared([recipe.path, *recipe.sources[:1], staging])
             if "plan" in state:
                 plan = Plan.from_json(state["plan"])
@@ -154,19 +159,20 @@ def _build_new(
             publish(staging, out, provenance(recipe, sources, inputs, job, None), files)
     seconds = time.perf_counter() - began
     result = BuildResult(out, True, sources.time.size, len(plan.channels), job.nbytes, seconds)
-    log(
+    logger.info(
         f"wrote {out}: {result.steps} steps x {result.channels} channels, {job.nbytes / 1e6:.1f} MB "
         f"in {seconds:.1f} s ({job.nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)"
     )
     return result
 
 
-def _say_discarded(staging: Path, state: dict | None, resume: bool, log) -> None:
+def _say_discarded(staging: Path, state: dict | None, resume: bool) -> None:
     """Say why an interrupted build's `staging` (its progress: `state`) is not resumed, if there is one."""
     if staging.exists() and not resume:
-        log(f"discarding {staging}, an interrupted build (--resume would go on from it)")
+        logger.info(f"discarding {staging}, an interrupted build (--resume would go on from it)")
     elif staging.exists():
-        log(f"discarding {staging}: " + ("it was built from other inputs" if state else "nothing to resume in it"))
+        why = "it was built from other inputs" if state else "nothing to resume in it"
+        logger.info(f"discarding {staging}: {why}")
 
 
 def _fingerprint(recipe: Recipe, inputs: list[dict], blocks: BlockLayout) -> str:

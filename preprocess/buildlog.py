@@ -1,9 +1,10 @@
 """`<store>.log`: the build's own lines, dask's messages and a failure's traceback, one section per build.
 
-The terminal gets the build's lines and, on failure, one `error: ...` line; the log keeps the details
-(the traceback a task raised on a worker, what dask said about lost workers). Appended, never
-truncated, and only to a log of canonstore's (its first line is a section's `HEADER`): a file of that name
-that canonstore did not write, or a symbolic link, is refused, never written to.
+The terminal gets the build's lines (as `-v`, `-q` choose) and, on failure, one `error: ...` line; the log
+keeps every INFO line with its UTC time and level, and the details (the traceback a task raised on a worker,
+what dask said about lost workers), whatever the terminal shows. Appended, never truncated, and only to a log
+of canonstore's (its first line is a section's `HEADER`): a file of that name that canonstore did not write,
+or a symbolic link, is refused, never written to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from canonstore._logging import Lines, copied_to
 from canonstore.errors import StoreError
 
 HEADER = "== canonstore "  # how each build's section begins, the log's first line included
@@ -27,14 +29,13 @@ def log_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def build_log(out: Path, log=print, what: str = "build"):
-    """Yield a `log` that also appends to `<out>.log`, which dask's loggers write to meanwhile.
-
-    Writing the log never fails a build (a full disk is reported by the build itself).
-    """
+def build_log(out: Path, what: str = "build"):
+    """While the block runs, canonstore's lines (INFO and above, with `-v` DEBUG too) and dask's warnings are
+    appended to `<out>.log`; a failure's traceback follows them. Writing the log never fails a build (a full
+    disk is reported by the build itself)."""
     file = _open_ours(log_path(out), out)
     if file is None:
-        yield log
+        yield
         return
 
     def write(text: str) -> None:
@@ -42,25 +43,22 @@ def build_log(out: Path, log=print, what: str = "build"):
             file.write(text if text.endswith("\n") else text + "\n")
             file.flush()
 
-    def both(line: str) -> None:
-        log(line)
-        write(f"{dt.datetime.now().isoformat(timespec='seconds')} {line}")
-
-    handler = _ToLog(write)
+    dask = Lines(write, logging.WARNING)  # dask's INFO lines (every start and close) would drown the rest
     write(
         f"{HEADER}{what} of {out} (pid {os.getpid()} on {os.uname().nodename}), "
-        f"{dt.datetime.now().isoformat(timespec='seconds')}"
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
     )
     for name in DASK_LOGGERS:
-        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).addHandler(dask)
     try:
-        yield both
+        with copied_to(write):
+            yield
     except BaseException as exc:
         write(f"failed: {type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
         raise
     finally:
         for name in DASK_LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
+            logging.getLogger(name).removeHandler(dask)
         with contextlib.suppress(OSError):
             file.close()
 
@@ -88,20 +86,9 @@ def _open_ours(path: Path, out: Path):
 
 
 # Dask's loggers that do not pass their records up to "distributed" (its logging config gives them handlers
-# of their own): the client's (results it could not gather, say) and tornado's.
+# of their own): the client's (results it could not gather, say) and tornado's. `Lines` is no StreamHandler,
+# which dask's `silence_logs` would quiet.
 DASK_LOGGERS = ("distributed", "distributed.client", "tornado", "tornado.application")
-
-
-class _ToLog(logging.Handler):
-    """Records into the build log. Not a StreamHandler: dask's `silence_logs` quiets every StreamHandler."""
-
-    def __init__(self, write):
-        super().__init__(logging.WARNING)  # dask's INFO lines (every start and close) would drown the rest
-        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-        self._write = write
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._write(self.format(record))
 
 
 SILENT = logging.CRITICAL + 1  # above every level: dask writes nothing to the terminal

@@ -13,6 +13,7 @@ every worker before any task runs and stops with a clear error otherwise.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -24,6 +25,8 @@ from typing import Protocol
 from canonstore.errors import StoreError
 from canonstore.preprocess.buildlog import SILENT, quiet_dask
 from canonstore.remote import is_url
+
+logger = logging.getLogger(__name__)
 
 UNTRIMMED = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
@@ -230,9 +233,7 @@ def _missing(paths: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def executor_for(
-    scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None, log=print
-):
+def executor_for(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None):
     """The executor for these options: a client of a running cluster, a LocalCluster of `workers`
     processes (one thread each), or this process when none is given."""
     if not (scheduler or scheduler_file or workers):
@@ -268,7 +269,7 @@ def executor_for(
                     f"could not start a local dask cluster of {workers} workers: {type(exc).__name__}: {exc}"
                 ) from exc
             with cluster, Client(cluster) as client:
-                log(f"started a local dask cluster of {workers} worker processes")
+                logger.info(f"started a local dask cluster of {workers} worker processes")
                 yield from _distributed(client)
         return
     try:
@@ -280,7 +281,7 @@ def executor_for(
     with client, quiet_dask():
         if not client.scheduler_info()["workers"]:
             client.wait_for_workers(1, timeout=120)
-        log(
+        logger.info(
             f"building on the dask cluster at {client.scheduler.address} "
             f"({len(client.scheduler_info()['workers'])} workers)"
         )

@@ -6,17 +6,20 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import logging
 import os
 import re
 from pathlib import Path
 
 from canonstore.errors import StoreError
 
+logger = logging.getLogger(__name__)
+
 HOLDER = re.compile(r"pid \d+ on .*, started \S+$")  # what a build writes into its lock file
 
 
 @contextlib.contextmanager
-def build_lock(out: Path, log=print):
+def build_lock(out: Path):
     """Hold `<out>.lock` for a build; a second build of the same output is refused, naming the first.
 
     flock is released by the kernel when the holder dies (even by kill -9), so a stale lock file
@@ -38,8 +41,8 @@ def build_lock(out: Path, log=print):
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            log(
-                f"warning: {path.parent} does not support flock ({exc.strerror}); using the lock file "
+            logger.warning(
+                f"{path.parent} does not support flock ({exc.strerror}); using the lock file "
                 f"{path}.excl instead: if a build is killed, delete that file before the next build"
             )
             with _exclusive_file(Path(f"{path}.excl"), out, holder):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import platform
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from canonstore.preprocess.sources import Sources
 from canonstore.provenance import git_commit, package_version
 from canonstore.splits import SPLIT_NAMES, split_keys, split_labels
 
+logger = logging.getLogger(__name__)
+
 TOOLS = ("numpy", "xarray", "zarr", "numcodecs", "dask", "netCDF4", "cftime")
 
 
@@ -42,24 +45,25 @@ def store_labels(recipe: Recipe, sources: Sources) -> np.ndarray:
         raise RecipeError(f"{exc}; {sources.coverage()}") from None
 
 
-def report_sources(sources: Sources, log) -> None:
+def report_sources(sources: Sources) -> None:
     """Say out loud what the recipe leaves out and which gaps it allows (never dropped silently)."""
     if sources.ignored:
-        log(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
+        logger.info(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
     for unused in sources.unused_files:
-        log(
+        logger.info(
             f"not used: {unused['path']} (matched by 'sources', but holds none of the recipe's variables; "
             f"it has {', '.join(unused['variables']) or 'no data variables'})"
         )
     ends = set() if sources.session is None else set(np.flatnonzero(np.diff(sources.session)).tolist())
     gaps = [g for g in sources.gaps if g not in ends]
     if ends:
-        log(
+        logger.info(
             f"{len(sources.sessions)} sessions ({', '.join(sources.sessions[:4])}"
             f"{' ...' if len(sources.sessions) > 4 else ''}): windows end at each session's last step"
         )
     if gaps:  # allowed by the recipe, still said out loud and kept in the provenance
-        log(f"time axis has {len(gaps)} gap(s) (recipe time_gaps: allow), first after {sources.time_label(gaps[0])}")
+        first = sources.time_label(gaps[0])
+        logger.info(f"time axis has {len(gaps)} gap(s) (recipe time_gaps: allow), first after {first}")
 
 
 _SOURCE_STORAGE = ("chunks", "preferred_chunks", "compressor", "compressors", "filters", "serializer", "shards")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from canonstore.atomic import has_marker, leftovers, make_staging, remove_tree, write_file_atomic
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import listed_files, store_entries
+
+logger = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
 MARKERS = ".build"  # per-shard markers inside the staging store; removed before the manifest
@@ -61,7 +64,7 @@ def new_staging(out: Path) -> Path:
     return make_staging(staging_path(out), "store")
 
 
-def clear_leftovers(out: Path, log=print) -> None:
+def clear_leftovers(out: Path) -> None:
     """Remove what a kill during a publish left beside `out` (call it holding the build lock): the old
     store, swapped to `<out>.partial` (no progress file there: nothing to resume) or renamed to
     `<out>.old-<pid>`, wholly or partly removed. Only folders with our marker are touched."""
@@ -69,7 +72,7 @@ def clear_leftovers(out: Path, log=print) -> None:
     found = leftovers(out) + ([staging] if staging.is_dir() and not (staging / PROGRESS).exists() else [])
     for folder in found:
         if has_marker(folder, "store"):
-            log(f"removing {folder}: left by an interrupted build")
+            logger.info(f"removing {folder}: left by an interrupted build")
             remove_tree(folder)
 
 
@@ -86,13 +89,13 @@ def load_progress(staging: Path) -> dict | None:
 
 
 @contextlib.contextmanager
-def cleanup_on_failure(staging: Path, log=print):
+def cleanup_on_failure(staging: Path):
     """On any failure remove the staging store, so nothing half-built is left; keep it for `--resume`
     when the build was interrupted (Ctrl-C) or lost its workers (an error with `keep_staging`)."""
     try:
         yield
     except KeyboardInterrupt:
-        log(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last shard")
+        logger.warning(f"interrupted: {staging} kept; `canonstore build --resume` goes on from its last shard")
         raise
     except OSError as exc:  # disk full, read-only, quota: say where, keep nothing
         shutil.rmtree(staging, ignore_errors=True)

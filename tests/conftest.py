@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_var, "1")
 
 
+@pytest.fixture
+def said(caplog):
+    """What the library says at INFO and above (its log messages, canonstore's loggers only), so far in the test:
+    `said()` -> ["wrote ...", ...]."""
+    caplog.set_level(logging.INFO, logger="canonstore")
+    return lambda: [r.getMessage() for r in caplog.records if r.name.split(".")[0] == "canonstore"]
+
+
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
     """Demo raw files on an 8x16 grid, 3 years (2000-2002), written once per session."""
@@ -33,7 +42,7 @@ def tiny_store(tiny_raw, tmp_path_factory) -> Path:
     """The tiny demo built once (small shard_mb so that the build streams several blocks)."""
     folder = tmp_path_factory.mktemp("store")
     out = folder / "demo.zarr"
-    build(demo_recipe(folder, tiny_raw), out, progress=False, log=lambda *_: None)
+    build(demo_recipe(folder, tiny_raw), out, progress=False)
     return out
 
 
@@ -71,7 +80,7 @@ def gappy_store(tmp_path_factory) -> Path:
         nan_policy="fill",
         splits={"train": [2000, 2000], "val": [2001, 2001], "test": [2002, 2002]},
     )
-    return build(recipe, folder / "gappy.zarr", progress=False, log=lambda *_: None).path
+    return build(recipe, folder / "gappy.zarr", progress=False).path
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +110,7 @@ def short_hourly_store(tmp_path_factory) -> Path:
             "test": ["2020-01-17", "2020-01-20"],
         },
     )
-    return build(recipe, folder / "short.zarr", progress=False, log=lambda *_: None).path
+    return build(recipe, folder / "short.zarr", progress=False).path
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +127,7 @@ def nrcan_store(tmp_path_factory) -> Path:
         nan_policy="fill",
         splits={"train": [1981, 2000], "val": [2001, 2005], "test": [2006, 2010]},
     )
-    return build(recipe, folder / "nrcan.zarr", progress=False, log=lambda *_: None).path
+    return build(recipe, folder / "nrcan.zarr", progress=False).path
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,6 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
-def quiet(*_) -> None:
-    """A `log` that says nothing."""
-
-
 # Tests whose processes talk over sockets (dask workers, gloo process groups, torchrun) run once more when they
 # fail: on a loaded 2-core CI box a worker restart or a gloo rendezvous occasionally times out (seen: dask's
 # "Only 1/2 workers arrived after 60 s", gloo's "connectFullMesh failed ... Connection closed by peer").

@@ -10,7 +10,7 @@ import pytest
 
 from canonstore import open_store
 from canonstore.preprocess import build
-from tests.helpers import ROOT, demo_recipe, quiet
+from tests.helpers import ROOT, demo_recipe
 
 pytestmark = pytest.mark.slow  # runs the benchmarks on a tiny store
 
@@ -22,7 +22,6 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
         demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 1024}),
         tmp_path / "one.zarr",
         progress=False,
-        log=quiet,
     ).path
     done = subprocess.run(
         [
@@ -88,7 +87,7 @@ def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch)
     where = data.write_size(tmp_path, "t")
     assert "train: [0, 47], val: [52, 59]" in (where / "canonstore.yaml").read_text()  # 80% train, then the embargo
     assert "end: 2000-01-12T18:00:00}" in (where / "anemoi.yaml").read_text()  # statistics over train: step 47
-    build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False, log=quiet)
+    build(where / "canonstore.yaml", where / "canonstore.zarr", progress=False)
     plan_path = run.write_plan(where, "t", argparse.Namespace(workers=1, seconds=0.2))
     plan = json.loads(plan_path.read_text())
     assert plan["anemoi_channels"] == ["z_500", "z_850", "t_500", "t_850", "t2m", "msl"]

@@ -11,6 +11,7 @@ its numbers are those any other project's file gets. The file is matched to the 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from canonstore.training.metrics import Scores, area_weights, validity
 from canonstore.training.scoring import rmse_by_lead
 from canonstore.training.tracking import read_config, write_json
 
+logger = logging.getLogger(__name__)
+
 
 def evaluate(
     folder: str | Path,
@@ -36,7 +39,6 @@ def evaluate(
     checkpoint: str = "best",
     store=None,
     forecasts_dir: str | Path = "forecasts",
-    log=print,
     steps: int | None = None,
     progress: bool = False,
     file_format: str = "zarr",
@@ -52,7 +54,9 @@ def evaluate(
     folder = Path(folder)
     run = read_config(folder)
     store = open_store(store or run["store"]["path"]) if store is None or isinstance(store, (str, Path)) else store
-    path = write_forecast(folder, split, checkpoint, store, forecasts_dir, log, steps, progress, file_format)
+    path = write_forecast(
+        folder, split, checkpoint, store, forecasts_dir, steps=steps, progress=progress, file_format=file_format
+    )
     scored = score_forecast(path, store, run["lat_weighted"], progress)
     saved = load_checkpoint(folder / "checkpoints" / f"{checkpoint}.pt", torch.device("cpu"))
     suffix = ("" if split == "test" else f"-{split}") + (f"-steps{steps}" if other_steps(run, steps) else "")
@@ -78,7 +82,7 @@ def evaluate(
     )
     overall = result["overall"]
     first = "" if len(scored["leads"]) < 2 else f" at lead {next(iter(scored['leads']))}"
-    log(
+    logger.info(
         f"{out}: {run['model']} on {split}{first}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
         f"R² {overall['r2']:.4f}, ACC {overall['acc']:.4f} ({result['samples']} samples)"
         + rmse_by_lead(scored["leads"])
@@ -91,7 +95,6 @@ def score_to_file(
     store,
     out: str | Path | None = None,
     lat_weighted: bool | None = None,
-    log=print,
     progress: bool = False,
     reference: str = "window",
     rename: dict[str, str] | None = None,
@@ -101,12 +104,12 @@ def score_to_file(
     path = Path(forecast_file)
     scored = score_forecast(path, store, lat_weighted, progress, reference, rename)
     if scored["not_scored"]:
-        log(f"not scored (no channel of the store): {', '.join(scored['not_scored'])}")
+        logger.warning(f"not scored (no channel of the store): {', '.join(scored['not_scored'])}")
     target = Path(out) if out else Path("scores") / f"{path.parent.name}-{path.stem}-scored.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, {"forecast": str(path), "store": str(getattr(store, "path", store)), **_scores_record(scored)})
     overall = scored["scores"]["overall"]
-    log(
+    logger.info(
         f"{target}: RMSE {overall['rmse']:.4f} std, MAE {overall['mae']:.4f} std, "
         f"ACC {overall['acc']:.4f} ({scored['scores']['samples']} times)"
     )

@@ -17,6 +17,7 @@ forecast + score).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from canonstore.training.runs import load_run
 from canonstore.training.scoring import forecast, to_layout, valid_basis
 from canonstore.training.tracking import read_config
 from canonstore.training.wb2_layout import LEAD, LEVEL, ForecastLayout
+
+logger = logging.getLogger(__name__)
 
 BATCH = 64  # times per chunk of the file, and scored at once
 KIND = "forecast file"  # the staging marker's kind (canonstore.atomic)
@@ -85,7 +88,6 @@ def write_forecast(
     checkpoint: str = "best",
     store=None,
     out_dir: str | Path = "forecasts",
-    log=print,
     steps: int | None = None,
     progress: bool = False,
     file_format: str = "zarr",
@@ -157,7 +159,7 @@ def write_forecast(
         remove_ours(staging, KIND)
     else:
         replace_folder(staging, out, KIND)
-    log(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
+    logger.info(f"{out}: {run['model']} forecasts of {split} ({start} times x {len(names)} channels, physical units)")
     return out
 
 

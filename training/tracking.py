@@ -13,10 +13,12 @@ history kept in the checkpoint, so a resumed run never holds a row twice.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -24,9 +26,13 @@ from pathlib import Path
 
 import torch
 
+from canonstore._logging import copied_to
 from canonstore.atomic import write_file_atomic, write_json_atomic
 from canonstore.errors import RunError
 from canonstore.provenance import git_commit, git_dirty, package_version
+
+logger = logging.getLogger(__name__)
+QUIETED = ("mlflow", "alembic")  # third-party loggers set to WARNING once canonstore logs to MLflow
 
 
 def write_json(path: Path, value) -> None:
@@ -70,19 +76,23 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def train_log(folder: Path):
+    """While a run trains, canonstore's lines also go to `runs/<run>/train.log`, each with its UTC time and
+    level (a batch job's terminal output is easily lost; the run folder stays). Resumed runs append."""
+    return copied_to(LogFile(folder))
+
+
 class LogFile:
-    """A `log` that also appends each message, with its UTC time, to the run folder's `train.log` (a batch
-    job's terminal output is easily lost; the run folder stays). Messages said before the folder exists (a
-    bad config leaves no folder) wait and go in with the first one after."""
+    """Appends lines to the run folder's `train.log`. Lines said before the folder exists (a bad config leaves
+    no folder) wait and go in with the first one after; a full disk costs the log, never the run."""
 
-    def __init__(self, folder: Path, log=print):
-        self.path, self.log, self.waiting = Path(folder) / "train.log", log, []
+    def __init__(self, folder: Path):
+        self.path, self.waiting = Path(folder) / "train.log", []
 
-    def __call__(self, message: str) -> None:
-        self.log(message)
-        self.waiting.append(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {message}\n")
+    def __call__(self, line: str) -> None:
+        self.waiting.append(line + "\n")
         if self.path.parent.is_dir():
-            with open(self.path, "a") as f:
+            with contextlib.suppress(OSError), open(self.path, "a") as f:
                 f.writelines(self.waiting)
             self.waiting = []
 
@@ -91,8 +101,8 @@ class RunLog:
     """Writes one run's folder; also logs to MLflow (local file store under runs/mlruns by default,
     or MLFLOW_TRACKING_URI) when mlflow can be imported. Tracking trouble never stops training."""
 
-    def __init__(self, folder: Path, name: str, run: dict, log=print):
-        self.folder, self.name, self.run, self.log = Path(folder), name, run, log
+    def __init__(self, folder: Path, name: str, run: dict):
+        self.folder, self.name, self.run = Path(folder), name, run
         self.folder.mkdir(parents=True, exist_ok=True)
         self.mlflow = self._start_mlflow()
 
@@ -140,7 +150,7 @@ class RunLog:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            self.log("loss.png skipped: matplotlib is not installed (pip install matplotlib)")
+            logger.warning("loss.png skipped: matplotlib is not installed (pip install matplotlib)")
             return
         rows = read_csv(self.folder / "metrics.csv") if (self.folder / "metrics.csv").exists() else []
         if not rows:
@@ -162,6 +172,8 @@ class RunLog:
             import mlflow
         except ImportError:
             return None
+        for name in QUIETED:  # their INFO lines (each run's URL, database migrations) drown canonstore's
+            logging.getLogger(name).setLevel(logging.WARNING)
         id_file = self.folder / "mlflow_run_id"
         try:
             uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -177,7 +189,7 @@ class RunLog:
                 id_file.write_text(active.info.run_id + "\n")
                 mlflow.log_params(_flat(self.run))
         except Exception as exc:  # noqa: BLE001 - any tracking failure: say so and train on
-            self.log(f"MLflow logging off: {type(exc).__name__}: {exc}")
+            logger.warning(f"MLflow logging off: {type(exc).__name__}: {exc}")
             return None
         return mlflow
 
@@ -185,7 +197,7 @@ class RunLog:
         try:
             getattr(self.mlflow, method)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            self.log(f"MLflow logging off: {method} failed: {type(exc).__name__}: {exc}")
+            logger.warning(f"MLflow logging off: {method} failed: {type(exc).__name__}: {exc}")
             self.mlflow = None
 
 

@@ -14,6 +14,8 @@ and the first one checkpoints and logs. Every collective runs on the backend's d
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 from pathlib import Path
 
@@ -31,8 +33,10 @@ from canonstore.training.metrics import TargetMasks, area_weights, validity
 from canonstore.training.models import build_model, load_weights
 from canonstore.training.runs import resolve, run_name
 from canonstore.training.scoring import rmse_by_lead, score
-from canonstore.training.tracking import LogFile, RunLog
+from canonstore.training.tracking import RunLog, train_log
 from canonstore.training.trainer import Trainer, epoch_scores
+
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -42,7 +46,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = True, log=print, on_step=None) -> Path:
+def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = True, on_step=None) -> Path:
     """Train (or fit) `config["model"]` on `store`, resuming the run if it was interrupted.
 
     Returns the run's folder. A finished run is not trained again. `on_step(state)` is called after
@@ -55,10 +59,16 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
     folder = Path(runs_dir) / run_name(run)
     last = folder / "checkpoints" / "last.pt"
     if last.exists() and load_checkpoint(last)["finished"]:
-        log(f"{folder}: already trained (remove the folder to train it again)")
+        logger.info(f"{folder}: already trained (remove the folder to train it again)")
         return folder
-    if context.main:  # every line of the run also in runs/<run>/train.log
-        log = LogFile(folder, log)
+    with train_log(folder) if context.main else contextlib.nullcontext():  # every line also in train.log
+        return _train(run, store, folder, device, context, progress, on_step)
+
+
+def _train(run: dict, store, folder: Path, device, context: DistributedContext, progress: bool, on_step) -> Path:
+    """`train`'s work, once the run is named and its log is open."""
+    last = folder / "checkpoints" / "last.pt"
+    logger.debug(f"{folder.name}: resolved config {run}")
     seed_everything(run["seed"])
     torch.backends.cudnn.benchmark = device.type == "cuda"
     train_loader = make_loader(run, store, "train", device, train=True, rank=context.rank, world_size=context.world)
@@ -73,16 +83,18 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         ) from None
     model = build_model(run, train_loader.dataset).to(device)
     if run.get("init") and not last.exists():  # before anything is written: weights that do not fit leave no run
-        start_from(model, run["init"], log if context.main else (lambda *_: None))
+        start_from(model, run["init"])
+        if context.main:
+            logger.info(f"starting from the weights of {run['init']['run']} ({run['init']['path']})")
     weights = area_weights(store, train_loader.dataset.targets, run["lat_weighted"]).to(device)
     masks = TargetMasks(store, train_loader.dataset)
     climatology = acc_reference(store, train_loader.dataset.targets)  # the ACC's, WB2's day x hour means
-    runlog = RunLog(folder, folder.name, run, log) if context.main else None
+    runlog = RunLog(folder, folder.name, run) if context.main else None
     if runlog:
         for warning in run["warnings"]:
-            log(f"warning: {warning}")
+            logger.warning(warning)
         runlog.write_config()
-        log(
+        logger.info(
             f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
             f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)"
         )
@@ -92,7 +104,7 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
 
     trainer = Trainer(run, folder, model, train_loader, weights, masks, context)
     if last.exists():
-        trainer.resume(last, log)
+        trainer.resume(last)
     for epoch in range(trainer.state["epoch"], run["epochs"]):
         train_loss, timing = trainer.train_epoch(epoch, progress and context.main, on_step)
         stop = False
@@ -100,7 +112,7 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
         if context.main:
             stop = trainer.record_epoch(epoch, train_loss, val, timing)
             state = trainer.state
-            log(
+            logger.info(
                 f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
                 f"val RMSE {val['overall']['rmse']:.4f} std{rmse_by_lead(val.get('leads'))}, "
                 f"{state['throughput'][-1]['samples_per_s']} samples/s, "
@@ -111,12 +123,12 @@ def train(config: dict, store, runs_dir: str | Path = "runs", progress: bool = T
             trainer.end_epoch(epoch, finished=stop or epoch + 1 == run["epochs"])
             runlog.epoch(trainer.state["history"], trainer.state["throughput"])
             if stop:
-                log(f"early stop: no better validation loss for {run['patience']} epochs")
+                logger.info(f"early stop: no better validation loss for {run['patience']} epochs")
         if stop:
             break
     if context.main:
         runlog.finish()
-        log(f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})")
+        logger.info(f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})")
     return folder
 
 
@@ -133,7 +145,7 @@ def check_full_batch(loader, run: dict, store, world: int) -> None:
         )
 
 
-def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
+def start_from(model: torch.nn.Module, init: dict) -> None:
     """Load the weights `init` (`checkpoint.initial_weights`) into `model`: fine-tuning, e.g. a rollout
     from a one-step run (`models.load_weights`)."""
     try:
@@ -144,7 +156,6 @@ def start_from(model: torch.nn.Module, init: dict, log=print) -> None:
             f"init: the weights in {init['path']} do not fit this run's model (other channels, "
             f"leads or model settings?): {' '.join(line.strip() for line in first[:3])}"
         ) from None
-    log(f"starting from the weights of {init['run']} ({init['path']})")
 
 
 def fit_baseline(
@@ -171,7 +182,7 @@ def fit_baseline(
     save_checkpoint(folder / "checkpoints" / "last.pt", {**state, "finished": True})
     runlog.epoch([{"epoch": 0, "step": 0, "lr": 0.0, **epoch_scores(None, val)}], [])
     runlog.finish()
-    runlog.log(
+    logger.info(
         f"{folder}: {run['model']} val loss {val['loss']:.5f}, val RMSE {val['overall']['rmse']:.4f} std"
         + rmse_by_lead(val.get("leads"))
     )

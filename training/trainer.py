@@ -8,6 +8,7 @@ resumed from any checkpoint, mid-epoch included, ends exactly where an uninterru
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from canonstore.training.checkpoint import load_checkpoint, save_checkpoint
 from canonstore.training.distributed import DistributedContext
 from canonstore.training.metrics import TargetMasks, weighted_mse
 from canonstore.training.scoring import forecast, to_layout
+
+logger = logging.getLogger(__name__)
 
 
 def lr_factor(step: int, total: int, warmup: float, kind: str) -> float:
@@ -78,7 +81,7 @@ class Trainer:
                 model, device_ids=None if self.device.index is None else [self.device.index]
             )
 
-    def resume(self, path: Path, log) -> None:
+    def resume(self, path: Path) -> None:
         saved = load_checkpoint(path, self.device)
         if saved["name"] != self.folder.name:
             raise RunError(f"{path}: belongs to run {saved['name']}, not {self.folder.name}")
@@ -86,7 +89,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state.update({k: saved[k] for k in self.state})
-        log(
+        logger.info(
             f"{self.folder.name}: resuming at epoch {self.state['epoch'] + 1}, batch {self.state['batch']} "
             f"(step {self.state['step']})"
         )

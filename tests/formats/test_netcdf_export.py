@@ -42,8 +42,8 @@ def test_netcdf_and_npy_exports_replace_each_other_but_nothing_else(tiny_store, 
     from canonstore.formats.netcdf_export import export_netcdf
 
     out = tmp_path / "export"
-    npy.export_npy(tiny_store, out, log=lambda *_: None)
-    export_netcdf(tiny_store, out, overwrite=True, log=lambda *_: None)
+    npy.export_npy(tiny_store, out)
+    export_netcdf(tiny_store, out, overwrite=True)
     assert (out / "train.nc").is_file() and not (out / "train.npy").exists()
     (out / "notes.txt").write_text("mine")  # now the folder holds a file no export wrote
     result = CliRunner().invoke(main, ["export", str(tiny_store), "--to", "npy", str(out), "--overwrite"])

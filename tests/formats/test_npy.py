@@ -12,13 +12,12 @@ from canonstore import open_store
 from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import npy
-from tests.helpers import quiet
 
 
 def test_exported_splits_match_the_store_bit_for_bit(tiny_store, tmp_path):
     out = tmp_path / "export"
     # ~50 kB blocks: the copy goes block by block, across the store's shards
-    npy.export_npy(tiny_store, out, block_mb=0.05, log=quiet)
+    npy.export_npy(tiny_store, out, block_mb=0.05)
     store = open_store(tiny_store)
     meta = json.loads((out / "meta.json").read_text())
     for split in ("train", "val", "test"):
@@ -66,10 +65,10 @@ def test_a_failed_export_leaves_nothing(tiny_store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(npy, "_write_split", fail_on_val)
     with pytest.raises(OSError):
-        npy.export_npy(tiny_store, tmp_path / "npy", log=quiet)
+        npy.export_npy(tiny_store, tmp_path / "npy")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(StoreError):
-        npy.export_npy(tmp_path / "missing", tmp_path / "npy", log=quiet)
+        npy.export_npy(tmp_path / "missing", tmp_path / "npy")
 
 
 def _export(*args):
@@ -130,7 +129,7 @@ def test_an_export_half_removed_by_a_kill_is_cleared_by_the_next_export(tiny_sto
     import shutil
 
     out = tmp_path / "npy"
-    npy.export_npy(tiny_store, out, log=quiet)
+    npy.export_npy(tiny_store, out)
     # What a kill leaves just after the publishing swap: the previous export, marked as canonstore's before
     # the swap, partly removed (the marker goes last) at npy.partial; where the filesystem cannot swap, at
     # npy.old-<pid>.
@@ -138,7 +137,7 @@ def test_an_export_half_removed_by_a_kill_is_cleared_by_the_next_export(tiny_sto
         shutil.copytree(out, left)
         (left / ".canonstore-staging").write_text(json.dumps({"made_by": "canonstore", "kind": "npy export"}))
         (left / "train.npy").unlink()
-    npy.export_npy(tiny_store, out, overwrite=True, log=quiet)
+    npy.export_npy(tiny_store, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["npy"]
 
 
@@ -159,7 +158,7 @@ def test_an_export_while_a_rebuild_publishes_fails_instead_of_mixing_builds(tiny
     from canonstore.preprocess import build
     from tests.helpers import demo_recipe
 
-    silent = {"progress": False, "log": quiet}
+    silent = {"progress": False}
     store = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     real = npy.block_reader
 
@@ -178,5 +177,5 @@ def test_an_export_while_a_rebuild_publishes_fails_instead_of_mixing_builds(tiny
 
     monkeypatch.setattr(npy, "block_reader", rebuilt_after_the_first_block)
     with pytest.raises(StoreError, match="was rebuilt or replaced after it was opened"):
-        npy.export_npy(store, tmp_path / "npy", block_mb=0.05, log=quiet)
+        npy.export_npy(store, tmp_path / "npy", block_mb=0.05)
     assert not (tmp_path / "npy").exists() and not (tmp_path / "npy.partial").exists()

@@ -8,7 +8,7 @@ import xarray as xr
 
 from canonstore.formats import open_store
 from canonstore.preprocess import build
-from tests.helpers import REAL, quiet, write_recipe
+from tests.helpers import REAL, write_recipe
 
 PRSN = "prsn_day_CanESM5_historical_r1i1p1f1_gn_19910101-20101231.nc"
 SNW = "snw_day_CanESM5_historical_r1i1p1f1_gn_19910101-20101231.nc"
@@ -26,7 +26,7 @@ def cmip_store(tmp_path_factory):
         sources=[str(real / PRSN), str(real / SNW)],
         splits={"train": [1991, 2004], "test": [2005, 2010]},
     )
-    return open_store(build(recipe, folder / "canesm5.zarr", progress=False, log=quiet).path)
+    return open_store(build(recipe, folder / "canesm5.zarr", progress=False).path)
 
 
 def test_cmip6_licence_and_cf_names_survive_into_the_store(cmip_store, real):

@@ -15,7 +15,7 @@ from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import verify_store
 from canonstore.preprocess import build
-from tests.helpers import demo_recipe, quiet
+from tests.helpers import demo_recipe
 
 
 def test_array_is_a_zero_copy_memmap_equal_to_zarr_bit_for_bit(tiny_store):
@@ -98,7 +98,7 @@ def test_verify_counts_missing_files(tmp_path, tiny_store):
 
 def test_compressed_store_falls_back_to_decoding(tmp_path, tiny_raw, tiny_store):
     recipe = demo_recipe(tmp_path, tiny_raw, storage={"compression": "zstd", "shard_mb": 1})
-    packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False, log=quiet).path)
+    packed = open_store(build(recipe, tmp_path / "zstd.zarr", progress=False).path)
     plain = open_store(tiny_store)
     assert not isinstance(packed.array, np.ndarray)  # a zarr array: decodes on read
     np.testing.assert_array_equal(packed.array[5:9], plain.array[5:9])
@@ -156,7 +156,7 @@ def test_longitude_periodic_is_recorded_and_derived_for_older_stores(tiny_store,
 
 
 def test_a_store_opened_before_a_rebuild_reads_that_store_or_says_it_was_rebuilt(tiny_raw, tmp_path):
-    silent = {"progress": False, "log": quiet}
+    silent = {"progress": False}
     out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     old, mean_before = open_store(out), open_store(out).stats["mean"]
     array, lazy = old.array, old.to_xarray()  # several shards, the first one mapped
@@ -214,7 +214,7 @@ def test_a_far_future_360_day_store_opens_without_xarrays_cftime_note(tmp_path):
 
     import xarray as xr
 
-    from tests.helpers import quiet, write_recipe
+    from tests.helpers import write_recipe
 
     times = xr.date_range("2290-01-01", periods=120, freq="MS", calendar="360_day", use_cftime=True)
     values = 280 + np.random.default_rng(0).normal(size=(times.size, 2, 3))
@@ -224,7 +224,7 @@ def test_a_far_future_360_day_store_opens_without_xarrays_cftime_note(tmp_path):
     ).to_netcdf(tmp_path / "tas.nc")
     splits = {"by": "dates", "train": ["2290-01-01", "2297-12-30"], "test": ["2298-01-01", "2299-12-30"]}
     recipe = write_recipe(tmp_path, name="far", sources=["tas.nc"], splits=splits)
-    out = build(recipe, tmp_path / "far.zarr", progress=False, log=quiet).path
+    out = build(recipe, tmp_path / "far.zarr", progress=False).path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         store = open_store(out)

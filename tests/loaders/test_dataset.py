@@ -11,7 +11,7 @@ from canonstore.errors import StoreError
 from canonstore.loaders import sample_times, seeded_generator, worker_init_fn
 from canonstore.preprocess import build
 from canonstore.splits import SPLIT_CODES
-from tests.helpers import demo_recipe, quiet
+from tests.helpers import demo_recipe
 
 
 def test_windows_never_leave_their_split():
@@ -78,7 +78,7 @@ def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_stor
     plain = open_dataset(tiny_store, "test", history=1, channels=["u850", "msl"])
     for storage, atol in (({"compression": "zstd", "shard_mb": 1}, 0), ({"dtype": "float16"}, 2e-3)):
         recipe = demo_recipe(tmp_path, tiny_raw, name=f"demo-{len(storage)}-{atol}", storage=storage)
-        other = open_store(build(recipe, tmp_path / f"{recipe.stem}.zarr", progress=False, log=quiet).path)
+        other = open_store(build(recipe, tmp_path / f"{recipe.stem}.zarr", progress=False).path)
         ds = open_dataset(other, "test", history=1, channels=["u850", "msl"])
         x, y = ds.gather([3, 1, 200])
         px, py = plain.gather([3, 1, 200])
@@ -247,7 +247,7 @@ def test_rollout_windows_never_cross_splits_or_gaps(gappy_store):
 
 
 def test_a_dataset_made_from_a_store_opened_before_a_rebuild_never_reads_the_new_build(tiny_raw, tmp_path):
-    silent = {"progress": False, "log": quiet}
+    silent = {"progress": False}
     out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
     store = open_store(out)
     _ = store.splits, store.gaps, store.channels, store.static, store.shape  # the windows come from the old build

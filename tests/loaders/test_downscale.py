@@ -11,7 +11,6 @@ import torch
 
 from canonstore.loaders.downscale import CoarseUp, coarse_factor, coarse_up, coarse_up_patches, upsample
 from canonstore.loaders.patches import crop, epoch_patches, patch_indices
-from tests.helpers import quiet
 
 LAT, LON = 32, 64
 
@@ -139,11 +138,10 @@ def test_downscaling_trains_on_coarse_up_inputs_and_is_scored_on_the_reconstruct
             tiny_store,
             tmp_path / "runs",
             progress=False,
-            log=quiet,
         )
-        scores[model] = json.loads(
-            evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text()
-        )["leads"]["0"]
+        scores[model] = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc").read_text())[
+            "leads"
+        ]["0"]
     for s in scores.values():  # the same errors: only r2 and ACC see the difference between R and y
         for name in ("t850", "z500"):
             assert s["channels"][name]["rmse"] == pytest.approx(s["residual"]["channels"][name]["rmse"], rel=1e-6)

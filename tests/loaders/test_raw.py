@@ -9,7 +9,7 @@ from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
 from canonstore.loaders import RawSourceDataset
 from canonstore.preprocess import build
-from tests.helpers import quiet, write_recipe
+from tests.helpers import write_recipe
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"history": 1, "lead": 2, "channels": ["z500", "msl"], "static": False}])
@@ -34,7 +34,7 @@ def test_packed_real_file_matches_too(tmp_path, real):
         time_dim="month",
         splits={"by": "index", "train": [0, 1]},
     )
-    store = open_store(build(recipe, tmp_path / "era.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe, tmp_path / "era.zarr", progress=False).path)
     fast, slow = open_dataset(store, "train", lead=1), RawSourceDataset(store, "train", lead=1)
     torch.testing.assert_close(slow[0][0], fast[0][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(slow[0][1], fast[0][1], rtol=0, atol=1e-6)

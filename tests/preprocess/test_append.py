@@ -24,9 +24,9 @@ from canonstore.formats.manifest import data_checksums, read_manifest
 from canonstore.loaders import StoreDataset
 from canonstore.preprocess import build
 from canonstore.preprocess.append import append
-from tests.helpers import demo_recipe, quiet, write_recipe
+from tests.helpers import demo_recipe, write_recipe
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def _arrays(path) -> dict:
@@ -35,7 +35,7 @@ def _arrays(path) -> dict:
 
 
 @pytest.mark.parametrize("shard_mb", [1, 1024])  # many shards (a partial last one), and one shard
-def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, shard_mb):
+def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, shard_mb, said):
     storage = {"shard_mb": shard_mb}
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2002-03-31"}, storage=storage)
     out = tmp_path / "demo.zarr"
@@ -46,9 +46,8 @@ def test_append_equals_a_full_build_of_the_extended_recipe(tiny_raw, tmp_path, s
     dataset = StoreDataset(out, "train")  # made before the append
 
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, storage=storage)  # the same recipe, a later end
-    logs = []
-    result = build(recipe, out, progress=False, log=logs.append)  # what `make intermediate` runs
-    assert result.built and any(line.startswith("appending ") for line in logs), logs
+    result = build(recipe, out, progress=False)  # what `make intermediate` runs
+    assert result.built and any(line.startswith("appending ") for line in said()), said()
     (tmp_path / "full").mkdir()
     full = build(
         demo_recipe(tmp_path / "full", tiny_raw, time={"end": "2002-12-31"}, storage=storage),
@@ -89,16 +88,15 @@ def test_append_into_the_train_range_is_refused_saying_to_rebuild(tiny_raw, tmp_
     assert read_manifest(out) == before and verify_store(out) == []
 
 
-def test_append_with_a_changed_recipe_is_refused_and_the_build_rebuilds(tiny_raw, tmp_path):
+def test_append_with_a_changed_recipe_is_refused_and_the_build_rebuilds(tiny_raw, tmp_path, said):
     recipe = demo_recipe(tmp_path, tiny_raw, time={"end": "2002-06-30"})
     out = tmp_path / "demo.zarr"
     build(recipe, out, **silent)
     demo_recipe(tmp_path, tiny_raw, time={"end": "2002-12-31"}, variables=["z", "t"])
     result = CliRunner().invoke(main, ["append", str(out), "--quiet"])
     assert result.exit_code == 1 and "the recipe changed in variables" in result.output
-    logs = []
-    build(recipe, out, progress=False, log=logs.append)
-    assert any("rebuilding" in line and "variables" in line for line in logs)
+    build(recipe, out, progress=False)
+    assert any("rebuilding" in line and "variables" in line for line in said())
     assert {c.rstrip("0123456789") for c in open_store(out).channels} == {"z", "t"}
 
 

@@ -11,9 +11,9 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.preprocess import build
-from tests.helpers import demo_recipe, quiet, write_recipe
+from tests.helpers import demo_recipe, write_recipe
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def test_train_split_is_normalised_per_channel(tiny_store):
@@ -76,14 +76,13 @@ def test_changing_val_and_test_raw_values_changes_no_statistic(tmp_path, tiny_ra
     assert not np.allclose(before.array[val], after.array[val])
 
 
-def test_rebuild_is_a_no_op_until_recipe_or_input_changes(tmp_path, tiny_raw):
-    messages = []
+def test_rebuild_is_a_no_op_until_recipe_or_input_changes(tmp_path, tiny_raw, said):
     recipe = demo_recipe(tmp_path, tiny_raw)
     out = tmp_path / "demo.zarr"
-    assert build(recipe, out, progress=False, log=messages.append).built
+    assert build(recipe, out, progress=False).built
     manifest_mtime = (out / "manifest.json").stat().st_mtime_ns
-    again = build(recipe, out, progress=False, log=messages.append)
-    assert not again.built and "up to date" in messages[-1]
+    again = build(recipe, out, progress=False)
+    assert not again.built and "up to date" in said()[-1]
     assert (out / "manifest.json").stat().st_mtime_ns == manifest_mtime
     recipe.write_text(recipe.read_text().replace("embargo: 2", "embargo: 3"))
     assert build(recipe, out, **silent).built
@@ -176,7 +175,7 @@ def test_build_force_rebuilds_a_store_whose_zarr_json_is_damaged(tmp_path, tiny_
     assert verify_store(out) == [] and open_store(out).shape[0] > 0
 
 
-def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
+def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw, said):
     recipe = demo_recipe(
         tmp_path,
         tiny_raw,
@@ -185,10 +184,9 @@ def test_time_range_and_variable_and_level_selection(tmp_path, tiny_raw):
         static=[],
         time={"start": "2000-03-01", "end": "2002-06-30"},
     )
-    messages = []
-    store = open_store(build(recipe, tmp_path / "sel.zarr", progress=False, log=messages.append).path)
+    store = open_store(build(recipe, tmp_path / "sel.zarr", progress=False).path)
     assert store.channels == ["z850", "t2m"]
-    assert messages[0] == "not stored (not in 'variables' or 'static' of the recipe): lsm, msl, orography, q, t, u, v"
+    assert said()[0] == "not stored (not in 'variables' or 'static' of the recipe): lsm, msl, orography, q, t, u, v"
     assert store.attrs["ignored_variables"] == ["lsm", "msl", "orography", "q", "t", "u", "v"]
     assert store.time[0] == np.datetime64("2000-03-01T00:00") and store.time[-1] == np.datetime64("2002-06-30T18:00")
     assert store.attrs["layout"]["shape"][0] == len(store.time)

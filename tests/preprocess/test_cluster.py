@@ -23,12 +23,12 @@ from canonstore.formats.manifest import read_manifest
 from canonstore.preprocess import build, executor, scan
 from canonstore.preprocess.sources import Sources
 from canonstore.preprocess.staging import MARKERS, staging_path, written_shards
-from tests.helpers import PROCESS_GROUPS, demo_recipe, quiet, write_recipe
+from tests.helpers import PROCESS_GROUPS, demo_recipe, write_recipe
 from tests.preprocess.test_bad_input import CASES, SPLITS
 
 pytestmark = [pytest.mark.slow, PROCESS_GROUPS]  # starts dask.distributed clusters
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def _files(store: Path) -> dict:
@@ -121,7 +121,7 @@ def test_a_killed_worker_is_retried_and_the_store_is_the_same(reference, tmp_pat
     client.wait_for_workers(2, timeout=60)
 
 
-def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, dask_cluster):
+def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, dask_cluster, said):
     recipe, local = reference
     out = tmp_path / "driver.zarr"
     staging = staging_path(out)
@@ -150,9 +150,8 @@ def test_resume_after_a_killed_driver_gives_the_same_store(reference, tmp_path, 
     if out.exists():
         pytest.skip("the build finished before it could be killed")
     done = len(written_shards(staging))
-    log = []
-    build(recipe, out, resume=True, scheduler=address, progress=False, log=log.append)
-    resumed = [line for line in log if line.startswith("resuming")]
+    build(recipe, out, resume=True, scheduler=address, progress=False)
+    resumed = [line for line in said() if line.startswith("resuming")]
     assert resumed and int(resumed[0].split(": ")[1].split()[0]) >= done >= 5
     assert verify_store(out) == [] and _files(out) == _files(local)
 
@@ -181,7 +180,7 @@ def test_workers_that_cannot_see_the_files_are_refused_before_any_task(dask_clus
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(tiny_raw, tmp_path):
     before = dict(os.environ)
-    with executor.executor_for(workers=1, log=quiet):
+    with executor.executor_for(workers=1):
         assert os.environ.get("OMP_NUM_THREADS") == "1"  # what dask's nannies set in the process starting them
     assert dict(os.environ) == before
 
@@ -295,7 +294,7 @@ def test_a_pass_given_up_midway_is_cancelled_before_its_client_closes(tmp_path, 
     after the `error:` line: the pass was cleaned up at exit, after the local cluster had closed."""
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1, log=quiet) as local:
+    with pytest.raises(OSError, match="No space left"), executor.executor_for(workers=1) as local:
         results = local.map(_times, 3, range(10))  # held, as scan.scan's frame holds it in the error's traceback
         for _ in results:
             raise OSError(errno.ENOSPC, "No space left on device")  # e.g. writing a shard's scan

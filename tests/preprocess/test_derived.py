@@ -10,7 +10,7 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import RecipeError, SourceError
 from canonstore.preprocess import build, derived, load_recipe, open_sources
-from tests.helpers import demo_recipe, quiet, write_recipe
+from tests.helpers import demo_recipe, write_recipe
 
 DEMO_DERIVED = [
     {"name": "r", "kind": "relative_humidity", "temperature": "t", "specific_humidity": "q"},
@@ -44,7 +44,7 @@ def test_column_and_layer_mean_integrate_over_pressure():
 
 def test_derived_channels_are_stored_with_train_statistics(tmp_path, tiny_raw):
     out = tmp_path / "derived.zarr"
-    build(demo_recipe(tmp_path, tiny_raw, derived=DEMO_DERIVED), out, progress=False, log=quiet)
+    build(demo_recipe(tmp_path, tiny_raw, derived=DEMO_DERIVED), out, progress=False)
     store = open_store(out)
     names = store.channels
     assert names[-8:] == ["r250", "r500", "r850", "ws250", "ws500", "ws850", "tcq", "tmean"]
@@ -164,7 +164,7 @@ def test_derived_inputs_are_converted_from_their_units(tmp_path, units):
 
 def test_a_store_from_degc_and_g_per_kg_holds_relative_humidity_in_percent(tmp_path):
     folder = humid_files(tmp_path / "raw", t_units="degC", q_units="g kg**-1")
-    store = open_store(build(humid_recipe(tmp_path, folder), tmp_path / "humid.zarr", progress=False, log=quiet).path)
+    store = open_store(build(humid_recipe(tmp_path, folder), tmp_path / "humid.zarr", progress=False).path)
     i = store.channels.index("r850")
     assert store.to_xarray()["channel_units"].values[i] == "%"
     physical = np.asarray(store.array[:])[:, i].astype(np.float64) * store.stats["std"][i] + store.stats["mean"][i]

@@ -28,11 +28,11 @@ from canonstore.formats.zarr_ import ShardWriter
 from canonstore.preprocess import build, lock
 from canonstore.preprocess import staging as staging_files
 from canonstore.preprocess.staging import PROGRESS, written_shards
-from tests.helpers import demo_recipe, quiet
+from tests.helpers import demo_recipe
 
 pytestmark = pytest.mark.slow  # kills builds at random moments, subprocesses
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def _data_sha(store: Path) -> str:
@@ -117,28 +117,26 @@ def test_a_killed_rebuild_leaves_the_previous_store_intact(many_blocks, tmp_path
     assert (out / "manifest.json").read_text() == before and verify_store(out) == []
 
 
-def test_resume_goes_on_from_the_last_shard(many_blocks, tmp_path):
+def test_resume_goes_on_from_the_last_shard(many_blocks, tmp_path, said):
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
     staging = out.with_name("demo.zarr.partial")
     assert _kill_when(_start_build(recipe, out), lambda: len(written_shards(staging)) > 50)
     assert not out.exists() and staging.exists()
     done_before = len(written_shards(staging))
-    log = []
-    build(recipe, out, resume=True, progress=False, log=log.append)
-    resumed = [line for line in log if line.startswith("resuming")]
+    build(recipe, out, resume=True, progress=False)
+    resumed = [line for line in said() if line.startswith("resuming")]
     assert resumed and int(resumed[0].split(": ")[1].split()[0]) >= done_before
     assert verify_store(out) == [] and _data_sha(out) == reference
 
 
-def test_without_resume_a_partial_is_discarded_and_the_result_is_the_same(many_blocks, tmp_path):
+def test_without_resume_a_partial_is_discarded_and_the_result_is_the_same(many_blocks, tmp_path, said):
     recipe, reference = many_blocks
     out = tmp_path / "demo.zarr"
     staging = out.with_name("demo.zarr.partial")
     assert _kill_when(_start_build(recipe, out), lambda: (staging / PROGRESS).exists())
-    log = []
-    build(recipe, out, progress=False, log=log.append)
-    assert any(line.startswith(f"discarding {staging}") for line in log)
+    build(recipe, out, progress=False)
+    assert any(line.startswith(f"discarding {staging}") for line in said())
     assert _data_sha(out) == reference
 
 
@@ -163,14 +161,14 @@ def test_a_second_build_of_the_same_store_is_refused_clearly(tiny_raw, tmp_path)
     assert verify_store(out) == []
 
 
-def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_raw, tmp_path, monkeypatch):
+def test_without_flock_the_build_says_so_and_uses_an_exclusive_lock_file(tiny_raw, tmp_path, monkeypatch, said):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(lock.fcntl, "flock", no_flock)  # what some Lustre mounts answer
-    out, logs = tmp_path / "demo.zarr", []
-    with lock.build_lock(out, logs.append):
-        assert "does not support flock" in logs[0] and Path(f"{out}.lock.excl").is_file()
+    out = tmp_path / "demo.zarr"
+    with lock.build_lock(out):
+        assert "does not support flock" in said()[0] and Path(f"{out}.lock.excl").is_file()
         with pytest.raises(StoreError, match=r"another build of .*demo.zarr is running .*delete it"):
             build(demo_recipe(tmp_path, tiny_raw), out, **silent)
     assert not Path(f"{out}.lock.excl").exists()  # removed when the build ends
@@ -274,7 +272,7 @@ def test_two_builds_at_once_one_refused_the_other_whole(many_blocks, tmp_path):
 
 @pytest.mark.parametrize("command", ["build", "append"])
 @pytest.mark.parametrize("left", ["demo.zarr.partial", "demo.zarr.old-4321"])
-def test_an_old_store_half_removed_by_a_kill_is_cleared_by_the_next_command(tiny_store, tmp_path, command, left):
+def test_an_old_store_half_removed_by_a_kill_is_cleared_by_the_next_command(tiny_store, tmp_path, command, left, said):
     from canonstore.preprocess.append import append
 
     out = shutil.copytree(tiny_store, tmp_path / "demo.zarr")
@@ -284,12 +282,11 @@ def test_an_old_store_half_removed_by_a_kill_is_cleared_by_the_next_command(tiny
     half = shutil.copytree(out, tmp_path / left)
     (half / ".canonstore-staging").write_text(json.dumps({"made_by": "canonstore", "kind": "store"}))
     shutil.rmtree(half / "data")
-    logs = []
     if command == "build":
-        assert not build(open_store(out).attrs["recipe_path"], out, progress=False, log=logs.append).built
+        assert not build(open_store(out).attrs["recipe_path"], out, progress=False).built
     else:
-        assert not append(out, progress=False, log=logs.append).built  # up to date: nothing else to do
-    assert not half.exists() and f"removing {half}: left by an interrupted build" in logs
+        assert not append(out, progress=False).built  # up to date: nothing else to do
+    assert not half.exists() and f"removing {half}: left by an interrupted build" in said()
     assert verify_store(out) == []
 
 
@@ -378,5 +375,5 @@ def test_a_full_disk_during_a_build_names_the_shard_file(tiny_raw, tmp_path, mon
     monkeypatch.setattr(os, "pwrite", full)
     out = tmp_path / "demo.zarr"
     with pytest.raises(StoreError, match=r"demo\.zarr\.partial/data/c/0(/0)+: No space left on device"):
-        build(demo_recipe(tmp_path, tiny_raw), out, progress=False, log=quiet)
+        build(demo_recipe(tmp_path, tiny_raw), out, progress=False)
     assert not out.exists() and not out.with_name("demo.zarr.partial").exists()

@@ -14,7 +14,7 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.helpers import NI, NJ, quiet, write_grib, write_recipe
+from tests.helpers import NI, NJ, write_grib, write_recipe
 
 eccodes = pytest.importorskip("eccodes")
 pytest.importorskip("cfgrib")
@@ -82,7 +82,7 @@ def test_analyses_and_forecast_steps_share_one_valid_time_axis_matching_cfgrib(t
 
 def test_a_grib_store_normalises_what_cfgrib_decodes(tmp_path, era5):
     out = tmp_path / "era5.zarr"
-    build(recipe_for(tmp_path, era5), out, progress=False, log=quiet)
+    build(recipe_for(tmp_path, era5), out, progress=False)
     store = open_store(out)
     t2m = xr.concat([by_cfgrib(era5 / "t2m_a.grib").t2m, by_cfgrib(era5 / "t2m_b.grib").t2m], "time").values
     train = t2m[:24].astype(np.float64)

@@ -8,7 +8,7 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.helpers import days, nc, quiet, write_recipe
+from tests.helpers import days, nc, write_recipe
 
 SPLITS = {"train": [2000, 2000], "test": [2001, 2001]}
 
@@ -75,7 +75,7 @@ def test_time_varying_nan_pattern_becomes_a_mask_channel(tmp_path):
     values[::7, 0, 1] = np.nan  # a station that reports irregularly
     nc(tmp_path / "gappy.nc", days("2000-01-01", 731), values=values)
     recipe = write_recipe(tmp_path, sources=["gappy.nc"], splits=SPLITS, nan_policy="fill")
-    store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe, tmp_path / "gappy.zarr", progress=False).path)
     assert store.channels == ["x", "x_valid"] and store.mask is None
     valid = store.array[:, 1, 0, 1] > 0
     np.testing.assert_array_equal(valid, ~np.isnan(values[:, 0, 1]))
@@ -91,17 +91,16 @@ def test_a_constant_train_channel_is_refused_by_name(tmp_path):
     with pytest.raises(
         SourceError, match=r"flat.nc: variable 'x' \(channel x\) is constant \(4\) over the train split"
     ):
-        build(recipe, tmp_path / "flat.zarr", progress=False, log=quiet)
+        build(recipe, tmp_path / "flat.zarr", progress=False)
     assert not (tmp_path / "flat.zarr").exists()
 
 
-def test_allowed_time_gaps_are_reported_and_recorded(tmp_path):
+def test_allowed_time_gaps_are_reported_and_recorded(tmp_path, said):
     nc(tmp_path / "a.nc", days("2000-01-01", 366))
     nc(tmp_path / "b.nc", days("2001-02-01", 334))  # January 2001 is missing
     recipe = write_recipe(tmp_path, sources=["*.nc"], splits=SPLITS, time_gaps="allow")
-    log = []
-    store = open_store(build(recipe, tmp_path / "gaps.zarr", progress=False, log=log.append).path)
-    assert any("1 gap(s)" in line and "2000-12-31T00:00" in line for line in log)
+    store = open_store(build(recipe, tmp_path / "gaps.zarr", progress=False).path)
+    assert any("1 gap(s)" in line and "2000-12-31T00:00" in line for line in said())
     assert store.attrs["time_gaps"] == [["2000-12-31T00:00", "2001-02-01T00:00"]]
     assert store.shape[0] == 366 + 334  # nothing filled in
 
@@ -149,19 +148,18 @@ def test_standard_calendar_across_2262_builds_with_one_time_type(tmp_path):
             },
         ).to_netcdf(tmp_path / f"{name}.nc")
     recipe = write_recipe(tmp_path, sources=["*.nc"], splits={"train": [2255, 2262], "test": [2263, 2267]})
-    store = open_store(build(recipe, tmp_path / "far.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe, tmp_path / "far.zarr", progress=False).path)
     years = [t.year for t in store.time]
     assert years == list(range(2255, 2268))
     assert [years[i] for i in store.split_indices("test")] == list(range(2263, 2268))
 
 
-def test_files_that_contribute_nothing_are_reported_by_name(tmp_path):
+def test_files_that_contribute_nothing_are_reported_by_name(tmp_path, said):
     nc(tmp_path / "a.nc", days("2000-01-01", 731))
     nc(tmp_path / "pr.nc", days("2000-01-01", 731), var="pr", units="kg m-2 s-1")
     recipe = write_recipe(tmp_path, sources=["*.nc"], variables=["x"], splits=SPLITS)
-    log = []
-    store = open_store(build(recipe, tmp_path / "x.zarr", progress=False, log=log.append).path)
-    assert any("not used: " in line and "pr.nc" in line and "it has pr" in line for line in log)
+    store = open_store(build(recipe, tmp_path / "x.zarr", progress=False).path)
+    assert any("not used: " in line and "pr.nc" in line and "it has pr" in line for line in said())
     assert store.attrs["unused_inputs"] == [{"path": str(tmp_path / "pr.nc"), "variables": ["pr"]}]
 
 

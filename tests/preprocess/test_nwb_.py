@@ -10,7 +10,7 @@ import pytest
 from canonstore import open_loader, open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
-from tests.helpers import CHANNELS, RATE, quiet, write_nwb, write_recipe
+from tests.helpers import CHANNELS, RATE, write_nwb, write_recipe
 
 pynwb = pytest.importorskip("pynwb")
 
@@ -69,7 +69,7 @@ def test_an_nwb_store_keeps_sessions_and_trains_through_the_same_loaders(tmp_pat
     torch = pytest.importorskip("torch")
     folder, raw, _ = sessions
     out = tmp_path / "ephys.zarr"
-    build(recipe(tmp_path, folder), out, progress=False, log=quiet)
+    build(recipe(tmp_path, folder), out, progress=False)
     store = open_store(out)
     assert store.sessions == ["s1", "s2", "s3"]
     np.testing.assert_array_equal(store.session, np.repeat([0, 1, 2], [300, 200, 250]))
@@ -134,7 +134,7 @@ def test_a_second_zarr_implementation_reads_the_sessions(tmp_path, sessions):
 
     ts = pytest.importorskip("tensorstore")
     out = tmp_path / "ephys.zarr"
-    build(recipe(tmp_path, sessions[0]), out, progress=False, log=quiet)
+    build(recipe(tmp_path, sessions[0]), out, progress=False)
     codes = (
         ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "session")}}, read=True)
         .result()
@@ -210,7 +210,7 @@ def test_plain_timeseries_files_build_with_physical_values(tmp_path):
         "splits": {"by": "sessions", "train": ["s1"], "test": ["s2"]},
     }
     out = tmp_path / "behaviour.zarr"
-    build(write_recipe(tmp_path, **keys), out, progress=False, log=quiet)
+    build(write_recipe(tmp_path, **keys), out, progress=False)
     store = open_store(out)
     assert store.channels == ["position_0", "position_1"] and store.sessions == ["s1", "s2"]
     assert list(store.to_xarray()["channel_units"].values) == ["m", "m"]

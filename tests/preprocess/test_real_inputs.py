@@ -7,9 +7,9 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build
-from tests.helpers import quiet, write_recipe
+from tests.helpers import write_recipe
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def _build(tmp_path, **keys):

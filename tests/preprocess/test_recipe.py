@@ -4,7 +4,7 @@ import pytest
 
 from canonstore.errors import RecipeError
 from canonstore.preprocess import load_recipe
-from tests.helpers import ROOT, UNQUOTED, demo_recipe, monthly_360_day, quiet, write_recipe
+from tests.helpers import ROOT, UNQUOTED, demo_recipe, monthly_360_day, write_recipe
 
 
 def test_the_repository_demo_recipe_parses():
@@ -71,7 +71,7 @@ def test_unquoted_360_day_dates_are_text_and_the_data_calendar_reads_them(tmp_pa
     recipe = load_recipe(tmp_path / "hadgem.yaml")
     assert (recipe.time_start, recipe.time_end) == ("2005-01-01", "2031-02-30")
     assert recipe.splits["train"] == ["2005-01-01", "2030-02-30"]
-    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False).path)
     assert store.time[-1].strftime("%Y-%m-%d") == "2031-02-16" and store.time[0].calendar == "360_day"
     train, test = store.split_indices("train"), store.split_indices("test")
     assert store.time[train[-1]].strftime("%Y-%m") == "2030-02" and store.time[test[0]].strftime("%Y-%m") == "2030-03"
@@ -106,7 +106,7 @@ def test_utc_times_with_their_mark_select_what_they_name_and_other_offsets_are_r
     recipe = load_recipe(tmp_path / "hadgem.yaml")
     assert recipe.time_start == "2005-03-16T00:00:00"
     assert recipe.splits["test"] == ["2030-03-16T00:00", "2031-02-30T00:00"]
-    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe.path, tmp_path / "hadgem.zarr", progress=False).path)
     assert store.time[0].strftime("%Y-%m-%d %H") == "2005-03-16 00"  # from March: 00:00Z is the step's 00:00
     assert store.time[store.split_indices("test")[0]].strftime("%Y-%m") == "2030-03"
     for utc_text, offset in (

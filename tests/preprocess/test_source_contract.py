@@ -22,7 +22,7 @@ from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
 from canonstore.preprocess.registry import kind_of, registered
-from tests.helpers import NI, NJ, quiet, write_grib, write_nwb, write_recipe
+from tests.helpers import NI, NJ, write_grib, write_nwb, write_recipe
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class TestSourceContract:
 
     def test_the_store_holds_the_own_readers_values_normalised_by_train_statistics(self, tiny, tmp_path):
         _, source, recipe = tiny
-        store = open_store(build(recipe, tmp_path / "tiny.zarr", progress=False, log=quiet).path)
+        store = open_store(build(recipe, tmp_path / "tiny.zarr", progress=False).path)
         assert store.channels == source.channels
         np.testing.assert_array_equal(store.time.astype("datetime64[ns]"), source.time.astype("datetime64[ns]"))
         axes = (0, *range(2, source.values.ndim))

@@ -13,7 +13,7 @@ from canonstore import open_store
 from canonstore.errors import SourceError
 from canonstore.preprocess import build, load_recipe, open_sources
 from canonstore.preprocess.sources import kind_of
-from tests.helpers import quiet, t2m_file, write_recipe
+from tests.helpers import t2m_file, write_recipe
 
 SPLITS = {"by": "index", "train": [0, 5], "test": [6, 9]}
 
@@ -42,7 +42,7 @@ def recipe(tmp_path, path, **keys):
 def test_valid_time_is_found_without_time_dim_in_the_recipe(tmp_path):
     path = cds_netcdf(tmp_path / "era5.nc")
     out = tmp_path / "cf.zarr"
-    build(recipe(tmp_path, path), out, progress=False, log=quiet)
+    build(recipe(tmp_path, path), out, progress=False)
     store = open_store(out)
     assert store.attrs["source_time_dim"] == "valid_time"
     np.testing.assert_array_equal(store.time, xr.open_dataset(path).valid_time.values)
@@ -203,7 +203,7 @@ def test_a_cell_measure_the_file_holds_is_found_for_static(tmp_path):
         coords={"time": times, "lat": [0.0, 10.0], "lon": [0.0, 1.0, 2.0]},
     ).to_netcdf(tmp_path / "tos.nc")
     path = write_recipe(tmp_path, name="tos", sources=["tos.nc"], static=["areacello"], splits=SPLITS)
-    store = open_store(build(path, tmp_path / "tos.zarr", progress=False, log=quiet).path)
+    store = open_store(build(path, tmp_path / "tos.zarr", progress=False).path)
     assert list(store.static) == ["areacello"]
     normalised = (area - area.mean()) / area.std()
     np.testing.assert_allclose(store.static["areacello"], normalised, rtol=1e-5)

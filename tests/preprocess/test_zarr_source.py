@@ -16,7 +16,7 @@ from canonstore.errors import RecipeError, SourceError
 from canonstore.preprocess import build, load_recipe
 from canonstore.preprocess.zarr_source import READS
 from canonstore.remote import listing
-from tests.helpers import quiet, write_recipe
+from tests.helpers import write_recipe
 from tests.wb2 import CREDENTIALS, LEVELS, as_netcdf, upload, wb2_dataset, write_zarr
 
 SPLITS = {
@@ -31,7 +31,7 @@ WB2 = ["2m_temperature", "geopotential"]
 def _build(folder, source, name="z", **keys):
     keys.setdefault("variables", WB2)
     recipe = write_recipe(folder, name=name, sources=[str(source)], splits=SPLITS, **keys)
-    return build(recipe, folder / f"{name}.zarr", progress=False, log=quiet)
+    return build(recipe, folder / f"{name}.zarr", progress=False)
 
 
 def _same_store(a, b) -> None:
@@ -82,7 +82,7 @@ def test_subset_reads_each_selected_chunk_once(wb2, tmp_path):
         splits={"by": "dates", "train": ["2000-01-03", "2000-01-05"], "test": ["2000-01-06", "2000-01-07"]},
     )
     READS.reset()
-    build(recipe, tmp_path / "sub.zarr", progress=False, log=quiet, block_mb=3 * 4 * 32 * 4 / 2**20)
+    build(recipe, tmp_path / "sub.zarr", progress=False, block_mb=3 * 4 * 32 * 4 / 2**20)
     steps = np.arange(8, 28)  # 2000-01-03T00 .. 2000-01-07T18 at 6 h
     time_chunks = sorted(set(steps // 4))
     level_chunks = [LEVELS.index(v) for v in (250, 500, 850)]

@@ -10,7 +10,6 @@ import pytest
 
 from canonstore.errors import RecipeError
 from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, SPLITS, check_split, parse_split_rule, split_keys, split_labels
-from tests.helpers import quiet
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
 
@@ -149,7 +148,7 @@ def test_a_blocks_rule_is_stored_with_its_seed(tmp_path, tiny_raw):
 
     rule = {"by": "blocks", "block": "60D", "fractions": [0.7, 0.3], "embargo": 2}
     out = tmp_path / "blocks.zarr"
-    build(demo_recipe(tmp_path, tiny_raw, splits=rule), out, progress=False, log=quiet)
+    build(demo_recipe(tmp_path, tiny_raw, splits=rule), out, progress=False)
     store = open_store(out)
     stored = json.loads(store._ds["split"].attrs["rule"])
     assert stored == {**rule, "seed": 0, "fractions": [0.7, 0.3]} == store.attrs["split_rule"]

@@ -8,7 +8,7 @@ import xarray as xr
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.climatology import WINDOW_DAYS, acc_reference, window_climatology
-from tests.helpers import quiet, write_recipe
+from tests.helpers import write_recipe
 
 HALF = WINDOW_DAYS // 2
 
@@ -49,7 +49,7 @@ def seasonal_store(tmp_path, noise: float = 0.0):
     recipe = write_recipe(
         tmp_path, name="seasonal", sources=["x.nc"], splits={"train": [2000, 2001], "test": [2002, 2002]}
     )
-    return open_store(build(recipe, tmp_path / "seasonal.zarr", progress=False, log=quiet).path)
+    return open_store(build(recipe, tmp_path / "seasonal.zarr", progress=False).path)
 
 
 def physical(store, fields) -> np.ndarray:

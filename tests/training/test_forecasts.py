@@ -23,7 +23,7 @@ from canonstore.training.metrics import TargetMasks, area_weights
 from canonstore.training.runs import check_same_build, load_run
 from canonstore.training.scoring import score
 from canonstore.units import G
-from tests.helpers import linked_copy, quiet, replace_build, write_recipe
+from tests.helpers import linked_copy, replace_build, write_recipe
 
 TINY = {
     "model": "unet",
@@ -46,13 +46,13 @@ def in_memory_scores(model, loader, store) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tiny_store, tmp_path_factory):
-    return train(load_config(None, TINY), tiny_store, tmp_path_factory.mktemp("runs"), progress=False, log=quiet)
+    return train(load_config(None, TINY), tiny_store, tmp_path_factory.mktemp("runs"), progress=False)
 
 
 def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_store, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+        path = write_forecast(run, "test", out_dir=tmp_path / "forecasts")
     assert [str(w.message) for w in caught if "zarr" in w.filename] == []  # nothing that carries no news
     assert path == forecast_path(run.name, "test", tmp_path / "forecasts")
     store = open_store(tiny_store)
@@ -86,7 +86,7 @@ def test_a_forecast_file_is_physical_xarray_and_scores_as_in_memory(run, tiny_st
 
 
 def test_evaluate_is_forecast_plus_score_and_another_project_file_scores_the_same(run, tiny_store, tmp_path):
-    out = evaluate(run, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet)
+    out = evaluate(run, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts")
     saved = json.loads(out.read_text())
     assert saved["forecast"] == str(forecast_path(run.name, "test", tmp_path / "forecasts"))
     # another project's file: persistence written with xarray alone, a subset of channels
@@ -114,11 +114,9 @@ def test_evaluate_is_forecast_plus_score_and_another_project_file_scores_the_sam
     )
     assert result.exit_code == 0, result.output
     mine = json.loads((tmp_path / "p.json").read_text())["scores"]["channels"]
-    persistence = train(
-        load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False, log=quiet
-    )
+    persistence = train(load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False)
     reference = json.loads(
-        evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet).read_text()
+        evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts").read_text()
     )["scores"]["channels"]
     for name in ("t850", "z500"):
         assert mine[name]["rmse"] == pytest.approx(reference[name]["rmse"], rel=1e-5)
@@ -147,8 +145,8 @@ def test_a_forecast_of_other_times_or_channels_is_refused(tiny_store, tmp_path):
 
 def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(tiny_store, tmp_path):
     config = load_config(None, {**TINY, "rollout": 3, "encodings": ["doy", "hod"]})
-    folder = train(config, tiny_store, tmp_path / "runs", progress=False, log=quiet)
-    path = write_forecast(folder, "val", out_dir=tmp_path / "forecasts", log=quiet)
+    folder = train(config, tiny_store, tmp_path / "runs", progress=False)
+    path = write_forecast(folder, "val", out_dir=tmp_path / "forecasts")
     fc = xr.open_zarr(path)
     hours = (fc["prediction_timedelta"].values / np.timedelta64(1, "h")).tolist()
     assert hours == [6, 12, 18] and fc.attrs["rollout"] == 3
@@ -164,8 +162,8 @@ def test_a_rollout_forecast_file_holds_every_lead_and_scores_each_as_in_memory(t
 
 
 def test_a_one_step_run_forecasts_k_steps_autoregressively(run, tiny_store, tmp_path):
-    one = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
-    out = evaluate(run, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet, steps=3)
+    one = write_forecast(run, "test", out_dir=tmp_path / "forecasts")
+    out = evaluate(run, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", steps=3)
     saved = json.loads(out.read_text())
     assert out.name == f"{run.name}-steps3.json" and saved["config"]["rollout"] == 3
     assert saved["forecast"] == str(forecast_path(run.name, "test", tmp_path / "forecasts", steps=3))
@@ -175,11 +173,9 @@ def test_a_one_step_run_forecasts_k_steps_autoregressively(run, tiny_store, tmp_
     # its first step is the one-step forecast from the same initial time
     first, one_step = (f["z"].sel(level=500).isel(prediction_timedelta=0) for f in (rolled, single))
     np.testing.assert_allclose(first.values, one_step.sel(time=rolled["time"]).values, rtol=1e-6)
-    persistence = train(
-        load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False, log=quiet
-    )
+    persistence = train(load_config(None, {**TINY, "model": "persistence"}), tiny_store, run.parent, progress=False)
     with pytest.raises(ConfigError, match="steps=3: only a trained model"):
-        evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet, steps=3)
+        evaluate(persistence, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", steps=3)
 
 
 DIMS = ("time", "lead", "latitude", "longitude")
@@ -313,7 +309,7 @@ def unitless_store(tmp_path_factory):
     recipe = write_recipe(
         folder, name="nu", sources=["q.nc"], splits={"train": [2001, 2001], "val": [2002, 2002], "test": [2003, 2003]}
     )
-    return build(recipe, folder / "nu.zarr", progress=False, log=quiet).path
+    return build(recipe, folder / "nu.zarr", progress=False).path
 
 
 @pytest.mark.parametrize("units", ["g kg-1", "%", "1"])
@@ -453,7 +449,7 @@ def test_a_noleap_store_scores_its_own_calendar_and_refuses_another(tmp_path):
     recipe = write_recipe(
         tmp_path, name="nl", sources=["t.nc"], splits={"train": [2001, 2001], "val": [2002, 2002], "test": [2003, 2003]}
     )
-    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe, tmp_path / "nl.zarr", progress=False).path)
     init = store.split_indices("test")[:10]
     truth = store.denormalise(np.stack([np.asarray(store.array[int(s) + 1]) for s in init]))[:, None, 0]
     fc = xr.Dataset(
@@ -487,7 +483,6 @@ def test_steps_refuses_a_run_with_history_at_a_lead_above_one(run, tmp_path):
             command(
                 folder,
                 **({"out_dir": tmp_path / "fc"} if command is write_forecast else {"forecasts_dir": tmp_path / "fc"}),
-                log=quiet,
                 steps=3,
             )
     assert not (tmp_path / "fc").exists()
@@ -496,14 +491,14 @@ def test_steps_refuses_a_run_with_history_at_a_lead_above_one(run, tmp_path):
 def test_a_forecast_never_deletes_a_users_folder_at_its_path_or_staging(run, tmp_path):
     """Only canonstore's own forecast file (and its marked staging) is ever replaced."""
     out = forecast_path(run.name, "test", tmp_path / "forecasts")
-    first = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    first = write_forecast(run, "test", out_dir=tmp_path / "forecasts")
     assert first == out and not (out.with_name(out.name + ".partial")).exists()
-    write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)  # an earlier forecast file: replaced
+    write_forecast(run, "test", out_dir=tmp_path / "forecasts")  # an earlier forecast file: replaced
     staging = out.with_name(out.name + ".partial")
     staging.mkdir()
     (staging / "notes.txt").write_text("mine")
     with pytest.raises(CanonstoreError, match="not canonstore's"):
-        write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+        write_forecast(run, "test", out_dir=tmp_path / "forecasts")
     assert (staging / "notes.txt").read_text() == "mine"
     (staging / "notes.txt").unlink()
     staging.rmdir()
@@ -511,5 +506,5 @@ def test_a_forecast_never_deletes_a_users_folder_at_its_path_or_staging(run, tmp
     users.mkdir(parents=True)
     (users / "thesis.tex").write_text("mine")
     with pytest.raises(RunError, match="not a forecast file canonstore wrote"):
-        write_forecast(run, "val", out_dir=tmp_path / "forecasts", log=quiet)
+        write_forecast(run, "val", out_dir=tmp_path / "forecasts")
     assert (users / "thesis.tex").read_text() == "mine"

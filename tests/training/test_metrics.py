@@ -1,6 +1,7 @@
 """Scores: per-channel MAE/RMSE/R² in physical units, area-weighted, independent of batching."""
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,9 @@ from canonstore import open_dataset
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.metrics import Scores, TargetMasks, area_weights, weighted_mse
-from tests.helpers import gappy_values, quiet, write_recipe
+from tests.helpers import gappy_values, write_recipe
 
-silent = {"progress": False, "log": quiet}
+silent = {"progress": False}
 
 
 def wb2_lat_weights(lat: np.ndarray) -> np.ndarray:
@@ -156,8 +157,8 @@ def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path)
     from canonstore.training import evaluate, load_config, train
 
     config = load_config(None, {"model": "persistence", "device": "cpu", "lat_weighted": False, "workers": 1})
-    folder = train(config, gappy_store, tmp_path, progress=False, log=quiet)
-    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
+    folder = train(config, gappy_store, tmp_path, progress=False)
+    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
     store = open_store(gappy_store)
     t = open_dataset(store, "test").times
     raw = gappy_values(store.shape[0])[:, 0]
@@ -203,7 +204,7 @@ def test_curvilinear_latitude_weighs_each_cell(tmp_path):
     assert np.allclose(weights, expected / expected.mean(), rtol=1e-5)
 
 
-def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real):
+def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real, caplog):
     from canonstore.training import load_config, train
 
     recipe = write_recipe(
@@ -216,9 +217,11 @@ def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real):
     store = open_store(build(recipe, tmp_path / "cities.zarr", **silent).path)
     assert store.latitude == "lat"  # recorded, but lat(location) has no cells
     assert torch.equal(area_weights(store, np.array([0, 1])), torch.ones(2, 5))
-    log = []
     config = load_config(None, {"model": "persistence", "device": "cpu", "workers": 1})
-    folder = train(config, store, tmp_path / "runs", progress=False, log=log.append)
+    folder = train(config, store, tmp_path / "runs", progress=False)
     run = json.loads((folder / "config.json").read_text())["config"]
     assert run["lat_weighting"].startswith("none: the samples are points along ('location',)")
-    assert run["warnings"] and any(line.startswith("warning: lat_weighted is true") for line in log)
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("canonstore")
+    ]
+    assert run["warnings"] and any(line.startswith("lat_weighted is true") for line in warned)

@@ -7,7 +7,6 @@ from click.testing import CliRunner
 from canonstore.cli import main
 from canonstore.training import load_config, train
 from canonstore.training.forecasts import write_forecast
-from tests.helpers import quiet
 
 plt = pytest.importorskip("matplotlib.pyplot")
 
@@ -38,8 +37,8 @@ def test_unknown_channels_and_times_are_one_line(tiny_store, tmp_path):
 
 def test_a_forecast_plots_error_maps_and_rmse_by_lead(tiny_store, tmp_path):
     config = load_config(None, {"model": "persistence", "lead": [1, 2], "device": "cpu"})
-    run = train(config, tiny_store, tmp_path / "runs", progress=False, log=quiet)
-    path = write_forecast(run, "test", out_dir=tmp_path / "forecasts", log=quiet)
+    run = train(config, tiny_store, tmp_path / "runs", progress=False)
+    path = write_forecast(run, "test", out_dir=tmp_path / "forecasts")
     result = CliRunner().invoke(main, ["plot", str(path), "--store", str(tiny_store), "--out", str(tmp_path / "png")])
     assert result.exit_code == 0, result.output
     stem = f"{path.parent.name}-{path.stem}"
@@ -56,7 +55,7 @@ def test_times_are_matched_by_their_labels_also_in_a_360_day_calendar(tmp_path):
 
     monthly_360_day(tmp_path / "tas.nc")
     (tmp_path / "hadgem.yaml").write_text(UNQUOTED)
-    store = open_store(build(tmp_path / "hadgem.yaml", tmp_path / "h.zarr", progress=False, log=quiet).path)
+    store = open_store(build(tmp_path / "hadgem.yaml", tmp_path / "h.zarr", progress=False).path)
     labels = [str(t) for t in store.time]  # cftime: '2010-03-16 00:00:00'
     assert _step(store, "2010-03-16T00") == labels.index("2010-03-16 00:00:00")
     assert _step(store, "2010") == labels.index("2010-01-16 00:00:00")  # a year, not step 2010
@@ -109,7 +108,7 @@ def test_a_longitude_first_grid_is_drawn_latitude_up(tmp_path):
         coords={"time": days("2000-01-01", 20), "lon": lon, "lat": lat},
     ).to_netcdf(tmp_path / "t.nc")
     recipe = write_recipe(tmp_path, sources=["t.nc"], splits={"by": "index", "train": [0, 14], "test": [15, 19]})
-    store = open_store(build(recipe, tmp_path / "t.zarr", progress=False, log=quiet).path)
+    store = open_store(build(recipe, tmp_path / "t.zarr", progress=False).path)
     assert store.dims[2:] == ("lon", "lat")
     grid = plots._grid(store)
     assert grid[2] is True  # drawn transposed

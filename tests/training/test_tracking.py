@@ -1,12 +1,14 @@
 """MLflow logging when it is installed (a recording stand-in here), and that it never stops training."""
 
 import json
+import logging
 import sys
 import types
 
+import pytest
+
 from canonstore.training import load_config, train
 from canonstore.training.tracking import RunLog
-from tests.helpers import quiet
 
 TINY = {"unet": {"width": 4, "depth": 2}, "epochs": 1, "batch_size": 64, "device": "cpu", "workers": 1}
 
@@ -42,7 +44,10 @@ def test_logs_params_metrics_and_files(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", mlflow)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    folder = train(load_config(None, TINY), tiny_store, tmp_path / "runs", progress=False, log=quiet)
+    mlflows_own = logging.getLogger("mlflow")
+    monkeypatch.setattr(mlflows_own, "level", logging.INFO)  # what mlflow sets when imported
+    folder = train(load_config(None, TINY), tiny_store, tmp_path / "runs", progress=False)
+    assert mlflows_own.level == logging.WARNING  # its INFO lines (each run's URL) would drown canonstore's
     calls = {}
     for name, args, kwargs in mlflow.calls:
         calls.setdefault(name, []).append((args, kwargs))
@@ -58,15 +63,24 @@ def test_logs_params_metrics_and_files(tiny_store, tmp_path, monkeypatch):
     assert (folder / "mlflow_run_id").read_text().strip() == "run-123"
 
     mlflow.calls.clear()  # a resumed run goes on in the same MLflow run
-    RunLog(folder, folder.name, {}, log=quiet)
+    RunLog(folder, folder.name, {})
     assert ("start_run", (), {"run_id": "run-123"}) in mlflow.calls
 
 
-def test_tracking_failure_is_reported_and_training_goes_on(tiny_store, tmp_path, monkeypatch):
+def test_the_real_mlflow_says_only_warnings_once_a_run_logs_to_it(tiny_store, tmp_path, monkeypatch, capfd):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setattr(logging.getLogger("mlflow"), "level", logging.getLogger("mlflow").level)  # restored after
+    train(load_config(None, TINY), tiny_store, tmp_path / "runs", progress=False)
+    assert logging.getLogger("mlflow").getEffectiveLevel() == logging.WARNING
+    assert "View run" not in "".join(capfd.readouterr())
+
+
+def test_tracking_failure_is_reported_and_training_goes_on(tiny_store, tmp_path, monkeypatch, said):
     monkeypatch.setitem(sys.modules, "mlflow", fake_mlflow(fail_on="log_metrics"))
-    messages = []
-    folder = train(load_config(None, TINY), tiny_store, tmp_path, progress=False, log=messages.append)
-    assert any("MLflow logging off: log_metrics failed" in m for m in messages)
+    folder = train(load_config(None, TINY), tiny_store, tmp_path, progress=False)
+    assert any("MLflow logging off: log_metrics failed" in m for m in said())
     assert (folder / "checkpoints" / "last.pt").exists() and (folder / "metrics.csv").exists()
 
 

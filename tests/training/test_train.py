@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from canonstore.formats import open_store
 from canonstore.training import evaluate, load_config, run_folder, train
 from canonstore.training.data import make_loader
 from canonstore.training.runs import resolve
-from tests.helpers import PROCESS_GROUPS, quiet
+from tests.helpers import PROCESS_GROUPS
 
 TINY = {
     "model": "unet",
@@ -54,18 +55,18 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def test_same_seed_gives_identical_metrics(tiny_store, tmp_path):
-    first = train(tiny(), tiny_store, tmp_path / "a", progress=False, log=quiet)
-    second = train(tiny(), tiny_store, tmp_path / "b", progress=False, log=quiet)
+    first = train(tiny(), tiny_store, tmp_path / "a", progress=False)
+    second = train(tiny(), tiny_store, tmp_path / "b", progress=False)
     assert first.name == second.name
     assert (first / "metrics.csv").read_bytes() == (second / "metrics.csv").read_bytes()
     assert same_weights(first / "checkpoints" / "last.pt", second / "checkpoints" / "last.pt")
-    other = train(tiny(seed=1), tiny_store, tmp_path / "a", progress=False, log=quiet)
+    other = train(tiny(seed=1), tiny_store, tmp_path / "a", progress=False)
     assert other.name != first.name
     assert (other / "metrics.csv").read_bytes() != (first / "metrics.csv").read_bytes()
 
 
-def test_interrupted_mid_epoch_resumes_to_the_same_result(tiny_store, tmp_path):
-    whole = train(tiny(), tiny_store, tmp_path / "whole", progress=False, log=quiet)
+def test_interrupted_mid_epoch_resumes_to_the_same_result(tiny_store, tmp_path, said):
+    whole = train(tiny(), tiny_store, tmp_path / "whole", progress=False)
     steps_per_epoch = len(
         make_loader(
             load_config(None, TINY) | {"loader": "store"},
@@ -83,12 +84,11 @@ def test_interrupted_mid_epoch_resumes_to_the_same_result(tiny_store, tmp_path):
 
     runs = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(), tiny_store, runs, progress=False, log=quiet, on_step=interrupt)
+        train(tiny(), tiny_store, runs, progress=False, on_step=interrupt)
     saved = torch.load(runs / whole.name / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and 0 < saved["batch"] < steps_per_epoch and not saved["finished"]
-    messages = []
-    train(tiny(), tiny_store, runs, progress=False, log=messages.append)
-    assert any(f"resuming at epoch 2, batch {saved['batch']}" in m for m in messages)
+    train(tiny(), tiny_store, runs, progress=False)
+    assert any(f"resuming at epoch 2, batch {saved['batch']}" in m for m in said())
     assert (runs / whole.name / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
     assert same_weights(runs / whole.name / "checkpoints" / "last.pt", whole / "checkpoints" / "last.pt")
 
@@ -127,11 +127,13 @@ def test_killed_process_resumes_to_the_same_result(tiny_store, tmp_path):
     assert (runs / whole.name / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
 
 
-def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
-    messages = []
-    folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False, log=messages.append)
-    logged = [line.split(" ", 1)[1] for line in lines(folder / "train.log")]  # each after its UTC time
-    assert logged == messages and any(m.startswith("epoch 2/2: train loss") for m in logged)
+def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path, said):
+    folder = train(tiny(), tiny_store, tmp_path / "runs", progress=False)
+    text = lines(folder / "train.log")  # each line: UTC time, logger, level, then the message
+    logged = [re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (canonstore\.\S+) ([A-Z]+): (.*)", line) for line in text]
+    assert all(logged), text
+    assert [m[3] for m in logged] == said() and any(m[3].startswith("epoch 2/2: train loss") for m in logged)
+    assert {m[2] for m in logged} == {"INFO"} and "canonstore.training.train" in {m[1] for m in logged}
     info = json.loads((folder / "config.json").read_text())
     assert info["name"] == folder.name and "git_commit" in info
     assert info["config"]["model_args"] == {"width": 4, "depth": 2}
@@ -146,7 +148,7 @@ def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
     best = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == int(min(rows, key=lambda r: float(r["val_loss"]))["epoch"])
 
-    out = evaluate(folder, tmp_path / "scores", log=quiet)
+    out = evaluate(folder, tmp_path / "scores")
     assert out.name == f"{folder.name}.json"
     scores = json.loads(out.read_text())
     assert scores["split"] == "test" and scores["checkpoint"] == "best" and scores["epoch"] == best["epoch"]
@@ -155,29 +157,27 @@ def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path):
     assert scores["scores"]["samples"] == len(open_dataset(tiny_store, "test"))
 
 
-def test_finished_run_is_not_trained_again(tiny_store, tmp_path):
-    folder = train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=quiet)
+def test_finished_run_is_not_trained_again(tiny_store, tmp_path, said):
+    folder = train(tiny(epochs=1), tiny_store, tmp_path, progress=False)
     before = (folder / "checkpoints" / "last.pt").stat().st_mtime_ns
-    messages = []
-    train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=messages.append)
-    assert "already trained" in messages[0]
+    train(tiny(epochs=1), tiny_store, tmp_path, progress=False)
+    assert "already trained" in said()[-1]
     assert (folder / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 
 
-def test_early_stopping(tiny_store, tmp_path):
-    messages = []
-    folder = train(tiny(lr=0.0, epochs=6, patience=2), tiny_store, tmp_path, progress=False, log=messages.append)
+def test_early_stopping(tiny_store, tmp_path, said):
+    folder = train(tiny(lr=0.0, epochs=6, patience=2), tiny_store, tmp_path, progress=False)
     rows = list(csv.DictReader(lines(folder / "metrics.csv")))
     assert len(rows) == 3  # epoch 1 is best; 2 and 3 are no better: stop
-    assert any("early stop" in m for m in messages)
+    assert any("early stop" in m for m in said())
     assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["finished"]
     assert torch.load(folder / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
 
 
 def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
     """End to end in physical units: RMSE of x(t) as the forecast of x(t+1), from the store's arrays."""
-    folder = train(tiny(model="persistence", lat_weighted=False), tiny_store, tmp_path, log=quiet)
-    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
+    folder = train(tiny(model="persistence", lat_weighted=False), tiny_store, tmp_path)
+    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
     store = open_store(tiny_store)
     times = open_dataset(store, "test").times
     physical = store.denormalise(store.array[:].astype(np.float64))
@@ -196,21 +196,21 @@ def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
 
 
 def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):
-    folder = train(tiny(model="climatology"), tiny_store, tmp_path, log=quiet)
+    folder = train(tiny(model="climatology"), tiny_store, tmp_path)
     rows = list(csv.DictReader(lines(folder / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
     coef = weights(folder / "checkpoints" / "best.pt")["coef"]
     assert coef.abs().sum() > 0
-    scores = json.loads(evaluate(folder, tmp_path / "scores", log=quiet).read_text())["scores"]
+    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
     assert scores["channels"]["t2m"]["r2"] > 0.1  # the seasonal and diurnal cycles are explained
 
 
 def test_climatology_on_a_store_shorter_than_a_year_fits_what_the_train_days_support(short_hourly_store, tmp_path):
-    folder = train(tiny(model="climatology"), short_hourly_store, tmp_path, log=quiet)
+    folder = train(tiny(model="climatology"), short_hourly_store, tmp_path)
     config = json.loads((folder / "config.json").read_text())["config"]
     assert config["model_args"] == {"annual_harmonics": 0, "diurnal_harmonics": 2}
     assert any("annual harmonics 3 -> 0" in w for w in config["warnings"])
-    out = evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts", log=quiet)
+    out = evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts")
     scores = json.loads(out.read_text())
     # the noise (1 K) is all it misses of the test days; fitted with annual harmonics it extrapolated to 4 std
     assert 0.8 < scores["scores"]["channels"]["t2m"]["rmse"] < 1.2 and scores["scores"]["channels"]["t2m"]["r2"] > 0.7
@@ -234,14 +234,14 @@ def test_netcdf_loader_gives_the_same_batches(tiny_store, lead):
 
 
 def test_evaluate_refuses_another_build_or_a_missing_run(tiny_store, tmp_path):
-    folder = train(tiny(model="persistence"), tiny_store, tmp_path, log=quiet)
+    folder = train(tiny(model="persistence"), tiny_store, tmp_path)
     info = json.loads((folder / "config.json").read_text())
     info["config"]["store"]["build"] = "0" * 64
     (folder / "config.json").write_text(json.dumps(info))
     with pytest.raises(RunError, match="not the build"):
-        evaluate(folder, tmp_path / "scores", log=quiet)
+        evaluate(folder, tmp_path / "scores")
     with pytest.raises(RunError, match="no such run"):
-        evaluate(tmp_path / "nothing", tmp_path / "scores", log=quiet)
+        evaluate(tmp_path / "nothing", tmp_path / "scores")
 
 
 @pytest.mark.slow  # subprocesses (torchrun)
@@ -285,13 +285,13 @@ def test_two_processes_under_torchrun(tiny_store, tmp_path):
 
 def test_bad_config_for_the_store_leaves_no_run(tiny_store, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown channel\(s\) \['foo'\]"):
-        train(tiny(channels=["foo"]), tiny_store, tmp_path, log=quiet)
+        train(tiny(channels=["foo"]), tiny_store, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_a_diverged_run_stops_with_a_clear_error(tiny_store, tmp_path):
     with pytest.raises(RunError, match="training loss became (nan|inf) in epoch 1"):
-        train(tiny(lr=1e30, checkpoint_steps=0, grad_clip=0.0), tiny_store, tmp_path, progress=False, log=quiet)
+        train(tiny(lr=1e30, checkpoint_steps=0, grad_clip=0.0), tiny_store, tmp_path, progress=False)
     assert not list(tmp_path.glob("*/checkpoints/last.pt"))  # nothing diverged was saved to resume from
 
 
@@ -351,9 +351,9 @@ def test_unet_refuses_a_grid_smaller_than_its_depth_in_one_line(gappy_store, tmp
         match=r"unet.depth=2 .* at least 4 x 4 cells; this store's grid is 2 x 3: "
         r"set unet.depth=1 or less, or use mlp",
     ):
-        train(tiny(), gappy_store, tmp_path, log=quiet)
+        train(tiny(), gappy_store, tmp_path)
     with pytest.raises(ConfigError, match=r"grid is 2 x 3: set unet.depth=1"):
-        train(tiny(unet={"width": 4, "depth": 3}), gappy_store, tmp_path, log=quiet)
+        train(tiny(unet={"width": 4, "depth": 3}), gappy_store, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -361,7 +361,7 @@ def test_encodings_and_blocks_per_epoch_are_config_choices(tiny_store, tmp_path)
     run = tiny(
         epochs=1, encodings=["latlon", "doy", "hod", "toa"], static=False, blocks={"size": [4, 8], "per_epoch": 2}
     )
-    folder = train(run, tiny_store, tmp_path, progress=False, log=quiet)
+    folder = train(run, tiny_store, tmp_path, progress=False)
     config = json.loads((folder / "config.json").read_text())["config"]
     assert config["encodings"] == ["latlon", "doy", "hod", "toa"] and config["blocks"] == {
         "size": [4, 8],
@@ -371,7 +371,7 @@ def test_encodings_and_blocks_per_epoch_are_config_choices(tiny_store, tmp_path)
     store = open_store(tiny_store)
     conv = next(v for k, v in first.items() if k.endswith("conv.weight"))
     assert conv.shape[1] == len(store.channels) + 9  # inputs, no static, 9 encodings
-    plain = train(tiny(epochs=1, static=False), tiny_store, tmp_path, progress=False, log=quiet)
+    plain = train(tiny(epochs=1, static=False), tiny_store, tmp_path, progress=False)
     assert plain.name != folder.name  # a different run, never the same folder
     with pytest.raises(ConfigError, match="encodings"):
         tiny(encodings=["moon"])
@@ -382,11 +382,11 @@ def test_encodings_and_blocks_per_epoch_are_config_choices(tiny_store, tmp_path)
 def test_several_leads_score_per_lead_as_single_lead_runs(tiny_store, tmp_path):
     """Persistence at leads [1, 2, 4]: lead 4 scores exactly as a lead-4 run (same windows), lead 2 as computed
     by hand."""
-    folder = train(tiny(model="persistence", lead=[1, 2, 4], lat_weighted=False), tiny_store, tmp_path, log=quiet)
-    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    folder = train(tiny(model="persistence", lead=[1, 2, 4], lat_weighted=False), tiny_store, tmp_path)
+    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc").read_text())
     assert list(saved["leads"]) == ["1", "2", "4"] and saved["scores"] == saved["leads"]["1"]
-    alone = train(tiny(model="persistence", lead=4, lat_weighted=False), tiny_store, tmp_path, log=quiet)
-    single = json.loads(evaluate(alone, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    alone = train(tiny(model="persistence", lead=4, lat_weighted=False), tiny_store, tmp_path)
+    single = json.loads(evaluate(alone, tmp_path / "scores", forecasts_dir=tmp_path / "fc").read_text())
     for key in ("rmse", "acc", "mae"):
         assert saved["leads"]["4"]["overall"][key] == pytest.approx(single["scores"]["overall"][key], rel=1e-6)
     store = open_store(tiny_store)
@@ -403,7 +403,7 @@ def test_several_leads_score_per_lead_as_single_lead_runs(tiny_store, tmp_path):
 def test_rollout_trains_on_its_own_forecasts_and_scores_every_step(tiny_store, tmp_path):
     run = tiny(epochs=1, rollout=3, history=1, encodings=["hod", "toa"], static=False)
     steps = []
-    folder = train(run, tiny_store, tmp_path, progress=False, log=quiet, on_step=steps.append)
+    folder = train(run, tiny_store, tmp_path, progress=False, on_step=steps.append)
     assert len(steps) == len(
         make_loader(
             resolve(run, open_store(tiny_store), "cpu"),
@@ -415,30 +415,30 @@ def test_rollout_trains_on_its_own_forecasts_and_scores_every_step(tiny_store, t
     )
     header = next(csv.reader(lines(folder / "metrics.csv")))
     assert {"val_rmse_t2m@t+1", "val_rmse_t2m@t+3"} <= set(header)
-    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc", log=quiet).read_text())
+    saved = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "fc").read_text())
     rmse = [saved["leads"][k]["overall"]["rmse"] for k in ("1", "2", "3")]
     assert rmse[0] < rmse[2]  # errors grow along the rollout
     assert saved["config"]["rollout"] == 3
 
 
 def test_rollout_fine_tunes_from_a_one_step_run(tiny_store, tmp_path):
-    one_step = train(tiny(epochs=1), tiny_store, tmp_path, progress=False, log=quiet)
+    one_step = train(tiny(epochs=1), tiny_store, tmp_path, progress=False)
     frozen = tiny(epochs=1, rollout=2, init=str(one_step), lr=0.0, weight_decay=0.0)  # lr 0: the weights stay
-    tuned = train(frozen, tiny_store, tmp_path, progress=False, log=quiet)
+    tuned = train(frozen, tiny_store, tmp_path, progress=False)
     start, end = weights(one_step / "checkpoints" / "best.pt"), weights(tuned / "checkpoints" / "last.pt")
     assert start and all(torch.equal(start[k], end[f"net.{k}"]) for k in start)
     config = json.loads((tuned / "config.json").read_text())["config"]
     assert config["init"]["run"] == one_step.name and len(config["init"]["sha256"]) == 64
-    other = train(tiny(epochs=1, seed=3), tiny_store, tmp_path, progress=False, log=quiet)
+    other = train(tiny(epochs=1, seed=3), tiny_store, tmp_path, progress=False)
     assert (
         run_folder(tiny(epochs=1, rollout=2, init=str(other), lr=0.0, weight_decay=0.0), tiny_store, tmp_path) != tuned
     )  # other weights, another run
-    narrow = train(tiny(epochs=1, channels=["t2m", "z500"]), tiny_store, tmp_path, progress=False, log=quiet)
+    narrow = train(tiny(epochs=1, channels=["t2m", "z500"]), tiny_store, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="init: the weights in .* do not fit this run's model"):
-        train(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path, progress=False, log=quiet)
+        train(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path, progress=False)
     assert not run_folder(tiny(rollout=2, init=str(narrow)), tiny_store, tmp_path).exists()
     with pytest.raises(ConfigError, match="init: .* is neither a run folder"):
-        train(tiny(rollout=2, init=str(tmp_path / "nothing")), tiny_store, tmp_path, progress=False, log=quiet)
+        train(tiny(rollout=2, init=str(tmp_path / "nothing")), tiny_store, tmp_path, progress=False)
 
 
 def test_a_train_split_smaller_than_a_batch_is_refused_naming_both_numbers(tiny_store, tmp_path):
@@ -450,9 +450,9 @@ def test_a_train_split_smaller_than_a_batch_is_refused_naming_both_numbers(tiny_
         match=rf"the train split has {n} samples, fewer than batch_size {n + 1}: no full "
         rf"batch.*set batch_size to {n} or less",
     ):
-        train(tiny(batch_size=n + 1), tiny_store, tmp_path, progress=False, log=quiet)
+        train(tiny(batch_size=n + 1), tiny_store, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
-    folder = train(tiny(model="persistence", batch_size=n + 1), tiny_store, tmp_path, progress=False, log=quiet)
+    folder = train(tiny(model="persistence", batch_size=n + 1), tiny_store, tmp_path, progress=False)
     assert (folder / "checkpoints" / "best.pt").exists()  # nothing to train: any batch size
 
 
@@ -466,12 +466,11 @@ def test_an_empty_val_split_is_one_clear_error(tiny_raw, tmp_path):
         demo_recipe(tmp_path, tiny_raw, splits={"train": [2000, 2001], "test": [2002, 2002]}),
         out,
         progress=False,
-        log=quiet,
     )
     with pytest.raises(
         StoreError,
         match=r"split 'val' has no window .* \(0 steps\): training picks its best epoch "
         r"on the val split",
     ):
-        train(tiny(), out, tmp_path / "runs", progress=False, log=quiet)
+        train(tiny(), out, tmp_path / "runs", progress=False)
     assert not (tmp_path / "runs").exists()

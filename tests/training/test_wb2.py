@@ -13,7 +13,7 @@ from canonstore.cli import main
 from canonstore.formats import open_store
 from canonstore.preprocess import build
 from canonstore.training.evaluate import score_forecast
-from tests.helpers import quiet, write_recipe
+from tests.helpers import write_recipe
 from tests.training.test_climatology import wb2_hourly_climatology
 
 scores_continuous = pytest.importorskip("scores.continuous")
@@ -49,7 +49,7 @@ def store(tmp_path_factory):
         },
     ).to_netcdf(folder / "era5.nc")
     recipe = write_recipe(folder, name="wb2", sources=["era5.nc"], splits={"train": [2000, 2001], "test": [2002, 2002]})
-    return open_store(build(recipe, folder / "wb2.zarr", progress=False, log=quiet).path)
+    return open_store(build(recipe, folder / "wb2.zarr", progress=False).path)
 
 
 def truth_and_forecast(store, rows: int = 16):
