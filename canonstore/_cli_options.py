@@ -87,3 +87,35 @@ def folder_of(folder, config_path, model, overrides, store, runs):
     from canonstore.training import run_folder
 
     return folder or run_folder(config_of(config_path, model, overrides), store, runs)
+
+
+def _renames(ctx, param, values) -> dict[str, str]:
+    """`--rename A=B ...` as {A: B}; a pair without `=`, an empty side or a name given twice is a usage error."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        file_var, _, store_var = (part.strip() for part in value.partition("="))
+        if not file_var or not store_var:
+            raise click.BadParameter(f"expected FILE_VAR=STORE_VAR, got {value!r}", ctx, param)
+        if file_var in pairs:
+            raise click.BadParameter(f"{file_var!r} is renamed twice", ctx, param)
+        pairs[file_var] = store_var
+    return pairs
+
+
+def score_options(fn):
+    """`score`'s --rename (file variables by other names) and --acc-reference (the ACC's climatology)."""
+    fn = click.option(
+        "--acc-reference",
+        type=click.Choice(["window", "harmonic"]),
+        default="window",
+        show_default=True,
+        help="The ACC's climatology: WeatherBench 2's day x hour means (window) or the harmonic fit.",
+    )(fn)
+    return click.option(
+        "--rename",
+        "renames",
+        multiple=True,
+        callback=_renames,
+        metavar="FILE_VAR=STORE_VAR",
+        help="A file variable that is a store variable or channel by another name (repeatable), beyond the table.",
+    )(fn)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from canonstore import __version__
-from canonstore._cli_options import bars, config_of, folder_of, forecast_options, training_options
+from canonstore._cli_options import bars, config_of, folder_of, forecast_options, score_options, training_options
 from canonstore._logging import on_terminal
 from canonstore.errors import CanonstoreError
 
@@ -260,32 +260,16 @@ def forecast(config_path, model, store, overrides, runs, debug, folder, forecast
 )
 @click.option("--out", type=click.Path(dir_okay=False), help="Scores JSON (default scores/<forecast>.json).")
 @click.option("--lat-weighted/--no-lat-weighted", default=None, help="Default: the file's own setting, else on.")
-@click.option(
-    "--rename",
-    "renames",
-    multiple=True,
-    metavar="FILE_VAR=STORE_VAR",
-    help="A file variable that is a store variable by another name (repeatable), beyond the built-in table.",
-)
-@click.option(
-    "--acc-reference",
-    type=click.Choice(["window", "harmonic"]),
-    default="window",
-    show_default=True,
-    help="The ACC's climatology: WeatherBench 2's day x hour means (window) or the harmonic fit.",
-)
+@score_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def score(forecast_file, store, out, lat_weighted, renames, acc_reference, quiet, debug):
     """Score FORECAST_FILE (WeatherBench 2's layout, or one variable per channel; Zarr or NetCDF) against STORE."""
     from canonstore.training.evaluate import score_to_file
 
-    pairs = dict(pair.split("=", 1) for pair in renames if "=" in pair)
-    if len(pairs) != len(renames):
-        raise click.BadParameter("expected FILE_VAR=STORE_VAR", param_hint="--rename")
     _run(
         lambda: score_to_file(
-            forecast_file, store, out, lat_weighted, progress=bars(quiet), reference=acc_reference, rename=pairs
+            forecast_file, store, out, lat_weighted, progress=bars(quiet), reference=acc_reference, rename=renames
         ),
         debug,
     )

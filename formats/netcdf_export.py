@@ -43,8 +43,11 @@ def export_netcdf(store_path: str | Path, out: str | Path, overwrite: bool = Fal
                 }
                 logger.info(f"{split}: {steps.size} steps -> {out / path.name} (physical units)")
                 bar.update(1)
-        meta = export_meta(store, files, {"values": "physical units: one variable per channel, as channel_units say"})
-        finish_export(staging, out, {**meta, "format": "canonstore netcdf export 1"})
+        meta = export_meta(store, files, {}, kind="netcdf")
+        for key in ("normalisation", "dtype", "order"):  # the .npy export's: these values are physical already
+            meta.pop(key)
+        meta["values"] = "physical units, one variable per channel (its units attribute); NaN where a value was filled"
+        finish_export(staging, out, meta)
     except BaseException:
         if staging.is_dir():
             remove_tree(staging)

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from canonstore.formats.spec import normalisation_scale
+from canonstore.formats.spec import mask_channel_of, normalisation_scale
 
 CHANNEL_ATTRS = {"units": "channel_units", "long_name": "channel_long_name", "standard_name": "channel_standard_name"}
 
@@ -43,12 +43,23 @@ def _nested(value) -> bool:
 
 def physical_view(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray) -> xr.Dataset:
     """One variable per channel of `ds` (a store as `as_netcdf_ready` gives it), in physical units (float32,
-    lazy), dims (time, *space), with `split` as a coordinate; static fields de-normalised alike."""
+    lazy), dims (time, *space), NaN where a value was filled (`mask` 0, or its `<channel>_valid` channel 0), with
+    `split` as a coordinate; static fields de-normalised alike."""
     scale = normalisation_scale(std)
     channel_coords = [c for c in ds.coords if "channel" in ds[c].dims]
+    names = [str(n) for n in ds["channel"].values]
+    valid_of = mask_channel_of(names)  # a filled value is no observation: NaN again, as in the sources
+
+    def channel(c: int) -> xr.DataArray:
+        return ds["data"].isel(channel=c, drop=True).drop_vars(channel_coords, errors="ignore") * scale[c] + mean[c]
+
     out = {}
-    for c, name in enumerate(str(n) for n in ds["channel"].values):
-        values = ds["data"].isel(channel=c, drop=True).drop_vars(channel_coords, errors="ignore") * scale[c] + mean[c]
+    for c, name in enumerate(names):
+        values = channel(c)
+        if "mask" in ds:
+            values = values.where(ds["mask"].isel(channel=c, drop=True).drop_vars(channel_coords, errors="ignore") > 0)
+        if name in valid_of:
+            values = values.where(channel(names.index(valid_of[name])) > 0.5)
         attrs = {key: str(ds[coord].values[c]) for key, coord in CHANNEL_ATTRS.items() if coord in ds}
         level = float(ds["channel_level"].values[c]) if "channel_level" in ds else np.nan
         if not np.isnan(level):

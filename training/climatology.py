@@ -17,6 +17,7 @@ The harmonic fit (`baselines.reference_climatology`, the `climatology` model's) 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 import xarray as xr
 
 from canonstore._time import is_dates
+from canonstore.errors import ConfigError
 from canonstore.formats.shards import take_fields
 from canonstore.training.metrics import validity
 
@@ -116,10 +118,11 @@ def window_climatology(store, targets: np.ndarray, window: int = WINDOW_DAYS) ->
     slots, slot_of = np.unique(np.stack([minutes, days], axis=1), axis=0, return_inverse=True)
     slot_of = slot_of.reshape(-1)
     space = store.shape[2:]
+    masks = validity(store, targets)
+    check_memory(len(slots), targets.size, int(np.prod(space)), any(mask is not None for mask in masks))
     # (slot, channel, *space) float64: slots x targets x points x 8 bytes (240 MB for 40 years of 6-hourly
     # ERA5 at 64 x 32, 10 targets); counts per point only where a target has filled points
     sums = np.zeros((len(slots), targets.size) + space)
-    masks = validity(store, targets)
     masked = any(mask is not None for mask in masks)
     counts = np.zeros_like(sums) if masked else np.bincount(slot_of, minlength=len(slots)).astype(np.float64)
     block = max(1, MEMORY // max(1, 8 * targets.size * int(np.prod(space))))
@@ -139,6 +142,20 @@ def window_climatology(store, targets: np.ndarray, window: int = WINDOW_DAYS) ->
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts  # NaN where a point was filled at every step of the slot
     return WindowClimatology(slots[:, 0], slots[:, 1], means, year, window, dated)
+
+
+def check_memory(slots: int, channels: int, points: int, masked: bool) -> None:
+    """Refuse, in one line, a climatology larger than a quarter of this machine's memory (or
+    CANONSTORE_CLIMATOLOGY_GB): its sums are slots x channels x points float64 (twice with filled points)."""
+    need = slots * channels * points * 8 * (2 if masked else 1)
+    limit = os.environ.get("CANONSTORE_CLIMATOLOGY_GB")
+    budget = float(limit) * 2**30 if limit else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+    if need > budget:
+        raise ConfigError(
+            f"the ACC's day-of-year x hour climatology needs {need / 2**30:.1f} GiB ({slots} (day, hour) slots x "
+            f"{channels} channels x {points} points x 8 bytes), over {budget / 2**30:.1f} GiB "
+            "(CANONSTORE_CLIMATOLOGY_GB, default a quarter of memory): use --acc-reference harmonic, or fewer channels"
+        )
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from canonstore._progress import progress as progress_bar
+from canonstore.errors import RunError
 from canonstore.formats import open_store
 from canonstore.formats.spec import normalisation_scale
 from canonstore.loaders.downscale import coarse_up
@@ -176,6 +177,7 @@ def score_forecast(
                     ((physical - mean.reshape(view)) / scale.reshape(view)).astype(np.float32)
                 )
                 valid = _validity(stored, masks)
+                _check_no_nan_scored(prediction, weights if valid is None else weights * valid, names, path, lead)
                 bar.update(rows.size)
                 scores.update(prediction, y, valid, climatology.fields(store.time[rows]))
                 if residual is not None:  # uncentred ACC of the residuals: their climatology is 0
@@ -190,6 +192,19 @@ def score_forecast(
         "climatology": climatology.describe(),
         "not_scored": list(aligned.not_scored),
     }
+
+
+def _check_no_nan_scored(prediction: torch.Tensor, weights: torch.Tensor, names: list[str], path, lead) -> None:
+    """A NaN where a point is scored (weight > 0) is refused, naming the variable: it would make the score NaN, and
+    leaving it out would score the forecast on fewer points than the others. Where nothing is scored (a
+    masked point, a filled one) NaN is fine: WB2's files hold NaN over land for ocean variables."""
+    bad = torch.isnan(prediction) & (weights > 0)
+    if bool(bad.any()):
+        c = int(bad.flatten(2).any(-1).any(0).nonzero()[0])
+        raise RunError(
+            f"{path}: '{names[c]}' at lead {lead} is NaN at {int(bad[:, c].sum())} point(s) the store scores "
+            "(observed, weight > 0): forecast every scored point, or score against a store whose mask leaves them out"
+        )
 
 
 def _validity(stored: np.ndarray, masks: list) -> torch.Tensor | None:

@@ -180,11 +180,10 @@ def _template(
         levels = (len(layout.levels),) if v.on_levels else ()
         shape, chunks = (init.size, len(leads)) + levels + space, (BATCH, 1) + levels + space
         channel = names[next(t for t in v.targets if t >= 0)]
-        data[v.name] = (
-            layout.dims(v, lead_dim),
-            da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
-            channel_attrs(ds, store.channels.index(channel), v.on_levels),
-        )
+        described = channel_attrs(ds, store.channels.index(channel), v.on_levels)
+        if v.on_levels:  # the others are NaN, no forecast: `wb2_layout.to_channels` scores only these
+            described["levels_written"] = [lv for lv, t in zip(layout.levels, v.targets) if t >= 0]
+        data[v.name] = (layout.dims(v, lead_dim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks), described)
     if ahead is not None:
         lead_coord = (LEAD, ahead)
     else:

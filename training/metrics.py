@@ -55,8 +55,8 @@ def lat_weighting(store) -> tuple[np.ndarray | None, str]:
 
 
 def area_weights(store, targets: np.ndarray, lat_weighted: bool = True) -> torch.Tensor:
-    """(target channel, *space) float32 weights with mean 1 per channel: cos(latitude) on a lat/lon
-    grid, 0 where the store's mask says a value was filled rather than observed."""
+    """(target channel, *space) float32 weights with mean 1 per channel: each cell's area (`lat_weighting`) on a
+    lat/lon grid, 0 where the store's mask says a value was filled rather than observed."""
     space = store.shape[2:]
     weights = np.ones((len(targets),) + space)
     cos_lat = lat_weighting(store)[0] if lat_weighted else None
@@ -141,21 +141,25 @@ class Scores:
     ) -> None:
         """Add a batch; `valid` (0/1 per point) from TargetMasks, `climatology` the train climatology
         at each sample's valid time (normalised units) for the ACC."""
-        target = target.double()
-        error = prediction.double() - target
         w = self.weights.expand_as(target) if valid is None else self.weights * valid.double()
+        live = w > 0  # a value where nothing weighs (land in an ocean file: often NaN) never reaches a sum
+        target = torch.where(live, target.double(), 0)
+        prediction = torch.where(live, prediction.double(), 0)
+        error = prediction - target
         space = list(range(2, target.ndim))
         per_time = w.sum(space)  # (batch, channel)
         has = per_time > 0
         mse_t = (w * error**2).sum(space) / per_time.clamp_min(1e-300)  # each time's area-weighted mean
         acc_t = torch.zeros_like(per_time)
         acc_n = torch.zeros_like(per_time)
-        if climatology is not None:
-            f, o = prediction.double() - climatology.double(), target - climatology.double()
-            ff, oo = (w * f**2).sum(space), (w * o**2).sum(space)
+        if climatology is not None:  # a point without climatology (filled at every train step) weighs 0 here
+            known = live & torch.isfinite(climatology)
+            wa, clim = torch.where(known, w, 0), torch.where(known, climatology.double(), 0)
+            f, o = torch.where(known, prediction - clim, 0), torch.where(known, target - clim, 0)
+            ff, oo = (wa * f**2).sum(space), (wa * o**2).sum(space)
             denominator = torch.sqrt(ff * oo)
             ok = has & (oo > 0) & (ff > ANOMALY_FLOOR**2 * oo)
-            acc_t = torch.where(ok, (w * f * o).sum(space) / denominator.clamp_min(1e-300), acc_t)
+            acc_t = torch.where(ok, (wa * f * o).sum(space) / denominator.clamp_min(1e-300), acc_t)
             acc_n = ok.double()
         self.sums += torch.stack(
             [
@@ -204,6 +208,7 @@ class Scores:
             rmse, mae, bias = np.sqrt(s["mse_t"] / times), s["abs_t"] / times, s["err_t"] / times
             rmse_before = s["rmse_t"] / times
             acc = s["acc_t"] / np.where(s["acc_n"] > 0, s["acc_n"], np.nan)
+            both = np.isfinite(mse) & np.isfinite(variance)  # channels that were scored at all
         channels = {
             name: {
                 "rmse": float(rmse[c] * scale[c]),
@@ -211,6 +216,7 @@ class Scores:
                 "mae": float(mae[c] * scale[c]),
                 "bias": float(bias[c] * scale[c]),
                 "acc": float(acc[c]),
+                "acc_times": int(s["acc_n"][c]),  # the times with an ACC: a climatology, and anomalies to correlate
                 "r2": float(1 - mse[c] / variance[c]) if variance[c] > 0 else float("nan"),
                 "units": units[c],
             }
@@ -220,7 +226,7 @@ class Scores:
             "rmse": float(np.nanmean(rmse)),
             "rmse_sqrt_before_time_avg": float(np.nanmean(rmse_before)),
             "mae": float(np.nanmean(mae)),
-            "r2": float(1 - np.nansum(mse) / np.nansum(variance)),
+            "r2": float(1 - mse[both].sum() / variance[both].sum()) if both.any() else float("nan"),
             "acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
             "units": "train std",
         }

@@ -88,7 +88,11 @@ def _train(run: dict, store, folder: Path, device, context: DistributedContext, 
             logger.info(f"starting from the weights of {run['init']['run']} ({run['init']['path']})")
     weights = area_weights(store, train_loader.dataset.targets, run["lat_weighted"]).to(device)
     masks = TargetMasks(store, train_loader.dataset)
-    climatology = acc_reference(store, train_loader.dataset.targets)  # the ACC's, WB2's day x hour means
+    try:  # the ACC's reference: WB2's day x hour means, or the harmonic fit where those do not fit in memory
+        climatology = acc_reference(store, train_loader.dataset.targets)
+    except ConfigError as exc:
+        logger.warning(f"{exc}; validation's ACC uses the harmonic fit instead")
+        climatology = acc_reference(store, train_loader.dataset.targets, "harmonic")
     runlog = RunLog(folder, folder.name, run) if context.main else None
     if runlog:
         for warning in run["warnings"]:

@@ -21,7 +21,8 @@ import numpy as np
 import xarray as xr
 
 from canonstore.errors import RunError
-from canonstore.names import same_variable
+from canonstore.names import short_name
+from canonstore.preprocess.channels import LEVEL_DIMS, levels_in_hpa
 
 LEAD, LEVEL = "prediction_timedelta", "level"
 LEVEL_TOLERANCE = 1e-3  # hPa
@@ -113,6 +114,7 @@ class ForecastLayout:
         return cls(Grid.of(store), tuple(variables), levels)
 
     def dims(self, variable: FileVariable, lead: str = LEAD) -> tuple[str, ...]:
+        """`variable`'s dims in the file: (time, lead, [level], *grid), as WB2 orders them."""
         return ("time", lead) + ((LEVEL,) if variable.on_levels else ()) + self.grid.file_dims
 
     def values(self, variable: FileVariable, forecasts: np.ndarray) -> np.ndarray:
@@ -132,41 +134,53 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
     dims; the file's (variable, level) pairs that are no store channel, said out loud by the caller).
 
     A variable is a store channel when named as one (`z500`: canonstore's older files), else matched by
-    variable (`canonstore.names.same_variable`, `rename`) and, along a `level` dim in hPa, by level."""
+    variable (`canonstore.names.short_name`; `rename` {file variable: store variable or channel} first) and by
+    level: along a level dim (`preprocess.channels.LEVEL_DIMS`) or a scalar level coordinate, in hPa as the build
+    reads them (`levels_in_hpa`). A level canonstore's writer filled with NaN (no such channel in the store it
+    wrote from: the variable's `levels_written` attribute) is no forecast. Two file variables for one channel
+    are refused."""
     if LEAD in fc.dims and "lead" in fc.dims:
         raise RunError(f"{path}: has both 'lead' and '{LEAD}': keep one")
     fc = fc.rename({LEAD: "lead"}) if LEAD in fc.dims else fc
     ds = store.to_xarray()
-    variable = [str(v) for v in ds["channel_variable"].values]
+    recipe_rename = yaml_rename(store)
+    variable = [short_name(str(v), recipe_rename) for v in ds["channel_variable"].values]
     level = [float(v) for v in ds["channel_level"].values]
-    recipe_rename = store.attrs.get("recipe", {}).get("rename") if isinstance(store.attrs.get("recipe"), dict) else None
-    rename = {**(recipe_rename if isinstance(recipe_rename, dict) else {}), **(rename or {})}
-    out, unmatched = {}, []
+    rename = rename or {}
+    out, unmatched, source = {}, [], {}
 
     def channel_of(name: str, lv: float | None) -> str | None:
+        wanted = rename.get(name, name)
+        if lv is None and wanted in store.channels:
+            return wanted
+        short = short_name(wanted)
         for c, channel in enumerate(store.channels):
             same_level = np.isnan(level[c]) if lv is None else abs(level[c] - lv) <= LEVEL_TOLERANCE
-            if same_level and (same_variable(name, variable[c], rename) or (lv is None and name == channel)):
+            if same_level and short == variable[c]:
                 return channel
         return None
 
+    def take(name: str, lv: float | None, values: xr.DataArray) -> None:
+        label = name if lv is None else f"{name}@{lv:g}hPa"
+        found = channel_of(name, lv)
+        if found is None:
+            unmatched.append(label)
+        elif found in out:
+            raise RunError(f"{path}: {source[found]} and {label} are both the store's {found}: keep one")
+        else:
+            out[found], source[found] = values, label
+
     for name in map(str, fc.data_vars):
         da = fc[name]
-        if name in store.channels and LEVEL not in da.dims:
-            out[name] = da
+        dims = [d for d in da.dims if d in LEVEL_DIMS]
+        if not dims:
+            scalar = [c for c in LEVEL_DIMS if c in da.coords and da[c].ndim == 0]
+            take(name, float(levels_in_hpa(da[scalar[0]])) if scalar else None, da.drop_vars(scalar))
             continue
-        if LEVEL not in da.dims:
-            found = channel_of(name, None)
-            out.update({found: da} if found else {})
-            unmatched += [] if found else [name]
-            continue
-        hpa = _in_hpa(fc[LEVEL], path)
-        for k, lv in enumerate(hpa):
-            found = channel_of(name, float(lv))
-            if found:
-                out[found] = da.isel({LEVEL: k}, drop=True)
-            else:
-                unmatched.append(f"{name}@{lv:g}hPa")
+        written = da.attrs.get("levels_written")
+        for k, lv in enumerate(levels_in_hpa(fc[dims[0]])):
+            if written is None or any(abs(float(lv) - float(w)) <= LEVEL_TOLERANCE for w in np.atleast_1d(written)):
+                take(name, float(lv), da.isel({dims[0]: k}, drop=True))
     if not out:
         raise RunError(
             f"{path}: none of its variables {list(map(str, fc.data_vars))} is a channel of {store.path} "
@@ -178,11 +192,13 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
     return (result.rename(back) if back else result), unmatched
 
 
-def _in_hpa(level: xr.DataArray, path) -> np.ndarray:
-    """A `level` coordinate in hPa: given in Pa (by its units), converted; other units refused."""
-    units = str(level.attrs.get("units", "hPa")).strip()
-    if units in ("hPa", "millibar", "millibars", "mbar", "mb", ""):
-        return level.values.astype(np.float64)
-    if units == "Pa":
-        return level.values.astype(np.float64) / 100
-    raise RunError(f"{path}: level is in {units!r}: write pressure levels in hPa (WeatherBench 2) or Pa")
+def yaml_rename(store) -> dict[str, str]:
+    """The `rename:` mapping of the recipe the store was built from (source variable -> short name), if any."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(store.attrs.get("recipe") or "") or {}
+    except yaml.YAMLError:
+        return {}
+    rename = recipe.get("rename") if isinstance(recipe, dict) else None
+    return {str(k): str(v) for k, v in rename.items()} if isinstance(rename, dict) else {}

@@ -80,3 +80,21 @@ def test_a_second_zarr_implementation_reads_the_new_labels(cmip_store):
     assert len(labels["channel_long_name"]) == len(cmip_store.channels)
     root = json.loads((cmip_store.path / "zarr.json").read_text())["attributes"]
     assert root["license"].startswith("CMIP6") and root["canonstore"]["source_attributes"]["license"] == root["license"]
+
+
+def test_filled_values_are_nan_again_in_the_physical_view_and_the_netcdf_export(gappy_store, tmp_path):
+    """A filled value (the train mean) came out of the physical view and the NetCDF export as an observation."""
+    from canonstore.formats.netcdf_export import export_netcdf
+    from tests.helpers import gappy_values
+
+    store = open_store(gappy_store)
+    raw = gappy_values(store.shape[0])[:, 0]
+    physical = store.to_xarray(physical=True)
+    np.testing.assert_array_equal(np.isnan(physical["x"].values), np.isnan(raw))
+    np.testing.assert_allclose(physical["x"].values, raw, rtol=1e-5, atol=1e-5)  # NaN where raw is NaN
+    out = export_netcdf(gappy_store, tmp_path / "nc")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["format"] == "canonstore netcdf export 1" and "normalisation" not in meta
+    with xr.open_dataset(out / "test.nc") as test:
+        steps = store.split_indices("test")
+        np.testing.assert_array_equal(np.isnan(test["x"].values), np.isnan(raw[steps]))

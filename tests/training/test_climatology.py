@@ -107,3 +107,13 @@ def test_the_harmonic_fit_stays_an_option(tmp_path):
     assert fields.shape == (8, 1, 2, 3) and bool(np.isfinite(fields.numpy()).all())
     with pytest.raises(ValueError, match="expected one of window, harmonic"):
         acc_reference(store, np.array([0]), "daily")
+
+
+def test_a_climatology_too_large_for_memory_is_refused_in_one_line(tmp_path, monkeypatch):
+    from canonstore.errors import ConfigError
+
+    store = seasonal_store(tmp_path)
+    monkeypatch.setenv("CANONSTORE_CLIMATOLOGY_GB", "0.00001")  # 10 kB: 1464 slots x 6 points x 8 bytes is 70 kB
+    with pytest.raises(ConfigError, match=r"needs 0.0 GiB \(1464 \(day, hour\) slots x 1 channels x 6 points"):
+        window_climatology(store, np.array([0]))
+    assert acc_reference(store, np.array([0]), "harmonic").describe()["kind"] == "harmonic fit"  # the way out

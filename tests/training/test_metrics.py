@@ -225,3 +225,28 @@ def test_stations_get_no_area_weighting_and_the_run_says_so(tmp_path, real, capl
         r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("canonstore")
     ]
     assert run["warnings"] and any(line.startswith("lat_weighted is true") for line in warned)
+
+
+def test_nan_where_nothing_weighs_and_a_point_without_climatology_leave_the_scores_finite():
+    """0 x NaN is NaN: a NaN forecast at a point of weight 0 made every score of the channel NaN, and a point
+    whose climatology is NaN (filled at every train step) made its ACC NaN."""
+    rng = np.random.default_rng(3)
+    target = torch.from_numpy(rng.normal(size=(4, 1, 3, 4)))
+    forecast = target + 0.1 * torch.from_numpy(rng.normal(size=target.shape))
+    clim = torch.zeros_like(target)
+    weights = torch.ones(1, 3, 4, dtype=torch.float64)
+    weights[0, 0, 0] = 0  # masked: a land point of an ocean channel
+    holes = forecast.clone()
+    holes[:, 0, 0, 0] = float("nan")
+    clim_holes = clim.clone()
+    clim_holes[:, 0, 1, 1] = float("nan")
+    reference, scores = Scores(weights), Scores(weights)
+    reference.update(forecast, target, climatology=clim)
+    scores.update(holes, target, climatology=clim)
+    got, expected = (s.result(["sst"], np.ones(1), ["K"])["channels"]["sst"] for s in (scores, reference))
+    for key in ("rmse", "mae", "bias", "acc", "r2"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+    no_climatology = Scores(weights)
+    no_climatology.update(forecast, target, climatology=clim_holes)
+    channel = no_climatology.result(["sst"], np.ones(1), ["K"])["channels"]["sst"]
+    assert np.isfinite(channel["acc"]) and channel["acc_times"] == 4

@@ -164,3 +164,70 @@ def test_score_reads_a_netcdf_wb2_file_and_renames_on_request(store, tmp_path):
     saved = json.loads(out.read_text())
     assert set(saved["scores"]["channels"]) == {"t2m", "z500", "z850"}
     assert saved["not_scored"] == ["geopotential@1000hPa"] and "not scored" in result.output
+
+
+def scored_channels(store, fc: xr.Dataset, path, rename=None) -> dict:
+    fc.to_zarr(path)
+    return score_forecast(path, store, rename=rename)
+
+
+def test_a_level_the_writer_filled_with_nan_is_no_forecast(store, tmp_path):
+    """canonstore's writer pads a variable's missing levels with NaN (levels_written says which are real); they
+    were matched to the store's channels of those levels and scored as NaN, pulling overall R² up."""
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast).isel(level=[0, 1])  # geopotential at 500 and 850
+    fc["geopotential"] = fc["geopotential"].where(fc["level"] == 500)
+    fc["geopotential"].attrs.update(units="m**2 s**-2", levels_written=[500.0])
+    result = scored_channels(store, fc, tmp_path / "padded.zarr")
+    assert set(result["scores"]["channels"]) == {"t2m", "z500"} and result["not_scored"] == []
+    assert np.isfinite(result["scores"]["overall"]["r2"])
+
+
+def test_the_writer_records_which_levels_it_wrote(tiny_store):
+    from canonstore.training.forecasts import _template
+    from canonstore.training.wb2_layout import ForecastLayout
+
+    demo = open_store(tiny_store)
+    layout = ForecastLayout.of(demo, ["z500", "t850"])
+    template = _template(demo, layout, ["z500", "t850"], np.arange(3), [1], {})
+    assert template["level"].values.tolist() == [500.0, 850.0]
+    assert template["z"].attrs["levels_written"] == [500.0] and template["t"].attrs["levels_written"] == [850.0]
+
+
+def test_rename_reaches_long_names_and_channel_names(store, tmp_path):
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast)
+    geo500 = fc["geopotential"].sel(level=500, drop=True)
+    theirs = xr.Dataset({"my_t": fc["2m_temperature"], "geo": geo500})
+    result = scored_channels(store, theirs, tmp_path / "renamed.zarr", {"my_t": "2m_temperature", "geo": "z500"})
+    assert set(result["scores"]["channels"]) == {"t2m", "z500"} and result["not_scored"] == []
+
+
+def test_levels_as_the_build_reads_them(store, tmp_path):
+    """A scalar level coordinate (a WB2 file after .sel(level=500)), `plev` in Pa without units: as in a build."""
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast)
+    scalar = xr.Dataset({"geopotential": fc["geopotential"].sel(level=500)})  # keeps level=500 as a scalar
+    assert set(scored_channels(store, scalar, tmp_path / "scalar.zarr")["scores"]["channels"]) == {"z500"}
+    pa = fc[["geopotential"]].isel(level=[0, 1]).rename(level="plev").assign_coords(plev=[50000, 85000])
+    assert set(scored_channels(store, pa, tmp_path / "pa.zarr")["scores"]["channels"]) == {"z500", "z850"}
+
+
+def test_two_file_variables_for_one_channel_are_refused(store, tmp_path):
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast)
+    fc["t2m"] = fc["2m_temperature"]
+    with pytest.raises(RunError, match="2m_temperature and t2m are both the store's t2m|t2m and 2m_temperature"):
+        scored_channels(store, fc, tmp_path / "twice.zarr")
+
+
+def test_a_nan_where_the_store_scores_is_refused(store, tmp_path):
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast)
+    fc["2m_temperature"][3, 0, 2, 1] = np.nan
+    with pytest.raises(RunError, match="'t2m' at lead 1 is NaN at 1 point"):
+        scored_channels(store, fc, tmp_path / "hole.zarr")
