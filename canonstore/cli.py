@@ -86,7 +86,7 @@ def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet,
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe to extend to (default: the store's own).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
