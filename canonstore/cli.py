@@ -114,15 +114,23 @@ def inspect(store, debug):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(store, inputs, quiet):
     """Recompute STORE's checksums and check its schema; exit 1 on any problem."""
-    from canonstore.formats import verify_store
-    from canonstore.formats.verify import verify_inputs
+    from canonstore.formats.verify import verify_inputs, verify_store
 
     problems = verify_store(store, progress=not quiet) + (verify_inputs(store) if inputs else [])
-    for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+    click.echo("".join(f"error: {problem}\n" for problem in problems), err=True, nl=False)
     if problems:
         sys.exit(1)
     click.echo(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
+
+
+@main.command()
+@click.argument("url")
+@click.argument("dest", type=click.Path(file_okay=False))
+def pull(url, dest):
+    """Copy the store at URL (s3://...) to DEST: parallel ranged reads, resumable, verified, published atomically."""
+    from canonstore.preprocess.pull import pull as pull_store
+
+    _run(lambda: pull_store(url, dest, log=click.echo), False)
 
 
 @main.command()
