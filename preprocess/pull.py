@@ -78,6 +78,11 @@ def pull(
     return PullResult(dest, len(files), fetched, len(kept), seconds)
 
 
+def _synced_sha256(fd: int, path: Path) -> str:
+    os.fsync(fd)  # on disk before it is renamed to its final name (resumes re-hash it anyway)
+    return file_sha256(path)
+
+
 def _sort_out(staging: Path, files: dict) -> tuple[list[str], list[str]]:
     """(to fetch, kept): a file is kept when its size and sha256 are the manifest's; anything else in the
     staging folder (a `.part`, a file the manifest does not list, a build's progress) is removed."""
@@ -115,15 +120,14 @@ async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, part_
                 async def piece(start: int) -> None:
                     async with requests:
                         data = await objects.get_range(rel, start, min(start + part, size))
-                    os.pwrite(fd, data, start)
+                    await asyncio.to_thread(os.pwrite, fd, data, start)  # the event loop keeps fetching
                     received[0] += len(data)
                     bar.update(len(data))
 
                 await asyncio.gather(*(piece(start) for start in range(0, size, part)))
-                os.fsync(fd)
+                digest = await asyncio.to_thread(_synced_sha256, fd, partial)
             finally:
                 os.close(fd)
-            digest = await asyncio.to_thread(file_sha256, partial)
             if digest != files[rel]["sha256"]:
                 partial.unlink()
                 raise StoreError(
