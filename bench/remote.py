@@ -6,7 +6,9 @@ Writes WeatherBench 2-shaped data (2m_temperature and geopotential on 13 levels,
 1 level) as Zarr v3 and as NetCDF, starts moto's S3 server in its own process on 127.0.0.1 and uploads the Zarr
 store to it, then builds the same recipe from each, interleaved, `--repeats` times (the median is reported);
 and builds a subset (3 of 13 levels, the middle quarter of the days) from S3, counting every byte fetched
-against the bytes of the chunks the subset selects. Results: bench/results/remote.json.
+against the bytes of the chunks the subset selects; then publishes the local Zarr build to S3 and times `pull`
+against a plain parallel GET of the same objects into files (throughput, median of `--repeats` interleaved
+runs). Results: bench/results/remote.json.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def main() -> None:
             for kind, recipe in recipes.items():
                 times[kind].append(_timed(recipe, args.work / f"{kind}.zarr"))
         subset = _subset(args, local, url)
+        pulled = _pull(args, args.work / "zarr-local.zarr")
     finally:
         server.terminate()
         server.wait()
@@ -115,6 +118,7 @@ def main() -> None:
         "zarr_local_over_netcdf": round(median["zarr-local"] / median["netcdf"], 2),
         "zarr_s3_over_zarr_local": round(median["zarr-s3"] / median["zarr-local"], 2),
         "subset": subset,
+        "pull": pulled,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "remote.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -155,6 +159,46 @@ def _subset(args, local: Path, url: str) -> dict:
         "chunks_fetched_twice": sum(1 for k in fetched_chunks if READS.per_key[k] > 1),
         "chunks_outside_selection": len(fetched_chunks - selected),
         "seconds": round(seconds, 3),
+    }
+
+
+def _pull(args, store: Path) -> dict:
+    """`pull` of a published store vs a plain parallel GET of the same objects into files, interleaved."""
+    from canonstore.objects import LIMIT, Objects, bounded, run_async
+    from canonstore.preprocess.pull import pull
+    from canonstore.preprocess.upload import publish_url
+
+    url = "s3://bench/stores/era5.zarr"
+    publish_url(store, url)
+    objects = Objects(url)
+    sizes = objects.list()
+    nbytes = sum(sizes.values())
+
+    def plain(out: Path) -> None:  # whole-object GETs, LIMIT in flight, written to files: no hashing, no staging
+        async def one(key: str) -> None:
+            import obstore
+
+            data = await (await obstore.get_async(objects.store, key)).bytes_async()
+            (out / key).parent.mkdir(parents=True, exist_ok=True)
+            (out / key).write_bytes(data)
+
+        run_async(bounded(sorted(sizes), one, LIMIT))
+
+    runs: dict[str, list[float]] = {"pull": [], "plain_get": []}
+    for _ in range(args.repeats):  # interleaved, each into an empty folder
+        for kind in runs:
+            out = args.work / f"{kind}.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            began = time.perf_counter()
+            pull(url, out, progress=False) if kind == "pull" else plain(out)
+            runs[kind].append(time.perf_counter() - began)
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "objects": len(sizes),
+        "mb": round(nbytes / 1e6, 1),
+        "seconds": {k: [round(s, 3) for s in v] for k, v in runs.items()},
+        "mb_per_s": {k: round(nbytes / 1e6 / v, 1) for k, v in median.items()},
+        "pull_over_plain_get": round(median["plain_get"] / median["pull"], 2),
     }
 
 

@@ -97,7 +97,7 @@ def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet,
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe to extend to (default: the store's own).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -125,25 +125,29 @@ def inspect(store, debug):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(store, inputs, quiet):
     """Recompute STORE's checksums and check its schema; exit 1 on any problem."""
-    from canonstore.formats import verify_store
-    from canonstore.formats.verify import verify_inputs
+    from canonstore.formats.verify import verify_inputs, verify_store
 
     problems = verify_store(store, progress=bars(quiet)) + (verify_inputs(store) if inputs else [])
-    for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+    click.echo("".join(f"error: {problem}\n" for problem in problems), err=True, nl=False)
     if problems:
         sys.exit(1)
     logger.info(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
 
 
 @main.command()
+@click.argument("url")
+@click.argument("dest", type=click.Path(file_okay=False))
+def pull(url, dest):
+    """Copy the store at URL (s3://...) to DEST: parallel ranged reads, resumable, verified, published atomically."""
+    from canonstore.preprocess.pull import pull as pull_store
+
+    _run(lambda: pull_store(url, dest, progress=bars(False)), False)
+
+
+@main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--to",
-    "kind",
-    type=click.Choice(["npy", "netcdf"]),
-    required=True,
-    help="npy: the stored (normalised) values as plain NumPy files; netcdf: physical units, one file per split.",
+    "--to", "kind", type=click.Choice(["npy", "netcdf"]), required=True, help="npy: as stored; netcdf: physical"
 )
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (the new export appears by one rename).")

@@ -25,6 +25,7 @@ from canonstore.formats.physical import as_netcdf_ready, physical_view
 from canonstore.formats.shards import ShardedArray
 from canonstore.formats.spec import READABLE_VERSIONS, denormalise
 from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
+from canonstore.remote import URL, is_url
 from canonstore.splits import SPLIT_CODES, check_split, find_gaps
 
 
@@ -35,17 +36,27 @@ class Store:
     store (`formats.handle`): a Store never returns one build's data beside another's statistics.
     """
 
+    remote = False  # a store on object storage (`s3://`): read in place, except `.array` (pull it first)
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._handle = StoreHandle(self.path)
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"{self.path}: not a Zarr v3 store (no zarr.json)")
-        self._zarr = CheckedStore(self._handle)
+        if is_url(path):  # FORMAT.md, "On object storage": checked against the manifest it opened
+            from canonstore.formats.remote_store import open_remote
+
+            self.path, self.remote = URL(path), True
+            self._zarr, self._manifest = open_remote(self.path)
+        else:
+            self.path = Path(path)
+            self._handle = StoreHandle(self.path)
+            if not (self.path / "zarr.json").is_file():
+                raise StoreError(f"{self.path}: not a Zarr v3 store (no zarr.json)")
+            self._zarr = CheckedStore(self._handle)
         try:
             self._group = zarr.open_group(store=self._zarr, mode="r")
         except StoreError:
             raise
         except Exception as exc:  # damaged metadata JSON fails inside zarr with many types
+            if self.remote:
+                raise StoreError(f"{self.path}: the store's metadata cannot be read: {exc}") from None
             raise damaged_metadata(self.path, exc) from exc
         info = self._group.attrs.get("canonstore")
         if not isinstance(info, dict) or "format_version" not in info:
@@ -69,6 +80,10 @@ class Store:
         shards lazily. Indexing copies nothing until you ask (`array[i]` is a view). A compressed
         store cannot be mapped: you get the zarr array instead, which decodes on each read.
         """
+        if self.remote:
+            from canonstore.formats.remote_store import pull_first
+
+            raise StoreError(pull_first(self.path, "Store.array"))
         data = self._group["data"]
         if self.attrs["layout"]["compression"] != "none":
             return data
@@ -88,7 +103,7 @@ class Store:
     def build_id(self) -> str:
         """The build this Store opened: its manifest's sha256, as `manifest.store_identity(path)` gives it
         while the store is not rebuilt (read through the handle, so never the next build's)."""
-        return hashlib.sha256(self._handle.read(MANIFEST)).hexdigest()
+        return hashlib.sha256(self._manifest if self.remote else self._handle.read(MANIFEST)).hexdigest()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -219,7 +234,9 @@ def damaged_metadata(path: Path, exc: Exception) -> StoreError:
 
 
 def open_store(path: str | Path) -> Store:
-    """Open the canonstore store at `path` (a `<name>.zarr` directory) for reading."""
+    """Open the canonstore store at `path` (a `<name>.zarr` directory, or an `s3://` URL) for reading."""
+    if is_url(path):
+        return Store(path)
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store")

@@ -13,7 +13,7 @@ from canonstore.formats.manifest import check_manifest, file_sha256
 from canonstore.formats.spec import STAT_NAMES
 from canonstore.formats.store import Store
 from canonstore.formats.zarr_ import ShardLayout, map_shard, mappable_layout
-from canonstore.remote import zarr_identity
+from canonstore.remote import is_url, zarr_identity
 from canonstore.splits import SPLIT_NAMES
 
 
@@ -21,8 +21,11 @@ def verify_store(path: str | Path, checksums: bool = True, progress: bool = Fals
     """Every problem found in the store at `path`; an empty list means it is intact.
 
     `checksums=False` skips re-hashing the files (the build just hashed them for the manifest). A store
-    rebuilt while it is verified gives that one problem, not the mix of two builds' files.
+    rebuilt while it is verified gives that one problem, not the mix of two builds' files. An `s3://` store's
+    objects are listed and (`checksums`) streamed and hashed (`formats.remote_store`).
     """
+    if is_url(path):
+        return _verify_remote(path, checksums, progress)
     path = Path(path)
     try:
         pinned = StoreHandle(path)
@@ -42,6 +45,20 @@ def verify_store(path: str | Path, checksums: bool = True, progress: bool = Fals
     except StoreError:
         return [f"{path} was rebuilt or replaced while it was being verified; verify it again"]
     return problems
+
+
+def _verify_remote(url: str, checksums: bool, progress: bool) -> list[str]:
+    from canonstore.formats.remote_store import remote_problems
+
+    try:
+        problems = remote_problems(url, checksums, progress)
+    except StoreError as exc:  # no such bucket, access denied: one line
+        return [str(exc)]
+    try:
+        store = Store(url)
+    except StoreError as exc:
+        return problems or [str(exc)]  # a store that does not open: the objects' problems say why
+    return problems + _check_schema(store)
 
 
 def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
@@ -108,7 +125,7 @@ def _check_schema(store: Store) -> list[str]:
             codes = ds["session"].values
             if not isinstance(ids, list) or codes.shape != (ntime,) or not np.isin(codes, np.arange(len(ids))).all():
                 problems.append(f"session: expected {ntime} positions in the session_ids list")
-        if store.attrs["layout"]["compression"] == "none":  # every shard's index, one shard at a time
+        if store.attrs["layout"]["compression"] == "none" and not store.remote:  # every shard index (remote: hashed)
             shard_steps = mappable_layout(store.path, store._group["data"])
             for k in range(ShardLayout(ntime, shard_steps).count):
                 map_shard(store._handle, shape, store.dtype, shard_steps, k)

@@ -17,6 +17,7 @@ import zarr
 from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
+from canonstore.formats.remote_store import pull_first
 from canonstore.formats.shards import take_rows
 from canonstore.loaders.encodings import Encodings
 from canonstore.loaders.windows import Windows
@@ -44,6 +45,8 @@ class WindowDataset(torch.utils.data.Dataset):
         encodings: Sequence[str] = (),
     ):
         store = open_store(store) if isinstance(store, (str, Path)) else store
+        if store.remote:  # training reads memory-mapped shards: an s3:// store is pulled to local disk first
+            raise StoreError(pull_first(store.path, "a dataset or loader"))
         check_split(split)
         self.windows = Windows.of(store, split, lead, history, channels, targets, static, target_masks, encodings)
         self.path, self.split, self.transform = store.path, split, transform

@@ -50,6 +50,7 @@ from canonstore.preprocess.staging import (
     staging_path,
 )
 from canonstore.preprocess.write import write_pass
+from canonstore.remote import is_url
 from canonstore.splits import SPLIT_CODES, find_gaps
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ def append(
 
     Raises StoreError saying to rebuild when the change is not an append.
     """
+    if is_url(store_path):
+        raise StoreError(
+            f"{store_path}: append works on a local store only; a store on object storage is rebuilt and "
+            f"published again: canonstore build RECIPE --out {store_path}"
+        )
     out = Path(store_path)
     previous = recorded_attrs(out)
     if previous is None:

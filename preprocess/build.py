@@ -50,8 +50,10 @@ from canonstore.preprocess.staging import (
     staging_path,
     written_shards,
 )
+from canonstore.preprocess.upload import publish_build
 from canonstore.preprocess.write import write_pass
 from canonstore.provenance import package_version
+from canonstore.remote import is_url
 from canonstore.splits import SPLIT_CODES
 
 logger = logging.getLogger(__name__)
@@ -95,10 +97,14 @@ def build(
     default), a store that the recipe only extends in time gets the new steps appended instead of a
     rebuild (`preprocess.append`). `scheduler` (address), `scheduler_file` or `workers` (a local
     cluster of that many processes) run the shard tasks on dask.distributed (`preprocess.executor`);
-    the store is the same, bit for bit.
+    the store is the same, bit for bit. An `s3://` `out` is built in a temporary folder and published there
+    (`preprocess.upload`; `resume` does not apply).
     """
     options = BuildOptions(force, progress, resume, block_mb, append, scheduler, scheduler_file, workers)
     recipe = load_recipe(recipe_path)
+    if is_url(out):  # built here, in a temporary folder, then published (FORMAT.md, "On object storage")
+        local = dict(force=True, progress=progress, block_mb=block_mb, append=False, **options.executor)
+        return publish_build(recipe, out, force, lambda path: build(recipe_path, path, **local))
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     refuse_output_among_sources(recipe, out)
     with build_lock(out), build_log(out):
