@@ -143,6 +143,11 @@ class RunLog:
                     self._call("log_artifact", str(self.folder / name))
             self._call("end_run")
 
+    def abort(self) -> None:
+        """End the MLflow run of a run that failed or was interrupted (a resume logs into it again)."""
+        if self.mlflow:
+            self._call("end_run", status="KILLED")
+
     def plot_loss(self) -> None:
         try:
             import matplotlib

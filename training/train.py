@@ -94,45 +94,53 @@ def _train(run: dict, store, folder: Path, device, context: DistributedContext, 
         logger.warning(f"{exc}; validation's ACC uses the harmonic fit instead")
         climatology = acc_reference(store, train_loader.dataset.targets, "harmonic")
     runlog = RunLog(folder, folder.name, run) if context.main else None
-    if runlog:
-        for warning in run["warnings"]:
-            logger.warning(warning)
-        runlog.write_config()
-        logger.info(
-            f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
-            f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)"
-        )
-    if run["model"] not in TRAINED:
-        fit_baseline(model, run, store, val_loader, weights, masks, climatology, folder, runlog, context)
-        return folder
-
-    trainer = Trainer(run, folder, model, train_loader, weights, masks, context)
-    if last.exists():
-        trainer.resume(last)
-    for epoch in range(trainer.state["epoch"], run["epochs"]):
-        train_loss, timing = trainer.train_epoch(epoch, progress and context.main, on_step)
-        stop = False
-        val = score(model, val_loader, store, weights, masks, climatology, context.world > 1)
-        if context.main:
-            stop = trainer.record_epoch(epoch, train_loss, val, timing)
-            state = trainer.state
+    try:
+        if runlog:
+            for warning in run["warnings"]:
+                logger.warning(warning)
+            runlog.write_config()
             logger.info(
-                f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
-                f"val RMSE {val['overall']['rmse']:.4f} std{rmse_by_lead(val.get('leads'))}, "
-                f"{state['throughput'][-1]['samples_per_s']} samples/s, "
-                f"data wait {100 * timing['data_wait_frac']:.1f}%" + (" (best)" * (state["best_epoch"] == epoch + 1))
+                f"{folder.name}: {run['model']} on {store.path} ({len(train_loader.dataset)} train samples, "
+                f"{device.type}, loader {run['loader']}, {sum(p.numel() for p in model.parameters())} parameters)"
             )
-        stop = context.agree(stop)
-        if context.main:
-            trainer.end_epoch(epoch, finished=stop or epoch + 1 == run["epochs"])
-            runlog.epoch(trainer.state["history"], trainer.state["throughput"])
+        if run["model"] not in TRAINED:
+            fit_baseline(model, run, store, val_loader, weights, masks, climatology, folder, runlog, context)
+            return folder
+
+        trainer = Trainer(run, folder, model, train_loader, weights, masks, context)
+        if last.exists():
+            trainer.resume(last)
+        for epoch in range(trainer.state["epoch"], run["epochs"]):
+            train_loss, timing = trainer.train_epoch(epoch, progress and context.main, on_step)
+            stop = False
+            val = score(model, val_loader, store, weights, masks, climatology, context.world > 1)
+            if context.main:
+                stop = trainer.record_epoch(epoch, train_loss, val, timing)
+                state = trainer.state
+                logger.info(
+                    f"epoch {epoch + 1}/{run['epochs']}: train loss {train_loss:.5f}, val loss {val['loss']:.5f}, "
+                    f"val RMSE {val['overall']['rmse']:.4f} std{rmse_by_lead(val.get('leads'))}, "
+                    f"{state['throughput'][-1]['samples_per_s']} samples/s, "
+                    f"data wait {100 * timing['data_wait_frac']:.1f}%"
+                    + (" (best)" * (state["best_epoch"] == epoch + 1))
+                )
+            stop = context.agree(stop)
+            if context.main:
+                trainer.end_epoch(epoch, finished=stop or epoch + 1 == run["epochs"])
+                runlog.epoch(trainer.state["history"], trainer.state["throughput"])
+                if stop:
+                    logger.info(f"early stop: no better validation loss for {run['patience']} epochs")
             if stop:
-                logger.info(f"early stop: no better validation loss for {run['patience']} epochs")
-        if stop:
-            break
-    if context.main:
-        runlog.finish()
-        logger.info(f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})")
+                break
+        if context.main:
+            runlog.finish()
+            logger.info(
+                f"{folder}: best epoch {trainer.state['best_epoch']} (val loss {trainer.state['best_val']:.5f})"
+            )
+    except BaseException:  # an MLflow run left active would switch off MLflow for the next run of this process
+        if runlog:
+            runlog.abort()
+        raise
     return folder
 
 

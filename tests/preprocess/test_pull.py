@@ -22,7 +22,7 @@ from canonstore.preprocess.upload import publish_url
 from tests.helpers import ROOT
 from tests.preprocess.test_s3_stores import local_files, objects_of, one_line
 
-QUIET = {"progress": False, "log": lambda *_: None}
+QUIET = {"progress": False}
 
 
 def test_pull_is_bit_for_bit(s3, tiny_store, tmp_path):

@@ -28,7 +28,7 @@ from canonstore.remote import URL, s3_store
 from tests.helpers import ROOT, demo_recipe
 from tests.wb2 import CREDENTIALS
 
-QUIET = {"progress": False, "log": lambda *_: None}
+QUIET = {"progress": False}
 
 
 def zarr_store(url: str):

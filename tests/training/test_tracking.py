@@ -90,3 +90,19 @@ def test_undefined_scores_are_written_as_null_in_strict_json(tmp_path):
     write_json(tmp_path / "s.json", {"acc": float("nan"), "rmse": [1.0, float("inf")], "n": 3})
     text = (tmp_path / "s.json").read_text()
     assert json.loads(text) == {"acc": None, "rmse": [1.0, None], "n": 3} and "NaN" not in text
+
+
+def test_an_interrupted_run_ends_its_mlflow_run(tiny_store, tmp_path, monkeypatch, said):
+    """A run that raised left its MLflow run active, so the next run of the same process logged nothing to MLflow
+    ('Run ... is already active')."""
+    mlflow = fake_mlflow()
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, TINY), tiny_store, tmp_path, progress=False, on_step=interrupt)
+    assert mlflow.calls[-1] == ("end_run", (), {"status": "KILLED"})
+    train(load_config(None, TINY), tiny_store, tmp_path, progress=False)  # resumes, and logs to MLflow again
+    assert not any("MLflow logging off" in m for m in said()) and mlflow.calls[-1][0] == "end_run"
