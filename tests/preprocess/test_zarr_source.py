@@ -191,3 +191,17 @@ def test_verify_inputs_sees_a_changed_zarr_source(wb2, tmp_path):
     shutil.rmtree(source / "geopotential" / "c" / "0" / "4")  # the chunks of one level at the first steps
     (problem,) = verify_inputs(store)
     assert str(source.resolve()) in problem and "chunk listing" in problem
+
+
+def test_missing_chunk_is_refused_not_read_as_fill_value(tmp_path):
+    """A v3 source whose float fill value is 0.0 (zarr's default) with one chunk deleted: the build names the
+    variable and the chunk instead of storing 0 K."""
+    source = tmp_path / "fill0.zarr"
+    ds = wb2_dataset()[["2m_temperature"]]
+    ds.to_zarr(source, zarr_format=3, encoding={"2m_temperature": {"chunks": (4, 4, 8), "fill_value": 0.0}})
+    assert json.loads((source / "2m_temperature" / "zarr.json").read_text())["fill_value"] == 0.0
+    (source / "2m_temperature" / "c" / "3" / "0" / "0").unlink()
+    with pytest.raises(SourceError) as raised:
+        _build(tmp_path, source, variables=["2m_temperature"])
+    message = str(raised.value)
+    assert "\n" not in message and str(source) in message and "2m_temperature/c/3/0/0" in message
