@@ -144,7 +144,8 @@ def test_s3_source_builds_the_local_store(wb2, tmp_path, s3):
     _same_store(result.path, wb2 / "from-nc.zarr")
     (record,) = open_store(result.path).attrs["inputs"]
     local = json.loads(json.dumps(open_store(_build(tmp_path, wb2 / "v3.zarr", name="local").path).attrs["inputs"]))
-    assert record["path"] == url and record["sha256"] == local[0]["sha256"]  # the same store, the same identity
+    assert record["path"] == url  # the same store's objects (the identity's stamps differ: ETags, mtimes)
+    assert (record["size"], record["objects"]) == (local[0]["size"], local[0]["objects"])
     assert not _build(tmp_path, url).built  # up to date, by listing the bucket again
 
 
@@ -205,3 +206,22 @@ def test_missing_chunk_is_refused_not_read_as_fill_value(tmp_path):
         _build(tmp_path, source, variables=["2m_temperature"])
     message = str(raised.value)
     assert "\n" not in message and str(source) in message and "2m_temperature/c/3/0/0" in message
+
+
+def test_chunk_rewritten_in_place_changes_the_identity(tmp_path):
+    """An uncompressed chunk rewritten with other values, same size: `verify --inputs` says the input changed and
+    the next build is not up to date."""
+    from canonstore.formats.verify import verify_inputs
+
+    source = tmp_path / "raw.zarr"
+    ds = wb2_dataset()[["2m_temperature"]]
+    ds.to_zarr(source, zarr_format=3, encoding={"2m_temperature": {"chunks": (4, 4, 8), "compressors": None}})
+    store = _build(tmp_path, source, variables=["2m_temperature"]).path
+    assert verify_inputs(store) == []
+    chunk = source / "2m_temperature" / "c" / "0" / "0" / "0"
+    before = chunk.read_bytes()
+    chunk.write_bytes(before[4:] + before[:4])  # other values, the same size
+    assert chunk.stat().st_size == len(before)
+    (problem,) = verify_inputs(store)
+    assert str(source.resolve()) in problem and "changed since the build" in problem
+    assert _build(tmp_path, source, variables=["2m_temperature"]).built
