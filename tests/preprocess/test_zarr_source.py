@@ -133,6 +133,7 @@ def test_demo_channels_unchanged(tiny_store):
     expected = ["msl"] + [f"{v}{lev}" for v in "qt" for lev in levels] + ["t2m"]
     expected += [f"{v}{lev}" for v in "uvz" for lev in levels]
     assert open_store(tiny_store).channels == expected  # as built before canonstore.names named channels
+    assert open_store(tiny_store).dims == ("time", "channel", "latitude", "longitude")  # a (lat, lon) grid: as before
 
 
 # --- object storage: moto's S3 server on 127.0.0.1
@@ -225,3 +226,19 @@ def test_chunk_rewritten_in_place_changes_the_identity(tmp_path):
     (problem,) = verify_inputs(store)
     assert str(source.resolve()) in problem and "changed since the build" in problem
     assert _build(tmp_path, source, variables=["2m_temperature"]).built
+
+
+def test_longitude_first_source_stores_longitude_last(wb2, tmp_path):
+    """Every variable longitude-first (WB2's geopotential layout): the store is (..., latitude, longitude), periodic,
+    and equal value for value to the NetCDF build of the same data in (lat, lon) order."""
+    ds = wb2_dataset()
+    ds["2m_temperature"] = ds["2m_temperature"].transpose("time", "longitude", "latitude")
+    encoding = {
+        "2m_temperature": {"chunks": (4, ds.sizes["longitude"], ds.sizes["latitude"])},
+        "geopotential": {"chunks": (4, 1, ds.sizes["longitude"], ds.sizes["latitude"])},
+    }
+    ds.to_zarr(tmp_path / "lonfirst.zarr", zarr_format=3, consolidated=True, encoding=encoding)
+    store = open_store(_build(tmp_path, tmp_path / "lonfirst.zarr").path)
+    assert store.dims[-2:] == ("latitude", "longitude") and store.longitude_periodic
+    assert store.dims == open_store(wb2 / "from-nc.zarr").dims
+    _same_store(store.path, wb2 / "from-nc.zarr")
