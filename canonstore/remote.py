@@ -5,9 +5,9 @@ is reached through obstore (Rust's `object_store`, as zarr's own `zarr.storage.O
 only by the standard environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
 `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...), so AWS, MinIO, Ceph and any S3 clone work alike.
 
-A Zarr store's identity is cheap: the sha256 of its metadata documents and of its listing (every object's name
-and size), never of every chunk's bytes: a chunk added, removed or rewritten to another size changes it; one
-rewritten in place to exactly the same size does not (compressed chunks of new values rarely keep their size).
+A Zarr store's identity is cheap: the sha256 of its metadata documents and of its listing (every object's name,
+size and stamp: ETag and last-modified time on S3, mtime_ns locally), never of every chunk's bytes: a chunk
+added, removed or rewritten, even in place to the same size, changes it.
 
     zarr_identity(Path("era5.zarr"))     # -> {'path': '/abs/era5.zarr', 'size': ..., 'objects': ..., 'sha256': ...}
     zarr_identity(URL("s3://bucket/era5.zarr"))
@@ -79,19 +79,29 @@ def s3_store(url: URL):
 
 def listing(location) -> list[tuple[str, int]]:
     """(name relative to the store, size in bytes) of every object of the Zarr store at `location`, sorted."""
+    return [(name, size) for name, size, _ in stamped_listing(location)]
+
+
+def stamped_listing(location) -> list[tuple[str, int, str]]:
+    """`listing` with each object's stamp: its ETag and last-modified time on S3, its mtime_ns locally (a chunk
+    rewritten in place to the same size changes it)."""
     if not is_url(location):
         root = Path(location)
         found = []
         for folder, _, files in os.walk(root):
             for f in files:
-                p = Path(folder, f)
-                found.append((p.relative_to(root).as_posix(), p.stat().st_size))
+                st = Path(folder, f).stat()
+                found.append((Path(folder, f).relative_to(root).as_posix(), st.st_size, str(st.st_mtime_ns)))
         return sorted(found)
     import obstore
 
     store = s3_store(URL(location))
     try:
-        return sorted((o["path"], int(o["size"])) for batch in obstore.list(store) for o in batch)
+        return sorted(
+            (o["path"], int(o["size"]), f"{o.get('e_tag')} {o.get('last_modified')}")
+            for batch in obstore.list(store)
+            for o in batch
+        )
     except Exception as exc:
         raise SourceError(remote_error(location, exc)) from None
 
@@ -110,20 +120,21 @@ def read_object(location, name: str) -> bytes:
 
 def zarr_identity(location) -> dict:
     """The record of a Zarr source: `{path, size, objects, sha256}`, sha256 of its metadata documents (the
-    consolidated ones included) and of its listing. An empty or metadata-less location is refused."""
-    found = listing(location)
-    docs = [name for name, _ in found if name.rsplit("/", 1)[-1] in METADATA]
+    consolidated ones included) and of its stamped listing (`stamped_listing`). An empty or metadata-less
+    location is refused."""
+    found = stamped_listing(location)
+    docs = [name for name, _, _ in found if name.rsplit("/", 1)[-1] in METADATA]
     if not docs:
         raise SourceError(
             f"{location}: not a Zarr store (no zarr.json, .zgroup or .zmetadata among its {len(found)} objects)"
         )
     digest = hashlib.sha256()
-    for name, size in found:
-        digest.update(f"{name}\t{size}\n".encode())
+    for name, size, stamp in found:
+        digest.update(f"{name}\t{size}\t{stamp}\n".encode())
     for name in docs:
         digest.update(name.encode() + b"\0" + hashlib.sha256(read_object(location, name)).digest())
     where = str(location) if is_url(location) else str(Path(location).resolve())
-    return {"path": where, "size": sum(s for _, s in found), "objects": len(found), "sha256": digest.hexdigest()}
+    return {"path": where, "size": sum(s for _, s, _ in found), "objects": len(found), "sha256": digest.hexdigest()}
 
 
 def remote_error(location, exc: BaseException) -> str:

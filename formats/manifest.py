@@ -16,6 +16,7 @@ from pathlib import Path
 
 from canonstore._progress import progress as progress_bar
 from canonstore.atomic import MARKER, write_json_atomic
+from canonstore.errors import StoreError
 
 MANIFEST = "manifest.json"
 
@@ -98,7 +99,39 @@ def store_identity(store: Path) -> str:
 
 
 def read_manifest(store: Path) -> dict:
-    return json.loads((store / MANIFEST).read_text())
+    """The manifest of the local store `store`, its keys checked (`checked_files`)."""
+    manifest = json.loads((store / MANIFEST).read_text())
+    checked_files(manifest, store)
+    return manifest
+
+
+def _unsafe(rel) -> str | None:
+    """Why `rel` cannot be a store's relative path, or None."""
+    if not isinstance(rel, str) or not rel:
+        return "not a relative path"
+    if rel.startswith("/") or "\\" in rel or "\0" in rel or (len(rel) > 1 and rel[1] == ":"):
+        return "an absolute path, a backslash or a NUL"
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        return "an empty, '.' or '..' segment"
+    return None
+
+
+def checked_files(manifest: dict, where) -> dict:
+    """`manifest["files"]`, every key a plain relative path inside the store (no absolute path, `..`, empty
+    segment or backslash): a manifest read from disk or object storage says where files go."""
+    files = manifest["files"]
+    for rel in files:
+        if (why := _unsafe(rel)) is not None:
+            raise StoreError(f"{where}/{MANIFEST}: lists {rel!r} ({why}): not a store's file; nothing written")
+    return files
+
+
+def inside(folder: Path, rel: str) -> Path:
+    """`folder / rel`, refused (one line) unless it resolves inside `folder` (links followed)."""
+    path = folder / rel
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise StoreError(f"{folder}: {rel!r} of the manifest resolves outside it; nothing written there")
+    return path
 
 
 def check_manifest(store: Path, checksums: bool = True, progress: bool = False) -> list[str]:
@@ -109,7 +142,7 @@ def check_manifest(store: Path, checksums: bool = True, progress: bool = False) 
     """
     try:
         files = read_manifest(store)["files"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, StoreError) as exc:
         return [f"{store / MANIFEST}: cannot read the manifest: {exc}"]
     found, others = store_entries(store)
     present = set(found)

@@ -18,7 +18,7 @@ from zarr.storage import ObjectStore
 from canonstore._progress import progress as progress_bar
 from canonstore.atomic import MARKER
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST
+from canonstore.formats.manifest import MANIFEST, checked_files
 from canonstore.objects import Objects, bounded, run_async
 
 STREAM = 8 << 20  # bytes per piece when hashing a large object as it streams in
@@ -78,7 +78,7 @@ def open_remote(url: str) -> tuple[ManifestCheckedStore, bytes]:
         missing = "zarr.json" if root is None else MANIFEST
         raise StoreError(f"{url}: no {missing}: the store is incomplete or was not made by canonstore")
     try:
-        files = json.loads(manifest)["files"]
+        files = checked_files(json.loads(manifest), url)
         expected = files["zarr.json"]["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{url}/{MANIFEST}: not a canonstore manifest ({exc})") from None
@@ -98,8 +98,8 @@ def remote_problems(url: str, checksums: bool = True, progress: bool = False, li
             return [interrupted(url)]
         return [f"{url}: no {MANIFEST}" + ("" if found else " (no object under that prefix: no such store)")]
     try:
-        files = json.loads(raw)["files"]
-    except (ValueError, KeyError, TypeError) as exc:
+        files = checked_files(json.loads(raw), url)
+    except (ValueError, KeyError, TypeError, StoreError) as exc:
         return [f"{url}/{MANIFEST}: cannot read the manifest: {exc}"]
     found.pop(MANIFEST, None)
     problems = [f"{rel}: listed in the manifest but missing" for rel in sorted(set(files) - set(found))]

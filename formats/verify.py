@@ -76,7 +76,7 @@ def verify_inputs(path: str | Path, threads: int = 8) -> list[str]:
                 return f"input {item['path']}: cannot be read now: {exc}"
             if now["sha256"] != item["sha256"]:
                 return (
-                    f"input {item['path']}: changed since the build (metadata or chunk listing: "
+                    f"input {item['path']}: changed since the build (metadata or chunk listing, sizes or stamps: "
                     f"{item['objects']} -> {now['objects']} objects, {item['size']} -> {now['size']} bytes); "
                     "rebuild the store"
                 )

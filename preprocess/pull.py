@@ -24,7 +24,7 @@ from pathlib import Path
 from canonstore._progress import progress as progress_bar
 from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, write_file_atomic
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST, file_sha256
+from canonstore.formats.manifest import MANIFEST, file_sha256, inside
 from canonstore.formats.remote_store import open_remote
 from canonstore.formats.verify import verify_store
 from canonstore.objects import LIMIT, Objects, run_async
@@ -53,7 +53,7 @@ def pull(url: str, dest: str | Path, progress: bool = True, limit: int = LIMIT, 
     began = time.perf_counter()
     url, dest = URL(str(url).rstrip("/")), Path(dest)
     _, raw = open_remote(url)  # one line for a missing store, bucket or key, or an interrupted publish
-    files = json.loads(raw)["files"]
+    files = json.loads(raw)["files"]  # its keys checked by open_remote
     with build_lock(dest):
         check_output(dest)
         if (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == raw:
@@ -62,6 +62,8 @@ def pull(url: str, dest: str | Path, progress: bool = True, limit: int = LIMIT, 
         staging = staging_path(dest)
         if not has_marker(staging, "store"):
             make_staging(staging, "store")  # removes an empty one; refuses one canonstore did not make
+        for rel in files:
+            inside(staging, rel)  # no link inside the staging folder leads a file out of it
         todo, kept = _sort_out(staging, files)
         if kept:
             logger.info(f"resuming {staging}: {len(kept)} of {len(files)} files already complete")

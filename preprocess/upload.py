@@ -42,9 +42,10 @@ def publish_build(recipe: Recipe, url: str, force: bool, build_local: Callable[[
     parent, name = parent_and_name(url)
     objects = Objects(parent)
     check_target(objects, name)
+    unfinished = _finish_publish(objects, name)
     previous = _root_attrs(objects, name)
     inputs = input_records(recipe.sources, (previous or {}).get("inputs", []))
-    if not force and up_to_date(previous, recipe, inputs):
+    if not force and not unfinished and up_to_date(previous, recipe, inputs):
         logger.info(f"{url} is up to date (same recipe and inputs); nothing to do")
         return BuildResult(url, built=False)
     with tempfile.TemporaryDirectory(prefix="canonstore-upload-") as folder:  # TMPDIR chooses the disk
@@ -79,6 +80,29 @@ def publish_url(local: Path, url: str) -> None:
     objects.delete([store + MARKER])
     _remove_marked(objects, staging)
     logger.info(f"{url}: {len(files) - len(unchanged)} objects published, {len(unchanged)} unchanged")
+
+
+def _finish_publish(objects: Objects, name: str) -> bool:
+    """Whether a publish to `name` was left unfinished (its swap marker or staging prefix is there) and must be
+    done again. One killed after its root `zarr.json` was copied (the root the manifest lists) is finished here:
+    its swap marker and staging prefix removed. Never "up to date" over a marker."""
+    store, staging = f"{name}/", f"{name}.partial/"
+    swap, staged = is_marked(objects, store, "swap"), bool(objects.list(staging))
+    if not swap and not staged:
+        return False
+    root, raw = objects.read(store + ROOT), objects.read(store + MANIFEST)
+    try:
+        complete = root is not None and hashlib.sha256(root).hexdigest() == json.loads(raw)["files"][ROOT]["sha256"]
+    except (TypeError, ValueError, KeyError):
+        complete = False
+    if not complete:
+        logger.info(f"{objects.where(name)}: a publish was interrupted; publishing again")
+        return True
+    if swap:
+        objects.delete([store + MARKER])
+    clear_staging(objects, staging)
+    logger.info(f"{objects.where(name)}: finished a publish killed after its last copy")
+    return False
 
 
 def marker(kind: str, build_id: str) -> bytes:

@@ -61,7 +61,7 @@ def recognises(path, head: bytes) -> bool:
 
 def open_parts(path, recipe) -> list[xr.Dataset]:
     """The store as one lazy Dataset (all its variables, as NetCDF gives a file's)."""
-    store = _Chunks(_store_at(path))
+    store = _Chunks(_store_at(path), path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*onsolidated metadata.*")
@@ -112,8 +112,9 @@ def _store_at(path):
 class _Chunks(WrapperStore):
     """Counts what is fetched (`READS`) and keeps the last chunks fetched, up to `CACHE_BYTES`."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, where="") -> None:
         super().__init__(store)
+        self._where = where
         self._kept: OrderedDict[str, object] = OrderedDict()
         self._kept_bytes = 0
         self._lock = threading.Lock()
@@ -127,7 +128,9 @@ class _Chunks(WrapperStore):
                     return self._kept[key]
         buf = await self._store.get(key, prototype, byte_range)
         if buf is None:
-            return None
+            if key.rsplit("/", 1)[-1] in METADATA:
+                return None  # zarr probes for the metadata documents of both formats
+            raise self._missing(key)
         READS.add(key, len(buf))
         if cacheable and len(buf) <= CACHE_BYTES:
             with self._lock:
@@ -142,9 +145,18 @@ class _Chunks(WrapperStore):
         key_ranges = list(key_ranges)
         found = await self._store.get_partial_values(prototype, key_ranges)
         for (key, _), buf in zip(key_ranges, found):
-            if buf is not None:
-                READS.add(key, len(buf))
+            if buf is None:
+                raise self._missing(key)
+            READS.add(key, len(buf))
         return found
+
+    def _missing(self, key: str) -> SourceError:
+        """A chunk the read needs is not in the store: zarr would give the array's fill value (0.0 by default
+        for floats, not NaN) as if it were data."""
+        return SourceError(
+            f"{self._where}: variable {key.split('/', 1)[0]}: chunk {key} is missing (Zarr would read it as the "
+            "array's fill value); restore the chunk or rewrite the source"
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -83,3 +83,27 @@ def test_pull_refusals_are_one_line(s3, tiny_store, tmp_path):
     with pytest.raises(StoreError, match="not a canonstore store"):
         pull(url, theirs, **QUIET)
     assert (theirs / "notes.txt").read_text() == "mine"
+
+
+def test_pull_refuses_a_manifest_key_outside_dest(s3, tiny_store, tmp_path):
+    """A manifest listing an absolute key (and an object there): pull refuses in one line and writes nothing
+    outside DEST (nor beside the outside file)."""
+    import hashlib
+    import json
+
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("mine")
+    evil = b"theirs"
+    objects = Objects(url)
+    manifest = json.loads(objects.read("manifest.json"))
+    manifest["files"][str(victim)] = {"size": len(evil), "sha256": hashlib.sha256(evil).hexdigest()}
+    objects.put(str(victim).lstrip("/"), evil)
+    objects.put("manifest.json", json.dumps(manifest).encode())
+    line = one_line(["pull", url, str(tmp_path / "d.zarr")])
+    assert str(victim) in line and "absolute" in line
+    assert victim.read_text() == "mine" and sorted(os.listdir(victim.parent)) == ["victim.txt"]
+    with pytest.raises(StoreError, match="absolute"):
+        open_store(url)

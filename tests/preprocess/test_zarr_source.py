@@ -133,6 +133,7 @@ def test_demo_channels_unchanged(tiny_store):
     expected = ["msl"] + [f"{v}{lev}" for v in "qt" for lev in levels] + ["t2m"]
     expected += [f"{v}{lev}" for v in "uvz" for lev in levels]
     assert open_store(tiny_store).channels == expected  # as built before canonstore.names named channels
+    assert open_store(tiny_store).dims == ("time", "channel", "latitude", "longitude")  # a (lat, lon) grid: as before
 
 
 # --- object storage: moto's S3 server on 127.0.0.1
@@ -144,7 +145,8 @@ def test_s3_source_builds_the_local_store(wb2, tmp_path, s3):
     _same_store(result.path, wb2 / "from-nc.zarr")
     (record,) = open_store(result.path).attrs["inputs"]
     local = json.loads(json.dumps(open_store(_build(tmp_path, wb2 / "v3.zarr", name="local").path).attrs["inputs"]))
-    assert record["path"] == url and record["sha256"] == local[0]["sha256"]  # the same store, the same identity
+    assert record["path"] == url  # the same store's objects (the identity's stamps differ: ETags, mtimes)
+    assert (record["size"], record["objects"]) == (local[0]["size"], local[0]["objects"])
     assert not _build(tmp_path, url).built  # up to date, by listing the bucket again
 
 
@@ -191,3 +193,52 @@ def test_verify_inputs_sees_a_changed_zarr_source(wb2, tmp_path):
     shutil.rmtree(source / "geopotential" / "c" / "0" / "4")  # the chunks of one level at the first steps
     (problem,) = verify_inputs(store)
     assert str(source.resolve()) in problem and "chunk listing" in problem
+
+
+def test_missing_chunk_is_refused_not_read_as_fill_value(tmp_path):
+    """A v3 source whose float fill value is 0.0 (zarr's default) with one chunk deleted: the build names the
+    variable and the chunk instead of storing 0 K."""
+    source = tmp_path / "fill0.zarr"
+    ds = wb2_dataset()[["2m_temperature"]]
+    ds.to_zarr(source, zarr_format=3, encoding={"2m_temperature": {"chunks": (4, 4, 8), "fill_value": 0.0}})
+    assert json.loads((source / "2m_temperature" / "zarr.json").read_text())["fill_value"] == 0.0
+    (source / "2m_temperature" / "c" / "3" / "0" / "0").unlink()
+    with pytest.raises(SourceError) as raised:
+        _build(tmp_path, source, variables=["2m_temperature"])
+    message = str(raised.value)
+    assert "\n" not in message and str(source) in message and "2m_temperature/c/3/0/0" in message
+
+
+def test_chunk_rewritten_in_place_changes_the_identity(tmp_path):
+    """An uncompressed chunk rewritten with other values, same size: `verify --inputs` says the input changed and
+    the next build is not up to date."""
+    from canonstore.formats.verify import verify_inputs
+
+    source = tmp_path / "raw.zarr"
+    ds = wb2_dataset()[["2m_temperature"]]
+    ds.to_zarr(source, zarr_format=3, encoding={"2m_temperature": {"chunks": (4, 4, 8), "compressors": None}})
+    store = _build(tmp_path, source, variables=["2m_temperature"]).path
+    assert verify_inputs(store) == []
+    chunk = source / "2m_temperature" / "c" / "0" / "0" / "0"
+    before = chunk.read_bytes()
+    chunk.write_bytes(before[4:] + before[:4])  # other values, the same size
+    assert chunk.stat().st_size == len(before)
+    (problem,) = verify_inputs(store)
+    assert str(source.resolve()) in problem and "changed since the build" in problem
+    assert _build(tmp_path, source, variables=["2m_temperature"]).built
+
+
+def test_longitude_first_source_stores_longitude_last(wb2, tmp_path):
+    """Every variable longitude-first (WB2's geopotential layout): the store is (..., latitude, longitude), periodic,
+    and equal value for value to the NetCDF build of the same data in (lat, lon) order."""
+    ds = wb2_dataset()
+    ds["2m_temperature"] = ds["2m_temperature"].transpose("time", "longitude", "latitude")
+    encoding = {
+        "2m_temperature": {"chunks": (4, ds.sizes["longitude"], ds.sizes["latitude"])},
+        "geopotential": {"chunks": (4, 1, ds.sizes["longitude"], ds.sizes["latitude"])},
+    }
+    ds.to_zarr(tmp_path / "lonfirst.zarr", zarr_format=3, consolidated=True, encoding=encoding)
+    store = open_store(_build(tmp_path, tmp_path / "lonfirst.zarr").path)
+    assert store.dims[-2:] == ("latitude", "longitude") and store.longitude_periodic
+    assert store.dims == open_store(wb2 / "from-nc.zarr").dims
+    _same_store(store.path, wb2 / "from-nc.zarr")
