@@ -23,3 +23,10 @@ class ConfigError(CanonstoreError, ValueError):
 
 class RunError(CanonstoreError):
     """A training run's folder or checkpoint is missing, unreadable or belongs to another run."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's error, at most `limit` characters (obstore's run to ~40 lines of debug
+    detail, HDF5's to a stack; the first says what happened), else the error's type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

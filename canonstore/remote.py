@@ -20,7 +20,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from canonstore.errors import SourceError
+from canonstore.errors import SourceError, first_line
 
 SCHEMES = ("s3://",)
 METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")  # v3 and v2 documents
@@ -74,7 +74,7 @@ def s3_store(url: URL):
     try:
         return S3Store(url.bucket, prefix=url.prefix or None, client_options=client, retry_config=RETRY)
     except Exception as exc:  # a malformed endpoint or region
-        raise SourceError(f"{url}: cannot configure the S3 client from AWS_* variables: {_first(exc)}") from None
+        raise SourceError(f"{url}: cannot configure the S3 client from AWS_* variables: {first_line(exc)}") from None
 
 
 def listing(location) -> list[tuple[str, int]]:
@@ -139,7 +139,7 @@ def zarr_identity(location) -> dict:
 
 def remote_error(location, exc: BaseException) -> str:
     """One line for a failed object-storage request: what went wrong, in words, and the URL."""
-    text = _first(exc)
+    text = first_line(exc)
     low = f"{type(exc).__name__} {exc}".lower()
     if "nosuchbucket" in low or "bucket does not exist" in low:
         return f"{location}: bucket '{URL(location).bucket}' does not exist (or is not visible with these credentials)"
@@ -151,8 +151,3 @@ def remote_error(location, exc: BaseException) -> str:
         endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS's default")
         return f"{location}: cannot reach the object store (AWS_ENDPOINT_URL={endpoint}): {text}"
     return f"{location}: object storage request failed: {text}"
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

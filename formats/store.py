@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 
 from canonstore._warnings import cftime_notes_silenced, chunk_notes_silenced
-from canonstore.errors import StoreError
+from canonstore.errors import StoreError, first_line
 from canonstore.formats.coords import find_axis, longitude_is_periodic
 from canonstore.formats.handle import CheckedStore, StoreHandle
 from canonstore.formats.manifest import MANIFEST
@@ -56,7 +56,7 @@ class Store:
             raise
         except Exception as exc:  # damaged metadata JSON fails inside zarr with many types
             if self.remote:
-                raise StoreError(f"{self.path}: the store's metadata cannot be read: {exc}") from None
+                raise StoreError(f"{self.path}: the store's metadata cannot be read: {first_line(exc)}") from None
             raise damaged_metadata(self.path, exc) from exc
         info = self._group.attrs.get("canonstore")
         if not isinstance(info, dict) or "format_version" not in info:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from canonstore.errors import SourceError
+from canonstore.errors import SourceError, first_line  # noqa: F401  (the source modules import it from here)
 from canonstore.remote import is_url
 
 if TYPE_CHECKING:
@@ -99,9 +99,3 @@ def module_of(kind: str) -> SourceModule:
 def open_parts(path: Path, recipe: Recipe) -> list[xr.Dataset]:
     """One file as lazy Datasets, by the module that reads its kind."""
     return _MODULES[kind_of(path)].open_parts(path, recipe)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a library's error (they run over several lines; the first says it), else its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from canonstore._time import is_dates, span, time_label
-from canonstore.errors import SourceError
+from canonstore.errors import SourceError, first_line
 from canonstore.formats.coords import find_axis
 from canonstore.preprocess.channels import Channel, add_derived, derived_input, make_channels, select_variables
 from canonstore.preprocess.derived_units import Input
@@ -210,7 +210,7 @@ class Sources:
                     values = seg.array.isel(sel).values
                 except Exception as exc:  # netCDF4/HDF5 raise many types for damaged files
                     raise SourceError(
-                        f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {exc}"
+                        f"{seg.path}: cannot read steps {int(local[0])}..{int(local[-1])}: {first_line(exc)}"
                     ) from exc
                 blocks.append(values)
             pos += seg.keep.size

@@ -242,3 +242,23 @@ def test_longitude_first_source_stores_longitude_last(wb2, tmp_path):
     assert store.dims[-2:] == ("latitude", "longitude") and store.longitude_periodic
     assert store.dims == open_store(wb2 / "from-nc.zarr").dims
     _same_store(store.path, wb2 / "from-nc.zarr")
+
+
+def test_a_server_that_is_down_is_one_line(tmp_path, monkeypatch):
+    """obstore's errors run to ~40 lines of debug detail; the message keeps their first line."""
+    from tests.wb2 import free_port
+
+    for key, value in {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    line = _one_line(tmp_path, "s3://bucket/era5.zarr")
+    assert "s3://bucket/era5.zarr" in line
+    from canonstore.errors import CanonstoreError
+    from canonstore.formats import open_store
+
+    with pytest.raises(CanonstoreError) as caught:
+        open_store("s3://bucket/era5.zarr")
+    assert "\n" not in str(caught.value) and "s3://bucket/era5.zarr" in str(caught.value)
