@@ -48,7 +48,7 @@ class WindowClimatology:
 
     minute: np.ndarray  # (slot,) minute of day
     day: np.ndarray  # (slot,) day of year, from 1
-    means: np.ndarray  # (slot, channel, *space) float64
+    means: np.ndarray  # (slot, channel, *space) float32
     year: int  # the calendar's longest year, in days
     window: int = WINDOW_DAYS
     dated: bool = True
@@ -72,23 +72,37 @@ class WindowClimatology:
         return torch.from_numpy(out)
 
     def _at(self, day: int, minute: int) -> np.ndarray:
-        key = (day, minute)
-        if key not in self._cache:
-            if not self.dated:
-                self._cache[key] = self.means[0].astype(np.float32)
-                return self._cache[key]
-            half = self.window // 2
-            apart = np.abs(self.day - day)
-            apart = np.minimum(apart, self.year - apart)  # the window wraps around the year
-            weight = np.where((self.minute == minute) & (apart < half), 1 - apart / half, 0.0)
-            rows = np.flatnonzero(weight)
-            means = self.means[rows]
-            w = weight[rows].reshape((-1,) + (1,) * (means.ndim - 1))
-            seen = np.isfinite(means)
+        if not self.dated:
+            return self.means[0].astype(np.float32)
+        if minute not in self._cache:
+            self._cache[minute] = self._smoothed(minute)
+        return self._cache[minute][day - 1]
+
+    def _smoothed(self, minute: int) -> np.ndarray:
+        """(day of year, channel, *space) float32: every day's window mean at `minute`, as one circular
+        convolution along the days (FFT): the triangle's weights over the days the train split saw there,
+        divided by the weights of those days (per point: a NaN mean, filled at every step, weighs 0). Done a
+        block of points at a time, so that the float64 work arrays stay within MEMORY."""
+        rows = np.flatnonzero(self.minute == minute)
+        means = self.means[rows].reshape(rows.size, -1)
+        half = self.window // 2
+        kernel = np.zeros(self.year)
+        for k in range(-half + 1, half):  # weight 1 - |k|/half; 0 at |k| = half, as WB2's
+            kernel[k % self.year] += 1 - abs(k) / half
+        spectrum = np.fft.rfft(kernel)[:, None]
+        out = np.empty((self.year, means.shape[1]), np.float32)
+        step = max(1, MEMORY // (8 * 8 * self.year))  # points per block: ~8 float64 arrays of (year, points)
+        for a in range(0, means.shape[1], step):
+            part = means[:, a : a + step]
+            values, seen = np.zeros((self.year, part.shape[1])), np.zeros((self.year, part.shape[1]))
+            finite = np.isfinite(part)
+            values[self.day[rows] - 1] = np.where(finite, part, 0)
+            seen[self.day[rows] - 1] = finite
+            weight = np.fft.irfft(np.fft.rfft(seen, axis=0) * spectrum, n=self.year, axis=0)
+            total = np.fft.irfft(np.fft.rfft(values, axis=0) * spectrum, n=self.year, axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):
-                value = (np.where(seen, means, 0) * w).sum(0) / np.where(seen, w, 0).sum(0)
-            self._cache[key] = value.astype(np.float32)  # NaN where the window holds nothing
-        return self._cache[key]
+                out[:, a : a + step] = np.where(weight > 1e-9, total / weight, np.nan)  # no train day in reach: NaN
+        return out.reshape((self.year,) + self.means.shape[1:])
 
     def describe(self) -> dict:
         """What this reference is, for a scores file."""
@@ -120,23 +134,23 @@ def window_climatology(store, targets: np.ndarray, window: int = WINDOW_DAYS) ->
     space = store.shape[2:]
     masks = validity(store, targets)
     check_memory(len(slots), targets.size, int(np.prod(space)), any(mask is not None for mask in masks))
-    # (slot, channel, *space) float64: slots x targets x points x 8 bytes (240 MB for 40 years of 6-hourly
+    # (slot, channel, *space) float32: slots x targets x points x 4 bytes (120 MB for 40 years of 6-hourly
     # ERA5 at 64 x 32, 10 targets); counts per point only where a target has filled points
-    sums = np.zeros((len(slots), targets.size) + space)
+    sums = np.zeros((len(slots), targets.size) + space, np.float32)  # a slot sums a few dozen years: float32 holds it
     masked = any(mask is not None for mask in masks)
-    counts = np.zeros_like(sums) if masked else np.bincount(slot_of, minlength=len(slots)).astype(np.float64)
+    counts = np.zeros_like(sums) if masked else np.bincount(slot_of, minlength=len(slots)).astype(np.float32)
     block = max(1, MEMORY // max(1, 8 * targets.size * int(np.prod(space))))
     for start in range(0, train.size, block):
         steps = train[start : start + block]
-        values = take_fields(store.array, steps, targets).astype(np.float64)
+        values = take_fields(store.array, steps, targets).astype(np.float32)
         if masked:
             observed = np.ones(values.shape, dtype=bool)
             for c, mask in enumerate(masks):
                 if mask is not None:
                     observed[:, c] = take_fields(store.array, steps, [mask[0]])[:, 0] > mask[1]
             values = np.where(observed, values, 0)
-            np.add.at(counts, slot_of[start : start + block], observed)
-        np.add.at(sums, slot_of[start : start + block], values)
+            _add_by_slot(counts, slot_of[start : start + block], observed)
+        _add_by_slot(sums, slot_of[start : start + block], values)
     if not masked:
         counts = counts.reshape((-1,) + (1,) * (sums.ndim - 1))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -144,16 +158,25 @@ def window_climatology(store, targets: np.ndarray, window: int = WINDOW_DAYS) ->
     return WindowClimatology(slots[:, 0], slots[:, 1], means, year, window, dated)
 
 
+def _add_by_slot(total: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
+    """total[slots[i]] += values[i] for every i, repeated slots summed (np.add.at's result, one reduceat fast)."""
+    order = np.argsort(slots, kind="stable")
+    kept, starts = np.unique(slots[order], return_index=True)
+    total[kept] += np.add.reduceat(values[order].astype(total.dtype), starts, axis=0)
+
+
 def check_memory(slots: int, channels: int, points: int, masked: bool) -> None:
     """Refuse, in one line, a climatology larger than a quarter of this machine's memory (or
-    CANONSTORE_CLIMATOLOGY_GB): its sums are slots x channels x points float64 (twice with filled points)."""
-    need = slots * channels * points * 8 * (2 if masked else 1)
+    CANONSTORE_CLIMATOLOGY_GB): its sums are slots x channels x points float32 (twice with filled points),
+    and as much again smoothed."""
+    need = slots * channels * points * 4 * (2 if masked else 1) * 2  # the sums, and the smoothed days
     limit = os.environ.get("CANONSTORE_CLIMATOLOGY_GB")
     budget = float(limit) * 2**30 if limit else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
     if need > budget:
         raise ConfigError(
             f"the ACC's day-of-year x hour climatology needs {need / 2**30:.1f} GiB ({slots} (day, hour) slots x "
-            f"{channels} channels x {points} points x 8 bytes), over {budget / 2**30:.1f} GiB "
+            f"{channels} channels x {points} points x {need // (slots * channels * points)} bytes), "
+            f"over {budget / 2**30:.1f} GiB "
             "(CANONSTORE_CLIMATOLOGY_GB, default a quarter of memory): use --acc-reference harmonic, or fewer channels"
         )
 
