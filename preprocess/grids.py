@@ -3,8 +3,7 @@
 Grids that differ are refused, never regridded or reordered: a flipped axis and 0..360 against -180..180
 longitudes are named as such, anything else by its first differing coordinate value. The same dimensions in
 another order (WeatherBench 2's `geopotential(time, level, longitude, latitude)` beside `2m_temperature(time,
-latitude, longitude)`) are one grid: the store takes the first variable's order, with latitude and longitude
-moved last (in that order) when both are found, and reads the others transposed.
+latitude, longitude)`) are one grid: the store takes the first variable's order and reads the others transposed.
 """
 
 from __future__ import annotations
@@ -53,22 +52,12 @@ def check_grid(segments: dict[str, list[Segment]], time_dim: str) -> tuple[tuple
                         "regrid or reorder the inputs to one grid first"
                     )
     dims, coords = ref
-    dims = _latitude_longitude_last(dims, coords)
     # Keep non-dimension coordinates that live on the grid (e.g. lat/lon of a `location` dim).
     first = next(iter(segments.values()))[0].array
     for cname, coord in first.coords.items():
         if cname not in dims and coord.dims and set(coord.dims) <= set(dims):
             coords[cname] = coord
     return dims, {k: v.load() for k, v in coords.items()}
-
-
-def _latitude_longitude_last(dims: tuple[str, ...], coords: dict) -> tuple[str, ...]:
-    """`dims` with latitude then longitude last when both are found among them as 1-D dimension coordinates (a
-    longitude-first source: the store's longitude is last, where its periodicity is read); others keep their order."""
-    lat, lon = find_axis(coords, "latitude"), find_axis(coords, "longitude")
-    if lat not in dims or lon not in dims or lat == lon or coords[lat].dims != (lat,) or coords[lon].dims != (lon,):
-        return dims
-    return tuple(d for d in dims if d not in (lat, lon)) + (lat, lon)
 
 
 def _check_same_axis(

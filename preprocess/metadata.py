@@ -47,6 +47,15 @@ def store_labels(recipe: Recipe, sources: Sources) -> np.ndarray:
 
 def report_sources(sources: Sources) -> None:
     """Say out loud what the recipe leaves out and which gaps it allows (never dropped silently)."""
+    lon = sources.coords.get(sources.longitude) if sources.longitude else None
+    if lon is not None and lon.ndim == 1 and sources.space_dims and lon.dims[0] != sources.space_dims[-1]:
+        moved = tuple(d for d in sources.space_dims if d != lon.dims[0]) + lon.dims
+        if longitude_is_periodic(lon, moved):  # the grids are stored as the sources give them (FORMAT.md)
+            logger.warning(
+                f"{sources.longitude} goes round the globe but is not the grid's last dimension "
+                f"{sources.space_dims}: the store is treated as regional (no wrap-around in the UNet's padding, "
+                f"patches and coarse-up); transpose the sources to (..., {', '.join(moved)}) for a periodic store"
+            )
     if sources.ignored:
         logger.info(f"not stored (not in 'variables' or 'static' of the recipe): {', '.join(sources.ignored)}")
     for unused in sources.unused_files:
