@@ -158,7 +158,9 @@ def test_persistence_scores_skip_filled_points_end_to_end(gappy_store, tmp_path)
 
     config = load_config(None, {"model": "persistence", "device": "cpu", "lat_weighted": False, "workers": 1})
     folder = train(config, gappy_store, tmp_path, progress=False)
-    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
+    scores = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts").read_text())[
+        "scores"
+    ]
     store = open_store(gappy_store)
     t = open_dataset(store, "test").times
     raw = gappy_values(store.shape[0])[:, 0]

@@ -148,7 +148,7 @@ def test_run_folder_scores_and_checkpoints(tiny_store, tmp_path, said):
     best = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == int(min(rows, key=lambda r: float(r["val_loss"]))["epoch"])
 
-    out = evaluate(folder, tmp_path / "scores")
+    out = evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts")
     assert out.name == f"{folder.name}.json"
     scores = json.loads(out.read_text())
     assert scores["split"] == "test" and scores["checkpoint"] == "best" and scores["epoch"] == best["epoch"]
@@ -177,7 +177,9 @@ def test_early_stopping(tiny_store, tmp_path, said):
 def test_persistence_scores_equal_the_direct_computation(tiny_store, tmp_path):
     """End to end in physical units: RMSE of x(t) as the forecast of x(t+1), from the store's arrays."""
     folder = train(tiny(model="persistence", lat_weighted=False), tiny_store, tmp_path)
-    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
+    scores = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts").read_text())[
+        "scores"
+    ]
     store = open_store(tiny_store)
     times = open_dataset(store, "test").times
     physical = store.denormalise(store.array[:].astype(np.float64))
@@ -201,7 +203,9 @@ def test_climatology_is_fitted_and_scored(tiny_store, tmp_path):
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
     coef = weights(folder / "checkpoints" / "best.pt")["coef"]
     assert coef.abs().sum() > 0
-    scores = json.loads(evaluate(folder, tmp_path / "scores").read_text())["scores"]
+    scores = json.loads(evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts").read_text())[
+        "scores"
+    ]
     assert scores["channels"]["t2m"]["r2"] > 0.1  # the seasonal and diurnal cycles are explained
 
 
@@ -239,7 +243,7 @@ def test_evaluate_refuses_another_build_or_a_missing_run(tiny_store, tmp_path):
     info["config"]["store"]["build"] = "0" * 64
     (folder / "config.json").write_text(json.dumps(info))
     with pytest.raises(RunError, match="not the build"):
-        evaluate(folder, tmp_path / "scores")
+        evaluate(folder, tmp_path / "scores", forecasts_dir=tmp_path / "forecasts")
     with pytest.raises(RunError, match="no such run"):
         evaluate(tmp_path / "nothing", tmp_path / "scores")
 
