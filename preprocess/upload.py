@@ -34,6 +34,7 @@ from canonstore.preprocess.recipe import Recipe
 logger = logging.getLogger(__name__)
 
 ROOT = "zarr.json"
+COPY_LIMIT = 5 * 2**30  # S3's CopyObject copies at most 5 GiB in one request (larger needs a multipart copy)
 
 
 def publish_build(recipe: Recipe, url: str, force: bool, build_local: Callable[[Path], BuildResult]):
@@ -61,6 +62,13 @@ def publish_url(local: Path, url: str) -> None:
     objects = Objects(parent)
     files = read_manifest(local)["files"]
     build_id = hashlib.sha256((local / MANIFEST).read_bytes()).hexdigest()
+    too_big = sorted((info["size"], rel) for rel, info in files.items() if info["size"] > COPY_LIMIT)
+    if too_big:  # before anything is uploaded or retracted: the swap copies every object server-side
+        size, rel = too_big[-1]
+        raise StoreError(
+            f"{url}: {rel} is {size / 2**30:.1f} GiB and S3 copies at most {COPY_LIMIT / 2**30:g} GiB in one "
+            "request, which publishing needs; set the recipe's storage.shard_mb below 5120 and build again"
+        )
     previous = check_target(objects, name)
     staging, store = f"{name}.partial/", f"{name}/"
     clear_staging(objects, staging)

@@ -205,3 +205,16 @@ def test_publish_killed_after_its_last_copy_is_finished_by_the_next_build(s3, ti
     assert any("publish" in p for p in verify_store(url))
     build(recipe, url, **QUIET)
     assert verify_store(url) == [] and Objects(url).read(".canonstore-staging") is None
+
+
+def test_an_object_too_large_to_copy_is_refused_before_the_previous_store_is_touched(s3, tiny_store, monkeypatch):
+    """S3 copies at most 5 GiB per request: the swap would fail after retracting the previous store's root."""
+    from canonstore.formats.verify import verify_store
+    from canonstore.preprocess import upload
+
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    monkeypatch.setattr(upload, "COPY_LIMIT", 1000)  # the tiny store's shards are larger
+    with pytest.raises(StoreError, match=r"S3 copies at most .* GiB in one request.*storage.shard_mb"):
+        publish_url(tiny_store, url)
+    assert verify_store(url) == []  # the previous store, untouched
