@@ -19,8 +19,8 @@ HOLDER = re.compile(r"pid \d+ on .*, started \S+$")  # what a build writes into 
 
 
 @contextlib.contextmanager
-def build_lock(out: Path):
-    """Hold `<out>.lock` for a build; a second build of the same output is refused, naming the first.
+def build_lock(out: Path, what: str | None = None):
+    """Hold `<out>.lock` for a build (`what`, default "build of <out>"); a second one is refused, naming the first.
 
     flock is released by the kernel when the holder dies (even by kill -9), so a stale lock file
     never blocks a later build. Where the filesystem has no flock (some Lustre and NFS mounts) the
@@ -37,7 +37,9 @@ def build_lock(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another build of {out} is running ({_holder(fd)}); wait for it to finish") from None
+            raise StoreError(
+                f"another {what or f'build of {out}'} is running ({_holder(fd)}); wait for it to finish"
+            ) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise

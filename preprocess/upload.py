@@ -28,6 +28,7 @@ from canonstore.errors import StoreError
 from canonstore.formats.manifest import MANIFEST, read_manifest
 from canonstore.objects import Objects, parent_and_name
 from canonstore.preprocess.inputs import input_records, up_to_date
+from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.publish import BuildResult
 from canonstore.preprocess.recipe import Recipe
 
@@ -57,7 +58,21 @@ def publish_build(recipe: Recipe, url: str, force: bool, build_local: Callable[[
 
 
 def publish_url(local: Path, url: str) -> None:
-    """Publish the complete local store at `local` to `url`, in the two phases of the module docstring."""
+    """Publish the complete local store at `local` to `url`, in the two phases of the module docstring; one
+    publish per URL at a time on this machine (`publish_lock`)."""
+    with publish_lock(url):
+        _publish(local, url)
+
+
+def publish_lock(url: str):
+    """The build lock (`preprocess.lock`) of a file in the temp folder named by `url`'s hash: a second publish of
+    the same URL from this machine is refused while the first runs. Object storage has no lock of its own, so
+    publishes from two machines at once are not prevented (README, "On object storage")."""
+    path = Path(tempfile.gettempdir()) / f"canonstore-publish-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    return build_lock(path, what=f"publish of {url}")
+
+
+def _publish(local: Path, url: str) -> None:
     parent, name = parent_and_name(url)
     objects = Objects(parent)
     files = read_manifest(local)["files"]

@@ -218,3 +218,14 @@ def test_an_object_too_large_to_copy_is_refused_before_the_previous_store_is_tou
     with pytest.raises(StoreError, match=r"S3 copies at most .* GiB in one request.*storage.shard_mb"):
         publish_url(tiny_store, url)
     assert verify_store(url) == []  # the previous store, untouched
+
+
+def test_a_second_publish_of_one_url_on_this_machine_is_refused(s3, tiny_store):
+    """Two publishes to one URL at once interleave: the second's clear_staging removed the first's staging, and
+    the first's swap then copied a mix of two builds."""
+    from canonstore.preprocess.upload import publish_lock
+
+    url = f"s3://{s3}/demo.zarr"
+    with publish_lock(url), pytest.raises(StoreError, match=rf"another publish of {url} is running"):
+        publish_url(tiny_store, url)
+    publish_url(tiny_store, url)  # once the first is done
