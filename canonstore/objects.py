@@ -48,7 +48,8 @@ class Objects:
 
     def __init__(self, url: str):
         self.url = URL(url)
-        self.store = s3_store(self.url)
+        self.store = s3_store(self.url)  # listing and metadata: the first contact, failing fast
+        self.bulk = s3_store(self.url, patient=True)  # uploads, copies, deletes and ranged reads: retried
 
     def where(self, key: str = "") -> str:
         return f"{self.url.rstrip('/')}/{key}" if key else str(self.url)
@@ -87,7 +88,7 @@ class Objects:
         async def put(pair):
             key, source = pair
             try:
-                await obstore.put_async(self.store, key, source)
+                await obstore.put_async(self.bulk, key, source)
             except Exception as exc:
                 raise self.fail(exc, key) from None
 
@@ -99,7 +100,7 @@ class Objects:
 
         async def copy(pair):
             try:
-                await obstore.copy_async(self.store, pair[0], pair[1])
+                await obstore.copy_async(self.bulk, pair[0], pair[1])
             except Exception as exc:
                 raise self.fail(exc, pair[0]) from None
 
@@ -111,7 +112,7 @@ class Objects:
 
         async def delete(key):
             try:
-                await obstore.delete_async(self.store, key)
+                await obstore.delete_async(self.bulk, key)
             except FileNotFoundError:
                 pass
             except Exception as exc:
@@ -124,7 +125,7 @@ class Objects:
         import obstore
 
         try:
-            return await obstore.get_range_async(self.store, key, start=start, end=stop)
+            return await obstore.get_range_async(self.bulk, key, start=start, end=stop)
         except Exception as exc:
             raise self.fail(exc, key) from None
 

@@ -24,7 +24,10 @@ from canonstore.errors import SourceError, first_line
 
 SCHEMES = ("s3://",)
 METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")  # v3 and v2 documents
-RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=20)}  # a wrong endpoint fails in seconds
+# The first contact (listing, metadata) fails fast: a wrong endpoint or a missing bucket is an error in seconds.
+# Bulk transfers (a build's chunk reads, a publish's uploads and copies, pull's ranges) keep object_store's own
+# retries (10 within 3 minutes, backing off), so one 503 SlowDown does not end an hours-long build.
+RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=20)}
 
 
 class URL(str):
@@ -59,8 +62,9 @@ def is_zarr_dir(path) -> bool:
     return not is_url(path) and Path(path).is_dir() and any((Path(path) / m).is_file() for m in METADATA)
 
 
-def s3_store(url: URL):
-    """An obstore S3 store at `url`'s bucket and prefix, configured by the AWS_* environment variables."""
+def s3_store(url: URL, patient: bool = False):
+    """An obstore S3 store at `url`'s bucket and prefix, configured by the AWS_* environment variables; failing
+    fast (`RETRY`) unless `patient` (bulk transfers: object_store's default retries)."""
     from obstore.store import S3Store
 
     if not url.startswith(SCHEMES):
@@ -72,7 +76,8 @@ def s3_store(url: URL):
     # repeated as a client option, where plain-http endpoints (MinIO, moto on 127.0.0.1) need it.
     client = {"allow_http": True} if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true") else {}
     try:
-        return S3Store(url.bucket, prefix=url.prefix or None, client_options=client, retry_config=RETRY)
+        retry = {} if patient else {"retry_config": RETRY}
+        return S3Store(url.bucket, prefix=url.prefix or None, client_options=client, **retry)
     except Exception as exc:  # a malformed endpoint or region
         raise SourceError(f"{url}: cannot configure the S3 client from AWS_* variables: {first_line(exc)}") from None
 

@@ -106,7 +106,7 @@ def _store_at(path):
                 obstore.head(s3, ".zgroup")
             except Exception:
                 raise SourceError(f"{path}: no Zarr store there (no zarr.json or .zgroup under that prefix)") from None
-    return ObjectStore(s3, read_only=True)
+    return ObjectStore(s3_store(URL(path), patient=True), read_only=True)  # probed: now the chunk reads, retried
 
 
 class _Chunks(WrapperStore):

@@ -260,3 +260,14 @@ def test_a_server_that_is_down_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(CanonstoreError) as caught:
         open_store("s3://bucket/era5.zarr")
     assert "\n" not in str(caught.value) and "s3://bucket/era5.zarr" in str(caught.value)
+
+
+def test_bulk_transfers_retry_where_the_first_contact_fails_fast(monkeypatch):
+    """Every S3 call gave up after 2 retries within 20 s: one 503 SlowDown ended an hours-long build."""
+    from canonstore.objects import Objects
+    from canonstore.remote import RETRY
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    objects = Objects("s3://bucket/prefix")
+    assert objects.store.retry_config["max_retries"] == RETRY["max_retries"]  # a wrong endpoint: seconds
+    assert objects.bulk.retry_config is None  # object_store's own retries
