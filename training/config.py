@@ -36,7 +36,7 @@ DEFAULTS: dict = {
     "encodings": [],  # latlon, doy, hod, toa: positional and temporal inputs (loaders.encodings)
     # train on random patches (loaders.patches): {size: [h, w], per_epoch: s} (s = 0: one per sample per batch)
     "blocks": None,
-    "lat_weighted": True,  # weight loss and metrics by cell area (cos latitude)
+    "lat_weighted": True,  # weight loss and metrics by cell area (WeatherBench 2's latitude weights)
     "batch_size": 32,
     "seed": 0,
     "workers": 2,  # gather threads (store) or DataLoader workers (netcdf)

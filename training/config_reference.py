@@ -24,7 +24,7 @@ MEANINGS = {
     "static": "append the store's static fields to the inputs: true, false or a list of names",
     "encodings": "positional and temporal inputs computed per batch: latlon, doy, hod, toa",
     "blocks": "train on random patches: {size: [h, w], per_epoch: s} (s = 0: one per sample per batch)",
-    "lat_weighted": "weight loss and scores by cell area (cos latitude)",
+    "lat_weighted": "weight loss and scores by cell area (WeatherBench 2's latitude weights)",
     "batch_size": "samples per batch",
     "seed": "seeds weights, sample order and patches: the same seed gives the same run",
     "workers": "gather threads (store) or DataLoader worker processes (netcdf); not part of the run's hash",
