@@ -128,4 +128,5 @@ def test_remote_bench_writes_its_rows(tmp_path):
     subset = rows["subset"]
     assert subset["bytes_fetched_data_chunks"] == subset["bytes_selected_chunks"] < subset["bytes_source"]
     assert subset["chunks_fetched_twice"] == subset["chunks_outside_selection"] == 0
-    assert set(rows["pull"]["mb_per_s"]) == {"pull", "plain_get"} and rows["pull"]["pull_over_plain_get"] > 0
+    assert set(rows["pull"]["mb_per_s"]) == {"pull", "pull_whole_objects", "plain_get"}
+    assert rows["pull"]["pull_over_plain_get"] > 0 and rows["pull"]["whole_objects_over_plain_get"] > 0
