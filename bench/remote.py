@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from canonstore.atomic import make_staging  # noqa: E402
 from canonstore.preprocess import build  # noqa: E402
 from canonstore.preprocess.zarr_source import READS  # noqa: E402
 from canonstore.remote import listing  # noqa: E402
@@ -84,8 +85,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
+    # --work may name any folder: only an empty one or one this bench marked before is (re)used, never another
+    make_staging(args.work, "bench-remote")
     ds = wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13)
     local = write_zarr(ds, args.work / "era5.zarr", time_chunk=CHUNK)
     as_netcdf(wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13), args.work / "era5.nc")

@@ -130,3 +130,19 @@ def test_remote_bench_writes_its_rows(tmp_path):
     assert subset["chunks_fetched_twice"] == subset["chunks_outside_selection"] == 0
     assert set(rows["pull"]["mb_per_s"]) == {"pull", "pull_whole_objects", "plain_get"}
     assert rows["pull"]["pull_over_plain_get"] > 0 and rows["pull"]["whole_objects_over_plain_get"] > 0
+
+
+def test_the_remote_bench_never_deletes_a_work_folder_it_did_not_make(tmp_path):
+    """--work was removed with shutil.rmtree whatever it held: `--work ~/data` would have deleted the user's data."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "remote.py"), "--days", "8", "--nlat", "4", "--nlon", "8"]
+        + ["--repeats", "1", "--work", str(mine), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "not canonstore's" in done.stderr
+    assert (mine / "thesis.tex").read_text() == "mine"
