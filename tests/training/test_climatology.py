@@ -117,3 +117,19 @@ def test_a_climatology_too_large_for_memory_is_refused_in_one_line(tmp_path, mon
     with pytest.raises(ConfigError, match=r"needs 0.0 GiB \(1464 \(day, hour\) slots x 1 channels x 6 points"):
         window_climatology(store, np.array([0]))
     assert acc_reference(store, np.array([0]), "harmonic").describe()["kind"] == "harmonic fit"  # the way out
+
+
+def test_a_360_day_calendar_wraps_its_own_year():
+    """Day 360 of a 360_day year is next to day 1: the window wraps at 360, not at WB2's 366."""
+    import cftime
+
+    from canonstore.training.climatology import WindowClimatology, day_and_minute
+
+    times = np.array([cftime.Datetime360Day(2001, 12, 30), cftime.Datetime360Day(2001, 1, 1)])
+    days, minutes, year = day_and_minute(times)
+    assert days.tolist() == [360, 1] and minutes.tolist() == [0, 0] and year == 360
+    seen_day_1 = WindowClimatology(np.array([0]), np.array([1]), np.ones((1, 1, 2)), year)
+    near_the_end = seen_day_1.fields(np.array([cftime.Datetime360Day(2002, 12, 28)])).numpy()  # 3 days before day 1
+    assert np.allclose(near_the_end, 1.0)
+    halfway = seen_day_1.fields(np.array([cftime.Datetime360Day(2002, 6, 15)])).numpy()
+    assert bool(np.isnan(halfway).all())

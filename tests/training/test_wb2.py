@@ -231,3 +231,20 @@ def test_a_nan_where_the_store_scores_is_refused(store, tmp_path):
     fc["2m_temperature"][3, 0, 2, 1] = np.nan
     with pytest.raises(RunError, match="'t2m' at lead 1 is NaN at 1 point"):
         scored_channels(store, fc, tmp_path / "hole.zarr")
+
+
+def test_prediction_timedelta_only_where_every_init_is_the_same_time_ahead():
+    """Monthly steps are 28 to 31 days apart: one timedelta per lead would be wrong for most inits, so such a store
+    keeps `lead` in store steps; a 360_day calendar's months are 30 days each, and 6-hourly steps 6 hours."""
+    import cftime
+
+    from canonstore.training.forecasts import time_ahead
+
+    hours = np.array(["2000-01-01T00", "2000-01-01T06", "2000-01-01T12"], dtype="datetime64[ns]")
+    assert time_ahead(hours[:2], hours[1:, None]).tolist() == [np.timedelta64(6, "h").astype("timedelta64[ns]")]
+    months = np.array(["2000-01-01", "2000-02-01", "2000-03-01"], dtype="datetime64[ns]")
+    assert time_ahead(months[:2], months[1:, None]) is None  # 31 and 29 days
+    days360 = np.array([cftime.Datetime360Day(2000, m, 1) for m in (1, 2, 3)])
+    ahead = time_ahead(days360[:2], days360[1:, None])
+    assert ahead is not None and (ahead / np.timedelta64(1, "D")).tolist() == [30.0]
+    assert time_ahead(np.array([0, 1]), np.array([[1], [2]])) is None  # positions, no dates
