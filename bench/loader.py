@@ -1,6 +1,7 @@
 """Loader benchmark (`make bench`): every way of feeding the same samples, side by side in one run.
 
-    python bench/loader.py STORE [--workers 2] [--batch-size 32] [--seconds 8] [--train] [--results bench/results]
+    python bench/loader.py STORE [--workers 2] [--batch-size 32] [--seconds 8] [--repeat 3] [--cold] [--train]
+        [--results bench/results]
 
 Rows, all reading the train split of STORE in the same shuffled order with the same workers and
 delivering the same (x, y) tensors:
@@ -9,7 +10,14 @@ delivering the same (x, y) tensors:
   store-batch       BatchLoader: whole-batch gathers from the memmap, prefetched (pinned on CUDA)
   store-batch-1shard  the same over --one-shard, the same data as ONE shard file (format 2 layout check)
   zarr-python       per-sample reads of the same store through zarr-python in a DataLoader
-  memcpy            the ceiling: a copy of the same number of bytes from the page-cached store
+  memcpy-samples    the loader's own ceiling: the same samples' bytes copied in sample-sized pieces from the same
+                    random positions (same order, same threads) into a reused buffer, with nothing else done
+  memcpy            the bandwidth ceiling: a copy of the same number of bytes in contiguous batch-sized slabs
+With --repeat N every row runs N times, rounds interleaved (A B C, C B A, ...); a row reports its median
+and spread, and its ratios to the ceilings are the median of the ratios within each round. With --cold, the
+store rows and memcpy-samples start from an evicted page cache, next to two rows of the disk's limits:
+read-seq (every shard file read start to end through the page cache) and read-direct (the same past it,
+O_DIRECT).
 Each row runs in its own process (peak RSS is the process tree's, sampled every 20 ms; it counts
 the store pages a memmap touches, which are page cache, so `peak_private_mb` is shown too).
 Inputs are read once first so that every row reads from page cache. On a GPU (or with --train),
@@ -31,11 +39,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from pagecache import evict, read_all
 
 from canonstore import open_store
 from canonstore.loaders import BatchLoader, RawSourceDataset, StoreDataset, seeded_generator, worker_init_fn
 
-LOADERS = ("netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy")
+LOADERS = ("netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy-samples", "memcpy")
+COLD = ("store-batch", "memcpy-samples", "read-seq", "read-direct")  # --cold: the rows whose reads reach the disk
 
 
 class ZarrDataset(StoreDataset):
@@ -136,15 +146,65 @@ def memcpy_batches(store, args):
             yield out[: args.batch_size], out[args.batch_size :]
 
 
+def memcpy_sample_batches(store, args):
+    """The batch loader's bytes and nothing else: each batch's samples (the sampler's positions, in its order)
+    copied step by step from the memmap into one reused buffer, the batch split over the same threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from canonstore.loaders import BatchSampler
+    from canonstore.loaders.windows import Windows
+
+    windows = Windows.of(store, "train", 1, 0, None, None, True, False, ())
+    sampler = BatchSampler(len(windows.times), args.batch_size, True, 0, True)
+    mapped = store.array
+    steps = [mapped[t].reshape(-1) for t in range(len(mapped))]  # views: which shard holds a step is looked up once
+    x = np.empty((args.batch_size, steps[0].size), store.dtype)
+    y = np.empty_like(x)
+
+    def copy(part, times):
+        for k in part:
+            np.copyto(x[k], steps[times[k]])
+            np.copyto(y[k], steps[times[k] + 1])
+
+    with ThreadPoolExecutor(args.workers) as pool:
+        while True:
+            for positions in sampler:
+                times = windows.times[np.asarray(positions)]
+                parts = np.array_split(np.arange(len(positions)), args.workers)
+                list(pool.map(copy, parts, [times] * len(parts)))
+                yield x, y
+
+
 def measure(name: str, args) -> dict:
     """Batches/s of one loader for about `args.seconds` (after 2 warm-up batches), in this process."""
-    store = open_store(args.one_shard if name.endswith("-1shard") else args.store)
+    path = args.one_shard if name.endswith("-1shard") else args.store
+    if args.cold:
+        evict([path])
+    if name.startswith("read-"):
+        read = read_all([path / "data"], direct=name == "read-direct")
+        nbytes = read["mb"] * 1e6
+        sample = 2 * open_store(path).array[0].nbytes  # x and y of one sample, for samples/s
+        return {
+            "loader": name,
+            "mode": "load",
+            "workers": 1,
+            "batch_size": args.batch_size,
+            "batches": 0,
+            "seconds": read["seconds"],
+            "samples_per_s": round(nbytes / sample / read["seconds"], 1),
+            "mb_per_s": read["mb_per_s"],
+            "mb": read["mb"],
+            "peak_rss_mb": 0.0,
+            "peak_private_mb": 0.0,
+        }
+    store = open_store(path)
     with PeakRSS() as peak:
-        batches = (
-            memcpy_batches(store, args)
-            if name == "memcpy"
-            else make_loader(name.removesuffix("-1shard"), store, args, "cpu")
-        )
+        if name == "memcpy":
+            batches = memcpy_batches(store, args)
+        elif name == "memcpy-samples":
+            batches = memcpy_sample_batches(store, args)
+        else:
+            batches = make_loader(name.removesuffix("-1shard"), store, args, "cpu")
         it = iter(batches)
         for _ in range(2):
             next(it)
@@ -242,25 +302,50 @@ def warm_page_cache(store) -> None:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    loads = {r["loader"]: r for r in rows if r["mode"] == "load"}
+    """Each row's ratios to netcdf and to the ceilings: the median over rounds of the ratio within a round."""
     for r in rows:
-        if r["mode"] == "load":
-            r["x_netcdf"] = round(r["samples_per_s"] / loads["netcdf"]["samples_per_s"], 2)
-            r["of_memcpy"] = round(r["mb_per_s"] / loads["memcpy"]["mb_per_s"], 3)
-        else:
+        if r["mode"] != "load":
             alone = next(t for t in rows if t["loader"] == "model-alone")
             r["of_model_alone"] = round(r["steps_per_s"] / alone["steps_per_s"], 3)
+            continue
+        for key, base, field in (
+            ("x_netcdf", "netcdf", "samples_per_s"),
+            ("of_memcpy", "memcpy", "mb_per_s"),
+            ("of_memcpy_samples", "memcpy-samples", "mb_per_s"),
+            ("of_read_seq", "read-seq", "mb_per_s"),
+        ):
+            other = next((o for o in rows if o["loader"] == base and o["mode"] == "load"), None)
+            if other is not None:
+                ratios = [a[field] / b[field] for a, b in zip(r["rounds"], other["rounds"])]
+                r[key] = round(float(np.median(ratios)), 3)
+                r[key + "_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The run with the median samples/s, with every run's numbers beside it ("rounds", "spread")."""
+    ranked = sorted(runs, key=lambda r: r["samples_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    row["rounds"] = [{k: r[k] for k in ("samples_per_s", "mb_per_s")} for r in runs]
+    row["spread"] = [ranked[0]["samples_per_s"], ranked[-1]["samples_per_s"]]
+    row["repeat"] = len(runs)
+    return row
 
 
 def print_table(rows: list[dict]) -> None:
+    def ratio(r, key):
+        return f"{r[key]:.1%}" if key in r else "-"
+
     print(
-        f"\n{'loader':<18}{'samples/s':>11}{'MB/s':>10}{'x netcdf':>10}{'of memcpy':>11}{'peak RSS MB':>13}"
-        f"{'private MB':>12}"
+        f"\n{'loader':<20}{'samples/s':>11}{'spread':>19}{'MB/s':>10}{'x netcdf':>10}{'of memcpy':>11}"
+        f"{'of samples':>12}{'of read-seq':>13}{'peak RSS MB':>13}"
     )
     for r in (r for r in rows if r["mode"] == "load"):
+        spread = "{:.0f}-{:.0f}".format(*r["spread"])
+        netcdf = f"{r['x_netcdf']:.2f}" if "x_netcdf" in r else "-"
         print(
-            f"{r['loader']:<18}{r['samples_per_s']:>11.1f}{r['mb_per_s']:>10.1f}{r['x_netcdf']:>10.2f}"
-            f"{r['of_memcpy']:>11.1%}{r['peak_rss_mb']:>13.1f}{r['peak_private_mb']:>12.1f}"
+            f"{r['loader']:<20}{r['samples_per_s']:>11.1f}{spread:>19}{r['mb_per_s']:>10.1f}{netcdf:>10}"
+            f"{ratio(r, 'of_memcpy'):>11}{ratio(r, 'of_memcpy_samples'):>12}{ratio(r, 'of_read_seq'):>13}"
+            f"{r['peak_rss_mb']:>13.1f}"
         )
     trains = [r for r in rows if r["mode"] == "train"]
     if trains:
@@ -310,6 +395,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     parser.add_argument("--one-shard", type=Path, help="the same store built as one shard: adds store-batch-1shard")
     parser.add_argument("--only", help="comma-separated rows to run, e.g. train:store-batch (default: all)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every row, interleaved; medians reported")
+    parser.add_argument(
+        "--cold", action="store_true", help="store rows from an evicted page cache, and the disk's limits"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
     args = parser.parse_args()
     if args.one:
@@ -318,39 +407,23 @@ def main() -> None:
         return
 
     store = open_store(args.store)
-    warm_page_cache(store)
-    jobs = [("load", name) for name in LOADERS]
+    jobs = [("load", name) for name in (COLD if args.cold else LOADERS)]
     if args.one_shard:
-        jobs.insert(LOADERS.index("store-batch") + 1, ("load", "store-batch-1shard"))
-    if args.train or (args.train is None and torch.cuda.is_available()):
+        jobs.insert(jobs.index(("load", "store-batch")) + 1, ("load", "store-batch-1shard"))
+    if not args.cold and (args.train or (args.train is None and torch.cuda.is_available())):
         jobs += [("train", name) for name in ("model-alone", "store-batch", "store-dataloader", "netcdf")]
     if args.only:
         jobs = [job for job in jobs if ":".join(job) in args.only.split(",")]
-    rows = []
-    for mode, name in jobs:
-        cmd = [
-            sys.executable,
-            __file__,
-            str(args.store),
-            "--one",
-            f"{mode}:{name}",
-            "--workers",
-            str(args.workers),
-            "--batch-size",
-            str(args.batch_size),
-            "--seconds",
-            str(args.seconds),
-            "--width",
-            str(args.width),
-        ]
-        cmd += ["--one-shard", str(args.one_shard)] if args.one_shard else []
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if done.returncode:
-            sys.exit(f"{mode} {name} failed:\n{done.stderr}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        row["store"] = str(args.store)
-        rows.append(row)
-        print(f"  {mode:<6}{name:<18}{row['samples_per_s']:>10.1f} samples/s", flush=True)
+    runs: dict[tuple, list] = {job: [] for job in jobs}
+    for round_ in range(args.repeat):
+        for mode, name in jobs if round_ % 2 == 0 else jobs[::-1]:  # A B C, C B A: drifts hit every row alike
+            if not args.cold:
+                warm_page_cache(store)  # cheap when warm; undoes what another program evicted meanwhile
+            runs[(mode, name)].append(run_row(mode, name, args))
+            print(f"  {mode:<6}{name:<20}{runs[(mode, name)][-1]['samples_per_s']:>10.1f} samples/s", flush=True)
+    rows = [median_row(runs[job]) for job in jobs]
+    for row in rows:
+        row["store"], row["cold"] = str(args.store), args.cold
     if args.only:
         print(json.dumps(rows))
         return
@@ -359,14 +432,32 @@ def main() -> None:
     if args.one_shard:
         loads = {r["loader"]: r for r in rows if r["mode"] == "load"}
         shards = store.attrs["layout"].get("shards", 1)
+        ratios = [
+            a["mb_per_s"] / b["mb_per_s"]
+            for a, b in zip(loads["store-batch"]["rounds"], loads["store-batch-1shard"]["rounds"])
+        ]
         print(
-            f"\nstore-batch over {shards} shards / over one shard: "
-            f"{loads['store-batch']['samples_per_s'] / loads['store-batch-1shard']['samples_per_s']:.3f}"
+            f"\nstore-batch over {shards} shards / over one shard: {np.median(ratios):.3f}"
+            f" (rounds {min(ratios):.3f}-{max(ratios):.3f})"
         )
+    name = "loader-cold" if args.cold else "loader"
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "loader.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plot(rows, args.results / "loader.png")
-    print(f"\nwrote {args.results / 'loader.json'} and {args.results / 'loader.png'}")
+    (args.results / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, args.results / f"{name}.png")
+    print(f"\nwrote {args.results / f'{name}.json'} and {args.results / f'{name}.png'}")
+
+
+def run_row(mode: str, name: str, args) -> dict:
+    """One row measured in a process of its own (its memory and threads are its own)."""
+    cmd = [sys.executable, __file__, str(args.store), "--one", f"{mode}:{name}"]
+    for flag in ("workers", "batch_size", "seconds", "width"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += ["--one-shard", str(args.one_shard)] if args.one_shard else []
+    cmd += ["--cold"] if args.cold else []
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode:
+        sys.exit(f"{mode} {name} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

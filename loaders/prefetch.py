@@ -1,8 +1,8 @@
 """The batch path: whole-batch gathers into pinned buffers, copied to the GPU ahead of use.
 
-One background thread fills host buffers (each batch split over `workers` gather threads; numpy
-releases the GIL while copying), the main thread issues the host-to-device copy of batch k+1 on a
-side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
+`workers` background threads fill host buffers, each gathering whole batches in turn (batch k by
+thread k % workers; numpy releases the GIL while copying), and hand them over in order; the main thread
+issues the host-to-device copy of batch k+1 on a side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
 copies: memmap -> pinned buffer -> GPU. Static fields and encodings are appended, the dtype converted and
 random patches cropped on the device; on the CPU the batch is assembled in place instead.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -38,7 +37,8 @@ class BatchLoader:
     dataset : the StoreDataset to read.
     batch_size, shuffle, seed, drop_last, rank, world_size, even : see `BatchSampler`.
     device : where batches go ("cuda", "cpu", a torch.device); default cuda when available.
-    workers : threads that share each batch's gather. Keep it small when training on a GPU: every
+    workers : gather threads, each filling whole batches (no per-batch split and join: measured in
+        bench/loader.py, splitting each batch over the threads cost 0.1-0.7 ms a batch). Keep it small on a GPU: every
         thread competes with the training loop for the GIL (on an H100, a UNet trained at 97% of its
         model-alone speed with 2 threads and at 79% with 8; bench/loader.py measures it).
     prefetch : batches gathered ahead of the one being used.
@@ -102,15 +102,33 @@ class BatchLoader:
         epoch, skipped = self.sampler.epoch, self.sampler.start
         batches = list(self.sampler)
         cuda = self.device.type == "cuda"
-        # Free host buffers (and the event marking the end of their last copy) go round a queue.
-        free: queue.Queue = queue.Queue()
+        # Thread w gathers batches w, w + workers, ... into its own queue; the consumer takes them in turn, so
+        # order is kept with no reordering. A thread holds at most `queued` ready batches and one in progress,
+        # so workers * (queued + 1) buffers always leave the thread whose batch is next one to fill.
+        workers = max(1, min(self.workers, len(batches)))
+        queued = -(-self.prefetch // workers)
+        free: queue.Queue = queue.Queue()  # free pinned buffers and the event marking the end of their last copy
         if cuda:
-            for _ in range(self.prefetch + 1):
+            for _ in range(workers * (queued + 1)):
                 free.put((self._host_buffers(pin=True), None))
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        ready = [queue.Queue(maxsize=queued) for _ in range(workers)]
         stop = threading.Event()
-        filler = threading.Thread(target=self._fill, args=(batches, free, ready, stop, cuda), daemon=True)
-        filler.start()
+        # CPU buffers outlive the epoch: fresh ones cost page faults (measured: 4 new pairs an epoch took a
+        # 23-batch epoch of 8 MB samples from 9.3 to 5.3 GB/s). Each pass takes the ring while it runs, so two
+        # passes at once never share a buffer.
+        ring, self._cpu_ring = self._cpu_ring, []
+        ring_lock = threading.Lock()
+        self._ring_size = workers * (queued + 1) + 3  # queued and filling, + pending, following and the caller's
+        fillers = [
+            threading.Thread(
+                target=self._fill,
+                args=(batches[w::workers], free, ready[w], stop, cuda, ring, ring_lock),
+                daemon=True,
+            )
+            for w in range(workers)
+        ]
+        for filler in fillers:
+            filler.start()
         patches_rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "patches"))
         self._epoch_patches = None
         if self.patch_size is not None and self.patches_per_epoch:  # one draw per epoch: resuming redraws the same
@@ -131,10 +149,13 @@ class BatchLoader:
                     periodic=self.dataset.longitude_periodic,
                 )
         stream = torch.cuda.Stream(self.device) if cuda else None
+        turns = (ready[i % workers] for i in range(len(batches)))
         try:
-            pending = self._to_device(ready.get(), free, stream)
+            pending = self._to_device(next(turns, None), free, stream)
             while pending is not _DONE:
-                following = self._to_device(ready.get(), free, stream)
+                if isinstance(pending, BaseException):  # raised in its own turn, after the batches before it
+                    raise pending
+                following = self._to_device(next(turns, None), free, stream)
                 x, y, event, positions = pending
                 if event is not None:
                     torch.cuda.current_stream(self.device).wait_event(event)
@@ -144,10 +165,12 @@ class BatchLoader:
                 pending = following
         finally:
             stop.set()
-            while filler.is_alive():  # unblock the filler if it waits on a full queue
-                with contextlib.suppress(queue.Empty):
-                    ready.get(timeout=0.05)
-            filler.join()
+            for filler, own in zip(fillers, ready):
+                while filler.is_alive():  # unblock a filler that waits on its full queue
+                    with contextlib.suppress(queue.Empty):
+                        own.get(timeout=0.05)
+                filler.join()
+            self._cpu_ring = ring
 
     # -- host side (filler thread) ---------------------------------------------------------
     def _host_buffers(self, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,35 +190,30 @@ class BatchLoader:
             if idle[0] >= 0 and [_storage_users(t) for t in pair] == idle:
                 return pair
         pair = self._host_buffers(pin=False)
-        if len(ring) < self.prefetch + 4:  # queued + pending + following + filling + the caller's
+        if len(ring) < self._ring_size:
             ring.append((pair, [_storage_users(t) for t in pair]))
         return pair
 
-    def _fill(self, batches, free, ready, stop, cuda) -> None:
-        # CPU buffers outlive the epoch: fresh ones cost page faults (measured: 4 new pairs an epoch took
-        # a 23-batch epoch of 8 MB samples from 9.3 to 5.3 GB/s). Each pass takes the ring while it runs, so
-        # two passes at once never share a buffer.
-        ring, self._cpu_ring = self._cpu_ring, []
+    def _fill(self, batches, free, ready, stop, cuda, ring, ring_lock) -> None:
+        """Gather `batches` in order into free buffers, each handed to `ready`; an error is handed over too."""
         try:
-            with ThreadPoolExecutor(self.workers) as pool:
-                for positions in batches:
-                    if stop.is_set():
+            for positions in batches:
+                if stop.is_set():
+                    return
+                if cuda:
+                    full = self._next_free(free, stop)
+                    if full is None:
                         return
-                    if cuda:
-                        full = self._next_free(free, stop)
-                        if full is None:
-                            return
-                    else:
-                        full = self._unused_cpu_buffers(ring)
                     x_buf, y_buf = full[0][: len(positions)], full[1][: len(positions)]
-                    self._gather(pool, positions, x_buf.numpy(), y_buf.numpy(), static=not cuda)
-                    ready.put((x_buf, y_buf, full if cuda else None, positions))
-                    del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
-            ready.put(_DONE)
-        except BaseException as exc:  # re-raised in the consumer
+                else:
+                    with ring_lock:  # the views mark the pair as in use before another thread looks
+                        full = self._unused_cpu_buffers(ring)
+                        x_buf, y_buf = full[0][: len(positions)], full[1][: len(positions)]
+                self.dataset.gather(positions, x_buf.numpy(), y_buf.numpy(), not cuda)
+                ready.put((x_buf, y_buf, full if cuda else None, positions))
+                del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
+        except BaseException as exc:  # re-raised in the consumer, in this batch's turn
             ready.put(exc)
-        finally:
-            self._cpu_ring = ring
 
     @staticmethod
     def _next_free(free, stop):
@@ -210,26 +228,13 @@ class BatchLoader:
             return buffers
         return None
 
-    def _gather(self, pool, positions, x_out, y_out, static: bool) -> None:
-        if self.workers == 1:
-            self.dataset.gather(positions, x_out, y_out, static)
-            return
-        parts = np.array_split(np.arange(len(positions)), min(self.workers, len(positions)))
-        positions = np.asarray(positions)
-        jobs = [
-            pool.submit(self.dataset.gather, positions[p], x_out[p[0] : p[-1] + 1], y_out[p[0] : p[-1] + 1], static)
-            for p in parts
-            if p.size
-        ]
-        for job in jobs:
-            job.result()
-
     # -- device side (caller's thread) -----------------------------------------------------
-    def _to_device(self, item, free, stream):
-        if item is _DONE:
+    def _to_device(self, turn, free, stream):
+        if turn is None:  # every batch was handed over
             return _DONE
+        item = turn.get()
         if isinstance(item, BaseException):
-            raise item
+            return item
         x_buf, y_buf, full, positions = item
         if stream is None:
             return x_buf, y_buf, None, positions

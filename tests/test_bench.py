@@ -38,6 +38,8 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
             "8",
             "--results",
             str(tmp_path),
+            "--repeat",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -51,8 +53,13 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
         "store-batch",
         "store-batch-1shard",
         "zarr-python",
+        "memcpy-samples",
         "memcpy",
     ]
+    batch = rows[2]
+    assert batch["repeat"] == 2 and len(batch["rounds"]) == 2  # the median row, with both rounds beside it
+    assert batch["spread"][0] <= batch["samples_per_s"] <= batch["spread"][1]
+    assert batch["of_memcpy_samples"] > 0 and rows[-2]["of_memcpy_samples"] == 1.0
     shards = re.search(r"store-batch over (\d+) shards / over one shard:", done.stdout)
     assert shards and int(shards.group(1)) == len(list((tiny_store / "data" / "c").iterdir())) > 1
     for row in rows:
@@ -60,6 +67,20 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
     assert rows[0]["x_netcdf"] == 1.0 and rows[-1]["of_memcpy"] == 1.0
     assert (tmp_path / "loader.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "of memcpy" in done.stdout
+
+
+def test_loader_bench_cold_rows_start_from_an_evicted_page_cache(tiny_store, tmp_path):
+    args = ["--seconds", "0.3", "--workers", "1", "--batch-size", "8", "--results", str(tmp_path), "--cold"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH), str(tiny_store), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "loader-cold.json").read_text())
+    assert [r["loader"] for r in rows] == ["store-batch", "memcpy-samples", "read-seq", "read-direct"]
+    assert all(r["cold"] and r["mb_per_s"] > 0 for r in rows)
+    data_bytes = sum(p.stat().st_size for p in (tiny_store / "data").rglob("*") if p.is_file())
+    assert rows[2]["mb"] * 1e6 == pytest.approx(data_bytes, rel=1e-3)  # every shard file, start to end
+    assert rows[2]["of_read_seq"] == 1.0 and rows[0]["of_read_seq"] > 0
 
 
 def test_peer_rows_deliver_the_same_batches_as_canonstore(tmp_path, monkeypatch):

@@ -39,21 +39,23 @@ def test_same_seed_same_batches_for_any_number_of_workers(tiny_store):
     assert not torch.equal(first[0], second[0])
 
 
-def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_store, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 3])  # 3 threads fill batches at once from one ring
+def test_cpu_buffers_are_reused_across_epochs_but_never_under_a_held_batch(tiny_store, monkeypatch, workers):
     ds = open_dataset(tiny_store, "train")
     allocations = []
     host_buffers = BatchLoader._host_buffers
     monkeypatch.setattr(
         BatchLoader, "_host_buffers", lambda self, pin: allocations.append(pin) or host_buffers(self, pin)
     )
-    loader = BatchLoader(ds, 16, device="cpu", workers=1, shuffle=False)
+    loader = BatchLoader(ds, 16, device="cpu", workers=workers, shuffle=False)
     for _ in loader:  # one epoch fills the ring ...
         pass
     first_epoch = len(allocations)
     for _ in range(2):  # ... later epochs take their buffers from it
         for _ in loader:
             pass
-    assert len(allocations) <= loader.prefetch + 4 < 3 * first_epoch  # the ring's size, not per epoch
+    ring_size = workers * (-(-loader.prefetch // workers) + 1) + 3  # queued and filling, pending, following, caller's
+    assert len(allocations) <= ring_size < 3 * first_epoch  # the ring's size, not per epoch
     held = list(loader)  # every batch of an epoch kept ...
     list(loader)  # ... while the next epoch runs
     for k, (x, y) in enumerate(held):
@@ -75,6 +77,26 @@ def test_breaking_out_early_and_errors_do_not_hang(tiny_store):
     ds.gather = broken
     with pytest.raises(OSError, match="disk went away"):
         list(loader)
+
+
+def test_an_error_in_one_gather_thread_arrives_in_its_batch_turn(tiny_store):
+    ds = open_dataset(tiny_store, "train")
+    gather = ds.gather
+
+    def broken_at_batch_4(positions, *args):
+        if positions[0] == 4 * 8:
+            raise OSError("disk went away at batch 4")
+        return gather(positions, *args)
+
+    ds.gather = broken_at_batch_4
+    loader = BatchLoader(ds, 8, device="cpu", workers=3, shuffle=False)
+    delivered = []
+    with pytest.raises(OSError, match="batch 4"):
+        for x, _ in loader:
+            delivered.append(x.clone())
+    assert len(delivered) == 4  # batches 0-3, from all three threads, in order
+    for k, x in enumerate(delivered):
+        np.testing.assert_array_equal(x.numpy(), np.stack([ds[i][0] for i in range(8 * k, 8 * k + 8)]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
