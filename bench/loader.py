@@ -15,7 +15,7 @@ delivering the same (x, y) tensors:
   memcpy            the bandwidth ceiling: a copy of the same number of bytes in contiguous batch-sized slabs
 With --repeat N every row runs N times, rounds interleaved (A B C, C B A, ...); a row reports its median
 and spread, and its ratios to the ceilings are the median of the ratios within each round. With --cold, the
-store rows and memcpy-samples start from an evicted page cache, next to two rows of the disk's limits:
+store rows and memcpy-samples read one epoch from an evicted page cache, next to two rows of the disk's limits:
 read-seq (every shard file read start to end through the page cache) and read-direct (the same past it,
 O_DIRECT).
 Each row runs in its own process (peak RSS is the process tree's, sampled every 20 ms; it counts
@@ -28,6 +28,7 @@ Writes loader.json (a list of rows) and loader.png into --results, and prints a 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -146,7 +147,7 @@ def memcpy_batches(store, args):
             yield out[: args.batch_size], out[args.batch_size :]
 
 
-def memcpy_sample_batches(store, args):
+def memcpy_sample_batches(store, args, epochs: int | None = None):
     """The batch loader's bytes and nothing else: each batch's samples (the sampler's positions, in its order)
     copied step by step from the memmap into one reused buffer, the batch split over the same threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +168,7 @@ def memcpy_sample_batches(store, args):
             np.copyto(y[k], steps[times[k] + 1])
 
     with ThreadPoolExecutor(args.workers) as pool:
-        while True:
+        for _ in itertools.count() if epochs is None else range(epochs):
             for positions in sampler:
                 times = windows.times[np.asarray(positions)]
                 parts = np.array_split(np.arange(len(positions)), args.workers)
@@ -202,17 +203,19 @@ def measure(name: str, args) -> dict:
         if name == "memcpy":
             batches = memcpy_batches(store, args)
         elif name == "memcpy-samples":
-            batches = memcpy_sample_batches(store, args)
+            batches = memcpy_sample_batches(store, args, epochs=1 if args.cold else None)
         else:
             batches = make_loader(name.removesuffix("-1shard"), store, args, "cpu")
         it = iter(batches)
-        for _ in range(2):
+        for _ in range(0 if args.cold else 2):  # cold: one whole epoch from the evicted cache, first batch included
             next(it)
         n, nbytes, start = 0, 0, time.perf_counter()
-        while time.perf_counter() - start < args.seconds:
+        while args.cold or time.perf_counter() - start < args.seconds:
             try:
                 x, y = next(it)
             except StopIteration:  # one epoch is shorter than the time asked for: start the next
+                if args.cold:
+                    break
                 it = iter(batches)
                 continue
             n, nbytes = n + 1, nbytes + x.nbytes + y.nbytes

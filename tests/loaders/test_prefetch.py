@@ -110,3 +110,16 @@ def test_cuda_batches_match_the_cpu_ones(tiny_store):
     patches = list(BatchLoader(ds, 32, seed=2, device="cuda", patch_size=(4, 8)))
     patches_cpu = list(BatchLoader(ds, 32, seed=2, device="cpu", patch_size=(4, 8)))
     assert all(torch.equal(a[0].cpu(), b[0]) for a, b in zip(patches, patches_cpu))
+
+
+def test_a_batch_changed_in_place_by_the_caller_never_changes_a_later_batch(tiny_store):
+    """CPU batches are views of reused buffers: every byte of one, static fields included, is written again."""
+    ds = open_dataset(tiny_store, "train")
+    loader = BatchLoader(ds, 16, device="cpu", workers=2, shuffle=False)
+    for x, y in loader:  # e.g. a training loop that normalises in place
+        x.fill_(float("nan"))
+        y.fill_(float("nan"))
+    for k, (x, y) in enumerate(loader):
+        ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in range(16 * k, min(16 * k + 16, len(ds))))))
+        np.testing.assert_array_equal(x.numpy(), ex)
+        np.testing.assert_array_equal(y.numpy(), ey)
