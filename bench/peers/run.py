@@ -131,9 +131,10 @@ def run_measured(cmd: list, cwd=None) -> dict:
             return
         while proc.poll() is None:
             rss = 0
-            for p in [root] + root.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    rss += p.memory_info().rss
+            with contextlib.suppress(psutil.Error):  # a child may end while it is listed
+                for p in [root] + root.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        rss += p.memory_info().rss
             peak[0] = max(peak[0], rss)
             time.sleep(0.05)
 
@@ -232,10 +233,11 @@ def write_plan(where: Path, size: str, args) -> Path:
 def run_row(plan: Path, row: str, mode: str) -> dict:
     python, _ = ROWS[row]
     if not python.exists():
+        why = " (and a Python >= 3.12: PEERS_PYTHON312)" if python == PY312 else ""
         return {
             "row": row,
             "mode": mode,
-            "error": f"{python} not found: run `make bench-peers` (it installs the peers)",
+            "error": f"{python} not found: run `make bench-peers` (it installs the peers{why})",
         }
     done = subprocess.run(
         [python, HERE / "rows.py", plan, ROW_CODE.get(row, row), mode, row],
@@ -463,6 +465,24 @@ def print_tables(result: dict) -> None:
     print(f"anemoi's statistics vs canonstore's (same period): {result['anemoi_stats_vs_canonstore']}")
 
 
+def merge(earlier: dict, later: dict) -> dict:
+    """One size's results from two runs: the later run's rows, and the earlier run's other rows (each row
+    keeps `run`, the run it came from, and its ratios to that run's own canonstore-batch)."""
+    again = {(r["row"], r["mode"]) for r in later["rows"]}
+    for k, result in enumerate((earlier, later)):
+        for r in result["rows"]:
+            r.setdefault("run", result["runs"][0] if k else earlier.get("runs", ["earlier"])[0])
+    kept = [r for r in earlier["rows"] if (r["row"], r["mode"]) not in again]
+    order = list(ROWS)
+    return {
+        **later,
+        "rows": sorted(kept + later["rows"], key=lambda r: (order.index(r["row"]), r["mode"] == "cold")),
+        "cold_reads": {**earlier["cold_reads"], **later["cold_reads"]},
+        "first_batch_max_abs_diff": {**earlier["first_batch_max_abs_diff"], **later["first_batch_max_abs_diff"]},
+        "runs": earlier.get("runs", []) + later["runs"],
+    }
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -507,19 +527,32 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="only these rows (default: all)")
     parser.add_argument("--data", type=Path, default=Path("data/peers"))
     parser.add_argument("--results", type=Path, default=Path("bench/results/peers"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to the results already in --results (other sizes kept; a size's rows not run again kept, "
+        "with their ratios to that earlier run's canonstore-batch)",
+    )
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
-    results = []
+    saved = args.results / "peers.json"
+    results = json.loads(saved.read_text()) if args.merge and saved.exists() else []
     for size in args.sizes:
         if args.only_build:
             print(json.dumps(build(write_size(args.data, size)), indent=1))
             continue
         result = bench_size(size, args)
         add_ratios(result)
+        result["runs"] = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
+        earlier = next((r for r in results if r["size"] == size), None)
+        if earlier is not None:
+            result = merge(earlier, result)
+            results.remove(earlier)
         print_tables(result)
         plot(result, args.results / f"peers-{size}.png")
         results.append(result)
-        (args.results / "peers.json").write_text(json.dumps(results, indent=1) + "\n")
+        results.sort(key=lambda r: list(SIZES).index(r["size"]))
+        saved.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {args.results / 'peers.json'} and peers-<size>.png")
 
 
