@@ -4,10 +4,11 @@
 
 Each size gets `<out>/<size>/raw/*.nc` (one file per variable, as ERA5 downloads come; `msl` packed as
 int16) and one recipe per build: `canonstore.yaml` (the default layout: uncompressed, shards of up to
-1 GiB), `canonstore-shards.yaml` (shards of SHARD_MB), `canonstore-zstd.yaml` (zstd-compressed inner
-chunks), `anemoi.yaml` and `mllam.yaml` (mllam-data-prep): the same files, variables, dates, and
-statistics period (the train split). No static fields: anemoi's netcdf source skips a file without a time axis, and the
-samples must be the same in every row. Written once per size; a size is complete when `.complete` exists.
+1 GiB), `canonstore-shards.yaml` (shards of SHARD_MB), `canonstore-zstd.yaml` and `canonstore-blosc.yaml`
+(compressed inner chunks: zstd, and blosc's zstd with bit shuffling), `anemoi.yaml` and `mllam.yaml`
+(mllam-data-prep): the same files, variables, dates, and statistics period (the train split). No static
+fields: anemoi's netcdf source skips a file without a time axis, and the samples must be the same in every
+row. Written once per size; a size is complete when `.complete` exists.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def write_recipes(where: Path, size: str) -> None:
         "canonstore": "{dtype: float32, compression: none}",
         "canonstore-shards": f"{{dtype: float32, compression: none, shard_mb: {SHARD_MB}}}",
         "canonstore-zstd": "{dtype: float32, compression: zstd}",
+        "canonstore-blosc": "{dtype: float32, compression: blosc}",
     }
     for name, options in storage.items():
         (where / f"{name}.yaml").write_text(

@@ -22,7 +22,7 @@ import numpy as np
 # -- canonstore -------------------------------------------------------------------------------------
 def canonstore_batch(plan, store: str = "store"):
     """canonstore's batch path: whole-batch gathers from the memmap, threads, no worker processes.
-    `store`: which of the plan's builds (the default layout, many shards, zstd: read through zarr)."""
+    `store`: which of the plan's builds (the default layout, many shards, zstd or blosc: read through zarr)."""
     from canonstore import open_store
     from canonstore.loaders import BatchLoader, StoreDataset
 
@@ -393,6 +393,7 @@ ROWS = {
     "canonstore-batch": canonstore_batch,
     "canonstore-shards": lambda plan: canonstore_batch(plan, "store_shards"),
     "canonstore-zstd": lambda plan: canonstore_batch(plan, "store_zstd"),
+    "canonstore-blosc": lambda plan: canonstore_batch(plan, "store_blosc"),
     "canonstore-dataloader": store_dataloader,
     "anemoi": lambda plan: dataloader(Pairs(AnemoiSamples(plan)), plan["batches"], plan),
     "anemoi-fork": lambda plan: ForkedBatches(plan, anemoi_fill(AnemoiSamples(plan))),

@@ -43,6 +43,7 @@ ROWS = {
     "canonstore-batch": (CANON, "store"),
     "canonstore-shards": (CANON, "store_shards"),
     "canonstore-zstd": (CANON, "store_zstd"),
+    "canonstore-blosc": (CANON, "store_blosc"),
     "canonstore-dataloader": (CANON, "store"),
     "anemoi": (ANEMOI, "anemoi"),
     "anemoi-fork": (ANEMOI, "anemoi"),
@@ -67,10 +68,17 @@ BUILDS = {
     "canonstore": (CANON, ["canonstore", "build", "canonstore.yaml", "--out", "canonstore.zarr"]),
     "canonstore-shards": (CANON, ["canonstore", "build", "canonstore-shards.yaml", "--out", "canonstore-shards.zarr"]),
     "canonstore-zstd": (CANON, ["canonstore", "build", "canonstore-zstd.yaml", "--out", "canonstore-zstd.zarr"]),
+    "canonstore-blosc": (CANON, ["canonstore", "build", "canonstore-blosc.yaml", "--out", "canonstore-blosc.zarr"]),
     "anemoi": (ANEMOI, ["anemoi-datasets", "create", "anemoi.yaml", "anemoi.zarr"]),
     "mllam-data-prep": (MLLAM, ["python", "-m", "mllam_data_prep", "mllam.yaml", "-o", "mllam-data-prep.zarr"]),
 }
-KEEP = {"canonstore", "canonstore-shards", "canonstore-zstd", "anemoi"}  # read by the rows; the others are removed
+KEEP = {
+    "canonstore",
+    "canonstore-shards",
+    "canonstore-zstd",
+    "canonstore-blosc",
+    "anemoi",
+}  # read by the rows; the others are removed
 
 
 # -- files and the page cache ---------------------------------------------------------------------------
@@ -210,6 +218,7 @@ def write_plan(where: Path, size: str, args) -> Path:
         "store": str((where / "canonstore.zarr").resolve()),
         "store_shards": str((where / "canonstore-shards.zarr").resolve()),
         "store_zstd": str((where / "canonstore-zstd.zarr").resolve()),
+        "store_blosc": str((where / "canonstore-blosc.zarr").resolve()),
         "train_last": int(dataset.times.max()),  # the last step t of a train window (t, t + 1)
         "anemoi": str((where / "anemoi.zarr").resolve()),
         "raw": [str(p.resolve()) for p in files_of(where / "raw")],
@@ -319,6 +328,7 @@ def bench_size(size: str, args) -> dict:
         "store": where / "canonstore.zarr",
         "store_shards": where / "canonstore-shards.zarr",
         "store_zstd": where / "canonstore-zstd.zarr",
+        "store_blosc": where / "canonstore-blosc.zarr",
         "anemoi": where / "anemoi.zarr",
         "raw": where / "raw",
     }
