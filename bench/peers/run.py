@@ -549,9 +549,16 @@ def main() -> None:
         help="add to the results already in --results (other sizes kept; a size's rows not run again kept, "
         "with their ratios to that earlier run's canonstore-batch)",
     )
+    parser.add_argument(
+        "--tables", action="store_true", help="print the tables of the results in --results, run nothing"
+    )
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
     saved = args.results / "peers.json"
+    if args.tables:
+        for result in json.loads(saved.read_text()):
+            print_tables(result)
+        return
     results = json.loads(saved.read_text()) if args.merge and saved.exists() else []
     for size in args.sizes:
         if args.only_build:
