@@ -119,8 +119,12 @@ def read_all(paths, direct: bool = False) -> dict:
 
 
 # -- measured commands ----------------------------------------------------------------------------------
-def run_measured(cmd: list, cwd=None) -> dict:
-    """Run `cmd`: wall time and the peak RSS of its process tree (sampled every 50 ms)."""
+RSS_LIMIT = 12e9  # a build whose process tree passes this is killed: the machine (24 GB) is shared
+
+
+def run_measured(cmd: list, cwd=None, rss_limit: float = RSS_LIMIT) -> dict:
+    """Run `cmd`: wall time and the peak RSS of its process tree (sampled every 50 ms); the tree is
+    killed when its RSS passes `rss_limit` (`killed_at_rss` in the result)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [str(c) for c in cmd],
@@ -130,7 +134,7 @@ def run_measured(cmd: list, cwd=None) -> dict:
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    peak = [0]
+    peak, killed = [0], [False]
 
     def sample():
         try:
@@ -139,11 +143,18 @@ def run_measured(cmd: list, cwd=None) -> dict:
             return
         while proc.poll() is None:
             rss = 0
+            tree = [root]
             with contextlib.suppress(psutil.Error):  # a child may end while it is listed
-                for p in [root] + root.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        rss += p.memory_info().rss
+                tree += root.children(recursive=True)
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
             peak[0] = max(peak[0], rss)
+            if rss > rss_limit:
+                killed[0] = True
+                for p in tree:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
             time.sleep(0.05)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -154,6 +165,7 @@ def run_measured(cmd: list, cwd=None) -> dict:
         "rc": proc.returncode,
         "wall_s": round(time.perf_counter() - start, 2),
         "peak_rss_mb": round(peak[0] / 1e6, 1),
+        "killed_at_rss": killed[0],
         "stdout": out,
         "stderr": err,
     }
@@ -188,7 +200,12 @@ def build(where: Path) -> dict:
         if got["rc"]:  # a build that no row reads: the table says it failed, and why
             shutil.rmtree(out, ignore_errors=True)
             lines = got["stderr"].strip().splitlines()
-            results[tool] = {"skipped": f"failed after {got['wall_s']} s: {lines[-1] if lines else got['rc']}"}
+            why = (
+                f"killed when its RSS passed {RSS_LIMIT / 1e9:.0f} GB"
+                if got["killed_at_rss"]
+                else (lines[-1] if lines else f"exit {got['rc']}")
+            )
+            results[tool] = {"skipped": f"failed after {got['wall_s']} s: {why}", "peak_rss_mb": got["peak_rss_mb"]}
             done.write_text(json.dumps(results, indent=1) + "\n")
             continue
         results[tool] = {
