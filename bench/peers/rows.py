@@ -12,6 +12,7 @@ Prints one JSON line: samples/s, MB/s, seconds; in warm mode it also saves the f
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -452,6 +453,8 @@ def measure(plan: dict, row: str, mode: str, out: Path | None, name: str | None 
         "setup_s": round(setup, 2),
         "samples_per_s": round(n / elapsed, 2),
         "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+        # this process's own peak (not its workers'): what an in-process loader such as insitubatch holds
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
         **plan.get("extra", {}),
     }
 

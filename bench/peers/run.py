@@ -473,9 +473,10 @@ def print_tables(result: dict) -> None:
         extra = {
             k: v
             for k, v in modes.get("warm", {}).items()
-            if k in ("shards", "shard_steps", "train_shards", "val_kept_out", "cache_budget_mb", "store_mb")
+            if k
+            in ("shards", "shard_steps", "train_shards", "val_kept_out", "cache_budget_mb", "store_mb", "max_rss_mb")
         }
-        if extra:
+        if "shards" in extra:  # insitubatch: what it did with the shards and its cache
             print(f"\n{row}: {extra}")
     reads = result["cold_reads"]
     print(
