@@ -465,8 +465,9 @@ def print_tables(result: dict) -> None:
             cold = (f"failed: {c['error'][:60]}", "")
         else:
             cold = (spread(c), f"{c['of_sequential_cold']:.0%}")
+        of_memcpy = format(w["of_memcpy"], ".0%") if "of_memcpy" in w else ""
         print(
-            f"| {row} | {spread(w)} | {w['mb_per_s']:.0f} | {w.get('of_memcpy', 0):.0%} | {cold[0]} | {cold[1]} "
+            f"| {row} | {spread(w)} | {w['mb_per_s']:.0f} | {of_memcpy} | {cold[0]} | {cold[1]} "
             f"| {ratio(w)} | {ratio(c) if c and 'error' not in c else ''} |"
         )
     for row, modes in by.items():
