@@ -119,12 +119,19 @@ bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs ma
 bench-remote: | $(ENV_STAMP) ## Zarr sources: build from local Zarr vs NetCDF vs moto's S3 server, bytes fetched for a level/time subset: bench/results/remote.json
 	$(PY) bench/remote.py --results bench/results
 
-# The peers live in their own venvs, never in canonstore's: anemoi-datasets pins zarr-python 2, zarrs needs 3.
-PEERS_ENVS := bench/.venv-peers/.installed bench/.venv-peers-zarr3/.installed
+# The peers live in their own venvs, never in canonstore's: anemoi-datasets pins zarr-python 2, zarrs needs 3,
+# zarr-python 3.2+ and insitubatch need Python >= 3.12 (PEERS_PYTHON312: the first that runs of python3.14..3.12
+# on PATH, then pyenv's installs, which this machine has beside its 3.11; without one their rows say so).
+PEERS_ENVS := bench/.venv-peers/.installed bench/.venv-peers-zarr3/.installed bench/.venv-peers-mllam/.installed \
+	bench/.venv-peers-py312/.installed
 PEER_SIZES ?= s m l
+PEER_REPEATS ?= 3
+PEERS_PYTHON312 ?= $(shell for p in python3.14 python3.13 python3.12 $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && command -v $$p && break; done)
 
-bench-peers: $(PEERS_ENVS) | $(ENV_STAMP) ## canonstore vs anemoi-datasets, xbatcher, zarr-python, zarrs, tensorstore, NetCDF; 3 sizes, warm and cold (PEER_SIZES)
-	$(PY) bench/peers/run.py --sizes $(PEER_SIZES) --workers $(WORKERS) --results bench/results/peers
+bench-peers: $(PEERS_ENVS) | $(ENV_STAMP) ## canonstore vs anemoi-datasets, insitubatch, zarr-python, zarrs, tensorstore, xbatcher, NetCDF; mllam-data-prep builds; 3 sizes, warm and cold (PEER_SIZES PEER_REPEATS)
+	$(PY) bench/peers/run.py --sizes $(PEER_SIZES) --workers $(WORKERS) --repeats $(PEER_REPEATS) \
+		--results bench/results/peers
 
 bench/.venv-peers/.installed: bench/peers/requirements-anemoi.txt
 	$(PYTHON) -m venv bench/.venv-peers
@@ -135,6 +142,20 @@ bench/.venv-peers-zarr3/.installed: bench/peers/requirements-zarr3.txt
 	$(PYTHON) -m venv bench/.venv-peers-zarr3
 	bench/.venv-peers-zarr3/bin/pip install -q "$(TORCH)" -r $<
 	touch $@
+
+bench/.venv-peers-mllam/.installed: bench/peers/requirements-mllam.txt
+	$(PYTHON) -m venv bench/.venv-peers-mllam
+	bench/.venv-peers-mllam/bin/pip install -q -r $<
+	touch $@
+
+# no torch here: these rows are numpy batches (insitubatch's own loop; zarr-python in forked processes)
+bench/.venv-peers-py312/.installed: bench/peers/requirements-py312.txt
+	@if [ -z "$(PEERS_PYTHON312)" ]; then \
+		echo "no Python >= 3.12 (PEERS_PYTHON312): the zarr-python 3.4 and insitubatch rows will say so"; \
+	else \
+		$(PEERS_PYTHON312) -m venv bench/.venv-peers-py312 && \
+		bench/.venv-peers-py312/bin/pip install -q -r $< && touch $@; \
+	fi
 
 $(BENCH_STAMP): preprocess/demo.py | $(ENV_STAMP)
 	rm -rf $(BENCH_RAW)

@@ -3,9 +3,12 @@
     python bench/peers/data.py data/peers --sizes s m l
 
 Each size gets `<out>/<size>/raw/*.nc` (one file per variable, as ERA5 downloads come; `msl` packed as
-int16), `canonstore.yaml` and `anemoi.yaml`: the same files, variables, dates, and statistics period
-(the train split). No static fields: anemoi's netcdf source skips a file without a time axis, and the
-samples must be the same in every row. Written once per size; a size is complete when `.complete` exists.
+int16) and one recipe per build: `canonstore.yaml` (the default layout: uncompressed, shards of up to
+1 GiB), `canonstore-shards.yaml` (shards of SHARD_MB), `canonstore-zstd.yaml` and `canonstore-blosc.yaml`
+(compressed inner chunks: zstd, and blosc's zstd with bit shuffling), `anemoi.yaml` and `mllam.yaml`
+(mllam-data-prep): the same files, variables, dates, and statistics period (the train split). No static
+fields: anemoi's netcdf source skips a file without a time axis, and the samples must be the same in every
+row. Written once per size; a size is complete when `.complete` exists.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ SIZES = {
     },
 }
 TRAIN_FRACTION, EMBARGO = 0.8, 4
+SHARD_MB = 64  # the many-shard store: every size's store is 10+ shards of this size
 # name: (units, value, wave amplitude); pressure variables scale with the level
 UNITS = {
     "z": ("m**2 s**-2", 55000.0, 900.0),
@@ -86,6 +90,7 @@ def write_size(out: Path, size: str) -> Path:
     """Write one size's raw files and recipes into out/size (skipped when complete)."""
     where = out / size
     if (where / ".complete").exists():
+        write_recipes(where, size)  # cheap, and new builds may have been added since
         return where
     shutil.rmtree(where, ignore_errors=True)
     (where / "raw").mkdir(parents=True)
@@ -118,15 +123,22 @@ def write_size(out: Path, size: str) -> Path:
 
 
 def write_recipes(where: Path, size: str) -> None:
-    """canonstore.yaml and anemoi.yaml for the raw files in `where`, same dates and statistics period."""
+    """The recipes for the raw files in `where`: same variables, dates and statistics period (the train split)."""
     spec = layout(size)
     raw = (where / "raw").resolve()
     names = list(spec["pressure"] + spec["surface"])
-    (where / "canonstore.yaml").write_text(
-        f"name: peers-{size}\nsources: [{raw}/*.nc]\nvariables: {json.dumps(names)}\nstatic: []\n"
-        f"splits: {{by: index, train: {list(spec['train'])}, val: {list(spec['val'])}}}\n"
-        "storage: {dtype: float32, compression: none}\n"
-    )
+    storage = {
+        "canonstore": "{dtype: float32, compression: none}",
+        "canonstore-shards": f"{{dtype: float32, compression: none, shard_mb: {SHARD_MB}}}",
+        "canonstore-zstd": "{dtype: float32, compression: zstd}",
+        "canonstore-blosc": "{dtype: float32, compression: blosc}",
+    }
+    for name, options in storage.items():
+        (where / f"{name}.yaml").write_text(
+            f"name: peers-{size}\nsources: [{raw}/*.nc]\nvariables: {json.dumps(names)}\nstatic: []\n"
+            f"splits: {{by: index, train: {list(spec['train'])}, val: {list(spec['val'])}}}\n"
+            f"storage: {options}\n"
+        )
     first, last = spec["dates"][0], spec["dates"][-1]
     stats_end = spec["dates"][spec["train"][1]]
     (where / "anemoi.yaml").write_text(
@@ -134,6 +146,53 @@ def write_recipes(where: Path, size: str) -> None:
         f"input:\n  netcdf:\n    path: {raw}/*.nc\n"
         f"statistics: {{start: {first:%Y-%m-%dT%H:%M:%S}, end: {stats_end:%Y-%m-%dT%H:%M:%S}}}\n"
     )
+    (where / "mllam.yaml").write_text(mllam_recipe(spec, raw))
+
+
+def mllam_recipe(spec: dict, raw: Path) -> str:
+    """mllam-data-prep's config: one input per raw file, all stacked into `state` (time, grid_index,
+    state_feature), mean and std over the train split. Level selections need `units: millibars`, the
+    raw files' level units (mllam-data-prep checks them)."""
+    fmt = "%Y-%m-%dT%H:%M"
+    dates, (_, train_end), (val_start, val_end) = spec["dates"], spec["train"], spec["val"]
+    lines = [
+        "schema_version: v0.6.0",
+        "dataset_version: v0.1.0",
+        "output:",
+        "  variables: {state: [time, grid_index, state_feature]}",
+        f"  coord_ranges: {{time: {{start: '{dates[0]:{fmt}}', end: '{dates[-1]:{fmt}}', step: PT6H}}}}",
+        "  chunking: {time: 1}",
+        "  splitting:",
+        "    dim: time",
+        "    splits:",
+        f"      train: {{start: '{dates[0]:{fmt}}', end: '{dates[train_end]:{fmt}}', "
+        "compute_statistics: {ops: [mean, std], dims: [grid_index, time]}}",
+        f"      val: {{start: '{dates[val_start]:{fmt}}', end: '{dates[val_end]:{fmt}}'}}",
+        "inputs:",
+    ]
+    for name in spec["pressure"] + spec["surface"]:
+        pressure = name in spec["pressure"]
+        dims = "[time, level, latitude, longitude]" if pressure else "[time, latitude, longitude]"
+        variables = (
+            f"{{{name}: {{level: {{values: {list(spec['levels'])}, units: millibars}}}}}}" if pressure else f"[{name}]"
+        )
+        feature = (
+            "{method: stack_variables_by_var_name, dims: [level], name_format: '{var_name}{level}'}"
+            if pressure
+            else "{method: stack_variables_by_var_name, name_format: '{var_name}'}"
+        )
+        lines += [
+            f"  {name}:",
+            f"    path: {raw}/{name}.nc",
+            f"    dims: {dims}",
+            f"    variables: {variables}",
+            "    dim_mapping:",
+            "      time: {method: rename, dim: time}",
+            "      grid_index: {method: stack, dims: [latitude, longitude]}",
+            f"      state_feature: {feature}",
+            "    target_output_variable: state",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -1,16 +1,18 @@
 """One row of the peers benchmark: one tool reading the plan's batches, timed, in its own process.
 
-    <venv>/bin/python bench/peers/rows.py PLAN.json ROW warm|cold
+    <venv>/bin/python bench/peers/rows.py PLAN.json ROW warm|cold [NAME]
 
 Every row yields the same (x, y) batches as float32 arrays (B, C, lat, lon): x the normalised fields at
 the plan's steps t, y those at t + 1, channels in the store's order. Rows import only what they use, so
 this file runs in canonstore's venv and in the peers' (bench/.venv-peers*), which never share packages.
-Prints one JSON line: samples/s, MB/s, seconds; in warm mode it also saves the first batch to compare.
+Prints one JSON line: samples/s, MB/s, seconds; in warm mode it also saves the first batch to compare
+(and its steps, for a row that keeps its own order).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -19,12 +21,13 @@ import numpy as np
 
 
 # -- canonstore -------------------------------------------------------------------------------------
-def canonstore_batch(plan):
-    """canonstore's batch path: whole-batch gathers from the memmap, threads, no worker processes."""
+def canonstore_batch(plan, store: str = "store"):
+    """canonstore's batch path: whole-batch gathers from the memmap, threads, no worker processes.
+    `store`: which of the plan's builds (the default layout, many shards, zstd or blosc: read through zarr)."""
     from canonstore import open_store
     from canonstore.loaders import BatchLoader, StoreDataset
 
-    dataset = StoreDataset(open_store(plan["store"]), "train", lead=1)
+    dataset = StoreDataset(open_store(plan[store]), "train", lead=1)
     loader = BatchLoader(dataset, plan["batch"], seed=0, drop_last=True, device="cpu", workers=plan["workers"])
     expected = [list(b) for b in plan["epoch"]]
 
@@ -215,6 +218,149 @@ class NetCDF4Batches:
         return block[xi], block[yi]
 
 
+# -- whole batches in forked processes, no DataLoader ------------------------------------------------
+class ForkedBatches:
+    """`plan["workers"]` forked processes fill whole batches straight into reused shared memory, in the
+    plan's order: each peer at its best, without a DataLoader's per-sample collation, pickling and
+    worker queues. `fill(steps, x, y)` writes the batch at steps `t` (x) and `t + 1` (y) into the two
+    float32 arrays; it runs in the workers, so whatever it opens lazily is opened after the fork.
+    Batch k goes to worker k % workers and slot k % slots; a slot is handed out again only after the
+    consumer has moved past the batch it held (`depth` batches in flight per worker)."""
+
+    def __init__(self, plan, fill, depth: int = 2):
+        self.plan, self.fill = plan, fill
+        self.workers = max(plan["workers"], 1)
+        self.slots = self.workers * depth
+
+    def __iter__(self):
+        import mmap
+        import multiprocessing as mp
+
+        plan, batches = self.plan, self.plan["batches"]
+        shape = (plan["batch"], len(plan["fields"]), *plan["grid"])
+        nbytes = int(np.prod(shape)) * 4
+        shared = mmap.mmap(-1, 2 * self.slots * nbytes)  # anonymous and MAP_SHARED: the children see it
+        buf = np.frombuffer(shared, np.float32).reshape(self.slots, 2, *shape)
+        ctx = mp.get_context("fork")
+        tasks = [ctx.SimpleQueue() for _ in range(self.workers)]
+        done = ctx.SimpleQueue()
+
+        def work(queue):
+            while (k := queue.get()) is not None:
+                self.fill(batches[k], buf[k % self.slots, 0], buf[k % self.slots, 1])
+                done.put(k)
+
+        procs = [ctx.Process(target=work, args=(q,), daemon=True) for q in tasks]
+        for proc in procs:
+            proc.start()
+        try:
+            for k in range(min(self.slots, len(batches))):
+                tasks[k % self.workers].put(k)
+            ready = set()
+            for k in range(len(batches)):
+                while k not in ready:
+                    ready.add(done.get())
+                ready.discard(k)
+                yield buf[k % self.slots, 0], buf[k % self.slots, 1]
+                if k + self.slots < len(batches):  # the consumer is done with batch k: reuse its slot
+                    tasks[(k + self.slots) % self.workers].put(k + self.slots)
+        finally:
+            for proc in procs:
+                proc.kill()
+
+
+def anemoi_fill(samples):
+    """Fill a batch from anemoi windows `ds[t:t+2]`, normalised straight into the output."""
+
+    def fill(steps, x, y):
+        for i, t in enumerate(steps):
+            window = samples.ds[t : t + 2][:, samples.order, 0].reshape(2, len(samples.order), *samples.grid)
+            np.subtract(window[0], samples.mean, out=x[i])
+            np.subtract(window[1], samples.mean, out=y[i])
+            x[i] /= samples.stdev
+            y[i] /= samples.stdev
+
+    return fill
+
+
+def zarr_oindex_fill(plan, pipeline: str | None = None):
+    """Fill a batch with ONE orthogonal read of zarr-python, `data.oindex[steps t and t + 1]`, opened in
+    the worker (zarr's event-loop thread does not survive a fork). `pipeline`: zarr's
+    `codec_pipeline.path`, set before the array is opened, since the array keeps the pipeline it was
+    opened with."""
+    import zarr  # imported here, before the fork, so that the import is not timed (as for every row)
+
+    if pipeline:
+        zarr.config.set({"codec_pipeline.path": pipeline})
+    opened = {}
+
+    def fill(steps, x, y):
+        if "array" not in opened:
+            opened["array"] = zarr.open_array(str(Path(plan["store"]) / "data"), mode="r")
+        steps = np.asarray(steps)
+        union = np.union1d(steps, steps + 1)
+        block = opened["array"].oindex[union]
+        np.take(block, np.searchsorted(union, steps), axis=0, out=x)
+        np.take(block, np.searchsorted(union, steps + 1), axis=0, out=y)
+
+    return fill
+
+
+# -- insitubatch ------------------------------------------------------------------------------------
+def insitubatch_rows(plan, store: str):
+    """insitubatch's InSituDataset over the store through obstore, x = data[t] and y = data[t + 1] as
+    two windowed views of one array (decoded once), numpy batches from its own event loop in this
+    process, as its docs advise (no DataLoader workers). Its unit is the stored chunk, i.e. the shard:
+    its splits are whole shards and it shuffles within blocks of shards, so it cannot follow the
+    plan's order. Its train split is every shard whose windows all lie in canonstore's train split;
+    a shard that straddles the val split cannot be split, so it is left out (on a one-shard store
+    there is no such shard: the one shard is the train split, val included). Its cache budget is its
+    default, the floor of two blocks of `block_chunks` shards."""
+    import insitubatch
+    from insitubatch import InSituDataset, SplitManifest, obstore_store
+
+    path = Path(plan[store]).resolve()
+    zstore = obstore_store(f"file://{path}")
+    geometry = insitubatch.open_geometries(zstore, ["data"])["data"]
+    spc, n = geometry.sample_chunk_size, geometry.n_samples
+    last = plan["train_last"]  # the last train step t whose t + 1 is in train too
+    train = [c for c in range(geometry.n_chunks) if min((c + 1) * spc, n) - 1 <= last]
+    manifest = SplitManifest(
+        n_chunks=geometry.n_chunks,
+        sample_chunk_size=spc,
+        n_samples=n,
+        chunks={"train": train or [0], "val": [], "test": []},
+        seed=0,
+    )
+    ds = InSituDataset(
+        zstore,
+        manifest,
+        {"x": geometry, "y": geometry.shift(1)},
+        batch_size=plan["batch"],
+        block_chunks=2,
+        seed=0,
+    )
+    plan["extra"] = {
+        "shards": geometry.n_chunks,
+        "shard_steps": spc,
+        "train_shards": len(train or [0]),
+        "val_kept_out": bool(train),
+        "cache_budget_mb": round(ds.cache_budget_bytes / 1e6, 1),
+        "store_mb": round(int(np.prod(geometry.shape)) * 4 / 1e6, 1),
+    }
+
+    def batches():
+        for epoch in range(plan["passes"]):
+            ds.set_epoch(epoch)
+            for batch in ds.train:
+                if len(batch) < plan["batch"]:
+                    continue
+                plan["last_steps"] = batch.sample_indices
+                yield batch.arrays["x"], batch.arrays["y"]
+
+    return batches()
+
+
 # -- plumbing -----------------------------------------------------------------------------------------
 class Pairs:
     """A map-style dataset of (x, y) at step t from a `samples[t]` reader (picklable to workers)."""
@@ -246,24 +392,36 @@ def batch_dataloader(dataset, plan):
 
 ROWS = {
     "canonstore-batch": canonstore_batch,
+    "canonstore-shards": lambda plan: canonstore_batch(plan, "store_shards"),
+    "canonstore-zstd": lambda plan: canonstore_batch(plan, "store_zstd"),
+    "canonstore-blosc": lambda plan: canonstore_batch(plan, "store_blosc"),
     "canonstore-dataloader": store_dataloader,
     "anemoi": lambda plan: dataloader(Pairs(AnemoiSamples(plan)), plan["batches"], plan),
+    "anemoi-fork": lambda plan: ForkedBatches(plan, anemoi_fill(AnemoiSamples(plan))),
     "xbatcher": lambda plan: xbatcher_rows(plan, chunks={}),
     "xbatcher-chunked": lambda plan: xbatcher_rows(plan, chunks={"time": 1}),
     "zarr-python": lambda plan: dataloader(Pairs(ZarrSamples(plan, "zarr")), plan["batches"], plan),
+    "zarr-python-oindex": lambda plan: ForkedBatches(plan, zarr_oindex_fill(plan)),
+    "zarr-python-fused": lambda plan: ForkedBatches(
+        plan, zarr_oindex_fill(plan, "zarr.core.codec_pipeline.FusedCodecPipeline")
+    ),
     "zarrs": lambda plan: dataloader(Pairs(ZarrSamples(plan, "zarrs")), plan["batches"], plan),
     "tensorstore": lambda plan: dataloader(Pairs(ZarrSamples(plan, "tensorstore")), plan["batches"], plan),
+    "insitubatch": lambda plan: insitubatch_rows(plan, "store"),
+    "insitubatch-shards": lambda plan: insitubatch_rows(plan, "store_shards"),
     "netcdf-xarray": netcdf_xarray,
     "netcdf4-batch": lambda plan: batch_dataloader(NetCDF4Batches(plan), plan),
     "memcpy": memcpy,
 }
 
 
-def measure(plan: dict, row: str, mode: str, out: Path | None) -> dict:
+def measure(plan: dict, row: str, mode: str, out: Path | None, name: str | None = None) -> dict:
     """Time `row` over the plan: warm skips 2 batches first and reads until `seconds`; cold times the
     first pass from the loader's start (worker start-up included), as the first epoch after eviction.
     Imports and opening the files (`setup_s`) are never timed: each row function does them before it
-    returns its iterable."""
+    returns its iterable. `name`: the row's name in the results (default `row`), e.g. the same code run
+    by a newer zarr-python."""
+    name = name or row
     if mode == "warm":
         plan = {**plan, "epoch": plan["batches"], "batches": plan["batches"] * plan["passes"]}
     else:
@@ -275,8 +433,10 @@ def measure(plan: dict, row: str, mode: str, out: Path | None) -> dict:
         for k in range(2):
             x, y = next(it)
             if k == 0 and out is not None and row != "memcpy":
-                np.save(out / f"first-{row}-x.npy", np.asarray(x))
-                np.save(out / f"first-{row}-y.npy", np.asarray(y))
+                np.save(out / f"first-{name}-x.npy", np.asarray(x))
+                np.save(out / f"first-{name}-y.npy", np.asarray(y))
+                if "last_steps" in plan:  # a row in its own order: the steps t of its first batch
+                    np.save(out / f"first-{name}-t.npy", np.asarray(plan["last_steps"]))
     n = nbytes = 0
     cap = plan["seconds"] * (1 if mode == "warm" else 2)
     start = time.perf_counter()
@@ -286,13 +446,16 @@ def measure(plan: dict, row: str, mode: str, out: Path | None) -> dict:
             break
     elapsed = time.perf_counter() - start
     return {
-        "row": row,
+        "row": name,
         "mode": mode,
         "samples": n,
         "seconds": round(elapsed, 3),
         "setup_s": round(setup, 2),
         "samples_per_s": round(n / elapsed, 2),
         "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+        # this process's own peak (not its workers'): what an in-process loader such as insitubatch holds
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
+        **plan.get("extra", {}),
     }
 
 
@@ -300,7 +463,7 @@ def main() -> None:
     plan_path, row, mode = sys.argv[1:4]
     plan = json.loads(Path(plan_path).read_text())
     out = Path(plan_path).parent
-    print(json.dumps(measure(plan, row, mode, out)))
+    print(json.dumps(measure(plan, row, mode, out, sys.argv[4] if len(sys.argv) > 4 else None)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""bench/peers: the rows that keep no DataLoader (forked batches), the rows in their own order, and the
+other canonstore layouts deliver what canonstore's batch path does. The peers' own venvs are not needed."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from canonstore import open_store
+from canonstore.preprocess import build
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # builds three tiny stores
+
+TINY = {
+    "levels": (500, 850),
+    "pressure": ("z", "t"),
+    "surface": ("t2m", "msl"),
+    "grid": (8, 16),
+    "steps": 60,
+    "batch": 4,
+}
+
+
+@pytest.fixture
+def peers(tmp_path, monkeypatch):
+    """(rows, run, where, plan) for a tiny size, with canonstore's three layouts built."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench" / "peers"))
+    import data
+    import rows
+    import run
+
+    monkeypatch.setitem(data.SIZES, "t", TINY)
+    monkeypatch.setattr(data, "SHARD_MB", 0.01)  # 2 steps a shard: many shards
+    where = data.write_size(tmp_path, "t")
+    for name in ("canonstore", "canonstore-shards", "canonstore-zstd"):
+        build(where / f"{name}.yaml", where / f"{name}.zarr", progress=False)
+    plan = json.loads(run.write_plan(where, "t", argparse.Namespace(workers=2, seconds=0.2)).read_text())
+    return rows, run, where, plan
+
+
+def test_the_other_layouts_and_forked_batches_deliver_canonstores_batches(peers):
+    rows, run, where, plan = peers
+    assert len(list((where / "canonstore-shards.zarr" / "data" / "c").iterdir())) > 10
+    for row in ("canonstore-batch", "canonstore-shards", "canonstore-zstd"):
+        assert rows.measure(plan, row, "warm", where)["samples"] > 0
+    array = open_store(where / "canonstore.zarr").array
+
+    def fill(steps, x, y):  # runs in the forked workers, from the memmap opened before the fork
+        x[:] = array[steps]
+        y[:] = array[np.add(steps, 1)]
+
+    twice = {**plan, "batches": plan["batches"] * 2}
+    got = [(x.copy(), y.copy()) for x, y in rows.ForkedBatches(twice, fill)]
+    assert len(got) == len(twice["batches"])  # every batch once, in the plan's order, slots reused
+    for (x, y), steps in zip(got, twice["batches"]):
+        np.testing.assert_array_equal(x, array[steps])
+        np.testing.assert_array_equal(y, array[np.add(steps, 1)])
+    np.save(where / "first-anemoi-fork-x.npy", got[0][0])  # as a forked row leaves its first batch
+    np.save(where / "first-anemoi-fork-y.npy", got[0][1])
+    steps = np.array(plan["batches"][3])  # a row in its own order names its first batch's steps
+    np.save(where / "first-insitubatch-x.npy", array[steps])
+    np.save(where / "first-insitubatch-y.npy", array[steps + 1] + 1e-3)
+    np.save(where / "first-insitubatch-t.npy", steps)
+    diffs = run.compare_first_batches(where)
+    assert diffs["canonstore-shards"] == diffs["canonstore-zstd"] == diffs["anemoi-fork"] == 0.0, diffs
+    assert diffs["insitubatch"] == pytest.approx(1e-3, rel=1e-3), diffs
+    assert not (where / "first-insitubatch-t.npy").exists()
+
+
+def test_the_mllam_recipe_selects_levels_in_millibars_and_the_train_split(peers):
+    import data
+
+    _, _, where, _ = peers
+    text = (where / "mllam.yaml").read_text()
+    assert "{z: {level: {values: [500, 850], units: millibars}}}" in text
+    assert "train: {start: '2000-01-01T00:00', end: '2000-01-12T18:00'" in text  # step 47, canonstore's train end
+    assert data.layout("t")["train"] == (0, 47)
+
+
+def test_a_second_run_of_some_rows_is_merged_and_each_row_keeps_its_own_reference(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench" / "peers"))
+    import run
+
+    def result(when, rows):
+        return {
+            "runs": [when],
+            "rows": [{"row": r, "mode": "warm", "canonstore_x": x} for r, x in rows],
+            "cold_reads": {when: {}},
+            "first_batch_max_abs_diff": {},
+        }
+
+    first = result("A", [("canonstore-batch", 1.0), ("anemoi", 20.0), ("xbatcher", 300.0)])
+    second = result("B", [("canonstore-batch", 1.0), ("xbatcher", 280.0)])
+    merged = run.merge(first, second)
+    got = {r["row"]: (r["canonstore_x"], r["run"]) for r in merged["rows"]}
+    assert got == {"canonstore-batch": (1.0, "B"), "anemoi": (20.0, "A"), "xbatcher": (280.0, "B")}
+    assert merged["runs"] == ["A", "B"] and set(merged["cold_reads"]) == {"A", "B"}
