@@ -178,7 +178,8 @@ def memcpy_sample_batches(store, args, epochs: int | None = None):
 
 def measure(name: str, args) -> dict:
     """Batches/s of one loader for about `args.seconds` (after 2 warm-up batches), in this process."""
-    path = args.one_shard if name.endswith("-1shard") else args.store
+    # memcpy copies slabs of 2 x batch steps: from the one-shard store when there is one (shards may be smaller)
+    path = args.one_shard if name.endswith("-1shard") or (name == "memcpy" and args.one_shard) else args.store
     if args.cold:
         evict([path])
     if name.startswith("read-"):
@@ -420,8 +421,8 @@ def main() -> None:
     runs: dict[tuple, list] = {job: [] for job in jobs}
     for round_ in range(args.repeat):
         for mode, name in jobs if round_ % 2 == 0 else jobs[::-1]:  # A B C, C B A: drifts hit every row alike
-            if not args.cold:
-                warm_page_cache(store)  # cheap when warm; undoes what another program evicted meanwhile
+            if not args.cold:  # cheap when warm; undoes what another program evicted meanwhile
+                warm_page_cache(open_store(args.one_shard if name.endswith("-1shard") else args.store))
             runs[(mode, name)].append(run_row(mode, name, args))
             print(f"  {mode:<6}{name:<20}{runs[(mode, name)][-1]['samples_per_s']:>10.1f} samples/s", flush=True)
     rows = [median_row(runs[job]) for job in jobs]
