@@ -1,15 +1,17 @@
 """Build throughput and peak memory at three input sizes, in-process and on dask LocalClusters,
 next to the raw read limit and the disk's durable-write limit.
 
-    python bench/build.py [--sizes 0.25 1 2] [--years 3] [--workers 1 2] [--work /tmp/canonstore-bench-build]
+    python bench/build.py [--sizes 0.25 1 2] [--years 3] [--workers 1 2] [--repeat 3] [--work /tmp/bench-build]
 
 For each demo SIZE (input bytes grow with SIZE: 0.25 -> 2 is 8x), in one run and each in its own
 process: (1) the raw read limit, netCDF4 in one thread decoding every input variable; (2) the
 disk's durable-write limit, the store's bytes written and fdatasync'd (a build must put them on
 disk); builds (3) into one shard and (4) into 8 MiB shards in-process; and (5) on a LocalCluster
 of each --workers count (8 MiB shards, one task per shard; peak RSS is the largest worker's,
-the driver's in brackets). MB are the store's float32 bytes. Writes a table,
-bench/results/build.json and build.png.
+the driver's in brackets). MB are the store's float32 bytes. With --repeat N every row is measured N
+times, the rows interleaved (A B C, A B C, ...), and each row's median and spread follow, with each
+build's share of the durable-write limit measured beside it. Writes a table, bench/results/build.json
+and build.png.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def run(code: str, *args: str, values: int = 3) -> list[float]:
     return [float(v) for v in out.split()[-values:]]
 
 
-def measure(work: Path, size: float, years: int, workers: list[int]) -> list[dict]:
+def measure(work: Path, size: float, years: int, workers: list[int], repeats: int = 1) -> list[dict]:
     folder = work / f"size-{size:g}"
     if not (folder / "raw" / ".complete").exists():
         subprocess.run(
@@ -111,33 +113,45 @@ def measure(work: Path, size: float, years: int, workers: list[int]) -> list[dic
             capture_output=True,
         )
     files = sorted(str(p) for p in (folder / "raw").glob("*.nc"))
-    raw_bytes, raw_seconds, _ = run(RAW_READ, *files)
-    rows = [_row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds)]
-    disk_bytes, disk_seconds, _ = run(DURABLE_WRITE, str(folder / "durable.tmp"), str(int(raw_bytes)))
-    rows.append(_row(size, "durable write (pwrite+fdatasync)", None, disk_bytes, disk_seconds))
     last = 2000 + years - 1
     runs = [("in-process, one shard", 10**6, 0), ("in-process, 8 MiB shards", 8, 0)]
     runs += [(f"LocalCluster {n} worker{'s' if n > 1 else ''}, 8 MiB shards", 8, n) for n in workers]
-    for layout, shard_mb, n in runs:
-        (folder / "bench.yaml").write_text(
-            RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb)
-        )
-        nbytes, seconds, rss_kb, worker_kb = run(
-            BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=4
-        )
-        shards = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]["layout"][
-            "shards"
-        ]
-        rows.append(
-            _row(size, layout, shards, nbytes, seconds, worker_kb or rss_kb, rss_kb if worker_kb else None, n or None)
-        )
-        shutil.rmtree(folder / "bench.zarr")
+    rows = []
+    for repeat in range(repeats):
+        raw_bytes, raw_seconds, _ = run(RAW_READ, *files)
+        rows.append(_row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds, repeat=repeat))
+        disk_bytes, disk_seconds, _ = run(DURABLE_WRITE, str(folder / "durable.tmp"), str(int(raw_bytes)))
+        rows.append(_row(size, "durable write (pwrite+fdatasync)", None, disk_bytes, disk_seconds, repeat=repeat))
+        for layout, shard_mb, n in runs:
+            (folder / "bench.yaml").write_text(
+                RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb)
+            )
+            nbytes, seconds, rss_kb, worker_kb = run(
+                BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=4
+            )
+            attrs = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]
+            shards = attrs["layout"]["shards"]
+            rows.append(
+                _row(
+                    size,
+                    layout,
+                    shards,
+                    nbytes,
+                    seconds,
+                    worker_kb or rss_kb,
+                    rss_kb if worker_kb else None,
+                    n or None,
+                    repeat,
+                )
+            )
+            shutil.rmtree(folder / "bench.zarr")
     return rows
 
 
-def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None) -> dict:
+def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None, repeat=0) -> dict:
     return {
         "size": size,
+        "repeat": repeat,
         "layout": layout,
         "workers": workers,
         "shards": shards,
@@ -170,6 +184,30 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _beside(rows: list[dict], row: dict, name: str) -> dict:
+    """The row `name` (a limit) of the same size and repeat as `row`: measured beside it."""
+    return next(
+        x for x in rows if (x["size"], x["repeat"]) == (row["size"], row["repeat"]) and x["layout"].startswith(name)
+    )
+
+
+def _summary(rows: list[dict]) -> None:
+    """Per size and run: median MB/s and spread over the repeats; for builds, the share of the durable-write
+    limit measured beside each (median and spread)."""
+    print(
+        f"\n{'SIZE':>5}  {'run':<40}{'MB/s median':>12}{'spread':>16}{'of disk median':>16}{'spread':>14}{'RSS max':>9}"
+    )
+    for size, layout in dict.fromkeys((r["size"], r["layout"]) for r in rows):
+        mine = [r for r in rows if (r["size"], r["layout"]) == (size, layout)]
+        speeds = [r["mb_per_s"] for r in mine]
+        shares = [r["mb_per_s"] / _beside(rows, r, "durable write")["mb_per_s"] for r in mine]
+        rss = max((r["peak_rss_mb"] or 0) for r in mine)
+        print(
+            f"{size:>5g}  {layout:<40}{np.median(speeds):>12.0f}{f'{min(speeds):.0f}-{max(speeds):.0f}':>16}"
+            f"{np.median(shares):>16.0%}{f'{min(shares):.0%}-{max(shares):.0%}':>14}{rss or '':>9}"
+        )
+
+
 def _mb(rows, size) -> float:
     return next(r["mb"] for r in rows if r["size"] == size and r["shards"])
 
@@ -179,13 +217,17 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=float, default=[0.25, 1, 2])
     parser.add_argument("--years", type=int, default=3)
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2], help="LocalCluster sizes (none: skip)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every row N times, interleaved")
     parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-build"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    rows = [row for size in args.sizes for row in measure(args.work, size, args.years, args.workers)]
-    print(f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}{'peak RSS MB':>13}")
+    rows = [row for size in args.sizes for row in measure(args.work, size, args.years, args.workers, args.repeat)]
+    print(
+        f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}{'of disk':>8}"
+        f"{'peak RSS MB':>13}"
+    )
     for r in rows:
-        raw = next(x for x in rows if x["size"] == r["size"] and x["layout"].startswith("raw read"))
+        raw, disk = (_beside(rows, r, name) for name in ("raw read", "durable write"))
         rss = (
             f"{r['peak_rss_mb']}" + (f" ({r['driver_rss_mb']})" if r["driver_rss_mb"] else "")
             if r["peak_rss_mb"]
@@ -193,8 +235,10 @@ def main() -> None:
         )
         print(
             f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
-            f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{rss:>13}"
+            f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{r['mb_per_s'] / disk['mb_per_s']:>8.0%}{rss:>13}"
         )
+    if args.repeat > 1:
+        _summary(rows)
     small, large = min(args.sizes), max(args.sizes)
     for layout in dict.fromkeys(r["layout"] for r in rows if r["shards"]):
         a, b = (next(r for r in rows if r["size"] == s and r["layout"] == layout) for s in (small, large))

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from canonstore.atomic import start_writeback
 from canonstore.formats.handle import StoreHandle
 
 MISSING = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
@@ -134,9 +135,10 @@ class ShardWriter:
             self._k = k
         return self._fd
 
-    def write(self, start: int, block: np.ndarray, channel: int = 0) -> None:
+    def write(self, start: int, block: np.ndarray, channel: int = 0, writeback: bool = False) -> None:
         """Write steps [start, start + len(block)) of one shard; a block of one step may hold only
-        the channels from `channel` on (a step larger than the build's block is written in parts)."""
+        the channels from `channel` on (a step larger than the build's block is written in parts).
+        `writeback`: start writing it to the disk now (`start_writeback`), so that the shard's fsync is short."""
         k, local = self.layout.locate(start)
         if local + len(block) > self.layout.steps_in(k):
             raise ValueError(f"steps {start}..{start + len(block) - 1} cross the end of shard {k}")
@@ -146,6 +148,8 @@ class ShardWriter:
         fd, offset, done = self._open(k), local * self.sample_bytes + channel * self.field_bytes, 0
         while done < len(view):  # os.pwrite may write less than asked
             done += os.pwrite(fd, view[done:], offset + done)
+        if writeback:
+            start_writeback(fd, offset, len(view))
 
     def read(self, start: int, steps: int, channel: int = 0, channels: int | None = None) -> np.ndarray:
         """Read back steps [start, start + steps) of channels [channel, channel + channels) (all when None)

@@ -12,10 +12,12 @@ run one task per shard, here or on dask.distributed (`executor`), with the same 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,30 +109,47 @@ def build(
         return publish_build(recipe, out, force, lambda path: build(recipe_path, path, **local))
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     refuse_output_among_sources(recipe, out)
-    with build_lock(out), build_log(out):
+    with build_lock(out), build_log(out), ThreadPoolExecutor(1, thread_name_prefix="canonstore-inputs") as pool:
         check_output(out)
         clear_leftovers(out)
         state = load_progress(staging_path(out)) if resume else None
         previous = recorded_attrs(out)
-        # Only files whose size, mtime or inode changed since the store (or the partial build) are hashed.
-        inputs = input_records(recipe.sources, (previous or {}).get("inputs", []) + (state or {}).get("inputs", []))
-        logger.debug(f"{recipe.path}: {len(inputs)} input files, {sum(r['size'] for r in inputs) / 1e6:.1f} MB")
-        if not force and up_to_date(previous, recipe, inputs):
-            logger.info(f"{out} is up to date (same recipe and inputs); nothing to do")
-            return BuildResult(out, built=False)
-        if append and not force and previous is not None:
-            result = try_append(out, recipe, inputs, previous, progress=progress, block_mb=block_mb)
-            if isinstance(result, BuildResult):
-                return result
-            logger.info(f"rebuilding {out} (not an append: {result})")
-        return _build_new(recipe, out, inputs, state, options)
+        # Only files whose size, mtime or inode changed since the store (or the partial build) are hashed; while
+        # the sources are opened, unless the store's inputs must be compared first.
+        known = (previous or {}).get("inputs", []) + (state or {}).get("inputs", [])
+        hashing = pool.submit(input_records, recipe.sources, known)
+        if not force and previous is not None:
+            inputs = hashing.result()
+            if up_to_date(previous, recipe, inputs):
+                logger.info(f"{out} is up to date (same recipe and inputs); nothing to do")
+                return BuildResult(out, built=False)
+            if append:
+                result = try_append(out, recipe, inputs, previous, progress=progress, block_mb=block_mb)
+                if isinstance(result, BuildResult):
+                    return result
+                logger.info(f"rebuilding {out} (not an append: {result})")
+        return _build_new(recipe, out, hashing, state, options)
 
 
-def _build_new(recipe: Recipe, out: Path, inputs: list[dict], state: dict | None, options: BuildOptions) -> BuildResult:
+@contextlib.contextmanager
+def _sources_and_inputs(recipe: Recipe, hashing: Future):
+    """The open sources and the input records being hashed beside them; an error hashing the inputs is raised
+    first, as when they were hashed before the sources were opened."""
+    try:
+        with open_shared_sources(recipe) as sources:
+            inputs = hashing.result()
+            logger.debug(f"{recipe.path}: {len(inputs)} input files, {sum(r['size'] for r in inputs) / 1e6:.1f} MB")
+            yield sources, inputs
+    except Exception:
+        hashing.result()
+        raise
+
+
+def _build_new(recipe: Recipe, out: Path, hashing: Future, state: dict | None, options: BuildOptions) -> BuildResult:
     """Sources -> scan -> plan -> write -> verify -> publish; going on from the staging's `state` (its
-    progress.json) when that was built from the same recipe and inputs."""
+    progress.json) when that was built from the same recipe and inputs (`hashing`: their records, soon)."""
     began = time.perf_counter()
-    with open_shared_sources(recipe) as sources:
+    with _sources_and_inputs(recipe, hashing) as (sources, inputs):
         report_sources(sources)
         labels = store_labels(recipe, sources)
         blocks = BlockLayout.for_store(

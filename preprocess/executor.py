@@ -24,6 +24,7 @@ from typing import Protocol
 
 from canonstore.errors import StoreError
 from canonstore.preprocess.buildlog import SILENT, quiet_dask
+from canonstore.preprocess.pipeline import ordered_map
 from canonstore.remote import is_url
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class WorkersLost(StoreError):
 
 
 class Executor(Protocol):
-    """What runs a pass of shard tasks: `map` yields (item, result) pairs; `check_shared` stops early when a
-    worker cannot see the files."""
+    """What runs a pass of shard tasks: `map` yields (item, result) pairs in item order or as tasks finish;
+    `check_shared` stops early when a worker cannot see the files."""
 
     def map(self, fn, job, items, *args) -> Iterator[tuple]: ...
 
@@ -47,12 +48,13 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """Run tasks one after another here (the default build)."""
+    """Run tasks here, `threads` at a time (`preprocess.pipeline`), results in item order as one after another."""
+
+    def __init__(self, threads: int = 2):
+        self.threads = threads
 
     def map(self, fn, job, items, *args):
-        """Yield (item, fn(job, item, *args)) for each item, in order."""
-        for item in items:
-            yield item, fn(job, item, *args)
+        return ordered_map(lambda item: fn(job, item, *args), items, self.threads)
 
     def check_shared(self, paths) -> None:
         pass
@@ -220,7 +222,7 @@ def environ_kept():
 
 
 def _as_it_is(job):
-    return job
+    return job  # the job, as a task of its own (see _map)
 
 
 def _shard(item) -> int:
@@ -234,8 +236,8 @@ def _missing(paths: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def executor_for(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None):
-    """The executor for these options: a client of a running cluster, a LocalCluster of `workers`
-    processes (one thread each), or this process when none is given."""
+    """The executor for these options: a client of a running cluster, a LocalCluster of `workers` processes
+    (one thread each), or this process (two tasks at a time) when none is given."""
     if not (scheduler or scheduler_file or workers):
         yield InProcessExecutor()
         return

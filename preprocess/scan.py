@@ -8,6 +8,7 @@ final offsets, so that the write pass normalises them without reading the raw fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -22,6 +23,7 @@ from canonstore.atomic import write_file_atomic
 from canonstore.errors import SourceError
 from canonstore.formats.zarr_ import ShardWriter
 from canonstore.preprocess.executor import Executor
+from canonstore.preprocess.pipeline import Stage, prefetched
 from canonstore.preprocess.shard_jobs import ShardJob, job_sources, where
 from canonstore.preprocess.sources import Sources
 from canonstore.preprocess.staging import marker
@@ -113,10 +115,8 @@ def scan(executor: Executor, job: ShardJob, progress: bool, resumable: bool = Tr
     known = {k: r for k, r in known.items() if r is not None}
     order, pending, size = list(shards), {}, int(np.prod(job.shape[2:]))
     with progress_bar(job.shape[0] - job.first, "statistics", enabled=progress) as bar:
-        fresh = executor.map(scan_shard, job, [k for k in shards if k not in known])
+        fresh = executor.map(scan_and_keep if resumable else scan_shard, job, [k for k in shards if k not in known])
         for k, shard in itertools.chain(known.items(), fresh):
-            if resumable and k not in known:
-                shard.save(job)
             pending[k] = shard
             bar.update(len(range(*job.steps(k))))
             while order and order[0] in pending:  # merged in shard order, whatever order they finished in
@@ -125,6 +125,13 @@ def scan(executor: Executor, job: ShardJob, progress: bool, resumable: bool = Tr
                 result.stats.merge(shard.moments, size)
                 result.nans.add(shard, first)
     return result
+
+
+def scan_and_keep(job: ShardJob, k: int) -> ShardScan:
+    """`scan_shard`, its result kept in the staging by the task itself (beside the next task's work)."""
+    scanned = scan_shard(job, k)
+    scanned.save(job)
+    return scanned
 
 
 def scan_shard(job: ShardJob, k: int, moments: bool = True) -> ShardScan:
@@ -144,24 +151,38 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> ShardScan:
     reference = np.zeros(sources.sample_shape, bool)  # NaNs of the shard's first step
     raw = ShardWriter(Path(job.staging), job.shape, np.float32, job.blocks.shard_steps) if job.in_place else None
     row_of_step = np.cumsum(train) - 1  # position of a train step among the shard's train steps
-    try:
+    dtype = np.float32 if job.in_place else np.float64
+
+    def stage(piece: tuple) -> None:  # on a thread of its own, blocks in file order
+        nonlocal crc
+        a, b, c0, values = piece
+        with job.writing(sources, a, b, k):
+            raw.write(a, values, c0)
+        # Not synced (that would write every byte to disk twice): the write task checks this crc32.
+        crc = zlib.crc32(values.data, crc)
+
+    def blocks():  # read on a thread of their own, a block ahead of the statistics
         for a, b, c0, c1 in job.pieces(start, stop):
-            values = sources.read(a, b, np.arange(c0, c1), np.float32 if job.in_place else np.float64)
-            _nan_facts(values, a, a == start, c0, reference, scanned, sources)
-            mine = train[a - start : b - start]
-            if moments and mine.any():
-                rows = row_of_step[a - start : b - start][mine]
-                picked = values[mine] if not mine.all() else values
-                scanned.moments[:, rows, c0:c1] = step_moments(picked)
-                again = [c for c in job.reread if c0 <= c < c1] if job.in_place else []
-                if again:  # statistics of the exact (float64) values, not of their float32 rounding
-                    exact = sources.read(a, b, np.array(again))
-                    scanned.moments[:, rows[:, None], np.array(again)] = step_moments(exact[mine])
-            if raw is not None:
-                with job.writing(sources, a, b, k):
-                    raw.write(a, values, c0)
-                # Not synced (that would write every byte to disk twice): the write task checks this crc32.
-                crc = zlib.crc32(values.data, crc)
+            yield a, b, c0, sources.read(a, b, np.arange(c0, c1), dtype)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(Stage(stage, name=f"canonstore-stage-{k}")) if raw is not None else None
+            read = stack.enter_context(contextlib.closing(prefetched(blocks, name=f"canonstore-read-{k}")))
+            for a, b, c0, values in read:
+                c1 = c0 + values.shape[1]
+                _nan_facts(values, a, a == start, c0, reference, scanned, sources)
+                if writer is not None:  # after the NaN facts: a block with ±inf is refused, never staged
+                    writer.put((a, b, c0, values))
+                mine = train[a - start : b - start]
+                if moments and mine.any():
+                    rows = row_of_step[a - start : b - start][mine]
+                    picked = values[mine] if not mine.all() else values
+                    scanned.moments[:, rows, c0:c1] = step_moments(picked)
+                    again = [c for c in job.reread if c0 <= c < c1] if job.in_place else []
+                    if again:  # statistics of the exact (float64) values, not of their float32 rounding
+                        exact = sources.read(a, b, np.array(again))
+                        scanned.moments[:, rows[:, None], np.array(again)] = step_moments(exact[mine])
     finally:
         if raw is not None:
             raw.close()

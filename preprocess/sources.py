@@ -12,6 +12,7 @@ Nothing is read beyond coordinates: `Sources.read(t0, t1)` pulls one block of st
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class Sources:
     def __init__(self, recipe: Recipe, step_days: float | None = None):
         """`step_days`: the regular step the time axis must keep (an append: the store's); default the median."""
         self.recipe = recipe
+        self._reading = threading.RLock()  # one read at a time: not every format's library is thread-safe
         self.files = list(recipe.sources)
         self.kinds = {p: kind_of(p) for p in self.files}
         self._parts = [(p, ds) for p in self.files for ds in module_of(self.kinds[p]).open_parts(p, recipe)]
@@ -103,8 +105,13 @@ class Sources:
         """Steps [start, stop) of the selected time axis as `dtype` (steps, channel, *space).
 
         `channels` (ascending positions in `self.channels`, default all) are read alone: only the
-        levels they name are read from the files, never a variable's every level.
+        levels they name are read from the files, never a variable's every level. Safe to call from
+        several threads (one reads at a time).
         """
+        with self._reading:
+            return self._read(start, stop, channels, dtype)
+
+    def _read(self, start: int, stop: int, channels=None, dtype=np.float64) -> np.ndarray:
         wanted = np.arange(len(self.channels)) if channels is None else np.asarray(channels, dtype=np.int64)
         first_derived = len(self.channels) - len(self.derived)
         if wanted.size and wanted[-1] >= first_derived:  # derived channels: from their inputs, in float64
@@ -112,7 +119,7 @@ class Sources:
             inputs = np.unique(
                 np.concatenate([wanted[wanted < first_derived]] + [np.array(self.derived[d].inputs) for d in mine])
             )
-            physical = self.read(start, stop, inputs)
+            physical = self._read(start, stop, inputs)
             at = {int(c): k for k, c in enumerate(inputs)}
             out = np.empty((stop - start, wanted.size) + self.sample_shape[1:], dtype=dtype)
             for k, c in enumerate(wanted):

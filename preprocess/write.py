@@ -22,6 +22,7 @@ from canonstore.formats.manifest import file_sha256
 from canonstore.formats.spec import normalise_to
 from canonstore.formats.zarr_ import ShardWriter, shard_file
 from canonstore.preprocess.executor import Executor
+from canonstore.preprocess.pipeline import Stage
 from canonstore.preprocess.plan import Plan
 from canonstore.preprocess.scan import ShardScan, scan_shard
 from canonstore.preprocess.shard_jobs import ShardJob, job_sources, where
@@ -83,33 +84,45 @@ def write_shard(job: ShardJob, item: tuple[int, int | None], plan: Plan) -> dict
 
 
 def _write_uncompressed(job: ShardJob, k: int, plan: Plan, sources: Sources) -> tuple[dict, int]:
-    """Normalise shard `k` (in place, or from the sources) block by block; the file's sha256 is taken
-    as the blocks go by (they come in file order). Returns the entry and the crc32 of the raw values read."""
+    """Normalise shard `k` (in place, or from the sources) block by block, while a thread of its own writes
+    the blocks normalised before and takes the file's sha256 as they go by (in file order), starting their
+    writeback to the disk. Returns the entry and the crc32 of the raw values read."""
     mean, std = np.asarray(plan.stats["mean"]), np.asarray(plan.stats["std"])
     start, stop = job.shard_layout.range(k)
-    shards = ShardWriter(Path(job.staging), job.shape, job.dtype, job.blocks.shard_steps, resume=job.in_place)
+    layout = (Path(job.staging), job.shape, job.dtype, job.blocks.shard_steps)
+    shards = ShardWriter(*layout, resume=job.in_place)
+    staged = ShardWriter(*layout, resume=True) if job.in_place else None  # reads the raw values back
     digest, size, crc = hashlib.sha256(), 0, 0
+
+    def write(piece: tuple) -> None:
+        nonlocal size
+        a, b, c0, out = piece
+        with job.writing(sources, a, b, k):
+            shards.write(a, out, c0, writeback=True)
+        digest.update(out.data)
+        size += out.nbytes
+
     try:
-        for a, b, c0, c1 in job.pieces(start, stop):
-            if job.in_place:
-                values = shards.read(a, b - a, c0, c1 - c0)
-                crc = zlib.crc32(values.data, crc)
-                out = normalise_to(values, mean[c0:c1], std[c0:c1], job.dtype, out=values)
-                again = [c for c in job.reread if c0 <= c < c1]
-                if again:  # e.g. packed int16 with a float64 scale_factor: normalised from float64
-                    exact = sources.read(a, b, np.array(again))
-                    out[:, np.array(again) - c0] = normalise_to(exact, mean[again], std[again], job.dtype)
-            else:
-                values = store_values(sources, plan.mask_channels, a, b, c0, c1)
-                out = _normalised(values, job, plan, sources, a, c0)
-            with job.writing(sources, a, b, k):
-                shards.write(a, out, c0)
-            digest.update(out.data)
-            size += out.nbytes
+        with Stage(write, name=f"canonstore-write-{k}") as writer:
+            for a, b, c0, c1 in job.pieces(start, stop):
+                if staged is not None:
+                    values = staged.read(a, b - a, c0, c1 - c0)
+                    crc = zlib.crc32(values.data, crc)
+                    out = normalise_to(values, mean[c0:c1], std[c0:c1], job.dtype, out=values)
+                    again = [c for c in job.reread if c0 <= c < c1]
+                    if again:  # e.g. packed int16 with a float64 scale_factor: normalised from float64
+                        exact = sources.read(a, b, np.array(again))
+                        out[:, np.array(again) - c0] = normalise_to(exact, mean[again], std[again], job.dtype)
+                else:
+                    values = store_values(sources, plan.mask_channels, a, b, c0, c1)
+                    out = _normalised(values, job, plan, sources, a, c0)
+                writer.put((a, b, c0, out))
         with job.writing(sources, start, stop, k):
             index = shards.finish_shard(k)
     finally:
         shards.close()
+        if staged is not None:
+            staged.close()
     digest.update(index)
     rel = shard_file(Path(), len(job.shape), k).as_posix()
     return {"rel": rel, "size": size + len(index), "sha256": digest.hexdigest()}, crc

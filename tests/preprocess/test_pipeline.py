@@ -1,0 +1,180 @@
+"""The build's threads (preprocess.pipeline): in order, errors raised as they were raised, every thread stopped
+before the caller goes on; a pipelined build writes the store a serial one writes, bit for bit."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from canonstore.errors import SourceError
+from canonstore.formats.manifest import read_manifest
+from canonstore.preprocess import build, executor, scan, write
+from canonstore.preprocess.pipeline import Stage, ordered_map, prefetched
+from canonstore.preprocess.sources import Sources
+from canonstore.preprocess.staging import staging_path
+from tests.helpers import demo_recipe
+
+
+class Boom(Exception):
+    pass
+
+
+def test_ordered_map_gives_the_serial_results_in_order():
+    def slow_for_even(i):
+        time.sleep(0.01 if i % 2 == 0 else 0)
+        return i * i
+
+    assert list(ordered_map(slow_for_even, range(9), threads=3)) == [(i, i * i) for i in range(9)]
+    assert list(ordered_map(slow_for_even, range(9), threads=1)) == [(i, i * i) for i in range(9)]
+
+
+def test_ordered_map_raises_at_the_failing_item_after_the_calls_beside_it_returned():
+    begun, running = [], []
+
+    def task(i):
+        begun.append(i)
+        running.append(i)
+        try:
+            if i == 2:
+                raise Boom("shard 2 is bad")
+            time.sleep(0.05)
+            return i
+        finally:
+            running.remove(i)
+
+    got = []
+    with pytest.raises(Boom, match="shard 2 is bad"):
+        for _item, result in ordered_map(task, range(10), threads=2):
+            got.append(result)
+    assert got == [0, 1]
+    assert running == []  # nothing runs on once the error reached the caller
+    assert max(begun) <= 4  # and no more than `threads` items were begun ahead
+
+
+def test_a_stage_runs_its_items_in_order():
+    seen = []
+    with Stage(seen.append, depth=2) as stage:
+        for i in range(50):
+            stage.put(i)
+    assert seen == list(range(50))
+
+
+def test_a_stage_error_is_raised_in_the_caller_and_the_rest_is_dropped():
+    seen = []
+
+    def fn(i):
+        if i == 3:
+            raise OSError(28, "No space left on device")
+        seen.append(i)
+
+    with pytest.raises(OSError, match="No space left"), Stage(fn) as stage:
+        for i in range(100):
+            stage.put(i)
+    assert seen == [0, 1, 2]
+    assert not any(t.name == "canonstore-stage" for t in threading.enumerate())
+
+
+def test_a_caller_error_stops_the_stage_before_it_goes_on():
+    seen = []
+    with pytest.raises(Boom), Stage(lambda i: (time.sleep(0.01), seen.append(i))) as stage:
+        stage.put(0)
+        raise Boom()
+    count = len(seen)
+    time.sleep(0.05)
+    assert len(seen) == count <= 1  # the thread has ended: nothing runs after the caller left
+
+
+def test_prefetched_items_and_errors_arrive_in_order():
+    def produce():
+        yield from range(3)
+        raise Boom("read failed at 3")
+
+    got = []
+    with pytest.raises(Boom, match="read failed at 3"):
+        for item in prefetched(produce):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_a_caller_that_stops_early_stops_the_reader():
+    made = []
+
+    def produce():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    items = prefetched(produce, name="canonstore-read-test")
+    assert next(items) == 0
+    items.close()
+    assert not any(t.name == "canonstore-read-test" for t in threading.enumerate())
+    assert len(made) <= 3
+
+
+class SerialStage:
+    """Stage's interface, run in the caller's thread: what the build did before it had threads."""
+
+    def __init__(self, fn, depth=1, name=""):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def put(self, item):
+        self.fn(item)
+
+
+def _serial(monkeypatch):
+    monkeypatch.setattr(executor, "ordered_map", lambda fn, items, threads=2: ordered_map(fn, items, 1))
+    monkeypatch.setattr(scan, "Stage", SerialStage)
+    monkeypatch.setattr(scan, "prefetched", lambda produce, **kw: iter(produce()))
+    monkeypatch.setattr(write, "Stage", SerialStage)
+
+
+def _files(store):
+    return {rel: e["sha256"] for rel, e in read_manifest(store)["files"].items() if rel != "zarr.json"}
+
+
+@pytest.mark.parametrize("storage", [{"shard_mb": 0.5}, {"shard_mb": 1000}, {"shard_mb": 0.5, "dtype": "float16"}])
+def test_the_pipelined_build_writes_the_serial_builds_store(tiny_raw, tmp_path, monkeypatch, storage):
+    recipe = demo_recipe(tmp_path, tiny_raw, storage=storage)
+    piped = build(recipe, tmp_path / "piped.zarr", progress=False, block_mb=0.1).path
+    with monkeypatch.context() as m:
+        _serial(m)
+        serial = build(recipe, tmp_path / "serial.zarr", progress=False, block_mb=0.1).path
+    assert len(_files(piped)) > 5 and _files(piped) == _files(serial)
+
+
+def _fail_mid_write(monkeypatch):
+    """The sources fail to read step 300 the second time, in the write pass (a float16 store reads them again)."""
+    real, reads = Sources.read, []
+
+    def read(self, start, stop, channels=None, dtype=np.float64):
+        if start <= 300 < stop:
+            reads.append(start)
+            if len(reads) > 1:
+                raise SourceError(f"b.nc: cannot read steps {start}..{stop - 1}: NetCDF: HDF error")
+        return real(self, start, stop, channels, dtype)
+
+    monkeypatch.setattr(Sources, "read", read)
+
+
+def test_a_bad_input_found_mid_write_is_the_serial_error_and_leaves_nothing(tiny_raw, tmp_path, monkeypatch):
+    recipe = demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.5, "dtype": "float16"})
+    errors = {}
+    for name in ("piped", "serial"):
+        out = tmp_path / f"{name}.zarr"
+        with monkeypatch.context() as m:
+            _fail_mid_write(m)
+            if name == "serial":
+                _serial(m)
+            with pytest.raises(SourceError) as raised:
+                build(recipe, out, progress=False, block_mb=0.1)
+        errors[name] = str(raised.value)
+        assert not out.exists() and not staging_path(out).exists()
+    assert "cannot read steps" in errors["piped"] and errors["piped"] == errors["serial"]
+    assert not any(t.name.startswith("canonstore-") for t in threading.enumerate())
