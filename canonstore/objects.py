@@ -120,6 +120,17 @@ class Objects:
 
         run_async(bounded(list(keys), delete, limit))
 
+    async def stream(self, key: str, chunk: int = 8 << 20):
+        """The bytes of object `key` in one GET, as they arrive, in pieces of about `chunk` bytes (async)."""
+        import obstore
+
+        try:
+            result = await obstore.get_async(self.bulk, key)
+            async for piece in result.stream(min_chunk_size=chunk):
+                yield piece
+        except Exception as exc:
+            raise self.fail(exc, key) from None
+
     async def get_range(self, key: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of object `key` (for concurrent ranged reads: `bounded`)."""
         import obstore
