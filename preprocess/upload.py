@@ -33,6 +33,7 @@ from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.publish import BuildResult
 from canonstore.preprocess.recipe import Recipe
 from canonstore.preprocess.remote_lock import remote_lock
+from canonstore.preprocess.upload_staging import upload_folder
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def _build_and_publish(recipe, url, force, build_local, objects: Objects, name: 
     if not force and not unfinished and up_to_date(previous, recipe, inputs):
         logger.info(f"{url} is up to date (same recipe and inputs); nothing to do")
         return BuildResult(url, built=False)
-    with tempfile.TemporaryDirectory(prefix="canonstore-upload-") as folder:  # TMPDIR chooses the disk
-        result = build_local(Path(folder) / name)
+    with upload_folder() as folder:  # TMPDIR chooses the disk; a killed build's folder is removed by the next
+        result = build_local(folder / name)
         _publish(result.path, url)
     logger.info(f"published {url}")
     return dataclasses.replace(result, path=url)
