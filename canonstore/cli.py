@@ -93,10 +93,10 @@ def append(store, recipe, quiet, debug):
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def inspect(store, debug):
-    """Summarise STORE: channels, statistics, splits, layout, provenance."""
+    """Summarise STORE (a folder or s3:// URL): channels, statistics, splits, layout, provenance."""
     from canonstore.formats import open_store
     from canonstore.formats.summary import describe
 
