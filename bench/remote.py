@@ -1,6 +1,7 @@
 """Zarr sources, local and on S3: build times against NetCDF, and bytes fetched for a subset against bytes selected.
 
     python bench/remote.py [--days 120] [--nlat 32 --nlon 64] [--repeats 3] [--work /tmp/canonstore-bench-remote]
+    python bench/remote.py --pull-only --days 240 --nlat 64 --nlon 128     # the pull rows only (440 MB)
 
 Writes WeatherBench 2-shaped data (2m_temperature and geopotential on 13 levels, 6-hourly, chunks of 16 steps x
 1 level) as Zarr v3 and as NetCDF, starts moto's S3 server in its own process on 127.0.0.1 and uploads the Zarr
@@ -8,7 +9,7 @@ store to it, then builds the same recipe from each, interleaved, `--repeats` tim
 and builds a subset (3 of 13 levels, the middle quarter of the days) from S3, counting every byte fetched
 against the bytes of the chunks the subset selects; then publishes the local Zarr build to S3 and times `pull`
 against a plain parallel GET of the same objects into files (throughput, median of `--repeats` interleaved
-runs). Results: bench/results/remote.json.
+runs). Results: bench/results/remote.json (`--pull-only`: one local build, the pull rows, remote-pull.json).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--nlat", type=int, default=32)
     parser.add_argument("--nlon", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pull-only", action="store_true", help="build once locally and time only the pull rows")
     parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-remote"))
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -89,6 +91,8 @@ def main() -> None:
     make_staging(args.work, "bench-remote")
     ds = wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13)
     local = write_zarr(ds, args.work / "era5.zarr", time_chunk=CHUNK)
+    if args.pull_only:
+        return _pull_only(args, local)
     as_netcdf(wb2_dataset(steps=4 * args.days, nlat=args.nlat, nlon=args.nlon, levels=LEVELS13), args.work / "era5.nc")
     server = _start_s3(args.work)
     try:
@@ -123,6 +127,22 @@ def main() -> None:
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "remote.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(json.dumps(rows, indent=1))
+
+
+def _pull_only(args, local: Path) -> None:
+    """One build from the local Zarr source, then the pull rows alone: bench/results/remote-pull.json."""
+    recipe = write_recipe(args.work, name="zl", sources=[str(local)], variables=WB2, splits=_splits(args.days))
+    _timed(recipe, args.work / "zarr-local.zarr")
+    server = _start_s3(args.work)
+    try:
+        rows = {"data": f"{4 * args.days} steps x (1 + 13 levels) x {args.nlat}x{args.nlon}", "repeats": args.repeats}
+        rows["pull"] = _pull(args, args.work / "zarr-local.zarr")
+    finally:
+        server.terminate()
+        server.wait()
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "remote-pull.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
 
 
@@ -174,6 +194,7 @@ def _pull(args, store: Path) -> dict:
     objects = Objects(url)
     sizes = objects.list()
     nbytes = sum(sizes.values())
+    largest = max(sizes.values())
 
     def plain(out: Path) -> None:  # whole-object GETs, LIMIT in flight, written to files: no hashing, no staging
         async def one(key: str) -> None:
@@ -185,8 +206,8 @@ def _pull(args, store: Path) -> dict:
 
         run_async(bounded(sorted(sizes), one, LIMIT))
 
-    # pull-whole-objects: one request per object, to tell the cost of ranged requests (a server that reads the
-    # whole object for each range, as moto does, pays it once per part) from pull's own work
+    # pull_whole_objects: one request per object, however large (pull splits objects above its WHOLE_MB into
+    # ranged parts): a server that reads the whole object for each range, as moto does, pays it once per part
     runs: dict[str, list[float]] = {"pull": [], "pull_whole_objects": [], "plain_get": []}
     for _ in range(args.repeats):  # interleaved, each into an empty folder
         for kind in runs:
@@ -196,15 +217,17 @@ def _pull(args, store: Path) -> dict:
             if kind == "plain_get":
                 plain(out)
             else:
-                pull(url, out, progress=False, part_mb=8.0 if kind == "pull" else 1e6)
+                pull(url, out, progress=False, **({"whole_mb": 1e9} if kind == "pull_whole_objects" else {}))
             runs[kind].append(time.perf_counter() - began)
     median = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "objects": len(sizes),
         "mb": round(nbytes / 1e6, 1),
+        "largest_object_mb": round(largest / 1e6, 1),
         "seconds": {k: [round(s, 3) for s in v] for k, v in runs.items()},
         "mb_per_s": {k: round(nbytes / 1e6 / v, 1) for k, v in median.items()},
         "pull_over_plain_get": round(median["plain_get"] / median["pull"], 2),
+        "pull_over_plain_get_per_run": [round(g / p, 2) for g, p in zip(runs["plain_get"], runs["pull"])],
         "whole_objects_over_plain_get": round(median["plain_get"] / median["pull_whole_objects"], 2),
     }
 

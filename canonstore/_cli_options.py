@@ -1,11 +1,42 @@
 """The click options `train`, `forecast` and `evaluate` share, and the run they name: the same options always
-reach the same run folder."""
+reach the same run folder; and `build`'s options."""
 
 from __future__ import annotations
 
 import click
 
 from canonstore.splits.names import SPLITS
+
+
+def build_options(fn):
+    """`build RECIPE` and its options, passed on by name to `preprocess.build`."""
+    options = [
+        click.argument("recipe", type=click.Path(dir_okay=False)),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            help="Store path or s3:// URL (default data/intermediate/<name>.zarr).",
+        ),
+        click.option("--force", is_flag=True, help="Rebuild even if recipe and inputs are unchanged."),
+        click.option("--resume", is_flag=True, help="Go on from an interrupted build's finished shards (.partial)."),
+        click.option("--workers", type=click.IntRange(min=1), help="Run on a local dask cluster of N workers."),
+        click.option("--scheduler", help="Run on the dask.distributed scheduler at this address (tcp://host:8786)."),
+        click.option(
+            "--scheduler-file",
+            type=click.Path(dir_okay=False),
+            help="Run on the dask scheduler this file names (what dask-jobqueue and dask-mpi write).",
+        ),
+        click.option(
+            "--force-unlock",
+            is_flag=True,
+            help="--out s3://: remove the publish lock a killed build on another machine left beside the store.",
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 def training_options(fn):

@@ -8,7 +8,15 @@ import sys
 import click
 
 from canonstore import __version__
-from canonstore._cli_options import bars, config_of, folder_of, forecast_options, score_options, training_options
+from canonstore._cli_options import (
+    bars,
+    build_options,
+    config_of,
+    folder_of,
+    forecast_options,
+    score_options,
+    training_options,
+)
 from canonstore._logging import on_terminal
 from canonstore.errors import CanonstoreError
 
@@ -64,36 +72,12 @@ def main(ctx, verbose, quiet):
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Store path (default data/intermediate/<name>.zarr).")
-@click.option("--force", is_flag=True, help="Rebuild even if recipe and inputs are unchanged.")
-@click.option("--resume", is_flag=True, help="Go on from an interrupted build's finished shards (its .partial).")
-@click.option("--workers", type=click.IntRange(min=1), help="Run on a local dask cluster of N worker processes.")
-@click.option("--scheduler", help="Run on the dask.distributed scheduler at this address (tcp://host:8786).")
-@click.option(
-    "--scheduler-file",
-    type=click.Path(dir_okay=False),
-    help="Run on the dask scheduler this file names (what dask-jobqueue and dask-mpi write).",
-)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe, out, force, resume, workers, scheduler, scheduler_file, quiet, debug):
+@build_options
+def build(recipe, out, quiet, debug, **options):
     """Build the store described by RECIPE (in this process unless a dask cluster is named)."""
     from canonstore.preprocess import build as build_store
 
-    _run(
-        lambda: build_store(
-            recipe,
-            out,
-            force=force,
-            progress=bars(quiet),
-            resume=resume,
-            workers=workers,
-            scheduler=scheduler,
-            scheduler_file=scheduler_file,
-        ),
-        debug,
-    )
+    _run(lambda: build_store(recipe, out, progress=bars(quiet), **options), debug)
 
 
 @main.command()
@@ -109,10 +93,10 @@ def append(store, recipe, quiet, debug):
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def inspect(store, debug):
-    """Summarise STORE: channels, statistics, splits, layout, provenance."""
+    """Summarise STORE (a folder or s3:// URL): channels, statistics, splits, layout, provenance."""
     from canonstore.formats import open_store
     from canonstore.formats.summary import describe
 

@@ -80,6 +80,20 @@ class Objects:
     def put(self, key: str, data: bytes) -> None:
         self.put_files([(key, data)])
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write object `key` only if there is none (S3's conditional PUT, If-None-Match: *): True if this call
+        created it, False if one was there."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            obstore.put(self.store, key, data, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except Exception as exc:
+            raise self.fail(exc, key) from None
+        return True
+
     def put_files(self, pairs: Iterable[tuple[str, Path | bytes]], limit: int = LIMIT) -> None:
         """Upload each (key, local file or bytes); obstore splits large files into a multipart upload, which
         appears whole or not at all."""
@@ -119,6 +133,17 @@ class Objects:
                 raise self.fail(exc, key) from None
 
         run_async(bounded(list(keys), delete, limit))
+
+    async def stream(self, key: str, chunk: int = 8 << 20):
+        """The bytes of object `key` in one GET, as they arrive, in pieces of about `chunk` bytes (async)."""
+        import obstore
+
+        try:
+            result = await obstore.get_async(self.bulk, key)
+            async for piece in result.stream(min_chunk_size=chunk):
+                yield piece
+        except Exception as exc:
+            raise self.fail(exc, key) from None
 
     async def get_range(self, key: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of object `key` (for concurrent ranged reads: `bounded`)."""

@@ -91,6 +91,7 @@ def build(
     scheduler: str | None = None,
     scheduler_file: str | None = None,
     workers: int | None = None,
+    force_unlock: bool = False,
 ) -> BuildResult:
     """Build the store described by the recipe at `recipe_path` (default out: data/intermediate/<name>.zarr).
 
@@ -100,13 +101,14 @@ def build(
     rebuild (`preprocess.append`). `scheduler` (address), `scheduler_file` or `workers` (a local
     cluster of that many processes) run the shard tasks on dask.distributed (`preprocess.executor`);
     the store is the same, bit for bit. An `s3://` `out` is built in a temporary folder and published there
-    (`preprocess.upload`; `resume` does not apply).
+    (`preprocess.upload`; `resume` does not apply; `force_unlock` removes the lock object a killed publish on
+    another machine left beside it, `preprocess.remote_lock`).
     """
     options = BuildOptions(force, progress, resume, block_mb, append, scheduler, scheduler_file, workers)
     recipe = load_recipe(recipe_path)
     if is_url(out):  # built here, in a temporary folder, then published (FORMAT.md, "On object storage")
         local = dict(force=True, progress=progress, block_mb=block_mb, append=False, **options.executor)
-        return publish_build(recipe, out, force, lambda path: build(recipe_path, path, **local))
+        return publish_build(recipe, out, force, lambda path: build(recipe_path, path, **local), force_unlock)
     out = Path(out) if out else Path("data", "intermediate", f"{recipe.name}.zarr")
     refuse_output_among_sources(recipe, out)
     with build_lock(out), build_log(out), ThreadPoolExecutor(1, thread_name_prefix="canonstore-inputs") as pool:

@@ -1,12 +1,17 @@
 """`canonstore pull s3://.../name.zarr DEST.zarr`: a store on object storage copied to local disk, for
 memory-mapped training (FORMAT.md, "On object storage").
 
-Each object is fetched in ranged parts of `part_mb` MiB, `limit` requests in flight across all objects, written in
-place into `<rel>.part` inside the staging folder `DEST.zarr.partial` (canonstore's marker, as a build's), then
-synced, hashed and renamed to `<rel>` only when its size and sha256 are the manifest's. A killed pull therefore
-goes on from every file it completed (checked again by size and sha256); `.part` files and files that do not
-match are fetched again. The manifest is written last, the folder verified and published by the same swap as a
-build (`atomic.replace_folder`). An existing DEST must be a canonstore store; one of the same build is kept.
+Each object up to `whole_mb` MiB comes in one GET; a larger one in ranged parts of `part_mb` MiB, so that one
+large shard is spread over many requests (S3 serves ranges natively; some servers, moto among them, read the
+whole object for every range, which is why small objects are not split). `limit` requests are in flight across
+all objects. Each object is written into `<rel>.part` inside the staging folder `DEST.zarr.partial`
+(canonstore's marker, as a build's) and hashed as its bytes arrive, in order, then renamed to `<rel>` only
+when its size and sha256 are the manifest's. A killed pull therefore goes on from every file it completed
+(checked again by size and sha256: files are not synced one by one, so a file a power loss cut short is
+fetched again); `.part` files and files that do not match are fetched again. Once all are there, the folder
+is synced to disk in one step (`atomic.sync_tree`), the manifest written last, the folder checked against it
+and published by the same swap as a build (`atomic.replace_folder`). An existing DEST must be a canonstore
+store; one of the same build is kept.
 
     pull("s3://bucket/wb2/era5.zarr", "data/era5.zarr")     # -> PullResult(path, files, fetched, kept, seconds)
 """
@@ -14,6 +19,7 @@ build (`atomic.replace_folder`). An existing DEST must be a canonstore store; on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canonstore._progress import progress as progress_bar
-from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, write_file_atomic
+from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, sync_tree, write_file_atomic
 from canonstore.errors import StoreError
 from canonstore.formats.manifest import MANIFEST, file_sha256, inside
 from canonstore.formats.remote_store import open_remote
@@ -34,7 +40,11 @@ from canonstore.remote import URL
 
 logger = logging.getLogger(__name__)
 
-PART_MB = 8.0  # bytes per ranged request: large enough to amortise a request, small enough to spread one shard
+# Objects up to WHOLE_MB MiB come in one request (rclone's multi-thread cutoff is the same 256 MiB): a store's
+# many shards keep `limit` requests busy without splitting them. Larger ones come in PART_MB ranges (AWS's advice
+# for byte-range GETs: 8 or 16 MB), so that one large shard is spread over many connections.
+WHOLE_MB = 256.0
+PART_MB = 8.0
 
 
 @dataclass
@@ -48,7 +58,14 @@ class PullResult:
     seconds: float
 
 
-def pull(url: str, dest: str | Path, progress: bool = True, limit: int = LIMIT, part_mb: float = PART_MB) -> PullResult:
+def pull(
+    url: str,
+    dest: str | Path,
+    progress: bool = True,
+    limit: int = LIMIT,
+    part_mb: float = PART_MB,
+    whole_mb: float = WHOLE_MB,
+) -> PullResult:
     """Copy the store at `url` to the local folder `dest` (see the module docstring)."""
     began = time.perf_counter()
     url, dest = URL(str(url).rstrip("/")), Path(dest)
@@ -69,7 +86,9 @@ def pull(url: str, dest: str | Path, progress: bool = True, limit: int = LIMIT, 
             logger.info(f"resuming {staging}: {len(kept)} of {len(files)} files already complete")
         total = sum(files[rel]["size"] for rel in todo)
         with progress_bar(total, "pull", "B", enabled=progress, unit_scale=True) as bar:
-            fetched = run_async(_fetch(Objects(url), staging, {rel: files[rel] for rel in todo}, limit, part_mb, bar))
+            sizes = _Sizes(part_mb, whole_mb)
+            fetched = run_async(_fetch(Objects(url), staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
+        sync_tree(staging)  # every file on disk before the manifest says the copy is complete
         write_file_atomic(staging / MANIFEST, raw)  # verbatim: the local store has the same build id
         problems = verify_store(staging, checksums=False)  # every file was hashed as it arrived
         if problems:
@@ -79,11 +98,6 @@ def pull(url: str, dest: str | Path, progress: bool = True, limit: int = LIMIT, 
     rate = fetched / 1e6 / max(seconds, 1e-9)
     logger.info(f"pulled {url} to {dest}: {fetched / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)")
     return PullResult(dest, len(files), fetched, len(kept), seconds)
-
-
-def _synced_sha256(fd: int, path: Path) -> str:
-    os.fsync(fd)  # on disk before it is renamed to its final name (resumes re-hash it anyway)
-    return file_sha256(path)
 
 
 def _sort_out(staging: Path, files: dict) -> tuple[list[str], list[str]]:
@@ -105,39 +119,102 @@ def _sort_out(staging: Path, files: dict) -> tuple[list[str], list[str]]:
     return sorted(rel for rel in files if rel not in done), sorted(kept)
 
 
-async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, part_mb: float, bar) -> int:
-    """Every file of `files`, in ranged parts, `limit` requests in flight (and at most 2 x `limit` files open);
-    returns the bytes received."""
+@dataclass(frozen=True)
+class _Sizes:
+    """How objects are requested: whole up to `whole_mb` MiB, else in parts of `part_mb` MiB."""
+
+    part_mb: float
+    whole_mb: float
+
+    def parts(self, size: int) -> list[tuple[int, int]]:
+        """[start, stop) of each request for an object of `size` bytes; one for a small or empty object."""
+        if size <= self.whole_mb * (1 << 20):
+            return [(0, size)]
+        part = max(1, int(self.part_mb * (1 << 20)))
+        return [(start, min(start + part, size)) for start in range(0, size, part)]
+
+
+def _write_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _absorb(fd: int, digest, data, offset: int) -> None:
+    """Write `data` at `offset` and hash it (hashlib releases the GIL): in a worker thread, off the event loop."""
+    _write_all(fd, data, offset)
+    digest.update(data)
+
+
+def _hash_back(fd: int, digest, start: int, stop: int) -> None:
+    """Hash bytes [start, stop) written earlier (a part that arrived before the one ahead of it)."""
+    while start < stop:
+        data = os.pread(fd, min(stop - start, 8 << 20), start)
+        digest.update(data)
+        start += len(data)
+
+
+async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, sizes: _Sizes, bar) -> int:
+    """Every file of `files`, whole or in ranged parts (`sizes`), `limit` requests in flight (and at most
+    2 x `limit` files open), each hashed as it arrives; returns the bytes received."""
     requests, open_files, received = asyncio.Semaphore(limit), asyncio.Semaphore(2 * limit), [0]
-    part = max(1, int(part_mb * (1 << 20)))
+
+    def count(data) -> None:
+        received[0] += len(data)
+        bar.update(len(data))
+
+    async def whole(rel: str, fd: int, digest) -> None:
+        async with requests:
+            offset = 0
+            async for data in objects.stream(rel):
+                await asyncio.to_thread(_absorb, fd, digest, data, offset)
+                offset += len(data)
+                count(data)
+
+    async def ranged(rel: str, fd: int, digest, parts: list[tuple[int, int]]) -> None:
+        done, hashed, in_order, ends = set(), [0], asyncio.Lock(), dict(parts)
+
+        async def piece(start: int, stop: int) -> None:
+            async with requests:
+                data = await objects.get_range(rel, start, stop)
+            await asyncio.to_thread(_write_all, fd, data, start)  # the event loop keeps fetching
+            count(data)
+            done.add(start)
+            async with in_order:  # the digest takes the parts in order: this one if next, and any held back
+                while hashed[0] in done:
+                    begin, end = hashed[0], ends[hashed[0]]
+                    if begin == start:
+                        await asyncio.to_thread(digest.update, data)
+                    else:
+                        await asyncio.to_thread(_hash_back, fd, digest, begin, end)
+                    hashed[0] = end
+
+        await asyncio.gather(*(piece(start, stop) for start, stop in parts))
 
     async def one(rel: str) -> None:
         async with open_files:
             size, final = files[rel]["size"], staging / rel
             partial = final.with_name(final.name + ".part")
             partial.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            digest, parts = hashlib.sha256(), sizes.parts(size)
             try:
-                os.ftruncate(fd, size)
-
-                async def piece(start: int) -> None:
-                    async with requests:
-                        data = await objects.get_range(rel, start, min(start + part, size))
-                    await asyncio.to_thread(os.pwrite, fd, data, start)  # the event loop keeps fetching
-                    received[0] += len(data)
-                    bar.update(len(data))
-
-                await asyncio.gather(*(piece(start) for start in range(0, size, part)))
-                digest = await asyncio.to_thread(_synced_sha256, fd, partial)
+                if len(parts) == 1:
+                    await whole(rel, fd, digest)
+                else:
+                    os.ftruncate(fd, size)
+                    await ranged(rel, fd, digest, parts)
+                length = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            if digest != files[rel]["sha256"]:
+            if length != size or digest.hexdigest() != files[rel]["sha256"]:
                 partial.unlink()
                 raise StoreError(
-                    f"{objects.where(rel)}: its sha256 is not the manifest's (changed while pulled, or damaged); "
-                    f"`canonstore verify {objects.url}`, then pull again"
+                    f"{objects.where(rel)}: its size or sha256 is not the manifest's (changed while pulled, or "
+                    f"damaged); `canonstore verify {objects.url}`, then pull again"
                 )
             os.replace(partial, final)
 
-    await asyncio.gather(*(one(rel) for rel in files))
+    await asyncio.gather(*(one(rel) for rel in sorted(files, key=lambda rel: -files[rel]["size"])))  # largest first
     return received[0]

@@ -13,6 +13,7 @@ those under a marker of its own (`atomic.MARKER`); anything else under the URL i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -31,6 +32,8 @@ from canonstore.preprocess.inputs import input_records, up_to_date
 from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.publish import BuildResult
 from canonstore.preprocess.recipe import Recipe
+from canonstore.preprocess.remote_lock import remote_lock
+from canonstore.preprocess.upload_staging import upload_folder
 
 logger = logging.getLogger(__name__)
 
@@ -38,36 +41,52 @@ ROOT = "zarr.json"
 COPY_LIMIT = 5 * 2**30  # S3's CopyObject copies at most 5 GiB in one request (larger needs a multipart copy)
 
 
-def publish_build(recipe: Recipe, url: str, force: bool, build_local: Callable[[Path], BuildResult]):
+def publish_build(
+    recipe: Recipe, url: str, force: bool, build_local: Callable[[Path], BuildResult], force_unlock: bool = False
+):
     """Build `recipe` with `build_local(path)` into a temporary folder and publish it at `url`, unless the store
-    there is up to date (same recipe and inputs). The target is checked before anything is built."""
+    there is up to date (same recipe and inputs). The target is checked and the URL locked (`publish_locks`)
+    before anything is built."""
     parent, name = parent_and_name(url)
     objects = Objects(parent)
-    check_target(objects, name)
+    check_target(objects, name)  # a missing bucket or wrong credentials: one line, before any lock
+    with publish_locks(url, force_unlock):
+        return _build_and_publish(recipe, url, force, build_local, objects, name)
+
+
+def _build_and_publish(recipe, url, force, build_local, objects: Objects, name: str):
     unfinished = _finish_publish(objects, name)
     previous = _root_attrs(objects, name)
     inputs = input_records(recipe.sources, (previous or {}).get("inputs", []))
     if not force and not unfinished and up_to_date(previous, recipe, inputs):
         logger.info(f"{url} is up to date (same recipe and inputs); nothing to do")
         return BuildResult(url, built=False)
-    with tempfile.TemporaryDirectory(prefix="canonstore-upload-") as folder:  # TMPDIR chooses the disk
-        result = build_local(Path(folder) / name)
-        publish_url(result.path, url)
+    with upload_folder() as folder:  # TMPDIR chooses the disk; a killed build's folder is removed by the next
+        result = build_local(folder / name)
+        _publish(result.path, url)
     logger.info(f"published {url}")
     return dataclasses.replace(result, path=url)
 
 
-def publish_url(local: Path, url: str) -> None:
+def publish_url(local: Path, url: str, force_unlock: bool = False) -> None:
     """Publish the complete local store at `local` to `url`, in the two phases of the module docstring; one
-    publish per URL at a time on this machine (`publish_lock`)."""
-    with publish_lock(url):
+    publish per URL at a time (`publish_locks`)."""
+    with publish_locks(url, force_unlock):
         _publish(local, url)
+
+
+@contextlib.contextmanager
+def publish_locks(url: str, force_unlock: bool = False):
+    """This machine's lock of `url` (`publish_lock`), then the lock object beside the store, which keeps out
+    publishers on other machines (`preprocess.remote_lock`; `force_unlock` removes a killed one's)."""
+    parent, name = parent_and_name(url)
+    with publish_lock(url), remote_lock(Objects(parent), name, force_unlock):
+        yield
 
 
 def publish_lock(url: str):
     """The build lock (`preprocess.lock`) of a file in the temp folder named by `url`'s hash: a second publish of
-    the same URL from this machine is refused while the first runs. Object storage has no lock of its own, so
-    publishes from two machines at once are not prevented (README, "On object storage")."""
+    the same URL from this machine is refused while the first runs (other machines: `publish_locks`)."""
     path = Path(tempfile.gettempdir()) / f"canonstore-publish-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
     return build_lock(path, what=f"publish of {url}")
 

@@ -108,6 +108,16 @@ def test_open_store_and_verify_on_a_url(s3, tiny_store):
         _ = open_store(url).splits
 
 
+def test_inspect_a_url(s3, tiny_store):
+    """`canonstore inspect s3://...` reads only metadata, labels, statistics and splits: the local summary."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    shown = CliRunner().invoke(main, ["inspect", url])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == CliRunner().invoke(main, ["inspect", str(tiny_store)]).output.replace(str(tiny_store), url)
+    assert one_line(["inspect", f"s3://{s3}/nothing.zarr"]).startswith(f"error: s3://{s3}/nothing.zarr: no such store")
+
+
 def test_errors_are_one_line(s3, tiny_raw, tiny_store, tmp_path, monkeypatch):
     recipe = demo_recipe(tmp_path, tiny_raw)
     for args in (
