@@ -1,10 +1,11 @@
 """The batch path: whole-batch gathers into pinned buffers, copied to the GPU ahead of use.
 
 `workers` background threads fill host buffers, each gathering whole batches in turn (batch k by
-thread k % workers; numpy releases the GIL while copying), and hand them over in order; the main thread
-issues the host-to-device copy of batch k+1 on a side CUDA stream while batch k trains. There are no DataLoader worker processes and no extra
-copies: memmap -> pinned buffer -> GPU. Static fields and encodings are appended, the dtype converted and
-random patches cropped on the device; on the CPU the batch is assembled in place instead.
+thread k % workers; numpy releases the GIL while copying), and hand them over in order; the main
+thread issues the host-to-device copy of batch k+1 on a side CUDA stream while batch k trains. There
+are no DataLoader worker processes and no extra copies: memmap -> pinned buffer -> GPU. Static fields
+and encodings are appended, the dtype converted and random patches cropped on the device; on the CPU
+the batch is assembled in place instead.
 """
 
 from __future__ import annotations
