@@ -18,7 +18,7 @@ from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.remote_store import pull_first
-from canonstore.formats.shards import take_rows
+from canonstore.formats.shards import ShardedArray, take_rows
 from canonstore.loaders.encodings import Encodings
 from canonstore.loaders.windows import Windows
 from canonstore.splits import check_split
@@ -186,7 +186,8 @@ class StoreDataset(WindowDataset):
             take_rows(array, rows_in.ravel(), x_out.reshape(rows_in.size, -1), n)
             return x_out, y_out
         dynamic = (self.history + 1) * self.channels.size
-        slices = self.windows.whole_steps and isinstance(array, np.ndarray)  # faster than np.take for rows this large
+        # A window of whole steps is a slice (a view inside one shard): faster than a take of rows this large
+        slices = self.windows.whole_steps and isinstance(array, (np.ndarray, ShardedArray))
         for k in range(rows_in.shape[0]):  # x_out[k, :dynamic] is contiguous, so the reshapes are views
             into = x_out[k, :dynamic].reshape(rows_in.shape[1], -1)
             if slices:

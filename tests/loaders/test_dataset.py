@@ -74,6 +74,21 @@ def test_gather_equals_samples_stacked(tiny_store, kwargs):
     np.testing.assert_array_equal(out_y, y)
 
 
+def test_gather_of_windows_across_shard_boundaries(tiny_store):
+    """Windows of whole steps are copied as slices: those that straddle two shards too."""
+    store = open_store(tiny_store)
+    ds = open_dataset(store, "train", history=2)
+    assert store.array.shards > 1
+    whole = np.asarray(store.array[:])  # every step, joined once
+    positions = np.arange(len(ds))
+    x, y = ds.gather(positions)
+    dynamic = 3 * len(store.channels)
+    for k in positions:
+        t = int(ds.times[k])
+        np.testing.assert_array_equal(x[k, :dynamic], whole[t - 2 : t + 1].reshape(dynamic, *whole.shape[2:]))
+        np.testing.assert_array_equal(y[k], whole[t + 1])
+
+
 def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_store, tmp_path):
     plain = open_dataset(tiny_store, "test", history=1, channels=["u850", "msl"])
     for storage, atol in (({"compression": "zstd", "shard_mb": 1}, 0), ({"dtype": "float16"}, 2e-3)):
