@@ -149,8 +149,10 @@ def memcpy_batches(store, args):
 
 def memcpy_sample_batches(store, args, epochs: int | None = None):
     """The batch loader's bytes and nothing else: each batch's samples (the sampler's positions, in its order)
-    copied step by step from the memmap into one reused buffer, the batch split over the same threads."""
-    from concurrent.futures import ThreadPoolExecutor
+    copied step by step from the memmap into a reused buffer, by the same number of threads, each copying whole
+    batches in turn into its own buffer (no split, no join, no buffer bookkeeping: the least a loader can do)."""
+    import queue
+    import threading
 
     from canonstore.loaders import BatchSampler
     from canonstore.loaders.windows import Windows
@@ -159,21 +161,28 @@ def memcpy_sample_batches(store, args, epochs: int | None = None):
     sampler = BatchSampler(len(windows.times), args.batch_size, True, 0, True)
     mapped = store.array
     steps = [mapped[t].reshape(-1) for t in range(len(mapped))]  # views: which shard holds a step is looked up once
-    x = np.empty((args.batch_size, steps[0].size), store.dtype)
-    y = np.empty_like(x)
+    batches = [windows.times[np.asarray(positions)] for positions in sampler]  # epoch 0's, as the loader's first
+    done = object()
 
-    def copy(part, times):
-        for k in part:
-            np.copyto(x[k], steps[times[k]])
-            np.copyto(y[k], steps[times[k] + 1])
-
-    with ThreadPoolExecutor(args.workers) as pool:
+    def copy(w: int, handed: queue.Queue) -> None:
+        x = np.empty((args.batch_size, steps[0].size), store.dtype)
+        y = np.empty_like(x)
         for _ in itertools.count() if epochs is None else range(epochs):
-            for positions in sampler:
-                times = windows.times[np.asarray(positions)]
-                parts = np.array_split(np.arange(len(positions)), args.workers)
-                list(pool.map(copy, parts, [times] * len(parts)))
-                yield x, y
+            for times in batches[w :: args.workers]:
+                for k, t in enumerate(times):
+                    np.copyto(x[k], steps[t])
+                    np.copyto(y[k], steps[t + 1])
+                handed.put((x, y))
+        handed.put(done)
+
+    handed = [queue.Queue(maxsize=1) for _ in range(args.workers)]
+    for w in range(args.workers):
+        threading.Thread(target=copy, args=(w, handed[w]), daemon=True).start()
+    for i in itertools.count():
+        item = handed[i % args.workers].get()
+        if item is done:
+            return
+        yield item
 
 
 def measure(name: str, args) -> dict:
