@@ -21,10 +21,13 @@ from canonstore.errors import StoreError
 MANIFEST = "manifest.json"
 
 
-def file_sha256(path: Path, block: int = 1 << 23) -> str:
+def file_sha256(path: Path, block: int = 1 << 23, stop=None) -> str:
+    """The file's sha256; `stop` (a threading.Event), once set, interrupts it between blocks (InterruptedError)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"hashing {path} stopped")
             digest.update(chunk)
     return digest.hexdigest()
 

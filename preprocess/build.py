@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,18 +120,28 @@ def build(
         # Only files whose size, mtime or inode changed since the store (or the partial build) are hashed; while
         # the sources are opened, unless the store's inputs must be compared first.
         known = (previous or {}).get("inputs", []) + (state or {}).get("inputs", [])
-        hashing = pool.submit(input_records, recipe.sources, known)
-        if not force and previous is not None:
-            inputs = hashing.result()
-            if up_to_date(previous, recipe, inputs):
-                logger.info(f"{out} is up to date (same recipe and inputs); nothing to do")
-                return BuildResult(out, built=False)
-            if append:
-                result = try_append(out, recipe, inputs, previous, progress=progress, block_mb=block_mb)
-                if isinstance(result, BuildResult):
-                    return result
-                logger.info(f"rebuilding {out} (not an append: {result})")
-        return _build_new(recipe, out, hashing, state, options)
+        stop_hashing = threading.Event()  # set on any error or Ctrl-C: the pool's exit then waits for one block only
+        hashing = pool.submit(input_records, recipe.sources, known, stop=stop_hashing)
+        try:
+            return _check_and_build(recipe, out, force, append, progress, block_mb, previous, hashing, state, options)
+        except BaseException:
+            stop_hashing.set()
+            raise
+
+
+def _check_and_build(recipe, out, force, append, progress, block_mb, previous, hashing, state, options) -> BuildResult:
+    """The rest of `build`, inside its lock: an up-to-date store or an append, else a new build."""
+    if not force and previous is not None:
+        inputs = hashing.result()
+        if up_to_date(previous, recipe, inputs):
+            logger.info(f"{out} is up to date (same recipe and inputs); nothing to do")
+            return BuildResult(out, built=False)
+        if append:
+            result = try_append(out, recipe, inputs, previous, progress=progress, block_mb=block_mb)
+            if isinstance(result, BuildResult):
+                return result
+            logger.info(f"rebuilding {out} (not an append: {result})")
+    return _build_new(recipe, out, hashing, state, options)
 
 
 @contextlib.contextmanager

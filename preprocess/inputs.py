@@ -27,8 +27,9 @@ def _stat(path: Path) -> dict:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def input_records(paths, known: list[dict] = (), threads: int = 8) -> list[dict]:
-    """Records of `paths`, reusing the sha256 of any `known` record whose path, size, mtime and inode match."""
+def input_records(paths, known: list[dict] = (), threads: int = 8, stop=None) -> list[dict]:
+    """Records of `paths`, reusing the sha256 of any `known` record whose path, size, mtime and inode match;
+    `stop` (a threading.Event), once set, ends the hashing within a block (InterruptedError)."""
     by_path = {k["path"]: k for k in known if "mtime_ns" in k and "inode" in k}
 
     def record(path: Path) -> dict:
@@ -38,7 +39,7 @@ def input_records(paths, known: list[dict] = (), threads: int = 8) -> list[dict]
         old = by_path.get(now["path"])
         if old is not None and all(old[k] == now[k] for k in ("size", "mtime_ns", "inode")):
             return {**now, "sha256": old["sha256"]}
-        return {**now, "sha256": file_sha256(path)}
+        return {**now, "sha256": file_sha256(path, stop=stop)}
 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: reads and hashes overlap
         return list(pool.map(record, paths))

@@ -115,15 +115,18 @@ def scan(executor: Executor, job: ShardJob, progress: bool, resumable: bool = Tr
     known = {k: r for k, r in known.items() if r is not None}
     order, pending, size = list(shards), {}, int(np.prod(job.shape[2:]))
     with progress_bar(job.shape[0] - job.first, "statistics", enabled=progress) as bar:
-        fresh = executor.map(scan_and_keep if resumable else scan_shard, job, [k for k in shards if k not in known])
-        for k, shard in itertools.chain(known.items(), fresh):
-            pending[k] = shard
-            bar.update(len(range(*job.steps(k))))
-            while order and order[0] in pending:  # merged in shard order, whatever order they finished in
-                first = order[0] == shards[0]
-                shard = pending.pop(order.pop(0))
-                result.stats.merge(shard.moments, size)
-                result.nans.add(shard, first)
+        tasks = executor.map(scan_and_keep if resumable else scan_shard, job, [k for k in shards if k not in known])
+        # closed on any error here: its running tasks stop before the build cleans up (a traceback would keep an
+        # unclosed generator, and tasks still writing into the staging the cleanup removes, alive)
+        with contextlib.closing(tasks) as fresh:
+            for k, shard in itertools.chain(known.items(), fresh):
+                pending[k] = shard
+                bar.update(len(range(*job.steps(k))))
+                while order and order[0] in pending:  # merged in shard order, whatever order they finished in
+                    first = order[0] == shards[0]
+                    shard = pending.pop(order.pop(0))
+                    result.stats.merge(shard.moments, size)
+                    result.nans.add(shard, first)
     return result
 
 

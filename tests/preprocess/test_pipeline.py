@@ -1,6 +1,7 @@
 """The build's threads (preprocess.pipeline): in order, errors raised as they were raised, every thread stopped
 before the caller goes on; a pipelined build writes the store a serial one writes, bit for bit."""
 
+import hashlib
 import threading
 import time
 
@@ -178,3 +179,68 @@ def test_a_bad_input_found_mid_write_is_the_serial_error_and_leaves_nothing(tiny
         assert not out.exists() and not staging_path(out).exists()
     assert "cannot read steps" in errors["piped"] and errors["piped"] == errors["serial"]
     assert not any(t.name.startswith("canonstore-") for t in threading.enumerate())
+
+
+def test_an_error_while_merging_the_scan_stops_every_task_before_cleanup(tiny_raw, tmp_path, monkeypatch):
+    """An error in the scan's own loop (not in a task) closes the running tasks first: none is left to write
+    into the staging that the failed build removes (review: they re-created `.partial` seconds later)."""
+    from canonstore.preprocess import scan as scan_module
+    from canonstore.preprocess.stats import RunningStats
+
+    scan_shard = scan_module.scan_shard
+
+    def slow_after_the_first(job, k, moments=True):
+        if k >= 1:
+            time.sleep(0.5)
+        return scan_shard(job, k, moments)
+
+    def broken_merge(self, *args, **kwargs):
+        raise RuntimeError("merge failed")
+
+    monkeypatch.setattr(scan_module, "scan_shard", slow_after_the_first)
+    monkeypatch.setattr(RunningStats, "merge", broken_merge)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError, match="merge failed"):
+        build(demo_recipe(tmp_path, tiny_raw, storage={"shard_mb": 0.5}), out, progress=False, block_mb=0.1)
+    assert not any(t.name.startswith("canonstore-") for t in threading.enumerate())
+    time.sleep(1.0)  # a task left running would have written by now
+    assert not out.exists() and not staging_path(out).exists()
+
+
+def test_an_interrupted_build_stops_hashing_its_inputs(tiny_raw, tmp_path, monkeypatch):
+    """Ctrl-C while the sources are opened ends the inputs' hashing within a block (review: it used to wait
+    for every input to be hashed, the hours a first build of a large archive takes)."""
+    import importlib
+
+    from canonstore.formats import manifest
+
+    build_module = importlib.import_module("canonstore.preprocess.build")  # the module, not the function
+
+    updates, sha256 = [], hashlib.sha256
+
+    class SlowDigest:
+        def __init__(self):
+            self._digest = sha256()
+
+        def update(self, chunk):
+            updates.append(len(chunk))
+            time.sleep(0.05)
+            self._digest.update(chunk)
+
+        def hexdigest(self):
+            return self._digest.hexdigest()
+
+    def interrupted(recipe):
+        time.sleep(0.3)  # hashing is under way
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(manifest.hashlib, "sha256", SlowDigest)
+    blocks_of_4k = (4096,) + manifest.file_sha256.__defaults__[1:]  # many blocks per file
+    monkeypatch.setattr(manifest.file_sha256, "__defaults__", blocks_of_4k)
+    monkeypatch.setattr(build_module, "open_shared_sources", interrupted)
+    blocks = sum(-(-p.stat().st_size // 4096) for p in tiny_raw.glob("*.nc"))
+    with pytest.raises(KeyboardInterrupt):
+        build(demo_recipe(tmp_path, tiny_raw), tmp_path / "s.zarr", progress=False)
+    hashed = len(updates)
+    time.sleep(0.3)
+    assert 0 < len(updates) == hashed < blocks / 4  # stopped, and long before every block was hashed
