@@ -13,6 +13,7 @@ store that was opened: after a rebuild, mapping one more raises (`formats.handle
 from __future__ import annotations
 
 import operator
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,9 +38,15 @@ class ShardedArray:
         self.shards = self.layout.count
         self.max_mapped = max(1, max_mapped)
         self._mapped: OrderedDict[int, np.memmap] = OrderedDict()
+        self._lock = threading.Lock()  # the batch loader's threads map shards at once
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_mapped": OrderedDict()}  # maps are per process, never pickled
+        state = {**self.__dict__, "_mapped": OrderedDict()}  # maps are per process, never pickled
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @property
     def ndim(self) -> int:
@@ -61,13 +68,15 @@ class ShardedArray:
 
     def shard(self, k: int) -> np.memmap:
         """Shard `k` as a memmap, mapped (and its index checked) on first use."""
-        if k in self._mapped:
-            self._mapped.move_to_end(k)
-            return self._mapped[k]
+        with self._lock:  # another thread's eviction between the lookup and move_to_end raised KeyError
+            if k in self._mapped:
+                self._mapped.move_to_end(k)
+                return self._mapped[k]
         mapped = map_shard(self.handle, self.shape, self.dtype, self.shard_steps, k)
-        self._mapped[k] = mapped
-        while len(self._mapped) > self.max_mapped:
-            self._mapped.popitem(last=False)
+        with self._lock:
+            self._mapped[k] = mapped
+            while len(self._mapped) > self.max_mapped:
+                self._mapped.popitem(last=False)
         return mapped
 
     # -- indexing: exactly NumPy's semantics (`np.asarray(a)[key]`), views where NumPy gives them -----------

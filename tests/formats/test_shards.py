@@ -4,6 +4,7 @@ indexes like the NumPy array it replaces while mapping a bounded number of shard
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -262,3 +263,29 @@ def test_indexing_matches_numpy_over_generated_keys(small_layouts, layout):
     rng = np.random.default_rng(0)
     for _ in range(3000):
         _same_as_numpy(array, whole, _random_key(rng, whole.shape))
+
+
+def test_threads_mapping_shards_at_once_under_a_small_map_cache(tiny_store):
+    """The batch loader's gather threads call `shard` at once; evictions by one never break another's lookup."""
+    import threading
+
+    array = open_store(tiny_store).array
+    array.max_mapped = 1
+    errors = []
+
+    def hammer(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(5000):
+                k = int(rng.integers(0, array.shards))
+                assert array.shard(k).shape[0] == array.layout.steps_in(k)
+        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert pickle.loads(pickle.dumps(array)).shard(0).shape == array.shard(0).shape  # the lock is not pickled
