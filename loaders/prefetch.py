@@ -177,8 +177,8 @@ class BatchLoader:
     def _host_buffers(self, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch buffers; pinned ones (for CUDA) leave out the static fields, added on the GPU."""
         x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=not pin)
-        if not pin:  # numpy's: it asks for transparent huge pages (torch's allocator does not), which copies into
-            # large batches need: measured 0.73 -> see bench/loader.py of the same copy into numpy buffers at 8 MB samples
+        if not pin:  # numpy's: it asks for transparent huge pages, torch's allocator does not (copies of 8 MB
+            # samples into torch's buffers ran at 0.73-0.79 of the same copies into numpy's, bench/loader.py)
             return torch.from_numpy(np.empty(x_shape, self.dataset.store_dtype)), torch.from_numpy(
                 np.empty(y_shape, self.dataset.store_dtype)
             )
