@@ -230,7 +230,7 @@ def test_unchanged_inputs_are_not_hashed_again_touched_ones_are(tmp_path, tiny_r
     build(recipe, out, **silent)
     hashed = []
     original = inputs_module.file_sha256
-    monkeypatch.setattr(inputs_module, "file_sha256", lambda p: hashed.append(p.name) or original(p))
+    monkeypatch.setattr(inputs_module, "file_sha256", lambda p, **kw: hashed.append(p.name) or original(p, **kw))
     assert not build(recipe, out, **silent).built and hashed == []  # a no-op build reads no input byte
     (raw / "z_2001.nc").touch()  # same bytes, new mtime: hashed, still up to date
     assert not build(recipe, out, **silent).built and hashed == ["z_2001.nc"]
