@@ -97,3 +97,16 @@ def test_a_second_run_of_some_rows_is_merged_and_each_row_keeps_its_own_referenc
     got = {r["row"]: (r["canonstore_x"], r["run"]) for r in merged["rows"]}
     assert got == {"canonstore-batch": (1.0, "B"), "anemoi": (20.0, "A"), "xbatcher": (280.0, "B")}
     assert merged["runs"] == ["A", "B"] and set(merged["cold_reads"]) == {"A", "B"}
+
+
+def test_peer_data_never_removes_a_folder_it_did_not_write(tmp_path, monkeypatch):
+    """`--data` names a folder: a size folder there is rewritten only when the benchmark's marker is in it."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench" / "peers"))
+    import data
+
+    users = tmp_path / "s"
+    users.mkdir()
+    (users / "mine.nc").write_text("a user's file")
+    with pytest.raises(SystemExit, match="not written by this benchmark"):
+        data.write_size(tmp_path, "s")
+    assert (users / "mine.nc").read_text() == "a user's file"

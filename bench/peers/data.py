@@ -51,6 +51,7 @@ SIZES = {
     },
 }
 TRAIN_FRACTION, EMBARGO = 0.8, 4
+MARKER = ".canonstore-bench"  # a size folder this benchmark wrote: the only kind it removes
 SHARD_MB = 64  # the many-shard store: every size's store is 10+ shards of this size
 # name: (units, value, wave amplitude); pressure variables scale with the level
 UNITS = {
@@ -92,8 +93,11 @@ def write_size(out: Path, size: str) -> Path:
     if (where / ".complete").exists():
         write_recipes(where, size)  # cheap, and new builds may have been added since
         return where
-    shutil.rmtree(where, ignore_errors=True)
+    if where.exists() and any(where.iterdir()) and not (where / MARKER).exists():
+        raise SystemExit(f"{where} exists and was not written by this benchmark: choose another --data folder")
+    shutil.rmtree(where, ignore_errors=True)  # an unfinished size of ours (its marker) or an empty folder
     (where / "raw").mkdir(parents=True)
+    (where / MARKER).write_text("written by canonstore's bench/peers; removed and rewritten when incomplete\n")
     spec = layout(size)
     nlat, nlon = spec["grid"]
     lat = np.linspace(90, -90, nlat) if nlat % 2 else 90 - (np.arange(nlat) + 0.5) * 180 / nlat

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import mmap
 import os
 import shutil
 import subprocess
@@ -31,6 +30,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # bench/pagecache.py
+from pagecache import evict, files_of, read_all  # noqa: E402
+
 from data import SIZES, layout, write_size  # noqa: E402
 
 CANON = Path(sys.executable)
@@ -82,40 +84,8 @@ KEEP = {
 
 
 # -- files and the page cache ---------------------------------------------------------------------------
-def files_of(path: Path) -> list[Path]:
-    return sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
-
-
 def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in files_of(path))
-
-
-def evict(paths) -> None:
-    """Drop the files' pages from the page cache (no root needed; dirty pages are written first)."""
-    os.sync()
-    for path in paths:
-        for f in files_of(path):
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def read_all(paths, direct: bool = False) -> dict:
-    """Read every file start to end in 16 MiB requests (O_DIRECT: past the page cache): MB/s."""
-    buf = mmap.mmap(-1, 16 << 20)  # page aligned, as O_DIRECT needs
-    total, start = 0, time.perf_counter()
-    for path in paths:
-        for f in files_of(path):
-            fd = os.open(f, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-            try:
-                while (got := os.readv(fd, [buf])) > 0:
-                    total += got
-            finally:
-                os.close(fd)
-    elapsed = time.perf_counter() - start
-    return {"mb": round(total / 1e6, 1), "seconds": round(elapsed, 3), "mb_per_s": round(total / elapsed / 1e6, 1)}
 
 
 # -- measured commands ----------------------------------------------------------------------------------
