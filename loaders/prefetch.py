@@ -85,6 +85,9 @@ class BatchLoader:
         if patch_size is not None and len(dataset.sample_space) != 2:
             raise ValueError(f"random patches need (lat, lon) samples; this store's samples are {dataset.sample_space}")
         self._static = None
+        # Static fields are float32. Gathered into a buffer of a narrower store dtype they would be rounded
+        # (float16: by up to 1.2e-3), so those buffers, and pinned ones, leave them out; `_finish` appends them.
+        self._static_in_buffer = self.device.type != "cuda" and np.dtype(dataset.store_dtype) == np.float32
         self._cpu_ring: list = []  # (buffer pair, idle storage-user counts), see _unused_cpu_buffers
 
     def __len__(self) -> int:
@@ -175,8 +178,8 @@ class BatchLoader:
 
     # -- host side (filler thread) ---------------------------------------------------------
     def _host_buffers(self, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch buffers; pinned ones (for CUDA) leave out the static fields, added on the GPU."""
-        x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=not pin)
+        """Batch buffers, with room for the static fields where they are gathered into them."""
+        x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=self._static_in_buffer)
         if not pin:  # numpy's: it asks for transparent huge pages, torch's allocator does not (copies of 8 MB
             # samples into torch's buffers ran at 0.73-0.79 of the same copies into numpy's, bench/loader.py)
             return torch.from_numpy(np.empty(x_shape, self.dataset.store_dtype)), torch.from_numpy(
@@ -215,7 +218,7 @@ class BatchLoader:
                     with ring_lock:  # the views mark the pair as in use before another thread looks
                         full = self._unused_cpu_buffers(ring)
                         x_buf, y_buf = full[0][: len(positions)], full[1][: len(positions)]
-                self.dataset.gather(positions, x_buf.numpy(), y_buf.numpy(), not cuda)
+                self.dataset.gather(positions, x_buf.numpy(), y_buf.numpy(), self._static_in_buffer)
                 ready.put((x_buf, y_buf, full if cuda else None, positions))
                 del x_buf, y_buf, full  # hold no reference to a CPU batch once it is handed over
         except BaseException as exc:  # re-raised in the consumer, in this batch's turn
@@ -255,7 +258,7 @@ class BatchLoader:
     def _finish(self, x: torch.Tensor, y: torch.Tensor, patches_rng: torch.Generator, positions):
         x, y = x.to(self.dtype), y.to(self.dtype)
         steps = self.last_steps = self.dataset.times[np.asarray(positions, dtype=np.int64)]
-        if x.is_cuda and self.dataset.static.shape[0]:  # static fields are sent to the GPU once
+        if not self._static_in_buffer and self.dataset.static.shape[0]:  # sent to the device once
             if self._static is None:
                 self._static = torch.from_numpy(self.dataset.static).to(x.device, self.dtype)
             x = torch.cat([x, self._static.expand(x.shape[0], *self._static.shape)], dim=1)

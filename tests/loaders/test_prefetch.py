@@ -6,6 +6,8 @@ import torch
 
 from canonstore import open_dataset
 from canonstore.loaders import BatchLoader
+from canonstore.preprocess import build
+from tests.helpers import demo_recipe
 
 
 def _run(loader):
@@ -121,5 +123,19 @@ def test_a_batch_changed_in_place_by_the_caller_never_changes_a_later_batch(tiny
         y.fill_(float("nan"))
     for k, (x, y) in enumerate(loader):
         ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in range(16 * k, min(16 * k + 16, len(ds))))))
+        np.testing.assert_array_equal(x.numpy(), ex)
+        np.testing.assert_array_equal(y.numpy(), ey)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_float16_store_gives_the_samples_static_fields_unrounded(tiny_raw, tmp_path, workers):
+    """Static fields are float32; gathered into a float16 batch buffer they were rounded by up to 1.2e-3."""
+    recipe = demo_recipe(tmp_path, tiny_raw, storage={"dtype": "float16", "shard_mb": 0.2})
+    ds = open_dataset(build(recipe, tmp_path / "half.zarr", progress=False).path, "val")
+    assert ds.static.shape[0] == 2
+    positions, batches = _run(BatchLoader(ds, batch_size=16, seed=1, device="cpu", workers=workers))
+    for p, (x, y) in zip(positions, batches):
+        ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in p)))
+        assert x.dtype == torch.float32
         np.testing.assert_array_equal(x.numpy(), ex)
         np.testing.assert_array_equal(y.numpy(), ey)
