@@ -6,12 +6,16 @@ large shard is spread over many requests (S3 serves ranges natively; some server
 whole object for every range, which is why small objects are not split). `limit` requests are in flight across
 all objects. Each object is written into `<rel>.part` inside the staging folder `DEST.zarr.partial`
 (canonstore's marker, as a build's) and hashed as its bytes arrive, in order, then renamed to `<rel>` only
-when its size and sha256 are the manifest's. A killed pull therefore goes on from every file it completed
-(checked again by size and sha256: files are not synced one by one, so a file a power loss cut short is
-fetched again); `.part` files and files that do not match are fetched again. Once all are there, the folder
-is synced to disk in one step (`atomic.sync_tree`), the manifest written last, the folder checked against it
-and published by the same swap as a build (`atomic.replace_folder`). An existing DEST must be a canonstore
-store; one of the same build is kept.
+when its size and sha256 are the manifest's; each piece's writeback to the disk starts as it is written
+(`atomic.start_writeback`), so the final sync waits for little. A killed pull therefore goes on from every file
+it completed (checked again by size and sha256: files are not synced one by one, so a file a power loss cut
+short is fetched again); `.part` files and files that do not match are fetched again. Once all are there, the
+manifest is written into the folder verbatim, the folder synced to disk in one step (`atomic.sync_tree`),
+checked against the manifest (every file listed and no other, of its size; each sha256 was checked on arrival,
+so nothing is read twice) and published by the same swap as a build (`atomic.replace_folder`): the rename comes
+after the sync, so a published copy never lacks bytes. The remote root `zarr.json` is fetched and checked as
+any file; a pull that fails asks `open_remote` why (a publish under way at the URL says so in one line). An
+existing DEST must be a canonstore store; one of the same build is kept.
 
     pull("s3://bucket/wb2/era5.zarr", "data/era5.zarr")     # -> PullResult(path, files, fetched, kept, seconds)
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import time
@@ -28,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canonstore._progress import progress as progress_bar
-from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, sync_tree, write_file_atomic
+from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, start_writeback, sync_tree
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST, file_sha256, inside
-from canonstore.formats.remote_store import open_remote
-from canonstore.formats.verify import verify_store
+from canonstore.formats.manifest import MANIFEST, check_manifest, file_sha256, inside
+from canonstore.formats.remote_store import open_remote, remote_manifest
 from canonstore.objects import LIMIT, Objects, run_async
 from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.staging import check_output, staging_path
@@ -69,8 +71,8 @@ def pull(
     """Copy the store at `url` to the local folder `dest` (see the module docstring)."""
     began = time.perf_counter()
     url, dest = URL(str(url).rstrip("/")), Path(dest)
-    _, raw = open_remote(url)  # one line for a missing store, bucket or key, or an interrupted publish
-    files = json.loads(raw)["files"]  # its keys checked by open_remote
+    objects = Objects(url)
+    files, raw = remote_manifest(objects)  # one line for a missing store, bucket or key, or an interrupted publish
     with build_lock(dest):
         check_output(dest)
         if (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == raw:
@@ -87,10 +89,14 @@ def pull(
         total = sum(files[rel]["size"] for rel in todo)
         with progress_bar(total, "pull", "B", enabled=progress, unit_scale=True) as bar:
             sizes = _Sizes(part_mb, whole_mb)
-            fetched = run_async(_fetch(Objects(url), staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
-        sync_tree(staging)  # every file on disk before the manifest says the copy is complete
-        write_file_atomic(staging / MANIFEST, raw)  # verbatim: the local store has the same build id
-        problems = verify_store(staging, checksums=False)  # every file was hashed as it arrived
+            try:
+                fetched = run_async(_fetch(objects, staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
+            except StoreError:
+                open_remote(url)  # the root zarr.json was never read apart: a publish under way says so in one line
+                raise
+        (staging / MANIFEST).write_bytes(raw)  # verbatim (the local store has the same build id); synced below
+        sync_tree(staging)  # every file on disk before the rename publishes the copy
+        problems = check_manifest(staging, checksums=False)  # every file's sha256 was checked as it arrived
         if problems:
             raise StoreError(f"{staging}: the pulled store failed verification: {'; '.join(problems[:5])}")
         replace_folder(staging, dest, "store")
@@ -144,7 +150,14 @@ def _write_all(fd: int, data, offset: int) -> None:
 def _absorb(fd: int, digest, data, offset: int) -> None:
     """Write `data` at `offset` and hash it (hashlib releases the GIL): in a worker thread, off the event loop."""
     _write_all(fd, data, offset)
+    start_writeback(fd, offset, len(data))  # the final sync then waits for little
     digest.update(data)
+
+
+def _placed(fd: int, data, offset: int) -> None:
+    """Write `data` at `offset` and start its writeback (a part hashed later, in order)."""
+    _write_all(fd, data, offset)
+    start_writeback(fd, offset, len(data))
 
 
 def _hash_back(fd: int, digest, start: int, stop: int) -> None:
@@ -178,7 +191,7 @@ async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, sizes
         async def piece(start: int, stop: int) -> None:
             async with requests:
                 data = await objects.get_range(rel, start, stop)
-            await asyncio.to_thread(_write_all, fd, data, start)  # the event loop keeps fetching
+            await asyncio.to_thread(_placed, fd, data, start)  # the event loop keeps fetching
             count(data)
             done.add(start)
             async with in_order:  # the digest takes the parts in order: this one if next, and any held back

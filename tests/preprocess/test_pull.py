@@ -134,3 +134,50 @@ def test_pull_refuses_a_manifest_key_outside_dest(s3, tiny_store, tmp_path):
     assert victim.read_text() == "mine" and sorted(os.listdir(victim.parent)) == ["victim.txt"]
     with pytest.raises(StoreError, match="absolute"):
         open_store(url)
+
+
+def test_pull_during_a_publish_says_so(s3, tiny_store, tmp_path):
+    """A swap under way at the URL (marker at the root, the root zarr.json deleted, the manifest already copied):
+    one line saying so, and nothing at DEST."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    objects = Objects(url)
+    objects.put(".canonstore-staging", b'{"made_by": "canonstore", "kind": "swap"}')
+    objects.delete(["zarr.json"])
+    with pytest.raises(StoreError, match="publish was interrupted") as caught:
+        pull(url, tmp_path / "d.zarr", **QUIET)
+    assert url in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "d.zarr").exists()
+
+
+@pytest.mark.parametrize("how", [{}, {"whole_mb": 0, "part_mb": 0.1}])
+def test_pull_writes_back_every_byte_and_syncs_before_the_rename(s3, tiny_store, tmp_path, monkeypatch, how):
+    """Writeback starts for every byte as it is written; the one sync sees every file and the manifest, and
+    comes before the rename that publishes the copy."""
+    import canonstore.preprocess.pull as module
+
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    written, events = [0], []
+    start_writeback, sync_tree, replace_folder = module.start_writeback, module.sync_tree, module.replace_folder
+
+    def writeback(fd, offset, nbytes):
+        written[0] += nbytes
+        start_writeback(fd, offset, nbytes)
+
+    def sync(folder):
+        events.append(("sync", sorted(local_files(folder))))
+        sync_tree(folder)
+
+    def rename(staging, dest, kind):
+        events.append(("rename", None))
+        replace_folder(staging, dest, kind)
+
+    monkeypatch.setattr(module, "start_writeback", writeback)
+    monkeypatch.setattr(module, "sync_tree", sync)
+    monkeypatch.setattr(module, "replace_folder", rename)
+    dest = tmp_path / "demo.zarr"
+    result = pull(url, dest, **QUIET, **how)
+    assert written[0] == result.fetched > 0
+    assert [kind for kind, _ in events] == ["sync", "rename"]
+    assert events[0][1] == sorted([*objects_of(url), ".canonstore-staging"])  # the manifest among them
