@@ -1,9 +1,11 @@
 """`canonstore pull s3://.../name.zarr DEST.zarr`: a store on object storage copied to local disk, for
 memory-mapped training (FORMAT.md, "On object storage").
 
-Each object up to `whole_mb` MiB comes in one GET; a larger one in ranged parts of `part_mb` MiB, so that one
-large shard is spread over many requests (S3 serves ranges natively; some servers, moto among them, read the
-whole object for every range, which is why small objects are not split). `limit` requests are in flight across
+Each object up to `whole_mb` MiB comes in one GET. Larger ones come in ranged parts, only as many as there are
+connections to use: their bytes shared among the `limit` connections, rounded up to `part_mb` MiB (`_Sizes`), so
+one large shard is spread over all connections and a store of many large shards is fetched whole, one object per
+connection. (S3 serves ranges natively; some servers, moto among them, read the whole object for every range,
+where more parts than connections would only cost.) `limit` requests are in flight across
 all objects. Each object is written into `<rel>.part` inside the staging folder `DEST.zarr.partial`
 (canonstore's marker, as a build's) and hashed as its bytes arrive, in order, then renamed to `<rel>` only
 when its size and sha256 are the manifest's; each piece's writeback to the disk starts as it is written
@@ -42,9 +44,9 @@ from canonstore.remote import URL
 
 logger = logging.getLogger(__name__)
 
-# Objects up to WHOLE_MB MiB come in one request (rclone's multi-thread cutoff is the same 256 MiB): a store's
-# many shards keep `limit` requests busy without splitting them. Larger ones come in PART_MB ranges (AWS's advice
-# for byte-range GETs: 8 or 16 MB), so that one large shard is spread over many connections.
+# Objects up to WHOLE_MB MiB come in one request (rclone's multi-thread cutoff is the same 256 MiB). Larger ones
+# come in ranges of at least PART_MB (AWS's advice for byte-range GETs: 8 or 16 MB), no more of them than there are
+# connections (`_Sizes.shared`): one large shard is spread over many connections; more parts would not add one.
 WHOLE_MB = 256.0
 PART_MB = 8.0
 
@@ -88,7 +90,7 @@ def pull(
             logger.info(f"resuming {staging}: {len(kept)} of {len(files)} files already complete")
         total = sum(files[rel]["size"] for rel in todo)
         with progress_bar(total, "pull", "B", enabled=progress, unit_scale=True) as bar:
-            sizes = _Sizes(part_mb, whole_mb)
+            sizes = _Sizes.shared([files[rel]["size"] for rel in todo], limit, whole_mb, part_mb)
             try:
                 fetched = run_async(_fetch(objects, staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
             except StoreError:
@@ -127,17 +129,32 @@ def _sort_out(staging: Path, files: dict) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class _Sizes:
-    """How objects are requested: whole up to `whole_mb` MiB, else in parts of `part_mb` MiB."""
+    """How objects are requested: whole up to `whole` bytes, larger ones in ranged parts of `part` bytes.
 
-    part_mb: float
-    whole_mb: float
+    >>> _Sizes.shared([440_000_000, 600], limit=16).part / 2**20    # one large shard: 14 parts, not 53 of 8 MiB
+    32.0
+    >>> _Sizes.shared([2**30] * 20, limit=16).parts(2**30)          # more large objects than connections: whole
+    [(0, 1073741824)]
+    """
+
+    whole: int
+    part: int
+
+    @classmethod
+    def shared(cls, sizes, limit: int = LIMIT, whole_mb: float = WHOLE_MB, part_mb: float = PART_MB) -> _Sizes:
+        """Objects above `whole_mb` MiB (of `sizes`, in bytes) split so that their bytes are shared among the
+        `limit` connections: parts of their total over `limit`, rounded up to `part_mb` MiB (so at most about
+        `limit` parts in all); an object no larger than one part comes whole."""
+        whole, unit = int(whole_mb * (1 << 20)), max(1, int(part_mb * (1 << 20)))
+        large = sum(size for size in sizes if size > whole)
+        share = -(-large // max(1, limit))
+        return cls(whole, max(unit, -(-share // unit) * unit))
 
     def parts(self, size: int) -> list[tuple[int, int]]:
         """[start, stop) of each request for an object of `size` bytes; one for a small or empty object."""
-        if size <= self.whole_mb * (1 << 20):
+        if size <= max(self.whole, self.part):
             return [(0, size)]
-        part = max(1, int(self.part_mb * (1 << 20)))
-        return [(start, min(start + part, size)) for start in range(0, size, part)]
+        return [(start, min(start + self.part, size)) for start in range(0, size, self.part)]
 
 
 def _write_all(fd: int, data, offset: int) -> None:
