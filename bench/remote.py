@@ -9,7 +9,8 @@ store to it, then builds the same recipe from each, interleaved, `--repeats` tim
 and builds a subset (3 of 13 levels, the middle quarter of the days) from S3, counting every byte fetched
 against the bytes of the chunks the subset selects; then publishes the local Zarr build to S3 and times `pull`
 against a plain parallel GET of the same objects into files (throughput, median of `--repeats` interleaved
-runs). Results: bench/results/remote.json (`--pull-only`: one local build, the pull rows, remote-pull.json).
+runs, each into an empty folder after an untimed os.sync). Results: bench/results/remote.json (`--pull-only`:
+one local build, the pull rows, remote-pull.json).
 """
 
 from __future__ import annotations
@@ -183,6 +184,16 @@ def _subset(args, local: Path, url: str) -> dict:
     }
 
 
+def _timed_run(run, out: Path) -> float:
+    """Seconds of `run(out)` into an empty `out`, started with the disk settled (os.sync, untimed): the plain GET
+    leaves its files unsynced, and pull's one syncfs would otherwise write them back within pull's time."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    began = time.perf_counter()
+    run(out)
+    return time.perf_counter() - began
+
+
 def _pull(args, store: Path) -> dict:
     """`pull` of a published store vs a plain parallel GET of the same objects into files, interleaved."""
     from canonstore.objects import LIMIT, Objects, bounded, run_async
@@ -208,17 +219,15 @@ def _pull(args, store: Path) -> dict:
 
     # pull_whole_objects: one request per object, however large (pull splits objects above its WHOLE_MB into
     # ranged parts): a server that reads the whole object for each range, as moto does, pays it once per part
-    runs: dict[str, list[float]] = {"pull": [], "pull_whole_objects": [], "plain_get": []}
+    run = {
+        "pull": lambda out: pull(url, out, progress=False),
+        "pull_whole_objects": lambda out: pull(url, out, progress=False, whole_mb=1e9),
+        "plain_get": plain,
+    }
+    runs: dict[str, list[float]] = {kind: [] for kind in run}
     for _ in range(args.repeats):  # interleaved, each into an empty folder
         for kind in runs:
-            out = args.work / f"{kind}.zarr"
-            shutil.rmtree(out, ignore_errors=True)
-            began = time.perf_counter()
-            if kind == "plain_get":
-                plain(out)
-            else:
-                pull(url, out, progress=False, **({"whole_mb": 1e9} if kind == "pull_whole_objects" else {}))
-            runs[kind].append(time.perf_counter() - began)
+            runs[kind].append(_timed_run(run[kind], args.work / f"{kind}.zarr"))
     median = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "objects": len(sizes),

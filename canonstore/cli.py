@@ -121,11 +121,18 @@ def verify(store, inputs, quiet):
 @main.command()
 @click.argument("url")
 @click.argument("dest", type=click.Path(file_okay=False))
-def pull(url, dest):
+@click.option(
+    "--whole-mb",
+    type=click.FloatRange(min=0),
+    help="Objects up to this many MiB come in one request, larger ones in ranged parts spread over the "
+    "connections (default 256; above the largest shard for a server that reads a whole object per range).",
+)
+def pull(url, dest, whole_mb):
     """Copy the store at URL (s3://...) to DEST: parallel ranged reads, resumable, verified, published atomically."""
     from canonstore.preprocess.pull import pull as pull_store
 
-    _run(lambda: pull_store(url, dest, progress=bars(False)), False)
+    sizes = {} if whole_mb is None else {"whole_mb": whole_mb}
+    _run(lambda: pull_store(url, dest, progress=bars(False), **sizes), False)
 
 
 @main.command()

@@ -68,23 +68,37 @@ def interrupted(url: str) -> str:
 def open_remote(url: str) -> tuple[ManifestCheckedStore, bytes]:
     """A zarr store reading the canonstore store at `url`, checked against its manifest; and the manifest's bytes."""
     objects = Objects(url)
-    manifest = objects.read(MANIFEST)
     root = objects.read("zarr.json")
-    if root is None or manifest is None:
-        if objects.read(MARKER) is not None:
-            raise StoreError(interrupted(url))
-        if not objects.list():
-            raise StoreError(f"{url}: no such store (no object under that prefix)")
-        missing = "zarr.json" if root is None else MANIFEST
-        raise StoreError(f"{url}: no {missing}: the store is incomplete or was not made by canonstore")
-    try:
-        files = checked_files(json.loads(manifest), url)
-        expected = files["zarr.json"]["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{url}/{MANIFEST}: not a canonstore manifest ({exc})") from None
-    if hashlib.sha256(root).hexdigest() != expected:
+    files, manifest = remote_manifest(objects)
+    if root is None:
+        raise absent(objects, "zarr.json")
+    if hashlib.sha256(root).hexdigest() != files["zarr.json"]["sha256"]:
         raise changed(url, "zarr.json")
     return ManifestCheckedStore(objects.store, files=files, url=str(url)), manifest
+
+
+def remote_manifest(objects: Objects) -> tuple[dict, bytes]:
+    """(files, bytes) of the manifest of the store at `objects.url`, its keys checked (`checked_files`); one line
+    for a missing store, bucket or manifest, or an interrupted publish."""
+    url = objects.url
+    manifest = objects.read(MANIFEST)
+    if manifest is None:
+        raise absent(objects, MANIFEST)
+    try:
+        files = checked_files(json.loads(manifest), url)
+        files["zarr.json"]["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{url}/{MANIFEST}: not a canonstore manifest ({exc})") from None
+    return files, manifest
+
+
+def absent(objects: Objects, missing: str) -> StoreError:
+    """Why object `missing` of the store at `objects.url` is not there, in one line."""
+    if objects.read(MARKER) is not None:
+        return StoreError(interrupted(objects.url))
+    if not objects.list():
+        return StoreError(f"{objects.url}: no such store (no object under that prefix)")
+    return StoreError(f"{objects.url}: no {missing}: the store is incomplete or was not made by canonstore")
 
 
 def remote_problems(url: str, checksums: bool = True, progress: bool = False, limit: int = 8) -> list[str]:

@@ -1,17 +1,23 @@
 """`canonstore pull s3://.../name.zarr DEST.zarr`: a store on object storage copied to local disk, for
 memory-mapped training (FORMAT.md, "On object storage").
 
-Each object up to `whole_mb` MiB comes in one GET; a larger one in ranged parts of `part_mb` MiB, so that one
-large shard is spread over many requests (S3 serves ranges natively; some servers, moto among them, read the
-whole object for every range, which is why small objects are not split). `limit` requests are in flight across
+Each object up to `whole_mb` MiB comes in one GET. Larger ones come in ranged parts, only as many as there are
+connections to use: their bytes shared among the `limit` connections, rounded up to `part_mb` MiB (`_Sizes`), so
+one large shard is spread over all connections and a store of many large shards is fetched whole, one object per
+connection. (S3 serves ranges natively; some servers, moto among them, read the whole object for every range,
+where more parts than connections would only cost.) `limit` requests are in flight across
 all objects. Each object is written into `<rel>.part` inside the staging folder `DEST.zarr.partial`
 (canonstore's marker, as a build's) and hashed as its bytes arrive, in order, then renamed to `<rel>` only
-when its size and sha256 are the manifest's. A killed pull therefore goes on from every file it completed
-(checked again by size and sha256: files are not synced one by one, so a file a power loss cut short is
-fetched again); `.part` files and files that do not match are fetched again. Once all are there, the folder
-is synced to disk in one step (`atomic.sync_tree`), the manifest written last, the folder checked against it
-and published by the same swap as a build (`atomic.replace_folder`). An existing DEST must be a canonstore
-store; one of the same build is kept.
+when its size and sha256 are the manifest's; each piece's writeback to the disk starts as it is written
+(`atomic.start_writeback`), so the final sync waits for little. A killed pull therefore goes on from every file
+it completed (checked again by size and sha256: files are not synced one by one, so a file a power loss cut
+short is fetched again); `.part` files and files that do not match are fetched again. Once all are there, the
+manifest is written into the folder verbatim, the folder synced to disk in one step (`atomic.sync_tree`),
+checked against the manifest (every file listed and no other, of its size; each sha256 was checked on arrival,
+so nothing is read twice) and published by the same swap as a build (`atomic.replace_folder`): the rename comes
+after the sync, so a published copy never lacks bytes. The remote root `zarr.json` is fetched and checked as
+any file; a pull that fails asks `open_remote` why (a publish under way at the URL says so in one line). An
+existing DEST must be a canonstore store; one of the same build is kept.
 
     pull("s3://bucket/wb2/era5.zarr", "data/era5.zarr")     # -> PullResult(path, files, fetched, kept, seconds)
 """
@@ -20,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import time
@@ -28,11 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canonstore._progress import progress as progress_bar
-from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, sync_tree, write_file_atomic
+from canonstore.atomic import MARKER, has_marker, make_staging, replace_folder, start_writeback, sync_tree
 from canonstore.errors import StoreError
-from canonstore.formats.manifest import MANIFEST, file_sha256, inside
-from canonstore.formats.remote_store import open_remote
-from canonstore.formats.verify import verify_store
+from canonstore.formats.manifest import MANIFEST, check_manifest, file_sha256, inside
+from canonstore.formats.remote_store import open_remote, remote_manifest
 from canonstore.objects import LIMIT, Objects, run_async
 from canonstore.preprocess.lock import build_lock
 from canonstore.preprocess.staging import check_output, staging_path
@@ -40,9 +44,9 @@ from canonstore.remote import URL
 
 logger = logging.getLogger(__name__)
 
-# Objects up to WHOLE_MB MiB come in one request (rclone's multi-thread cutoff is the same 256 MiB): a store's
-# many shards keep `limit` requests busy without splitting them. Larger ones come in PART_MB ranges (AWS's advice
-# for byte-range GETs: 8 or 16 MB), so that one large shard is spread over many connections.
+# Objects up to WHOLE_MB MiB come in one request (rclone's multi-thread cutoff is the same 256 MiB). Larger ones
+# come in ranges of at least PART_MB (AWS's advice for byte-range GETs: 8 or 16 MB), no more of them than there are
+# connections (`_Sizes.shared`): one large shard is spread over many connections; more parts would not add one.
 WHOLE_MB = 256.0
 PART_MB = 8.0
 
@@ -69,8 +73,8 @@ def pull(
     """Copy the store at `url` to the local folder `dest` (see the module docstring)."""
     began = time.perf_counter()
     url, dest = URL(str(url).rstrip("/")), Path(dest)
-    _, raw = open_remote(url)  # one line for a missing store, bucket or key, or an interrupted publish
-    files = json.loads(raw)["files"]  # its keys checked by open_remote
+    objects = Objects(url)
+    files, raw = remote_manifest(objects)  # one line for a missing store, bucket or key, or an interrupted publish
     with build_lock(dest):
         check_output(dest)
         if (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == raw:
@@ -86,11 +90,15 @@ def pull(
             logger.info(f"resuming {staging}: {len(kept)} of {len(files)} files already complete")
         total = sum(files[rel]["size"] for rel in todo)
         with progress_bar(total, "pull", "B", enabled=progress, unit_scale=True) as bar:
-            sizes = _Sizes(part_mb, whole_mb)
-            fetched = run_async(_fetch(Objects(url), staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
-        sync_tree(staging)  # every file on disk before the manifest says the copy is complete
-        write_file_atomic(staging / MANIFEST, raw)  # verbatim: the local store has the same build id
-        problems = verify_store(staging, checksums=False)  # every file was hashed as it arrived
+            sizes = _Sizes.shared([files[rel]["size"] for rel in todo], limit, whole_mb, part_mb)
+            try:
+                fetched = run_async(_fetch(objects, staging, {rel: files[rel] for rel in todo}, limit, sizes, bar))
+            except StoreError:
+                open_remote(url)  # the root zarr.json was never read apart: a publish under way says so in one line
+                raise
+        (staging / MANIFEST).write_bytes(raw)  # verbatim (the local store has the same build id); synced below
+        sync_tree(staging)  # every file on disk before the rename publishes the copy
+        problems = check_manifest(staging, checksums=False)  # every file's sha256 was checked as it arrived
         if problems:
             raise StoreError(f"{staging}: the pulled store failed verification: {'; '.join(problems[:5])}")
         replace_folder(staging, dest, "store")
@@ -121,17 +129,32 @@ def _sort_out(staging: Path, files: dict) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class _Sizes:
-    """How objects are requested: whole up to `whole_mb` MiB, else in parts of `part_mb` MiB."""
+    """How objects are requested: whole up to `whole` bytes, larger ones in ranged parts of `part` bytes.
 
-    part_mb: float
-    whole_mb: float
+    >>> _Sizes.shared([440_000_000, 600], limit=16).part / 2**20    # one large shard: 14 parts, not 53 of 8 MiB
+    32.0
+    >>> _Sizes.shared([2**30] * 20, limit=16).parts(2**30)          # more large objects than connections: whole
+    [(0, 1073741824)]
+    """
+
+    whole: int
+    part: int
+
+    @classmethod
+    def shared(cls, sizes, limit: int = LIMIT, whole_mb: float = WHOLE_MB, part_mb: float = PART_MB) -> _Sizes:
+        """Objects above `whole_mb` MiB (of `sizes`, in bytes) split so that their bytes are shared among the
+        `limit` connections: parts of their total over `limit`, rounded up to `part_mb` MiB (so at most about
+        `limit` parts in all); an object no larger than one part comes whole."""
+        whole, unit = int(whole_mb * (1 << 20)), max(1, int(part_mb * (1 << 20)))
+        large = sum(size for size in sizes if size > whole)
+        share = -(-large // max(1, limit))
+        return cls(whole, max(unit, -(-share // unit) * unit))
 
     def parts(self, size: int) -> list[tuple[int, int]]:
         """[start, stop) of each request for an object of `size` bytes; one for a small or empty object."""
-        if size <= self.whole_mb * (1 << 20):
+        if size <= max(self.whole, self.part):
             return [(0, size)]
-        part = max(1, int(self.part_mb * (1 << 20)))
-        return [(start, min(start + part, size)) for start in range(0, size, part)]
+        return [(start, min(start + self.part, size)) for start in range(0, size, self.part)]
 
 
 def _write_all(fd: int, data, offset: int) -> None:
@@ -144,7 +167,14 @@ def _write_all(fd: int, data, offset: int) -> None:
 def _absorb(fd: int, digest, data, offset: int) -> None:
     """Write `data` at `offset` and hash it (hashlib releases the GIL): in a worker thread, off the event loop."""
     _write_all(fd, data, offset)
+    start_writeback(fd, offset, len(data))  # the final sync then waits for little
     digest.update(data)
+
+
+def _placed(fd: int, data, offset: int) -> None:
+    """Write `data` at `offset` and start its writeback (a part hashed later, in order)."""
+    _write_all(fd, data, offset)
+    start_writeback(fd, offset, len(data))
 
 
 def _hash_back(fd: int, digest, start: int, stop: int) -> None:
@@ -178,7 +208,7 @@ async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, sizes
         async def piece(start: int, stop: int) -> None:
             async with requests:
                 data = await objects.get_range(rel, start, stop)
-            await asyncio.to_thread(_write_all, fd, data, start)  # the event loop keeps fetching
+            await asyncio.to_thread(_placed, fd, data, start)  # the event loop keeps fetching
             count(data)
             done.add(start)
             async with in_order:  # the digest takes the parts in order: this one if next, and any held back

@@ -104,3 +104,12 @@ def test_train_works_from_any_folder_with_the_codes_defaults(tiny_store, tmp_pat
     assert result.exit_code == 0, result.output
     runs = [p.name.split("-")[0] for p in (tmp_path / "runs").iterdir() if (p / "config.json").exists()]
     assert runs == ["persistence"]
+
+
+def test_pull_help_names_the_librarys_whole_object_default():
+    """`pull --whole-mb` is passed on only when given; its help states the library's default, kept in step here."""
+    from canonstore.preprocess.pull import WHOLE_MB
+
+    shown = CliRunner().invoke(main, ["pull", "--help"])
+    assert shown.exit_code == 0 and "--whole-mb" in shown.output
+    assert f"default {WHOLE_MB:g}" in " ".join(shown.output.split())

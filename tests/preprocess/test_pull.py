@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +18,21 @@ from canonstore.cli import main
 from canonstore.errors import StoreError
 from canonstore.formats import open_store, verify_store
 from canonstore.objects import Objects
+from canonstore.preprocess import build
 from canonstore.preprocess.pull import pull
 from canonstore.preprocess.upload import publish_url
-from tests.helpers import ROOT
+from tests.helpers import ROOT, demo_recipe
 from tests.preprocess.test_s3_stores import local_files, objects_of, one_line
 
 QUIET = {"progress": False}
+
+
+@pytest.fixture(scope="session")
+def one_shard_store(tiny_raw, tmp_path_factory) -> Path:
+    """The tiny demo as one shard of 38 MB (tiny_store has 37 of 1 MB): the object pull splits into ranges."""
+    folder = tmp_path_factory.mktemp("one-shard")
+    build(demo_recipe(folder, tiny_raw, storage={"shard_mb": 64}), folder / "demo.zarr", progress=False)
+    return folder / "demo.zarr"
 
 
 def test_pull_is_bit_for_bit(s3, tiny_store, tmp_path):
@@ -40,12 +50,12 @@ def test_pull_is_bit_for_bit(s3, tiny_store, tmp_path):
     assert again.fetched == 0 and again.kept == again.files
 
 
-@pytest.mark.parametrize("how", [{"whole_mb": 0, "part_mb": 0.1, "limit": 4}, {"whole_mb": 1e9}])
-def test_pull_in_ranged_parts_or_whole_objects(s3, tiny_store, tmp_path, how):
-    """Every object split into ranges that complete out of order (each file still hashed in order as they
+@pytest.mark.parametrize("how", [{"whole_mb": 0, "part_mb": 0.1, "limit": 8}, {"whole_mb": 1e9}])
+def test_pull_in_ranged_parts_or_whole_objects(s3, one_shard_store, tmp_path, how):
+    """The shard split into ranges that complete out of order (the file still hashed in order as they
     arrive), or every object in one request: the same bytes as the remote store."""
     url = f"s3://{s3}/demo.zarr"
-    publish_url(tiny_store, url)
+    publish_url(one_shard_store, url)
     dest = tmp_path / "demo.zarr"
     result = pull(url, dest, **QUIET, **how)
     assert result.fetched == sum(size for key, size in Objects(url).list().items() if key != "manifest.json")
@@ -53,11 +63,11 @@ def test_pull_in_ranged_parts_or_whole_objects(s3, tiny_store, tmp_path, how):
 
 
 @pytest.mark.parametrize("how", [{"whole_mb": 0, "part_mb": 0.1}, {}])
-def test_pull_refuses_an_object_that_is_not_the_manifests(s3, tiny_store, tmp_path, how):
+def test_pull_refuses_an_object_that_is_not_the_manifests(s3, one_shard_store, tmp_path, how):
     """An object changed on the server (same size, other bytes): refused in one line naming it; no DEST, and
     the object is not kept in the staging folder under its name."""
     url = f"s3://{s3}/demo.zarr"
-    publish_url(tiny_store, url)
+    publish_url(one_shard_store, url)
     objects = Objects(url)
     shard = next(key for key in sorted(objects.list()) if key.startswith("data/c/"))
     objects.put(shard, bytes(len(objects.read(shard))))
@@ -69,6 +79,7 @@ def test_pull_refuses_an_object_that_is_not_the_manifests(s3, tiny_store, tmp_pa
 
 PULL = """
 import sys
+from canonstore.preprocess import build
 from canonstore.preprocess.pull import pull
 pull(sys.argv[1], sys.argv[2], progress=False, limit=1, part_mb=0.0625)
 """
@@ -134,3 +145,92 @@ def test_pull_refuses_a_manifest_key_outside_dest(s3, tiny_store, tmp_path):
     assert victim.read_text() == "mine" and sorted(os.listdir(victim.parent)) == ["victim.txt"]
     with pytest.raises(StoreError, match="absolute"):
         open_store(url)
+
+
+def test_pull_during_a_publish_says_so(s3, tiny_store, tmp_path):
+    """A swap under way at the URL (marker at the root, the root zarr.json deleted, the manifest already copied):
+    one line saying so, and nothing at DEST."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    objects = Objects(url)
+    objects.put(".canonstore-staging", b'{"made_by": "canonstore", "kind": "swap"}')
+    objects.delete(["zarr.json"])
+    with pytest.raises(StoreError, match="publish was interrupted") as caught:
+        pull(url, tmp_path / "d.zarr", **QUIET)
+    assert url in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "d.zarr").exists()
+
+
+@pytest.mark.parametrize("how", [{}, {"whole_mb": 0, "part_mb": 0.1}])
+def test_pull_writes_back_every_byte_and_syncs_before_the_rename(s3, one_shard_store, tmp_path, monkeypatch, how):
+    """Writeback starts for every byte as it is written; the one sync sees every file and the manifest, and
+    comes before the rename that publishes the copy."""
+    import canonstore.preprocess.pull as module
+
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(one_shard_store, url)
+    written, events = [0], []
+    start_writeback, sync_tree, replace_folder = module.start_writeback, module.sync_tree, module.replace_folder
+
+    def writeback(fd, offset, nbytes):
+        written[0] += nbytes
+        start_writeback(fd, offset, nbytes)
+
+    def sync(folder):
+        events.append(("sync", sorted(local_files(folder))))
+        sync_tree(folder)
+
+    def rename(staging, dest, kind):
+        events.append(("rename", None))
+        replace_folder(staging, dest, kind)
+
+    monkeypatch.setattr(module, "start_writeback", writeback)
+    monkeypatch.setattr(module, "sync_tree", sync)
+    monkeypatch.setattr(module, "replace_folder", rename)
+    dest = tmp_path / "demo.zarr"
+    result = pull(url, dest, **QUIET, **how)
+    assert written[0] == result.fetched > 0
+    assert [kind for kind, _ in events] == ["sync", "rename"]
+    assert events[0][1] == sorted([*objects_of(url), ".canonstore-staging"])  # the manifest among them
+
+
+def test_large_objects_are_split_among_the_connections_not_into_fixed_parts():
+    """Parts of the large objects' bytes over `limit`, rounded up to part_mb: at most about `limit` requests for
+    them; as many large objects as connections come whole."""
+    from canonstore.preprocess.pull import _Sizes
+
+    mib = 1 << 20
+    one = _Sizes.shared([440_000_000, 600], limit=16, whole_mb=256, part_mb=8)
+    assert one.part == 32 * mib and len(one.parts(440_000_000)) == 14 and one.parts(600) == [(0, 600)]
+    three = _Sizes.shared([2**30] * 3, limit=16, whole_mb=256, part_mb=8)
+    assert len(three.parts(2**30)) == 6  # 18 requests for 16 connections
+    many = _Sizes.shared([2**30] * 16 + [3 * 2**30], limit=16, whole_mb=256, part_mb=8)
+    assert many.parts(2**30) == [(0, 2**30)] and len(many.parts(3 * 2**30)) == 3
+    small = _Sizes.shared([55_000_000, 600], limit=16, whole_mb=0, part_mb=8)
+    assert small.part == 8 * mib and len(small.parts(55_000_000)) == 7  # never parts under part_mb
+
+
+def test_pull_requests_no_more_parts_than_connections(s3, one_shard_store, tmp_path, monkeypatch):
+    """Every object above whole_mb split among `limit` connections: the 38 MB shard in `limit` ranged requests
+    (not 38 MB / part_mb), the small objects whole; `pull --whole-mb` on the command line reaches the policy."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(one_shard_store, url)
+    ranges = []
+    get_range = Objects.get_range
+
+    async def counted(self, key, start, stop):
+        ranges.append((key, start, stop))
+        return await get_range(self, key, start, stop)
+
+    monkeypatch.setattr(Objects, "get_range", counted)
+    shard = "data/c/0/0/0/0"
+    result = pull(url, tmp_path / "a.zarr", **QUIET, whole_mb=0, part_mb=0.0625, limit=4)
+    assert local_files(tmp_path / "a.zarr") == objects_of(url) and result.fetched > 0
+    assert {key for key, _, _ in ranges} == {shard} and len(ranges) == 4
+    ranges.clear()
+    result = CliRunner().invoke(main, ["pull", url, str(tmp_path / "b.zarr"), "--whole-mb", "0"])
+    assert result.exit_code == 0, result.output
+    assert len(ranges) == 5 and local_files(tmp_path / "b.zarr") == objects_of(url)  # 38 MB / 16 -> 8 MiB parts
+    ranges.clear()
+    assert CliRunner().invoke(main, ["pull", url, str(tmp_path / "c.zarr")]).exit_code == 0
+    assert not ranges  # under the default 256 MiB: one request
