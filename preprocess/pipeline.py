@@ -10,7 +10,8 @@ one. Two tools, both ordered, both bounded:
   normalises), fed in order through a short queue.
 
 An error in any thread is raised in the caller as it was raised there (same type, same message), and only
-after every thread has stopped: the caller's cleanup (removing a staging store) never races a write.
+after every thread has stopped: the caller's cleanup (removing a staging store) never races a write. An error
+of another thread at the same time is added to it as a note, never dropped.
 """
 
 from __future__ import annotations
@@ -34,13 +35,21 @@ def ordered_map(fn: Callable, items: Iterable, threads: int = 2) -> Iterator[tup
             yield item, fn(item)
         return
     pool = ThreadPoolExecutor(threads, thread_name_prefix="canonstore-task")
+    futures = []
     try:
-        futures = [pool.submit(fn, item) for item in items[:threads]]
+        futures += [pool.submit(fn, item) for item in items[:threads]]
         for i, item in enumerate(items):
             result = futures[i].result()
             if i + threads < len(items):
                 futures.append(pool.submit(fn, items[i + threads]))
             yield item, result
+    except BaseException as exc:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:  # a call beside the failed one that failed too: said, not dropped
+            other = None if future.cancelled() else future.exception()
+            if other is not None and other is not exc:
+                exc.add_note(f"also, in another task: {type(other).__name__}: {other}")
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -87,6 +96,8 @@ class Stage:
         self._thread.join()
         if kind is None:
             self._raise()
+        elif self._error is not None and self._error is not value:  # this thread failed too: said, not dropped
+            value.add_note(f"also, in {self._thread.name}: {type(self._error).__name__}: {self._error}")
 
     def _drain_and_end(self) -> None:
         """Drop what waits (the caller failed) and tell the thread to end."""

@@ -53,6 +53,31 @@ def test_ordered_map_raises_at_the_failing_item_after_the_calls_beside_it_return
     assert max(begun) <= 4  # and no more than `threads` items were begun ahead
 
 
+def test_two_calls_failing_side_by_side_raise_the_first_with_the_other_as_a_note():
+    both_running = threading.Barrier(2)
+
+    def task(i):
+        both_running.wait(timeout=5)
+        raise Boom(f"shard {i} is bad") if i == 0 else OSError(28, f"No space left writing shard {i}")
+
+    with pytest.raises(Boom, match="shard 0 is bad") as raised:
+        list(ordered_map(task, range(4), threads=2))
+    assert raised.value.__notes__ == ["also, in another task: OSError: [Errno 28] No space left writing shard 1"]
+
+
+def test_a_stage_error_beside_a_caller_error_is_a_note_on_it():
+    def fn(i):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(Boom) as raised, Stage(fn, name="canonstore-stage-7") as stage:
+        stage.put(0)
+        deadline = time.monotonic() + 5
+        while stage._error is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        raise Boom("normalising failed")
+    assert raised.value.__notes__ == ["also, in canonstore-stage-7: OSError: [Errno 28] No space left on device"]
+
+
 def test_a_stage_runs_its_items_in_order():
     seen = []
     with Stage(seen.append, depth=2) as stage:
