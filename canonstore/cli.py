@@ -118,12 +118,19 @@ def verify(store, inputs, quiet):
     logger.info(f"{store}: OK (all files match the manifest, schema valid{', inputs unchanged' if inputs else ''})")
 
 
+def _not_nan(value):
+    if value is not None and value != value:  # FloatRange lets nan through: it compares false with both ends
+        raise click.BadParameter("nan is not a number of MiB")
+    return value
+
+
 @main.command()
 @click.argument("url")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option(
     "--whole-mb",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=2.0**40),  # up to 1 EiB
+    callback=lambda ctx, param, value: _not_nan(value),
     help="Objects up to this many MiB come in one request, larger ones in ranged parts spread over the "
     "connections (default 256; above the largest shard for a server that reads a whole object per range).",
 )

@@ -134,23 +134,15 @@ class Objects:
 
         run_async(bounded(list(keys), delete, limit))
 
-    async def stream(self, key: str, chunk: int = 8 << 20):
-        """The bytes of object `key` in one GET, as they arrive, in pieces of about `chunk` bytes (async)."""
+    async def stream(self, key: str, chunk: int = 8 << 20, span: tuple[int, int] | None = None):
+        """The bytes of object `key` (or of its bytes [start, stop) = `span`) in one GET, as they arrive, in
+        pieces of about `chunk` bytes (async): never more than a piece in memory, however large the object."""
         import obstore
 
         try:
-            result = await obstore.get_async(self.bulk, key)
+            result = await obstore.get_async(self.bulk, key, options={} if span is None else {"range": span})
             async for piece in result.stream(min_chunk_size=chunk):
                 yield piece
-        except Exception as exc:
-            raise self.fail(exc, key) from None
-
-    async def get_range(self, key: str, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of object `key` (for concurrent ranged reads: `bounded`)."""
-        import obstore
-
-        try:
-            return await obstore.get_range_async(self.bulk, key, start=start, end=stop)
         except Exception as exc:
             raise self.fail(exc, key) from None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def pull(
 ) -> PullResult:
     """Copy the store at `url` to the local folder `dest` (see the module docstring)."""
     began = time.perf_counter()
+    _check_mib(whole_mb, part_mb)  # before anything is made
     url, dest = URL(str(url).rstrip("/")), Path(dest)
     objects = Objects(url)
     files, raw = remote_manifest(objects)  # one line for a missing store, bucket or key, or an interrupted publish
@@ -145,6 +147,7 @@ class _Sizes:
         """Objects above `whole_mb` MiB (of `sizes`, in bytes) split so that their bytes are shared among the
         `limit` connections: parts of their total over `limit`, rounded up to `part_mb` MiB (so at most about
         `limit` parts in all); an object no larger than one part comes whole."""
+        _check_mib(whole_mb, part_mb)
         whole, unit = int(whole_mb * (1 << 20)), max(1, int(part_mb * (1 << 20)))
         large = sum(size for size in sizes if size > whole)
         share = -(-large // max(1, limit))
@@ -155,6 +158,11 @@ class _Sizes:
         if size <= max(self.whole, self.part):
             return [(0, size)]
         return [(start, min(start + self.part, size)) for start in range(0, size, self.part)]
+
+
+def _check_mib(*sizes: float) -> None:
+    if not all(math.isfinite(mib) and mib >= 0 for mib in sizes):
+        raise ValueError(f"pull: part sizes are finite numbers of MiB >= 0, not {', '.join(map(str, sizes))}")
 
 
 def _write_all(fd: int, data, offset: int) -> None:
@@ -178,7 +186,7 @@ def _placed(fd: int, data, offset: int) -> None:
 
 
 def _hash_back(fd: int, digest, start: int, stop: int) -> None:
-    """Hash bytes [start, stop) written earlier (a part that arrived before the one ahead of it)."""
+    """Hash bytes [start, stop) written earlier (a part, once every part before it is hashed)."""
     while start < stop:
         data = os.pread(fd, min(stop - start, 8 << 20), start)
         digest.update(data)
@@ -206,18 +214,17 @@ async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, sizes
         done, hashed, in_order, ends = set(), [0], asyncio.Lock(), dict(parts)
 
         async def piece(start: int, stop: int) -> None:
-            async with requests:
-                data = await objects.get_range(rel, start, stop)
-            await asyncio.to_thread(_placed, fd, data, start)  # the event loop keeps fetching
-            count(data)
+            async with requests:  # streamed: a part of any size holds one 8 MiB piece in memory, not the part
+                offset = start
+                async for data in objects.stream(rel, span=(start, stop)):
+                    await asyncio.to_thread(_placed, fd, data, offset)  # the event loop keeps fetching
+                    offset += len(data)
+                    count(data)
             done.add(start)
-            async with in_order:  # the digest takes the parts in order: this one if next, and any held back
+            async with in_order:  # the digest takes the parts in order, read back from the page cache
                 while hashed[0] in done:
                     begin, end = hashed[0], ends[hashed[0]]
-                    if begin == start:
-                        await asyncio.to_thread(digest.update, data)
-                    else:
-                        await asyncio.to_thread(_hash_back, fd, digest, begin, end)
+                    await asyncio.to_thread(_hash_back, fd, digest, begin, end)
                     hashed[0] = end
 
         await asyncio.gather(*(piece(start, stop) for start, stop in parts))
@@ -246,5 +253,8 @@ async def _fetch(objects: Objects, staging: Path, files: dict, limit: int, sizes
                 )
             os.replace(partial, final)
 
-    await asyncio.gather(*(one(rel) for rel in sorted(files, key=lambda rel: -files[rel]["size"])))  # largest first
+    # the root zarr.json first (a store without one, a publish under way, is refused before any large download),
+    # then largest first
+    order = sorted(files, key=lambda rel: (rel != "zarr.json", -files[rel]["size"]))
+    await asyncio.gather(*(one(rel) for rel in order))
     return received[0]

@@ -1,5 +1,6 @@
 """The click layer: build, inspect, verify; errors are one line and a non-zero exit."""
 
+import pytest
 from click.testing import CliRunner
 
 from canonstore.cli import main
@@ -113,3 +114,11 @@ def test_pull_help_names_the_librarys_whole_object_default():
     shown = CliRunner().invoke(main, ["pull", "--help"])
     assert shown.exit_code == 0 and "--whole-mb" in shown.output
     assert f"default {WHOLE_MB:g}" in " ".join(shown.output.split())
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "-1"])
+def test_pull_refuses_a_whole_mb_that_is_no_size_in_one_line(value, tmp_path):
+    """inf and nan passed click's range check and then failed deep in pull with a traceback."""
+    result = CliRunner().invoke(main, ["pull", "s3://bucket/a.zarr", str(tmp_path / "a.zarr"), "--whole-mb", value])
+    assert result.exit_code == 2 and "--whole-mb" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # nothing made

@@ -216,13 +216,14 @@ def test_pull_requests_no_more_parts_than_connections(s3, one_shard_store, tmp_p
     url = f"s3://{s3}/demo.zarr"
     publish_url(one_shard_store, url)
     ranges = []
-    get_range = Objects.get_range
+    stream = Objects.stream
 
-    async def counted(self, key, start, stop):
-        ranges.append((key, start, stop))
-        return await get_range(self, key, start, stop)
+    def counted(self, key, chunk=8 << 20, span=None):
+        if span is not None:
+            ranges.append((key, *span))
+        return stream(self, key, chunk, span)
 
-    monkeypatch.setattr(Objects, "get_range", counted)
+    monkeypatch.setattr(Objects, "stream", counted)
     shard = "data/c/0/0/0/0"
     result = pull(url, tmp_path / "a.zarr", **QUIET, whole_mb=0, part_mb=0.0625, limit=4)
     assert local_files(tmp_path / "a.zarr") == objects_of(url) and result.fetched > 0
@@ -234,3 +235,30 @@ def test_pull_requests_no_more_parts_than_connections(s3, one_shard_store, tmp_p
     ranges.clear()
     assert CliRunner().invoke(main, ["pull", url, str(tmp_path / "c.zarr")]).exit_code == 0
     assert not ranges  # under the default 256 MiB: one request
+
+
+def test_a_ranged_part_is_streamed_never_held_whole_in_memory(s3, one_shard_store, tmp_path, monkeypatch):
+    """Two connections: the 38 MB shard in two ranged requests of up to 24 MiB, each written 8 MiB at a time (a
+    part is the large objects' bytes over the connections: a 5 GiB shard would otherwise hold 320 MiB a request)."""
+    import canonstore.preprocess.pull as module
+
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(one_shard_store, url)
+    pieces, placed = [], module._placed
+
+    def recorded(fd, data, offset):
+        pieces.append(len(data))
+        placed(fd, data, offset)
+
+    monkeypatch.setattr(module, "_placed", recorded)
+    pull(url, tmp_path / "a.zarr", **QUIET, whole_mb=0, limit=2)
+    shard = (one_shard_store / "data" / "c" / "0" / "0" / "0" / "0").stat().st_size
+    assert local_files(tmp_path / "a.zarr") == objects_of(url)
+    assert sum(pieces) == shard and len(pieces) >= 4 and max(pieces) <= 16 << 20  # obstore's: at least 8 MiB
+
+
+@pytest.mark.parametrize("sizes", [{"whole_mb": float("nan")}, {"whole_mb": float("inf")}, {"part_mb": -1.0}])
+def test_a_part_size_that_is_no_size_is_refused_before_anything_is_made(tmp_path, sizes):
+    with pytest.raises(ValueError, match="finite numbers of MiB"):
+        pull("s3://no-such-bucket/a.zarr", tmp_path / "a.zarr", **QUIET, **sizes)
+    assert not list(tmp_path.iterdir())
