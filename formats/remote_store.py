@@ -60,8 +60,9 @@ class ManifestCheckedStore(ObjectStore):
 
 def interrupted(url: str) -> str:
     return (
-        f"{url}: a publish was interrupted after its upload (the root zarr.json is missing and canonstore's "
-        f"{MARKER} is there): no store opens here; build again to publish it"
+        f"{url}: a publish is under way or was interrupted after its upload (the root zarr.json is missing and "
+        f"canonstore's {MARKER} is there): no store opens here; wait for the publish to end, or build again to "
+        "publish it"
     )
 
 

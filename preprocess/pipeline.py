@@ -11,7 +11,7 @@ one. Two tools, both ordered, both bounded:
 
 An error in any thread is raised in the caller as it was raised there (same type, same message), and only
 after every thread has stopped: the caller's cleanup (removing a staging store) never races a write. An error
-of another thread at the same time is added to it as a note, never dropped.
+of another thread at the same time is added to it as a note.
 """
 
 from __future__ import annotations
