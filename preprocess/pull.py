@@ -172,17 +172,16 @@ def _write_all(fd: int, data, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _absorb(fd: int, digest, data, offset: int) -> None:
-    """Write `data` at `offset` and hash it (hashlib releases the GIL): in a worker thread, off the event loop."""
-    _write_all(fd, data, offset)
-    start_writeback(fd, offset, len(data))  # the final sync then waits for little
-    digest.update(data)
-
-
 def _placed(fd: int, data, offset: int) -> None:
-    """Write `data` at `offset` and start its writeback (a part hashed later, in order)."""
+    """Write `data` at `offset` and start its writeback (the final sync then waits for little)."""
     _write_all(fd, data, offset)
     start_writeback(fd, offset, len(data))
+
+
+def _absorb(fd: int, digest, data, offset: int) -> None:
+    """`_placed`, then hash `data` (hashlib releases the GIL): in a worker thread, off the event loop."""
+    _placed(fd, data, offset)
+    digest.update(data)
 
 
 def _hash_back(fd: int, digest, start: int, stop: int) -> None:
