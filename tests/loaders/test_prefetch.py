@@ -127,15 +127,30 @@ def test_a_batch_changed_in_place_by_the_caller_never_changes_a_later_batch(tiny
         np.testing.assert_array_equal(y.numpy(), ey)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_a_float16_store_gives_the_samples_static_fields_unrounded(tiny_raw, tmp_path, workers):
-    """Static fields are float32; gathered into a float16 batch buffer they were rounded by up to 1.2e-3."""
-    recipe = demo_recipe(tmp_path, tiny_raw, storage={"dtype": "float16", "shard_mb": 0.2})
-    ds = open_dataset(build(recipe, tmp_path / "half.zarr", progress=False).path, "val")
-    assert ds.static.shape[0] == 2
+@pytest.fixture(scope="module")
+def half_store(tiny_raw, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("half")
+    recipe = demo_recipe(folder, tiny_raw, storage={"dtype": "float16", "shard_mb": 0.2})
+    return build(recipe, folder / "half.zarr", progress=False).path
+
+
+@pytest.mark.parametrize(
+    "workers, options",
+    [
+        (1, {}),
+        (3, {}),
+        (2, {"static": False}),  # no static fields to append
+        (2, {"static": ["orography"], "channels": ["t2m", "z500"], "history": 1}),  # a subset, after a window
+        (2, {"encodings": ["latlon", "doy", "hod"]}),  # encodings come after the appended static fields
+    ],
+)
+def test_a_float16_store_gives_the_samples_static_fields_unrounded(half_store, workers, options):
+    """Static fields are float32; gathered into a float16 batch buffer they were rounded by up to 1.2e-3. Appended
+    after the gather, they must keep x's channel order (dynamic, static, encodings) for any choice of them."""
+    ds = open_dataset(half_store, "val", **options)
     positions, batches = _run(BatchLoader(ds, batch_size=16, seed=1, device="cpu", workers=workers))
     for p, (x, y) in zip(positions, batches):
         ex, ey = (np.stack(v) for v in zip(*(ds[i] for i in p)))
-        assert x.dtype == torch.float32
+        assert x.dtype == torch.float32 and x.shape == ex.shape
         np.testing.assert_array_equal(x.numpy(), ex)
         np.testing.assert_array_equal(y.numpy(), ey)

@@ -208,6 +208,13 @@ def test_large_objects_are_split_among_the_connections_not_into_fixed_parts():
     assert many.parts(2**30) == [(0, 2**30)] and len(many.parts(3 * 2**30)) == 3
     small = _Sizes.shared([55_000_000, 600], limit=16, whole_mb=0, part_mb=8)
     assert small.part == 8 * mib and len(small.parts(55_000_000)) == 7  # never parts under part_mb
+    # edges: an empty object, one exactly at whole_mb, one a byte above it, a single connection
+    assert one.parts(0) == [(0, 0)] and one.parts(256 * mib) == [(0, 256 * mib)]
+    above = one.parts(256 * mib + 1)  # a byte above whole_mb: 32 MiB parts, the last of one byte, no gap
+    assert len(above) == 9 and above[-1] == (256 * mib, 256 * mib + 1)
+    assert all(a[1] == b[0] for a, b in zip(above, above[1:]))
+    single = _Sizes.shared([2**30, 600], limit=1, whole_mb=0, part_mb=8)
+    assert single.parts(2**30) == [(0, 2**30)] and single.parts(0) == [(0, 0)]
 
 
 def test_pull_requests_no_more_parts_than_connections(s3, one_shard_store, tmp_path, monkeypatch):
