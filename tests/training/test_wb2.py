@@ -248,3 +248,16 @@ def test_prediction_timedelta_only_where_every_init_is_the_same_time_ahead():
     ahead = time_ahead(days360[:2], days360[1:, None])
     assert ahead is not None and (ahead / np.timedelta64(1, "D")).tolist() == [30.0]
     assert time_ahead(np.array([0, 1]), np.array([[1], [2]])) is None  # positions, no dates
+
+
+def test_a_prediction_timedelta_without_time_units_is_refused(store, tmp_path):
+    """WB2's `prediction_timedelta` is a time; plain integers there (6, 12: hours that lost their units) were
+    counted as store steps, scoring each forecast against the truth 36 and 72 hours ahead without a word."""
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast).assign_coords(prediction_timedelta=[6, 12])
+    with pytest.raises(RunError, match="prediction_timedelta holds int64 without time units"):
+        scored_channels(store, fc, tmp_path / "bare.zarr")
+    hours = fc.assign_coords(prediction_timedelta=("prediction_timedelta", [6, 12], {"units": "hours"}))
+    assert set(scored_channels(store, hours, tmp_path / "hours.zarr")["leads"]) == {1, 2}
