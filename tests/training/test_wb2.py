@@ -261,3 +261,19 @@ def test_a_prediction_timedelta_without_time_units_is_refused(store, tmp_path):
         scored_channels(store, fc, tmp_path / "bare.zarr")
     hours = fc.assign_coords(prediction_timedelta=("prediction_timedelta", [6, 12], {"units": "hours"}))
     assert set(scored_channels(store, hours, tmp_path / "hours.zarr")["leads"]) == {1, 2}
+
+
+def test_an_infinite_value_where_the_store_scores_is_refused(store, tmp_path):
+    """float16 overflows to inf (geopotential above 65504 m**2 s**-2, at 400 hPa and up): past the first batch of
+    init times, which the units check reads, an inf scored RMSE, MAE and bias inf and ACC NaN without an error."""
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store, rows=70)
+    fc = wb2_file(store, init, forecast)
+    fc["2m_temperature"][68, 0, 2, 1] = np.inf
+    with pytest.raises(RunError, match="'t2m' at lead 1 is infinite at 1 point"):
+        scored_channels(store, fc, tmp_path / "overflow.zarr")
+    fc["2m_temperature"][68, 0, 2, 1] = 280.0
+    fc["2m_temperature"][3, 0, 2, 1] = np.inf  # in the batch the units check reads: the same words
+    with pytest.raises(RunError, match="'t2m' at lead 1 is infinite at 1 point"):
+        scored_channels(store, fc, tmp_path / "overflow-first.zarr")
