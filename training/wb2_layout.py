@@ -156,7 +156,7 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
         wanted = rename.get(name, name)
         if lv is None and wanted in store.channels:
             return wanted
-        short = short_name(wanted)
+        short = short_name(wanted, recipe_rename)  # the store's spellings: its recipe renamed this source variable
         for c, channel in enumerate(store.channels):
             same_level = np.isnan(level[c]) if lv is None else abs(level[c] - lv) <= LEVEL_TOLERANCE
             if same_level and short == variable[c]:

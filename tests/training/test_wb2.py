@@ -277,3 +277,26 @@ def test_an_infinite_value_where_the_store_scores_is_refused(store, tmp_path):
     fc["2m_temperature"][3, 0, 2, 1] = np.inf  # in the batch the units check reads: the same words
     with pytest.raises(RunError, match="'t2m' at lead 1 is infinite at 1 point"):
         scored_channels(store, fc, tmp_path / "overflow-first.zarr")
+
+
+def test_a_store_recipes_rename_reaches_the_files_variables(tmp_path):
+    """A store whose recipe renamed `2m_temperature` to `tas`: a file that spells it as the source did was refused
+    as 'none of its variables is a channel' (next to other variables: not scored), though the README says the
+    recipe's `rename:` adds that spelling and the store records `2m_temperature` as the channel's variable."""
+    times = pd.date_range("2000-01-01", "2001-01-05T18", freq="6h")
+    values = 280 + np.random.default_rng(0).normal(size=(times.size, len(LAT), LON.size))
+    coords = {"time": times, "latitude": ("latitude", LAT, {"units": "degrees_north"}), "longitude": LON}
+    xr.Dataset({"2m_temperature": (("time", "latitude", "longitude"), values, {"units": "K"})}, coords).to_netcdf(
+        tmp_path / "t.nc"
+    )
+    recipe = write_recipe(
+        tmp_path, name="tas", sources=["t.nc"], rename={"2m_temperature": "tas"}, splits={"train": [2000, 2000]}
+    )
+    tas = open_store(build(recipe, tmp_path / "tas.zarr", progress=False).path)
+    init = np.arange(8)
+    fc = xr.Dataset(
+        {"2m_temperature": (("time", "prediction_timedelta", "latitude", "longitude"), values[init + 1, None] + 0.5)},
+        {**coords, "time": times[init], "prediction_timedelta": np.array([6], "timedelta64[h]").astype("m8[ns]")},
+    )
+    result = scored_channels(tas, fc, tmp_path / "source-spelling.zarr")
+    assert result["not_scored"] == [] and result["scores"]["channels"]["tas"]["rmse"] == pytest.approx(0.5)
