@@ -207,7 +207,8 @@ def check_plausible(
 ) -> None:
     """Refuse values (converted to the store's `units`) whose mean lies `OUTLIER_STDS` train stds (`scale`)
     or more from the store's train `mean`: a file in other units than it says (or, with no `units`, than assumed)."""
-    seen = float(np.nanmean(values)) if np.isfinite(values).any() else mean
+    finite = np.isfinite(values)  # NaN and inf are refused where scored, naming the point (`evaluate`)
+    seen = float(values[finite].mean()) if finite.any() else mean
     if abs(seen - mean) < OUTLIER_STDS * scale:
         return
     fix = "check its units attribute" if has_units else f"set its units attribute (missing, so taken as {units!r})"

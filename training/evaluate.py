@@ -195,14 +195,16 @@ def score_forecast(
 
 
 def _check_no_nan_scored(prediction: torch.Tensor, weights: torch.Tensor, names: list[str], path, lead) -> None:
-    """A NaN where a point is scored (weight > 0) is refused, naming the variable: it would make the score NaN, and
-    leaving it out would score the forecast on fewer points than the others. Where nothing is scored (a
-    masked point, a filled one) NaN is fine: WB2's files hold NaN over land for ocean variables."""
-    bad = torch.isnan(prediction) & (weights > 0)
+    """A NaN or infinite value where a point is scored (weight > 0) is refused, naming the variable: it would make
+    the score NaN or inf (float16 overflows to inf above 65504), and leaving it out would score the forecast on
+    fewer points than the others. Where nothing is scored (a masked point, a filled one) NaN is fine: WB2's
+    files hold NaN over land for ocean variables."""
+    bad = ~torch.isfinite(prediction) & (weights > 0)
     if bool(bad.any()):
         c = int(bad.flatten(2).any(-1).any(0).nonzero()[0])
+        what = "NaN" if bool(torch.isnan(prediction[:, c][bad[:, c]]).any()) else "infinite"
         raise RunError(
-            f"{path}: '{names[c]}' at lead {lead} is NaN at {int(bad[:, c].sum())} point(s) the store scores "
+            f"{path}: '{names[c]}' at lead {lead} is {what} at {int(bad[:, c].sum())} point(s) the store scores "
             "(observed, weight > 0): forecast every scored point, or score against a store whose mask leaves them out"
         )
 

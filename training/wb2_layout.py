@@ -23,6 +23,7 @@ import xarray as xr
 from canonstore.errors import RunError
 from canonstore.names import short_name
 from canonstore.preprocess.channels import LEVEL_DIMS, levels_in_hpa
+from canonstore.units import scale_to
 
 LEAD, LEVEL = "prediction_timedelta", "level"
 LEVEL_TOLERANCE = 1e-3  # hPa
@@ -141,7 +142,9 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
     are refused."""
     if LEAD in fc.dims and "lead" in fc.dims:
         raise RunError(f"{path}: has both 'lead' and '{LEAD}': keep one")
-    fc = fc.rename({LEAD: "lead"}) if LEAD in fc.dims else fc
+    if LEAD in fc.dims:
+        _check_timedelta(fc[LEAD], path)
+        fc = fc.rename({LEAD: "lead"})
     ds = store.to_xarray()
     recipe_rename = yaml_rename(store)
     variable = [short_name(str(v), recipe_rename) for v in ds["channel_variable"].values]
@@ -153,7 +156,7 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
         wanted = rename.get(name, name)
         if lv is None and wanted in store.channels:
             return wanted
-        short = short_name(wanted)
+        short = short_name(wanted, recipe_rename)  # the store's spellings: its recipe renamed this source variable
         for c, channel in enumerate(store.channels):
             same_level = np.isnan(level[c]) if lv is None else abs(level[c] - lv) <= LEVEL_TOLERANCE
             if same_level and short == variable[c]:
@@ -190,6 +193,18 @@ def to_channels(fc: xr.Dataset, store, path, rename: dict[str, str] | None = Non
     back = {f: s for s, f in grid.renames.items() if f != s and f in fc.dims and s not in fc.dims}
     result = xr.Dataset(out, attrs=fc.attrs)
     return (result.rename(back) if back else result), unmatched
+
+
+def _check_timedelta(lead: xr.DataArray, path) -> None:
+    """WB2's `prediction_timedelta` is a time (timedelta64, or numbers in time units): plain numbers there are
+    hours or steps, nobody can tell which, so they are refused rather than counted as store steps."""
+    if lead.dtype.kind == "m" or scale_to(str(lead.attrs.get("units", "")).strip(), "s") is not None:
+        return
+    raise RunError(
+        f"{path}: {LEAD} holds {lead.dtype} without time units ({lead.values[:3].tolist()}, ...), so how far "
+        f"ahead each forecast is cannot be told: write it as timedelta64 (or with units such as 'hours'), or "
+        f"name the dim 'lead' to count store steps"
+    )
 
 
 def yaml_rename(store) -> dict[str, str]:

@@ -248,3 +248,55 @@ def test_prediction_timedelta_only_where_every_init_is_the_same_time_ahead():
     ahead = time_ahead(days360[:2], days360[1:, None])
     assert ahead is not None and (ahead / np.timedelta64(1, "D")).tolist() == [30.0]
     assert time_ahead(np.array([0, 1]), np.array([[1], [2]])) is None  # positions, no dates
+
+
+def test_a_prediction_timedelta_without_time_units_is_refused(store, tmp_path):
+    """WB2's `prediction_timedelta` is a time; plain integers there (6, 12: hours that lost their units) were
+    counted as store steps, scoring each forecast against the truth 36 and 72 hours ahead without a word."""
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store)
+    fc = wb2_file(store, init, forecast).assign_coords(prediction_timedelta=[6, 12])
+    with pytest.raises(RunError, match="prediction_timedelta holds int64 without time units"):
+        scored_channels(store, fc, tmp_path / "bare.zarr")
+    hours = fc.assign_coords(prediction_timedelta=("prediction_timedelta", [6, 12], {"units": "hours"}))
+    assert set(scored_channels(store, hours, tmp_path / "hours.zarr")["leads"]) == {1, 2}
+
+
+def test_an_infinite_value_where_the_store_scores_is_refused(store, tmp_path):
+    """float16 overflows to inf (geopotential above 65504 m**2 s**-2, at 400 hPa and up): past the first batch of
+    init times, which the units check reads, an inf scored RMSE, MAE and bias inf and ACC NaN without an error."""
+    from canonstore.errors import RunError
+
+    init, _, forecast = truth_and_forecast(store, rows=70)
+    fc = wb2_file(store, init, forecast)
+    fc["2m_temperature"][68, 0, 2, 1] = np.inf
+    with pytest.raises(RunError, match="'t2m' at lead 1 is infinite at 1 point"):
+        scored_channels(store, fc, tmp_path / "overflow.zarr")
+    fc["2m_temperature"][68, 0, 2, 1] = 280.0
+    fc["2m_temperature"][3, 0, 2, 1] = np.inf  # in the batch the units check reads: the same words
+    with pytest.raises(RunError, match="'t2m' at lead 1 is infinite at 1 point"):
+        scored_channels(store, fc, tmp_path / "overflow-first.zarr")
+
+
+def test_a_store_recipes_rename_reaches_the_files_variables(tmp_path):
+    """A store whose recipe renamed `2m_temperature` to `tas`: a file that spells it as the source did was refused
+    as 'none of its variables is a channel' (next to other variables: not scored), though the README says the
+    recipe's `rename:` adds that spelling and the store records `2m_temperature` as the channel's variable."""
+    times = pd.date_range("2000-01-01", "2001-01-05T18", freq="6h")
+    values = 280 + np.random.default_rng(0).normal(size=(times.size, len(LAT), LON.size))
+    coords = {"time": times, "latitude": ("latitude", LAT, {"units": "degrees_north"}), "longitude": LON}
+    xr.Dataset({"2m_temperature": (("time", "latitude", "longitude"), values, {"units": "K"})}, coords).to_netcdf(
+        tmp_path / "t.nc"
+    )
+    recipe = write_recipe(
+        tmp_path, name="tas", sources=["t.nc"], rename={"2m_temperature": "tas"}, splits={"train": [2000, 2000]}
+    )
+    tas = open_store(build(recipe, tmp_path / "tas.zarr", progress=False).path)
+    init = np.arange(8)
+    fc = xr.Dataset(
+        {"2m_temperature": (("time", "prediction_timedelta", "latitude", "longitude"), values[init + 1, None] + 0.5)},
+        {**coords, "time": times[init], "prediction_timedelta": np.array([6], "timedelta64[h]").astype("m8[ns]")},
+    )
+    result = scored_channels(tas, fc, tmp_path / "source-spelling.zarr")
+    assert result["not_scored"] == [] and result["scores"]["channels"]["tas"]["rmse"] == pytest.approx(0.5)
