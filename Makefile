@@ -59,7 +59,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-remote bench-peers lint test test-fast clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-remote bench-remote-s3rver bench-peers lint test test-fast clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -118,6 +118,13 @@ bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs ma
 
 bench-remote: | $(ENV_STAMP) ## Zarr sources: build from local Zarr vs NetCDF vs moto's S3 server, bytes fetched for a level/time subset: bench/results/remote.json
 	$(PY) bench/remote.py --results bench/results
+
+S3RVER := bench/.s3rver/node_modules/.bin/s3rver
+$(S3RVER):
+	npm install --no-save --prefix bench/.s3rver s3rver@3.7.1
+
+bench-remote-s3rver: $(S3RVER) | $(ENV_STAMP) ## pull vs a plain parallel GET against s3rver (ranges served from the file): bench/results/remote-pull-s3rver.json
+	$(PY) bench/remote.py --pull-only --server s3rver --results bench/results
 
 # The peers live in their own venvs, never in canonstore's: anemoi-datasets pins zarr-python 2, zarrs needs 3,
 # zarr-python 3.2+ and insitubatch need Python >= 3.12 (PEERS_PYTHON312: the first that runs of python3.14..3.12

@@ -2,6 +2,7 @@
 
     python bench/remote.py [--days 120] [--nlat 32 --nlon 64] [--repeats 3] [--work /tmp/canonstore-bench-remote]
     python bench/remote.py --pull-only --days 240 --nlat 64 --nlon 128     # the pull rows only (440 MB)
+    python bench/remote.py --pull-only --server s3rver                     # the same against s3rver (Node)
 
 Writes WeatherBench 2-shaped data (2m_temperature and geopotential on 13 levels, 6-hourly, chunks of 16 steps x
 1 level) as Zarr v3 and as NetCDF, starts moto's S3 server in its own process on 127.0.0.1 and uploads the Zarr
@@ -11,6 +12,12 @@ against the bytes of the chunks the subset selects; then publishes the local Zar
 against a plain parallel GET of the same objects into files (throughput, median of `--repeats` interleaved
 runs, each into an empty folder after an untimed os.sync). Results: bench/results/remote.json (`--pull-only`:
 one local build, the pull rows, remote-pull.json).
+
+`--server s3rver` (with `--pull-only`) times the pull rows against s3rver instead of moto: a Node S3 server that
+serves a ranged GET from the file (moto reads the whole object for every range). It is installed once with
+`npm install --prefix bench/.s3rver s3rver@3.7.1` (gitignored; `make bench-remote-s3rver` does it). s3rver has no
+conditional PUT and no server-side copy that canonstore's publish relies on, so the store is uploaded there
+object by object (the same keys and bytes as a publish leaves), and its results go to remote-pull-s3rver.json.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -59,21 +67,37 @@ def _timed(recipe: Path, out: Path) -> float:
     return time.perf_counter() - began
 
 
-def _start_s3(work: Path) -> subprocess.Popen:
+S3RVER = ROOT / "bench" / ".s3rver" / "node_modules" / ".bin" / "s3rver"
+
+
+def _start_s3(work: Path, kind: str = "moto") -> subprocess.Popen:
+    """An S3 server on 127.0.0.1 in its own process, with the bucket `bench`; the AWS_* variables point at it."""
     port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "moto.log").open("w"),
+    if kind == "s3rver":
+        if not S3RVER.exists():
+            raise SystemExit(f"{S3RVER} is missing: npm install --prefix bench/.s3rver s3rver@3.7.1")
+        shutil.rmtree(work / "s3rver", ignore_errors=True)  # inside --work, which this bench marked as its own
+        command = [str(S3RVER), "-d", str(work / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "-s"]
+        command += ["--configure-bucket", "bench"]
+    else:
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(work / f"{kind}.log").open("w"))
+    keys = (
+        CREDENTIALS
+        if kind == "moto"
+        else {**CREDENTIALS, "AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER"}
     )
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true")
+    os.environ.update(keys, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true")
     for _ in range(100):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/").close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/" + ("moto-api/" if kind == "moto" else "")).close()
+            break
+        except urllib.error.HTTPError:  # s3rver answers its root with an error page: it is up
             break
         except OSError:
             time.sleep(0.1)
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT")).close()
+    if kind == "moto":
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bench", method="PUT")).close()
     return server
 
 
@@ -84,9 +108,14 @@ def main() -> None:
     parser.add_argument("--nlon", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pull-only", action="store_true", help="build once locally and time only the pull rows")
+    parser.add_argument(
+        "--server", choices=["moto", "s3rver"], default="moto", help="the S3 server of the pull rows (--pull-only)"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/canonstore-bench-remote"))
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    if args.server != "moto" and not args.pull_only:
+        parser.error("--server s3rver times the pull rows only: add --pull-only")
     warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
     # --work may name any folder: only an empty one or one this bench marked before is (re)used, never another
     make_staging(args.work, "bench-remote")
@@ -135,15 +164,17 @@ def _pull_only(args, local: Path) -> None:
     """One build from the local Zarr source, then the pull rows alone: bench/results/remote-pull.json."""
     recipe = write_recipe(args.work, name="zl", sources=[str(local)], variables=WB2, splits=_splits(args.days))
     _timed(recipe, args.work / "zarr-local.zarr")
-    server = _start_s3(args.work)
+    server = _start_s3(args.work, args.server)
     try:
         rows = {"data": f"{4 * args.days} steps x (1 + 13 levels) x {args.nlat}x{args.nlon}", "repeats": args.repeats}
-        rows["pull"] = _pull(args, args.work / "zarr-local.zarr")
+        rows["server"] = args.server
+        rows["pull"] = _pull(args, args.work / "zarr-local.zarr", publish=args.server == "moto")
     finally:
         server.terminate()
         server.wait()
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "remote-pull.json").write_text(json.dumps(rows, indent=1) + "\n")
+    name = "remote-pull.json" if args.server == "moto" else f"remote-pull-{args.server}.json"
+    (args.results / name).write_text(json.dumps(rows, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
 
 
@@ -194,15 +225,21 @@ def _timed_run(run, out: Path) -> float:
     return time.perf_counter() - began
 
 
-def _pull(args, store: Path) -> dict:
-    """`pull` of a published store vs a plain parallel GET of the same objects into files, interleaved."""
+def _pull(args, store: Path, publish: bool = True) -> dict:
+    """`pull` of a published store vs a plain parallel GET of the same objects into files, interleaved.
+    `publish=False`: the store's files uploaded as they are (a server without conditional PUT or copies)."""
+    from canonstore.atomic import MARKER
     from canonstore.objects import LIMIT, Objects, bounded, run_async
     from canonstore.preprocess.pull import pull
     from canonstore.preprocess.upload import publish_url
 
     url = "s3://bench/stores/era5.zarr"
-    publish_url(store, url)
     objects = Objects(url)
+    if publish:
+        publish_url(store, url)
+    else:  # what a publish leaves: every file of the store under its key, root zarr.json included
+        files = [p for p in sorted(store.rglob("*")) if p.is_file() and p.name != MARKER]
+        objects.put_files([(p.relative_to(store).as_posix(), p) for p in files])
     sizes = objects.list()
     nbytes = sum(sizes.values())
     largest = max(sizes.values())
