@@ -63,7 +63,7 @@ endif
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'
 
 env: $(ENV_STAMP) ## create .venv and install canonstore (once; redone when pyproject.toml changes)
 
