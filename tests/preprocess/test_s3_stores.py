@@ -239,3 +239,16 @@ def test_a_second_publish_of_one_url_on_this_machine_is_refused(s3, tiny_store):
     with publish_lock(url), pytest.raises(StoreError, match=rf"another publish of {url} is running"):
         publish_url(tiny_store, url)
     publish_url(tiny_store, url)  # once the first is done
+
+
+def test_a_shard_missing_on_s3_is_an_error_not_nan(s3, tiny_store):
+    """A `data` shard the manifest lists deleted from the bucket: `open_store(url).to_xarray()` read it as the fill
+    value (NaN, 192 values of the missing steps) without an error; it names the object and says to verify."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    objects = Objects(url)
+    shard = sorted(k for k in objects.list() if k.startswith("data/c/"))[1]
+    objects.delete([shard])
+    ds = open_store(url).to_xarray()
+    with pytest.raises(StoreError, match=rf"{url}/{shard}: listed in the manifest but missing.*canonstore verify"):
+        ds["data"].load()
