@@ -271,3 +271,20 @@ def test_bulk_transfers_retry_where_the_first_contact_fails_fast(monkeypatch):
     objects = Objects("s3://bucket/prefix")
     assert objects.store.retry_config["max_retries"] == RETRY["max_retries"]  # a wrong endpoint: seconds
     assert objects.bulk.retry_config is None  # object_store's own retries
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_stale_consolidated_metadata_is_refused(tmp_path, version):
+    """8 steps appended to a store whose consolidated metadata (`.zmetadata`, the root zarr.json's copy) was then
+    put back as it was: xarray reads the consolidated copy, and the build stored 48 of the 56 steps without a
+    word. The arrays' own metadata says otherwise: the build names the store, the array and the document."""
+    source = write_zarr(wb2_dataset(), tmp_path / "src.zarr", version)
+    consolidated = source / (".zmetadata" if version == 2 else "zarr.json")
+    before = consolidated.read_bytes()
+    wb2_dataset(steps=8, start="2000-01-13", seed=1).to_zarr(source, append_dim="time", consolidated=True)
+    consolidated.write_bytes(before)  # as a writer that appended without consolidating again leaves it
+    with pytest.raises(SourceError) as raised:
+        _build(tmp_path, source)
+    message = str(raised.value)
+    assert "\n" not in message and str(source) in message and "consolidated metadata" in message
+    assert re.search(r"'(time|2m_temperature|geopotential)'", message) and "consolidate" in message
