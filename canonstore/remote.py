@@ -188,9 +188,10 @@ def _json(raw: bytes):
 
 
 def _canonical(doc) -> str:
-    """A document as comparable text (NaN fill values equal); a group's own consolidated copy left out."""
+    """A document as comparable text (NaN fill values equal; a key set to null as one left out, as tools write
+    either); a group's own consolidated copy left out."""
     if isinstance(doc, dict):
-        doc = {k: v for k, v in doc.items() if k != "consolidated_metadata"}
+        doc = {k: v for k, v in doc.items() if k != "consolidated_metadata" and v is not None}
     return json.dumps(doc, sort_keys=True)
 
 
