@@ -149,19 +149,19 @@ def check_consolidated(location, documents: dict[str, bytes]) -> None:
     """Refuse consolidated metadata (v2 `.zmetadata`, v3 the root zarr.json's `consolidated_metadata`) that is not
     the arrays' own documents (`documents`: name -> bytes, every metadata document of the store). xarray and zarr
     read only the consolidated copy: one left from before an append gives the old shape (the new steps missing
-    without a word), one from before a rewrite other attributes (`scale_factor`) or codecs."""
+    without a word), one from before a rewrite other attributes (`scale_factor`), fill value or data type."""
     copy, own, where = _consolidated(documents)
     for name in sorted(set(copy) | set(own)) if copy else ():
         kept, now = copy.get(name), own.get(name)
         if name.rsplit("/", 1)[-1] == ".zattrs":  # v2 writers may leave out an empty .zattrs, on disk or in the copy
             kept, now = kept or {}, now or {}
-        if _canonical(kept) == _canonical(now):
+        fields = _differing(name, kept, now)
+        if not fields:
             continue
         if kept is None or now is None:
             said = f"{name} is not in {where}" if kept is None else f"{where} lists {name}, which is gone"
         else:
-            field = next(k for k in sorted(set(kept) | set(now)) if _canonical(kept.get(k)) != _canonical(now.get(k)))
-            said = f"'{field}' is {now.get(field)!r} in {name} but {kept.get(field)!r} in {where}"
+            said = f"'{fields[0]}' is {now.get(fields[0])!r} in {name} but {kept.get(fields[0])!r} in {where}"
         raise SourceError(
             f"{location}: array '{name.rsplit('/', 1)[0] if '/' in name else '/'}': the consolidated metadata is out "
             f"of date ({said}); xarray would read the stale copy: consolidate again (zarr.consolidate_metadata)"
@@ -189,12 +189,26 @@ def _json(raw: bytes):
         return None
 
 
-def _canonical(doc) -> str:
-    """A document as comparable text (NaN fill values equal; a key set to null as one left out, as tools write
-    either); a group's own consolidated copy left out."""
-    if isinstance(doc, dict):
-        doc = {k: v for k, v in doc.items() if k != "consolidated_metadata" and v is not None}
-    return json.dumps(doc, sort_keys=True)
+# What a document says about the values a reader gets; the rest (codecs' defaults, chunk_key_encoding's default
+# separator, an empty storage_transformers) is spelt differently by different writers and by zarr's consolidation
+# of another writer's documents (tensorstore's "attributes" left out, zarr's copy {}): compared, it refused good stores.
+_MEANING = {
+    ".zarray": ("shape", "chunks", "dtype", "fill_value", "order", "compressor", "filters"),
+    "zarr.json": ("node_type", "shape", "data_type", "chunk_grid", "fill_value", "dimension_names", "attributes"),
+}
+
+
+def _differing(name: str, kept: dict | None, now: dict | None) -> list[str]:
+    """The fields of document `name` that say different things in the two copies (None: a copy is missing). A key
+    set to null, one left out and an empty `{}` are alike; NaN fill values are equal (compared as JSON text)."""
+    if kept is None or now is None:
+        return [] if kept is now else ["(the whole document)"]
+    keys = _MEANING.get(name.rsplit("/", 1)[-1]) or sorted(set(kept) | set(now) - {"consolidated_metadata"})
+    return [k for k in keys if _text(kept.get(k)) != _text(now.get(k))]
+
+
+def _text(value) -> str:
+    return json.dumps(None if value == {} else value, sort_keys=True)
 
 
 def remote_error(location, exc: BaseException) -> str:

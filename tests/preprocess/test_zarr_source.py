@@ -15,7 +15,7 @@ from canonstore.cli import main
 from canonstore.errors import RecipeError, SourceError
 from canonstore.preprocess import build, load_recipe
 from canonstore.preprocess.zarr_source import READS
-from canonstore.remote import listing
+from canonstore.remote import listing, zarr_identity
 from tests.helpers import write_recipe
 from tests.wb2 import CREDENTIALS, LEVELS, as_netcdf, upload, wb2_dataset, write_zarr
 
@@ -288,3 +288,36 @@ def test_stale_consolidated_metadata_is_refused(tmp_path, version):
     message = str(raised.value)
     assert "\n" not in message and str(source) in message and "consolidated metadata" in message
     assert re.search(r"'(time|2m_temperature|geopotential)'", message) and "consolidate" in message
+
+
+def test_a_store_another_writer_made_and_zarr_consolidated_is_not_refused_as_stale(tmp_path):
+    """tensorstore leaves an empty `attributes` out and zarr's consolidated copy spells it {} (and fills in the
+    chunk key separator and an empty storage_transformers): the same metadata, so the store reads; a changed
+    shape in the array's own document is still refused."""
+    import tensorstore as ts
+    import zarr
+
+    root = tmp_path / "ts.zarr"
+    root.mkdir()
+    (root / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    values = np.arange(8 * 4 * 6, dtype="float32").reshape(8, 4, 6)
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(root / "t2m")},
+        "metadata": {
+            "shape": list(values.shape),
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4, 4, 6]}},
+            "dimension_names": ["time", "latitude", "longitude"],
+        },
+        "create": True,
+    }
+    ts.open(spec).result().write(values).result()
+    with pytest.warns(UserWarning, match="onsolidated"):
+        zarr.consolidate_metadata(str(root))
+    assert "attributes" not in json.loads((root / "t2m" / "zarr.json").read_text())
+    assert zarr_identity(root)["objects"] == 4  # two documents, two chunks: read, not refused
+    own = json.loads((root / "t2m" / "zarr.json").read_text())
+    (root / "t2m" / "zarr.json").write_text(json.dumps({**own, "shape": [12, 4, 6]}))  # resized, not consolidated
+    with pytest.raises(SourceError, match=r"'shape' is \[12, 4, 6\] in t2m/zarr.json but \[8, 4, 6\]"):
+        zarr_identity(root)
