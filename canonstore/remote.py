@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def read_object(location, name: str) -> bytes:
 def zarr_identity(location) -> dict:
     """The record of a Zarr source: `{path, size, objects, sha256}`, sha256 of its metadata documents (the
     consolidated ones included) and of its stamped listing (`stamped_listing`). An empty or metadata-less
-    location is refused."""
+    location is refused, and so is stale consolidated metadata (`check_consolidated`), from the same documents."""
     found = stamped_listing(location)
     docs = [name for name, _, _ in found if name.rsplit("/", 1)[-1] in METADATA]
     if not docs:
@@ -136,10 +137,78 @@ def zarr_identity(location) -> dict:
     digest = hashlib.sha256()
     for name, size, stamp in found:
         digest.update(f"{name}\t{size}\t{stamp}\n".encode())
-    for name in docs:
-        digest.update(name.encode() + b"\0" + hashlib.sha256(read_object(location, name)).digest())
+    documents = {name: read_object(location, name) for name in docs}
+    for name, raw in documents.items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(raw).digest())
+    check_consolidated(location, documents)
     where = str(location) if is_url(location) else str(Path(location).resolve())
     return {"path": where, "size": sum(s for _, s, _ in found), "objects": len(found), "sha256": digest.hexdigest()}
+
+
+def check_consolidated(location, documents: dict[str, bytes]) -> None:
+    """Refuse consolidated metadata (v2 `.zmetadata`, v3 the root zarr.json's `consolidated_metadata`) that is not
+    the arrays' own documents (`documents`: name -> bytes, every metadata document of the store). xarray and zarr
+    read only the consolidated copy: one left from before an append gives the old shape (the new steps missing
+    without a word), one from before a rewrite other attributes (`scale_factor`), fill value or data type."""
+    copy, own, where = _consolidated(documents)
+    for name in sorted(set(copy) | set(own)) if copy else ():
+        kept, now = copy.get(name), own.get(name)
+        if name.rsplit("/", 1)[-1] == ".zattrs":  # v2 writers may leave out an empty .zattrs, on disk or in the copy
+            kept, now = kept or {}, now or {}
+        fields = _differing(name, kept, now)
+        if not fields:
+            continue
+        if kept is None or now is None:
+            said = f"{name} is not in {where}" if kept is None else f"{where} lists {name}, which is gone"
+        else:
+            said = f"'{fields[0]}' is {now.get(fields[0])!r} in {name} but {kept.get(fields[0])!r} in {where}"
+        raise SourceError(
+            f"{location}: array '{name.rsplit('/', 1)[0] if '/' in name else '/'}': the consolidated metadata is out "
+            f"of date ({said}); xarray would read the stale copy: consolidate again (zarr.consolidate_metadata)"
+        )
+
+
+def _consolidated(documents: dict[str, bytes]) -> tuple[dict, dict, str]:
+    """(consolidated copy, the documents themselves, where the copy is): name -> parsed document; no copy: {}."""
+    if ".zmetadata" in documents:  # v2: keys as the documents' names
+        copy = (_json(documents[".zmetadata"]) or {}).get("metadata") or {}
+        own = {
+            n: _json(raw) for n, raw in documents.items() if n.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup")
+        }
+        return copy, own, ".zmetadata"
+    root = _json(documents.get("zarr.json", b"{}")) or {}
+    copy = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+    own = {n: _json(raw) for n, raw in documents.items() if n.endswith("/zarr.json")}
+    return {f"{n}/zarr.json": doc for n, doc in copy.items()}, own, "the root zarr.json's consolidated_metadata"
+
+
+def _json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# What a document says about the values a reader gets; the rest (codecs' defaults, chunk_key_encoding's default
+# separator, an empty storage_transformers) is spelt differently by different writers and by zarr's consolidation
+# of another writer's documents (tensorstore's "attributes" left out, zarr's copy {}): compared, it refused good stores.
+_MEANING = {
+    ".zarray": ("shape", "chunks", "dtype", "fill_value", "order", "compressor", "filters"),
+    "zarr.json": ("node_type", "shape", "data_type", "chunk_grid", "fill_value", "dimension_names", "attributes"),
+}
+
+
+def _differing(name: str, kept: dict | None, now: dict | None) -> list[str]:
+    """The fields of document `name` that say different things in the two copies (None: a copy is missing). A key
+    set to null, one left out and an empty `{}` are alike; NaN fill values are equal (compared as JSON text)."""
+    if kept is None or now is None:
+        return [] if kept is now else ["(the whole document)"]
+    keys = _MEANING.get(name.rsplit("/", 1)[-1]) or sorted(set(kept) | set(now) - {"consolidated_metadata"})
+    return [k for k in keys if _text(kept.get(k)) != _text(now.get(k))]
+
+
+def _text(value) -> str:
+    return json.dumps(None if value == {} else value, sort_keys=True)
 
 
 def remote_error(location, exc: BaseException) -> str:

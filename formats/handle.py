@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import stat
 import weakref
@@ -28,6 +29,7 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from canonstore.errors import StoreError
+from canonstore.formats.manifest import MANIFEST
 
 
 class StoreHandle:
@@ -135,6 +137,7 @@ class CheckedStore(LocalStore):
     def __init__(self, handle: StoreHandle, *, read_only: bool = True):
         super().__init__(handle.path, read_only=True)
         self.handle = handle
+        self._files: dict | None = None
 
     def with_read_only(self, read_only: bool = False) -> CheckedStore:
         return type(self)(self.handle)
@@ -161,4 +164,18 @@ class CheckedStore(LocalStore):
         try:
             return prototype.buffer.from_bytes(self.handle.read(key, start, stop))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None  # zarr's meaning of an absent key (verify counts files against the manifest)
+            if key in self._listed():  # zarr would read a file of the store that is gone as NaN, the fill value
+                raise StoreError(
+                    f"{self.handle.path / key}: listed in the manifest but missing (Zarr would read it as the fill "
+                    f"value, NaN); `canonstore verify {self.handle.path}` lists the damage; rebuild or pull the store"
+                ) from None
+            return None  # zarr's meaning of an absent key (it probes for documents a store need not have)
+
+    def _listed(self) -> dict:
+        """The files the opened store's manifest lists (read on the first absent key only)."""
+        if self._files is None:
+            try:
+                self._files = json.loads(self.handle.read(MANIFEST)).get("files") or {}
+            except (OSError, ValueError, AttributeError):
+                self._files = {}  # no readable manifest: nothing to tell an absent key by (verify says why)
+        return self._files

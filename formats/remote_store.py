@@ -41,7 +41,8 @@ def changed(url: str, key: str) -> StoreError:
 
 
 class ManifestCheckedStore(ObjectStore):
-    """zarr's read-only ObjectStore whose whole-object reads must have the sha256 the manifest lists."""
+    """zarr's read-only ObjectStore whose whole-object reads must have the sha256 the manifest lists, and whose
+    reads of an object the manifest lists but the bucket lacks are an error (zarr alone gives the fill value)."""
 
     def __init__(self, store, *, read_only: bool = True, files: dict | None = None, url: str = ""):
         super().__init__(store, read_only=True)
@@ -52,6 +53,11 @@ class ManifestCheckedStore(ObjectStore):
 
     async def get(self, key, prototype, byte_range=None):
         buffer = await super().get(key, prototype, byte_range)
+        if buffer is None and key in self.files:  # zarr would read a listed object that is gone as NaN, the fill
+            raise StoreError(
+                f"{self.url}/{key}: listed in the manifest but missing (Zarr would read it as the fill value, NaN); "
+                f"a new build is being published there, or the store is damaged: `canonstore verify {self.url}`"
+            )
         whole = buffer is not None and byte_range is None and key in self.files
         if whole and hashlib.sha256(buffer.to_bytes()).hexdigest() != self.files[key]["sha256"]:
             raise changed(self.url, key)

@@ -17,7 +17,8 @@ checked against the manifest (every file listed and no other, of its size; each 
 so nothing is read twice) and published by the same swap as a build (`atomic.replace_folder`): the rename comes
 after the sync, so a published copy never lacks bytes. The remote root `zarr.json` is fetched and checked as
 any file; a pull that fails asks `open_remote` why (a publish under way at the URL says so in one line). An
-existing DEST must be a canonstore store; one of the same build is kept.
+existing DEST must be a canonstore store; one of the same build is kept (unless a file is missing or of
+another size: then it is pulled again).
 
     pull("s3://bucket/wb2/era5.zarr", "data/era5.zarr")     # -> PullResult(path, files, fetched, kept, seconds)
 """
@@ -79,7 +80,8 @@ def pull(
     files, raw = remote_manifest(objects)  # one line for a missing store, bucket or key, or an interrupted publish
     with build_lock(dest):
         check_output(dest)
-        if (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == raw:
+        same = (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == raw
+        if same and not check_manifest(dest, checksums=False):  # every file there at its size, else pull again
             logger.info(f"{dest} is already {url} (the same manifest); nothing to pull")
             return PullResult(dest, len(files), 0, len(files), time.perf_counter() - began)
         staging = staging_path(dest)

@@ -63,7 +63,7 @@ def _build_and_publish(recipe, url, force, build_local, objects: Objects, name: 
         return BuildResult(url, built=False)
     with upload_folder() as folder:  # TMPDIR chooses the disk; a killed build's folder is removed by the next
         result = build_local(folder / name)
-        _publish(result.path, url)
+        _publish(result.path, url, keep_unchanged=not force)  # forced: every object copied, a damaged one too
     logger.info(f"published {url}")
     return dataclasses.replace(result, path=url)
 
@@ -91,7 +91,9 @@ def publish_lock(url: str):
     return build_lock(path, what=f"publish of {url}")
 
 
-def _publish(local: Path, url: str) -> None:
+def _publish(local: Path, url: str, keep_unchanged: bool = True) -> None:
+    """The two phases (module docstring). `keep_unchanged`: an object the previous build's manifest lists with the
+    new one's size and sha256 is not copied again (trusting the manifest: one damaged in place stays so)."""
     parent, name = parent_and_name(url)
     objects = Objects(parent)
     files = read_manifest(local)["files"]
@@ -114,7 +116,11 @@ def _publish(local: Path, url: str) -> None:
     live = _relative(objects.list(store), store)
     retract = [ROOT, *(rel for rel in documents if rel in live), MANIFEST]
     objects.delete([store + rel for rel in retract if rel in live], limit=1)  # in this order: the root first
-    unchanged = {rel for rel in data if previous.get(rel) == files[rel] and live.get(rel) == files[rel]["size"]}
+    unchanged = {
+        rel
+        for rel in data
+        if keep_unchanged and previous.get(rel) == files[rel] and live.get(rel) == files[rel]["size"]
+    }
     objects.copy([(staging + rel, store + rel) for rel in data if rel not in unchanged])
     objects.delete([store + rel for rel in live if rel not in files and rel not in (MANIFEST, MARKER)])
     for group in (documents, [MANIFEST], [ROOT]):  # the root zarr.json last: the commit

@@ -155,7 +155,8 @@ class _Chunks(WrapperStore):
         for floats, not NaN) as if it were data."""
         return SourceError(
             f"{self._where}: variable {key.split('/', 1)[0]}: chunk {key} is missing (Zarr would read it as the "
-            "array's fill value); restore the chunk or rewrite the source"
+            "array's fill value); restore the chunk, or, if its writer skips chunks equal to the fill value (zarr's "
+            "default, write_empty_chunks=False), rewrite the source with write_empty_chunks=True"
         )
 
     def close(self) -> None:

@@ -230,3 +230,15 @@ def test_a_far_future_360_day_store_opens_without_xarrays_cftime_note(tmp_path):
         store = open_store(out)
         assert store.time[-1].calendar == "360_day" and store.to_xarray()["time"].size == 120
     assert [str(w.message)[:60] for w in caught if "decode time" in str(w.message)] == []
+
+
+def test_a_missing_shard_is_an_error_for_to_xarray_not_nan(tmp_path, tiny_store):
+    """A shard the manifest lists deleted: `to_xarray()` read its steps as the fill value (NaN) without an error
+    (`.array` raises); it names the file and says to verify, as on object storage."""
+    store = shutil.copytree(tiny_store, tmp_path / "s.zarr")
+    shard = sorted(store.glob("data/c/*/0/0/0"))[1]
+    shard.unlink()
+    ds = open_store(store).to_xarray()
+    with pytest.raises(StoreError, match=rf"{shard}: listed in the manifest but missing.*canonstore verify"):
+        ds["data"].load()
+    np.testing.assert_array_equal(ds["data"][:1].values, open_store(tiny_store).array[:1])  # the others still read

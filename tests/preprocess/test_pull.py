@@ -50,6 +50,21 @@ def test_pull_is_bit_for_bit(s3, tiny_store, tmp_path):
     assert again.fetched == 0 and again.kept == again.files
 
 
+def test_pull_again_over_a_damaged_copy_fetches_it_again(s3, tiny_store, tmp_path):
+    """DEST holds the URL's manifest but a shard was deleted and another cut short: the pull said 'nothing to
+    pull' (fetched 0, kept every file) and left the copy without them. It pulls the store again."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    dest = tmp_path / "demo.zarr"
+    pull(url, dest, **QUIET)
+    first, second = sorted(dest.glob("data/c/*/0/0/0"))[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:100])
+    again = pull(url, dest, **QUIET)
+    assert again.fetched > 0 and again.kept < again.files
+    assert local_files(dest) == objects_of(url) and verify_store(dest) == []
+
+
 @pytest.mark.parametrize("how", [{"whole_mb": 0, "part_mb": 0.1, "limit": 8}, {"whole_mb": 1e9}])
 def test_pull_in_ranged_parts_or_whole_objects(s3, one_shard_store, tmp_path, how):
     """The shard split into ranges that complete out of order (the file still hashed in order as they

@@ -239,3 +239,31 @@ def test_a_second_publish_of_one_url_on_this_machine_is_refused(s3, tiny_store):
     with publish_lock(url), pytest.raises(StoreError, match=rf"another publish of {url} is running"):
         publish_url(tiny_store, url)
     publish_url(tiny_store, url)  # once the first is done
+
+
+def test_a_shard_missing_on_s3_is_an_error_not_nan(s3, tiny_store):
+    """A `data` shard the manifest lists deleted from the bucket: `open_store(url).to_xarray()` read it as the fill
+    value (NaN, 192 values of the missing steps) without an error; it names the object and says to verify."""
+    url = f"s3://{s3}/demo.zarr"
+    publish_url(tiny_store, url)
+    objects = Objects(url)
+    shard = sorted(k for k in objects.list() if k.startswith("data/c/"))[1]
+    objects.delete([shard])
+    ds = open_store(url).to_xarray()
+    with pytest.raises(StoreError, match=rf"{url}/{shard}: listed in the manifest but missing.*canonstore verify"):
+        ds["data"].load()
+
+
+def test_a_forced_build_replaces_an_object_damaged_in_place(s3, tiny_raw, tmp_path):
+    """A shard overwritten on the bucket (same size, zeros): `verify` names it, and `build --force` said it
+    published while skipping the shard as 'unchanged' (the previous manifest's sha256 and size are the new
+    build's), so the damage stayed. A forced build copies every object."""
+    url = f"s3://{s3}/demo.zarr"
+    recipe = demo_recipe(tmp_path, tiny_raw)
+    build(recipe, url, **QUIET)
+    objects = Objects(url)
+    shard = sorted(k for k in objects.list() if k.startswith("data/c/"))[2]
+    objects.put(shard, bytes(len(objects.read(shard))))
+    assert verify_store(url) == [f"{shard}: sha256 differs from the manifest (object changed or damaged)"]
+    build(recipe, url, force=True, **QUIET)
+    assert verify_store(url) == []

@@ -15,7 +15,7 @@ from canonstore.cli import main
 from canonstore.errors import RecipeError, SourceError
 from canonstore.preprocess import build, load_recipe
 from canonstore.preprocess.zarr_source import READS
-from canonstore.remote import listing
+from canonstore.remote import listing, zarr_identity
 from tests.helpers import write_recipe
 from tests.wb2 import CREDENTIALS, LEVELS, as_netcdf, upload, wb2_dataset, write_zarr
 
@@ -206,6 +206,7 @@ def test_missing_chunk_is_refused_not_read_as_fill_value(tmp_path):
         _build(tmp_path, source, variables=["2m_temperature"])
     message = str(raised.value)
     assert "\n" not in message and str(source) in message and "2m_temperature/c/3/0/0" in message
+    assert "write_empty_chunks" in message  # zarr skips chunks equal to the fill value unless told
 
 
 def test_chunk_rewritten_in_place_changes_the_identity(tmp_path):
@@ -271,3 +272,53 @@ def test_bulk_transfers_retry_where_the_first_contact_fails_fast(monkeypatch):
     objects = Objects("s3://bucket/prefix")
     assert objects.store.retry_config["max_retries"] == RETRY["max_retries"]  # a wrong endpoint: seconds
     assert objects.bulk.retry_config is None  # object_store's own retries
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_stale_consolidated_metadata_is_refused(tmp_path, version):
+    """8 steps appended to a store whose consolidated metadata (`.zmetadata`, the root zarr.json's copy) was then
+    put back as it was: xarray reads the consolidated copy, and the build stored 48 of the 56 steps without a
+    word. The arrays' own metadata says otherwise: the build names the store, the array and the document."""
+    source = write_zarr(wb2_dataset(), tmp_path / "src.zarr", version)
+    consolidated = source / (".zmetadata" if version == 2 else "zarr.json")
+    before = consolidated.read_bytes()
+    wb2_dataset(steps=8, start="2000-01-13", seed=1).to_zarr(source, append_dim="time", consolidated=True)
+    consolidated.write_bytes(before)  # as a writer that appended without consolidating again leaves it
+    with pytest.raises(SourceError) as raised:
+        _build(tmp_path, source)
+    message = str(raised.value)
+    assert "\n" not in message and str(source) in message and "consolidated metadata" in message
+    assert re.search(r"'(time|2m_temperature|geopotential)'", message) and "consolidate" in message
+
+
+def test_a_store_another_writer_made_and_zarr_consolidated_is_not_refused_as_stale(tmp_path):
+    """tensorstore leaves an empty `attributes` out and zarr's consolidated copy spells it {} (and fills in the
+    chunk key separator and an empty storage_transformers): the same metadata, so the store reads; a changed
+    shape in the array's own document is still refused."""
+    import tensorstore as ts
+    import zarr
+
+    root = tmp_path / "ts.zarr"
+    root.mkdir()
+    (root / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    values = np.arange(8 * 4 * 6, dtype="float32").reshape(8, 4, 6)
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(root / "t2m")},
+        "metadata": {
+            "shape": list(values.shape),
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4, 4, 6]}},
+            "dimension_names": ["time", "latitude", "longitude"],
+        },
+        "create": True,
+    }
+    ts.open(spec).result().write(values).result()
+    with pytest.warns(UserWarning, match="onsolidated"):
+        zarr.consolidate_metadata(str(root))
+    assert "attributes" not in json.loads((root / "t2m" / "zarr.json").read_text())
+    assert zarr_identity(root)["objects"] == 4  # two documents, two chunks: read, not refused
+    own = json.loads((root / "t2m" / "zarr.json").read_text())
+    (root / "t2m" / "zarr.json").write_text(json.dumps({**own, "shape": [12, 4, 6]}))  # resized, not consolidated
+    with pytest.raises(SourceError, match=r"'shape' is \[12, 4, 6\] in t2m/zarr.json but \[8, 4, 6\]"):
+        zarr_identity(root)
