@@ -27,6 +27,9 @@ class RunError(CanonstoreError):
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of a library's error, at most `limit` characters (obstore's run to ~40 lines of debug
-    detail, HDF5's to a stack; the first says what happened), else the error's type."""
+    detail, HDF5's to a stack; the first says what happened), else the error's type. canonstore's own errors
+    are one line already, whole: their advice comes last, after paths and URLs of any length."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0] if isinstance(exc, CanonstoreError) else text.splitlines()[0][:limit]
