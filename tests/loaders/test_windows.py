@@ -1,5 +1,7 @@
 """Windows: which store steps and channels each sample reads, as index arithmetic without torch."""
 
+import re
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +57,11 @@ def test_a_clock_that_shifts_ends_windows(tmp_path):
     steps_in, steps_out = windows.steps(np.arange(windows.times.size))
     spans = store.time[steps_out[:, -1]] - store.time[steps_in[:, 0]]
     assert windows.times.size == 2 * (20 - 3) and (spans == np.timedelta64(18, "h")).all()
+    old = tmp_path / "old.zarr"  # as built before the shift counted as a gap: none recorded
+    shutil.copytree(store.path, old)
+    meta = old / "zarr.json"
+    meta.write_text(re.sub(r'"gap_after": \[[^\]]*\]', '"gap_after": []', meta.read_text()))
+    assert open_store(old).attrs["gap_after"] == [] and open_store(old).gaps.tolist() == [19]
     early = times[:20].append(times[20:] - pd.Timedelta("2h"))  # 18:00 then 22:00
     (tmp_path / "shifted.nc").unlink()
     t2m_file(tmp_path / "shifted.nc", early)
