@@ -157,10 +157,13 @@ class Store:
 
     @cached_property
     def gaps(self) -> np.ndarray:
-        """Steps after which the time axis jumps (recipe `time_gaps: allow`): windows never span them."""
-        if "gap_after" in self.attrs:
-            return np.asarray(self.attrs["gap_after"], dtype=np.int64)
-        return np.asarray(find_gaps(self.time)[0], dtype=np.int64)  # stores built before it was recorded
+        """Steps after which the time axis jumps (recipe `time_gaps: allow`): windows never span them.
+
+        Those the build recorded (`gap_after`: with each session's end) and, on an axis without sessions,
+        those `find_gaps` measures now: a store built before the rule counted a shifted clock (18:00 then
+        02:00 on a 6-hourly axis) as a gap recorded none there."""
+        found = find_gaps(self.time)[0] if self.session is None or "gap_after" not in self.attrs else []
+        return np.union1d(np.asarray(self.attrs.get("gap_after", []), dtype=np.int64), found).astype(np.int64)
 
     @cached_property
     def latitude(self) -> str | None:

@@ -22,8 +22,6 @@ from canonstore._time import is_dates
 from canonstore.formats.coords import latitude_field
 from canonstore.loaders.windows import encoding_names  # the channels each kind adds: loaders.windows.ENCODINGS
 
-_YEAR_DAYS = {"noleap": 365, "365_day": 365, "all_leap": 366, "366_day": 366, "360_day": 360}
-
 
 def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of the year, fraction of the day) of each time: datetime64 or cftime (any calendar)."""
@@ -38,19 +36,19 @@ def time_fractions(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         year_days = np.where(t.is_leap_year, 366, 365)
         return np.asarray((t.day_of_year - 1 + day) / year_days, dtype=np.float64), np.asarray(day, dtype=np.float64)
     day = np.array([(t.hour + t.minute / 60 + t.second / 3600) / 24 for t in times])  # cftime, any calendar
-    doy = np.array([t.dayofyr - 1 for t in times], dtype=np.float64)
-    year_days = np.array([_year_days(t) for t in times], dtype=np.float64)
-    return (doy + day) / year_days, day
-
-
-def _year_days(t) -> int:
-    calendar = str(t.calendar).lower()
-    if calendar in _YEAR_DAYS:
-        return _YEAR_DAYS[calendar]
-    y = t.year
-    if calendar == "julian":
-        return 366 if y % 4 == 0 else 365
-    return 366 if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0 else 365  # standard, gregorian, proleptic
+    # The time since 1 January over the year's length, both measured by the calendar itself: a noleap year
+    # has 365 days, a 360_day one 360, and `standard` is Julian before 15 October 1582 (1500 has 366 days,
+    # 1582 has 355: a leap-year rule or cftime's `dayofyr` would be off by up to 10 days there).
+    years: dict = {}
+    year = np.empty(len(times))
+    for i, t in enumerate(times):
+        key = (t.calendar, t.year)
+        if key not in years:
+            start = t.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+            years[key] = start, (start.replace(year=t.year + 1) - start).total_seconds()
+        start, length = years[key]
+        year[i] = (t - start).total_seconds() / length
+    return year, day
 
 
 class Encodings:

@@ -16,7 +16,7 @@ import xarray as xr
 from canonstore._time import as_days, duration_label, is_dates, span, time_label
 from canonstore.errors import SourceError
 from canonstore.preprocess.recipe import Recipe
-from canonstore.splits.gaps import find_gaps
+from canonstore.splits.gaps import find_gaps, step_tolerance
 
 _CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
 
@@ -177,7 +177,7 @@ def gaps_of(
     segments: list[Segment],
     offset: int,
 ) -> list[int]:
-    """Steps after which the time axis jumps by more than 1.5 usual steps; an error unless the
+    """Steps after which the time axis jumps by more than one usual step (`step_tolerance`); an error unless the
     recipe says `time_gaps: allow` (then the build reports them and windows never span them).
     A step shorter than the usual one is always an error (`_refuse_finer_steps`).
 
@@ -196,7 +196,7 @@ def gaps_of(
         if step is None:  # fewer than 3 steps: no usual step to measure against
             continue
         _refuse_finer_steps(time, lo, np.diff(days), step, segments, offset)
-        gaps += [lo + int(i) for i in np.flatnonzero(np.diff(days) > 1.5 * step)]
+        gaps += [lo + int(i) for i in np.flatnonzero(np.diff(days) > step_tolerance(step) * step)]
         usual = step
     if gaps and time_gaps == "error":
         i = gaps[0]
@@ -214,9 +214,10 @@ def _refuse_finer_steps(
     time: np.ndarray, lo: int, steps: np.ndarray, usual: float, segments: list[Segment], offset: int
 ) -> None:
     """A store has one regular step: a lead-1 pair must always span the same time. A step shorter
-    than 1/1.5 of the usual one (3-hourly files among 6-hourly ones, 12:00 stamps after 00:00
-    ones) is an error naming the files and times; the month lengths of monthly data pass."""
-    short = lo + np.flatnonzero(steps < usual / 1.5)
+    than the usual one by more than `step_tolerance` (3-hourly files among 6-hourly ones, 12:00 stamps
+    after 00:00 ones, 22:00 after 18:00 on a 6-hourly axis) is an error naming the files and times; the
+    month lengths of monthly data pass."""
+    short = lo + np.flatnonzero(steps < usual / step_tolerance(usual))
     if not short.size:
         return
     ends = np.cumsum([seg.keep.size for seg in segments]) - offset  # each file's last step + 1

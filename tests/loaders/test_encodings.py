@@ -26,6 +26,24 @@ def test_day_and_hour_fractions_follow_each_calendar():
     np.testing.assert_allclose(day, [0, 0.25, 0])
 
 
+def test_the_standard_calendar_keeps_julian_years_before_1582():
+    """cftime's `standard` calendar is Julian before 15 October 1582: 1500 is a leap year (366 days) and
+    1582 has 355 (4 October is followed by 15 October); the fraction of the year stays in [0, 1)."""
+    times = np.array(
+        [
+            cftime.DatetimeGregorian(1500, 12, 31, 12),
+            cftime.DatetimeGregorian(1500, 3, 1),
+            cftime.DatetimeGregorian(1582, 12, 31, 12),
+            cftime.DatetimeGregorian(1600, 12, 31, 12),
+            cftime.DatetimeJulian(1500, 12, 31, 12),
+            cftime.DatetimeProlepticGregorian(1500, 12, 31, 12),
+        ]
+    )
+    year, day = time_fractions(times)
+    np.testing.assert_allclose(year, [365.5 / 366, 60 / 366, 354.5 / 355, 365.5 / 366, 365.5 / 366, 364.5 / 365])
+    np.testing.assert_allclose(day, [0.5, 0, 0.5, 0.5, 0.5, 0.5])
+
+
 class _Store:
     """What Encodings reads from a store: shape, time, latitude/longitude names and coordinates."""
 
