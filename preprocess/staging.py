@@ -34,7 +34,8 @@ def check_output(out: Path) -> None:
     """Refuse to replace anything at `out` that is not wholly a canonstore store.
 
     A store is ours when its manifest lists every file in it, or (manifest missing or damaged) when
-    its `zarr.json` says so; a store whose `zarr.json` is damaged can therefore be rebuilt.
+    its `zarr.json` says so and every file in it is one of a Zarr store's (`_not_store_files`); a store
+    whose `zarr.json` is damaged can therefore be rebuilt, and one whose manifest is damaged too.
     """
     if not os.path.lexists(out):
         return
@@ -52,11 +53,33 @@ def check_output(out: Path) -> None:
             )
         return
     try:
-        attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {})
+        root = json.loads((out / "zarr.json").read_text())
+        attrs = root.get("attributes", {})
     except (OSError, ValueError, AttributeError):
         raise StoreError(f"output {out} exists and is not a canonstore store; move it away or choose --out") from None
     if "canonstore" not in attrs:
         raise StoreError(f"output {out} is a Zarr store not made by canonstore; refusing to replace it")
+    foreign = _not_store_files(out, root)
+    if foreign:  # without a manifest nothing says which files are the store's: only a store's shape is
+        raise StoreError(
+            f"output {out} has no readable manifest and holds files that are not a Zarr store's "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); canonstore replaces only what it "
+            "made: move them out of the store, then build again"
+        )
+
+
+def _not_store_files(out: Path, root: dict) -> list[str]:
+    """The entries of `out` that its Zarr v3 store does not have: anything but the root `zarr.json` and, for each
+    array its consolidated metadata lists (canonstore writes it), the array's `zarr.json` and chunks under `c/`;
+    and every link or special file."""
+    files, others = store_entries(out)
+    arrays = set(((root.get("consolidated_metadata") or {}).get("metadata")) or {})
+
+    def a_stores(rel: str) -> bool:
+        head, _, rest = rel.partition("/")
+        return rel == "zarr.json" or (head in arrays and (rest == "zarr.json" or rest.startswith("c/")))
+
+    return [rel for rel in files if not a_stores(rel)] + [rel for rel, _ in others]
 
 
 def new_staging(out: Path) -> Path:

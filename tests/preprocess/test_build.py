@@ -116,6 +116,23 @@ def test_a_store_holding_a_users_file_is_not_replaced(tmp_path, tiny_raw):
     assert (out / "notes.txt").read_text() == "my notes"
 
 
+@pytest.mark.parametrize("where", ["notes.txt", "data/notes.txt", "mine/zarr.json"])
+def test_a_store_without_its_manifest_holding_a_users_file_is_not_replaced(tmp_path, tiny_raw, where):
+    """No manifest says which files are the store's: a file that no Zarr store has (a store's folders hold their
+    zarr.json and chunks under c/) was deleted by the rebuild's swap; files of the store's shape alone are replaced."""
+    out = build(demo_recipe(tmp_path, tiny_raw), tmp_path / "demo.zarr", **silent).path
+    (out / "manifest.json").unlink()
+    (out / where).parent.mkdir(exist_ok=True)
+    (out / where).write_text("my notes")
+    with pytest.raises(
+        StoreError, match=f"no readable manifest and holds files that are not a Zarr store's \\({where}"
+    ):
+        build(demo_recipe(tmp_path, tiny_raw), out, force=True, **silent)
+    assert (out / where).read_text() == "my notes"
+    (out / where).unlink()
+    assert build(demo_recipe(tmp_path, tiny_raw), out, force=True, **silent).built  # its own files: replaced
+
+
 @pytest.mark.parametrize("what", ["notes", "a copy of a store"])
 def test_a_users_folder_named_like_the_staging_is_never_deleted(tmp_path, tiny_raw, tiny_store, what):
     out = tmp_path / "demo.zarr"
