@@ -13,6 +13,7 @@ few chunks, so that a chunk shared by two consecutive blocks of the build is fet
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import warnings
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xarray as xr
+from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore, ObjectStore, WrapperStore
 
 from canonstore.errors import SourceError
@@ -118,6 +120,7 @@ class _Chunks(WrapperStore):
         self._kept: OrderedDict[str, object] = OrderedDict()
         self._kept_bytes = 0
         self._lock = threading.Lock()
+        self._nan_fill: dict[str, bool] = {}
 
     async def get(self, key, prototype, byte_range=None):
         cacheable = byte_range is None and key.rsplit("/", 1)[-1] not in METADATA
@@ -128,8 +131,8 @@ class _Chunks(WrapperStore):
                     return self._kept[key]
         buf = await self._store.get(key, prototype, byte_range)
         if buf is None:
-            if key.rsplit("/", 1)[-1] in METADATA:
-                return None  # zarr probes for the metadata documents of both formats
+            if key.rsplit("/", 1)[-1] in METADATA or await self._fills_with_nan(key):
+                return None  # zarr probes for the metadata documents of both formats; NaN fill: see below
             raise self._missing(key)
         READS.add(key, len(buf))
         if cacheable and len(buf) <= CACHE_BYTES:
@@ -146,17 +149,36 @@ class _Chunks(WrapperStore):
         found = await self._store.get_partial_values(prototype, key_ranges)
         for (key, _), buf in zip(key_ranges, found):
             if buf is None:
+                if await self._fills_with_nan(key):
+                    continue
                 raise self._missing(key)
             READS.add(key, len(buf))
         return found
+
+    async def _fills_with_nan(self, key: str) -> bool:
+        """Whether the array of chunk `key` has NaN as its fill value: zarr leaves out a chunk equal to the fill
+        value (`write_empty_chunks=False`, its default), and one left out of a NaN-filled array (ocean fields
+        over land) reads as NaN, which the recipe's NaN checks then see as NaN. A numeric fill value (0.0, zarr's
+        default for floats) would read as data: such a chunk is refused (`_missing`)."""
+        array = key.split("/c/", 1)[0] if "/c/" in key else key.rsplit("/", 1)[0]
+        if array not in self._nan_fill:
+            fill = None
+            for name in ("zarr.json", ".zarray"):  # v3, v2
+                doc = await self._store.get(f"{array}/{name}", default_buffer_prototype())
+                if doc is not None:
+                    fill = json.loads(doc.to_bytes()).get("fill_value")
+                    break
+            self._nan_fill[array] = fill == "NaN"
+        return self._nan_fill[array]
 
     def _missing(self, key: str) -> SourceError:
         """A chunk the read needs is not in the store: zarr would give the array's fill value (0.0 by default
         for floats, not NaN) as if it were data."""
         return SourceError(
             f"{self._where}: variable {key.split('/', 1)[0]}: chunk {key} is missing (Zarr would read it as the "
-            "array's fill value); restore the chunk, or, if its writer skips chunks equal to the fill value (zarr's "
-            "default, write_empty_chunks=False), rewrite the source with write_empty_chunks=True"
+            "array's fill value, a number, as if it were data); restore the chunk, or, if its writer skips chunks "
+            "equal to the fill value (zarr's default, write_empty_chunks=False), rewrite the source with "
+            "write_empty_chunks=True or a NaN fill value"
         )
 
     def close(self) -> None:

@@ -322,3 +322,25 @@ def test_a_store_another_writer_made_and_zarr_consolidated_is_not_refused_as_sta
     (root / "t2m" / "zarr.json").write_text(json.dumps({**own, "shape": [12, 4, 6]}))  # resized, not consolidated
     with pytest.raises(SourceError, match=r"'shape' is \[12, 4, 6\] in t2m/zarr.json but \[8, 4, 6\]"):
         zarr_identity(root)
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_chunk_left_out_of_a_nan_filled_array_reads_as_nan_as_from_netcdf(tmp_path, version):
+    """zarr does not write a chunk equal to the fill value (write_empty_chunks=False): an all-NaN chunk of a
+    NaN-filled array is absent, and was refused as missing. It is NaN: refused by `nan_policy: error` as NaN,
+    and under `nan_policy: fill` the store equals the same data's from NetCDF."""
+    ds = wb2_dataset()
+    ds["2m_temperature"][12:16] = np.nan  # one whole chunk of 4 steps
+    source = write_zarr(ds, tmp_path / "gappy.zarr", version)
+    chunk = "2m_temperature/c/3/0/0" if version == 3 else "2m_temperature/3.0.0"
+    assert not (source / chunk).exists() and (source / chunk.replace("3", "2", 1)).exists()
+    with pytest.raises(SourceError, match="NaN"):
+        _build(tmp_path, source)
+    from_zarr = open_store(_build(tmp_path, source, name="zf", nan_policy="fill").path)
+    from_nc = open_store(
+        _build(tmp_path, as_netcdf(ds, tmp_path / "g.nc"), name="nf", variables=["t2m", "z"], nan_policy="fill").path
+    )
+    assert from_zarr.channels == from_nc.channels and "t2m_valid" in from_zarr.channels
+    assert np.array_equal(from_zarr.array, from_nc.array)
+    for k in from_nc.stats:
+        assert np.array_equal(from_zarr.stats[k], from_nc.stats[k]), k
