@@ -328,3 +328,16 @@ def test_a_glob_deeper_than_the_output_is_refused_only_when_it_matches_a_file_of
     for reaching in ("raw/*/*/*", "raw/*/time/c/*"):
         with pytest.raises(RecipeError, match=f"source '{re.escape(reaching)}' reaches the build's own files"):
             build(demo_recipe(tmp_path, raw, sources=["raw/*/*.nc", reaching]), raw / "y.zarr", **silent)
+
+
+@pytest.mark.parametrize("freq", ["MS", "YS"])
+def test_a_standard_calendar_monthly_or_yearly_file_builds_without_gaps(tmp_path, freq):
+    """Months of 28-31 days (February is 1/1.107 of January) and years of 365-366: steps of 5 days or more keep
+    the 50% band, so no step is refused as a finer one and none is a gap."""
+    from tests.helpers import t2m_file
+
+    times = pd.date_range("1990-01-01", periods=48 if freq == "MS" else 30, freq=freq)
+    t2m_file(tmp_path / "monthly.nc", times)
+    recipe = write_recipe(tmp_path, sources=[str(tmp_path / "monthly.nc")], splits={"by": "index", "train": [0, 19]})
+    store = open_store(build(recipe, tmp_path / "m.zarr", **silent).path)
+    assert store.gaps.tolist() == [] and store.shape[0] == times.size

@@ -344,3 +344,18 @@ def test_a_chunk_left_out_of_a_nan_filled_array_reads_as_nan_as_from_netcdf(tmp_
     assert np.array_equal(from_zarr.array, from_nc.array)
     for k in from_nc.stats:
         assert np.array_equal(from_zarr.stats[k], from_nc.stats[k]), k
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_consolidated_metadata_older_than_an_arrays_attributes_is_refused(tmp_path, version):
+    """A `scale_factor` written into the array's own attributes after consolidating: xarray reads the stale copy
+    and would store unscaled values, so the build refuses, naming the array and the attribute."""
+    source = write_zarr(wb2_dataset(), tmp_path / "src.zarr", version)
+    own = source / "2m_temperature" / (".zattrs" if version == 2 else "zarr.json")
+    doc = json.loads(own.read_text())
+    if version == 2:
+        own.write_text(json.dumps({**doc, "scale_factor": 0.5}))
+    else:
+        own.write_text(json.dumps({**doc, "attributes": {**doc["attributes"], "scale_factor": 0.5}}))
+    with pytest.raises(SourceError, match=r"'2m_temperature'.*'(scale_factor|attributes)' is .*0\.5"):
+        _build(tmp_path, source)

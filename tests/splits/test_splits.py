@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 
 from canonstore.errors import RecipeError
-from canonstore.splits import SPLIT_CODES, SPLIT_NAMES, SPLITS, check_split, parse_split_rule, split_keys, split_labels
+from canonstore.splits import (
+    SPLIT_CODES,
+    SPLIT_NAMES,
+    SPLITS,
+    check_split,
+    find_gaps,
+    parse_split_rule,
+    split_keys,
+    split_labels,
+)
 
 TRAIN, VAL, TEST, EXCL = (SPLIT_CODES[n] for n in ("train", "val", "test", "excluded"))
 
@@ -194,3 +203,40 @@ def test_the_embargo_also_holds_across_a_short_unlabelled_stretch():
     years = np.array([2000] * 4 + [2001] + [2002] * 4)
     labels = split_labels(years, parse_split_rule({"train": [2000, 2000], "test": [2002, 2002], "embargo": 3}))
     assert labels.tolist() == [TRAIN] * 4 + [EXCL] * 3 + [TEST] * 2
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["monthly standard", "monthly noleap", "pentads", "dekads", "yearly", "6-hourly jittered 1%", "daily"],
+)
+def test_an_axis_that_steps_by_the_calendar_or_a_jittered_clock_has_no_gaps(kind):
+    """The 10% rule for steps under 5 days must not turn a calendar's uneven steps into gaps: months of 28-31
+    days (31/28 is 1.107), dekads of 8-11, years of 365-366; nor a clock jittered by 1%."""
+    import cftime
+
+    if kind.startswith("monthly"):
+        calendar = kind.split()[1]
+        times = np.array([cftime.datetime(2000 + m // 12, m % 12 + 1, 1, calendar=calendar) for m in range(48)])
+    elif kind == "pentads":
+        times = np.array([np.datetime64("2001-01-01") + np.timedelta64(5 * i, "D") for i in range(73)])
+    elif kind == "dekads":  # 1st, 11th, 21st of each month: steps of 10 and 8-11 days
+        times = np.array([np.datetime64(f"2001-{m:02d}-{d:02d}") for m in range(1, 13) for d in (1, 11, 21)])
+    elif kind == "yearly":
+        times = np.array([np.datetime64(f"{y}-01-01") for y in range(1990, 2030)])
+    elif kind == "daily":
+        times = np.arange(np.datetime64("2000-01-01"), np.datetime64("2004-01-01"))
+    else:
+        jitter = np.random.default_rng(0).uniform(-0.01, 0.01, 200) * 6 * 3600
+        seconds = np.arange(200) * 6 * 3600 + jitter
+        times = np.datetime64("2000-01-01T00:00") + seconds.astype("timedelta64[s]")
+    assert find_gaps(times)[0] == []
+
+
+@pytest.mark.parametrize("hours, gap", [(6.7, True), (6.5, False), (12, True)])
+def test_a_sub_daily_axis_gaps_at_a_step_over_one_tenth_longer(hours, gap):
+    """6-hourly with one step of `hours`: 6.7 h and 12 h end windows (a lead-1 pair across would not span 6 h),
+    6.5 h (within 10%) does not."""
+    steps = np.full(30, 6 * 3600.0)
+    steps[14] = hours * 3600
+    times = np.datetime64("2000-01-01T00:00") + np.concatenate([[0], np.cumsum(steps)]).astype("timedelta64[s]")
+    assert find_gaps(times)[0] == ([14] if gap else [])
