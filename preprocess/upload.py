@@ -116,11 +116,8 @@ def _publish(local: Path, url: str, keep_unchanged: bool = True) -> None:
     live = _relative(objects.list(store), store)
     retract = [ROOT, *(rel for rel in documents if rel in live), MANIFEST]
     objects.delete([store + rel for rel in retract if rel in live], limit=1)  # in this order: the root first
-    unchanged = {
-        rel
-        for rel in data
-        if keep_unchanged and previous.get(rel) == files[rel] and live.get(rel) == files[rel]["size"]
-    }
+    unchanged = {rel for rel in data if previous.get(rel) == files[rel] and live.get(rel) == files[rel]["size"]}
+    unchanged = unchanged if keep_unchanged else set()
     objects.copy([(staging + rel, store + rel) for rel in data if rel not in unchanged])
     objects.delete([store + rel for rel in live if rel not in files and rel not in (MANIFEST, MARKER)])
     for group in (documents, [MANIFEST], [ROOT]):  # the root zarr.json last: the commit
