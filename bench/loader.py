@@ -39,32 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import torch
 from pagecache import evict, read_all
 
 from canonstore import open_store
-from canonstore.loaders import BatchLoader, RawSourceDataset, StoreDataset, seeded_generator, worker_init_fn
 
 LOADERS = ("netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy-samples", "memcpy")
 COLD = ("store-batch", "memcpy-samples", "read-seq", "read-direct")  # --cold: the rows whose reads reach the disk
-
-
-class ZarrDataset(StoreDataset):
-    """StoreDataset's samples, each read through zarr-python (what a plain-zarr user writes)."""
-
-    _zarr = None
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_zarr", None)
-        return state
-
-    def _read_steps(self, start: int, stop: int) -> np.ndarray:
-        if self._zarr is None:
-            import zarr
-
-            self._zarr = zarr.open_array(self.path / "data", mode="r")
-        return self._zarr[start:stop]
 
 
 class PeakRSS:
@@ -98,6 +78,11 @@ class PeakRSS:
 
 def make_loader(name: str, store, args, device: str):
     """An iterable of (x, y) batches for loader `name`, all over the same train windows."""
+    import torch  # here, not at the top: the memcpy and read rows' processes start without it (3 s each)
+    from zarr_dataset import ZarrDataset
+
+    from canonstore.loaders import BatchLoader, RawSourceDataset, StoreDataset, seeded_generator, worker_init_fn
+
     kwargs = {"lead": 1, "history": 0}
     if name == "store-batch":
         return BatchLoader(
@@ -246,6 +231,9 @@ def measure(name: str, args) -> dict:
 
 def train(name: str, args) -> dict:
     """Training steps/s of a small UNet fed by loader `name` ("model-alone": one GPU-resident batch)."""
+    import torch
+
+    from canonstore.loaders import StoreDataset
     from canonstore.training import UNet
 
     store = open_store(args.store)
@@ -423,7 +411,7 @@ def main() -> None:
     jobs = [("load", name) for name in (COLD if args.cold else LOADERS)]
     if args.one_shard:
         jobs.insert(jobs.index(("load", "store-batch")) + 1, ("load", "store-batch-1shard"))
-    if not args.cold and (args.train or (args.train is None and torch.cuda.is_available())):
+    if not args.cold and (args.train or (args.train is None and _cuda_available())):
         jobs += [("train", name) for name in ("model-alone", "store-batch", "store-dataloader", "netcdf")]
     if args.only:
         jobs = [job for job in jobs if ":".join(job) in args.only.split(",")]
@@ -459,6 +447,12 @@ def main() -> None:
     (args.results / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.results / f"{name}.png")
     print(f"\nwrote {args.results / f'{name}.json'} and {args.results / f'{name}.png'}")
+
+
+def _cuda_available() -> bool:
+    import torch  # only asked when --train is not given: the rows' own processes import what they need
+
+    return torch.cuda.is_available()
 
 
 def run_row(mode: str, name: str, args) -> dict:

@@ -20,7 +20,18 @@ BENCH = ROOT / "bench" / "loader.py"
 
 def _bench(store, tmp_path, *args):
     done = subprocess.run(
-        [sys.executable, str(BENCH), str(store), "--seconds", "0.3", "--workers", "1", "--batch-size", "8"]
+        [
+            sys.executable,
+            str(BENCH),
+            str(store),
+            "--seconds",
+            "0.3",
+            "--workers",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-train",
+        ]
         + ["--results", str(tmp_path), *args],
         capture_output=True,
         text=True,
