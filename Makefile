@@ -59,7 +59,7 @@ else
 INPUTS := $(if $(wildcard $(CANON)),$(shell $(CANON) sources $(RECIPE) 2>/dev/null))
 endif
 
-.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-build bench-remote bench-remote-s3rver bench-peers lint test test-fast clean distclean
+.PHONY: help env data intermediate export inspect verify train forecast evaluate bench bench-compressed bench-build bench-remote bench-remote-s3rver bench-peers lint test test-fast clean distclean
 
 help: ## list the targets
 	@echo "usage: make [target] [RECIPE=...] [STORE=...] [SIZE=...] [MODEL=unet|mlp|persistence|climatology]"
@@ -112,6 +112,9 @@ evaluate: train ## forecast + score MODEL's best checkpoint on the test split, i
 
 bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchmark (SIZE, WORKERS): table + bench/results/loader.{json,png}
 	$(PY) bench/loader.py $(BENCH_STORE) --one-shard $(BENCH_ONE) --workers $(WORKERS) --results bench/results
+
+bench-compressed: $(BENCH_STORE)/manifest.json ## compressed frames decoded into the batch buffers vs the memmap, cold and warm: bench/results/compressed-layout.json
+	$(PY) bench/compressed_layout.py $(BENCH_STORE) --batch-size 32 --results bench/results
 
 bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
 	$(PY) bench/build.py --results bench/results
