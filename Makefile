@@ -114,7 +114,7 @@ bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchma
 	$(PY) bench/loader.py $(BENCH_STORE) --one-shard $(BENCH_ONE) --workers $(WORKERS) --results bench/results
 
 bench-compressed: $(BENCH_STORE)/manifest.json ## compressed frames decoded into the batch buffers vs the memmap, cold and warm: bench/results/compressed-layout.json
-	$(PY) bench/compressed_layout.py $(BENCH_STORE) --batch-size 32 --results bench/results
+	$(PY) bench/compressed_layout.py $(BENCH_STORE) --batch-size 32 --workers $(WORKERS) --results bench/results
 
 bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
 	$(PY) bench/build.py --results bench/results

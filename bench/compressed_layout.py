@@ -1,7 +1,7 @@
 """Would compressed shards win cold without losing warm? (issue 28: anemoi's lz4 store is smaller on disk)
 
     python bench/compressed_layout.py STORE [--codecs blosc-lz4 blosc-zstd1 lz4] [--workers 2] [--batch-size 8]
-                                           [--repeat 3] [--seconds 4] [--work /tmp]
+                                           [--repeat 3] [--seconds 4] [--work DIR]
 
 Each codec compresses every step of the store's data on its own (one frame per step, as a chunk of one step
 would be) into one file, with the frames' offsets, in a folder of its own made under --work and removed after.
@@ -13,8 +13,9 @@ evicted from the page cache, one epoch) and warm (in the page cache, for --secon
   <codec>       each sample's two frames read with os.pread and decoded straight into the same buffers
 
 Both take the sampler's positions (train split, lead 1), in `--workers` threads, each filling whole batches
-into its own buffers; numcodecs decodes without the GIL. The codecs' best case, then: no zarr, no index
-lookups, no copy after the decode. Prints size on disk, samples/s (median, spread) and each row's ratio to
+into its own buffers; numcodecs decodes without the GIL. No zarr, no index lookups, no copy after the decode;
+but each thread reads a frame and then decodes it, in turn, so with few threads a cold row adds the two times
+(more --workers overlap one thread's reads with another's decoding). Prints size on disk, samples/s (median, spread) and each row's ratio to
 the uncompressed row, cold and warm, and writes bench/results/compressed-layout.json.
 """
 
@@ -73,18 +74,24 @@ def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtyp
     """(x, y) batches in order, thread w filling batches w, w + workers, ... into its own reused buffers."""
     done, stop = object(), threading.Event()
 
+    if len(batches) < workers:  # a thread without batches would never hand anything over
+        raise SystemExit(f"{len(batches)} batches for {workers} threads: a smaller --batch-size or fewer --workers")
+
     def work(w: int, handed: queue.Queue) -> None:
-        x, y = np.empty((batch_size, *sample), dtype), np.empty((batch_size, *sample), dtype)
-        readers = fill()  # per-thread state (a read buffer)
-        for _ in itertools.count() if epochs is None else range(epochs):
-            for times in batches[w::workers]:
-                if stop.is_set():
-                    return
-                for k, t in enumerate(times):
-                    readers(x[k], t)
-                    readers(y[k], t + 1)
-                handed.put((x, y))
-        handed.put(done)
+        try:
+            x, y = np.empty((batch_size, *sample), dtype), np.empty((batch_size, *sample), dtype)
+            read = fill()  # per-thread state (a read buffer)
+            for _ in itertools.count() if epochs is None else range(epochs):
+                for times in batches[w::workers]:
+                    if stop.is_set():
+                        return
+                    for k, t in enumerate(times):
+                        read(x[k], t)
+                        read(y[k], t + 1)
+                    handed.put((x, y))
+            handed.put(done)
+        except BaseException as exc:  # raised in the consumer, not a thread that dies and leaves it waiting
+            handed.put(exc)
 
     handed = [queue.Queue(maxsize=1) for _ in range(workers)]
     threads = [threading.Thread(target=work, args=(w, handed[w]), daemon=True) for w in range(workers)]
@@ -95,6 +102,8 @@ def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtyp
             item = handed[i % workers].get()
             if item is done:
                 return
+            if isinstance(item, BaseException):
+                raise item
             yield item
     finally:  # closed early (warm rows): stop the threads, each maybe waiting on its full queue
         stop.set()
@@ -116,7 +125,8 @@ def uncompressed(store):
 def preads(store, path: Path):
     """The uncompressed shard files read with os.preadv straight into the buffer: no mapping, no page faults."""
     layout = store.attrs["layout"]
-    steps, step_bytes = layout.get("shard_steps", store.shape[0]), int(np.prod(store.shape[1:])) * store.dtype.itemsize
+    steps = layout.get("shard_steps") or store.shape[0]
+    step_bytes = int(np.prod(store.shape[1:])) * store.dtype.itemsize
     fds = [os.open(path / layout["data_files"].format(k=k), os.O_RDONLY) for k in range(layout.get("shards", 1))]
 
     def fill():
@@ -171,7 +181,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="where its own folder goes")
+    parser.add_argument(
+        "--work", type=Path, help="where its own folder goes (default: beside the store, on its disk: not a tmpfs)"
+    )
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     parser.add_argument("--frames", type=Path, help=argparse.SUPPRESS)  # internal: the folder of frames
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one row, print samples/s
@@ -182,7 +194,9 @@ def main() -> None:
     if args.frames:
         prepare(open_store(args.store), args)
         return
-    work = Path(tempfile.mkdtemp(prefix="canonstore-compressed-", dir=args.work))  # new: nothing else is in it
+    work = Path(
+        tempfile.mkdtemp(prefix="canonstore-compressed-", dir=args.work or args.store.resolve().parent)
+    )  # new: nothing else is in it
     try:
         table = run(args, work)
     finally:
@@ -229,7 +243,9 @@ def measure_one(args) -> float:
 
 def run(args, work: Path) -> list[dict]:
     common = [str(args.store), "--frames", str(work), "--batch-size", str(args.batch_size)]
-    subprocess.run([sys.executable, __file__, *common, "--codecs", *args.codecs], check=True)
+    subprocess.run([sys.executable, __file__, *common, "--codecs", *args.codecs], check=True, timeout=3600)
+    os.sync()  # the frames just written reach the disk before round 0, not during its first cold row
+    time.sleep(2)
     sizes = {"uncompressed": sum(f.stat().st_size for f in files_of(args.store / "data"))}
     sizes["pread"] = sizes["uncompressed"]
     sizes |= {name: (work / f"{name}.frames").stat().st_size for name in args.codecs}
@@ -240,7 +256,10 @@ def run(args, work: Path) -> list[dict]:
         for name, cold in order:
             mode = "cold" if cold else "warm"
             done = subprocess.run(
-                [sys.executable, __file__, *common, "--one", f"{name}:{mode}"], capture_output=True, text=True
+                [sys.executable, __file__, *common, "--one", f"{name}:{mode}"],
+                capture_output=True,
+                text=True,
+                timeout=max(600, 20 * args.seconds),
             )
             if done.returncode:
                 sys.exit(f"{name} {mode} failed:\n{done.stderr}")

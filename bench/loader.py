@@ -78,7 +78,7 @@ class PeakRSS:
 
 def make_loader(name: str, store, args, device: str):
     """An iterable of (x, y) batches for loader `name`, all over the same train windows."""
-    import torch  # here, not at the top: the memcpy and read rows' processes start without it (3 s each)
+    import torch  # here, not at the top: the memcpy and read-* rows' processes start without it (3 s each)
     from zarr_dataset import ZarrDataset
 
     from canonstore.loaders import BatchLoader, RawSourceDataset, StoreDataset, seeded_generator, worker_init_fn

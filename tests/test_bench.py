@@ -240,3 +240,32 @@ def test_compressed_layout_bench_rows_decode_to_the_stores_bytes_and_leave_the_w
         assert row["of_size"] == 1.0 if row["layout"] in ("uncompressed", "pread") else row["of_size"] < 1.0
     assert [p.name for p in work.iterdir()] == ["blosc-lz4.frames"]  # its own folder went, the user's file stayed
     assert (work / "blosc-lz4.frames").read_text() == "a user's file of the name a codec writes"
+
+
+def test_every_compressed_layout_row_fills_each_batch_with_its_x_and_y_steps_and_a_thread_error_is_raised(
+    tiny_store, tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import compressed_layout as cl
+
+    store = open_store(tiny_store)
+    batches = cl.sampler_batches(store, 4)[:6]
+    fills = {"memmap": cl.uncompressed(store), "pread": cl.preads(store, tiny_store)}
+    for codec in ("blosc-lz4", "lz4"):
+        path, offsets = cl.compress(store, codec, tmp_path)
+        fills[codec] = cl.decoded(path, offsets, codec)
+    for name, fill in fills.items():
+        for pair in (batches[:2], batches[2:4], batches[4:]):  # one batch a thread: its buffers are not refilled
+            got = cl.batches_of(fill, pair, 2, 4, store.shape[1:], store.dtype, 1)  # while they are compared
+            for times, (x, y) in zip(pair, got, strict=True):  # in the sampler's order, thread by thread
+                np.testing.assert_array_equal(x, store.array[times], err_msg=name)
+                np.testing.assert_array_equal(y, store.array[times + 1], err_msg=name)
+
+    def failing():
+        def read(out, t):
+            raise OSError(f"cannot read step {t}")
+
+        return read
+
+    with pytest.raises(OSError, match="cannot read step"):
+        list(cl.batches_of(failing, batches, 2, 4, store.shape[1:], store.dtype, None))
