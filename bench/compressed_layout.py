@@ -15,8 +15,8 @@ evicted from the page cache, one epoch) and warm (in the page cache, for --secon
 Both take the sampler's positions (train split, lead 1), in `--workers` threads, each filling whole batches
 into its own buffers; numcodecs decodes without the GIL. No zarr, no index lookups, no copy after the decode;
 but each thread reads a frame and then decodes it, in turn, so with few threads a cold row adds the two times
-(more --workers overlap one thread's reads with another's decoding). Prints size on disk, samples/s (median, spread) and each row's ratio to
-the uncompressed row, cold and warm, and writes bench/results/compressed-layout.json.
+(more --workers overlap one thread's reads with another's decoding). Prints size on disk, samples/s (median,
+spread) and each row's ratio to the uncompressed row, cold and warm; writes bench/results/compressed-layout.json.
 """
 
 from __future__ import annotations
