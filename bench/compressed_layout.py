@@ -22,24 +22,21 @@ spread) and each row's ratio to the uncompressed row, cold and warm; writes benc
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
 import os
-import queue
-import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 from pagecache import evict, files_of, read_all
+from sample_batches import batches_of, sampler_batches, uncompressed
 
 from canonstore import open_store
+from canonstore.atomic import mark, remove_tree
 
 CODECS = {
     "blosc-lz4": lambda: numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
@@ -59,67 +56,6 @@ def compress(store, codec_name: str, work: Path) -> tuple[Path, np.ndarray]:
             offsets.append(offsets[-1] + len(frame))
         os.fsync(f.fileno())
     return path, np.asarray(offsets)
-
-
-def sampler_batches(store, batch_size: int) -> list[np.ndarray]:
-    """Epoch 0's batches of x steps, as BatchLoader's first epoch (train split, lead 1, shuffled, seed 0)."""
-    from canonstore.loaders import BatchSampler
-    from canonstore.loaders.windows import Windows
-
-    windows = Windows.of(store, "train", 1, 0, None, None, True, False, ())
-    return [windows.times[np.asarray(p)] for p in BatchSampler(len(windows.times), batch_size, True, 0, True)]
-
-
-def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtype, epochs):
-    """(x, y) batches in order, thread w filling batches w, w + workers, ... into its own reused buffers."""
-    done, stop = object(), threading.Event()
-
-    if len(batches) < workers:  # a thread without batches would never hand anything over
-        raise SystemExit(f"{len(batches)} batches for {workers} threads: a smaller --batch-size or fewer --workers")
-
-    def work(w: int, handed: queue.Queue) -> None:
-        try:
-            x, y = np.empty((batch_size, *sample), dtype), np.empty((batch_size, *sample), dtype)
-            read = fill()  # per-thread state (a read buffer)
-            for _ in itertools.count() if epochs is None else range(epochs):
-                for times in batches[w::workers]:
-                    if stop.is_set():
-                        return
-                    for k, t in enumerate(times):
-                        read(x[k], t)
-                        read(y[k], t + 1)
-                    handed.put((x, y))
-            handed.put(done)
-        except BaseException as exc:  # raised in the consumer, not a thread that dies and leaves it waiting
-            handed.put(exc)
-
-    handed = [queue.Queue(maxsize=1) for _ in range(workers)]
-    threads = [threading.Thread(target=work, args=(w, handed[w]), daemon=True) for w in range(workers)]
-    for thread in threads:
-        thread.start()
-    try:
-        for i in itertools.count():
-            item = handed[i % workers].get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:  # closed early (warm rows): stop the threads, each maybe waiting on its full queue
-        stop.set()
-        for thread, own in zip(threads, handed):
-            while thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    own.get(timeout=0.05)
-
-
-def uncompressed(store):
-    steps = [store.array[t] for t in range(store.shape[0])]  # views: the shard of a step is looked up once
-
-    def fill():
-        return lambda out, t: np.copyto(out, steps[t])
-
-    return fill
 
 
 def preads(store, path: Path):
@@ -194,13 +130,12 @@ def main() -> None:
     if args.frames:
         prepare(open_store(args.store), args)
         return
-    work = Path(
-        tempfile.mkdtemp(prefix="canonstore-compressed-", dir=args.work or args.store.resolve().parent)
-    )  # new: nothing else is in it
+    work = Path(tempfile.mkdtemp(prefix="canonstore-compressed-", dir=args.work or args.store.resolve().parent))
+    mark(work, "bench-compressed")  # new, and marked: remove_tree deletes only a folder canonstore made
     try:
         table = run(args, work)
     finally:
-        shutil.rmtree(work)
+        remove_tree(work)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "compressed-layout.json").write_text(json.dumps(table, indent=1) + "\n")
     print(f"\nwrote {args.results / 'compressed-layout.json'}")

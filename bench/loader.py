@@ -28,7 +28,6 @@ Writes loader.json (a list of rows) and loader.png into --results, and prints a 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -136,38 +135,10 @@ def memcpy_sample_batches(store, args, epochs: int | None = None):
     """The batch loader's bytes and nothing else: each batch's samples (the sampler's positions, in its order)
     copied step by step from the memmap into a reused buffer, by the same number of threads, each copying whole
     batches in turn into its own buffer (no split, no join, no buffer bookkeeping: the least a loader can do)."""
-    import queue
-    import threading
+    from sample_batches import batches_of, sampler_batches, uncompressed
 
-    from canonstore.loaders import BatchSampler
-    from canonstore.loaders.windows import Windows
-
-    windows = Windows.of(store, "train", 1, 0, None, None, True, False, ())
-    sampler = BatchSampler(len(windows.times), args.batch_size, True, 0, True)
-    mapped = store.array
-    steps = [mapped[t].reshape(-1) for t in range(len(mapped))]  # views: which shard holds a step is looked up once
-    batches = [windows.times[np.asarray(positions)] for positions in sampler]  # epoch 0's, as the loader's first
-    done = object()
-
-    def copy(w: int, handed: queue.Queue) -> None:
-        x = np.empty((args.batch_size, steps[0].size), store.dtype)
-        y = np.empty_like(x)
-        for _ in itertools.count() if epochs is None else range(epochs):
-            for times in batches[w :: args.workers]:
-                for k, t in enumerate(times):
-                    np.copyto(x[k], steps[t])
-                    np.copyto(y[k], steps[t + 1])
-                handed.put((x, y))
-        handed.put(done)
-
-    handed = [queue.Queue(maxsize=1) for _ in range(args.workers)]
-    for w in range(args.workers):
-        threading.Thread(target=copy, args=(w, handed[w]), daemon=True).start()
-    for i in itertools.count():
-        item = handed[i % args.workers].get()
-        if item is done:
-            return
-        yield item
+    batches = sampler_batches(store, args.batch_size)  # epoch 0's, as the loader's first
+    return batches_of(uncompressed(store), batches, args.workers, args.batch_size, store.shape[1:], store.dtype, epochs)
 
 
 def measure(name: str, args) -> dict:
