@@ -242,18 +242,26 @@ def test_compressed_layout_bench_rows_decode_to_the_stores_bytes_and_leave_the_w
     assert (work / "blosc-lz4.frames").read_text() == "a user's file of the name a codec writes"
 
 
+@pytest.mark.parametrize("layout", ["many float32 shards", "one float16 shard"])
 def test_every_compressed_layout_row_fills_each_batch_with_its_x_and_y_steps_and_a_thread_error_is_raised(
-    tiny_store, tmp_path, monkeypatch
+    tiny_store, tiny_raw, tmp_path, monkeypatch, layout
 ):
+    """Steps across shard files (the pread offsets), one shard file, a 2-byte dtype: each row puts the
+    sampler's steps t and t + 1 in x and y, bit for bit, or its ratio would compare different work."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import compressed_layout as cl
 
-    store = open_store(tiny_store)
+    path = tiny_store
+    if layout == "one float16 shard":
+        storage = {"shard_mb": 1024, "dtype": "float16"}
+        path = build(demo_recipe(tmp_path, tiny_raw, storage=storage), tmp_path / "one.zarr", progress=False).path
+    store = open_store(path)
+    assert (store.attrs["layout"].get("shards", 1) == 1) == (layout == "one float16 shard")
     batches = cl.sampler_batches(store, 4)[:6]
-    fills = {"memmap": cl.uncompressed(store), "pread": cl.preads(store, tiny_store)}
+    fills = {"memmap": cl.uncompressed(store), "pread": cl.preads(store, path)}
     for codec in ("blosc-lz4", "lz4"):
-        path, offsets = cl.compress(store, codec, tmp_path)
-        fills[codec] = cl.decoded(path, offsets, codec)
+        frames, offsets = cl.compress(store, codec, tmp_path)
+        fills[codec] = cl.decoded(frames, offsets, codec)
     for name, fill in fills.items():
         for pair in (batches[:2], batches[2:4], batches[4:]):  # one batch a thread: its buffers are not refilled
             got = cl.batches_of(fill, pair, 2, 4, store.shape[1:], store.dtype, 1)  # while they are compared
@@ -269,3 +277,22 @@ def test_every_compressed_layout_row_fills_each_batch_with_its_x_and_y_steps_and
 
     with pytest.raises(OSError, match="cannot read step"):
         list(cl.batches_of(failing, batches, 2, 4, store.shape[1:], store.dtype, None))
+
+
+def test_the_sample_copy_ceiling_copies_the_batch_loaders_own_steps(tiny_store, monkeypatch):
+    """memcpy-samples (and every compressed-layout row) is the loader's ceiling only if it copies the samples the
+    loader's first epoch yields, in its order: another order or split would give a ratio of different work."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from sample_batches import sampler_batches
+
+    from canonstore.loaders import BatchLoader, StoreDataset
+
+    store = open_store(tiny_store)
+    loader = BatchLoader(StoreDataset(store, "train", lead=1), 4, seed=0, device="cpu", workers=1, drop_last=True)
+    yielded = []
+    for _ in loader:
+        yielded.append(loader.last_steps.copy())
+    expected = sampler_batches(store, 4)
+    assert len(yielded) == len(expected) > 1
+    for got, want in zip(yielded, expected):
+        np.testing.assert_array_equal(got, want)
