@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 
+from canonstore.loaders.buffers import page_aligned_empty
+
 
 def sampler_batches(store, batch_size: int) -> list[np.ndarray]:
     """Epoch 0's batches of x steps, as BatchLoader's first epoch (train split, lead 1, shuffled, seed 0)."""
@@ -30,7 +32,7 @@ def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtyp
 
     def work(w: int, handed: queue.Queue) -> None:
         try:
-            x, y = np.empty((batch_size, *sample), dtype), np.empty((batch_size, *sample), dtype)
+            x, y = page_aligned_empty((batch_size, *sample), dtype), page_aligned_empty((batch_size, *sample), dtype)
             read = fill()  # per-thread state (a read buffer)
             for _ in itertools.count() if epochs is None else range(epochs):
                 for times in batches[w::workers]:

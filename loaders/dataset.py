@@ -19,6 +19,7 @@ from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.remote_store import pull_first
 from canonstore.formats.shards import ShardedArray, take_rows
+from canonstore.loaders.buffers import page_aligned_empty
 from canonstore.loaders.encodings import Encodings
 from canonstore.loaders.windows import Windows
 from canonstore.splits import check_split
@@ -173,8 +174,8 @@ class StoreDataset(WindowDataset):
         """
         steps_in, steps_out = self.windows.steps(positions)
         x_shape, y_shape = self.batch_shapes(steps_in.shape[0], static)
-        x_out = np.empty(x_shape, self.store_dtype) if x_out is None else x_out
-        y_out = np.empty(y_shape, self.store_dtype) if y_out is None else y_out
+        x_out = page_aligned_empty(x_shape, self.store_dtype) if x_out is None else x_out
+        y_out = page_aligned_empty(y_shape, self.store_dtype) if y_out is None else y_out
         array = self.array
         if isinstance(array, zarr.Array):  # a compressed store: decode each needed step once
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out.ravel()]))
