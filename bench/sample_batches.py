@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from canonstore.loaders.buffers import page_aligned_empty
+from canonstore.buffers import page_aligned_empty
 
 
 def sampler_batches(store, batch_size: int) -> list[np.ndarray]:

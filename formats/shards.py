@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from canonstore.buffers import page_aligned_empty
 from canonstore.formats.handle import StoreHandle
 from canonstore.formats.zarr_ import ShardLayout, map_shard
 
@@ -123,7 +124,7 @@ class ShardedArray:
                 raise IndexError(f"index {bad.flat[0]} is out of bounds for axis 0 with size {self.shape[0]}")
             rows = time.astype(np.int64) % self.shape[0]
         if at == 0 and all(p is Ellipsis or (isinstance(p, slice) and p == slice(None)) for p in others[1]):
-            out = np.empty((rows.size,) + self.shape[1:], self.dtype)  # whole steps: the batch path
+            out = page_aligned_empty((rows.size,) + self.shape[1:], self.dtype)  # whole steps: the batch path
             if rows.size:
                 self.take_rows(rows.ravel(), out.reshape(rows.size, -1))
             return out.reshape(rows.shape + self.shape[1:])
@@ -279,7 +280,7 @@ def take_fields(array, steps: np.ndarray, channels: np.ndarray) -> np.ndarray:
     shape = (steps.size, channels.size) + tuple(array.shape[2:])
     if not isinstance(array, (np.ndarray, ShardedArray)):
         return np.asarray(array.oindex[steps, channels])
-    out = np.empty(shape, array.dtype)
+    out = page_aligned_empty(shape, array.dtype)
     if out.size:
         rows = (steps[:, None] * array.shape[1] + channels[None, :]).ravel()
         take_rows(array, rows, out.reshape(rows.size, -1), array.shape[1])

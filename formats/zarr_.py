@@ -21,6 +21,7 @@ import zarr
 import zarr.codecs
 
 from canonstore.atomic import start_writeback
+from canonstore.buffers import page_aligned_empty
 from canonstore.formats.handle import StoreHandle
 
 MISSING = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
@@ -156,7 +157,7 @@ class ShardWriter:
         as written, for normalising a shard in place; like `write`, a part of the channels is one step."""
         k, local = self.layout.locate(start)
         channels = self.shape[1] - channel if channels is None else channels
-        out = np.empty((steps, channels) + self.shape[2:], self.dtype)
+        out = page_aligned_empty((steps, channels) + self.shape[2:], self.dtype)  # a pread at full speed
         view = memoryview(out).cast("B")
         fd, offset, done = self._open(k), local * self.sample_bytes + channel * self.field_bytes, 0
         while done < len(view):

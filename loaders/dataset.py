@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import zarr
 
+from canonstore.buffers import page_aligned_empty
 from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.remote_store import pull_first
 from canonstore.formats.shards import ShardedArray, take_rows
-from canonstore.loaders.buffers import page_aligned_empty
 from canonstore.loaders.encodings import Encodings
 from canonstore.loaders.windows import Windows
 from canonstore.splits import check_split

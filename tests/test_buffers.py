@@ -1,9 +1,9 @@
-"""Page-aligned host buffers (loaders.buffers): the right shape and dtype, starting on a page boundary."""
+"""Page-aligned host buffers (canonstore.buffers): the right shape and dtype, starting on a page boundary."""
 
 import numpy as np
 import pytest
 
-from canonstore.loaders.buffers import PAGE, page_aligned_empty
+from canonstore.buffers import PAGE, page_aligned_empty
 
 
 @pytest.mark.parametrize(
