@@ -189,6 +189,22 @@ class ShardedArray:
             np.take(flat, rows[a:b] - self.layout.range(k)[0] * per_step, axis=0, out=out[a:b], mode="clip")
         return out
 
+    def copy_windows(self, starts: np.ndarray, width: int, out: np.ndarray) -> np.ndarray:
+        """`copy_windows` over shards: one copy per window inside a shard, one per step of a window across two."""
+        first, last = self.layout.shard_of(starts), self.layout.shard_of(starts + width - 1)
+        local = starts - first * self.shard_steps
+        flats: dict[int, np.ndarray] = {}  # each shard looked up once per call, as a plain ndarray (no memmap work)
+        for k, (a, shard, end) in enumerate(zip(local.tolist(), first.tolist(), last.tolist())):
+            if shard == end:
+                flat = flats.get(shard)
+                if flat is None:
+                    flat = flats[shard] = np.asarray(self.shard(shard)).reshape(self.layout.steps_in(shard), -1)
+                np.copyto(out[k], flat[a : a + width].reshape(-1))
+            else:
+                for j, step in enumerate(out[k].reshape(width, -1)):
+                    np.copyto(step, self[int(starts[k]) + j].reshape(-1))
+        return out
+
 
 def _is_basic(part) -> bool:
     """NumPy's basic indices: a slice, None, Ellipsis or an integer (not a bool)."""
@@ -271,6 +287,20 @@ def take_rows(array, rows: np.ndarray, out: np.ndarray, per_step: int = 1) -> np
         return array.take_rows(rows, out, per_step)
     flat = array.reshape(-1, out.shape[1])
     return np.take(flat, _checked(rows, flat.shape[0]), axis=0, out=out, mode="clip")
+
+
+def copy_windows(array, starts: np.ndarray, width: int, out: np.ndarray) -> np.ndarray:
+    """`out[k] = array[starts[k] : starts[k] + width]` flattened, for a memmap or ShardedArray; `out` is
+    (len(starts), width * step size), each row contiguous, rows maybe apart (x's static fields follow them).
+    A window of whole steps is one run of the file: one copy per sample, with no per-sample indexing work
+    (a ShardedArray slice took 8 us, 5% of a 0.46 MB sample's copy)."""
+    starts = _checked(np.asarray(starts, dtype=np.int64), array.shape[0] - width + 1)
+    if isinstance(array, ShardedArray):
+        return array.copy_windows(starts, width, out)
+    flat = np.asarray(array).reshape(array.shape[0], -1)
+    for k, a in enumerate(starts.tolist()):
+        np.copyto(out[k], flat[a : a + width].reshape(-1))
+    return out
 
 
 def take_fields(array, steps: np.ndarray, channels: np.ndarray) -> np.ndarray:

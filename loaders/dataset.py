@@ -19,7 +19,7 @@ from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
 from canonstore.formats.remote_store import pull_first
-from canonstore.formats.shards import ShardedArray, take_rows
+from canonstore.formats.shards import ShardedArray, copy_windows, take_rows
 from canonstore.loaders.encodings import Encodings
 from canonstore.loaders.windows import Windows
 from canonstore.splits import check_split
@@ -187,14 +187,14 @@ class StoreDataset(WindowDataset):
             take_rows(array, rows_in.ravel(), x_out.reshape(rows_in.size, -1), n)
             return x_out, y_out
         dynamic = (self.history + 1) * self.channels.size
-        # A window of whole steps is a slice (a view inside one shard): faster than a take of rows this large
-        slices = self.windows.whole_steps and isinstance(array, (np.ndarray, ShardedArray))
-        for k in range(rows_in.shape[0]):  # x_out[k, :dynamic] is contiguous, so the reshapes are views
-            into = x_out[k, :dynamic].reshape(rows_in.shape[1], -1)
-            if slices:
-                into[:] = array[steps_in[k, 0] : steps_in[k, -1] + 1].reshape(into.shape)
-            else:
-                take_rows(array, rows_in[k], into, n)
+        if self.windows.whole_steps and isinstance(array, (np.ndarray, ShardedArray)):
+            # A window of whole steps is one run of the file: one copy each, straight into x's rows (views:
+            # x_out is C-contiguous), the static fields after them
+            x_rows = x_out.reshape(len(x_out), -1)[:, : dynamic * int(np.prod(self.sample_space))]
+            copy_windows(array, steps_in[:, 0], steps_in.shape[1], x_rows)
+        else:
+            for k in range(rows_in.shape[0]):  # x_out[k, :dynamic] is contiguous, so the reshape is a view
+                take_rows(array, rows_in[k], x_out[k, :dynamic].reshape(rows_in.shape[1], -1), n)
         take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
         x_out[:, dynamic:] = self.static
         return x_out, y_out

@@ -313,3 +313,21 @@ def test_reads_of_whole_steps_land_in_page_aligned_buffers(layouts, tmp_path):
     np.testing.assert_array_equal(outputs[1], whole[[1, s]][:, [0, 2]])
     np.testing.assert_array_equal(outputs[2], whole[s - 2 : s + 3])
     np.testing.assert_array_equal(outputs[3], whole[1:4])
+
+
+def test_copy_windows_fills_each_row_with_its_steps_over_one_shard_and_across_shards(layouts):
+    from canonstore.formats.shards import copy_windows
+
+    whole = np.asarray(open_store(layouts["one"]).array)
+    for name in ("one", "many"):  # a memmap, a ShardedArray
+        array = open_store(layouts[name]).array
+        across = [array.shard_steps - 2, array.shard_steps - 1] if name == "many" else []  # across a shard's end
+        starts = np.array([0, 5, *across, len(whole) - 3])
+        step = whole[0].size
+        out = np.full((starts.size, 3 * step + 7), np.nan, np.float32)  # rows apart: 7 more values after each
+        copy_windows(array, starts, 3, out[:, : 3 * step])
+        for k, a in enumerate(starts):
+            np.testing.assert_array_equal(out[k, : 3 * step], whole[a : a + 3].reshape(-1))
+        assert np.isnan(out[:, 3 * step :]).all()  # nothing written past a row
+        with pytest.raises(IndexError, match="out of range"):
+            copy_windows(array, np.array([len(whole) - 2]), 3, out[:1, : 3 * step])
