@@ -26,6 +26,8 @@ PAGE = mmap.PAGESIZE
 def page_aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised C-contiguous array of `shape` and `dtype` whose data starts on a page boundary."""
     dtype = np.dtype(dtype)
+    if any(int(d) < 0 for d in shape):  # np.empty's own check: a negative size would shorten the slice instead
+        raise ValueError(f"negative dimensions are not allowed: {tuple(shape)}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + PAGE, np.uint8)  # numpy still asks for huge pages for it, as for any large array
     start = -raw.ctypes.data % PAGE

@@ -190,19 +190,19 @@ class ShardedArray:
         return out
 
     def copy_windows(self, starts: np.ndarray, width: int, out: np.ndarray) -> np.ndarray:
-        """`copy_windows` over shards: one copy per window inside a shard, one per step of a window across two."""
+        """`copy_windows` over shards: one copy per window inside a shard, one per step of a window across shards."""
+        starts = _checked(np.asarray(starts, dtype=np.int64), self.shape[0] - width + 1)
         first, last = self.layout.shard_of(starts), self.layout.shard_of(starts + width - 1)
-        local = starts - first * self.shard_steps
-        flats: dict[int, np.ndarray] = {}  # each shard looked up once per call, as a plain ndarray (no memmap work)
+        local, step = starts - first * self.shard_steps, out.shape[1] // max(1, width)
+        held, flat = -1, None  # the shard of the window before: sorted windows look each shard up once
         for k, (a, shard, end) in enumerate(zip(local.tolist(), first.tolist(), last.tolist())):
             if shard == end:
-                flat = flats.get(shard)
-                if flat is None:
-                    flat = flats[shard] = np.asarray(self.shard(shard)).reshape(self.layout.steps_in(shard), -1)
+                if shard != held:  # a plain ndarray view of the memmap: no memmap work per sample
+                    held, flat = shard, np.asarray(self.shard(shard)).reshape(self.layout.steps_in(shard), -1)
                 np.copyto(out[k], flat[a : a + width].reshape(-1))
             else:
-                for j, step in enumerate(out[k].reshape(width, -1)):
-                    np.copyto(step, self[int(starts[k]) + j].reshape(-1))
+                for j in range(width):  # slices of the row itself: always written in place
+                    np.copyto(out[k, j * step : (j + 1) * step], self[int(starts[k]) + j].reshape(-1))
         return out
 
 
@@ -294,9 +294,9 @@ def copy_windows(array, starts: np.ndarray, width: int, out: np.ndarray) -> np.n
     (len(starts), width * step size), each row contiguous, rows maybe apart (x's static fields follow them).
     A window of whole steps is one run of the file: one copy per sample, with no per-sample indexing work
     (a ShardedArray slice took 8 us, 5% of a 0.46 MB sample's copy)."""
-    starts = _checked(np.asarray(starts, dtype=np.int64), array.shape[0] - width + 1)
     if isinstance(array, ShardedArray):
         return array.copy_windows(starts, width, out)
+    starts = _checked(np.asarray(starts, dtype=np.int64), array.shape[0] - width + 1)
     flat = np.asarray(array).reshape(array.shape[0], -1)
     for k, a in enumerate(starts.tolist()):
         np.copyto(out[k], flat[a : a + width].reshape(-1))

@@ -176,6 +176,8 @@ class StoreDataset(WindowDataset):
         x_shape, y_shape = self.batch_shapes(steps_in.shape[0], static)
         x_out = page_aligned_empty(x_shape, self.store_dtype) if x_out is None else x_out
         y_out = page_aligned_empty(y_shape, self.store_dtype) if y_out is None else y_out
+        if not (x_out.flags.c_contiguous and y_out.flags.c_contiguous):  # a reshape of another would be a copy
+            raise ValueError("gather fills x_out and y_out through reshaped views: both must be C-contiguous")
         array = self.array
         if isinstance(array, zarr.Array):  # a compressed store: decode each needed step once
             needed = np.unique(np.concatenate([steps_in.ravel(), steps_out.ravel()]))
@@ -188,13 +190,17 @@ class StoreDataset(WindowDataset):
             return x_out, y_out
         dynamic = (self.history + 1) * self.channels.size
         if self.windows.whole_steps and isinstance(array, (np.ndarray, ShardedArray)):
-            # A window of whole steps is one run of the file: one copy each, straight into x's rows (views:
-            # x_out is C-contiguous), the static fields after them
+            # A window of whole steps is one run of the file, a target one step: one copy each, straight into
+            # x's rows and y's (views: the outputs are C-contiguous), the static fields after x's. Over many
+            # shards this is faster than a take per run of rows in one shard (y at s: 1.15x the one-shard time).
             x_rows = x_out.reshape(len(x_out), -1)[:, : dynamic * int(np.prod(self.sample_space))]
             copy_windows(array, steps_in[:, 0], steps_in.shape[1], x_rows)
+            y_leads = y_out.reshape(len(y_out), len(self.leads), -1)
+            for j in range(len(self.leads)):
+                copy_windows(array, steps_out[:, j], 1, y_leads[:, j])
         else:
             for k in range(rows_in.shape[0]):  # x_out[k, :dynamic] is contiguous, so the reshape is a view
                 take_rows(array, rows_in[k], x_out[k, :dynamic].reshape(rows_in.shape[1], -1), n)
-        take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
+            take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
         x_out[:, dynamic:] = self.static
         return x_out, y_out

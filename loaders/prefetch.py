@@ -183,7 +183,7 @@ class BatchLoader:
         x_shape, y_shape = self.dataset.batch_shapes(self.sampler.batch_size, static=self._static_in_buffer)
         if not pin:  # numpy's: it asks for transparent huge pages, torch's allocator does not (copies of 8 MB
             # samples into torch's buffers ran at 0.73-0.79 of the same copies into numpy's, bench/loader.py);
-            # page-aligned, as the memmap's steps are (`canonstore.buffers`: 4K aliasing made copies 3-4x slower)
+            # page-aligned, as the memmap's steps are (`canonstore.buffers`: 4K aliasing made copies 2-7x slower)
             dtype = self.dataset.store_dtype
             return torch.from_numpy(page_aligned_empty(x_shape, dtype)), torch.from_numpy(
                 page_aligned_empty(y_shape, dtype)

@@ -17,3 +17,9 @@ def test_page_aligned_empty_has_the_shape_and_dtype_asked_for_and_starts_on_a_pa
         assert out.nbytes == 0 or out.ctypes.data % PAGE == 0  # an empty array has no memory to place
         out[...] = 7  # every element is its own memory: writing all of them is read back
         np.testing.assert_array_equal(out, np.full(shape, 7, dtype))
+
+
+def test_negative_dimensions_are_refused_as_numpy_refuses_them():
+    for shape in ((-1, 4), (2, -2), (-3,)):
+        with pytest.raises(ValueError, match="negative dimensions"):
+            page_aligned_empty(shape, np.float32)

@@ -293,7 +293,7 @@ def test_threads_mapping_shards_at_once_under_a_small_map_cache(tiny_store):
 
 def test_reads_of_whole_steps_land_in_page_aligned_buffers(layouts, tmp_path):
     # The shard files' steps start on pages; a destination 16 bytes past one (where glibc puts a large
-    # np.empty) made memmap copies and preads 2-4x slower (4K aliasing, canonstore.buffers).
+    # np.empty) made memmap copies and preads 2-7x slower (4K aliasing, canonstore.buffers).
     import mmap
 
     from canonstore.formats.npy import block_reader

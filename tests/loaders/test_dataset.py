@@ -100,6 +100,19 @@ def test_compressed_and_float16_stores_give_the_same_samples(tiny_raw, tiny_stor
         np.testing.assert_allclose(x.astype(np.float32), px, atol=atol * 8, rtol=atol)
         np.testing.assert_allclose(ds[200][1].numpy(), py[2], atol=atol * 8, rtol=atol)
         assert x.dtype == other.dtype
+        whole = open_dataset(other, "test", history=1, lead=[1, 2])  # all channels: windows of whole steps
+        wx, wy = whole.gather([3, 1, 200])
+        for k, i in enumerate([3, 1, 200]):  # decoded steps, then one copy per window and per lead
+            np.testing.assert_array_equal(wx[k], whole[i][0].numpy().astype(other.dtype))
+            np.testing.assert_array_equal(wy[k], whole[i][1].numpy().astype(other.dtype))
+
+
+def test_gather_refuses_outputs_it_could_not_fill_in_place(tiny_store):
+    ds = open_dataset(tiny_store, "train")
+    x, y = ds.gather([0, 1])
+    wide = np.empty((x.shape[0], x.shape[1] + 1) + x.shape[2:], x.dtype)[:, 1:]  # the right shape, not contiguous
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ds.gather([0, 1], wide, y)
 
 
 def test_pickles_without_the_data_and_reopens_lazily(tiny_store):

@@ -160,7 +160,7 @@ def test_a_float16_store_gives_the_samples_static_fields_unrounded(half_store, w
 
 def test_cpu_batches_and_gathers_start_on_a_page_boundary(tiny_store):
     # A memmap's steps are page-aligned; a destination 16 bytes past a page (where glibc puts a large
-    # np.empty) made every copy 3-4x slower (4K aliasing, canonstore.buffers).
+    # np.empty) made every copy 2-7x slower (4K aliasing, canonstore.buffers).
     page = mmap.PAGESIZE
     ds = open_dataset(tiny_store, "train")
     loader = BatchLoader(ds, 16, device="cpu", workers=3)
