@@ -21,6 +21,7 @@ import numpy as np
 
 from canonstore.buffers import page_aligned_empty
 from canonstore.formats.handle import StoreHandle
+from canonstore.formats.indexing import broadcast_shape, index_parts, is_basic, takes_no_axis
 from canonstore.formats.zarr_ import ShardLayout, map_shard
 
 
@@ -97,7 +98,7 @@ class ShardedArray:
             else:
                 k, local = self.layout.locate(self._step(step))
                 return self.shard(k)[(local,) + rest]  # one step: a view, whatever the other indices
-        return self._index(_index_parts(key, self.shape))
+        return self._index(index_parts(key, self.shape))
 
     def _step(self, step: int) -> int:
         if not -self.shape[0] <= step < self.shape[0]:
@@ -105,8 +106,8 @@ class ShardedArray:
         return step % self.shape[0]
 
     def _index(self, parts: tuple):
-        """`parts` (from `_index_parts`): part `at` indexes time, as an int, a slice or an int array."""
-        at, time = next((i, p) for i, p in enumerate(parts) if not _takes_no_axis(p))
+        """`parts` (from `index_parts`): part `at` indexes time, as an int, a slice or an int array."""
+        at, time = next((i, p) for i, p in enumerate(parts) if not takes_no_axis(p))
         others = parts[:at], parts[at + 1 :]
         if not isinstance(time, (slice, np.ndarray)):  # an integer after None or a boolean scalar
             k, local = self.layout.locate(self._step(operator.index(time)))
@@ -118,7 +119,7 @@ class ShardedArray:
                 raise IndexError("arrays used as indices must be of integer (or boolean) type")
             arrays = [p for p in others[0] + others[1] if isinstance(p, np.ndarray)]
             if arrays:  # NumPy broadcasts the index arrays first and checks only the values it uses
-                time = np.broadcast_to(time, _broadcast_shape([time] + arrays))
+                time = np.broadcast_to(time, broadcast_shape([time] + arrays))
             bad = time[(time < -self.shape[0]) | (time >= self.shape[0])]
             if bad.size:
                 raise IndexError(f"index {bad.flat[0]} is out of bounds for axis 0 with size {self.shape[0]}")
@@ -128,7 +129,7 @@ class ShardedArray:
             if rows.size:
                 self.take_rows(rows.ravel(), out.reshape(rows.size, -1))
             return out.reshape(rows.shape + self.shape[1:])
-        if isinstance(time, slice) or (rows.ndim == 1 and all(_is_basic(p) for p in others[0] + others[1])):
+        if isinstance(time, slice) or (rows.ndim == 1 and all(is_basic(p) for p in others[0] + others[1])):
             return self._per_shard(rows, time, others)
         # Time broadcast with other arrays: the steps it names, gathered once, indexed by NumPy itself.
         steps, local = np.unique(rows, return_inverse=True)
@@ -204,68 +205,6 @@ class ShardedArray:
                 for j in range(width):  # slices of the row itself: always written in place
                     np.copyto(out[k, j * step : (j + 1) * step], self[int(starts[k]) + j].reshape(-1))
         return out
-
-
-def _is_basic(part) -> bool:
-    """NumPy's basic indices: a slice, None, Ellipsis or an integer (not a bool)."""
-    return (
-        part is None
-        or part is Ellipsis
-        or isinstance(part, slice)
-        or (isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_)))
-    )
-
-
-def _takes_no_axis(part) -> bool:
-    """None, Ellipsis and boolean scalars index no axis of the array."""
-    return part is None or part is Ellipsis or (isinstance(part, np.ndarray) and part.dtype == bool and part.ndim == 0)
-
-
-def _broadcast_shape(arrays: list[np.ndarray]) -> tuple[int, ...]:
-    """The shape index arrays broadcast to (a boolean array counts as its nonzero(): True as (1,), False (0,))."""
-    shapes = [(int(np.count_nonzero(a)),) if a.dtype == bool else a.shape for a in arrays]
-    try:
-        return np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise IndexError(
-            "shape mismatch: indexing arrays could not be broadcast together with shapes " + " ".join(map(str, shapes))
-        ) from None
-
-
-def _index_parts(key, shape: tuple[int, ...]) -> tuple:
-    """`key` as NumPy reads it: a tuple in which array-likes are arrays (an empty list an int array), a boolean
-    array over several axes its nonzero() (NumPy's own equivalence), and some part indexing the first axis (an
-    Ellipsis that covers it starts with `slice(None)`, and a key indexing no axis gets a trailing one)."""
-    parts = []
-    for part in key if isinstance(key, tuple) else (key,):
-        if not _is_basic(part):
-            array = np.asarray(part)
-            part = array.astype(np.intp) if array.size == 0 and not isinstance(part, np.ndarray) else array
-        parts.append(part)
-    if sum(p is Ellipsis for p in parts) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    width = [0 if _takes_no_axis(p) else p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else 1 for p in parts]
-    if sum(width) > len(shape):
-        raise IndexError(
-            f"too many indices for array: array is {len(shape)}-dimensional, but {sum(width)} were indexed"
-        )
-    for i, part in enumerate(parts):
-        if part is Ellipsis and sum(width) < len(shape):
-            parts.insert(i, slice(None))
-            break
-        if width[i]:
-            if isinstance(part, np.ndarray) and part.dtype == bool:
-                for axis, (size, given) in enumerate(zip(shape, part.shape)):
-                    if given and size != given:  # NumPy checks no boolean axis of length 0 (legacy): [] is empty
-                        raise IndexError(
-                            f"boolean index did not match indexed array along axis {axis}; size of axis "
-                            f"is {size} but size of corresponding boolean axis is {given}"
-                        )
-                parts[i : i + 1] = part.nonzero()
-            break
-    else:
-        parts.append(slice(None))
-    return tuple(parts)
 
 
 def _checked(rows, n: int) -> np.ndarray:
