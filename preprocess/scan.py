@@ -174,14 +174,14 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> ShardScan:
             read = stack.enter_context(contextlib.closing(prefetched(blocks, name=f"canonstore-read-{k}")))
             for a, b, c0, values in read:
                 c1 = c0 + values.shape[1]
-                _nan_facts(values, a, a == start, c0, reference, scanned, sources)
+                extremes = _nan_facts(values, a, a == start, c0, reference, scanned, sources)
                 if writer is not None:  # after the NaN facts: a block with ±inf is refused, never staged
                     writer.put((a, b, c0, values))
                 mine = train[a - start : b - start]
                 if moments and mine.any():
                     rows = row_of_step[a - start : b - start][mine]
-                    picked = values[mine] if not mine.all() else values
-                    scanned.moments[:, rows, c0:c1] = step_moments(picked)
+                    picked, extremes = (values, extremes) if mine.all() else (values[mine], [e[mine] for e in extremes])
+                    scanned.moments[:, rows, c0:c1] = step_moments(picked, extremes)
                     again = [c for c in job.reread if c0 <= c < c1] if job.in_place else []
                     if again:  # statistics of the exact (float64) values, not of their float32 rounding
                         exact = sources.read(a, b, np.array(again))
@@ -194,8 +194,9 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> ShardScan:
 
 def _nan_facts(
     values: np.ndarray, start: int, first: bool, c0: int, reference: np.ndarray, scanned: ShardScan, sources: Sources
-) -> None:
-    """Count NaNs per channel, note where the NaN layout varies, and refuse ±inf by name."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count NaNs per channel, note where the NaN layout varies, and refuse ±inf by name; returns each
+    field's (steps, channel) min and max (NaN where it has a NaN), which the statistics reuse."""
     n, c = values.shape[:2]
     rows = values.reshape(n, c, -1)
     lo, hi = rows.min(axis=2), rows.max(axis=2)  # NaN where a field has any NaN; ±inf where it has inf
@@ -223,3 +224,4 @@ def _nan_facts(
             f"{start + n - 1}); infinite values are neither data nor fill values: fix or mask them in "
             "the source"
         )
+    return lo, hi

@@ -18,17 +18,20 @@ MOMENTS = ("count", "sum", "sum_sq", "m2", "min", "max")  # per (step, channel),
 ROWS_PER_CHUNK_BYTES = 1 << 20  # float64 working set per chunk of fields: stays in the CPU cache
 
 
-def step_moments(block: np.ndarray) -> np.ndarray:
+def step_moments(block: np.ndarray, extremes: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(6, steps, channel) float64 moments (`MOMENTS`) of each field of a (steps, channel, *space) block.
 
     NaNs are left out (count says how many values were used). A field is converted to float64 once,
     in cache-sized chunks, so a float32 block costs a few passes at memory speed and no float64 copy.
+    `extremes`: the (steps, channel) min and max of each field (NaN where it has a NaN) when the caller
+    already took them (the build's NaN checks do), so that they are not taken twice.
     """
     n, c = block.shape[:2]
     rows = block.reshape(n * c, -1)
     size = rows.shape[1]
     out = np.empty((len(MOMENTS), n * c))
-    out[4], out[5] = rows.min(axis=1), rows.max(axis=1)  # NaN in a row makes its min NaN: slow path below
+    lo, hi = extremes if extremes is not None else (rows.min(axis=1), rows.max(axis=1))
+    out[4], out[5] = np.reshape(lo, -1), np.reshape(hi, -1)  # NaN in a row makes its min NaN: slow path below
     clean = ~np.isnan(out[4])
     step = max(1, ROWS_PER_CHUNK_BYTES // (8 * size))
     buf, sq = np.empty((step, size)), np.empty((step, size))

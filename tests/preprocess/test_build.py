@@ -11,7 +11,7 @@ import xarray as xr
 from canonstore import open_store
 from canonstore.errors import RecipeError, SourceError, StoreError
 from canonstore.preprocess import build
-from tests.helpers import demo_recipe, write_recipe
+from tests.helpers import demo_recipe, gappy_values, write_recipe
 
 silent = {"progress": False}
 
@@ -341,3 +341,19 @@ def test_a_standard_calendar_monthly_or_yearly_file_builds_without_gaps(tmp_path
     recipe = write_recipe(tmp_path, sources=[str(tmp_path / "monthly.nc")], splits={"by": "index", "train": [0, 19]})
     store = open_store(build(recipe, tmp_path / "m.zarr", **silent).path)
     assert store.gaps.tolist() == [] and store.shape[0] == times.size
+
+
+def test_train_statistics_equal_numpy_where_a_block_mixes_splits_and_fields_have_nans(gappy_store):
+    """The scan's NaN checks take each field's min and max once and the statistics reuse them: over the train
+    steps only (a block here holds train, val and test steps), NaN fields included."""
+    store = open_store(gappy_store)
+    times = pd.date_range("2000-01-01", "2002-12-31", freq="D")
+    times = times[(times < "2000-07-01") | (times >= "2000-08-01")]
+    train = gappy_values(times.size)[store.split_indices("train")]
+    assert train.shape[0] < times.size / 2 and np.isnan(train[:, 0]).any()
+    for c, name in enumerate(["x", "y"]):
+        values = train[:, c]
+        at = store.channels.index(name)
+        assert store.stats["min"][at] == np.nanmin(values) and store.stats["max"][at] == np.nanmax(values)
+        np.testing.assert_allclose(store.stats["mean"][at], np.nanmean(values), rtol=1e-12)
+        np.testing.assert_allclose(store.stats["std"][at], np.nanstd(values), rtol=1e-10)
