@@ -5,9 +5,8 @@
     canonstore build R --scheduler tcp://host:8786      # a running cluster (dask-jobqueue, dask-mpi, ...)
     canonstore build R --scheduler-file scheduler.json
 
-Workers read the raw files and write the shards by path, so inputs and the output must be on a
-filesystem every worker sees (what HPC centres mount on all nodes). `check_shared` tests that on
-every worker before any task runs and stops with a clear error otherwise.
+Workers read the raw files and write the shards by path, so inputs and the output must be on a filesystem every
+worker sees (what HPC centres mount on all nodes); `check_shared` stops with a clear error before any task if not.
 """
 
 from __future__ import annotations
@@ -48,10 +47,11 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """Run tasks here, `threads` at a time (`preprocess.pipeline`), results in item order as one after another."""
+    """Run tasks here, `threads` at a time (`preprocess.pipeline`), results in item order as one after another;
+    default: a task more than the cores, at most 4 (a task also waits: for the one reader, its writer, fsync)."""
 
-    def __init__(self, threads: int = 2):
-        self.threads = threads
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or min(4, len(os.sched_getaffinity(0)) + 1)
 
     def map(self, fn, job, items, *args):
         return ordered_map(lambda item: fn(job, item, *args), items, self.threads)
@@ -237,7 +237,7 @@ def _missing(paths: list[str]) -> list[str]:
 @contextlib.contextmanager
 def executor_for(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None):
     """The executor for these options: a client of a running cluster, a LocalCluster of `workers` processes
-    (one thread each), or this process (two tasks at a time) when none is given."""
+    (one thread each), or this process (`InProcessExecutor`) when none is given."""
     if not (scheduler or scheduler_file or workers):
         yield InProcessExecutor()
         return
