@@ -35,19 +35,19 @@ storage: {{shard_mb: {shard_mb}}}
 
 RAW_READ = """
 import sys, time, netCDF4, numpy as np
-began, nbytes = time.perf_counter(), 0
+began, cpu, nbytes = time.perf_counter(), time.process_time(), 0
 for path in sys.argv[1:]:
     with netCDF4.Dataset(path) as nc:
         for var in nc.variables.values():
             if var.dimensions and var.dimensions[0] == "time" and var.ndim > 1:
                 nbytes += np.asarray(var[:], dtype=np.float32).nbytes
-print(nbytes, time.perf_counter() - began, 0)
+print(nbytes, time.perf_counter() - began, time.process_time() - cpu)
 """
 
 DURABLE_WRITE = """
 import os, sys, time, numpy as np
 nbytes, block = int(sys.argv[2]), np.ones(8 << 20, np.uint8)
-began = time.perf_counter()
+began, cpu = time.perf_counter(), time.process_time()
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 for offset in range(0, nbytes, block.size):
     os.pwrite(fd, block[:min(block.size, nbytes - offset)], offset)
@@ -55,7 +55,7 @@ os.fdatasync(fd)
 os.close(fd)
 seconds = time.perf_counter() - began
 os.unlink(sys.argv[1])
-print(nbytes, seconds, 0)
+print(nbytes, seconds, time.process_time() - cpu)
 """
 
 BUILD = """
@@ -65,6 +65,11 @@ from canonstore.preprocess import build
 def peak_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
+
+def cpu_s():  # user + system seconds of this process, all its threads
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 if __name__ == "__main__":  # dask workers start by importing this script
     workers = int(sys.argv[3])
     if workers:
@@ -73,16 +78,17 @@ if __name__ == "__main__":  # dask workers start by importing this script
         from canonstore.preprocess.executor import UNTRIMMED
         local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
         with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
-            began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
+            began, cpu = time.perf_counter(), cpu_s() + sum(client.run(cpu_s).values())
             result = build(sys.argv[1], sys.argv[2], force=True, progress=False,
-                           scheduler=cluster.scheduler_address)
+                           scheduler=cluster.scheduler_address)  # the cluster is up: what a cluster user pays
             seconds = time.perf_counter() - began
+            cpu = cpu_s() + sum(client.run(cpu_s).values()) - cpu
             worker_kb = max(client.run(peak_kb).values())
     else:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), cpu_s()
         result = build(sys.argv[1], sys.argv[2], force=True, progress=False)
-        seconds, worker_kb = time.perf_counter() - began, 0
-    print(result.bytes, seconds, peak_kb(), worker_kb)
+        seconds, cpu, worker_kb = time.perf_counter() - began, cpu_s() - cpu, 0
+    print(result.bytes, seconds, peak_kb(), worker_kb, cpu)
 """
 
 
@@ -118,16 +124,20 @@ def measure(work: Path, size: float, years: int, workers: list[int], repeats: in
     runs += [(f"LocalCluster {n} worker{'s' if n > 1 else ''}, 8 MiB shards", 8, n) for n in workers]
     rows = []
     for repeat in range(repeats):
-        raw_bytes, raw_seconds, _ = run(RAW_READ, *files)
-        rows.append(_row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds, repeat=repeat))
-        disk_bytes, disk_seconds, _ = run(DURABLE_WRITE, str(folder / "durable.tmp"), str(int(raw_bytes)))
-        rows.append(_row(size, "durable write (pwrite+fdatasync)", None, disk_bytes, disk_seconds, repeat=repeat))
+        raw_bytes, raw_seconds, raw_cpu = run(RAW_READ, *files)
+        rows.append(
+            _row(size, "raw read (netCDF4, 1 thread)", None, raw_bytes, raw_seconds, repeat=repeat, cpu=raw_cpu)
+        )
+        disk_bytes, disk_seconds, disk_cpu = run(DURABLE_WRITE, str(folder / "durable.tmp"), str(int(raw_bytes)))
+        rows.append(
+            _row(size, "durable write (pwrite+fdatasync)", None, disk_bytes, disk_seconds, repeat=repeat, cpu=disk_cpu)
+        )
         for layout, shard_mb, n in runs:
             (folder / "bench.yaml").write_text(
                 RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb)
             )
-            nbytes, seconds, rss_kb, worker_kb = run(
-                BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=4
+            nbytes, seconds, rss_kb, worker_kb, cpu = run(
+                BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=5
             )
             attrs = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]
             shards = attrs["layout"]["shards"]
@@ -142,13 +152,15 @@ def measure(work: Path, size: float, years: int, workers: list[int], repeats: in
                     rss_kb if worker_kb else None,
                     n or None,
                     repeat,
+                    cpu,
                 )
             )
             shutil.rmtree(folder / "bench.zarr")
     return rows
 
 
-def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None, repeat=0) -> dict:
+def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None, repeat=0, cpu=None) -> dict:
+    """One measurement; `cpu`: user + system seconds of every process of the row (driver and workers)."""
     return {
         "size": size,
         "repeat": repeat,
@@ -160,6 +172,7 @@ def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, wor
         "mb_per_s": round(nbytes / 1e6 / seconds, 1),
         "peak_rss_mb": round(rss_kb / 1024, 1) if rss_kb else None,
         "driver_rss_mb": round(driver_kb / 1024, 1) if driver_kb else None,
+        "cpu_s": None if cpu is None else round(cpu, 2),
     }
 
 
@@ -193,9 +206,10 @@ def _beside(rows: list[dict], row: dict, name: str) -> dict:
 
 def _summary(rows: list[dict]) -> None:
     """Per size and run: median MB/s and spread over the repeats; for builds, the share of the durable-write
-    limit measured beside each (median and spread)."""
+    limit measured beside each (median and spread); CPU seconds per GB and cores busy (CPU s / wall s), medians."""
     print(
         f"\n{'SIZE':>5}  {'run':<40}{'MB/s median':>12}{'spread':>16}{'of disk median':>16}{'spread':>14}{'RSS max':>9}"
+        f"{'CPU s/GB':>10}{'cores busy':>12}"
     )
     for size, layout in dict.fromkeys((r["size"], r["layout"]) for r in rows):
         mine = [r for r in rows if (r["size"], r["layout"]) == (size, layout)]
@@ -205,7 +219,18 @@ def _summary(rows: list[dict]) -> None:
         print(
             f"{size:>5g}  {layout:<40}{np.median(speeds):>12.0f}{f'{min(speeds):.0f}-{max(speeds):.0f}':>16}"
             f"{np.median(shares):>16.0%}{f'{min(shares):.0%}-{max(shares):.0%}':>14}{rss or '':>9}"
+            f"{np.median([_cpu_per_gb(r) for r in mine]):>10.2f}{np.median([_busy(r) for r in mine]):>12.2f}"
         )
+
+
+def _cpu_per_gb(row: dict) -> float:
+    """CPU seconds (all processes of the row) per GB of store bytes."""
+    return row["cpu_s"] / (row["mb"] / 1e3)
+
+
+def _busy(row: dict) -> float:
+    """Cores busy on average: CPU seconds over wall seconds (2 here means both cores of this box, the whole time)."""
+    return row["cpu_s"] / row["seconds"]
 
 
 def _mb(rows, size) -> float:
@@ -224,7 +249,7 @@ def main() -> None:
     rows = [row for size in args.sizes for row in measure(args.work, size, args.years, args.workers, args.repeat)]
     print(
         f"{'SIZE':>5}  {'run':<40}{'shards':>7}{'MB':>8}{'seconds':>9}{'MB/s':>8}{'of raw':>8}{'of disk':>8}"
-        f"{'peak RSS MB':>13}"
+        f"{'peak RSS MB':>13}{'CPU s':>7}{'cores busy':>12}"
     )
     for r in rows:
         raw, disk = (_beside(rows, r, name) for name in ("raw read", "durable write"))
@@ -236,6 +261,7 @@ def main() -> None:
         print(
             f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
             f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{r['mb_per_s'] / disk['mb_per_s']:>8.0%}{rss:>13}"
+            f"{r['cpu_s']:>7}{_busy(r):>12.2f}"
         )
     if args.repeat > 1:
         _summary(rows)

@@ -185,6 +185,29 @@ def test_remote_bench_writes_its_rows(tmp_path):
     assert rows["pull"]["pull_over_plain_get"] > 0 and rows["pull"]["whole_objects_over_plain_get"] > 0
 
 
+def test_build_bench_says_the_cpu_seconds_of_every_row_cluster_workers_included(tmp_path):
+    """`bench/build.py` on a tiny demo: the limits, in-process builds and a LocalCluster, each with the CPU seconds
+    of all its processes (what tells a CPU-bound build from a disk-bound one on 2 cores)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "build.py"), "--sizes", "0.01", "--workers", "1"]
+        + ["--work", str(tmp_path / "work"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "build.json").read_text())
+    assert [r["layout"].split(",")[0] for r in rows] == [
+        "raw read (netCDF4",
+        "durable write (pwrite+fdatasync)",
+        "in-process",
+        "in-process",
+        "LocalCluster 1 worker",
+    ]
+    assert all(r["cpu_s"] > 0 for r in rows) and len({r["mb"] for r in rows}) == 1
+    assert "cores busy" in done.stdout
+
+
 def test_the_remote_bench_never_deletes_a_work_folder_it_did_not_make(tmp_path):
     """--work was removed with shutil.rmtree whatever it held: `--work ~/data` would have deleted the user's data."""
     mine = tmp_path / "mine"
