@@ -78,17 +78,20 @@ if __name__ == "__main__":  # dask workers start by importing this script
         from canonstore.preprocess.executor import UNTRIMMED
         local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
         with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
-            began, cpu = time.perf_counter(), cpu_s() + sum(client.run(cpu_s).values())
+            cpu, workers_cpu = cpu_s(), client.run(cpu_s)
+            began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
             result = build(sys.argv[1], sys.argv[2], force=True, progress=False,
-                           scheduler=cluster.scheduler_address)  # the cluster is up: what a cluster user pays
+                           scheduler=cluster.scheduler_address)
             seconds = time.perf_counter() - began
-            cpu = cpu_s() + sum(client.run(cpu_s).values()) - cpu
+            cpu = cpu_s() - cpu
+            workers_cpu = sum(now - workers_cpu[worker] for worker, now in client.run(cpu_s).items())
             worker_kb = max(client.run(peak_kb).values())
     else:
-        began, cpu = time.perf_counter(), cpu_s()
+        cpu, workers_cpu = cpu_s(), 0
+        began = time.perf_counter()
         result = build(sys.argv[1], sys.argv[2], force=True, progress=False)
         seconds, cpu, worker_kb = time.perf_counter() - began, cpu_s() - cpu, 0
-    print(result.bytes, seconds, peak_kb(), worker_kb, cpu)
+    print(result.bytes, seconds, peak_kb(), worker_kb, cpu, workers_cpu)
 """
 
 
@@ -136,8 +139,8 @@ def measure(work: Path, size: float, years: int, workers: list[int], repeats: in
             (folder / "bench.yaml").write_text(
                 RECIPE.format(last_train=last - 2, val=last - 1, test=last, shard_mb=shard_mb)
             )
-            nbytes, seconds, rss_kb, worker_kb, cpu = run(
-                BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=5
+            nbytes, seconds, rss_kb, worker_kb, cpu, workers_cpu = run(
+                BUILD, str(folder / "bench.yaml"), str(folder / "bench.zarr"), str(n), values=6
             )
             attrs = json.loads((folder / "bench.zarr" / "zarr.json").read_text())["attributes"]["canonstore"]
             shards = attrs["layout"]["shards"]
@@ -152,15 +155,30 @@ def measure(work: Path, size: float, years: int, workers: list[int], repeats: in
                     rss_kb if worker_kb else None,
                     n or None,
                     repeat,
-                    cpu,
+                    cpu + workers_cpu,
+                    workers_cpu if n else None,
                 )
             )
             shutil.rmtree(folder / "bench.zarr")
     return rows
 
 
-def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, workers=None, repeat=0, cpu=None) -> dict:
-    """One measurement; `cpu`: user + system seconds of every process of the row (driver and workers)."""
+def _row(
+    size,
+    layout,
+    shards,
+    nbytes,
+    seconds,
+    rss_kb=None,
+    driver_kb=None,
+    workers=None,
+    repeat=0,
+    cpu=0.0,
+    workers_cpu=None,
+) -> dict:
+    """One measurement; `cpu`: user + system seconds of every process of the row (a cluster's: driver and workers,
+    `workers_cpu` the workers' part); CPU seconds per GB and cores busy (CPU over wall seconds, 2 = both cores of
+    this box the whole time) from the unrounded values."""
     return {
         "size": size,
         "repeat": repeat,
@@ -172,7 +190,10 @@ def _row(size, layout, shards, nbytes, seconds, rss_kb=None, driver_kb=None, wor
         "mb_per_s": round(nbytes / 1e6 / seconds, 1),
         "peak_rss_mb": round(rss_kb / 1024, 1) if rss_kb else None,
         "driver_rss_mb": round(driver_kb / 1024, 1) if driver_kb else None,
-        "cpu_s": None if cpu is None else round(cpu, 2),
+        "cpu_s": round(cpu, 2),
+        "workers_cpu_s": None if workers_cpu is None else round(workers_cpu, 2),
+        "cpu_s_per_gb": round(cpu / (nbytes / 1e9), 2),
+        "cores_busy": round(cpu / seconds, 2),
     }
 
 
@@ -219,18 +240,8 @@ def _summary(rows: list[dict]) -> None:
         print(
             f"{size:>5g}  {layout:<40}{np.median(speeds):>12.0f}{f'{min(speeds):.0f}-{max(speeds):.0f}':>16}"
             f"{np.median(shares):>16.0%}{f'{min(shares):.0%}-{max(shares):.0%}':>14}{rss or '':>9}"
-            f"{np.median([_cpu_per_gb(r) for r in mine]):>10.2f}{np.median([_busy(r) for r in mine]):>12.2f}"
+            f"{np.median([r['cpu_s_per_gb'] for r in mine]):>10.2f}{np.median([r['cores_busy'] for r in mine]):>12.2f}"
         )
-
-
-def _cpu_per_gb(row: dict) -> float:
-    """CPU seconds (all processes of the row) per GB of store bytes."""
-    return row["cpu_s"] / (row["mb"] / 1e3)
-
-
-def _busy(row: dict) -> float:
-    """Cores busy on average: CPU seconds over wall seconds (2 here means both cores of this box, the whole time)."""
-    return row["cpu_s"] / row["seconds"]
 
 
 def _mb(rows, size) -> float:
@@ -261,7 +272,7 @@ def main() -> None:
         print(
             f"{r['size']:>5g}  {r['layout']:<40}{r['shards'] or '':>7}{r['mb']:>8}{r['seconds']:>9}{r['mb_per_s']:>8}"
             f"{r['mb_per_s'] / raw['mb_per_s']:>8.0%}{r['mb_per_s'] / disk['mb_per_s']:>8.0%}{rss:>13}"
-            f"{r['cpu_s']:>7}{_busy(r):>12.2f}"
+            f"{r['cpu_s']:>7}{r['cores_busy']:>12.2f}"
         )
     if args.repeat > 1:
         _summary(rows)

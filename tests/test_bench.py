@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def test_remote_bench_writes_its_rows(tmp_path):
     assert rows["pull"]["pull_over_plain_get"] > 0 and rows["pull"]["whole_objects_over_plain_get"] > 0
 
 
-def test_build_bench_says_the_cpu_seconds_of_every_row_cluster_workers_included(tmp_path):
+def test_build_bench_says_the_cpu_seconds_of_every_row_cluster_workers_included(tmp_path, capsys):
     """`bench/build.py` on a tiny demo: the limits, in-process builds and a LocalCluster, each with the CPU seconds
     of all its processes (what tells a CPU-bound build from a disk-bound one on 2 cores)."""
     done = subprocess.run(
@@ -204,8 +205,18 @@ def test_build_bench_says_the_cpu_seconds_of_every_row_cluster_workers_included(
         "in-process",
         "LocalCluster 1 worker",
     ]
-    assert all(r["cpu_s"] > 0 for r in rows) and len({r["mb"] for r in rows}) == 1
-    assert "cores busy" in done.stdout
+    assert len({r["mb"] for r in rows}) == 1
+    for row in rows:
+        assert 0 < row["cpu_s"] <= row["seconds"] * os.cpu_count() * 1.2, row  # rusage of its processes only
+        assert (row["workers_cpu_s"] is not None) == row["layout"].startswith("LocalCluster"), row
+    assert 0 < rows[-1]["workers_cpu_s"] < rows[-1]["cpu_s"]  # the worker's share, the driver's beside it
+    spec = importlib.util.spec_from_file_location("bench_build", ROOT / "bench" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module._summary(rows + [{**row, "repeat": 1, "cpu_s_per_gb": 2 * row["cpu_s_per_gb"]} for row in rows])
+    summary = capsys.readouterr().out.splitlines()
+    build = next(line for line in summary if "in-process, one shard" in line).split()
+    assert float(build[-2]) == pytest.approx(1.5 * rows[2]["cpu_s_per_gb"], abs=0.01)  # median of the two rounds
 
 
 def test_the_remote_bench_never_deletes_a_work_folder_it_did_not_make(tmp_path):
