@@ -116,7 +116,7 @@ bench: $(BENCH_STORE)/manifest.json $(BENCH_ONE)/manifest.json ## loader benchma
 bench-compressed: $(BENCH_STORE)/manifest.json ## compressed frames decoded into the batch buffers vs the memmap, cold and warm: bench/results/compressed-layout.json
 	$(PY) bench/compressed_layout.py $(BENCH_STORE) --batch-size 32 --workers $(WORKERS) --results bench/results
 
-bench-build: | $(ENV_STAMP) ## build MB/s and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read: bench/results/build.json
+bench-build: | $(ENV_STAMP) ## build MB/s, CPU s per GB and peak RSS at 3 input sizes, 1 vs many shards, vs the raw read and a durable write: bench/results/build.json
 	$(PY) bench/build.py --results bench/results
 
 bench-remote: | $(ENV_STAMP) ## Zarr sources: build from local Zarr vs NetCDF vs moto's S3 server, bytes fetched for a level/time subset: bench/results/remote.json
