@@ -180,8 +180,10 @@ def scan_shard(job: ShardJob, k: int, moments: bool = True) -> ShardScan:
                 mine = train[a - start : b - start]
                 if moments and mine.any():
                     rows = row_of_step[a - start : b - start][mine]
-                    picked, extremes = (values, extremes) if mine.all() else (values[mine], [e[mine] for e in extremes])
-                    scanned.moments[:, rows, c0:c1] = step_moments(picked, extremes)
+                    picked, picked_extremes = values, extremes
+                    if not mine.all():  # this block's train steps, and their fields' extremes
+                        picked, picked_extremes = values[mine], (extremes[0][mine], extremes[1][mine])
+                    scanned.moments[:, rows, c0:c1] = step_moments(picked, picked_extremes)
                     again = [c for c in job.reread if c0 <= c < c1] if job.in_place else []
                     if again:  # statistics of the exact (float64) values, not of their float32 rounding
                         exact = sources.read(a, b, np.array(again))
