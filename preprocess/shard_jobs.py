@@ -130,6 +130,11 @@ class ShardJob:
         return ShardLayout(self.shape[0], self.blocks.shard_steps)
 
     @property
+    def streamed(self) -> bool:
+        """Whether a task holds a few blocks in memory (uncompressed shards); zarr encodes a compressed one whole."""
+        return self.compression == "none"
+
+    @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 

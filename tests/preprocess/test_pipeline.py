@@ -12,6 +12,7 @@ from canonstore.errors import SourceError
 from canonstore.formats.manifest import read_manifest
 from canonstore.preprocess import build, executor, scan, write
 from canonstore.preprocess.pipeline import Stage, ordered_map, prefetched
+from canonstore.preprocess.shard_jobs import BlockLayout, ShardJob
 from canonstore.preprocess.sources import Sources
 from canonstore.preprocess.staging import staging_path
 from tests.helpers import demo_recipe
@@ -136,6 +137,20 @@ def test_a_caller_that_stops_early_stops_the_reader():
     items.close()
     assert not any(t.name == "canonstore-read-test" for t in threading.enumerate())
     assert len(made) <= 3
+
+
+@pytest.mark.parametrize("compression, cores, tasks", [("none", 2, 3), ("zstd", 2, 2), ("none", 1, 2)])
+def test_in_process_builds_run_a_third_task_only_for_streamed_shards_on_two_cores(
+    monkeypatch, compression, cores, tasks
+):
+    """A third task fills the time each task waits; a compressed shard is encoded whole in memory, so not for it."""
+    seen = []
+    monkeypatch.setattr(executor.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(executor, "ordered_map", lambda fn, items, threads: seen.append(threads) or [])
+    job = ShardJob("r.yaml", "", "s", (4, 1), "float32", compression, BlockLayout(1, 1), train=np.ones(4, bool))
+    executor.InProcessExecutor().map(lambda job, item: item, job, [0, 1, 2, 3])
+    executor.InProcessExecutor(threads=1).map(lambda job, item: item, job, [0, 1])
+    assert seen == [tasks, 1]
 
 
 class SerialStage:
