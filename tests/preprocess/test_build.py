@@ -357,3 +357,18 @@ def test_train_statistics_equal_numpy_where_a_block_mixes_splits_and_fields_have
         assert store.stats["min"][at] == np.nanmin(values) and store.stats["max"][at] == np.nanmax(values)
         np.testing.assert_allclose(store.stats["mean"][at], np.nanmean(values), rtol=1e-12)
         np.testing.assert_allclose(store.stats["std"][at], np.nanstd(values), rtol=1e-10)
+
+
+def test_train_statistics_of_float32_sources_staged_in_place_equal_numpy_over_the_train_steps(tiny_store, tiny_raw):
+    """The in-place scan (float32 sources) reuses its NaN checks' extremes too: where a shard's block holds the end
+    of the train steps and the first val steps, min and max are those of the train steps alone, exactly."""
+    store = open_store(tiny_store)
+    train = store.split_indices("train")
+    assert 0 < train.size < store.shape[0] and store.attrs["layout"]["shards"] > 2
+    for name, variable, level in [("t2m", "t2m", None), ("z500", "z", 500)]:
+        raw = xr.concat([xr.open_dataset(p)[variable] for p in sorted(tiny_raw.glob(f"{variable}_*.nc"))], "time")
+        values = (raw if level is None else raw.sel(level=level)).values[train].astype(np.float64)
+        at = store.channels.index(name)
+        assert store.stats["min"][at] == values.min() and store.stats["max"][at] == values.max(), name
+        np.testing.assert_allclose(store.stats["mean"][at], values.mean(), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(store.stats["std"][at], values.std(), rtol=1e-9, err_msg=name)
