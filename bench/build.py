@@ -65,11 +65,6 @@ from canonstore.preprocess import build
 def peak_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-
-def cpu_s():  # user + system seconds of this process, all its threads
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
 if __name__ == "__main__":  # dask workers start by importing this script
     workers = int(sys.argv[3])
     if workers:
@@ -78,19 +73,19 @@ if __name__ == "__main__":  # dask workers start by importing this script
         from canonstore.preprocess.executor import UNTRIMMED
         local = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=40)
         with dask.config.set(UNTRIMMED), local as cluster, Client(cluster) as client:
-            cpu, workers_cpu = cpu_s(), client.run(cpu_s)
+            cpu, workers_cpu = time.process_time(), client.run(time.process_time)
             began = time.perf_counter()  # the cluster is up: what a cluster user pays per build
             result = build(sys.argv[1], sys.argv[2], force=True, progress=False,
                            scheduler=cluster.scheduler_address)
             seconds = time.perf_counter() - began
-            cpu = cpu_s() - cpu
-            workers_cpu = sum(now - workers_cpu[worker] for worker, now in client.run(cpu_s).items())
+            cpu = time.process_time() - cpu
+            workers_cpu = sum(now - workers_cpu[worker] for worker, now in client.run(time.process_time).items())
             worker_kb = max(client.run(peak_kb).values())
     else:
-        cpu, workers_cpu = cpu_s(), 0
+        cpu, workers_cpu = time.process_time(), 0
         began = time.perf_counter()
         result = build(sys.argv[1], sys.argv[2], force=True, progress=False)
-        seconds, cpu, worker_kb = time.perf_counter() - began, cpu_s() - cpu, 0
+        seconds, cpu, worker_kb = time.perf_counter() - began, time.process_time() - cpu, 0
     print(result.bytes, seconds, peak_kb(), worker_kb, cpu, workers_cpu)
 """
 
