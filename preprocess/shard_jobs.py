@@ -130,9 +130,12 @@ class ShardJob:
         return ShardLayout(self.shape[0], self.blocks.shard_steps)
 
     @property
-    def streamed(self) -> bool:
-        """Whether a task holds a few blocks in memory (uncompressed shards); zarr encodes a compressed one whole."""
-        return self.compression == "none"
+    def one_block_shards(self) -> bool:
+        """Whether each shard is one block, uncompressed: a task then holds one block and waits for much of its time
+        (one read, one write, its fsync and markers). A shard of several blocks pipelines them itself; zarr encodes a
+        compressed shard whole in memory."""
+        blocks = self.blocks
+        return self.compression == "none" and blocks.block_channels is None and blocks.block_steps >= blocks.shard_steps
 
     @property
     def nbytes(self) -> int:
