@@ -48,7 +48,7 @@ class Executor(Protocol):
 
 class InProcessExecutor:
     """Run tasks here, `threads` at a time (`preprocess.pipeline`), in item order as one after another. Default 2; 3 on
-    2+ cores for `one_block_shards` (x1.07-1.10 for +25-40 MB at 8 MiB shards; none at 64 MiB+, for +110-140 MB)."""
+    2+ cores for `one_block_shards` (x1.07-1.10 at 8-32 MiB shards, +25-112 MB; none at 64 MiB+, +110-140 MB)."""
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
