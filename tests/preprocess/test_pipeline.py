@@ -191,13 +191,29 @@ def _files(store):
     return {rel: e["sha256"] for rel, e in read_manifest(store)["files"].items() if rel != "zarr.json"}
 
 
-@pytest.mark.parametrize("storage", [{"shard_mb": 0.5}, {"shard_mb": 1000}, {"shard_mb": 0.5, "dtype": "float16"}])
-def test_the_pipelined_build_writes_the_serial_builds_store(tiny_raw, tmp_path, monkeypatch, storage):
+@pytest.mark.parametrize(
+    "storage, block_mb, tasks",
+    [
+        ({"shard_mb": 0.5}, 0.1, 2),  # shards of several blocks
+        ({"shard_mb": 1000}, 0.1, 1),  # one shard
+        ({"shard_mb": 0.5, "dtype": "float16"}, 0.1, 2),
+        ({"shard_mb": 0.1}, 0.1, 3),  # shards of one block: a third task, results out of order the most
+    ],
+)
+def test_the_pipelined_build_writes_the_serial_builds_store(tiny_raw, tmp_path, monkeypatch, storage, block_mb, tasks):
     recipe = demo_recipe(tmp_path, tiny_raw, storage=storage)
-    piped = build(recipe, tmp_path / "piped.zarr", progress=False, block_mb=0.1).path
+    threads = []
+    with monkeypatch.context() as m:  # on 2 cores, whatever this machine has; the tasks each pass ran at once
+        m.setattr(executor.os, "sched_getaffinity", lambda pid: {0, 1})
+        real = executor.ordered_map
+        m.setattr(
+            executor, "ordered_map", lambda fn, items, n: threads.append(min(n, len(items))) or real(fn, items, n)
+        )
+        piped = build(recipe, tmp_path / "piped.zarr", progress=False, block_mb=block_mb).path
+    assert max(threads) == tasks
     with monkeypatch.context() as m:
         _serial(m)
-        serial = build(recipe, tmp_path / "serial.zarr", progress=False, block_mb=0.1).path
+        serial = build(recipe, tmp_path / "serial.zarr", progress=False, block_mb=block_mb).path
     assert len(_files(piped)) > 5 and _files(piped) == _files(serial)
 
 
