@@ -110,3 +110,16 @@ def test_peer_data_never_removes_a_folder_it_did_not_write(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match="not written by this benchmark"):
         data.write_size(tmp_path, "s")
     assert (users / "mine.nc").read_text() == "a user's file"
+
+
+def test_a_rows_peak_rss_is_its_own_not_the_parents_it_was_forked_from(tmp_path):
+    """ru_maxrss carries over exec from the forked parent's memory: every row at size l reported at least run.py's
+    4.27 GB. A row's process, started by a parent holding 400 MB, must report only what it holds itself."""
+    import subprocess
+    import sys
+
+    held = np.ones(400_000_000 // 8)  # touched: resident in this (the parent) process
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench' / 'peers')!r}); import rows; print(rows.peak_rss_mb())"
+    reported = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert held.sum() == held.size
+    assert 0 < reported < 200  # numpy and the bench's imports, far below the parent's 400 MB
