@@ -3,6 +3,8 @@ other canonstore layouts deliver what canonstore's batch path does. The peers' o
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,14 +114,25 @@ def test_peer_data_never_removes_a_folder_it_did_not_write(tmp_path, monkeypatch
     assert (users / "mine.nc").read_text() == "a user's file"
 
 
-def test_a_rows_peak_rss_is_its_own_not_the_parents_it_was_forked_from(tmp_path):
+def test_a_rows_peak_rss_is_its_own_not_the_parents_it_was_forked_from():
     """ru_maxrss carries over exec from the forked parent's memory: every row at size l reported at least run.py's
     4.27 GB. A row's process, started by a parent holding 400 MB, must report only what it holds itself."""
-    import subprocess
-    import sys
-
-    held = np.ones(400_000_000 // 8)  # touched: resident in this (the parent) process
+    held = np.ones(400_000_000 // 8)  # touched: resident in this (the parent) process while the row runs
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench' / 'peers')!r}); import rows; print(rows.peak_rss_mb())"
     reported = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert held.sum() == held.size
+    del held
     assert 0 < reported < 200  # numpy and the bench's imports, far below the parent's 400 MB
+
+
+def test_a_rows_peak_rss_is_in_the_builds_mb_and_unknown_without_proc(tmp_path, monkeypatch):
+    """/proc counts in kB of 1024 bytes; the builds' peak_rss_mb is bytes / 10^6, and the two sit in one table. No
+    VmHWM (no /proc, or a kernel without it) is None, not ru_maxrss (kB on Linux, bytes on macOS)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench" / "peers"))
+    import rows
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 2000000 kB\nVmHWM:\t 1000000 kB\nVmRSS:\t  500000 kB\n")
+    assert rows.peak_rss_mb(str(status)) == 1024.0  # 1,000,000 x 1024 bytes
+    status.write_text("Name:\tpython\nVmRSS:\t  500000 kB\n")
+    assert rows.peak_rss_mb(str(status)) is None
+    assert rows.peak_rss_mb(str(tmp_path / "no-proc")) is None

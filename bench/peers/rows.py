@@ -12,7 +12,6 @@ Prints one JSON line: samples/s, MB/s, seconds; in warm mode it also saves the f
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -459,17 +458,22 @@ def measure(plan: dict, row: str, mode: str, out: Path | None, name: str | None 
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory, MB: VmHWM, which a new program starts afresh.
+def peak_rss_mb(status: str = "/proc/self/status") -> float | None:
+    """This process's own peak resident memory in MB (10^6 bytes, as the builds' `peak_rss_mb`); None if unknown.
 
-    Not `ru_maxrss`: Linux carries that over `exec` from the memory the process had as a fork of its parent, so
-    every row reported at least run.py's own peak (4.27 GB at size l, canonstore's and memcpy's rows included).
+    VmHWM, which a new program starts afresh. Not `ru_maxrss`: Linux carries that over `exec` from the memory
+    the process had as a fork of its parent, so every row reported at least run.py's own peak (4.27 GB at size l,
+    canonstore's and memcpy's rows included); and its unit differs by platform (kB here, bytes on macOS). The rows
+    in the committed bench/peers-cpu.json predate this: kB / 1000, 2.4% below MB.
     """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1e3, 1)  # kB, as ru_maxrss was (the JSON's earlier rows)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1)  # no /proc: an upper bound
+    try:
+        with open(status) as lines:
+            for line in lines:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)  # /proc counts in kB (1024 bytes)
+    except OSError:  # no /proc
+        pass
+    return None
 
 
 def main() -> None:
