@@ -18,6 +18,7 @@ from canonstore.buffers import page_aligned_empty
 from canonstore.errors import StoreError
 from canonstore.formats import open_store
 from canonstore.formats.manifest import store_identity
+from canonstore.formats.readahead import ReadAhead
 from canonstore.formats.remote_store import pull_first
 from canonstore.formats.shards import ShardedArray, copy_windows, take_rows
 from canonstore.loaders.encodings import Encodings
@@ -120,11 +121,13 @@ class StoreDataset(WindowDataset):
     """
 
     _array = None
+    _read_ahead = None
 
     def __getstate__(self) -> dict:
         # Never pickle the memmap (that would copy the whole store): workers re-map on first use.
         state = self.__dict__.copy()
         state.pop("_array", None)
+        state.pop("_read_ahead", None)
         return state
 
     @property
@@ -139,7 +142,7 @@ class StoreDataset(WindowDataset):
             self._check_same_build()
             array = open_store(self.path).array
             self._check_same_build()  # not replaced while mapping either
-            self._array = array
+            self._array, self._read_ahead = array, ReadAhead(self.path)
         return self._array
 
     def _check_same_build(self) -> None:
@@ -184,6 +187,8 @@ class StoreDataset(WindowDataset):
             array = np.asarray(array.oindex[needed])
             steps_in, steps_out = np.searchsorted(needed, steps_in), np.searchsorted(needed, steps_out)
         rows_in, rows_out, n = self.windows.rows(steps_in, steps_out)
+        # from a memmap: a cold batch's bytes are asked for at once, not faulted in window by window
+        self._read_ahead(array, n, rows_in, rows_out)
         if not static or not self.static.shape[0]:
             take_rows(array, rows_out, y_out.reshape(rows_out.size, -1), n)
             take_rows(array, rows_in.ravel(), x_out.reshape(rows_in.size, -1), n)

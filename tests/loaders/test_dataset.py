@@ -8,7 +8,9 @@ import torch
 
 from canonstore import open_dataset, open_store
 from canonstore.errors import StoreError
-from canonstore.loaders import sample_times, seeded_generator, worker_init_fn
+from canonstore.formats import readahead
+from canonstore.formats.readahead import ReadAhead
+from canonstore.loaders import StoreDataset, sample_times, seeded_generator, worker_init_fn
 from canonstore.preprocess import build
 from canonstore.splits import SPLIT_CODES
 from tests.helpers import demo_recipe
@@ -121,7 +123,7 @@ def test_pickles_without_the_data_and_reopens_lazily(tiny_store):
     blob = pickle.dumps(ds)
     assert len(blob) < 100_000 < open_store(tiny_store).array.nbytes
     again = pickle.loads(blob)
-    assert again._array is None
+    assert again._array is None and again._read_ahead is None  # its cold/warm state is per mapping too
     np.testing.assert_array_equal(again[3][0], ds[3][0])
 
 
@@ -282,3 +284,32 @@ def test_a_dataset_made_from_a_store_opened_before_a_rebuild_never_reads_the_new
     build(demo_recipe(tmp_path, tiny_raw, time={"start": "2000-03-01", "end": "2002-12-31"}), out, **silent)
     with pytest.raises(StoreError, match="rebuilt"):
         open_dataset(store, "train")[0]  # its data must not come from the new build
+
+
+@pytest.mark.parametrize("channels", [None, ["t850"]])
+def test_gather_asks_for_exactly_the_rows_it_copies_and_copies_the_same(tiny_store, monkeypatch, channels):
+    dataset = StoreDataset(tiny_store, "train", lead=[1, 3], history=1, channels=channels)
+    positions = [0, 5, 6, len(dataset) - 1]
+    asked = []
+
+    def recorded(self, array, per_step, *rows):
+        asked.append((array, per_step, np.unique(np.concatenate([r.ravel() for r in rows]))))
+        return 0
+
+    x, y = dataset.gather(positions)  # read ahead where the batch is not cached
+    with monkeypatch.context() as patched:
+        patched.setattr(ReadAhead, "__call__", recorded)
+        dataset.gather(positions)
+    steps_in, steps_out = dataset.windows.steps(positions)
+    rows_in, rows_out, per_step = dataset.windows.rows(steps_in, steps_out)
+    assert len(asked) == 1 and asked[0][0] is dataset.array and asked[0][1] == per_step
+    assert asked[0][2].tolist() == sorted(set(rows_in.ravel().tolist()) | set(rows_out.tolist()))
+    if channels is None:  # whole steps: the rows are the steps
+        assert per_step == 1 and set(asked[0][2].tolist()) == set(steps_in.ravel()) | set(steps_out.ravel())
+    else:  # one channel of each step
+        assert per_step == dataset.array.shape[1] and len(asked[0][2]) == len(
+            set(steps_in.ravel()) | set(steps_out.ravel())
+        )
+    monkeypatch.setattr(readahead, "_CALLS", None)  # no way to ask (Windows): the same batch
+    x_without, y_without = dataset.gather(positions)
+    assert np.array_equal(x, x_without) and np.array_equal(y, y_without)
