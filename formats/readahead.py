@@ -57,42 +57,47 @@ def pages(address: int, nbytes: int) -> tuple[int, int]:
 
 
 class ReadAhead:
-    """Advise the kernel of a batch's rows that are not in the page cache, just before they are copied.
+    """Advise the kernel of the pages of a batch's rows that are not in the page cache, just before they are
+    copied.
 
     A row is a whole step, or one of its `per_step` fields (one channel) when a dataset takes only some
     channels: only the bytes the gather copies are asked for. Warm, a batch costs one `mincore` of one page
-    (1.6 us). Once a batch finds a row missing, every row of the batches after it is looked at until one
-    batch finds them all cached: in a cold pass more and more steps are cached already (each is read by two
-    samples, as input and as target), and a batch whose first row happens to be among them must still have
-    its others read ahead.
+    (1.6 us). Once a batch finds pages missing, every page of the batches after it is looked at (one `mincore`
+    per run of consecutive rows) until one batch finds them all cached: in a cold pass more and more steps are
+    cached already (each is read by two samples, as input and as target), and a batch whose first row happens
+    to be among them must still have its others read ahead. A store larger than the page cache stays in
+    this mode.
     """
 
     def __init__(self, where):
         self.where = where  # the store, for the warning
-        self.cold = True  # the first batch looks at every row
+        self.cold = True  # the first batch looks at every page
         self.failed = False
 
     def __call__(self, array, per_step: int, *rows: np.ndarray) -> int:
-        """Advise the missing ones of the `rows` arrays of `array` (a memmap or a ShardedArray) seen as
-        (steps * per_step) rows; how many runs of consecutive missing rows were advised."""
+        """Advise the missing pages of the `rows` arrays of `array` (a memmap or a ShardedArray) seen as
+        (steps * per_step) rows; how many runs of consecutive missing pages were advised."""
         if _CALLS is None or self.failed or not isinstance(array, (np.memmap, ShardedArray)):
             return 0  # in memory already (a decoded compressed batch, a plain array), or no way to ask
+        first = next((int(part.flat[0]) for part in rows if part.size), None)
+        if first is None:
+            return 0
         advised = 0
         try:
-            first = next((int(part.flat[0]) for part in rows if part.size), None)
-            if first is None or (not self.cold and _cached(_row_bytes(array, first, per_step)[1])):
-                return 0
-            wanted = np.unique(np.concatenate([part.ravel() for part in rows])).tolist()
-            missing = np.array([r for r in wanted if not _cached(_row_bytes(array, r, per_step)[1])], np.int64)
-            for _held, address, nbytes in _runs(array, missing, per_step):  # _held: mapped until advised
-                for start, length in _pieces(*pages(address, nbytes)):
-                    _check(_CALLS[1](start, length, mmap.MADV_WILLNEED), "madvise")
-                advised += 1
-        except OSError as error:
+            if not self.cold:
+                _held, address, size = _row_bytes(array, first, per_step)  # _held: kept mapped while looked at
+                if _cached(_page_within(address, size)):
+                    return 0
+            for _held, address, nbytes in _runs(array, np.unique(np.concatenate([p.ravel() for p in rows])), per_step):
+                for start, length in _missing(*pages(address, nbytes)):
+                    for piece in _pieces(start, length):
+                        _check(_CALLS[1](*piece, mmap.MADV_WILLNEED), "madvise")
+                    advised += 1
+        except _CallFailed as error:
             self.failed = True  # a hint: never the reason a training run stops
             warnings.warn(f"reading ahead in {self.where} stopped: {error}; reading on without it", stacklevel=2)
             return 0
-        self.cold = missing.size > 0
+        self.cold = advised > 0
         return advised
 
 
@@ -118,15 +123,23 @@ def _runs(array, rows: np.ndarray, per_step: int):
 
 
 # The kernel reads at most max(read_ahead_kb, max_sectors_kb) of one WILLNEED (force_page_cache_ra), so a
-# run of 16 MB (a window of two 8 MB steps) is advised in pieces. Cold at m (the peers' plan: a pass of 184
-# samples, 8 MB each, from an evicted cache), 9 interleaved rounds: 1 MiB pieces x1.43 (0.94-1.88) of no
-# advice, 128 KiB x1.14 (0.60-2.02), 8 MiB x1.09 (0.54-1.68).
+# run of 16 MB (a window of two 8 MB steps) is advised in pieces, each no larger than most disks take in
+# one request. The piece size is not what the measurements chose: cold at m, 9 interleaved rounds of an
+# earlier version, 1 MiB pieces read x1.43 (0.94-1.88) of no advice, 128 KiB x1.14 (0.60-2.02) and 8 MiB
+# x1.09 (0.54-1.68), ranges that overlap.
 _CHUNK = 1 << 20
 
 
 def _pieces(start: int, length: int):
     for at in range(start, start + length, _CHUNK):
         yield at, min(_CHUNK, start + length - at)
+
+
+def _page_within(address: int, size: int) -> int:
+    """A page wholly inside the row's bytes where there is one: a row that is not a whole number of pages
+    shares its first page with the row before (8,131,200 bytes at m), which may be cached when it is not."""
+    inside = address + (-address % PAGE)
+    return inside if inside + PAGE <= address + size else address
 
 
 def _cached(address: int) -> bool:
@@ -136,8 +149,21 @@ def _cached(address: int) -> bool:
     return bool(resident.value & 1)
 
 
+def _missing(start: int, length: int) -> list[tuple[int, int]]:
+    """(start, length) of each run of pages in [start, start + length) that is not in the page cache."""
+    resident = np.zeros(length // PAGE, np.uint8)
+    _check(_CALLS[0](start, length, resident.ctypes.data), "mincore")
+    missing = np.concatenate([[0], (resident & 1) == 0, [0]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(missing))  # where runs of missing pages begin and end
+    return [(start + int(a) * PAGE, int(b - a) * PAGE) for a, b in zip(edges[::2], edges[1::2])]
+
+
+class _CallFailed(Exception):
+    """mincore or madvise failed: the hint stops; other errors (a shard that will not open) are the copy's."""
+
+
 def _check(result: int, call: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
         if code != errno.EAGAIN:  # the kernel had no room to start reads: this hint goes unheard, the next may not
-            raise OSError(code, f"{call} failed: {os.strerror(code)}")
+            raise _CallFailed(f"{call} failed: {os.strerror(code)} (errno {code})")

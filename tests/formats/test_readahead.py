@@ -44,7 +44,8 @@ def cold_steps(path, steps: int = 400) -> np.memmap:
 
 
 def cached(mapped, step: int, size: int = STEP) -> bool:
-    return readahead._cached(mapped.ctypes.data + step * size)
+    """Whether every page of the step (or field) is in the page cache."""
+    return not readahead._missing(*pages(mapped.ctypes.data + step * size, size))
 
 
 def wait_until_cached(mapped, steps, size: int = STEP) -> bool:
@@ -84,6 +85,15 @@ def test_a_cold_batch_is_read_ahead_by_the_kernel_without_being_touched(tmp_path
     assert not cached(mapped, 350)  # and only those
 
 
+def test_the_warm_probe_is_a_page_of_the_row_alone_where_it_has_one():
+    # a row that is not a whole number of pages shares its first page with the row before, maybe cached
+    row = 8_131_200
+    for t in range(1, 6):
+        page = readahead._page_within(0x7F0000000000 + t * row, row)
+        assert page % PAGE == 0 and 0x7F0000000000 + t * row <= page and page + PAGE <= 0x7F0000000000 + (t + 1) * row
+    assert readahead._page_within(0x7F0000000000 + 5000, 1250) == 0x7F0000000000 + 5000  # none: its first byte's
+
+
 def test_of_some_channels_only_their_fields_are_asked_for(tmp_path, monkeypatch):
     # 4 channels of 1250 bytes a step; a dataset of channel 1 alone copies rows t * 4 + 1, each 1250 bytes
     mapped = cold_steps(tmp_path / "steps")
@@ -120,14 +130,21 @@ def test_a_warm_batch_costs_one_probe_and_a_cold_pass_looks_at_every_step(tmp_pa
 
         return wrapper
 
-    monkeypatch.setattr(readahead, "_CALLS", (counted("mincore", mincore), counted("madvise", madvise)))
+    asked = []
+
+    def recorded(start, length, advice):
+        asked.append((start, length))
+        return madvise(start, length, advice)
+
+    monkeypatch.setattr(readahead, "_CALLS", (counted("mincore", mincore), counted("madvise", recorded)))
     read_ahead = ReadAhead("steps")
-    np.asarray(mapped[0:2]).sum()  # a cold pass that has read steps 0 and 1 already
+    np.asarray(mapped[0:2]).sum()  # a cold pass that has read steps 0 and 1 already: pages 0-2, step 2's first
     assert read_ahead(mapped, 1, np.array([0, 1, 300])) == 1  # the first step is cached, the last is not
     assert read_ahead.cold and calls["madvise"] == 1
-    # in the same cold pass: a batch whose first step is cached, then a run whose first step is (1-3)
+    # in the same cold pass: a batch whose first step is cached, then steps 1-3, of which step 2's first page
+    # (shared with step 1) is cached and its second is not: pages 3 and 4 are asked for, and only they
     assert read_ahead(mapped, 1, np.array([1, 330])) == 1 and calls["madvise"] == 2
-    assert read_ahead(mapped, 1, np.array([1, 2, 3])) == 1 and calls["madvise"] == 3
+    assert read_ahead(mapped, 1, np.array([1, 2, 3])) == 1 and asked[-1] == (mapped.ctypes.data + 3 * PAGE, 2 * PAGE)
     assert wait_until_cached(mapped, [2, 3])
     np.asarray(mapped).sum()  # now all of it is cached
     assert read_ahead(mapped, 1, np.array([7, 9])) == 0 and not read_ahead.cold  # one last look at each step

@@ -1,6 +1,9 @@
 """StoreDataset: windows inside one split, channel selection, static fields, batch gather, pickling."""
 
+import os
 import pickle
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -313,3 +316,32 @@ def test_gather_asks_for_exactly_the_rows_it_copies_and_copies_the_same(tiny_sto
     monkeypatch.setattr(readahead, "_CALLS", None)  # no way to ask (Windows): the same batch
     x_without, y_without = dataset.gather(positions)
     assert np.array_equal(x, x_without) and np.array_equal(y, y_without)
+
+
+def test_a_cold_store_is_read_ahead_by_a_real_gather_and_gives_the_same_batch(tiny_store, tmp_path, monkeypatch):
+    if readahead._CALLS is None or not hasattr(os, "posix_fadvise"):
+        pytest.skip("no mincore/madvise/fadvise here")
+    cold = shutil.copytree(tiny_store, tmp_path / "cold.zarr")  # files no other test has mapped
+    os.sync()
+    for f in cold.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+    shard = np.memmap(next(f for f in sorted((cold / "data" / "c").rglob("*")) if f.is_file()), np.uint8, "r")
+    if not readahead._missing(*readahead.pages(shard.ctypes.data, shard.nbytes)):
+        pytest.skip("this filesystem keeps the store's pages in memory")
+    del shard
+    advised = []
+    call = ReadAhead.__call__
+    monkeypatch.setattr(ReadAhead, "__call__", lambda self, *args: advised.append(call(self, *args)) or advised[-1])
+    positions = [0, 5, 6, 40]
+    expected = StoreDataset(tiny_store, "train", lead=1).gather(positions)
+    dataset = StoreDataset(cold, "train", lead=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no call failed
+        got = [dataset.gather(positions) for _ in range(3)]
+    assert advised[1] > 0  # the first cold gather asked for pages (advised[0]: the warm store's)
+    assert advised[-1] == 0 and not dataset._read_ahead.cold  # cached after it
+    for x, y in got:
+        assert np.array_equal(x, expected[0]) and np.array_equal(y, expected[1])
