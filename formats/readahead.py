@@ -8,10 +8,10 @@ step on the 2-core box), and a prototype that advised every step read x0.58 warm
 `mincore` first, and a warm batch costs one look at one page.
 
 Measured with the peers' canonstore-batch row (README, "Reading a cold store ahead"), each run in its own
-process, 9 rounds interleaved with runs without it: cold x1.27 (rounds 0.85-1.59) at s; at m and l, where
-the faulting copy already reads about as fast as this disk does (its readahead window is 8 MiB), x1.00 and
-x1.02 within wide spreads. Warm, 100 interleaved pairs of passes in one process: x0.978, where two identical
-loaders measure x0.982.
+process, 9 cold rounds interleaved with runs without it: cold x1.13 (rounds 0.83-1.71) at s, above x1 by the
+median in all three versions measured; at m and l, where this VM's faults already read 8 MiB at a time, x0.84
+and x0.89 here and up to x1.19 and x1.14 in earlier versions: no effect these spreads can tell. Warm, 100
+interleaved pairs of passes in one process at s: x0.993, where two identical loaders measure x1.000.
 
 A hint only: what the gather copies is the same with it or without it, and a call that fails warns once and
 reading goes on without it. Where the process may neither own nor write the store's files, Linux's `mincore`
