@@ -28,9 +28,8 @@ import warnings
 
 import numpy as np
 
+from canonstore.buffers import PAGE
 from canonstore.formats.shards import ShardedArray
-
-PAGE = mmap.PAGESIZE
 
 
 def _libc():
