@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -169,7 +170,7 @@ class Windows:
         t = self.times[np.asarray(positions, dtype=np.int64)]
         return t[:, None] + np.arange(-self.history, 1)[None, :], t[:, None] + np.asarray(self.leads)[None, :]
 
-    @property
+    @cached_property  # asked twice a batch (5 us each), and fixed with the windows
     def whole_steps(self) -> bool:
         """Whether x's dynamic channels and y's are each all of the store's, in order: a row is then a step."""
         n = len(self.store_channels)

@@ -331,3 +331,12 @@ def test_copy_windows_fills_each_row_with_its_steps_over_one_shard_and_across_sh
         assert np.isnan(out[:, 3 * step :]).all()  # nothing written past a row
         with pytest.raises(IndexError, match="out of range"):
             copy_windows(array, np.array([len(whole) - 2]), 3, out[:1, : 3 * step])
+        ones = np.full((starts.size, step + 7), np.nan, np.float32)  # windows of one step: each row a step
+        copy_windows(array, starts, 1, ones[:, :step])
+        np.testing.assert_array_equal(ones[:, :step], whole[starts].reshape(starts.size, -1))
+        assert np.isnan(ones[:, step:]).all()
+        wider = np.zeros((starts.size, 3 * step))  # float64: converted as np.copyto does, not assigned raw
+        copy_windows(array, starts, 3, wider)
+        np.testing.assert_array_equal(wider, out[:, : 3 * step].astype(np.float64))
+        with pytest.raises(TypeError, match="same_kind"):  # np.copyto's casting rule: no silent float -> int
+            copy_windows(array, starts, 3, np.zeros((starts.size, 3 * step), np.int32))
