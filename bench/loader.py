@@ -141,8 +141,26 @@ def memcpy_sample_batches(store, args, epochs: int | None = None):
     return batches_of(uncompressed(store), batches, args.workers, args.batch_size, store.shape[1:], store.dtype, epochs)
 
 
+def warm_up(it, batches, seconds: float):
+    """`it` (or a fresh pass of `batches` where it ended) after `seconds` of batches, at least 2.
+
+    So that a warm row is measured in its steady state: the batch loader's ring of 7 buffer pairs (220 MB at s) is
+    only touched over its first two passes, and on this VM a page new to the process faults on the host at 350-500
+    MB/s (at s the first pass ran at 3.3 k and the second at 6.9 k samples/s, against 15 k after). After 2 batches,
+    as before 2026-12-03, a 4 s row still paid that; the ceilings touch their two buffer pairs in those 2."""
+    n, start = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - start < seconds:
+        try:
+            next(it)
+        except StopIteration:  # a pass shorter than the warm-up: the next one
+            it = iter(batches)
+            continue
+        n += 1
+    return it
+
+
 def measure(name: str, args) -> dict:
-    """Batches/s of one loader for about `args.seconds` (after 2 warm-up batches), in this process."""
+    """Batches/s of one loader for about `args.seconds` (after `args.warm_up` s of batches), in this process."""
     # memcpy copies slabs of 2 x batch steps: from the one-shard store when there is one (shards may be smaller)
     path = args.one_shard if name.endswith("-1shard") or (name == "memcpy" and args.one_shard) else args.store
     if args.cold:
@@ -173,8 +191,8 @@ def measure(name: str, args) -> dict:
         else:
             batches = make_loader(name.removesuffix("-1shard"), store, args, "cpu")
         it = iter(batches)
-        for _ in range(0 if args.cold else 2):  # cold: one whole epoch from the evicted cache, first batch included
-            next(it)
+        if not args.cold:  # cold: one whole epoch from the evicted cache, first batch included
+            it = warm_up(it, batches, args.warm_up)
         n, nbytes, start = 0, 0, time.perf_counter()
         while args.cold or time.perf_counter() - start < args.seconds:
             try:
@@ -357,6 +375,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warm-up", type=float, default=1.0, help="seconds of batches before a warm row is timed")
     parser.add_argument("--width", type=int, default=32, help="UNet width for --train")
     parser.add_argument(
         "--train",

@@ -27,6 +27,8 @@ def _bench(store, tmp_path, *args):
             str(store),
             "--seconds",
             "0.3",
+            "--warm-up",
+            "0",
             "--workers",
             "1",
             "--batch-size",
@@ -331,3 +333,29 @@ def test_the_sample_copy_ceiling_copies_the_batch_loaders_own_steps(tiny_store, 
     assert len(yielded) == len(expected) > 1
     for got, want in zip(yielded, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_warm_row_is_timed_after_its_warm_up_and_a_short_pass_is_started_again(monkeypatch):
+    """A loader whose buffers are first touched in its first passes is measured after them: the warm-up takes batches
+    for its seconds (at least 2) and goes on with a new pass where one ends, as the timed loop does."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from loader import warm_up
+
+    yielded, passes = [], []
+
+    class ThreeAPass:  # a loader whose pass is shorter than the warm-up
+        def __iter__(self):
+            passes.append(len(yielded))
+            for k in range(3):
+                yielded.append(k)
+                yield k
+
+    clock = lambda: len(yielded)  # noqa: E731 -- one second a batch
+    monkeypatch.setattr("loader.time.perf_counter", clock)
+    batches = ThreeAPass()
+    it = warm_up(iter(batches), batches, 5)
+    assert len(yielded) == 5 and passes == [0, 3]  # until 5 s had passed, the last 2 from a second pass
+    assert next(it) == 2  # handed back where the warm-up stopped, not rewound
+    yielded.clear(), passes.clear()
+    warm_up(iter(batches), batches, 0)
+    assert len(yielded) == 2  # at least 2 batches, however short the warm-up
