@@ -46,7 +46,8 @@ def test_the_other_layouts_and_forked_batches_deliver_canonstores_batches(peers)
     rows, run, where, plan = peers
     assert len(list((where / "canonstore-shards.zarr" / "data" / "c").iterdir())) > 10
     for row in ("canonstore-batch", "canonstore-shards", "canonstore-zstd"):
-        assert rows.measure(plan, row, "warm", where)["samples"] > 0
+        warm_up = 0.3 if row == "canonstore-shards" else 0.0  # the first batch saved is still the plan's first
+        assert rows.measure({**plan, "warm_up_s": warm_up}, row, "warm", where)["samples"] > 0
     array = open_store(where / "canonstore.zarr").array
 
     def fill(steps, x, y):  # runs in the forked workers, from the memmap opened before the fork

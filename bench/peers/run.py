@@ -223,6 +223,7 @@ def write_plan(where: Path, size: str, args) -> Path:
         "batch": spec["batch"],
         "workers": args.workers,
         "seconds": args.seconds,
+        "warm_up_s": getattr(args, "warm_up", 0.0),
         "passes": 50,
         "batches": batches,
         "sample_mb": round(int(np.prod(store.shape[1:])) * 4 / 1e6, 3),
@@ -526,6 +527,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0, help="time cap of each warm row (cold rows: 2x)")
+    parser.add_argument(
+        "--warm-up", type=float, default=1.0, help="seconds of batches (at least 2) before a warm row is timed"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per row, rows interleaved (median kept)")
     parser.add_argument("--cold-repeats", type=int, default=3, help="evicted runs per cold row (the median is kept)")
     parser.add_argument("--only-build", action="store_true", help="write the raw files and build them, no rows")
