@@ -137,3 +137,16 @@ def test_a_rows_peak_rss_is_in_the_builds_mb_and_unknown_without_proc(tmp_path, 
     status.write_text("Name:\tpython\nVmRSS:\t  500000 kB\n")
     assert rows.peak_rss_mb(str(status)) is None
     assert rows.peak_rss_mb(str(tmp_path / "no-proc")) is None
+
+
+def test_without_cold_rounds_no_cold_read_is_made_and_with_them_each_read_set_is_measured(peers, monkeypatch):
+    """`--cold-repeats 0` (warm rows only) took the median of no cold reads and failed after every warm row had run."""
+    rows, run, where, plan = peers
+    reads = []
+    monkeypatch.setattr(run, "evict", lambda paths: None)
+    monkeypatch.setattr(run, "read_all", lambda paths, direct=False: reads.append(direct) or {"mb_per_s": 1.0})
+    sets = {"store": where / "canonstore.zarr", "anemoi": where / "anemoi.zarr"}
+    assert run.cold_reads_of(sets, ["canonstore-batch", "memcpy"], 0) == {} and reads == []
+    limits = run.cold_reads_of(sets, ["canonstore-batch"], 3)
+    assert list(limits) == ["store"] and reads == [False] * 3 + [True] * 3  # only the set a row reads
+    assert limits["store"]["sequential"]["mb_per_s"] == 1.0 and limits["store"]["direct"]["repeats"] == [1.0] * 3

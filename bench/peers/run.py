@@ -233,6 +233,23 @@ def write_plan(where: Path, size: str, args) -> Path:
     return path
 
 
+def cold_reads_of(sets: dict, names: list, repeats: int) -> dict:
+    """The disk's limits beside the cold rows: each file set the rows `names` read, read from an evicted page cache
+    sequentially and with O_DIRECT, the median of `repeats` runs. None without cold rows (`--cold-repeats 0`)."""
+    cold_reads = {}
+    for name, path in sets.items():
+        if not repeats or not any(ROWS[row][1] == name for row in names):
+            continue
+        cold_reads[name] = {}
+        for kind in ("sequential", "direct"):
+            runs = []
+            for _ in range(repeats):
+                evict(sets.values())
+                runs.append(read_all([path], direct=kind == "direct"))
+            cold_reads[name][kind] = median_run(runs, "mb_per_s")
+    return cold_reads
+
+
 def run_row(plan: Path, row: str, mode: str) -> dict:
     python, _ = ROWS[row]
     if not python.exists():
@@ -350,17 +367,7 @@ def bench_size(size: str, args) -> dict:
         for mode in ("warm", "cold"):
             if (row, mode) in runs:
                 rows.append({**median_run(runs[(row, mode)]), "reads": ROWS[row][1]})
-    cold_reads = {}
-    for name, path in sets.items():
-        if not any(ROWS[row][1] == name for row in names):
-            continue
-        cold_reads[name] = {}
-        for kind in ("sequential", "direct"):
-            runs = []
-            for _ in range(args.cold_repeats):
-                evict(sets.values())
-                runs.append(read_all([path], direct=kind == "direct"))
-            cold_reads[name][kind] = median_run(runs, "mb_per_s")
+    cold_reads = cold_reads_of(sets, names, args.cold_repeats)
     spec = layout(size)
     return {
         "size": size,
