@@ -41,6 +41,7 @@ import psutil
 from pagecache import evict, read_all
 
 from canonstore import open_store
+from canonstore.buffers import page_aligned_empty
 
 LOADERS = ("netcdf", "store-dataloader", "store-batch", "zarr-python", "memcpy-samples", "memcpy")
 COLD = ("store-batch", "memcpy-samples", "read-seq", "read-direct")  # --cold: the rows whose reads reach the disk
@@ -117,7 +118,7 @@ def memcpy_batches(store, args):
     if len(mapped) <= steps:
         raise SystemExit(f"memcpy needs shards of more than {steps} steps; this store has {len(mapped)}")
     array = mapped.reshape(len(mapped), -1)
-    out = np.empty((steps, array.shape[1]), array.dtype)
+    out = page_aligned_empty((steps, array.shape[1]), array.dtype)  # as the loader's buffers (bench/peers/rows.py)
     parts = np.array_split(np.arange(steps), args.workers)
     rng = np.random.default_rng(0)
 
