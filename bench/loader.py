@@ -149,14 +149,16 @@ def warm_up(it, batches, seconds: float):
     only touched over its first two passes, and on this VM a page new to the process faults on the host at 350-500
     MB/s (at s the first pass ran at 3.3 k and the second at 6.9 k samples/s, against 15 k after). After 2 batches,
     as before 2026-12-03, a 4 s row still paid that; the ceilings touch their two buffer pairs in those 2."""
-    n, start = 0, time.perf_counter()
+    n, start, fresh = 0, time.perf_counter(), False
     while n < 2 or time.perf_counter() - start < seconds:
         try:
             next(it)
         except StopIteration:  # a pass shorter than the warm-up: the next one
-            it = iter(batches)
+            if fresh:  # a pass of no batches would start new ones for ever
+                raise RuntimeError("the loader's pass has no batches to warm up with") from None
+            it, fresh = iter(batches), True
             continue
-        n += 1
+        n, fresh = n + 1, False
     return it
 
 
@@ -216,6 +218,7 @@ def measure(name: str, args) -> dict:
         "mb_per_s": round(nbytes / elapsed / 1e6, 1),
         "peak_rss_mb": round(peak.rss / 1e6, 1),
         "peak_private_mb": round(peak.private / 1e6, 1),
+        "warm_up_s": 0.0 if args.cold else args.warm_up,
     }
 
 
@@ -449,7 +452,7 @@ def _cuda_available() -> bool:
 def run_row(mode: str, name: str, args) -> dict:
     """One row measured in a process of its own (its memory and threads are its own)."""
     cmd = [sys.executable, __file__, str(args.store), "--one", f"{mode}:{name}"]
-    for flag in ("workers", "batch_size", "seconds", "width"):
+    for flag in ("workers", "batch_size", "seconds", "warm_up", "width"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     cmd += ["--one-shard", str(args.one_shard)] if args.one_shard else []
     cmd += ["--cold"] if args.cold else []

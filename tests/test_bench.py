@@ -66,6 +66,7 @@ def test_loader_bench_writes_every_row(tiny_store, tiny_raw, tmp_path):
     assert shards and int(shards.group(1)) == len(list((tiny_store / "data" / "c").iterdir())) > 1
     for row in rows:
         assert row["samples_per_s"] > 0 and row["mb_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["workers"] == 1
+        assert row["warm_up_s"] == 0.0  # the command line's --warm-up reached the row's own process
     assert rows[0]["x_netcdf"] == 1.0 and rows[-1]["of_memcpy"] == 1.0
     assert (tmp_path / "loader.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "of memcpy" in done.stdout
@@ -359,3 +360,5 @@ def test_a_warm_row_is_timed_after_its_warm_up_and_a_short_pass_is_started_again
     yielded.clear(), passes.clear()
     warm_up(iter(batches), batches, 0)
     assert len(yielded) == 2  # at least 2 batches, however short the warm-up
+    with pytest.raises(RuntimeError, match="no batches"):  # an empty pass fails, not starts new ones for ever
+        warm_up(iter([]), [], 1)

@@ -340,3 +340,13 @@ def test_copy_windows_fills_each_row_with_its_steps_over_one_shard_and_across_sh
         np.testing.assert_array_equal(wider, out[:, : 3 * step].astype(np.float64))
         with pytest.raises(TypeError, match="same_kind"):  # np.copyto's casting rule: no silent float -> int
             copy_windows(array, starts, 3, np.zeros((starts.size, 3 * step), np.int32))
+        with pytest.raises(ValueError, match="longer"):  # a row for every window, not the first few filled
+            copy_windows(array, starts, 3, out[:-1, : 3 * step])
+    mapped = open_store(layouts["one"]).array
+    for strided in (mapped[::2], mapped[::-1], mapped[:, 1:]):  # memmaps whose steps are not one run of bytes
+        view = np.asarray(strided)
+        starts = np.array([0, 1, len(view) - 3])
+        out = np.zeros((starts.size, 3 * view[0].size), np.float32)
+        copy_windows(strided, starts, 3, out)
+        for k, a in enumerate(starts):
+            np.testing.assert_array_equal(out[k], view[a : a + 3].reshape(-1))
