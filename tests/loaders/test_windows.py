@@ -67,3 +67,19 @@ def test_a_clock_that_shifts_ends_windows(tmp_path):
     t2m_file(tmp_path / "shifted.nc", early)
     with pytest.raises(SourceError, match="time step of 4 hours between 2000-01-05T18:00 and 2000-01-05T22:00"):
         build(recipe, tmp_path / "early.zarr", progress=False)
+
+
+def test_whole_steps_is_kept_per_windows_and_false_for_any_other_choice_of_channels(tiny_store):
+    """`whole_steps` is computed once per Windows (it is asked twice a batch); the gather then copies whole steps.
+    Another Windows of the same store (some channels, the channels reordered, fewer targets) must not share it:
+    whole steps there would copy other channels than those named, without an error."""
+    import pickle
+
+    store = open_store(tiny_store)
+    names = list(store.channels)
+    every = Windows.of(store, "train", targets=names, static=False)
+    assert every.whole_steps  # asked first: a cache shared by all Windows would answer True below
+    assert not Windows.of(store, "train", channels=names[1:], targets=names[1:]).whole_steps
+    assert not Windows.of(store, "train", channels=names[::-1], targets=names[::-1]).whole_steps  # another order
+    assert not Windows.of(store, "train", targets=names[:1]).whole_steps  # y holds fewer channels than x
+    assert pickle.loads(pickle.dumps(every)).whole_steps  # as a DataLoader worker receives it
