@@ -118,7 +118,7 @@ def memcpy_batches(store, args):
     if len(mapped) <= steps:
         raise SystemExit(f"memcpy needs shards of more than {steps} steps; this store has {len(mapped)}")
     array = mapped.reshape(len(mapped), -1)
-    out = page_aligned_empty((steps, array.shape[1]), array.dtype)  # as the loader's buffers (bench/peers/rows.py)
+    out = page_aligned_empty((steps, array.shape[1]), array.dtype)  # as the loader's and memcpy-samples' buffers
     parts = np.array_split(np.arange(steps), args.workers)
     rng = np.random.default_rng(0)
 

@@ -152,7 +152,7 @@ def test_without_cold_rounds_no_cold_read_is_made_and_with_them_each_read_set_is
     assert limits["store"]["sequential"]["mb_per_s"] == 1.0 and limits["store"]["direct"]["repeats"] == [1.0] * 3
 
 
-def test_the_memcpy_ceilings_copy_into_page_aligned_buffers(peers, tmp_path):
+def test_the_memcpy_ceilings_copy_into_page_aligned_buffers(peers, monkeypatch):
     """A ceiling copies as the loader does: into a buffer whose data starts on a page, as the memmap's steps do
     (np.empty's starts 16 bytes in, where slab copies ran 7% slower)."""
     import mmap
@@ -160,11 +160,9 @@ def test_the_memcpy_ceilings_copy_into_page_aligned_buffers(peers, tmp_path):
     rows, run, where, plan = peers
     x, _ = next(iter(rows.memcpy(plan)))
     assert x.ctypes.data % mmap.PAGESIZE == 0
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from loader import memcpy_batches
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from loader import memcpy_batches
+
     args = argparse.Namespace(batch_size=2, workers=2)
     x, _ = next(memcpy_batches(open_store(where / "canonstore.zarr"), args))
     assert x.ctypes.data % mmap.PAGESIZE == 0

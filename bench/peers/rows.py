@@ -420,8 +420,8 @@ ROWS = {
 def measure(plan: dict, row: str, mode: str, out: Path | None, name: str | None = None) -> dict:
     """Time `row` over the plan: warm skips `warm_up_s` of batches first (at least 2: a loader's buffers and
     workers are new in its first passes; canonstore's ring of 7 pairs is touched over two) and reads until
-    `seconds`; cold times the
-    first pass from the loader's start (worker start-up included), as the first epoch after eviction.
+    `seconds`; cold times the first pass from the loader's start (worker start-up included), as the first epoch
+    after eviction.
     Imports and opening the files (`setup_s`) are never timed: each row function does them before it
     returns its iterable. `name`: the row's name in the results (default `row`), e.g. the same code run
     by a newer zarr-python."""

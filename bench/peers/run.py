@@ -235,7 +235,7 @@ def write_plan(where: Path, size: str, args) -> Path:
 
 def cold_reads_of(sets: dict, names: list, repeats: int) -> dict:
     """The disk's limits beside the cold rows: each file set the rows `names` read, read from an evicted page cache
-    sequentially and with O_DIRECT, the median of `repeats` runs. None without cold rows (`--cold-repeats 0`)."""
+    sequentially and with O_DIRECT, the median of `repeats` runs. Empty without cold rows (`--cold-repeats 0`)."""
     cold_reads = {}
     for name, path in sets.items():
         if not repeats or not any(ROWS[row][1] == name for row in names):
