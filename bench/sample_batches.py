@@ -24,23 +24,32 @@ def sampler_batches(store, batch_size: int) -> list[np.ndarray]:
     return [windows.times[np.asarray(p)] for p in BatchSampler(len(windows.times), batch_size, True, 0, True)]
 
 
-def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtype, epochs):
-    """(x, y) batches in order, thread w filling batches w, w + workers, ... into its own reused buffers."""
+def put_samples(read, x: np.ndarray, y: np.ndarray, times) -> None:
+    """Put each batch sample's x and y steps with `read(out, step)`: steps t and t + 1."""
+    for k, t in enumerate(times):
+        read(x[k], t)
+        read(y[k], t + 1)
+
+
+def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtype, epochs, buffers=None, put=None):
+    """(x, y) batches in order, thread w filling batches w, w + workers, ... into its own reused buffers.
+
+    `buffers[w]`, where given: thread w's buffer pairs, used in turn and kept across calls (default: one new pair);
+    `put(read, x, y, batch)` puts a batch into a pair (default `put_samples`)."""
     done, stop = object(), threading.Event()
     if len(batches) < workers:  # a thread without batches would never hand anything over
         raise SystemExit(f"{len(batches)} batches for {workers} threads: a smaller --batch-size or fewer --workers")
 
     def work(w: int, handed: queue.Queue) -> None:
         try:
-            x, y = page_aligned_empty((batch_size, *sample), dtype), page_aligned_empty((batch_size, *sample), dtype)
-            read = fill()  # per-thread state (a read buffer)
+            pairs = buffers[w] if buffers else [tuple(page_aligned_empty((batch_size, *sample), dtype) for _ in "xy")]
+            read, turn = fill(), itertools.cycle(pairs)  # fill: per-thread state (a read buffer)
             for _ in itertools.count() if epochs is None else range(epochs):
                 for times in batches[w::workers]:
                     if stop.is_set():
                         return
-                    for k, t in enumerate(times):
-                        read(x[k], t)
-                        read(y[k], t + 1)
+                    x, y = next(turn)
+                    (put or put_samples)(read, x, y, times)
                     handed.put((x, y))
             handed.put(done)
         except BaseException as exc:  # raised in the consumer, not a thread that dies and leaves it waiting

@@ -1,0 +1,119 @@
+"""Where the batch path's gap to memcpy-samples goes: four steps from the ceiling to BatchLoader, in one process.
+
+    python bench/loader_gap.py STORE [--batch-size 32] [--workers 2] [--ring 4] [--rounds 30] [--json FILE]
+
+Each round runs one train pass (epoch 0's batches, in the loader's order) of every step below, in turn, the
+order reversed every other round; a step's ratio to the one before is the median of the rounds' MB/s ratios,
+quartiles beside it. Runs in one process and restarted every pass alike, the steps differ only by what each adds:
+
+  memcpy-samples   bench/loader.py's ceiling: each thread copies its batches' steps with np.copyto into ONE reused
+                   buffer pair, handed over while it refills it (which no loader may do)
+  ring             the same copies into RING pairs a thread, in turn: buffers the caller may still hold
+  gather           the same threads and ring, each batch put by StoreDataset.gather (the loader's own copies:
+                   windows, static fields, shard runs, the read-ahead's look)
+  loader           BatchLoader itself: its buffer ring and the check that no batch still uses a pair, torch tensors,
+                   the consumer's `_finish`, its generator
+
+The bytes per pass differ (gather's x holds the static fields): ratios are of MB/s, as bench/loader.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from sample_batches import batches_of, sampler_batches, uncompressed  # this script's neighbour
+
+from canonstore import open_store
+from canonstore.buffers import page_aligned_empty
+from canonstore.loaders import BatchLoader, BatchSampler, StoreDataset
+
+STEPS = ("memcpy-samples", "ring", "gather", "loader")
+
+
+def passes(store, batch_size: int, workers: int, ring: int) -> dict:
+    """Each step's pass: a function that starts one and returns its (x, y) batches."""
+    dataset = StoreDataset(store, "train", lead=1)
+    times = sampler_batches(store, batch_size)
+    positions = [np.asarray(p) for p in BatchSampler(len(dataset), batch_size, True, 0, True)]
+    sample, dtype = store.shape[1:], store.dtype
+
+    def pairs(shapes, count):
+        return [[tuple(page_aligned_empty(s, dtype) for s in shapes) for _ in range(count)] for _ in range(workers)]
+
+    one, rotated = pairs([(batch_size, *sample)] * 2, 1), pairs([(batch_size, *sample)] * 2, ring)
+    gathered = pairs(dataset.batch_shapes(batch_size, static=True), ring)
+    loader = BatchLoader(dataset, batch_size, seed=0, device="cpu", workers=workers, drop_last=True)
+
+    def gather(read, x, y, batch):
+        dataset.gather(batch, x, y, True)
+
+    fill = uncompressed(store)
+    return {
+        "memcpy-samples": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, one),
+        "ring": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, rotated),
+        "gather": lambda: batches_of(fill, positions, workers, batch_size, (), dtype, 1, gathered, gather),
+        "loader": lambda: iter(loader),
+    }
+
+
+def measure(runs: dict, rounds: int, warm_passes: int = 3) -> dict:
+    """MB/s of every pass of every step, steps alternated round by round."""
+    for _ in range(warm_passes):  # every buffer touched, the loader's ring grown
+        for run in runs.values():
+            for _batch in run():
+                pass
+    mb_per_s: dict = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            start = time.perf_counter()
+            nbytes = sum(x.nbytes + y.nbytes for x, y in runs[name]())
+            mb_per_s[name].append(nbytes / (time.perf_counter() - start) / 1e6)
+    return mb_per_s
+
+
+def ratio(after: list, before: list) -> dict:
+    """The median and quartiles of the round-by-round ratios."""
+    pairs = [a / b for a, b in zip(after, before, strict=True)]
+    low, _, high = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+    return {"median": round(statistics.median(pairs), 3), "quartiles": [round(low, 3), round(high, 3)]}
+
+
+def summary(mb_per_s: dict) -> list[dict]:
+    """A row per step: its median MB/s, its ratio to the step before and to the ceiling."""
+    rows = []
+    for before, name in zip((None, *STEPS), STEPS):
+        row = {"step": name, "mb_per_s": round(statistics.median(mb_per_s[name]), 1), "rounds": len(mb_per_s[name])}
+        if before is not None:
+            row["of_step_before"] = ratio(mb_per_s[name], mb_per_s[before])
+            row["of_memcpy_samples"] = ratio(mb_per_s[name], mb_per_s["memcpy-samples"])
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("store", type=Path)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ring", type=int, default=4, help="buffer pairs a thread in the ring and gather steps")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--json", type=Path, help="write the rows here too")
+    args = parser.parse_args(argv)
+    rows = summary(measure(passes(open_store(args.store), args.batch_size, args.workers, args.ring), args.rounds))
+    print(f"{args.store}, batch {args.batch_size}, {args.workers} threads, {args.rounds} rounds (MB/s ratios)")
+    print(f"{'step':<16}{'MB/s':>9}{'of step before':>24}{'of memcpy-samples':>24}")
+    for row in rows:
+        cells = [row.get(k) for k in ("of_step_before", "of_memcpy_samples")]
+        text = [f"x{c['median']:.3f} ({c['quartiles'][0]:.3f}-{c['quartiles'][1]:.3f})" if c else "" for c in cells]
+        print(f"{row['step']:<16}{row['mb_per_s']:>9.0f}{text[0]:>24}{text[1]:>24}")
+    if args.json:
+        args.json.write_text(json.dumps({"store": str(args.store), "batch_size": args.batch_size, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
