@@ -1,6 +1,6 @@
 """Where the batch path's gap to memcpy-samples goes: four steps from the ceiling to BatchLoader, in one process.
 
-    python bench/loader_gap.py STORE [--batch-size 32] [--workers 2] [--ring 4] [--rounds 30] [--json FILE]
+    python bench/loader_gap.py STORE [--batch-size 32] [--workers 2] [--ring 3] [--rounds 30] [--json FILE]
 
 Each round runs one train pass (epoch 0's batches, in the loader's order) of every step below, in turn, the
 order reversed every other round; a step's ratio to the one before is the median of the rounds' MB/s ratios,
@@ -8,13 +8,16 @@ quartiles beside it. Runs in one process and restarted every pass alike, the ste
 
   memcpy-samples   bench/loader.py's ceiling: each thread copies its batches' steps with np.copyto into ONE reused
                    buffer pair, handed over while it refills it (which no loader may do)
-  ring             the same copies into RING pairs a thread, in turn: buffers the caller may still hold
+  ring             the same copies into RING pairs a thread, in turn: the caller keeps its batch while the next are
+                   filled (3 a thread at least; 2 threads x 3 is the 6 pairs the loader's ring grows to here)
   gather           the same threads and ring, each batch put by StoreDataset.gather (the loader's own copies:
                    windows, static fields, shard runs, the read-ahead's look)
   loader           BatchLoader itself: its buffer ring and the check that no batch still uses a pair, torch tensors,
-                   the consumer's `_finish`, its generator
+                   the consumer's `_finish`, its generator (which takes the next batch before it yields one: a
+                   batch more in hand than the steps before)
 
-The bytes per pass differ (gather's x holds the static fields): ratios are of MB/s, as bench/loader.py's.
+The bytes per pass differ (gather's x holds the static fields): ratios are of MB/s, as bench/loader.py's. float32
+stores only: the loader would convert another dtype (a copy more) and leave the static fields out of its buffers.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ STEPS = ("memcpy-samples", "ring", "gather", "loader")
 
 def passes(store, batch_size: int, workers: int, ring: int) -> dict:
     """Each step's pass: a function that starts one and returns its (x, y) batches."""
+    if np.dtype(store.dtype) != np.float32:
+        raise SystemExit(f"{store.path}: a {store.dtype} store; loader_gap compares float32 stores' steps only")
     dataset = StoreDataset(store, "train", lead=1)
     times = sampler_batches(store, batch_size)
     positions = [np.asarray(p) for p in BatchSampler(len(dataset), batch_size, True, 0, True)]
@@ -49,15 +54,19 @@ def passes(store, batch_size: int, workers: int, ring: int) -> dict:
     gathered = pairs(dataset.batch_shapes(batch_size, static=True), ring)
     loader = BatchLoader(dataset, batch_size, seed=0, device="cpu", workers=workers, drop_last=True)
 
-    def gather(read, x, y, batch):
+    def gather(_read, x, y, batch):  # the loader's own copies: no per-sample `read`
         dataset.gather(batch, x, y, True)
+
+    def loader_pass():
+        loader.set_epoch(0)  # each pass epoch 0's batches, as the other steps' (a pass moves the sampler on)
+        return iter(loader)
 
     fill = uncompressed(store)
     return {
-        "memcpy-samples": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, one),
-        "ring": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, rotated),
-        "gather": lambda: batches_of(fill, positions, workers, batch_size, (), dtype, 1, gathered, gather),
-        "loader": lambda: iter(loader),
+        "memcpy-samples": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=one),
+        "ring": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=rotated),
+        "gather": lambda: batches_of(fill, positions, workers, batch_size, (), dtype, 1, buffers=gathered, put=gather),
+        "loader": loader_pass,
     }
 
 
@@ -78,9 +87,9 @@ def measure(runs: dict, rounds: int, warm_passes: int = 3) -> dict:
 
 def ratio(after: list, before: list) -> dict:
     """The median and quartiles of the round-by-round ratios."""
-    pairs = [a / b for a, b in zip(after, before, strict=True)]
-    low, _, high = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
-    return {"median": round(statistics.median(pairs), 3), "quartiles": [round(low, 3), round(high, 3)]}
+    ratios = [a / b for a, b in zip(after, before, strict=True)]
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median": round(statistics.median(ratios), 3), "quartiles": [round(low, 3), round(high, 3)]}
 
 
 def summary(mb_per_s: dict) -> list[dict]:
@@ -100,7 +109,7 @@ def main(argv=None) -> None:
     parser.add_argument("store", type=Path)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ring", type=int, default=4, help="buffer pairs a thread in the ring and gather steps")
+    parser.add_argument("--ring", type=int, default=3, help="buffer pairs a thread in the ring and gather steps")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args(argv)
@@ -112,7 +121,8 @@ def main(argv=None) -> None:
         text = [f"x{c['median']:.3f} ({c['quartiles'][0]:.3f}-{c['quartiles'][1]:.3f})" if c else "" for c in cells]
         print(f"{row['step']:<16}{row['mb_per_s']:>9.0f}{text[0]:>24}{text[1]:>24}")
     if args.json:
-        args.json.write_text(json.dumps({"store": str(args.store), "batch_size": args.batch_size, "rows": rows}))
+        settings = {k: getattr(args, k) for k in ("batch_size", "workers", "ring", "rounds")}
+        args.json.write_text(json.dumps({"store": str(args.store), **settings, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The least a batch loader can do, shared by bench/loader.py (memcpy-samples) and bench/compressed_layout.py:
+"""The least a batch loader can do, shared by bench/loader.py (memcpy-samples), bench/compressed_layout.py and
+bench/loader_gap.py:
 each batch's samples, at the sampler's positions, put into reused buffers by threads that fill whole batches in
 turn (no split, no join, no buffer bookkeeping). What puts a sample there (a memmap copy, a read, a decode) is a
 `fill`: called once per thread, it returns that thread's `read(out, step)`."""
@@ -34,15 +35,22 @@ def put_samples(read, x: np.ndarray, y: np.ndarray, times) -> None:
 def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtype, epochs, buffers=None, put=None):
     """(x, y) batches in order, thread w filling batches w, w + workers, ... into its own reused buffers.
 
-    `buffers[w]`, where given: thread w's buffer pairs, used in turn and kept across calls (default: one new pair);
-    `put(read, x, y, batch)` puts a batch into a pair (default `put_samples`)."""
+    `buffers[w]`, where given: thread w's buffer pairs, used in turn and kept across calls (default: one new pair,
+    refilled as soon as it is handed over). A thread may have one batch in its queue and fill the next while the
+    caller holds one: the caller can keep its latest batch unchanged only with 3 pairs or more a thread. Two calls
+    at once must not share them. `put(read, x, y, batch)` puts a batch into a pair (default `put_samples`)."""
     done, stop = object(), threading.Event()
     if len(batches) < workers:  # a thread without batches would never hand anything over
         raise SystemExit(f"{len(batches)} batches for {workers} threads: a smaller --batch-size or fewer --workers")
 
     def work(w: int, handed: queue.Queue) -> None:
         try:
-            pairs = buffers[w] if buffers else [tuple(page_aligned_empty((batch_size, *sample), dtype) for _ in "xy")]
+            shape = (batch_size, *sample)
+            pairs = (
+                buffers[w]
+                if buffers is not None
+                else [(page_aligned_empty(shape, dtype), page_aligned_empty(shape, dtype))]
+            )
             read, turn = fill(), itertools.cycle(pairs)  # fill: per-thread state (a read buffer)
             for _ in itertools.count() if epochs is None else range(epochs):
                 for times in batches[w::workers]:

@@ -365,43 +365,55 @@ def test_a_warm_row_is_timed_after_its_warm_up_and_a_short_pass_is_started_again
 
 
 def test_each_step_of_the_loader_gap_puts_the_loaders_samples_into_its_own_buffers(tiny_store, tmp_path, monkeypatch):
-    """bench/loader_gap.py's steps differ only by what each adds: the ring and gather steps must copy the batches
-    the loader yields (in its order) and rotate through their pairs, memcpy-samples keep one pair a thread, and a
-    step's ratio is the median of the rounds' ratios, not the ratio of the medians (as bench/loader.py's)."""
+    """bench/loader_gap.py's steps differ only by what each adds: every step must copy the batches the loader's
+    epoch 0 yields (in its order), pass after pass, into the same buffers each pass (new ones would pay page faults),
+    the ring and gather steps rotating through their pairs; a step's ratio is the median of the rounds' ratios to
+    the step before, not the ratio of the medians (as bench/loader.py's)."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import loader_gap
 
     from canonstore.loaders import StoreDataset
 
     store = open_store(tiny_store)
-    dataset = StoreDataset(store, "train", lead=1)
-    runs = loader_gap.passes(store, 4, 2, ring=3)  # 3 pairs: the one held here is not refilled while compared
+    runs = loader_gap.passes(store, 4, 2, ring=3)
     expected = [(x.numpy().copy(), y.numpy().copy()) for x, y in runs["loader"]()]
     assert len(expected) > 6
+    again = [(x.numpy().copy(), y.numpy().copy()) for x, y in runs["loader"]()]
+    np.testing.assert_array_equal(np.stack([x for x, _ in again]), np.stack([x for x, _ in expected]))
+    assert StoreDataset(store, "train", lead=1).static.shape[0]  # gather's x holds static fields: compared too
+
+    def same_batch(name, got, want):
+        width = want[0].shape[1] if name == "gather" else store.shape[1]  # the copies' x: the steps' channels only
+        np.testing.assert_array_equal(got[0][:, :width], want[0][:, :width], err_msg=name)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+
     for name, pairs_used in (("memcpy-samples", 2), ("ring", 6), ("gather", 6)):
-        addresses = set()
-        got = 0
-        for (x, y), (want_x, want_y) in zip(runs[name](), expected, strict=True):
-            got += 1
-            addresses.add(x.ctypes.data)
-            if name == "memcpy-samples":  # refilled while handed over (the ceiling's licence): not compared
-                continue
-            width = want_x.shape[1] if name == "gather" else store.shape[1]  # gather's x holds the static fields
-            np.testing.assert_array_equal(x[:, :width], want_x[:, :width], err_msg=name)
-            np.testing.assert_array_equal(y, want_y, err_msg=name)
-        assert got == len(expected)
-        assert len(addresses) == pairs_used, name
-    assert dataset.static.shape[0] and expected[0][0].shape[1] > store.shape[1]  # the static fields were compared
+        addresses = []
+        for _ in range(2):
+            held, seen = [], set()
+            # 3 pairs a thread: while a batch is held here, its thread has at most the next one queued and fills
+            # the one after; the held pair comes round again only once the next one is taken
+            for (x, y), (want_x, want_y) in zip(runs[name](), expected, strict=True):
+                seen.add(x.ctypes.data)
+                held.append((x, y))
+                if name != "memcpy-samples":  # one pair, refilled while handed over (the ceiling's licence)
+                    same_batch(name, (x, y), (want_x, want_y))
+            addresses.append(seen)
+        assert len(addresses[0]) == pairs_used and addresses[0] == addresses[1], name
+        for got, want in zip(held[-2:], expected[-2:]):  # each thread's last batch, kept once its thread is done
+            same_batch(name, got, want)
 
     rounds = {"memcpy-samples": [100.0, 200.0, 300.0], "ring": [50.0, 200.0, 150.0]}
-    rounds |= {"gather": rounds["ring"], "loader": [25.0, 100.0, 75.0]}
+    rounds |= {"gather": [50.0, 200.0, 150.0], "loader": [25.0, 100.0, 75.0]}
     rows = {row["step"]: row for row in loader_gap.summary(rounds)}
-    assert rows["ring"]["of_step_before"]["median"] == 0.5  # the ratio of the medians would be 1.0
+    assert rows["ring"]["of_step_before"]["median"] == 0.5  # the ratio of the medians: 150 / 200
+    assert rows["loader"]["of_step_before"]["median"] == 0.5  # of gather, not of the ceiling
     assert rows["loader"]["of_memcpy_samples"]["median"] == 0.25
     assert rows["ring"]["mb_per_s"] == 150.0
 
     out = tmp_path / "gap.json"
-    loader_gap.main([str(tiny_store), "--batch-size", "4", "--rounds", "2", "--ring", "3", "--json", str(out)])
-    written = json.loads(out.read_text())["rows"]
-    assert [r["step"] for r in written] == list(loader_gap.STEPS)
-    assert all(r["mb_per_s"] > 0 and r["rounds"] == 2 for r in written)
+    loader_gap.main([str(tiny_store), "--batch-size", "4", "--rounds", "2", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert [r["step"] for r in written["rows"]] == list(loader_gap.STEPS)
+    assert all(r["mb_per_s"] > 0 and r["rounds"] == 2 for r in written["rows"])
+    assert (written["ring"], written["workers"]) == (3, 2)
