@@ -1,13 +1,16 @@
-"""Where the batch path's gap to memcpy-samples goes: four steps from the ceiling to BatchLoader, in one process.
+"""Where the batch path's gap to memcpy-samples goes: five steps from the ceiling to BatchLoader, in one process.
 
     python bench/loader_gap.py STORE [--batch-size 32] [--workers 2] [--ring 3] [--rounds 30] [--json FILE]
 
 Each round runs one train pass (epoch 0's batches, in the loader's order) of every step below, in turn, the
 order reversed every other round; a step's ratio to the one before is the median of the rounds' MB/s ratios,
-quartiles beside it. Runs in one process and restarted every pass alike, the steps differ only by what each adds:
+quartiles beside it. Runs in one process, the steps differ only by what each adds:
 
-  memcpy-samples   bench/loader.py's ceiling: each thread copies its batches' steps with np.copyto into ONE reused
-                   buffer pair, handed over while it refills it (which no loader may do)
+  stream           memcpy-samples as bench/loader.py's row runs it: one stream that never restarts, a pass as many
+                   of its batches (after the ones it made while the other steps ran, untimed)
+  memcpy-samples   the same ceiling restarted every pass, as every step after it (and the loader) is: each thread
+                   copies its batches' steps with np.copyto into ONE reused buffer pair, handed over while it
+                   refills it (which no loader may do)
   ring             the same copies into RING pairs a thread, in turn: the caller keeps its batch while the next are
                    filled (3 a thread at least; 2 threads x 3 is the 6 pairs the loader's ring grows to here)
   gather           the same threads and ring, each batch put by StoreDataset.gather (the loader's own copies:
@@ -23,6 +26,7 @@ stores only: the loader would convert another dtype (a copy more) and leave the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -35,7 +39,7 @@ from canonstore import open_store
 from canonstore.buffers import page_aligned_empty
 from canonstore.loaders import BatchLoader, BatchSampler, StoreDataset
 
-STEPS = ("memcpy-samples", "ring", "gather", "loader")
+STEPS = ("stream", "memcpy-samples", "ring", "gather", "loader")
 
 
 def passes(store, batch_size: int, workers: int, ring: int) -> dict:
@@ -62,7 +66,16 @@ def passes(store, batch_size: int, workers: int, ring: int) -> dict:
         return iter(loader)
 
     fill = uncompressed(store)
+    streamed = pairs([(batch_size, *sample)] * 2, 1)
+    endless = batches_of(fill, times, workers, batch_size, sample, dtype, None, buffers=streamed)
+
+    def stream_pass():
+        for _ in range(2 * workers):  # what its threads made meanwhile (one queued, one filled a thread): not timed
+            next(endless)
+        return itertools.islice(endless, len(times))
+
     return {
+        "stream": stream_pass,
         "memcpy-samples": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=one),
         "ring": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=rotated),
         "gather": lambda: batches_of(fill, positions, workers, batch_size, (), dtype, 1, buffers=gathered, put=gather),
@@ -79,8 +92,9 @@ def measure(runs: dict, rounds: int, warm_passes: int = 3) -> dict:
     mb_per_s: dict = {name: [] for name in runs}
     for r in range(rounds):
         for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            batches = runs[name]()  # a pass's threads start at its first batch, timed
             start = time.perf_counter()
-            nbytes = sum(x.nbytes + y.nbytes for x, y in runs[name]())
+            nbytes = sum(x.nbytes + y.nbytes for x, y in batches)
             mb_per_s[name].append(nbytes / (time.perf_counter() - start) / 1e6)
     return mb_per_s
 
@@ -100,6 +114,7 @@ def summary(mb_per_s: dict) -> list[dict]:
         if before is not None:
             row["of_step_before"] = ratio(mb_per_s[name], mb_per_s[before])
             row["of_memcpy_samples"] = ratio(mb_per_s[name], mb_per_s["memcpy-samples"])
+            row["of_stream"] = ratio(mb_per_s[name], mb_per_s["stream"])
         rows.append(row)
     return rows
 
@@ -115,11 +130,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = summary(measure(passes(open_store(args.store), args.batch_size, args.workers, args.ring), args.rounds))
     print(f"{args.store}, batch {args.batch_size}, {args.workers} threads, {args.rounds} rounds (MB/s ratios)")
-    print(f"{'step':<16}{'MB/s':>9}{'of step before':>24}{'of memcpy-samples':>24}")
+    print(f"{'step':<16}{'MB/s':>9}{'of step before':>24}{'of memcpy-samples':>24}{'of stream':>24}")
     for row in rows:
-        cells = [row.get(k) for k in ("of_step_before", "of_memcpy_samples")]
+        cells = [row.get(k) for k in ("of_step_before", "of_memcpy_samples", "of_stream")]
         text = [f"x{c['median']:.3f} ({c['quartiles'][0]:.3f}-{c['quartiles'][1]:.3f})" if c else "" for c in cells]
-        print(f"{row['step']:<16}{row['mb_per_s']:>9.0f}{text[0]:>24}{text[1]:>24}")
+        print(f"{row['step']:<16}{row['mb_per_s']:>9.0f}" + "".join(f"{t:>24}" for t in text))
     if args.json:
         settings = {k: getattr(args, k) for k in ("batch_size", "workers", "ring", "rounds")}
         args.json.write_text(json.dumps({"store": str(args.store), **settings, "rows": rows}, indent=1))
