@@ -7,7 +7,8 @@ order reversed every other round; a step's ratio to the one before is the median
 quartiles beside it. Runs in one process, the steps differ only by what each adds:
 
   stream           memcpy-samples as bench/loader.py's row runs it: one stream that never restarts, a pass as many
-                   of its batches (after the ones it made while the other steps ran, untimed)
+                   of its batches (after the ones it made while the other steps ran, untimed; and every pass, of
+                   any step, starts once its threads idle again)
   memcpy-samples   the same ceiling restarted every pass, as every step after it (and the loader) is: each thread
                    copies its batches' steps with np.copyto into ONE reused buffer pair, handed over while it
                    refills it (which no loader may do)
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sample_batches import batches_of, sampler_batches, uncompressed  # this script's neighbour
+from sample_batches import batches_of, put_samples, sampler_batches, uncompressed  # this script's neighbour
 
 from canonstore import open_store
 from canonstore.buffers import page_aligned_empty
@@ -66,21 +67,53 @@ def passes(store, batch_size: int, workers: int, ring: int) -> dict:
         return iter(loader)
 
     fill = uncompressed(store)
-    streamed = pairs([(batch_size, *sample)] * 2, 1)
-    endless = batches_of(fill, times, workers, batch_size, sample, dtype, None, buffers=streamed)
+    stream = Stream(fill, times, workers, batch_size, sample, dtype, pairs([(batch_size, *sample)] * 2, 1))
 
-    def stream_pass():
-        for _ in range(2 * workers):  # what its threads made meanwhile (one queued, one filled a thread): not timed
-            next(endless)
-        return itertools.islice(endless, len(times))
+    def after_settling(make):
+        def start():
+            stream.settle()  # untimed: no pass shares the cores with the stream's leftover copies
+            return make()
 
-    return {
-        "stream": stream_pass,
+        return start
+
+    steps = {
+        "stream": stream,
         "memcpy-samples": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=one),
         "ring": lambda: batches_of(fill, times, workers, batch_size, sample, dtype, 1, buffers=rotated),
         "gather": lambda: batches_of(fill, positions, workers, batch_size, (), dtype, 1, buffers=gathered, put=gather),
         "loader": loader_pass,
     }
+    return {name: after_settling(make) for name, make in steps.items()}
+
+
+class Stream:
+    """memcpy-samples as bench/loader.py's row runs it: one stream of batches that never restarts. A pass is as many
+    of its batches, after those its threads made while other steps ran (one queued and one filled a thread);
+    `settle` waits until they have made those again and idle, so that the next pass, of any step, is timed alone."""
+
+    def __init__(self, fill, times, workers: int, batch_size: int, sample: tuple, dtype, buffers):
+        self.workers, self.length, self.made, self.taken = workers, len(times), [], 0
+        self.batches = batches_of(fill, times, workers, batch_size, sample, dtype, None, buffers=buffers, put=self._put)
+
+    def _put(self, read, x, y, times) -> None:
+        put_samples(read, x, y, times)
+        self.made.append(None)  # one append a batch its threads filled (atomic under the GIL)
+
+    def settle(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.taken and len(self.made) < self.taken + 2 * self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the stream's threads made {len(self.made)} batches in {timeout} s, not the "
+                    f"{self.taken + 2 * self.workers} they idle at"
+                )
+            time.sleep(0.0005)
+
+    def __call__(self):
+        for _ in range(2 * self.workers):  # made while other steps ran: not timed
+            next(self.batches)
+        self.taken += 2 * self.workers + self.length  # a pass is read to its end
+        return itertools.islice(self.batches, self.length)
 
 
 def measure(runs: dict, rounds: int, warm_passes: int = 3) -> dict:

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -404,6 +405,18 @@ def test_each_step_of_the_loader_gap_puts_the_loaders_samples_into_its_own_buffe
             continue
         for got, want in zip(held[-2:], expected[-2:]):  # each thread's last batch, kept once its thread is done
             same_batch(name, got, want)
+
+    # the stream: a pass is as many batches, and once settled its threads idle, 2 batches each ahead of those taken
+    times = loader_gap.sampler_batches(store, 4)
+    buffers = [[tuple(np.empty((4, *store.shape[1:]), store.dtype) for _ in "xy")] for _ in range(2)]
+    stream = loader_gap.Stream(loader_gap.uncompressed(store), times, 2, 4, store.shape[1:], store.dtype, buffers)
+    for passes_read in (1, 2):
+        assert sum(1 for _ in stream()) == len(times)
+        stream.settle()
+        assert stream.taken == passes_read * (len(times) + 4)
+        made = len(stream.made)
+        time.sleep(0.05)
+        assert len(stream.made) == made == stream.taken + 4
 
     rounds = {"stream": [100.0, 400.0, 300.0], "memcpy-samples": [100.0, 200.0, 300.0], "ring": [50.0, 200.0, 150.0]}
     rounds |= {"gather": [50.0, 200.0, 150.0], "loader": [25.0, 100.0, 75.0]}
