@@ -434,3 +434,15 @@ def test_each_step_of_the_loader_gap_puts_the_loaders_samples_into_its_own_buffe
     assert [r["step"] for r in written["rows"]] == list(loader_gap.STEPS)
     assert all(r["mb_per_s"] > 0 and r["rounds"] == 2 for r in written["rows"])
     assert (written["ring"], written["workers"]) == (3, 2)
+
+
+def test_the_loader_gap_refuses_a_store_that_is_not_float32(tiny_raw, tmp_path, monkeypatch):
+    """The loader converts a float16 store's batches to float32 (a copy more, twice the bytes counted) and leaves
+    the static fields out of its buffers: its step would not be the same work as the copies before it."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import loader_gap
+
+    recipe = demo_recipe(tmp_path, tiny_raw, storage={"dtype": "float16"})
+    path = build(recipe, tmp_path / "half.zarr", progress=False).path
+    with pytest.raises(SystemExit, match="float16 store"):
+        loader_gap.passes(open_store(path), 4, 2, ring=3)
