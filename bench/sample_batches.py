@@ -43,21 +43,18 @@ def batches_of(fill, batches, workers: int, batch_size: int, sample: tuple, dtyp
     if len(batches) < workers:  # a thread without batches would never hand anything over
         raise SystemExit(f"{len(batches)} batches for {workers} threads: a smaller --batch-size or fewer --workers")
 
+    shape, put = (batch_size, *sample), put or put_samples
+
     def work(w: int, handed: queue.Queue) -> None:
         try:
-            shape = (batch_size, *sample)
-            pairs = (
-                buffers[w]
-                if buffers is not None
-                else [(page_aligned_empty(shape, dtype), page_aligned_empty(shape, dtype))]
-            )
+            pairs = buffers[w] if buffers is not None else [tuple(page_aligned_empty(shape, dtype) for _ in "xy")]
             read, turn = fill(), itertools.cycle(pairs)  # fill: per-thread state (a read buffer)
             for _ in itertools.count() if epochs is None else range(epochs):
                 for times in batches[w::workers]:
                     if stop.is_set():
                         return
                     x, y = next(turn)
-                    (put or put_samples)(read, x, y, times)
+                    put(read, x, y, times)
                     handed.put((x, y))
             handed.put(done)
         except BaseException as exc:  # raised in the consumer, not a thread that dies and leaves it waiting
